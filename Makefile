@@ -1,0 +1,55 @@
+# agentmesh: `make demo` runs the mesh on this machine, `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+GEMINI_CLI_VERSION := 0.61.0
+GEMINI_CLI_DIR := .cache/gemini-cli
+GEMINI_CLI := $(GEMINI_CLI_DIR)/node_modules/.bin/gemini
+export XDG_RUNTIME_DIR ?= $(CURDIR)/.cache/runtime
+export AGENTMESH_GEMINI_CLI := $(CURDIR)/$(GEMINI_CLI)
+
+.PHONY: all venv gemini-cli protos lint typecheck test demo bench clean
+
+all: test
+
+$(BIN)/agentmesh: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/agentmesh
+
+$(GEMINI_CLI):
+	mkdir -p $(GEMINI_CLI_DIR)
+	npm install --prefix $(GEMINI_CLI_DIR) --no-audit --no-fund --loglevel=error \
+		@google/gemini-cli@$(GEMINI_CLI_VERSION)
+	test -x $@
+
+gemini-cli: $(GEMINI_CLI)
+
+protos: venv
+	$(BIN)/python protos/generate.py
+
+lint: venv
+	$(BIN)/ruff check src tests bench protos
+	$(BIN)/ruff format --check src tests bench protos
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: venv gemini-cli lint typecheck
+	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
+	$(BIN)/pytest
+
+demo: venv
+	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
+	$(BIN)/agentmesh demo
+
+bench: venv gemini-cli
+	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

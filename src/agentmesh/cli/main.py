@@ -1,0 +1,62 @@
+"""The `agentmesh` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from agentmesh import __version__
+from agentmesh.cli import db as db_commands
+from agentmesh.cli import demo as demo_command
+from agentmesh.config import ConfigError, Settings, load_settings
+from agentmesh.db.connect import DatabaseUnavailable
+from agentmesh.db.migrate import MigrationError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentmesh",
+        description="Run Gemini CLI agents across your machines, coordinated through PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"agentmesh {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    db_commands.add_parser(commands)
+    demo_command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pgserver").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    command: Command = args.run
+    try:
+        settings = load_settings()
+        return asyncio.run(command(settings, args))
+    except ConfigError as exc:
+        print(f"agentmesh: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DatabaseUnavailable, MigrationError) as exc:
+        print(f"agentmesh: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""agentmesh's one validated settings object.
+
+Settings come from three places, the first that has a value wins:
+1. the process environment,
+2. a `.env` file (path from `AGENTMESH_ENV_FILE`, default `./.env`),
+3. `agent_config.json` (path from `AGENTMESH_CONFIG`, default `./agent_config.json`),
+then the defaults below, which are the seed document's example values.
+
+The JSON file holds the structured settings (permissions, API policy, node and scheduler
+options); the environment holds where things are and the secrets. Anything wrong ends in
+one `ConfigError` naming the file, the key and the problem; secrets never appear in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from dotenv import dotenv_values
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+DEFAULT_CONFIG_FILE = "agent_config.json"
+DEFAULT_ENV_FILE = ".env"
+
+Capability = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$", strip_whitespace=True)
+]
+ProgramName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._+-]{1,64}$")]
+HostPort = Annotated[
+    str, StringConstraints(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
+]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the source, the key and the problem."""
+
+
+class PermissionMode(StrEnum):
+    WEAK = "weak"
+    SUPERUSER = "superuser"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# The seed's example policy: read-only inventory commands in weak mode, and in superuser
+# mode everything except the programs that destroy data or take the host down.
+DEFAULT_ALLOWLIST: tuple[str, ...] = (
+    "cat", "date", "df", "du", "echo", "free", "grep", "head", "hostname", "id", "ip",
+    "ls", "lsblk", "nproc", "ps", "pwd", "stat", "tail", "uname", "uptime", "wc", "whoami",
+)  # fmt: skip
+DEFAULT_DENYLIST: tuple[str, ...] = (
+    "chmod", "chown", "dd", "fdisk", "halt", "kill", "killall", "mkfs", "mount", "mv",
+    "parted", "pkill", "poweroff", "reboot", "rm", "rmdir", "shred", "shutdown", "truncate",
+    "umount", "wipefs",
+)  # fmt: skip
+
+
+class WeakPermissions(_Section):
+    allowlist: tuple[ProgramName, ...] = DEFAULT_ALLOWLIST
+
+
+class SuperuserPermissions(_Section):
+    denylist: tuple[ProgramName, ...] = DEFAULT_DENYLIST
+
+
+class Permissions(_Section):
+    weak: WeakPermissions = WeakPermissions()
+    superuser: SuperuserPermissions = SuperuserPermissions()
+
+
+class ApiPolicy(_Section):
+    max_tokens_per_key: int = Field(default=1_000_000, ge=0)
+    max_requests_per_day: int = Field(default=1_500, ge=0)
+    rpm_soft_limit: int = Field(default=15, ge=0)
+
+
+class AgentDefaults(_Section):
+    # How the Gemini CLI runs: headless (`-p`) is the only mode a mesh node can drive.
+    mode: Literal["headless"] = "headless"
+    permissions: PermissionMode = PermissionMode.WEAK
+    model: str = Field(default="gemini-2.5-flash", min_length=1)
+    timeout_seconds: int = Field(default=600, gt=0)
+
+
+class NodeSettings(_Section):
+    listen: HostPort = "127.0.0.1:50051"
+    name: str | None = None
+    capabilities: tuple[Capability, ...] = ()
+    max_concurrency: int = Field(default=4, gt=0, le=1024)
+    models: tuple[str, ...] = ("gemini-2.5-flash", "gemini-2.5-pro")
+    scheduler: HostPort | None = None
+    # The address the scheduler should dial; default: the listen address.
+    advertise: HostPort | None = None
+    heartbeat_interval_seconds: float = Field(default=2.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    cancel_grace_seconds: float = Field(default=3.0, ge=0)
+
+
+class SchedulerSettings(_Section):
+    listen: HostPort = "127.0.0.1:50050"
+    heartbeat_ttl_intervals: int = Field(default=3, gt=0)
+    max_attempts: int = Field(default=3, gt=0, le=100)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    max_subtask_depth: int = Field(default=4, gt=0, le=32)
+
+
+class TlsSettings(_Section):
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # When set, clients must present a certificate signed by this CA.
+    client_ca_file: Path | None = None
+    # Clients: the CA that signed the servers' certificates.
+    ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class FileSettings(_Section):
+    """The structure of `agent_config.json`."""
+
+    permissions: Permissions = Permissions()
+    api_policy: ApiPolicy = ApiPolicy()
+    agent_defaults: AgentDefaults = AgentDefaults()
+    node: NodeSettings = NodeSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    tls: TlsSettings = TlsSettings()
+
+
+class EnvSettings(_Section):
+    """What the environment (and `.env`) sets, by the seed's variable names."""
+
+    POSTGRES_DB: str = "agentmesh"
+    POSTGRES_USER: str = "agentmesh"
+    POSTGRES_PASSWORD: SecretStr = SecretStr("")
+    POSTGRES_HOST: str | None = None
+    POSTGRES_PORT: int = Field(default=5432, gt=0, lt=65536)
+    DATABASE_URL: SecretStr | None = None
+    GEMINI_CLI_COMMAND: str = "gemini"
+    GEMINI_API_KEY_FILE: Path | None = None
+    AGENTMESH_TOKEN: SecretStr | None = None
+    AGENTMESH_DATA_DIR: Path | None = None
+
+    @field_validator("POSTGRES_HOST", "GEMINI_API_KEY_FILE", "AGENTMESH_DATA_DIR", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("DATABASE_URL", "AGENTMESH_TOKEN", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+_ENV_NAMES = frozenset(EnvSettings.model_fields)
+_SECRET_ENV_NAMES = frozenset({"POSTGRES_PASSWORD", "DATABASE_URL", "AGENTMESH_TOKEN"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything agentmesh is configured with. Secrets are `SecretStr` and print as `***`."""
+
+    file: FileSettings
+    env: EnvSettings
+    config_path: Path | None
+
+    @property
+    def permissions(self) -> Permissions:
+        return self.file.permissions
+
+    @property
+    def api_policy(self) -> ApiPolicy:
+        return self.file.api_policy
+
+    @property
+    def agent_defaults(self) -> AgentDefaults:
+        return self.file.agent_defaults
+
+    @property
+    def node(self) -> NodeSettings:
+        return self.file.node
+
+    @property
+    def scheduler(self) -> SchedulerSettings:
+        return self.file.scheduler
+
+    @property
+    def tls(self) -> TlsSettings:
+        return self.file.tls
+
+    @property
+    def token(self) -> str | None:
+        return self.env.AGENTMESH_TOKEN.get_secret_value() if self.env.AGENTMESH_TOKEN else None
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        """True when neither DATABASE_URL nor POSTGRES_HOST points at a server."""
+        return self.env.DATABASE_URL is None and self.env.POSTGRES_HOST is None
+
+    def database_dsn(self) -> str | None:
+        """The DSN of the configured server (with its password), or None for the embedded one."""
+        if self.env.DATABASE_URL is not None:
+            return self.env.DATABASE_URL.get_secret_value()
+        if self.env.POSTGRES_HOST is None:
+            return None
+        password = self.env.POSTGRES_PASSWORD.get_secret_value()
+        auth = quote(self.env.POSTGRES_USER, safe="")
+        if password:
+            auth += ":" + quote(password, safe="")
+        host = self.env.POSTGRES_HOST
+        db = quote(self.env.POSTGRES_DB, safe="")
+        return f"postgresql://{auth}@{host}:{self.env.POSTGRES_PORT}/{db}"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
+    """Read and validate the configuration; raise ConfigError naming what is wrong."""
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    merged = {**_read_env_file(environ, cwd), **environ}
+    config_path = _config_path(merged, cwd)
+    file_settings = _read_config_file(config_path, explicit="AGENTMESH_CONFIG" in merged)
+    env_values = {name: merged[name] for name in _ENV_NAMES if name in merged}
+    try:
+        env_settings = EnvSettings.model_validate(env_values)
+    except ValidationError as exc:
+        raise ConfigError(
+            _describe(exc, source="environment", secret_keys=_SECRET_ENV_NAMES)
+        ) from None
+    exists = config_path is not None and config_path.exists()
+    return Settings(
+        file=file_settings, env=env_settings, config_path=config_path if exists else None
+    )
+
+
+def _read_env_file(environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
+    explicit = environ.get("AGENTMESH_ENV_FILE")
+    path = cwd / (explicit or DEFAULT_ENV_FILE)
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"{path}: file not found (named by AGENTMESH_ENV_FILE)")
+        return {}
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.__class__.__name__}") from None
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _config_path(merged: Mapping[str, str], cwd: Path) -> Path:
+    return cwd / merged.get("AGENTMESH_CONFIG", DEFAULT_CONFIG_FILE)
+
+
+def _read_config_file(path: Path, *, explicit: bool) -> FileSettings:
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"{path}: file not found (named by AGENTMESH_CONFIG)")
+        return FileSettings()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.__class__.__name__}") from None
+    try:
+        raw: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object")
+    try:
+        return FileSettings.model_validate(raw, strict=False)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source=str(path), secret_keys=frozenset())) from None
+
+
+def _describe(exc: ValidationError, *, source: str, secret_keys: frozenset[str]) -> str:
+    """One line per problem: `SOURCE: dotted.key: what is wrong (got VALUE)`."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{source}: {key}: unknown key")
+            continue
+        message = error["msg"]
+        secret = any(str(part) in secret_keys for part in error["loc"])
+        shown = "" if secret or error["type"] == "missing" else f" (got {error['input']!r})"
+        lines.append(f"{source}: {key}: {message}{shown}")
+    return "\n".join(lines)

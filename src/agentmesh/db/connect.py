@@ -1,0 +1,93 @@
+"""Where the database is, and connections to it."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from agentmesh.config import Settings
+from agentmesh.db import embedded
+
+
+class DatabaseUnavailable(Exception):
+    """The configured database cannot be reached; the message never contains a password."""
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    dsn: str
+    embedded: bool
+    database: str
+
+    @property
+    def display(self) -> str:
+        """The DSN with any password replaced by `***`."""
+        return redact_dsn(self.dsn)
+
+
+def redact_dsn(dsn: str) -> str:
+    redacted = re.sub(r"(://[^:/@?]*):[^@/?]+@", r"\1:***@", dsn)
+    return re.sub(r"(?i)(password=)[^&\s]+", r"\1***", redacted)
+
+
+def data_dir(settings: Settings) -> Path:
+    return settings.env.AGENTMESH_DATA_DIR or embedded.default_data_dir()
+
+
+async def resolve_database(settings: Settings) -> DatabaseTarget:
+    """The configured server, or the embedded one (started, with its database created)."""
+    dsn = settings.database_dsn()
+    if dsn is not None:
+        return DatabaseTarget(dsn=dsn, embedded=False, database=settings.env.POSTGRES_DB)
+    server_uri = embedded.start(data_dir(settings))
+    database = settings.env.POSTGRES_DB
+    await ensure_database(server_uri, database)
+    return DatabaseTarget(
+        dsn=embedded.uri_for(server_uri, database), embedded=True, database=database
+    )
+
+
+async def ensure_database(server_uri: str, database: str) -> None:
+    """Create `database` on the server if it does not exist (tolerates a concurrent create)."""
+    conn = await connect(server_uri)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            # Another process may create it first: that is as good.
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                await conn.execute(f"CREATE DATABASE {quote_ident(database)}")
+    finally:
+        await conn.close()
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(dsn, timeout=connect_timeout)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {redact_dsn(dsn)}: {_safe_reason(exc, dsn)}"
+        ) from None
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {redact_dsn(dsn)}: {_safe_reason(exc, dsn)}"
+        ) from None
+    assert pool is not None
+    return pool
+
+
+def _safe_reason(exc: BaseException, dsn: str) -> str:
+    reason = str(exc) or exc.__class__.__name__
+    return redact_dsn(reason.replace(dsn, redact_dsn(dsn)))

@@ -1,0 +1,209 @@
+"""Configuration: defaults, sources and their precedence, and one clear message per mistake."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentmesh.config import (
+    DEFAULT_ALLOWLIST,
+    DEFAULT_DENYLIST,
+    ConfigError,
+    PermissionMode,
+    load_settings,
+)
+
+
+def _write_config(directory: Path, content: object) -> Path:
+    path = directory / "agent_config.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_defaults_are_the_seed_values(tmp_path: Path) -> None:
+    settings = load_settings({}, cwd=tmp_path)
+
+    assert settings.permissions.weak.allowlist == DEFAULT_ALLOWLIST
+    assert settings.permissions.superuser.denylist == DEFAULT_DENYLIST
+    assert settings.api_policy.max_tokens_per_key == 1_000_000
+    assert settings.api_policy.max_requests_per_day == 1_500
+    assert settings.api_policy.rpm_soft_limit == 15
+    assert settings.agent_defaults.mode == "headless"
+    assert settings.agent_defaults.permissions is PermissionMode.WEAK
+    assert settings.env.GEMINI_CLI_COMMAND == "gemini"
+    assert settings.uses_embedded_database
+    assert settings.config_path is None
+
+
+def test_config_file_values_are_read(tmp_path: Path) -> None:
+    _write_config(
+        tmp_path,
+        {
+            "permissions": {"weak": {"allowlist": ["ls", "uname"]}},
+            "api_policy": {"rpm_soft_limit": 5},
+            "agent_defaults": {"permissions": "superuser"},
+            "node": {"capabilities": ["gpu", "inventory"], "max_concurrency": 2},
+        },
+    )
+    settings = load_settings({}, cwd=tmp_path)
+
+    assert settings.permissions.weak.allowlist == ("ls", "uname")
+    assert settings.permissions.superuser.denylist == DEFAULT_DENYLIST
+    assert settings.api_policy.rpm_soft_limit == 5
+    assert settings.agent_defaults.permissions is PermissionMode.SUPERUSER
+    assert settings.node.capabilities == ("gpu", "inventory")
+    assert settings.config_path == tmp_path / "agent_config.json"
+
+
+def test_environment_wins_over_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("POSTGRES_HOST=db.from.dotenv\nPOSTGRES_DB=fromdotenv\n")
+    settings = load_settings({"POSTGRES_HOST": "db.from.env"}, cwd=tmp_path)
+
+    assert settings.env.POSTGRES_HOST == "db.from.env"
+    assert settings.env.POSTGRES_DB == "fromdotenv"
+    assert not settings.uses_embedded_database
+
+
+def test_database_url_wins_over_the_parts(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"DATABASE_URL": "postgresql://u:pw@h:5/d", "POSTGRES_HOST": "other"}, cwd=tmp_path
+    )
+    assert settings.database_dsn() == "postgresql://u:pw@h:5/d"
+
+
+def test_dsn_from_parts_quotes_the_password(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"POSTGRES_HOST": "h", "POSTGRES_USER": "u", "POSTGRES_PASSWORD": "p@ss/word"},
+        cwd=tmp_path,
+    )
+    assert settings.database_dsn() == "postgresql://u:p%40ss%2Fword@h:5432/agentmesh"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(
+            '{"api_policy": {',
+            "{path}: invalid JSON at line 1 column 17: Expecting property name enclosed in"
+            " double quotes",
+            id="invalid-json",
+        ),
+        pytest.param("[1, 2]", "{path}: the top level must be a JSON object", id="not-an-object"),
+        pytest.param(
+            {"api_policy": {"max_tokens_per_key": "lots"}},
+            "{path}: api_policy.max_tokens_per_key: Input should be a valid integer, unable to"
+            " parse string as an integer (got 'lots')",
+            id="wrong-type",
+        ),
+        pytest.param(
+            {"api_policy": {"max_token_per_key": 5}},
+            "{path}: api_policy.max_token_per_key: unknown key",
+            id="unknown-key",
+        ),
+        pytest.param(
+            {"api_policy": {"rpm_soft_limit": -1}},
+            "{path}: api_policy.rpm_soft_limit: Input should be greater than or equal to 0"
+            " (got -1)",
+            id="negative-limit",
+        ),
+        pytest.param(
+            {"agent_defaults": {"permissions": "root"}},
+            "{path}: agent_defaults.permissions: Input should be 'weak' or 'superuser'"
+            " (got 'root')",
+            id="bad-mode",
+        ),
+        pytest.param(
+            {"permissions": {"weak": {"allowlist": "ls"}}},
+            "{path}: permissions.weak.allowlist: Input should be a valid tuple (got 'ls')",
+            id="list-expected",
+        ),
+    ],
+)
+def test_bad_config_file_is_named_with_key_and_problem(
+    tmp_path: Path, content: object, message: str
+) -> None:
+    path = _write_config(tmp_path, content)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, cwd=tmp_path)
+    assert str(caught.value) == message.format(path=path)
+
+
+def test_missing_file_named_explicitly(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"AGENTMESH_CONFIG": "nope.json"}, cwd=tmp_path)
+    assert (
+        str(caught.value) == f"{tmp_path / 'nope.json'}: file not found (named by AGENTMESH_CONFIG)"
+    )
+
+
+def test_bad_environment_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"POSTGRES_PORT": "eighty"}, cwd=tmp_path)
+    assert str(caught.value) == (
+        "environment: POSTGRES_PORT: Input should be a valid integer, unable to parse string as"
+        " an integer (got 'eighty')"
+    )
+
+
+def test_secrets_never_show_in_reprs(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "POSTGRES_PASSWORD": "hunter2-password",
+            "DATABASE_URL": "postgresql://u:hunter2-url@h/d",
+            "AGENTMESH_TOKEN": "hunter2-token",
+        },
+        cwd=tmp_path,
+    )
+    text = repr(settings) + str(settings) + repr(settings.env) + str(settings.env.model_dump())
+    assert "hunter2" not in text
+    assert settings.token == "hunter2-token"
+
+
+def _run_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH", "POSTGRES"))}
+    clean.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "agentmesh.cli.main", *args],
+        env={**clean, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_exits_2_with_one_message_and_no_traceback(tmp_path: Path) -> None:
+    path = _write_config(tmp_path, {"api_policy": {"max_requests_per_day": -5}})
+    result = _run_cli(tmp_path, {}, "db", "status")
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"agentmesh: configuration error: {path}: api_policy.max_requests_per_day: Input should"
+        " be greater than or equal to 0 (got -5)\n"
+    )
+
+
+def test_cli_error_never_shows_the_database_password(tmp_path: Path) -> None:
+    result = _run_cli(
+        tmp_path,
+        {"DATABASE_URL": "postgresql://agentmesh:s3cr3t-pw@127.0.0.1:1/agentmesh"},
+        "db",
+        "status",
+    )
+    assert result.returncode == 1
+    assert "s3cr3t-pw" not in result.stdout + result.stderr
+    assert "cannot connect to postgresql://agentmesh:***@127.0.0.1:1/agentmesh" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_example_config_file_is_valid_and_equals_the_defaults(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "agent_config.example.json"
+    settings = load_settings({"AGENTMESH_CONFIG": str(example)}, cwd=tmp_path)
+    assert settings.file == load_settings({}, cwd=tmp_path).file
