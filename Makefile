@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 GEMINI_CLI_VERSION := 0.61.0
 GEMINI_CLI_DIR := .cache/gemini-cli
 GEMINI_CLI := $(GEMINI_CLI_DIR)/node_modules/.bin/gemini
+LINTED := $(wildcard src tests bench protos)
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.cache/runtime
 export AGENTMESH_GEMINI_CLI := $(CURDIR)/$(GEMINI_CLI)
 
@@ -33,8 +34,8 @@ protos: venv
 	$(BIN)/python protos/generate.py
 
 lint: venv
-	$(BIN)/ruff check src tests bench protos
-	$(BIN)/ruff format --check src tests bench protos
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: venv
 	$(BIN)/mypy

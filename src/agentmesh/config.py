@@ -109,6 +109,8 @@ class NodeSettings(_Section):
     advertise: HostPort | None = None
     heartbeat_interval_seconds: float = Field(default=2.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Where tasks run; unset = a fresh temporary directory per task.
+    workdir: Path | None = None
     cancel_grace_seconds: float = Field(default=3.0, ge=0)
 
 
@@ -241,7 +243,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None 
         env_settings = EnvSettings.model_validate(env_values)
     except ValidationError as exc:
         raise ConfigError(
-            _describe(exc, source="environment", secret_keys=_SECRET_ENV_NAMES)
+            describe_validation_error(exc, source="environment", secret_keys=_SECRET_ENV_NAMES)
         ) from None
     exists = config_path is not None and config_path.exists()
     return Settings(
@@ -287,10 +289,14 @@ def _read_config_file(path: Path, *, explicit: bool) -> FileSettings:
     try:
         return FileSettings.model_validate(raw, strict=False)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source=str(path), secret_keys=frozenset())) from None
+        raise ConfigError(
+            describe_validation_error(exc, source=str(path), secret_keys=frozenset())
+        ) from None
 
 
-def _describe(exc: ValidationError, *, source: str, secret_keys: frozenset[str]) -> str:
+def describe_validation_error(
+    exc: ValidationError, *, source: str, secret_keys: frozenset[str] = frozenset()
+) -> str:
     """One line per problem: `SOURCE: dotted.key: what is wrong (got VALUE)`."""
     lines = []
     for error in exc.errors(include_url=False):

@@ -1,0 +1,1 @@
+"""The gRPC edge: servers, channels, authentication, errors and message conversion."""

@@ -1,0 +1,1 @@
+"""Executors: how a node runs each kind of task (echo, shell, gemini)."""

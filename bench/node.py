@@ -1,0 +1,216 @@
+"""AgentNode benchmark: what the node adds over running the same work directly.
+
+Prints, from one run on this machine:
+- gemini: median wall time of 20 runs through the node vs 20 runs of the same CLI command
+  started directly (both against the loopback Gemini API emulator), and their ratio;
+- echo: round-trip latency p50/p99 over a real gRPC connection;
+- shell streaming: MB/s of a large output through the node vs the same command read
+  directly from a pipe, and their ratio;
+- the node's resident memory when idle and with 8 tasks streaming at once.
+
+The node runs as its own process (`agentmesh node`), as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from agentmesh.node.executors.gemini import SETTINGS  # noqa: E402
+from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2  # noqa: E402
+from tests.support.gemini_emulator import GeminiEmulator  # noqa: E402
+
+GEMINI_CLI = os.environ.get(
+    "AGENTMESH_GEMINI_CLI", str(REPO / ".cache/gemini-cli/node_modules/.bin/gemini")
+)
+API_KEY = "bench-key-0123456789"
+MODEL = "gemini-2.5-flash"
+GEMINI_RUNS = 20
+ECHO_CALLS = 1000
+STREAM_BYTES = 200 << 20
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start_node(work: Path, base_url: str) -> tuple[subprocess.Popen[str], str]:
+    env = {
+        **os.environ,
+        "AGENTMESH_DATA_DIR": str(work / "data"),
+        "GEMINI_CLI_COMMAND": GEMINI_CLI,
+        "GOOGLE_GEMINI_BASE_URL": base_url,
+    }
+    config = work / "agent_config.json"
+    config.write_text(json.dumps({"node": {"max_concurrency": 16, "workdir": str(work)}}))
+    env["AGENTMESH_CONFIG"] = str(config)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli.main", "node", "--listen", "127.0.0.1:0"],
+        env=env,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"listening on (\S+);", line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"the node did not start: {line!r}")
+    return process, match[1]
+
+
+async def run_task(stub: node_pb2_grpc.AgentNodeStub, task_id: str, **spec: object) -> int:
+    request = node_pb2.ExecuteTaskRequest(
+        task_id=task_id,
+        attempt=1,
+        api_key=API_KEY,
+        spec=task_pb2.TaskSpec(**spec),  # type: ignore[arg-type]
+    )
+    received = 0
+    async for event in stub.ExecuteTask(request):
+        if event.WhichOneof("payload") in ("stdout", "text"):
+            received += len(event.stdout.text or event.text.text)
+        is_result = event.WhichOneof("payload") == "result"
+        if is_result and event.result.state != task_pb2.TASK_STATE_COMPLETED:
+            raise SystemExit(f"task {task_id} failed: {event.result.error}")
+    return received
+
+
+def read_pipe(argv: list[str]) -> int:
+    """Read a command's output from a pipe in the node's chunk size, as a direct consumer."""
+    total = 0
+    with subprocess.Popen(argv, stdout=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        while chunk := process.stdout.read1(256 << 10):
+            total += len(chunk)
+    return total
+
+
+def gemini_direct(work: Path, base_url: str, index: int) -> float:
+    home = Path(tempfile.mkdtemp(prefix="bench-gemini-home-"))
+    (home / ".gemini").mkdir()
+    (home / "tmp").mkdir()
+    (home / ".gemini" / "settings.json").write_text(json.dumps(SETTINGS))
+    env = {
+        **os.environ,
+        "GEMINI_API_KEY": API_KEY,
+        "GEMINI_CLI_HOME": str(home),
+        "HOME": str(home),
+        "TMPDIR": str(home / "tmp"),
+        "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        "GEMINI_CLI_NO_RELAUNCH": "true",
+        "GOOGLE_GEMINI_BASE_URL": base_url,
+    }
+    started = time.perf_counter()
+    subprocess.run(
+        [GEMINI_CLI, "-p", f"benchmark prompt {index}", "-o", "stream-json", "-m", MODEL],
+        env=env,
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=True,
+    )
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(home, ignore_errors=True)
+    return elapsed
+
+
+async def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="agentmesh-bench-node-"))
+    big = work / "big.txt"
+    line = "agentmesh streams shell output as it comes, chunk by chunk\n"
+    big.write_text(line * (STREAM_BYTES // len(line)))
+    size_mb = big.stat().st_size / 1e6
+    with GeminiEmulator() as emulator:
+        node, address = start_node(work, emulator.base_url)
+        rss = psutil.Process(node.pid)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = node_pb2_grpc.AgentNodeStub(channel)
+                await run_task(stub, "warmup", kind="echo", prompt="warm")
+                idle_rss = rss.memory_info().rss
+
+                direct = [gemini_direct(work, emulator.base_url, i) for i in range(GEMINI_RUNS)]
+                through: list[float] = []
+                for i in range(GEMINI_RUNS):
+                    started = time.perf_counter()
+                    await run_task(stub, f"g-{i}", kind="gemini", prompt=f"bench {i}", model=MODEL)
+                    through.append(time.perf_counter() - started)
+
+                latencies = []
+                for i in range(ECHO_CALLS):
+                    started = time.perf_counter()
+                    await run_task(stub, f"e-{i}", kind="echo", prompt="ping")
+                    latencies.append(time.perf_counter() - started)
+
+                started = time.perf_counter()
+                direct_bytes = read_pipe(["cat", str(big)])
+                direct_seconds = time.perf_counter() - started
+                assert direct_bytes == big.stat().st_size
+                started = time.perf_counter()
+                received = await run_task(stub, "stream", kind="shell", command=f"cat {big}")
+                node_seconds = time.perf_counter() - started
+                assert received == big.stat().st_size, (received, big.stat().st_size)
+
+                peak = 0
+                tasks = [
+                    asyncio.create_task(
+                        run_task(stub, f"many-{i}", kind="shell", command=f"cat {big}")
+                    )
+                    for i in range(8)
+                ]
+                while not all(t.done() for t in tasks):
+                    peak = max(peak, rss.memory_info().rss)
+                    await asyncio.sleep(0.05)
+                await asyncio.gather(*tasks)
+        finally:
+            node.terminate()
+            node.wait(30)
+    shutil.rmtree(work, ignore_errors=True)
+
+    direct_median = statistics.median(direct)
+    node_median = statistics.median(through)
+    print("AgentNode benchmark (one run, this machine)")
+    print(
+        f"  gemini run, median of {GEMINI_RUNS}: direct {direct_median * 1000:.0f} ms,"
+        f" through the node {node_median * 1000:.0f} ms,"
+        f" ratio {node_median / direct_median:.2f}"
+        f" (+{(node_median - direct_median) * 1000:.0f} ms)"
+    )
+    p50 = percentile(latencies, 0.5) * 1000
+    print(
+        f"  echo round trip over {ECHO_CALLS} calls: p50 {p50:.2f} ms,"
+        f" p99 {percentile(latencies, 0.99) * 1000:.2f} ms"
+    )
+    direct_rate = size_mb / direct_seconds
+    node_rate = size_mb / node_seconds
+    print(
+        f"  shell streaming of {size_mb:.0f} MB: direct pipe {direct_rate:.0f} MB/s,"
+        f" through the node {node_rate:.0f} MB/s, ratio {node_rate / direct_rate:.2f}"
+    )
+    print(
+        f"  node resident memory: idle {idle_rss / 2**20:.0f} MiB,"
+        f" 8 tasks streaming {peak / 2**20:.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

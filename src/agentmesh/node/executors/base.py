@@ -1,0 +1,110 @@
+"""What every executor gets, what it must produce, and the supervised process they share."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from agentmesh.config import PermissionMode
+from agentmesh.node.process import ProcessGroup, StreamName
+from agentmesh.tasks.events import Payload
+from agentmesh.tasks.model import TaskKind, TaskSpec
+
+
+@dataclass(frozen=True)
+class Job:
+    """One attempt of one task, as an executor sees it."""
+
+    task_id: str
+    attempt: int
+    spec: TaskSpec
+    kind: TaskKind
+    permission_mode: PermissionMode
+    workdir: Path
+    timeout_seconds: float
+    cancel: asyncio.Event = field(repr=False)
+    # gemini: the key chosen by the scheduler. Never logged; scrubbed from every output.
+    api_key: str = field(default="", repr=False)
+
+
+class Executor(Protocol):
+    """Runs a job and yields its event payloads; the last one is always a `Result`."""
+
+    kind: TaskKind
+
+    def run(self, job: Job) -> AsyncIterator[Payload]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    stream: StreamName
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    code: int
+    how: Literal["exited", "canceled", "timeout"]
+
+
+async def supervise(
+    job: Job,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    grace_seconds: float,
+) -> AsyncIterator[Output | Exit]:
+    """Run argv for the job: its output as decoded text, then how it ended.
+
+    The process group is stopped when the job is cancelled, when it runs past its timeout,
+    and when the consumer stops iterating (a dropped client), so nothing outlives the job.
+    """
+    group = await ProcessGroup.start(argv, env=env, cwd=job.workdir, grace_seconds=grace_seconds)
+    decoders = {
+        name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for name in ("stdout", "stderr")
+    }
+    how: Literal["exited", "canceled", "timeout"] = "exited"
+    chunks = aiter(group.chunks())
+    cancelled = asyncio.ensure_future(job.cancel.wait())
+    deadline = asyncio.get_running_loop().time() + job.timeout_seconds
+    try:
+        while True:
+            next_chunk = asyncio.ensure_future(anext(chunks))
+            remaining = deadline - asyncio.get_running_loop().time()
+            done, _ = await asyncio.wait(
+                {next_chunk, cancelled},
+                timeout=max(remaining, 0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if next_chunk not in done:
+                next_chunk.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await next_chunk
+                how = "canceled" if cancelled in done else "timeout"
+                break
+            try:
+                chunk = next_chunk.result()
+            except StopAsyncIteration:
+                break
+            text = decoders[chunk.stream].decode(chunk.data)
+            if text:
+                yield Output(chunk.stream, text)
+        if how == "exited":
+            for name, decoder in decoders.items():
+                if tail := decoder.decode(b"", final=True):
+                    yield Output(name, tail)  # type: ignore[arg-type]
+            code = await group.wait()
+        else:
+            await group.stop()
+            code = await group.wait()
+        yield Exit(code, how)
+    finally:
+        cancelled.cancel()
+        await group.stop()
+        await chunks.aclose()  # type: ignore[attr-defined]

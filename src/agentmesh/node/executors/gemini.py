@@ -1,0 +1,281 @@
+"""`gemini`: the real Gemini CLI, headless, with its own home, settings and policy per task.
+
+Each task runs `GEMINI_CLI_COMMAND -p PROMPT -o stream-json -m MODEL` with:
+- its own `GEMINI_CLI_HOME`, whose settings select API-key auth, turn usage statistics,
+  telemetry and auto-update off, and make the CLI give up at the first API error (the mesh,
+  which knows the other keys, decides what to do about a 429);
+- a policy file generated from the task's permission mode for the CLI's policy engine:
+  weak allows `run_shell_command` only for the allowlist's programs, superuser allows
+  everything but the denylist's; in headless mode whatever no rule allows is denied;
+- the API key in `GEMINI_API_KEY` of that process only, scrubbed from everything it prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from agentmesh.config import PermissionMode, Permissions
+from agentmesh.node.environment import Scrubber
+from agentmesh.node.executors.base import Exit, Job, supervise
+from agentmesh.node.executors.gemini_errors import classify_api_error
+from agentmesh.tasks.events import (
+    ApiError,
+    Diagnostic,
+    Payload,
+    Result,
+    Text,
+    ToolResult,
+    ToolUse,
+    Usage,
+)
+from agentmesh.tasks.model import TaskKind, TaskState
+
+log = logging.getLogger(__name__)
+
+# Exit codes of the Gemini CLI (from its source), for the error message of a failed run.
+EXIT_REASONS = {
+    1: "general or API error",
+    41: "authentication failed",
+    42: "invalid input",
+    44: "sandbox error",
+    52: "configuration error",
+    53: "turn limit reached",
+    54: "tool execution error",
+    55: "untrusted workspace",
+    130: "cancelled",
+}
+STDERR_TAIL_CHARS = 16 << 10
+
+SETTINGS: dict[str, Any] = {
+    "security": {"auth": {"selectedType": "gemini-api-key"}},
+    "privacy": {"usageStatisticsEnabled": False},
+    "telemetry": {"enabled": False},
+    "general": {
+        "enableAutoUpdate": False,
+        "enableAutoUpdateNotification": False,
+        "maxAttempts": 1,
+    },
+}
+
+
+def policy_toml(mode: PermissionMode, permissions: Permissions) -> str:
+    """The CLI policy for a permission mode (TOML literal strings: no escaping needed)."""
+    if mode is PermissionMode.WEAK:
+        prefixes = ", ".join(f"'{name}'" for name in permissions.weak.allowlist)
+        return (
+            "# agentmesh weak mode: only the allowlist's programs may run.\n"
+            "[[rule]]\n"
+            "toolName = 'run_shell_command'\n"
+            f"commandPrefix = [{prefixes}]\n"
+            "decision = 'allow'\n"
+            "priority = 100\n"
+        )
+    names = permissions.superuser.denylist
+    rules = [
+        "# agentmesh superuser mode: everything but the denylist's programs.",
+        # Redirections are ordinary shell in superuser mode.
+        "[[rule]]\ntoolName = 'run_shell_command'\ndecision = 'allow'\npriority = 10\n"
+        "allowRedirection = true",
+    ]
+    if names:
+        # The CLI checks every sub-command of a command line on its own. A program is
+        # denied by name (commandPrefix matches whole words) and by path (`/bin/rm`).
+        # The CLI drops regexes with nested quantifiers, so these have none.
+        prefixes = ", ".join(f"'{name}'" for name in names)
+        rules.append(
+            "[[rule]]\ntoolName = 'run_shell_command'\n"
+            f"commandPrefix = [{prefixes}]\ndecision = 'deny'\npriority = 900\n"
+            "denyMessage = 'the program is on the superuser denylist'"
+        )
+        for name in names:
+            rules.append(
+                "[[rule]]\ntoolName = 'run_shell_command'\n"
+                f"commandRegex = '[^\\s\"]*/{re.escape(name)}[\\s\"\\\\]'\n"
+                "decision = 'deny'\npriority = 900\n"
+                f"denyMessage = '{name} is on the superuser denylist'"
+            )
+    return "\n\n".join(rules) + "\n"
+
+
+class GeminiExecutor:
+    kind = TaskKind.GEMINI
+
+    def __init__(
+        self,
+        command: str,
+        permissions: Permissions,
+        *,
+        default_model: str,
+        env: Mapping[str, str],
+        grace_seconds: float,
+    ) -> None:
+        self._command = shlex.split(command)
+        self._permissions = permissions
+        self._default_model = default_model
+        self._env = dict(env)
+        self._grace = grace_seconds
+
+    async def run(self, job: Job) -> AsyncIterator[Payload]:
+        if not job.api_key:
+            yield Result(TaskState.FAILED, error="no API key was given for this gemini task")
+            return
+        home = Path(tempfile.mkdtemp(prefix="agentmesh-gemini-home-"))
+        try:
+            async for payload in self._run_in(home, job):
+                yield payload
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+    async def _run_in(self, home: Path, job: Job) -> AsyncIterator[Payload]:
+        config_dir = home / ".gemini"
+        config_dir.mkdir()
+        (home / "tmp").mkdir()
+        (config_dir / "settings.json").write_text(json.dumps(SETTINGS, indent=2))
+        # --policy replaces the user's policy directory, so only this file applies.
+        policy = home / "agentmesh-policy.toml"
+        policy.write_text(policy_toml(job.permission_mode, self._permissions))
+        model = job.spec.model or self._default_model
+        argv = [
+            *self._command,
+            *("-p", job.spec.prompt, "-o", "stream-json", "-m", model, "--policy", str(policy)),
+        ]
+        env = {
+            **self._env,
+            "GEMINI_API_KEY": job.api_key,
+            "GEMINI_CLI_HOME": str(home),
+            # A fresh home per task: a reused one stalls on the previous run's lock file.
+            "HOME": str(home),
+            # Error reports (which contain the conversation) and tool scratch go here too.
+            "TMPDIR": str(home / "tmp"),
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+            # One process instead of a relaunching wrapper: faster, and SIGTERM reaches it.
+            "GEMINI_CLI_NO_RELAUNCH": "true",
+            "NO_COLOR": "1",
+        }
+        scrub = Scrubber(job.api_key)
+        parser = StreamJsonParser(model)
+        stderr_tail = ""
+        pending = ""
+        async for item in supervise(job, argv, env=env, grace_seconds=self._grace):
+            if isinstance(item, Exit):
+                if pending:
+                    for payload in parser.feed_line(pending):
+                        yield payload
+                for payload in parser.finish(item, scrub(stderr_tail)):
+                    yield payload
+            elif item.stream == "stderr":
+                stderr_tail = (stderr_tail + item.text)[-STDERR_TAIL_CHARS:]
+            else:
+                pending += item.text
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    for payload in parser.feed_line(line):
+                        yield payload
+
+
+class StreamJsonParser:
+    """Turns the CLI's stream-json lines into payloads, and its ending into a Result."""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._answer: list[str] = []
+        self._result: dict[str, Any] | None = None
+
+    def feed_line(self, line: str) -> list[Payload]:
+        line = line.strip()
+        if not line.startswith("{"):
+            return []  # warnings the CLI prints between events
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            return []
+        if not isinstance(event, dict):
+            return []
+        kind = event.get("type")
+        if kind == "message" and event.get("role") == "assistant":
+            text = str(event.get("content", ""))
+            self._answer.append(text)
+            return [Text(text)] if text else []
+        if kind == "tool_use":
+            return [
+                ToolUse(
+                    tool_id=str(event.get("tool_id", "")),
+                    tool_name=str(event.get("tool_name", "")),
+                    parameters_json=json.dumps(event.get("parameters", {}), sort_keys=True),
+                )
+            ]
+        if kind == "tool_result":
+            raw_error = event.get("error")
+            error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
+            return [
+                ToolResult(
+                    tool_id=str(event.get("tool_id", "")),
+                    status=str(event.get("status", "")),
+                    output=str(event.get("output", "")),
+                    error_type=str(error.get("type", "")),
+                    error_message=str(error.get("message", "")),
+                )
+            ]
+        if kind == "error":
+            return [Diagnostic(str(event.get("severity", "error")), str(event.get("message", "")))]
+        if kind == "init":
+            self._model = str(event.get("model") or self._model)
+        if kind == "result":
+            self._result = event
+        return []
+
+    def finish(self, exit: Exit, stderr: str) -> list[Payload]:
+        answer = "".join(self._answer)
+        usage = self._usage()
+        if exit.how == "canceled":
+            return [Result(TaskState.CANCELED, exit.code, usage, answer, "canceled")]
+        if exit.how == "timeout":
+            return [Result(TaskState.FAILED, exit.code, usage, answer, "timed out")]
+        result = self._result or {}
+        if exit.code == 0 and result.get("status", "success") == "success" and self._result:
+            return [Result(TaskState.COMPLETED, 0, usage, answer)]
+        error = result.get("error")
+        message = ""
+        if isinstance(error, dict):
+            message = str(error.get("message", ""))
+        elif error:
+            message = str(error)
+        payloads: list[Payload] = []
+        api_error: ApiError | None = classify_api_error(f"{message}\n{stderr}")
+        if api_error is not None:
+            payloads.append(api_error)
+            message = api_error.message
+        reason = EXIT_REASONS.get(exit.code, f"exit code {exit.code}")
+        if not message:
+            lines = [line for line in stderr.strip().splitlines() if line.strip()]
+            message = lines[-1][:500] if lines else ""
+        error_text = f"gemini CLI failed ({reason})" + (f": {message}" if message else "")
+        payloads.append(Result(TaskState.FAILED, exit.code, usage, answer, error_text))
+        return payloads
+
+    def _usage(self) -> Usage:
+        stats = (self._result or {}).get("stats")
+        if not isinstance(stats, dict):
+            return Usage(model=self._model)
+
+        def number(key: str) -> int:
+            value = stats.get(key, 0)
+            return int(value) if isinstance(value, int | float) else 0
+
+        return Usage(
+            input_tokens=number("input_tokens"),
+            output_tokens=number("output_tokens"),
+            cached_tokens=number("cached"),
+            total_tokens=number("total_tokens"),
+            duration_ms=number("duration_ms"),
+            tool_calls=number("tool_calls"),
+            model=self._model,
+        )

@@ -1,0 +1,94 @@
+"""Recognising the Gemini API's errors in what the Gemini CLI prints.
+
+The CLI reports an API failure as text: the `result` event's error message ("... Please
+retry in 26s."), and on stderr the HTTP status, `retryDelayMs` and often the whole error body
+with its `QuotaFailure` and `RetryInfo` details. A quota whose id contains `PerDay` lasts
+until the daily reset, whatever the retry delay says.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from agentmesh.tasks.events import ApiError, ApiErrorKind
+
+PACIFIC = ZoneInfo("America/Los_Angeles")
+_QUOTA = re.compile(r"\b429\b|RESOURCE_EXHAUSTED|quota exceeded|exhausted your|rate limit", re.I)
+# The CLI replaces Google's message for daily quotas with its own words.
+_DAILY = re.compile(r"exhausted your daily quota|PerDay", re.I)
+_INVALID_KEY = re.compile(
+    r"API_KEY_INVALID|API key not valid|API key expired|invalid api key|PERMISSION_DENIED.*key",
+    re.I,
+)
+_RETRY_IN = re.compile(r"[Pp]lease retry in ([0-9.]+)\s*(ms|s)\b")
+_RETRY_DELAY = re.compile(r"retryDelay\"?\s*[:=]\s*\"?([0-9.]+)s")
+_RETRY_DELAY_MS = re.compile(r"retryDelayMs\"?\s*[:=]\s*([0-9.]+)")
+_QUOTA_ID = re.compile(r"quotaId\"?\s*[:=]\s*\"?([A-Za-z0-9_-]+)")
+_HTTP_STATUS = re.compile(r"(?:status|code)\"?\s*[:=]\s*\"?(4\d\d|5\d\d)\b")
+
+
+def seconds_until_daily_reset(now: datetime) -> float:
+    """Seconds from `now` to the next midnight in America/Los_Angeles."""
+    local = now.astimezone(PACIFIC)
+    midnight = datetime.combine(local.date() + timedelta(days=1), time(0), tzinfo=PACIFIC)
+    return (midnight - local).total_seconds()
+
+
+def classify_api_error(text: str, now: datetime | None = None) -> ApiError | None:
+    """An ApiError if `text` (the CLI's error message and stderr) shows a Gemini API error."""
+    if _INVALID_KEY.search(text):
+        return ApiError(
+            kind=ApiErrorKind.INVALID_API_KEY,
+            message="the API key was refused: API key not valid",
+            http_status=_http_status(text) or 400,
+        )
+    if not _QUOTA.search(text):
+        return None
+    now = now or datetime.now(UTC)
+    quota_id = _first(_QUOTA_ID, text)
+    delay = _retry_delay(text)
+    if _DAILY.search(text):
+        scope = "per_day"
+        # A daily quota comes back at midnight Pacific time, whatever the retry delay says.
+        delay = max(delay, seconds_until_daily_reset(now))
+    elif "PerMinute" in quota_id or _RETRY_IN.search(text):
+        scope = "per_minute"
+    else:
+        scope = ""
+    described = {"per_day": "daily quota", "per_minute": "per-minute quota"}.get(scope, "quota")
+    message = f"{described} exhausted (HTTP 429 RESOURCE_EXHAUSTED)"
+    if quota_id:
+        message += f" for {quota_id}"
+    if delay:
+        message += f": retry in {delay:.0f}s"
+    return ApiError(
+        kind=ApiErrorKind.QUOTA_EXHAUSTED,
+        message=message,
+        retry_delay_seconds=delay,
+        quota_scope=scope,
+        quota_id=quota_id,
+        http_status=429,
+    )
+
+
+def _retry_delay(text: str) -> float:
+    if match := _RETRY_DELAY.search(text):
+        return float(match[1])
+    if match := _RETRY_DELAY_MS.search(text):
+        return float(match[1]) / 1000
+    if match := _RETRY_IN.search(text):
+        value = float(match[1])
+        return value / 1000 if match[2] == "ms" else value
+    return 0.0
+
+
+def _http_status(text: str) -> int:
+    match = _HTTP_STATUS.search(text)
+    return int(match[1]) if match else 0
+
+
+def _first(pattern: re.Pattern[str], text: str) -> str:
+    match = pattern.search(text)
+    return match[1] if match else ""

@@ -1,0 +1,67 @@
+"""`shell`: one command line, checked against the permission rules, streamed as it runs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+from agentmesh.config import Permissions
+from agentmesh.node.executors.base import Exit, Job, supervise
+from agentmesh.node.permissions import CommandRefused, plan_shell_command
+from agentmesh.tasks.events import Payload, Refusal, Result, Stderr, Stdout
+from agentmesh.tasks.model import TaskKind, TaskState
+
+# The result keeps the end of the output; the whole of it is in the event stream.
+RESULT_OUTPUT_CHARS = 16 << 10
+
+
+class ShellExecutor:
+    kind = TaskKind.SHELL
+
+    def __init__(
+        self, permissions: Permissions, *, env: Mapping[str, str], grace_seconds: float
+    ) -> None:
+        self._permissions = permissions
+        self._env = dict(env)
+        self._grace = grace_seconds
+
+    async def run(self, job: Job) -> AsyncIterator[Payload]:
+        try:
+            plan = plan_shell_command(
+                job.spec.command,
+                job.permission_mode,
+                allowlist=self._permissions.weak.allowlist,
+                denylist=self._permissions.superuser.denylist,
+            )
+        except CommandRefused as refused:
+            yield Refusal(
+                command=refused.command,
+                rule=refused.rule,
+                mode=str(refused.mode),
+                detail=refused.detail,
+            )
+            yield Result(
+                TaskState.REJECTED, error=f"refused in {refused.mode} mode: {refused.detail}"
+            )
+            return
+        tail = ""
+        async for item in supervise(job, plan.argv, env=self._env, grace_seconds=self._grace):
+            if isinstance(item, Exit):
+                yield _result(item, tail)
+            elif item.stream == "stdout":
+                tail = (tail + item.text)[-RESULT_OUTPUT_CHARS:]
+                yield Stdout(item.text)
+            else:
+                yield Stderr(item.text)
+
+
+def _result(exit: Exit, tail: str) -> Result:
+    if exit.how == "canceled":
+        return Result(TaskState.CANCELED, exit_code=exit.code, output=tail, error="canceled")
+    if exit.how == "timeout":
+        return Result(TaskState.FAILED, exit_code=exit.code, output=tail, error="timed out")
+    if exit.code != 0:
+        error = (
+            f"exited with code {exit.code}" if exit.code > 0 else f"killed by signal {-exit.code}"
+        )
+        return Result(TaskState.FAILED, exit_code=exit.code, output=tail, error=error)
+    return Result(TaskState.COMPLETED, exit_code=0, output=tail)

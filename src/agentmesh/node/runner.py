@@ -1,0 +1,216 @@
+"""The node's task runner: admission, numbering, secrets scrubbing and cancellation.
+
+Executors yield payloads; the runner turns them into numbered events (seq from 1, no gaps),
+makes sure the last one is a `Result`, and that nothing outlives a task: cancellation, a
+timeout and a dropped client all stop the task's processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentmesh.config import PermissionMode
+from agentmesh.errors import AlreadyExists, FailedPrecondition, Overloaded, Unavailable
+from agentmesh.node.environment import Scrubber
+from agentmesh.node.executors.base import Executor, Job
+from agentmesh.tasks.events import Diagnostic, Payload, Result, Status, TaskEvent
+from agentmesh.tasks.model import TaskSpec, TaskState, validate_runnable, validate_task_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExecuteRequest:
+    task_id: str
+    attempt: int
+    spec: TaskSpec
+    api_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class RunnerLimits:
+    max_concurrency: int
+    default_timeout_seconds: float
+    default_permission_mode: PermissionMode
+    # Where tasks run; None = a fresh temporary directory per task.
+    workdir: Path | None = None
+
+
+@dataclass
+class _Run:
+    task_id: str
+    cancel: asyncio.Event
+    started: float
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        agent_id: str,
+        executors: Mapping[str, Executor],
+        limits: RunnerLimits,
+        *,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        self.agent_id = agent_id
+        self._executors = dict(executors)
+        self._limits = limits
+        self._secrets = secrets
+        self._runs: dict[str, _Run] = {}
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._runs)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def running_task_ids(self) -> tuple[str, ...]:
+        return tuple(self._runs)
+
+    def drain(self) -> None:
+        """Accept no new tasks from now on."""
+        self._draining = True
+
+    async def wait_idle(self, within_seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), within_seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def cancel(self, task_id: str) -> bool:
+        run = self._runs.get(task_id)
+        if run is None:
+            return False
+        run.cancel.set()
+        return True
+
+    def cancel_all(self) -> None:
+        for run in self._runs.values():
+            run.cancel.set()
+
+    async def execute(self, request: ExecuteRequest) -> AsyncIterator[TaskEvent]:
+        """Run one task; yield its events until (and including) its `Result`."""
+        validate_task_id(request.task_id)
+        kind = validate_runnable(request.spec)
+        executor = self._executors.get(kind)
+        if executor is None:
+            raise FailedPrecondition(f"this node has no {kind} executor")
+        if self._draining:
+            raise Unavailable("this node is shutting down and takes no new tasks")
+        if request.task_id in self._runs:
+            raise AlreadyExists(f"task {request.task_id} is already running here")
+        if len(self._runs) >= self._limits.max_concurrency:
+            raise Overloaded(
+                f"this node runs {len(self._runs)} tasks, its limit"
+                f" (max_concurrency={self._limits.max_concurrency})"
+            )
+        run = _Run(request.task_id, asyncio.Event(), time.monotonic())
+        self._runs[request.task_id] = run
+        self._idle.clear()
+        try:
+            async for event in self._run(request, kind, executor, run):
+                yield event
+        finally:
+            del self._runs[request.task_id]
+            if not self._runs:
+                self._idle.set()
+
+    async def _run(
+        self, request: ExecuteRequest, kind: str, executor: Executor, run: _Run
+    ) -> AsyncIterator[TaskEvent]:
+        scrub = Scrubber(request.api_key, *self._secrets)
+        seq = 0
+
+        def event(payload: Payload) -> TaskEvent:
+            nonlocal seq
+            seq += 1
+            return TaskEvent(
+                task_id=request.task_id,
+                seq=seq,
+                time=time.time(),
+                attempt=request.attempt,
+                agent_id=self.agent_id,
+                payload=_scrubbed(payload, scrub),
+            )
+
+        mode = PermissionMode(request.spec.permission_mode or self._limits.default_permission_mode)
+        timeout = request.spec.timeout_seconds or self._limits.default_timeout_seconds
+        log.info(
+            "task started",
+            extra={"task_id": request.task_id, "attempt": request.attempt, "kind": kind},
+        )
+        yield event(Status(TaskState.WORKING, f"running on {self.agent_id}"))
+        with _workdir(self._limits.workdir, request.task_id) as workdir:
+            job = Job(
+                task_id=request.task_id,
+                attempt=request.attempt,
+                spec=request.spec,
+                kind=validate_runnable(request.spec),
+                permission_mode=mode,
+                workdir=workdir,
+                timeout_seconds=timeout,
+                cancel=run.cancel,
+                api_key=request.api_key,
+            )
+            payloads = aiter(executor.run(job))
+            result: Result | None = None
+            try:
+                async for payload in payloads:
+                    yield event(payload)
+                    if isinstance(payload, Result):
+                        result = payload
+                        break
+            except Exception as exc:
+                log.exception("executor failed", extra={"task_id": request.task_id})
+                yield event(Diagnostic("error", f"executor error: {exc.__class__.__name__}"))
+            finally:
+                await payloads.aclose()  # type: ignore[attr-defined]
+            if result is None:
+                result = Result(TaskState.FAILED, error="the executor ended without a result")
+                yield event(result)
+        log.info(
+            "task ended",
+            extra={
+                "task_id": request.task_id,
+                "attempt": request.attempt,
+                "state": str(result.state),
+                "seconds": round(time.monotonic() - run.started, 3),
+            },
+        )
+
+
+@contextlib.contextmanager
+def _workdir(configured: Path | None, task_id: str) -> Iterator[Path]:
+    if configured is not None:
+        yield configured
+        return
+    path = Path(tempfile.mkdtemp(prefix=f"agentmesh-{task_id[:40]}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _scrubbed(payload: Payload, scrub: Scrubber) -> Payload:
+    changes: dict[str, Any] = {
+        f.name: scrub(value)
+        for f in dataclasses.fields(payload)
+        if isinstance(value := getattr(payload, f.name), str)
+    }
+    return dataclasses.replace(payload, **changes)

@@ -1,0 +1,129 @@
+"""An AgentNode's life: detect what the host can run, serve, and shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import replace
+
+from agentmesh.config import NodeSettings, Settings
+from agentmesh.db.embedded import default_data_dir
+from agentmesh.node.card import AgentCard, build_card, gemini_cli_version, stable_agent_id
+from agentmesh.node.environment import child_environment
+from agentmesh.node.executors.base import Executor
+from agentmesh.node.executors.echo import EchoExecutor
+from agentmesh.node.executors.gemini import GeminiExecutor
+from agentmesh.node.executors.shell import ShellExecutor
+from agentmesh.node.runner import RunnerLimits, TaskRunner
+from agentmesh.node.servicer import SERVICE_NAME, AgentNodeServicer, register
+from agentmesh.rpc.server import RunningServer, is_loopback, split_host_port, start_server
+
+log = logging.getLogger(__name__)
+
+
+class AgentNode:
+    """A started node: its runner, its card and its gRPC server."""
+
+    def __init__(self, runner: TaskRunner, card: AgentCard, server: RunningServer) -> None:
+        self.runner = runner
+        self._card = card
+        self.server = server
+
+    @property
+    def address(self) -> str:
+        host, _ = split_host_port(self._card.endpoint)
+        return f"{host}:{self.server.port}"
+
+    def card(self) -> AgentCard:
+        return replace(
+            self._card,
+            endpoint=self.address,
+            running_tasks=self.runner.running,
+            draining=self.runner.draining,
+        )
+
+    @classmethod
+    async def start(cls, settings: Settings, node: NodeSettings) -> AgentNode:
+        name = node.name or socket.gethostname()
+        data_dir = settings.env.AGENTMESH_DATA_DIR or default_data_dir()
+        agent_id = stable_agent_id(data_dir, name)
+        env = child_environment()
+        grace = node.cancel_grace_seconds
+        executors: dict[str, Executor] = {
+            "echo": EchoExecutor(),
+            "shell": ShellExecutor(settings.permissions, env=env, grace_seconds=grace),
+        }
+        gemini_version = await gemini_cli_version(settings.env.GEMINI_CLI_COMMAND)
+        if gemini_version is not None:
+            executors["gemini"] = GeminiExecutor(
+                settings.env.GEMINI_CLI_COMMAND,
+                settings.permissions,
+                default_model=settings.agent_defaults.model,
+                env=env,
+                grace_seconds=grace,
+            )
+        limits = RunnerLimits(
+            max_concurrency=node.max_concurrency,
+            default_timeout_seconds=settings.agent_defaults.timeout_seconds,
+            default_permission_mode=settings.agent_defaults.permissions,
+            workdir=node.workdir,
+        )
+        token = settings.token
+        runner = TaskRunner(agent_id, executors, limits, secrets=(token,) if token else ())
+        card = build_card(
+            agent_id=agent_id,
+            name=name,
+            executors=tuple(executors),
+            models=node.models,
+            configured_capabilities=node.capabilities,
+            max_concurrency=node.max_concurrency,
+            permission_mode=str(settings.agent_defaults.permissions),
+            endpoint=node.advertise or node.listen,
+            gemini_version=gemini_version,
+        )
+        holder: list[AgentNode] = []
+        servicer = AgentNodeServicer(runner, lambda: holder[0].card())
+        server = await start_server(
+            node.listen, register(servicer), [SERVICE_NAME], token=token, tls=settings.tls
+        )
+        started = cls(runner, card, server)
+        holder.append(started)
+        return started
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Stop taking work, let running tasks finish for a grace period, then stop them."""
+        self.runner.drain()
+        await self.server.set_serving(False)
+        if not await self.runner.wait_idle(grace_seconds):
+            log.warning("grace period over: cancelling %d running task(s)", self.runner.running)
+            self.runner.cancel_all()
+            await self.runner.wait_idle(grace_seconds + 5)
+        await self.server.stop(1.0)
+
+
+async def run_node(
+    settings: Settings, node: NodeSettings, *, announce: Callable[[str], None] = print
+) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; the `agentmesh node` command."""
+    started = await AgentNode.start(settings, node)
+    card = started.card()
+    host, _ = split_host_port(started.address)
+    if settings.token is None:
+        log.warning("no AGENTMESH_TOKEN set: serving on loopback only, without authentication")
+    elif not is_loopback(host) and not settings.tls.enabled:
+        log.warning("serving without TLS: the token crosses the network in clear text")
+    announce(
+        f"agentmesh node {card.name} ({card.agent_id}) listening on {started.address};"
+        f" executors: {', '.join(card.executors)}"
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining %d running task(s)", started.runner.running)
+    await started.shutdown(node.shutdown_grace_seconds)
+    return 0

@@ -1,0 +1,58 @@
+"""`agentmesh.v1.AgentNode` over gRPC: the only node module that knows the generated code."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from agentmesh.errors import InvalidArgument
+from agentmesh.node.card import AgentCard
+from agentmesh.node.runner import ExecuteRequest, TaskRunner
+from agentmesh.rpc import convert
+from agentmesh.rpc.errors import streaming, unary
+from agentmesh.tasks.model import validate_task_id
+from agentmesh.v1 import agent_pb2, node_pb2, node_pb2_grpc, task_pb2
+
+Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["AgentNode"].full_name
+
+
+class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
+    def __init__(self, runner: TaskRunner, card: Callable[[], AgentCard]) -> None:
+        self._runner = runner
+        self._card = card
+
+    @unary
+    async def GetCapabilities(
+        self, request: node_pb2.GetCapabilitiesRequest, context: Context
+    ) -> agent_pb2.AgentCard:
+        return convert.card_to_proto(self._card())
+
+    @streaming
+    async def ExecuteTask(
+        self, request: node_pb2.ExecuteTaskRequest, context: Context
+    ) -> AsyncIterator[task_pb2.TaskEvent]:
+        if request.attempt < 0:
+            raise InvalidArgument("attempt", "must not be negative")
+        execute = ExecuteRequest(
+            task_id=request.task_id,
+            attempt=request.attempt or 1,
+            spec=convert.spec_from_proto(request.spec),
+            api_key=request.api_key,
+        )
+        async for event in self._runner.execute(execute):
+            yield convert.event_to_proto(event)
+
+    @unary
+    async def CancelTask(
+        self, request: node_pb2.CancelTaskRequest, context: Context
+    ) -> node_pb2.CancelTaskResponse:
+        validate_task_id(request.task_id)
+        canceled = self._runner.cancel(request.task_id)
+        return node_pb2.CancelTaskResponse(task_id=request.task_id, canceled=canceled)
+
+
+def register(servicer: AgentNodeServicer) -> Callable[[grpc.aio.Server], None]:
+    return lambda server: node_pb2_grpc.add_AgentNodeServicer_to_server(servicer, server)

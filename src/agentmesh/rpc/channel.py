@@ -1,0 +1,31 @@
+"""Client channels to agentmesh services, carrying the mesh token."""
+
+from __future__ import annotations
+
+import grpc
+
+from agentmesh.config import ConfigError, TlsSettings
+from agentmesh.rpc.auth import client_interceptors
+from agentmesh.rpc.server import MAX_MESSAGE_BYTES
+
+
+def open_channel(target: str, *, token: str | None, tls: TlsSettings) -> grpc.aio.Channel:
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 0),
+    ]
+    interceptors = client_interceptors(token)
+    if not tls.enabled and tls.ca_file is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    try:
+        ca = tls.ca_file.read_bytes() if tls.ca_file else None
+        # With client-certificate verification, this process's own cert/key identify it.
+        key = tls.key_file.read_bytes() if tls.key_file else None
+        chain = tls.cert_file.read_bytes() if tls.cert_file else None
+    except OSError as exc:
+        raise ConfigError(f"tls: cannot read {exc.filename}: {exc.strerror}") from None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=chain
+    )
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)

@@ -1,0 +1,155 @@
+"""Conversions between the generated protobuf messages and agentmesh's plain objects.
+
+Payload dataclasses use the proto field names, so conversion is generic: a dict of the
+dataclass goes through `json_format`, with the two enums translated by prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agentmesh.node.card import AgentCard
+from agentmesh.tasks import events
+from agentmesh.tasks.model import TaskSpec, TaskState
+from agentmesh.v1 import agent_pb2, task_pb2
+
+_ENUM_PREFIXES = {"state": "TASK_STATE_", "kind": "API_ERROR_KIND_"}
+
+
+def spec_from_proto(message: task_pb2.TaskSpec) -> TaskSpec:
+    return TaskSpec(
+        kind=message.kind,
+        prompt=message.prompt,
+        command=message.command,
+        user=message.user,
+        required_capabilities=tuple(message.required_capabilities),
+        target_host=message.target_host,
+        model=message.model,
+        priority=message.priority,
+        max_tokens=message.max_tokens,
+        timeout_seconds=message.timeout_seconds,
+        idempotency_key=message.idempotency_key,
+        permission_mode=message.permission_mode,
+        subtasks=tuple(spec_from_proto(child) for child in message.subtasks),
+        description=message.description,
+        max_attempts=message.max_attempts,
+    )
+
+
+def spec_to_proto(spec: TaskSpec) -> task_pb2.TaskSpec:
+    values = dataclasses.asdict(spec)
+    values.pop("subtasks")
+    message = task_pb2.TaskSpec(**values)
+    message.subtasks.extend(spec_to_proto(child) for child in spec.subtasks)
+    return message
+
+
+def state_to_proto(state: TaskState) -> task_pb2.TaskState.ValueType:
+    return task_pb2.TaskState.Value("TASK_STATE_" + state.value.upper())
+
+
+def state_from_proto(value: int) -> TaskState:
+    name = task_pb2.TaskState.Name(value)  # type: ignore[arg-type]
+    return TaskState(name.removeprefix("TASK_STATE_").lower())
+
+
+def payload_to_dict(payload: events.Payload) -> dict[str, Any]:
+    """The payload as the trace stores it (plain JSON values, enum values lower-case)."""
+    return dataclasses.asdict(payload)
+
+
+def payload_from_dict(kind: str, values: dict[str, Any]) -> events.Payload:
+    cls = events.PAYLOAD_TYPES[kind]
+    values = dict(values)
+    if "state" in values:
+        values["state"] = TaskState(values["state"])
+    if cls is events.ApiError:
+        values["kind"] = events.ApiErrorKind(values["kind"])
+    if cls is events.Result:
+        values["usage"] = events.Usage(**values.get("usage", {}))
+    return cls(**values)
+
+
+def event_to_proto(event: events.TaskEvent) -> task_pb2.TaskEvent:
+    message = task_pb2.TaskEvent(
+        task_id=event.task_id,
+        seq=event.seq,
+        time=_timestamp(event.time),
+        attempt=event.attempt,
+        agent_id=event.agent_id,
+    )
+    payload = event.payload
+    target = getattr(message, payload.KIND)
+    # Built field by field (not through json_format): this is the streaming hot path.
+    values: dict[str, Any] = {f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)}
+    for name, prefix in _ENUM_PREFIXES.items():
+        if name in values:
+            values[name] = prefix + str(values[name]).upper()
+    if "usage" in values:
+        values["usage"] = task_pb2.Usage(**dataclasses.asdict(values["usage"]))
+    target.MergeFrom(type(target)(**values))
+    return message
+
+
+def event_from_proto(message: task_pb2.TaskEvent) -> events.TaskEvent:
+    kind = message.WhichOneof("payload")
+    if kind is None:
+        raise ValueError(f"event {message.seq} of task {message.task_id} has no payload")
+    values = json_format.MessageToDict(
+        getattr(message, kind),
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        use_integers_for_enums=False,
+    )
+    for field, prefix in _ENUM_PREFIXES.items():
+        if field in values:
+            values[field] = values[field].removeprefix(prefix).lower()
+    if kind == "result":
+        values["usage"] = {k: _int_or_str(v) for k, v in values.get("usage", {}).items()}
+        values["exit_code"] = int(values.get("exit_code", 0))
+    return events.TaskEvent(
+        task_id=message.task_id,
+        seq=message.seq,
+        time=message.time.ToMicroseconds() / 1e6,
+        attempt=message.attempt,
+        agent_id=message.agent_id,
+        payload=payload_from_dict(kind, values),
+    )
+
+
+def _int_or_str(value: Any) -> Any:
+    # proto3 JSON writes int64 as strings.
+    return int(value) if isinstance(value, str) and value.lstrip("-").isdigit() else value
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMicroseconds(int(seconds * 1e6))
+    return stamp
+
+
+def now() -> float:
+    return time.time()
+
+
+def card_to_proto(card: AgentCard) -> agent_pb2.AgentCard:
+    values = dataclasses.asdict(card)
+    started_at = Timestamp()
+    started_at.FromJsonString(values.pop("started_at"))
+    return agent_pb2.AgentCard(**values, started_at=started_at)
+
+
+def card_from_proto(message: agent_pb2.AgentCard) -> AgentCard:
+    values = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    for name in ("ip_addresses", "executors", "models", "capabilities"):
+        values[name] = tuple(values.get(name, ()))
+    values["memory_bytes"] = int(values.get("memory_bytes", 0))
+    values.setdefault("started_at", "")
+    return AgentCard(**values)

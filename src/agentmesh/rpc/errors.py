@@ -1,0 +1,109 @@
+"""One table from domain errors to gRPC status codes, and the wrappers every RPC goes through."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from agentmesh import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_CODES: dict[type[errors.AgentmeshError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+}
+
+Servicer = TypeVar("Servicer")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def status_code_for(error: errors.AgentmeshError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.UNKNOWN
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], error: errors.AgentmeshError
+) -> NoReturn:
+    """End the RPC with the error's status code, and google.rpc details where they help."""
+    code = status_code_for(error)
+    message = str(error)
+    status = status_pb2.Status(code=code.value[0], message=message)
+    if isinstance(error, errors.InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=error.field, description=error.problem
+                    )
+                ]
+            )
+        )
+        status.details.append(detail)
+    await context.abort(
+        code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
+    )
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+async def _internal(context: grpc.aio.ServicerContext[Any, Any], method: str) -> NoReturn:
+    log.exception("unexpected error in %s", method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+    raise AssertionError("unreachable")
+
+
+def unary(
+    method: Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]],
+) -> Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
+    """Route a unary RPC's domain errors through the error table."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Servicer, request: Request, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Response:
+        try:
+            return await method(self, request, context)
+        except errors.AgentmeshError as error:
+            await abort(context, error)
+        except Exception:
+            await _internal(context, method.__name__)
+
+    return wrapper
+
+
+def streaming(
+    method: Callable[
+        [Servicer, Request, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Response]
+    ],
+) -> Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Response]]:
+    """Route a server-streaming RPC's domain errors through the error table."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Servicer, request: Request, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Response]:
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except errors.AgentmeshError as error:
+            await abort(context, error)
+        except Exception:
+            await _internal(context, method.__name__)
+
+    return wrapper

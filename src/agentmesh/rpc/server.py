@@ -1,0 +1,115 @@
+"""A grpc.aio server with health, reflection, the mesh token and optional TLS."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agentmesh.config import ConfigError, TlsSettings
+from agentmesh.rpc.auth import TokenAuthInterceptor
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8 << 20
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(listen: str, token: str | None) -> None:
+    """Without a token, serve only on loopback: anyone who can connect could run commands."""
+    host, _ = split_host_port(listen)
+    if token is None and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {listen} without AGENTMESH_TOKEN: set a token, or listen"
+            " on a loopback address such as 127.0.0.1"
+        )
+
+
+def _credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    assert tls.cert_file is not None
+    if tls.key_file is None:
+        raise ConfigError("tls.key_file: required when tls.cert_file is set")
+    try:
+        chain = tls.cert_file.read_bytes()
+        key = tls.key_file.read_bytes()
+        client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    except OSError as exc:
+        raise ConfigError(f"tls: cannot read {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set("", status)
+
+    async def stop(self, grace: float | None) -> None:
+        await self.server.stop(grace)
+
+
+async def start_server(
+    listen: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    *,
+    token: str | None,
+    tls: TlsSettings,
+) -> RunningServer:
+    """Bind `listen` (port 0 picks a free one), register the services, start serving."""
+    check_exposure(listen, token)
+    interceptors = [TokenAuthInterceptor(token)] if token is not None else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    try:
+        if tls.enabled:
+            port = server.add_secure_port(listen, _credentials(tls))
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc}") from None
+    await server.start()
+    running = RunningServer(server=server, port=port, health=health_servicer)
+    for name in ("", *service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return running

@@ -1,0 +1,135 @@
+"""What a task is: its spec, its states and the rules a valid spec follows."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from agentmesh.errors import InvalidArgument
+
+# A prompt travels as one argv element of the Gemini CLI, which Linux caps at 128 KiB.
+MAX_PROMPT_BYTES = 120 << 10
+MAX_COMMAND_BYTES = 64 << 10
+MAX_ID_LENGTH = 128
+MAX_CAPABILITIES = 64
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+CAPABILITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$")
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class TaskState(StrEnum):
+    SUBMITTED = "submitted"
+    WORKING = "working"
+    INPUT_REQUIRED = "input_required"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELED, TaskState.REJECTED}
+)
+
+
+class TaskKind(StrEnum):
+    GEMINI = "gemini"
+    SHELL = "shell"
+    ECHO = "echo"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What to run; mirrors `agentmesh.v1.TaskSpec`."""
+
+    kind: str = ""
+    prompt: str = ""
+    command: str = ""
+    user: str = ""
+    required_capabilities: tuple[str, ...] = ()
+    target_host: str = ""
+    model: str = ""
+    priority: int = 0
+    max_tokens: int = 0
+    timeout_seconds: int = 0
+    idempotency_key: str = ""
+    permission_mode: str = ""
+    subtasks: tuple[TaskSpec, ...] = field(default=())
+    description: str = ""
+    max_attempts: int = 0
+
+
+def validate_task_id(value: str, field_name: str = "task_id") -> str:
+    if not _ID.match(value):
+        raise InvalidArgument(
+            field_name,
+            "must be 1-128 characters of letters, digits, '.', '_', ':' or '-',"
+            " starting with a letter or digit",
+        )
+    return value
+
+
+def validate_runnable(spec: TaskSpec, prefix: str = "spec") -> TaskKind:
+    """Check a spec that a node is to run now (no subtasks); return its kind."""
+    try:
+        kind = TaskKind(spec.kind)
+    except ValueError:
+        shown = repr(spec.kind) if spec.kind else "empty"
+        raise InvalidArgument(
+            f"{prefix}.kind", f"must be one of gemini, shell, echo (got {shown})"
+        ) from None
+    if kind in (TaskKind.GEMINI, TaskKind.ECHO):
+        _require_text(spec.prompt, f"{prefix}.prompt", MAX_PROMPT_BYTES, kind)
+    if kind is TaskKind.SHELL:
+        _require_text(spec.command, f"{prefix}.command", MAX_COMMAND_BYTES, kind)
+        if "\x00" in spec.command:
+            raise InvalidArgument(f"{prefix}.command", "must not contain NUL characters")
+    validate_common(spec, prefix)
+    return kind
+
+
+def validate_common(spec: TaskSpec, prefix: str = "spec") -> None:
+    """The checks every spec passes, runnable or a parent of subtasks."""
+    if spec.permission_mode not in ("", "weak", "superuser"):
+        raise InvalidArgument(
+            f"{prefix}.permission_mode",
+            f"must be weak, superuser or empty (got {spec.permission_mode!r})",
+        )
+    if spec.timeout_seconds < 0:
+        raise InvalidArgument(f"{prefix}.timeout_seconds", "must not be negative")
+    if spec.max_tokens < 0:
+        raise InvalidArgument(f"{prefix}.max_tokens", "must not be negative")
+    if spec.max_attempts < 0:
+        raise InvalidArgument(f"{prefix}.max_attempts", "must not be negative")
+    if spec.model and not _MODEL.match(spec.model):
+        raise InvalidArgument(f"{prefix}.model", f"is not a model name (got {spec.model!r})")
+    if len(spec.required_capabilities) > MAX_CAPABILITIES:
+        raise InvalidArgument(
+            f"{prefix}.required_capabilities", f"at most {MAX_CAPABILITIES} entries"
+        )
+    for index, capability in enumerate(spec.required_capabilities):
+        if not CAPABILITY.match(capability):
+            raise InvalidArgument(
+                f"{prefix}.required_capabilities[{index}]",
+                f"is not a capability name (got {capability[:80]!r}): use letters, digits"
+                " and . _ : / + -",
+            )
+    if len(spec.target_host) > 255:
+        raise InvalidArgument(f"{prefix}.target_host", "is longer than 255 characters")
+    for name in ("user", "idempotency_key", "description"):
+        if len(getattr(spec, name)) > 1024:
+            raise InvalidArgument(f"{prefix}.{name}", "is longer than 1024 characters")
+
+
+def _require_text(value: str, name: str, limit: int, kind: TaskKind) -> None:
+    if not value.strip():
+        raise InvalidArgument(name, f"must not be empty for a {kind} task")
+    size = len(value.encode())
+    if size > limit:
+        raise InvalidArgument(name, f"is {size} bytes; the limit is {limit}")

@@ -1,0 +1,659 @@
+"""A loopback emulator of the Gemini REST API (``generativelanguage.googleapis.com``).
+
+Point the real Gemini CLI at it with ``GOOGLE_GEMINI_BASE_URL=emulator.base_url``.
+Stdlib only. Replies are scripted through a FIFO consumed one per generate request
+(``streamGenerateContent`` or ``generateContent``); when the FIFO is empty a default
+reply echoes the last user text. Every request is recorded for assertions.
+
+Example::
+
+    with GeminiEmulator() as emu:
+        emu.script(text_reply("hello", prompt_tokens=12, candidates_tokens=3))
+        emu.script(quota_exhausted("minute"))
+        ...  # run the CLI with GOOGLE_GEMINI_BASE_URL=emu.base_url
+        assert emu.generate_requests()[0].api_key == "k1"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Literal, TypeAlias, cast
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = [
+    "DEFAULT_EMBEDDING_DIMENSIONS",
+    "ErrorReply",
+    "FunctionCallReply",
+    "GeminiEmulator",
+    "RecordedRequest",
+    "Reply",
+    "ReplyFactory",
+    "TextReply",
+    "Usage",
+    "count_tokens",
+    "embedding_for",
+    "error_body",
+    "function_call_reply",
+    "invalid_api_key",
+    "last_user_text",
+    "quota_exhausted",
+    "shell_call",
+    "slow_reply",
+    "text_reply",
+]
+
+JSONObject: TypeAlias = dict[str, object]
+
+DEFAULT_EMBEDDING_DIMENSIONS = 768
+GENERATE_ACTIONS = frozenset({"streamGenerateContent", "generateContent"})
+_MODEL_PATH = re.compile(
+    r"^/(?P<version>v1beta|v1alpha|v1)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$"
+)
+
+
+# --------------------------------------------------------------------------- replies
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts reported in ``usageMetadata``; ``total`` is prompt + candidates."""
+
+    prompt_tokens: int
+    candidates_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """``totalTokenCount`` as Google computes it."""
+        return self.prompt_tokens + self.candidates_tokens
+
+    def to_json(self) -> JSONObject:
+        """The ``usageMetadata`` object."""
+        return {
+            "promptTokenCount": self.prompt_tokens,
+            "candidatesTokenCount": self.candidates_tokens,
+            "totalTokenCount": self.total_tokens,
+            "cachedContentTokenCount": self.cached_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class TextReply:
+    """A model text answer, streamed as ``chunks`` SSE events ``delay`` seconds apart.
+
+    ``usage`` None means: estimate from the request (~4 characters a token).
+    """
+
+    text: str
+    usage: Usage | None = None
+    chunks: int = 3
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class FunctionCallReply:
+    """A model turn that calls a tool (one ``functionCall`` part), optionally after some text."""
+
+    name: str
+    args: Mapping[str, object]
+    text: str = ""
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """An HTTP error with a Google-format JSON body (``{"error": {...}}``)."""
+
+    http_status: int
+    body: JSONObject
+
+    @property
+    def status(self) -> str:
+        """The ``error.status`` string, e.g. ``RESOURCE_EXHAUSTED``."""
+        error = cast(JSONObject, self.body.get("error", {}))
+        return str(error.get("status", ""))
+
+    @property
+    def message(self) -> str:
+        """The ``error.message`` string."""
+        error = cast(JSONObject, self.body.get("error", {}))
+        return str(error.get("message", ""))
+
+
+Reply: TypeAlias = TextReply | FunctionCallReply | ErrorReply
+ReplyFactory: TypeAlias = Callable[["RecordedRequest"], Reply]
+
+
+def text_reply(
+    text: str,
+    *,
+    prompt_tokens: int | None = None,
+    candidates_tokens: int | None = None,
+    cached_tokens: int = 0,
+    chunks: int = 3,
+) -> TextReply:
+    """A text answer split into ``chunks`` SSE events with the given usage counts.
+
+    Without ``prompt_tokens`` the usage is estimated from the request at serve time;
+    without ``candidates_tokens`` it is estimated from ``text``.
+    """
+    usage: Usage | None = None
+    if prompt_tokens is not None:
+        out = candidates_tokens if candidates_tokens is not None else count_tokens(text)
+        usage = Usage(prompt_tokens, out, cached_tokens)
+    return TextReply(text, usage=usage, chunks=chunks)
+
+
+def slow_reply(text: str = "", *, chunks: int = 60, delay: float = 0.5) -> TextReply:
+    """A text answer streamed as ``chunks`` events ``delay`` s apart: long enough to cancel."""
+    body = text or " ".join(f"word{i}" for i in range(chunks))
+    return TextReply(body, usage=None, chunks=chunks, delay=delay)
+
+
+def function_call_reply(
+    name: str, args: Mapping[str, object], *, text: str = "", usage: Usage | None = None
+) -> FunctionCallReply:
+    """A model turn calling tool ``name`` with ``args``."""
+    return FunctionCallReply(name, dict(args), text=text, usage=usage)
+
+
+def shell_call(
+    command: str, *, description: str | None = None, usage: Usage | None = None
+) -> FunctionCallReply:
+    """A ``run_shell_command`` call with ``{"command": command}`` (and ``description``)."""
+    args: JSONObject = {"command": command}
+    if description is not None:
+        args["description"] = description
+    return FunctionCallReply("run_shell_command", args, usage=usage)
+
+
+def error_body(
+    code: int, status: str, message: str, details: list[JSONObject] | None = None
+) -> JSONObject:
+    """Google's error envelope: ``{"error": {"code", "message", "status", "details"?}}``."""
+    error: JSONObject = {"code": code, "message": message, "status": status}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def quota_exhausted(
+    per: Literal["minute", "day"] = "minute",
+    *,
+    retry_seconds: int = 26,
+    model: str = "gemini-2.5-flash",
+    limit: int | None = None,
+) -> ErrorReply:
+    """A 429 RESOURCE_EXHAUSTED exactly as the Gemini API sends it for a free-tier key.
+
+    ``per="minute"`` carries quotaId ``GenerateRequestsPerMinutePerProjectPerModel-FreeTier``,
+    ``per="day"`` carries ``GenerateRequestsPerDayPerProjectPerModel-FreeTier``. The message
+    ends with ``Please retry in {retry_seconds}s.`` and RetryInfo.retryDelay is
+    ``"{retry_seconds}s"``.
+    """
+    quota_id = (
+        "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+        if per == "minute"
+        else "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+    )
+    value = limit if limit is not None else (10 if per == "minute" else 250)
+    metric = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+    message = (
+        "You exceeded your current quota, please check your plan and billing details. "
+        "For more information on this error, head to: "
+        "https://ai.google.dev/gemini-api/docs/rate-limits. "
+        "To monitor your current usage, head to: https://ai.dev/usage?tab=rate-limit. \n"
+        f"* Quota exceeded for metric: {metric}, limit: {value}, model: {model}\n"
+        f"Please retry in {retry_seconds}s."
+    )
+    details: list[JSONObject] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [
+                {
+                    "description": "Learn more about Gemini API quotas",
+                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                }
+            ],
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [
+                {
+                    "quotaMetric": metric,
+                    "quotaId": quota_id,
+                    "quotaDimensions": {"location": "global", "model": model},
+                    "quotaValue": str(value),
+                }
+            ],
+        },
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_seconds}s"},
+    ]
+    return ErrorReply(429, error_body(429, "RESOURCE_EXHAUSTED", message, details))
+
+
+def invalid_api_key() -> ErrorReply:
+    """The 400 INVALID_ARGUMENT / API_KEY_INVALID answer Google gives for a bad key."""
+    message = "API key not valid. Please pass a valid API key."
+    details: list[JSONObject] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "API_KEY_INVALID",
+            "domain": "googleapis.com",
+            "metadata": {"service": "generativelanguage.googleapis.com"},
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+            "locale": "en-US",
+            "message": message,
+        },
+    ]
+    return ErrorReply(400, error_body(400, "INVALID_ARGUMENT", message, details))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _texts(value: object) -> Iterator[str]:
+    """Every string under a ``"text"`` key, depth first."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "text" and isinstance(item, str):
+                yield item
+            else:
+                yield from _texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+
+
+def count_tokens(value: object) -> int:
+    """Google's rule of thumb: about 4 characters a token (``value`` a string or a JSON body)."""
+    chars = len(value) if isinstance(value, str) else sum(len(t) for t in _texts(value))
+    return math.ceil(chars / 4)
+
+
+def embedding_for(text: str, dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic unit vector seeded by the SHA-256 of ``text``."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+    rng = random.Random(seed)
+    raw = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [v / norm for v in raw]
+
+
+def _split(text: str, pieces: int) -> list[str]:
+    """``text`` cut into at most ``pieces`` non-empty consecutive parts, at word ends."""
+    if not text:
+        return [""]
+    words = re.findall(r"\s*\S+\s*", text) or [text]
+    if len(words) < pieces:
+        pieces = max(1, min(pieces, len(text)))
+        size = math.ceil(len(text) / pieces)
+        return [text[i : i + size] for i in range(0, len(text), size)]
+    per = math.ceil(len(words) / pieces)
+    return ["".join(words[i : i + per]) for i in range(0, len(words), per)]
+
+
+def last_user_text(body: object) -> str:
+    """The last text part of a ``role: user`` content in a generate request body."""
+    if not isinstance(body, dict):
+        return ""
+    contents = body.get("contents")
+    if not isinstance(contents, list):
+        return ""
+    for content in reversed(contents):
+        if not isinstance(content, dict) or content.get("role", "user") != "user":
+            continue
+        parts = content.get("parts")
+        if not isinstance(parts, list):
+            continue
+        texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        if texts:
+            return str(texts[-1])
+    return ""
+
+
+# --------------------------------------------------------------------------- recording
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the emulator received."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    model: str | None
+    action: str | None
+    api_key: str | None
+    body: JSONObject | None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_generate(self) -> bool:
+        """True for ``streamGenerateContent`` and ``generateContent``."""
+        return self.action in GENERATE_ACTIONS
+
+    @property
+    def user_text(self) -> str:
+        """The last user text of a generate request ("" otherwise)."""
+        return last_user_text(self.body)
+
+
+# --------------------------------------------------------------------------- server
+
+
+class _Server(ThreadingHTTPServer):
+    """The HTTP server, holding a back-reference to its emulator."""
+
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, emulator: GeminiEmulator) -> None:
+        self.emulator = emulator
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes each request to the emulator."""
+
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Silence the default stderr access log."""
+
+    def do_GET(self) -> None:
+        """Handle GET."""
+        self.server.emulator._handle(self)
+
+    def do_POST(self) -> None:
+        """Handle POST."""
+        self.server.emulator._handle(self)
+
+
+class GeminiEmulator:
+    """The emulator: a context manager serving on ``127.0.0.1`` (ephemeral port)."""
+
+    def __init__(
+        self,
+        *,
+        key_behaviours: Mapping[str, ErrorReply] | None = None,
+        model_version: str | None = None,
+    ) -> None:
+        """``key_behaviours``: API key -> the error every request with that key gets.
+
+        ``model_version``: the ``modelVersion`` reported in replies (default: the path's model).
+        """
+        self._lock = threading.Lock()
+        self._script: deque[Reply | ReplyFactory] = deque()
+        self._records: list[RecordedRequest] = []
+        self._keys: dict[str, ErrorReply] = dict(key_behaviours or {})
+        self._model_version = model_version
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start serving in a background thread (what ``__enter__`` does)."""
+        if self._server is not None:
+            raise RuntimeError("GeminiEmulator is already running")
+        self._stopping.clear()
+        self._server = _Server(self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="gemini-emulator", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving: wake slow replies, close the socket, join every thread. Idempotent."""
+        self._stopping.set()
+        server, thread = self._server, self._thread
+        self._server, self._thread = None, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join()
+
+    def __enter__(self) -> GeminiEmulator:
+        """Start serving; returns the emulator."""
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop serving (see ``stop``)."""
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``; only valid inside the ``with`` block."""
+        if self._server is None:
+            raise RuntimeError("GeminiEmulator is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # scripting -------------------------------------------------------------
+
+    def script(self, *replies: Reply | ReplyFactory) -> None:
+        """Queue replies; each generate request consumes one (a factory gets the request)."""
+        with self._lock:
+            self._script.extend(replies)
+
+    @property
+    def pending(self) -> int:
+        """How many scripted replies have not been consumed yet."""
+        with self._lock:
+            return len(self._script)
+
+    def set_key_behaviour(self, api_key: str, reply: ErrorReply | None) -> None:
+        """Make every request with ``api_key`` get ``reply`` (None clears it)."""
+        with self._lock:
+            if reply is None:
+                self._keys.pop(api_key, None)
+            else:
+                self._keys[api_key] = reply
+
+    # recording -------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A copy of every recorded request, oldest first."""
+        with self._lock:
+            return list(self._records)
+
+    def generate_requests(self) -> list[RecordedRequest]:
+        """The recorded generate requests (stream or not)."""
+        return [r for r in self.requests if r.is_generate]
+
+    def clear_requests(self) -> None:
+        """Forget the recorded requests."""
+        with self._lock:
+            self._records.clear()
+
+    # serving ---------------------------------------------------------------
+
+    def _handle(self, h: _Handler) -> None:
+        """Parse, record and answer one request."""
+        split = urlsplit(h.path)
+        query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length > 0 else b""
+        body: JSONObject | None = None
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                self._send_json(
+                    h, 400, error_body(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+                )
+                return
+            body = cast(JSONObject, parsed) if isinstance(parsed, dict) else {"_": parsed}
+        match = _MODEL_PATH.match(split.path)
+        api_key = h.headers.get("x-goog-api-key") or query.get("key")
+        record = RecordedRequest(
+            method=h.command,
+            path=split.path,
+            query=query,
+            model=match["model"] if match else None,
+            action=match["action"] if match else None,
+            api_key=api_key,
+            body=body,
+            headers={k.lower(): v for k, v in h.headers.items()},
+        )
+        with self._lock:
+            self._records.append(record)
+            forced = self._keys.get(api_key) if api_key is not None else None
+        if match is None or h.command != "POST":
+            msg = f"Method not found: {h.command} {split.path}"
+            self._send_json(h, 404, error_body(404, "NOT_FOUND", msg))
+            return
+        if forced is not None:
+            self._send_json(h, forced.http_status, forced.body)
+            return
+        action = match["action"]
+        if action in GENERATE_ACTIONS:
+            self._generate(h, record, stream=action == "streamGenerateContent")
+        elif action == "countTokens":
+            self._send_json(h, 200, {"totalTokens": count_tokens(body or {})})
+        elif action == "embedContent":
+            self._send_json(h, 200, {"embedding": self._embed(body or {})})
+        elif action == "batchEmbedContents":
+            reqs = (body or {}).get("requests")
+            items = reqs if isinstance(reqs, list) else []
+            self._send_json(
+                h, 200, {"embeddings": [self._embed(cast(JSONObject, r)) for r in items]}
+            )
+        else:
+            msg = f"Method not found: {action}"
+            self._send_json(h, 404, error_body(404, "NOT_FOUND", msg))
+
+    @staticmethod
+    def _embed(body: JSONObject) -> JSONObject:
+        """``{"values": [...]}`` for an embedContent request body."""
+        dims = body.get("outputDimensionality")
+        size = dims if isinstance(dims, int) and dims > 0 else DEFAULT_EMBEDDING_DIMENSIONS
+        text = "\n".join(_texts(body.get("content")))
+        return {"values": embedding_for(text, size)}
+
+    def _next_reply(self, record: RecordedRequest) -> Reply:
+        """Pop the next scripted reply, or build the default echo."""
+        with self._lock:
+            item = self._script.popleft() if self._script else None
+        if item is None:
+            return TextReply(f"emulated reply to: {record.user_text}")
+        if isinstance(item, TextReply | FunctionCallReply | ErrorReply):
+            return item
+        return item(record)
+
+    def _generate(self, h: _Handler, record: RecordedRequest, *, stream: bool) -> None:
+        """Answer a generate request with the next reply."""
+        reply = self._next_reply(record)
+        if isinstance(reply, ErrorReply):
+            self._send_json(h, reply.http_status, reply.body)
+            return
+        model = record.model or "gemini"
+        response_id = uuid.uuid4().hex[:22]
+        chunks = self._chunks(reply, record, model, response_id)
+        if not stream:
+            self._send_json(h, 200, _merge(chunks))
+            return
+        delay = reply.delay if isinstance(reply, TextReply) else 0.0
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "text/event-stream")
+            h.send_header("Cache-Control", "no-cache")
+            h.send_header("Connection", "close")
+            h.end_headers()
+            h.close_connection = True
+            for i, chunk in enumerate(chunks):
+                if i and delay and self._stopping.wait(delay):
+                    return
+                h.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n")
+                h.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            h.close_connection = True
+
+    def _chunks(
+        self, reply: TextReply | FunctionCallReply, record: RecordedRequest, model: str, rid: str
+    ) -> list[JSONObject]:
+        """The GenerateContentResponse objects of one streamed reply."""
+        parts_list: list[list[JSONObject]]
+        if isinstance(reply, TextReply):
+            parts_list = [[{"text": piece}] for piece in _split(reply.text, reply.chunks)]
+            out_text = reply.text
+        else:
+            call: JSONObject = {"functionCall": {"name": reply.name, "args": dict(reply.args)}}
+            parts_list = [[{"text": reply.text}]] if reply.text else []
+            parts_list.append([call])
+            out_text = reply.text + json.dumps(dict(reply.args))
+        estimated = Usage(max(1, count_tokens(record.body or {})), max(1, count_tokens(out_text)))
+        usage = reply.usage or estimated
+        version = self._model_version or model
+        chunks: list[JSONObject] = []
+        for i, parts in enumerate(parts_list):
+            candidate: JSONObject = {"content": {"parts": parts, "role": "model"}, "index": 0}
+            chunk: JSONObject = {
+                "candidates": [candidate],
+                "modelVersion": version,
+                "responseId": rid,
+            }
+            if i == len(parts_list) - 1:
+                candidate["finishReason"] = "STOP"
+                chunk["usageMetadata"] = usage.to_json()
+            chunks.append(chunk)
+        return chunks
+
+    @staticmethod
+    def _send_json(h: _Handler, status: int, payload: JSONObject) -> None:
+        """Send one JSON response and close the connection."""
+        data = json.dumps(payload).encode()
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", "application/json; charset=UTF-8")
+            h.send_header("Content-Length", str(len(data)))
+            h.send_header("Connection", "close")
+            h.end_headers()
+            h.wfile.write(data)
+            h.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        h.close_connection = True
+
+
+def _merge(chunks: list[JSONObject]) -> JSONObject:
+    """One non-streamed GenerateContentResponse from streamed chunks (text parts joined)."""
+    parts: list[JSONObject] = []
+    for chunk in chunks:
+        candidates = cast(list[JSONObject], chunk["candidates"])
+        content = cast(JSONObject, candidates[0]["content"])
+        for part in cast(list[JSONObject], content["parts"]):
+            if "text" in part and parts and "text" in parts[-1]:
+                parts[-1] = {"text": str(parts[-1]["text"]) + str(part["text"])}
+            else:
+                parts.append(dict(part))
+    last = dict(chunks[-1])
+    last_candidate = dict(cast(list[JSONObject], last["candidates"])[0])
+    last_candidate["content"] = {"parts": parts, "role": "model"}
+    last["candidates"] = [last_candidate]
+    return last
