@@ -9,6 +9,8 @@ CREATE TABLE tasks (
                                        'failed', 'canceled', 'rejected')),
     user_name         TEXT NOT NULL DEFAULT '',
     parent_id         TEXT REFERENCES tasks (id) ON DELETE CASCADE,
+    -- The top of the task's tree; its row is the tree's lock (see the scheduler's store).
+    root_id           TEXT NOT NULL,
     priority          INTEGER NOT NULL DEFAULT 0,
     idempotency_key   TEXT,
     assigned_agent    TEXT,

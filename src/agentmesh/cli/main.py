@@ -13,6 +13,7 @@ from agentmesh import __version__
 from agentmesh.cli import db as db_commands
 from agentmesh.cli import demo as demo_command
 from agentmesh.cli import node as node_command
+from agentmesh.cli import scheduler as scheduler_command
 from agentmesh.config import ConfigError, Settings, load_settings
 from agentmesh.db.connect import DatabaseUnavailable
 from agentmesh.db.migrate import MigrationError
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     db_commands.add_parser(commands)
+    scheduler_command.add_parser(commands)
     node_command.add_parser(commands)
     demo_command.add_parser(commands)
     return parser

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from agentmesh.config import Settings
 from agentmesh.db import embedded
+
+# A connection of its own or one borrowed from a pool: queries work the same on both.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 class DatabaseUnavailable(Exception):
@@ -77,9 +82,20 @@ async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connect
         ) from None
 
 
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # JSON columns come and go as Python values.
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections decode JSON; reconnects itself after a server restart."""
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseUnavailable(
             f"cannot connect to {redact_dsn(dsn)}: {_safe_reason(exc, dsn)}"

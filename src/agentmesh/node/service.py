@@ -17,6 +17,7 @@ from agentmesh.node.executors.base import Executor
 from agentmesh.node.executors.echo import EchoExecutor
 from agentmesh.node.executors.gemini import GeminiExecutor
 from agentmesh.node.executors.shell import ShellExecutor
+from agentmesh.node.registration import Registration
 from agentmesh.node.runner import RunnerLimits, TaskRunner
 from agentmesh.node.servicer import SERVICE_NAME, AgentNodeServicer, register
 from agentmesh.rpc.server import RunningServer, is_loopback, split_host_port, start_server
@@ -31,6 +32,20 @@ class AgentNode:
         self.runner = runner
         self._card = card
         self.server = server
+        self.registration: Registration | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
+
+    def register_with(self, scheduler: str, settings: Settings, interval: float) -> None:
+        """Start heartbeating to the scheduler (in the background)."""
+        self.registration = Registration(
+            scheduler,
+            self.card,
+            self.runner.running_task_ids,
+            interval_seconds=interval,
+            token=settings.token,
+            tls=settings.tls,
+        )
+        self._heartbeats = asyncio.create_task(self.registration.run(), name="heartbeats")
 
     @property
     def address(self) -> str:
@@ -91,12 +106,19 @@ class AgentNode:
         )
         started = cls(runner, card, server)
         holder.append(started)
+        if node.scheduler:
+            started.register_with(node.scheduler, settings, node.heartbeat_interval_seconds)
         return started
 
     async def shutdown(self, grace_seconds: float) -> None:
         """Stop taking work, let running tasks finish for a grace period, then stop them."""
         self.runner.drain()
         await self.server.set_serving(False)
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            await asyncio.gather(self._heartbeats, return_exceptions=True)
+        if self.registration is not None:
+            await self.registration.close(final_beat=True)  # says: draining
         if not await self.runner.wait_idle(grace_seconds):
             log.warning("grace period over: cancelling %d running task(s)", self.runner.running)
             self.runner.cancel_all()

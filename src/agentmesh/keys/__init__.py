@@ -1,0 +1,1 @@
+"""API keys: where they come from and which one a task uses."""

@@ -1,0 +1,95 @@
+"""The key pool: API keys in `api_keys`, loaded from GEMINI_API_KEY_FILE, picked by priority.
+
+Only the key's fingerprint (a short hash) is ever shown or logged, never the key.
+This first version picks the highest-priority enabled key that is not cooling down after a
+429; the token-forecasting pool extends `pick_key` and `cool_down`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from agentmesh.db.connect import Connection
+
+log = logging.getLogger(__name__)
+
+UPSERT_FILE_KEY = """
+INSERT INTO api_keys (name, key_value, fingerprint, source)
+VALUES ($1, $2, $3, 'file')
+ON CONFLICT (name) DO UPDATE SET key_value = EXCLUDED.key_value, enabled = true
+"""
+PICK_KEY = """
+SELECT id, key_value, fingerprint FROM api_keys
+WHERE enabled AND provider = 'gemini'
+  AND (cooldown_until IS NULL OR cooldown_until <= now())
+  AND (assigned_user IS NULL OR assigned_user = $1)
+ORDER BY (assigned_user IS NOT NULL) DESC, priority DESC, last_used_at NULLS FIRST, id
+LIMIT 1
+"""
+MARK_USED = "UPDATE api_keys SET last_used_at = now() WHERE id = $1"
+COOL_DOWN = """
+UPDATE api_keys SET cooldown_until = greatest(coalesce(cooldown_until, now()),
+                                              now() + make_interval(secs => $2))
+WHERE id = $1
+"""
+DISABLE = "UPDATE api_keys SET enabled = false WHERE id = $1"
+
+
+class KeyFileError(Exception):
+    """GEMINI_API_KEY_FILE cannot be read; the message never contains a key."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    fingerprint: str
+    value: str = field(repr=False)
+
+
+def fingerprint(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def read_key_file(path: Path) -> list[str]:
+    """One key a line; blank lines and `#` comments are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise KeyFileError(f"GEMINI_API_KEY_FILE {path}: cannot read: {exc.strerror}") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    for number, key in enumerate(keys, 1):
+        if any(c.isspace() for c in key):
+            raise KeyFileError(f"GEMINI_API_KEY_FILE {path}: key {number} contains whitespace")
+    return keys
+
+
+async def load_key_file(pool: asyncpg.Pool, path: Path) -> int:
+    """Upsert the file's keys into `api_keys` (named by fingerprint); return how many."""
+    keys = read_key_file(path)
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            UPSERT_FILE_KEY, [(f"file-{fingerprint(k)}", k, fingerprint(k)) for k in keys]
+        )
+    log.info("loaded %d API key(s) from %s", len(keys), path)
+    return len(keys)
+
+
+async def pick_key(conn: Connection, user: str) -> ApiKey | None:
+    row = await conn.fetchrow(PICK_KEY, user)
+    if row is None:
+        return None
+    await conn.execute(MARK_USED, row["id"])
+    return ApiKey(id=row["id"], fingerprint=row["fingerprint"], value=row["key_value"])
+
+
+async def cool_down(conn: Connection, key_id: int, seconds: float) -> None:
+    await conn.execute(COOL_DOWN, key_id, float(seconds))
+
+
+async def disable(conn: Connection, key_id: int) -> None:
+    await conn.execute(DISABLE, key_id)

@@ -1,0 +1,152 @@
+"""The agents table: nodes register and heartbeat; the scheduler reads who is online."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+
+import asyncpg
+
+from agentmesh.node.card import AgentCard
+from agentmesh.scheduler.placement import AgentSlot
+from agentmesh.scheduler.queries import QUEUE_CHANNEL
+
+UPSERT_AGENT = """
+INSERT INTO agents (id, hostname, ip_address, endpoint, last_heartbeat, capabilities, card,
+                    current_task_id, running_tasks, max_concurrency, status)
+VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8, $9, $10)
+ON CONFLICT (id) DO UPDATE SET
+    hostname = EXCLUDED.hostname, ip_address = EXCLUDED.ip_address,
+    endpoint = EXCLUDED.endpoint, last_heartbeat = now(),
+    capabilities = EXCLUDED.capabilities, card = EXCLUDED.card,
+    current_task_id = EXCLUDED.current_task_id, running_tasks = EXCLUDED.running_tasks,
+    max_concurrency = EXCLUDED.max_concurrency, status = EXCLUDED.status
+RETURNING (xmax = 0) AS inserted
+"""
+UPSERT_HOST = """
+INSERT INTO home_network (host_name, ip_address, service, tags, last_seen)
+VALUES ($1, $2, 'agentmesh-node', $3, now())
+ON CONFLICT (host_name, service) DO UPDATE SET
+    ip_address = EXCLUDED.ip_address, tags = EXCLUDED.tags, last_seen = now()
+"""
+SELECT_ONLINE = """
+SELECT id, card, status FROM agents
+WHERE status <> 'offline' AND last_heartbeat > now() - make_interval(secs => $1)
+"""
+SELECT_ALL = """
+SELECT id, card, status, last_heartbeat,
+       (last_heartbeat > now() - make_interval(secs => $1)) AS fresh
+FROM agents ORDER BY card->>'name', id
+"""
+MARK_STALE_OFFLINE = """
+UPDATE agents SET status = 'offline'
+WHERE status <> 'offline' AND last_heartbeat <= now() - make_interval(secs => $1)
+"""
+MARK_OFFLINE = "UPDATE agents SET status = 'offline' WHERE id = $1"
+
+
+@dataclass(frozen=True)
+class AgentView:
+    card: AgentCard
+    status: str
+    last_heartbeat: datetime
+
+
+def card_to_json(card: AgentCard) -> dict[str, object]:
+    return dataclasses.asdict(card)
+
+
+def card_from_json(values: dict[str, object]) -> AgentCard:
+    fields = {f.name for f in dataclasses.fields(AgentCard)}
+    data = {k: v for k, v in values.items() if k in fields}
+    for name in ("ip_addresses", "executors", "models", "capabilities"):
+        data[name] = tuple(cast(list[str], data.get(name) or []))
+    return AgentCard(**data)  # type: ignore[arg-type]
+
+
+def _primary_address(card: AgentCard) -> str | None:
+    """The first non-loopback address, else the first one (the `ip_address` column)."""
+    addresses = [a for a in card.ip_addresses if _is_ip(a)]
+    for address in addresses:
+        if not ipaddress.ip_address(address).is_loopback:
+            return address
+    return addresses[0] if addresses else None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+class AgentRegistry:
+    def __init__(self, pool: asyncpg.Pool, *, ttl_seconds: float) -> None:
+        self._pool = pool
+        self.ttl_seconds = ttl_seconds
+
+    async def heartbeat(self, card: AgentCard, running_task_ids: tuple[str, ...]) -> None:
+        status = "draining" if card.draining else "online"
+        address = _primary_address(card)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.fetchval(
+                UPSERT_AGENT,
+                card.agent_id,
+                card.hostname,
+                address,
+                card.endpoint,
+                list(card.capabilities),
+                card_to_json(card),
+                running_task_ids[0] if running_task_ids else None,
+                len(running_task_ids),
+                card.max_concurrency,
+                status,
+            )
+            await conn.execute(UPSERT_HOST, card.hostname, address, list(card.capabilities))
+            # A new or returning agent may fit tasks that are waiting.
+            await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
+
+    async def online(self, running: dict[str, int]) -> list[AgentSlot]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SELECT_ONLINE, self.ttl_seconds)
+        slots = []
+        for row in rows:
+            card = card_from_json(row["card"])
+            slots.append(
+                AgentSlot(
+                    agent_id=card.agent_id,
+                    name=card.name,
+                    hostname=card.hostname,
+                    endpoint=card.endpoint,
+                    capabilities=frozenset(card.capabilities),
+                    executors=frozenset(card.executors),
+                    max_concurrency=max(card.max_concurrency, 1),
+                    running=running.get(card.agent_id, 0),
+                    draining=row["status"] == "draining",
+                )
+            )
+        return slots
+
+    async def list_agents(self, *, include_offline: bool) -> list[AgentView]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SELECT_ALL, self.ttl_seconds)
+        views = []
+        for row in rows:
+            status = row["status"] if row["fresh"] else "offline"
+            if status == "offline" and not include_offline:
+                continue
+            views.append(AgentView(card_from_json(row["card"]), status, row["last_heartbeat"]))
+        return views
+
+    async def mark_stale_offline(self) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(MARK_STALE_OFFLINE, self.ttl_seconds)
+
+    async def mark_offline(self, agent_id: str) -> None:
+        """A node that stopped answering is offline until its next heartbeat."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(MARK_OFFLINE, agent_id)

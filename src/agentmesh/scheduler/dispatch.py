@@ -1,0 +1,333 @@
+"""Dispatch: place ready tasks on agents, stream them to their nodes, record what happens.
+
+One round reads the ready window of the queue, places what fits (least loaded first,
+siblings spread), claims those rows with SKIP LOCKED and starts their attempts, then streams
+each attempt from its node in a task of its own. Rounds run when NOTIFY says the queue
+changed, and at least every `poll_seconds` in case a notification was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+import asyncpg
+import grpc
+
+from agentmesh.config import TlsSettings
+from agentmesh.keys.pool import ApiKey, cool_down, disable, pick_key
+from agentmesh.rpc import convert
+from agentmesh.rpc.channel import open_channel
+from agentmesh.scheduler.agents import AgentRegistry
+from agentmesh.scheduler.placement import AgentSlot, Waiting, pick_agent
+from agentmesh.scheduler.store import StartedAttempt, TaskStore, summarize_children
+from agentmesh.tasks.events import ApiError, ApiErrorKind, Result
+from agentmesh.tasks.model import TaskKind
+from agentmesh.v1 import node_pb2, node_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Errors that mean the database is briefly unreachable (a restart): wait and try again.
+DATABASE_ERRORS = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    TimeoutError,
+    # Rolled back by the server; the transaction can simply run again.
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+WINDOW = 500
+NOT_STARTED = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    owner: str
+    lease_seconds: float
+    retry_backoff_seconds: float = 1.0
+    poll_seconds: float = 1.0
+
+
+class Channels:
+    """One gRPC channel per node endpoint, reused by every attempt."""
+
+    def __init__(self, token: str | None, tls: TlsSettings) -> None:
+        self._token = token
+        self._tls = tls
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(self, endpoint: str) -> node_pb2_grpc.AgentNodeAsyncStub:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            channel = open_channel(endpoint, token=self._token, tls=self._tls)
+            self._channels[endpoint] = channel
+        return node_pb2_grpc.AgentNodeStub(channel)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: TaskStore,
+        registry: AgentRegistry,
+        pool: asyncpg.Pool,
+        channels: Channels,
+        settings: DispatchSettings,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._pool = pool
+        self._channels = channels
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._attempts: dict[str, asyncio.Task[None]] = {}
+        self._endpoints: dict[str, str] = {}
+        self._agents: dict[str, str] = {}
+        self.rounds = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def running(self) -> int:
+        return len(self._attempts)
+
+    async def run(self) -> None:
+        """Dispatch rounds until cancelled; database outages only pause it."""
+        self._wake.set()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.poll_seconds)
+            self._wake.clear()
+            try:
+                await self.round()
+            except DATABASE_ERRORS as exc:
+                log.warning("dispatch round failed, database unavailable: %s", exc)
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def round(self) -> None:
+        self.rounds += 1
+        ready = await self._store.ready(WINDOW)
+        if not ready:
+            return
+        running = await self._store.running_per_agent()
+        # Our own attempts count even if their rows are not visible yet.
+        for agent_id, count in Counter(self._agents.values()).items():
+            running[agent_id] = max(running.get(agent_id, 0), count)
+        agents = {a.agent_id: a for a in await self._registry.online(running)}
+        placements: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        siblings: dict[str, Counter[str]] = {}
+        for task in ready:
+            spread = siblings.setdefault(task.parent_id, Counter()) if task.parent_id else Counter()
+            choice = pick_agent(task.spec, list(agents.values()), spread)
+            if isinstance(choice, Waiting):
+                if choice.reason != task.waiting_reason:
+                    reasons[task.task_id] = choice.reason
+                continue
+            placements[task.task_id] = choice.agent_id
+            agents[choice.agent_id] = replace(choice, running=choice.running + 1)
+            spread[choice.hostname] += 1
+            spread[choice.agent_id] += 1
+        await self._store.set_waiting_reasons(reasons)
+        started = await self._store.start_attempts(
+            placements, self._settings.owner, self._settings.lease_seconds
+        )
+        for attempt in started:
+            agent = agents[attempt.agent_id]
+            self._endpoints[attempt.task_id] = agent.endpoint
+            self._agents[attempt.task_id] = agent.agent_id
+            self._attempts[attempt.task_id] = asyncio.create_task(
+                self._run_attempt(attempt, agent), name=f"attempt {attempt.task_id}"
+            )
+        if len(ready) == WINDOW and started:
+            self._wake.set()  # more may be ready beyond the window
+
+    async def cancel_local(self, task_id: str) -> None:
+        """A task we run was cancelled (here or on another replica): stop it on its node."""
+        attempt = self._attempts.get(task_id)
+        endpoint = self._endpoints.get(task_id)
+        if attempt is None or endpoint is None:
+            return
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._channels.stub(endpoint).CancelTask(
+                node_pb2.CancelTaskRequest(task_id=task_id, reason="canceled"), timeout=5
+            )
+        attempt.cancel()  # dropping the stream also stops it on the node
+
+    async def stop(self) -> None:
+        for task in list(self._attempts.values()):
+            task.cancel()
+        await asyncio.gather(*self._attempts.values(), return_exceptions=True)
+
+    async def _run_attempt(self, attempt: StartedAttempt, agent: AgentSlot) -> None:
+        try:
+            await self._stream(attempt, agent)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("attempt failed", extra={"task_id": attempt.task_id})
+        finally:
+            self._attempts.pop(attempt.task_id, None)
+            self._endpoints.pop(attempt.task_id, None)
+            self._agents.pop(attempt.task_id, None)
+            self.wake()  # a slot is free
+
+    async def _stream(self, attempt: StartedAttempt, agent: AgentSlot) -> None:
+        owner = self._settings.owner
+        spec = attempt.spec
+        key: ApiKey | None = None
+        if spec.kind == TaskKind.GEMINI:
+            key = await _with_retry(lambda: self._pick_key(attempt.user))
+            if key is None:
+                await self._store.retry_attempt(
+                    attempt.task_id,
+                    attempt.attempt,
+                    owner,
+                    "no API key is available (add one to GEMINI_API_KEY_FILE)",
+                    backoff_seconds=5.0,
+                    counts=False,
+                )
+                return
+            children = await self._store.child_results(attempt.task_id)
+            if children:
+                context = summarize_children(children)
+                spec = replace(spec, prompt=f"{spec.prompt}\n\nResults of the subtasks:\n{context}")
+        request = node_pb2.ExecuteTaskRequest(
+            task_id=attempt.task_id,
+            attempt=attempt.attempt,
+            spec=convert.spec_to_proto(spec),
+            api_key=key.value if key else "",
+        )
+        received = 0
+        try:
+            async for message in self._channels.stub(agent.endpoint).ExecuteTask(request):
+                received += 1
+                event = convert.event_from_proto(message)
+                payload = event.payload
+                if isinstance(payload, ApiError) and key is not None:
+                    await _with_retry(functools.partial(self._react_to_api_error, key, payload))
+                if isinstance(payload, Result):
+                    await _with_retry(
+                        functools.partial(
+                            self._store.finish_attempt,
+                            attempt.task_id,
+                            attempt.attempt,
+                            owner,
+                            agent.agent_id,
+                            payload,
+                        )
+                    )
+                    return
+                stored = await _with_retry(
+                    functools.partial(
+                        self._store.append,
+                        attempt.task_id,
+                        attempt.attempt,
+                        owner,
+                        agent.agent_id,
+                        payload,
+                    )
+                )
+                if not stored:
+                    log.info("attempt superseded", extra={"task_id": attempt.task_id})
+                    return
+        except grpc.aio.AioRpcError as error:
+            await self._attempt_failed(attempt, agent, error, received)
+            return
+        await _with_retry(
+            lambda: self._store.retry_attempt(
+                attempt.task_id,
+                attempt.attempt,
+                owner,
+                f"{agent.name} ended the stream without a result",
+                backoff_seconds=self._settings.retry_backoff_seconds,
+            )
+        )
+
+    async def _attempt_failed(
+        self, attempt: StartedAttempt, agent: AgentSlot, error: grpc.aio.AioRpcError, received: int
+    ) -> None:
+        owner = self._settings.owner
+        code = error.code()
+        detail = error.details() or code.name
+        if code in NOT_STARTED:
+            await _with_retry(
+                lambda: self._store.retry_attempt(
+                    attempt.task_id,
+                    attempt.attempt,
+                    owner,
+                    f"{agent.name}: {detail}",
+                    backoff_seconds=0.5,
+                    counts=False,
+                )
+            )
+        elif code is grpc.StatusCode.INVALID_ARGUMENT:
+            await _with_retry(
+                lambda: self._store.fail_attempt(
+                    attempt.task_id, attempt.attempt, owner, agent.agent_id, detail
+                )
+            )
+        else:
+            if code is grpc.StatusCode.UNAVAILABLE:
+                # The node is gone (or unreachable): place nothing more there until it
+                # heartbeats again.
+                await _with_retry(lambda: self._registry.mark_offline(agent.agent_id))
+            log.warning(
+                "attempt lost",
+                extra={"task_id": attempt.task_id, "attempt": attempt.attempt, "code": code.name},
+            )
+            await _with_retry(
+                lambda: self._store.retry_attempt(
+                    attempt.task_id,
+                    attempt.attempt,
+                    owner,
+                    f"connection to {agent.name} lost ({code.name}) after {received} events",
+                    backoff_seconds=self._settings.retry_backoff_seconds,
+                )
+            )
+
+    async def _pick_key(self, user: str) -> ApiKey | None:
+        async with self._pool.acquire() as conn:
+            return await pick_key(conn, user)
+
+    async def _react_to_api_error(self, key: ApiKey, error: ApiError) -> None:
+        async with self._pool.acquire() as conn:
+            if error.kind is ApiErrorKind.QUOTA_EXHAUSTED:
+                await cool_down(conn, key.id, max(error.retry_delay_seconds, 1.0))
+                log.warning(
+                    "API key cooling down",
+                    extra={"key": key.fingerprint, "seconds": error.retry_delay_seconds},
+                )
+            elif error.kind is ApiErrorKind.INVALID_API_KEY:
+                await disable(conn, key.id)
+                log.warning("API key refused by the API: disabled", extra={"key": key.fingerprint})
+
+
+T = TypeVar("T")
+
+
+async def _with_retry(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run a database operation, waiting out a database restart (a few minutes at most)."""
+    delay = 0.1
+    for _ in range(600):
+        try:
+            return await operation()
+        except DATABASE_ERRORS as exc:
+            log.warning("database unavailable, retrying in %.1fs: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    return await operation()

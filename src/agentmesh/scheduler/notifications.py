@@ -1,0 +1,114 @@
+"""LISTEN/NOTIFY: one dedicated connection that wakes the dispatcher, watchers and cancels.
+
+A LISTEN connection can drop silently (a PostgreSQL restart, a network blip): this one
+reconnects with backoff, listens again, and then wakes everyone, since notifications sent
+while it was away are lost. Slow polls elsewhere cover the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+import asyncpg
+
+from agentmesh.db.connect import DatabaseUnavailable, connect
+from agentmesh.scheduler.queries import CANCEL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+class TaskSignals:
+    """Per-task wake-ups for watchers on this replica."""
+
+    def __init__(self) -> None:
+        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def subscribe(self, task_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters[task_id].add(event)
+        return event
+
+    def unsubscribe(self, task_id: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(task_id)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[task_id]
+
+    def notify(self, task_id: str) -> None:
+        for event in self._waiters.get(task_id, ()):
+            event.set()
+
+    def notify_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
+
+
+class Listener:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        on_queue: Callable[[], None],
+        on_events: Callable[[str], None],
+        on_cancel: Callable[[str], None],
+        on_reconnect: Callable[[], None],
+    ) -> None:
+        self._dsn = dsn
+        self._handlers: dict[str, Callable[[str], None]] = {
+            QUEUE_CHANNEL: lambda _: on_queue(),
+            EVENTS_CHANNEL: on_events,
+            CANCEL_CHANNEL: on_cancel,
+        }
+        self._on_reconnect = on_reconnect
+        self._lost = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting whenever the connection is lost."""
+        backoff = 0.1
+        while True:
+            try:
+                conn = await connect(self._dsn, connect_timeout=5)
+            except DatabaseUnavailable as exc:
+                log.warning("LISTEN connection failed, retrying in %.1fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            try:
+                await self._listen(conn)
+                backoff = 0.1
+                self.connected.set()
+                self._on_reconnect()
+                await self._lost.wait()
+                log.warning("LISTEN connection lost; reconnecting")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("LISTEN connection failed: %s", exc)
+            finally:
+                self.connected.clear()
+                self._lost.clear()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(conn.close(timeout=2))
+
+    async def _listen(self, conn: asyncpg.Connection) -> None:
+        conn.add_termination_listener(lambda _: self._lost.set())
+        for channel, handler in self._handlers.items():
+            await conn.add_listener(
+                channel, lambda _c, _pid, _channel, payload, h=handler: h(payload)
+            )
+        # Detect a dead connection even when nothing is sent: a cheap query now and then.
+        asyncio.get_running_loop().create_task(self._ping(conn))
+
+    async def _ping(self, conn: asyncpg.Connection) -> None:
+        while not conn.is_closed():
+            await asyncio.sleep(2.0)
+            try:
+                await asyncio.wait_for(conn.execute("SELECT 1"), 5)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                self._lost.set()
+                return

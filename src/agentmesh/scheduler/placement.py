@@ -1,0 +1,80 @@
+"""Placement: which agent runs a task, or why none can yet. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from agentmesh.tasks.model import TaskSpec
+
+
+@dataclass(frozen=True)
+class AgentSlot:
+    """An online agent as placement sees it."""
+
+    agent_id: str
+    name: str
+    hostname: str
+    endpoint: str
+    capabilities: frozenset[str]
+    executors: frozenset[str]
+    max_concurrency: int
+    running: int
+    draining: bool = False
+
+    @property
+    def free(self) -> int:
+        return max(self.max_concurrency - self.running, 0)
+
+    def answers_to(self, target: str) -> bool:
+        return target in (self.agent_id, self.name, self.hostname)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a task cannot be placed now, in words."""
+
+    reason: str
+
+
+def fitting(spec: TaskSpec, agents: Iterable[AgentSlot]) -> list[AgentSlot] | Waiting:
+    """The agents that could run the task if they had room, or why there are none."""
+    candidates = [a for a in agents if not a.draining]
+    if not candidates:
+        return Waiting("no online agent")
+    if spec.target_host:
+        candidates = [a for a in candidates if a.answers_to(spec.target_host)]
+        if not candidates:
+            return Waiting(f"agent {spec.target_host} is not online")
+    can_run = [a for a in candidates if spec.kind in a.executors]
+    if not can_run:
+        return Waiting(f"no online agent can run {spec.kind} tasks")
+    for capability in spec.required_capabilities:
+        can_run = [a for a in can_run if capability in a.capabilities]
+        if not can_run:
+            return Waiting(f"no online agent has capability {capability}")
+    return can_run
+
+
+def pick_agent(
+    spec: TaskSpec, agents: Sequence[AgentSlot], sibling_hosts: Counter[str]
+) -> AgentSlot | Waiting:
+    """The least loaded fitting agent with a free slot; siblings spread across hosts."""
+    found = fitting(spec, agents)
+    if isinstance(found, Waiting):
+        return found
+    free = [a for a in found if a.free > 0]
+    if not free:
+        if len(found) == 1:
+            return Waiting(f"the only fitting agent ({found[0].name}) is busy")
+        return Waiting(f"all {len(found)} fitting agents are busy")
+    return min(
+        free,
+        key=lambda a: (
+            sibling_hosts[a.hostname] + sibling_hosts[a.agent_id],
+            a.running / a.max_concurrency,
+            -a.free,
+            a.agent_id,
+        ),
+    )

@@ -1,0 +1,193 @@
+"""Every SQL statement of the scheduler's task store, by name."""
+
+from __future__ import annotations
+
+TERMINAL = "('completed', 'failed', 'canceled', 'rejected')"
+
+# Channels: the queue changed (work to place, a slot freed, an agent appeared); a task has
+# new events (payload: task id); a task was cancelled (payload: task id).
+QUEUE_CHANNEL = "agentmesh_queue"
+EVENTS_CHANNEL = "agentmesh_events"
+CANCEL_CHANNEL = "agentmesh_cancel"
+
+TASK_COLUMNS = """
+    id, kind, spec, state, user_name, parent_id, priority, assigned_agent, attempt,
+    max_attempts, waiting_reason, output, error, exit_code, usage, last_seq,
+    created_at, started_at, finished_at
+"""
+
+INSERT_TASK = """
+INSERT INTO tasks (id, kind, spec, state, user_name, parent_id, priority, idempotency_key,
+                   max_attempts, waiting_reason, root_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+"""
+INSERT_SUBTASK = """
+INSERT INTO subtasks (parent_task_id, child_task_id, description, agent_mode)
+VALUES ($1, $2, $3, $4)
+"""
+ENQUEUE = """
+INSERT INTO task_queue (task_id, priority, available_at)
+VALUES ($1, $2, now() + make_interval(secs => $3))
+ON CONFLICT (task_id) DO UPDATE
+SET claimed = false, claimed_by = NULL, claimed_at = NULL, available_at = EXCLUDED.available_at
+"""
+# Every change to a tree (an ending, a cancel) first locks the tree's root row, so that
+# siblings ending at once, and a cancel meanwhile, never lock each other's rows in turn.
+LOCK_TREE = """
+SELECT r.id FROM tasks t JOIN tasks r ON r.id = t.root_id WHERE t.id = $1 FOR UPDATE OF r
+"""
+SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
+SELECT_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
+SELECT_TASK_FOR_UPDATE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"
+SELECT_CHILD_IDS = """
+SELECT child_task_id FROM subtasks WHERE parent_task_id = $1 ORDER BY id
+"""
+SELECT_CHILD_RESULTS = """
+SELECT t.id, s.description, t.spec, t.state, t.output, t.error, t.assigned_agent
+FROM subtasks s JOIN tasks t ON t.id = s.child_task_id
+WHERE s.parent_task_id = $1 ORDER BY s.id
+"""
+SELECT_SUBTREE = """
+WITH RECURSIVE tree AS (
+    SELECT id, state, lease_owner FROM tasks WHERE id = $1
+    UNION ALL
+    SELECT t.id, t.state, t.lease_owner FROM tasks t JOIN tree ON t.parent_id = tree.id
+)
+SELECT id, state, lease_owner FROM tree
+"""
+LIST_TASKS = f"""
+SELECT {TASK_COLUMNS} FROM tasks
+WHERE ($1::text IS NULL OR state = $1)
+  AND ($2::text IS NULL OR user_name = $2)
+  AND ($3::text IS NULL OR parent_id = $3)
+  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+ORDER BY created_at DESC, id DESC
+LIMIT $6
+"""
+
+# The dispatch window: ready queue rows in priority order, read without locking.
+SELECT_READY = """
+SELECT q.task_id, t.spec, t.kind, t.parent_id, t.user_name, t.waiting_reason
+FROM task_queue q JOIN tasks t ON t.id = q.task_id
+WHERE NOT q.claimed AND q.available_at <= now()
+ORDER BY q.priority DESC, q.id
+LIMIT $1
+"""
+SELECT_NEXT_AVAILABLE = """
+SELECT extract(epoch FROM min(available_at) - now()) FROM task_queue WHERE NOT claimed
+"""
+CLAIM = """
+UPDATE task_queue SET claimed = true, claimed_by = $2, claimed_at = now()
+WHERE id IN (
+    SELECT id FROM task_queue
+    WHERE task_id = ANY($1::text[]) AND NOT claimed
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING task_id
+"""
+START_ATTEMPTS = """
+UPDATE tasks t
+SET state = 'working', assigned_agent = p.agent_id, attempt = t.attempt + 1,
+    lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
+    started_at = coalesce(t.started_at, now()), waiting_reason = '', updated_at = now()
+FROM unnest($1::text[], $2::text[]) AS p(task_id, agent_id)
+WHERE t.id = p.task_id AND t.state = 'submitted'
+RETURNING t.id, t.attempt, t.spec, t.user_name
+"""
+MARK_SUBTASK_STARTED = """
+UPDATE subtasks s SET status = 'working', started_at = coalesce(s.started_at, now()),
+    assigned_host = p.agent_id
+FROM unnest($1::text[], $2::text[]) AS p(task_id, agent_id)
+WHERE s.child_task_id = p.task_id
+"""
+RELEASE_CLAIMS = """
+UPDATE task_queue SET claimed = false, claimed_by = NULL, claimed_at = NULL
+WHERE task_id = ANY($1::text[]) AND claimed_by = $2
+"""
+DROP_STALE_QUEUE_ROWS = f"""
+DELETE FROM task_queue q USING tasks t
+WHERE q.task_id = t.id AND q.task_id = ANY($1::text[]) AND t.state IN {TERMINAL}
+"""
+SET_WAITING_REASON = """
+UPDATE tasks SET waiting_reason = p.reason
+FROM unnest($1::text[], $2::text[]) AS p(task_id, reason)
+WHERE tasks.id = p.task_id AND tasks.state = 'submitted'
+  AND tasks.waiting_reason IS DISTINCT FROM p.reason
+"""
+WORKING_PER_AGENT = """
+SELECT assigned_agent, count(*) AS running FROM tasks
+WHERE state = 'working' AND lease_owner IS NOT NULL AND assigned_agent IS NOT NULL
+GROUP BY assigned_agent
+"""
+
+# Events: the attempt guard makes a superseded attempt's late events vanish.
+APPEND_EVENT = """
+WITH t AS (
+    UPDATE tasks SET last_seq = last_seq + 1, updated_at = now()
+    WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
+    RETURNING last_seq
+), e AS (
+    INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
+    SELECT $1, t.last_seq, $2, $4, $5, $6 FROM t
+    RETURNING seq
+)
+SELECT seq, pg_notify('agentmesh_events', $1) FROM e
+"""
+APPEND_SCHEDULER_EVENT = """
+WITH t AS (
+    UPDATE tasks SET last_seq = last_seq + 1, updated_at = now() WHERE id = $1
+    RETURNING last_seq, attempt
+)
+INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
+SELECT $1, t.last_seq, t.attempt, NULL, $2, $3 FROM t
+RETURNING seq
+"""
+SELECT_EVENTS_AFTER = """
+SELECT task_id, seq, attempt, agent_id, kind, payload, created_at FROM task_events
+WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+"""
+
+FINISH_TASK = f"""
+UPDATE tasks SET state = $2, output = $3, error = $4, exit_code = $5, usage = $6,
+    finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
+    waiting_reason = ''
+WHERE id = $1 AND state NOT IN {TERMINAL}
+RETURNING parent_id
+"""
+DELETE_QUEUE_ROW = "DELETE FROM task_queue WHERE task_id = $1"
+FINISH_SUBTASK = """
+UPDATE subtasks SET status = $2, completed_at = now() WHERE child_task_id = $1
+"""
+RETRY_ATTEMPT = """
+UPDATE tasks SET state = 'submitted', lease_owner = NULL, lease_expires_at = NULL,
+    assigned_agent = NULL, waiting_reason = $4, updated_at = now()
+WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
+RETURNING attempt, max_attempts, priority
+"""
+GIVE_BACK_ATTEMPT = """
+UPDATE tasks SET state = 'submitted', attempt = attempt - 1, lease_owner = NULL,
+    lease_expires_at = NULL, assigned_agent = NULL, waiting_reason = $4, updated_at = now()
+WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
+RETURNING priority
+"""
+OWNED_ATTEMPT = """
+SELECT attempt, max_attempts FROM tasks
+WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working' FOR UPDATE
+"""
+RENEW_LEASES = """
+UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE lease_owner = $1 AND state = 'working'
+"""
+EXPIRED_LEASES = """
+SELECT id, attempt, lease_owner FROM tasks
+WHERE state = 'working' AND lease_owner IS NOT NULL AND lease_expires_at < now()
+ORDER BY lease_expires_at LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+SIBLINGS_NOT_COMPLETED = """
+SELECT count(*) FROM subtasks s JOIN tasks t ON t.id = s.child_task_id
+WHERE s.parent_task_id = $1 AND t.state <> 'completed'
+"""
+RELEASE_OWNED = """
+SELECT id, attempt FROM tasks WHERE lease_owner = $1 AND state = 'working'
+"""

@@ -1,0 +1,176 @@
+"""A scheduler's life: migrate, serve, dispatch, keep leases, and stop without losing work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+
+import asyncpg
+
+from agentmesh.config import Settings
+from agentmesh.db.connect import connect, create_pool, resolve_database
+from agentmesh.db.migrate import migrate
+from agentmesh.keys.pool import load_key_file
+from agentmesh.rpc.server import RunningServer, split_host_port, start_server
+from agentmesh.scheduler.agents import AgentRegistry
+from agentmesh.scheduler.dispatch import DATABASE_ERRORS, Channels, Dispatcher, DispatchSettings
+from agentmesh.scheduler.notifications import Listener, TaskSignals
+from agentmesh.scheduler.servicer import SERVICE_NAME, SchedulerServicer, register
+from agentmesh.scheduler.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """A started scheduler replica."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        store: TaskStore,
+        registry: AgentRegistry,
+        dispatcher: Dispatcher,
+        channels: Channels,
+        server: RunningServer,
+        background: list[asyncio.Task[None]],
+        owner: str,
+        listen_host: str,
+    ) -> None:
+        self.pool = pool
+        self.store = store
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self._channels = channels
+        self.server = server
+        self._background = background
+        self.owner = owner
+        self._listen_host = listen_host
+
+    @property
+    def address(self) -> str:
+        return f"{self._listen_host}:{self.server.port}"
+
+    @classmethod
+    async def start(cls, settings: Settings, listen: str) -> Scheduler:
+        target = await resolve_database(settings)
+        conn = await connect(target.dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        pool = await create_pool(target.dsn, min_size=2, max_size=20)
+        if settings.env.GEMINI_API_KEY_FILE is not None:
+            await load_key_file(pool, settings.env.GEMINI_API_KEY_FILE)
+        config = settings.scheduler
+        interval = settings.node.heartbeat_interval_seconds
+        owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        store = TaskStore(pool, default_max_attempts=config.max_attempts)
+        registry = AgentRegistry(pool, ttl_seconds=interval * config.heartbeat_ttl_intervals)
+        channels = Channels(settings.token, settings.tls)
+        dispatcher = Dispatcher(
+            store,
+            registry,
+            pool,
+            channels,
+            DispatchSettings(owner=owner, lease_seconds=config.lease_seconds),
+        )
+        signals = TaskSignals()
+        background: list[asyncio.Task[None]] = []
+
+        def cancel_here(task_ids: list[str]) -> None:
+            for task_id in task_ids:
+                background.append(asyncio.create_task(dispatcher.cancel_local(task_id)))
+
+        def reconnected() -> None:
+            dispatcher.wake()
+            signals.notify_all()
+
+        listener = Listener(
+            target.dsn,
+            on_queue=dispatcher.wake,
+            on_events=signals.notify,
+            on_cancel=lambda task_id: cancel_here([task_id]),
+            on_reconnect=reconnected,
+        )
+        servicer = SchedulerServicer(
+            store,
+            registry,
+            signals,
+            max_depth=config.max_subtask_depth,
+            heartbeat_interval=interval,
+            on_cancel=cancel_here,
+        )
+        server = await start_server(
+            listen, register(servicer), [SERVICE_NAME], token=settings.token, tls=settings.tls
+        )
+        background += [
+            asyncio.create_task(listener.run(), name="listener"),
+            asyncio.create_task(dispatcher.run(), name="dispatcher"),
+            asyncio.create_task(
+                _maintain(store, registry, owner, config.lease_seconds), name="leases"
+            ),
+        ]
+        host, _ = split_host_port(listen)
+        log.info("scheduler %s serving on %s:%s", owner, host, server.port)
+        return cls(
+            pool=pool,
+            store=store,
+            registry=registry,
+            dispatcher=dispatcher,
+            channels=channels,
+            server=server,
+            background=background,
+            owner=owner,
+            listen_host=host,
+        )
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop serving; hand our running attempts back to the queue for another replica."""
+        await self.server.set_serving(False)
+        await self.server.stop(grace_seconds)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.dispatcher.stop()
+        with contextlib.suppress(*DATABASE_ERRORS):
+            await self.store.release_owned(self.owner)
+        await self._channels.close()
+        await self.pool.close()
+
+
+async def _maintain(
+    store: TaskStore, registry: AgentRegistry, owner: str, lease_seconds: float
+) -> None:
+    """Renew our leases, take over expired ones, and mark silent agents offline."""
+    while True:
+        try:
+            await store.renew_leases(owner, lease_seconds)
+            await store.reap_expired_leases(backoff_seconds=0.5)
+            await registry.mark_stale_offline()
+        except DATABASE_ERRORS as exc:
+            log.warning("lease maintenance skipped, database unavailable: %s", exc)
+        await asyncio.sleep(min(lease_seconds / 3, 1.0))
+
+
+async def run_scheduler(
+    settings: Settings, listen: str, *, announce: Callable[[str], None] = print
+) -> int:
+    """Serve until SIGTERM or SIGINT; the `agentmesh scheduler` command."""
+    scheduler = await Scheduler.start(settings, listen)
+    if settings.token is None:
+        log.warning("no AGENTMESH_TOKEN set: serving on loopback only, without authentication")
+    announce(f"agentmesh scheduler {scheduler.owner} listening on {scheduler.address}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await scheduler.stop()
+    return 0

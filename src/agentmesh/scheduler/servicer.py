@@ -1,0 +1,177 @@
+"""`agentmesh.v1.Scheduler` over gRPC: the only scheduler module that knows the generated code."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agentmesh.errors import InvalidArgument
+from agentmesh.rpc import convert
+from agentmesh.rpc.errors import streaming, unary
+from agentmesh.scheduler.agents import AgentRegistry, AgentView
+from agentmesh.scheduler.notifications import TaskSignals
+from agentmesh.scheduler.store import TaskRecord, TaskStore
+from agentmesh.scheduler.validation import validate_submission
+from agentmesh.scheduler.watch import watch
+from agentmesh.tasks.model import TaskSpec, validate_task_id
+from agentmesh.v1 import node_pb2, scheduler_pb2, scheduler_pb2_grpc, task_pb2
+
+Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+MAX_PAGE_SIZE = 1000
+
+
+def _timestamp(value: Any) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def task_to_proto(task: TaskRecord) -> task_pb2.Task:
+    message = task_pb2.Task(
+        id=task.id,
+        state=convert.state_to_proto(task.state),
+        parent_id=task.parent_id,
+        assigned_agent=task.assigned_agent,
+        attempt=task.attempt,
+        spec=convert.spec_to_proto(task.spec),
+        child_ids=task.child_ids,
+        usage=task_pb2.Usage(**convert.payload_to_dict(task.usage)),  # type: ignore[arg-type]
+        waiting_reason=task.waiting_reason,
+        output=task.output,
+        error=task.error,
+        exit_code=task.exit_code,
+        max_attempts=task.max_attempts,
+        last_seq=task.last_seq,
+    )
+    for name in ("created_at", "started_at", "finished_at"):
+        stamp = _timestamp(getattr(task, name))
+        if stamp is not None:
+            getattr(message, name).CopyFrom(stamp)
+    return message
+
+
+def agent_to_proto(view: AgentView, running: tuple[str, ...] = ()) -> scheduler_pb2.AgentStatus:
+    return scheduler_pb2.AgentStatus(
+        card=convert.card_to_proto(view.card),
+        status=view.status,
+        last_heartbeat=_timestamp(view.last_heartbeat),
+        running_task_ids=running,
+    )
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(
+        self,
+        store: TaskStore,
+        registry: AgentRegistry,
+        signals: TaskSignals,
+        *,
+        max_depth: int,
+        heartbeat_interval: float,
+        on_cancel: Callable[[list[str]], None],
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._signals = signals
+        self._max_depth = max_depth
+        self._heartbeat_interval = heartbeat_interval
+        self._on_cancel = on_cancel
+
+    async def _submit(self, request: scheduler_pb2.SubmitTaskRequest) -> str:
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec", "is required")
+        spec: TaskSpec = convert.spec_from_proto(request.spec)
+        validate_submission(spec, max_depth=self._max_depth)
+        return await self._store.submit(spec)
+
+    @unary
+    async def SubmitTask(
+        self, request: scheduler_pb2.SubmitTaskRequest, context: Context
+    ) -> task_pb2.Task:
+        task_id = await self._submit(request)
+        return task_to_proto(await self._store.get(task_id))
+
+    @streaming
+    async def RunTask(
+        self, request: scheduler_pb2.SubmitTaskRequest, context: Context
+    ) -> AsyncIterator[task_pb2.TaskEvent]:
+        task_id = await self._submit(request)
+        async for event in watch(self._store, self._signals, task_id, 0):
+            yield convert.event_to_proto(event)
+
+    @streaming
+    async def WatchTask(
+        self, request: scheduler_pb2.WatchTaskRequest, context: Context
+    ) -> AsyncIterator[task_pb2.TaskEvent]:
+        validate_task_id(request.task_id)
+        if request.after_seq < 0:
+            raise InvalidArgument("after_seq", "must not be negative")
+        async for event in watch(self._store, self._signals, request.task_id, request.after_seq):
+            yield convert.event_to_proto(event)
+
+    @unary
+    async def GetTask(
+        self, request: scheduler_pb2.GetTaskRequest, context: Context
+    ) -> task_pb2.Task:
+        validate_task_id(request.task_id)
+        return task_to_proto(await self._store.get(request.task_id))
+
+    @unary
+    async def ListTasks(
+        self, request: scheduler_pb2.ListTasksRequest, context: Context
+    ) -> scheduler_pb2.ListTasksResponse:
+        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        state = (
+            convert.state_from_proto(request.state)
+            if request.state != task_pb2.TASK_STATE_UNSPECIFIED
+            else None
+        )
+        records, token = await self._store.list_tasks(
+            state=state,
+            user=request.user,
+            parent_id=request.parent_id,
+            page_size=request.page_size or 50,
+            page_token=request.page_token,
+        )
+        return scheduler_pb2.ListTasksResponse(
+            tasks=[task_to_proto(r) for r in records], next_page_token=token
+        )
+
+    @unary
+    async def CancelTask(
+        self, request: node_pb2.CancelTaskRequest, context: Context
+    ) -> task_pb2.Task:
+        validate_task_id(request.task_id)
+        running = await self._store.cancel(request.task_id, request.reason or "canceled by request")
+        self._on_cancel(running)
+        return task_to_proto(await self._store.get(request.task_id))
+
+    @unary
+    async def ListAgents(
+        self, request: scheduler_pb2.ListAgentsRequest, context: Context
+    ) -> scheduler_pb2.ListAgentsResponse:
+        views = await self._registry.list_agents(include_offline=request.include_offline)
+        return scheduler_pb2.ListAgentsResponse(agents=[agent_to_proto(v) for v in views])
+
+    @unary
+    async def Heartbeat(
+        self, request: scheduler_pb2.HeartbeatRequest, context: Context
+    ) -> scheduler_pb2.HeartbeatResponse:
+        if not request.HasField("card") or not request.card.agent_id:
+            raise InvalidArgument("card.agent_id", "is required")
+        if not request.card.endpoint:
+            raise InvalidArgument("card.endpoint", "is required: where the scheduler dials")
+        card = convert.card_from_proto(request.card)
+        await self._registry.heartbeat(card, tuple(request.running_task_ids))
+        return scheduler_pb2.HeartbeatResponse(interval_seconds=self._heartbeat_interval)
+
+
+def register(servicer: SchedulerServicer) -> Callable[[grpc.aio.Server], None]:
+    return lambda server: scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)

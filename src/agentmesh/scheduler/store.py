@@ -1,0 +1,535 @@
+"""The task store: tasks, their queue, their subtask tree and their trace, in PostgreSQL.
+
+PostgreSQL is the only source of truth. Every state change is one transaction, and every
+write on behalf of a running attempt is guarded by (task id, attempt, lease owner, state):
+an attempt that lost its lease, or a task that was cancelled meanwhile, cannot write a
+result, so each task ends exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from agentmesh.db.connect import Connection
+from agentmesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from agentmesh.rpc.convert import payload_from_dict, payload_to_dict
+from agentmesh.scheduler import queries as q
+from agentmesh.tasks.events import Payload, Result, Status, TaskEvent, Usage
+from agentmesh.tasks.model import TaskSpec, TaskState
+
+log = logging.getLogger(__name__)
+
+OUTPUT_LIMIT = 64 << 10
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    spec: TaskSpec
+    state: TaskState
+    parent_id: str
+    assigned_agent: str
+    attempt: int
+    max_attempts: int
+    waiting_reason: str
+    output: str
+    error: str
+    exit_code: int
+    usage: Usage
+    last_seq: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    child_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReadyTask:
+    task_id: str
+    spec: TaskSpec
+    parent_id: str
+    waiting_reason: str
+
+
+@dataclass(frozen=True)
+class StartedAttempt:
+    task_id: str
+    attempt: int
+    agent_id: str
+    spec: TaskSpec
+    user: str
+
+
+def new_task_id() -> str:
+    return f"t-{uuid.uuid4().hex[:20]}"
+
+
+def spec_to_json(spec: TaskSpec) -> dict[str, Any]:
+    values = dataclasses.asdict(spec)
+    values.pop("subtasks")
+    return values
+
+
+def spec_from_json(values: dict[str, Any]) -> TaskSpec:
+    values = dict(values)
+    values["required_capabilities"] = tuple(values.get("required_capabilities", ()))
+    values.pop("subtasks", None)
+    return TaskSpec(**values)
+
+
+def _record(row: asyncpg.Record, child_ids: Sequence[str] = ()) -> TaskRecord:
+    return TaskRecord(
+        id=row["id"],
+        spec=spec_from_json(row["spec"]),
+        state=TaskState(row["state"]),
+        parent_id=row["parent_id"] or "",
+        assigned_agent=row["assigned_agent"] or "",
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        waiting_reason=row["waiting_reason"],
+        output=row["output"],
+        error=row["error"],
+        exit_code=row["exit_code"],
+        usage=Usage(**row["usage"]) if row["usage"] else Usage(),
+        last_seq=row["last_seq"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        child_ids=tuple(child_ids),
+    )
+
+
+def _event(row: asyncpg.Record) -> TaskEvent:
+    return TaskEvent(
+        task_id=row["task_id"],
+        seq=row["seq"],
+        time=row["created_at"].timestamp(),
+        attempt=row["attempt"],
+        agent_id=row["agent_id"] or "",
+        payload=payload_from_dict(row["kind"], row["payload"]),
+    )
+
+
+class TaskStore:
+    def __init__(self, pool: asyncpg.Pool, *, default_max_attempts: int) -> None:
+        self._pool = pool
+        self._default_max_attempts = default_max_attempts
+
+    # ----------------------------------------------------------------- submit and read
+
+    async def submit(self, spec: TaskSpec) -> str:
+        """Store a task and its subtask tree; queue what can run now. Idempotent by key."""
+        async with self._pool.acquire() as conn:
+            if spec.idempotency_key:
+                existing = await conn.fetchval(q.SELECT_BY_IDEMPOTENCY_KEY, spec.idempotency_key)
+                if existing:
+                    return str(existing)
+            try:
+                async with conn.transaction():
+                    task_id = await self._insert_tree(conn, spec, parent_id=None)
+                    await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+            except asyncpg.UniqueViolationError:
+                # A concurrent submit with the same idempotency key won.
+                existing = await conn.fetchval(q.SELECT_BY_IDEMPOTENCY_KEY, spec.idempotency_key)
+                if existing is None:
+                    raise
+                return str(existing)
+        return task_id
+
+    async def _insert_tree(
+        self, conn: Connection, spec: TaskSpec, parent_id: str | None, root_id: str | None = None
+    ) -> str:
+        task_id = new_task_id()
+        root_id = root_id or task_id
+        has_children = bool(spec.subtasks)
+        await conn.execute(
+            q.INSERT_TASK,
+            task_id,
+            spec.kind,
+            spec_to_json(spec),
+            "working" if has_children else "submitted",
+            spec.user,
+            parent_id,
+            spec.priority,
+            spec.idempotency_key or None,
+            spec.max_attempts or self._default_max_attempts,
+            f"waiting for {len(spec.subtasks)} subtasks" if has_children else "",
+            root_id,
+        )
+        await self._scheduler_event(
+            conn, task_id, Status(TaskState.SUBMITTED, "submitted" + _parent_note(parent_id))
+        )
+        if parent_id is not None:
+            await conn.execute(
+                q.INSERT_SUBTASK,
+                parent_id,
+                task_id,
+                spec.description or spec.command or spec.prompt[:200],
+                spec.permission_mode or None,
+            )
+        if has_children:
+            await self._scheduler_event(
+                conn,
+                task_id,
+                Status(TaskState.WORKING, f"waiting for {len(spec.subtasks)} subtasks"),
+            )
+            for child in spec.subtasks:
+                await self._insert_tree(conn, child, parent_id=task_id, root_id=root_id)
+        else:
+            await conn.execute(q.ENQUEUE, task_id, spec.priority, 0.0)
+        return task_id
+
+    async def get(self, task_id: str) -> TaskRecord:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(q.SELECT_TASK, task_id)
+            if row is None:
+                raise NotFound(f"no task {task_id}")
+            children = [r["child_task_id"] for r in await conn.fetch(q.SELECT_CHILD_IDS, task_id)]
+        return _record(row, children)
+
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None,
+        user: str,
+        parent_id: str,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[TaskRecord], str]:
+        after: tuple[datetime | None, str] = (None, "")
+        if page_token:
+            try:
+                stamp, _, last_id = page_token.partition("|")
+                after = (datetime.fromisoformat(stamp), last_id)
+            except ValueError:
+                raise InvalidArgument("page_token", "is not a token from ListTasks") from None
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                q.LIST_TASKS,
+                state.value if state else None,
+                user or None,
+                parent_id or None,
+                after[0],
+                after[1],
+                page_size + 1,
+            )
+        records = [_record(row) for row in rows[:page_size]]
+        token = ""
+        if len(rows) > page_size:
+            last = records[-1]
+            token = f"{last.created_at.isoformat()}|{last.id}"
+        return records, token
+
+    async def events_after(self, task_id: str, after_seq: int, limit: int = 500) -> list[TaskEvent]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(q.SELECT_EVENTS_AFTER, task_id, after_seq, limit)
+        return [_event(row) for row in rows]
+
+    async def child_results(self, task_id: str) -> list[asyncpg.Record]:
+        async with self._pool.acquire() as conn:
+            return list(await conn.fetch(q.SELECT_CHILD_RESULTS, task_id))
+
+    # ----------------------------------------------------------------- dispatch
+
+    async def ready(self, limit: int) -> list[ReadyTask]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(q.SELECT_READY, limit)
+        return [
+            ReadyTask(
+                task_id=row["task_id"],
+                spec=spec_from_json(row["spec"]),
+                parent_id=row["parent_id"] or "",
+                waiting_reason=row["waiting_reason"],
+            )
+            for row in rows
+        ]
+
+    async def seconds_until_next_available(self) -> float | None:
+        async with self._pool.acquire() as conn:
+            value = await conn.fetchval(q.SELECT_NEXT_AVAILABLE)
+        return None if value is None else float(value)
+
+    async def running_per_agent(self) -> dict[str, int]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(q.WORKING_PER_AGENT)
+        return {row["assigned_agent"]: row["running"] for row in rows}
+
+    async def set_waiting_reasons(self, reasons: dict[str, str]) -> None:
+        if not reasons:
+            return
+        async with self._pool.acquire() as conn:
+            await conn.execute(q.SET_WAITING_REASON, list(reasons), list(reasons.values()))
+
+    async def start_attempts(
+        self, placements: dict[str, str], owner: str, lease_seconds: float
+    ) -> list[StartedAttempt]:
+        """Claim the placed tasks' queue rows and start their next attempts, in one go."""
+        if not placements:
+            return []
+        async with self._pool.acquire() as conn, conn.transaction():
+            claimed = [r["task_id"] for r in await conn.fetch(q.CLAIM, list(placements), owner)]
+            if not claimed:
+                return []
+            agents = [placements[task_id] for task_id in claimed]
+            rows = await conn.fetch(q.START_ATTEMPTS, claimed, agents, owner, lease_seconds)
+            started = [
+                StartedAttempt(
+                    task_id=row["id"],
+                    attempt=row["attempt"],
+                    agent_id=placements[row["id"]],
+                    spec=spec_from_json(row["spec"]),
+                    user=row["user_name"],
+                )
+                for row in rows
+            ]
+            started_ids = {s.task_id for s in started}
+            stale = [task_id for task_id in claimed if task_id not in started_ids]
+            if stale:  # finished or cancelled between the read and the claim
+                await conn.execute(q.DROP_STALE_QUEUE_ROWS, stale)
+                await conn.execute(q.RELEASE_CLAIMS, stale, owner)
+            ids = [s.task_id for s in started]
+            await conn.execute(q.MARK_SUBTASK_STARTED, ids, [s.agent_id for s in started])
+            for attempt in started:
+                await self._scheduler_event(
+                    conn,
+                    attempt.task_id,
+                    Status(
+                        TaskState.WORKING,
+                        f"attempt {attempt.attempt} placed on {attempt.agent_id}",
+                    ),
+                )
+        return started
+
+    async def append(
+        self, task_id: str, attempt: int, owner: str, agent_id: str, payload: Payload
+    ) -> bool:
+        """Store one event of a running attempt; False if the attempt no longer owns the task."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                q.APPEND_EVENT,
+                task_id,
+                attempt,
+                owner,
+                agent_id,
+                payload.KIND,
+                payload_to_dict(payload),
+            )
+        return row is not None
+
+    async def finish_attempt(
+        self, task_id: str, attempt: int, owner: str, agent_id: str, result: Result
+    ) -> bool:
+        """Record an attempt's result as the task's end; False if it was superseded."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.LOCK_TREE, task_id)
+            if await conn.fetchrow(q.OWNED_ATTEMPT, task_id, attempt, owner) is None:
+                return False
+            await conn.fetchrow(
+                q.APPEND_EVENT,
+                task_id,
+                attempt,
+                owner,
+                agent_id,
+                result.KIND,
+                payload_to_dict(result),
+            )
+            await self._finish(conn, task_id, result, with_event=False)
+        return True
+
+    async def retry_attempt(
+        self,
+        task_id: str,
+        attempt: int,
+        owner: str,
+        reason: str,
+        *,
+        backoff_seconds: float,
+        counts: bool = True,
+    ) -> TaskState | None:
+        """The attempt was lost (node gone, lease expired): queue the next one, or fail.
+
+        With `counts=False` the attempt never started (the node was full or not ready) and
+        does not use up one of the task's attempts.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.LOCK_TREE, task_id)
+            owned = await conn.fetchrow(q.OWNED_ATTEMPT, task_id, attempt, owner)
+            if owned is None:
+                return None
+            if counts and owned["attempt"] >= owned["max_attempts"]:
+                message = f"attempt {attempt} lost ({reason}); no attempts left"
+                await self._finish(conn, task_id, Result(TaskState.FAILED, error=message))
+                return TaskState.FAILED
+            if counts:
+                row = await conn.fetchrow(q.RETRY_ATTEMPT, task_id, attempt, owner, reason)
+                message = f"attempt {attempt} lost: {reason}; retrying in {backoff_seconds:g}s"
+            else:
+                row = await conn.fetchrow(q.GIVE_BACK_ATTEMPT, task_id, attempt, owner, reason)
+                message = f"not started: {reason}; trying again"
+            assert row is not None  # owned above, in this transaction
+            await self._scheduler_event(conn, task_id, Status(TaskState.SUBMITTED, message))
+            await conn.execute(q.ENQUEUE, task_id, row["priority"], backoff_seconds)
+            await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+        return TaskState.SUBMITTED
+
+    async def fail_attempt(
+        self, task_id: str, attempt: int, owner: str, agent_id: str, error: str
+    ) -> bool:
+        """End the task as failed for a reason the node gave before it could run it."""
+        return await self.finish_attempt(
+            task_id, attempt, owner, agent_id, Result(TaskState.FAILED, error=error)
+        )
+
+    async def release_owned(self, owner: str) -> None:
+        """A stopping scheduler hands its attempts back now instead of letting leases expire."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(q.RELEASE_OWNED, owner)
+        for row in rows:
+            await self.retry_attempt(
+                row["id"],
+                row["attempt"],
+                owner,
+                f"scheduler {owner} stopped",
+                backoff_seconds=0.0,
+                counts=False,
+            )
+
+    async def renew_leases(self, owner: str, lease_seconds: float) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(q.RENEW_LEASES, owner, lease_seconds)
+
+    async def reap_expired_leases(self, backoff_seconds: float, limit: int = 100) -> int:
+        """Take over attempts whose scheduler stopped renewing their lease."""
+        reaped = 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(q.EXPIRED_LEASES, limit)
+        for row in rows:
+            state = await self.retry_attempt(
+                row["id"],
+                row["attempt"],
+                row["lease_owner"],
+                f"lease of scheduler {row['lease_owner']} expired",
+                backoff_seconds=backoff_seconds,
+            )
+            reaped += state is not None
+        return reaped
+
+    # ----------------------------------------------------------------- cancel
+
+    async def cancel(self, task_id: str, reason: str) -> list[str]:
+        """Cancel a task and its unfinished subtree; return the ids that were running."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.LOCK_TREE, task_id)
+            row = await conn.fetchrow(q.SELECT_TASK_FOR_UPDATE, task_id)
+            if row is None:
+                raise NotFound(f"no task {task_id}")
+            if TaskState(row["state"]).terminal:
+                raise FailedPrecondition(f"task {task_id} already ended: {row['state']}")
+            tree = await conn.fetch(q.SELECT_SUBTREE, task_id)
+            running = [r["id"] for r in tree if r["lease_owner"] is not None]
+            # Children first, so that the parent ends as canceled, not failed by a child.
+            for node in reversed(tree):
+                if not TaskState(node["state"]).terminal:
+                    await self._finish(
+                        conn,
+                        node["id"],
+                        Result(TaskState.CANCELED, error=reason or "canceled"),
+                        propagate=node["id"] == task_id,
+                    )
+            for running_id in running:
+                await conn.execute("SELECT pg_notify($1, $2)", q.CANCEL_CHANNEL, running_id)
+        return running
+
+    # ----------------------------------------------------------------- endings
+
+    async def _finish(
+        self,
+        conn: Connection,
+        task_id: str,
+        result: Result,
+        *,
+        with_event: bool = True,
+        propagate: bool = True,
+    ) -> None:
+        """End a task (once), then let its parent react. Runs inside the caller's transaction."""
+        parent_id = await conn.fetchval(
+            q.FINISH_TASK,
+            task_id,
+            result.state.value,
+            result.output[-OUTPUT_LIMIT:],
+            result.error,
+            result.exit_code,
+            dataclasses.asdict(result.usage),
+        )
+        if with_event:
+            await self._scheduler_event(conn, task_id, result)
+        await conn.execute(q.DELETE_QUEUE_ROW, task_id)
+        await conn.execute(q.FINISH_SUBTASK, task_id, result.state.value)
+        await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+        if parent_id is not None and propagate:
+            await self._child_ended(conn, parent_id, task_id, result)
+
+    async def _child_ended(
+        self, conn: Connection, parent_id: str, child_id: str, result: Result
+    ) -> None:
+        # Siblings ending at once serialize on the parent's row.
+        parent = await conn.fetchrow(q.SELECT_TASK_FOR_UPDATE, parent_id)
+        if parent is None or TaskState(parent["state"]).terminal:
+            return
+        if result.state is not TaskState.COMPLETED:
+            error = f"subtask {child_id} {result.state.value}: {result.error}".rstrip(": ")
+            for sibling in await conn.fetch(q.SELECT_CHILD_RESULTS, parent_id):
+                if not TaskState(sibling["state"]).terminal:
+                    await self._finish(
+                        conn,
+                        sibling["id"],
+                        Result(TaskState.CANCELED, error=f"sibling {child_id} failed"),
+                        propagate=False,
+                    )
+                    await conn.execute("SELECT pg_notify($1, $2)", q.CANCEL_CHANNEL, sibling["id"])
+            await self._finish(conn, parent_id, Result(TaskState.FAILED, error=error))
+            return
+        if await conn.fetchval(q.SIBLINGS_NOT_COMPLETED, parent_id):
+            return
+        if parent["kind"]:
+            await self._scheduler_event(
+                conn, parent_id, Status(TaskState.SUBMITTED, "subtasks completed; queued")
+            )
+            await conn.execute(
+                "UPDATE tasks SET state = 'submitted', waiting_reason = '' WHERE id = $1",
+                parent_id,
+            )
+            await conn.execute(q.ENQUEUE, parent_id, parent["priority"], 0.0)
+            return
+        children = await conn.fetch(q.SELECT_CHILD_RESULTS, parent_id)
+        await self._finish(
+            conn, parent_id, Result(TaskState.COMPLETED, output=summarize_children(children))
+        )
+
+    async def _scheduler_event(self, conn: Connection, task_id: str, payload: Payload) -> None:
+        await conn.fetchval(
+            q.APPEND_SCHEDULER_EVENT, task_id, payload.KIND, payload_to_dict(payload)
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", q.EVENTS_CHANNEL, task_id)
+
+
+def summarize_children(children: Sequence[asyncpg.Record]) -> str:
+    """The outputs of a task's subtasks, as context for the parent or as its own output."""
+    parts = []
+    for child in children:
+        title = child["description"] or child["id"]
+        where = f" (on {child['assigned_agent']})" if child["assigned_agent"] else ""
+        parts.append(f"### {title}{where}\n{child['output'].strip()}")
+    return "\n\n".join(parts)
+
+
+def _parent_note(parent_id: str | None) -> str:
+    return f" as a subtask of {parent_id}" if parent_id else ""

@@ -1,0 +1,36 @@
+"""What the scheduler accepts: a runnable spec, or a tree of them no deeper than the limit."""
+
+from __future__ import annotations
+
+from agentmesh.errors import InvalidArgument
+from agentmesh.tasks.model import TaskSpec, validate_common, validate_runnable
+
+MAX_TASKS_PER_SUBMISSION = 1000
+
+
+def validate_submission(spec: TaskSpec, *, max_depth: int) -> None:
+    """Raise InvalidArgument naming the first bad field, e.g. `spec.subtasks[2].command`."""
+    count = _validate(spec, "spec", depth=0, max_depth=max_depth)
+    if count > MAX_TASKS_PER_SUBMISSION:
+        raise InvalidArgument(
+            "spec.subtasks",
+            f"{count} tasks in one submission; the limit is {MAX_TASKS_PER_SUBMISSION}",
+        )
+
+
+def _validate(spec: TaskSpec, path: str, *, depth: int, max_depth: int) -> int:
+    if not spec.subtasks:
+        validate_runnable(spec, path)
+        return 1
+    if depth >= max_depth:
+        raise InvalidArgument(
+            f"{path}.subtasks", f"subtasks are nested deeper than the limit of {max_depth}"
+        )
+    if spec.kind:
+        validate_runnable(spec, path)
+    else:
+        validate_common(spec, path)
+    return 1 + sum(
+        _validate(child, f"{path}.subtasks[{index}]", depth=depth + 1, max_depth=max_depth)
+        for index, child in enumerate(spec.subtasks)
+    )

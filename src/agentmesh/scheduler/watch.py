@@ -1,0 +1,46 @@
+"""Watching a task: replay its stored trace, then follow it live until it ends.
+
+Any number of watchers, on any replica: each reads from `task_events`, woken by NOTIFY
+(through TaskSignals) and by a slow poll, so a lost notification only delays an event.
+A watcher leaving never affects the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from agentmesh.scheduler.notifications import TaskSignals
+from agentmesh.scheduler.store import TaskStore
+from agentmesh.tasks.events import Result, TaskEvent
+
+POLL_SECONDS = 1.0
+
+
+async def watch(
+    store: TaskStore, signals: TaskSignals, task_id: str, after_seq: int
+) -> AsyncIterator[TaskEvent]:
+    """Events after `after_seq`, in order, until (and including) the task's final result."""
+    await store.get(task_id)  # NotFound for an unknown id, before anything streams
+    wake = signals.subscribe(task_id)
+    try:
+        last = after_seq
+        while True:
+            wake.clear()
+            events = await store.events_after(task_id, last)
+            for event in events:
+                last = event.seq
+                yield event
+                if isinstance(event.payload, Result):
+                    return
+            if events:
+                continue  # there may be more than one page
+            if (await store.get(task_id)).state.terminal and not await store.events_after(
+                task_id, last, 1
+            ):
+                return  # ended before after_seq: nothing more will come
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+    finally:
+        signals.unsubscribe(task_id, wake)

@@ -1,0 +1,107 @@
+"""Fixtures for scheduler tests: a real scheduler and real nodes in this process, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agentmesh.config import NodeSettings, Settings, load_settings
+from agentmesh.node.service import AgentNode
+from agentmesh.scheduler.service import Scheduler
+from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from tests.node.conftest import GEMINI_CLI
+
+HEARTBEAT = 0.3
+
+
+def mesh_settings(tmp_path: Path, database_uri: str, **env: str) -> Settings:
+    config = tmp_path / "agent_config.json"
+    config.write_text(
+        json.dumps(
+            {"node": {"heartbeat_interval_seconds": HEARTBEAT}, "scheduler": {"lease_seconds": 3}}
+        )
+    )
+    return load_settings(
+        {
+            "DATABASE_URL": database_uri,
+            "AGENTMESH_DATA_DIR": str(tmp_path / "data"),
+            "AGENTMESH_CONFIG": str(config),
+            "GEMINI_CLI_COMMAND": GEMINI_CLI,
+            **env,
+        },
+        cwd=tmp_path,
+    )
+
+
+class Mesh:
+    """A scheduler and its nodes; stops everything when the test ends."""
+
+    def __init__(self, tmp_path: Path, database_uri: str) -> None:
+        self.tmp_path = tmp_path
+        self.settings = mesh_settings(tmp_path, database_uri)
+        self.schedulers: list[Scheduler] = []
+        self.nodes: list[AgentNode] = []
+        self._channels: list[grpc.aio.Channel] = []
+
+    async def start_scheduler(self) -> scheduler_pb2_grpc.SchedulerAsyncStub:
+        scheduler = await Scheduler.start(self.settings, "127.0.0.1:0")
+        self.schedulers.append(scheduler)
+        channel = grpc.aio.insecure_channel(scheduler.address)
+        self._channels.append(channel)
+        return scheduler_pb2_grpc.SchedulerStub(channel)
+
+    async def start_node(self, name: str, **options: Any) -> AgentNode:
+        assert self.schedulers, "start a scheduler first"
+        workdir = self.tmp_path / name
+        workdir.mkdir(exist_ok=True)
+        node = await AgentNode.start(
+            self.settings,
+            NodeSettings.model_validate(
+                {
+                    "listen": "127.0.0.1:0",
+                    "name": name,
+                    "scheduler": self.schedulers[0].address,
+                    "heartbeat_interval_seconds": HEARTBEAT,
+                    "workdir": str(workdir),
+                    **options,
+                }
+            ),
+        )
+        self.nodes.append(node)
+        assert node.registration is not None
+        await asyncio.wait_for(node.registration.registered.wait(), 10)
+        return node
+
+    async def close(self) -> None:
+        for node in self.nodes:
+            await node.shutdown(grace_seconds=2)
+        for scheduler in self.schedulers:
+            await scheduler.stop(grace_seconds=1)
+        for channel in self._channels:
+            await channel.close()
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path, database_uri: str) -> AsyncIterator[Mesh]:
+    running = Mesh(tmp_path, database_uri)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+async def run_to_end(
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub, **spec: Any
+) -> tuple[task_pb2.Task, list[task_pb2.TaskEvent]]:
+    """Submit a task, watch it to its end; return the final task and its events."""
+    task = await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=task_pb2.TaskSpec(**spec)))
+    events = [
+        event async for event in stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task.id))
+    ]
+    return await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task.id)), events
