@@ -1,28 +1,224 @@
-"""`agentmesh demo`: the mesh at work on this machine, with nothing prepared."""
+"""`agentmesh demo`: the mesh at work on this machine, with nothing prepared.
+
+Starts the embedded PostgreSQL (unless a server is configured), a scheduler and three nodes
+on loopback with different capabilities, submits an inventory of every node's host whose
+subtasks fan out over them, and a command that weak mode refuses; prints where each part
+ran, its state, its time and its output's first line as the tree finishes; then stops
+everything it started.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import grpc
+
 from agentmesh.cli.db import status_text
-from agentmesh.config import Settings
-from agentmesh.db.connect import connect, resolve_database
+from agentmesh.config import NodeSettings, Settings
+from agentmesh.db import embedded
+from agentmesh.db.connect import connect, data_dir, resolve_database
 from agentmesh.db.migrate import migrate
+from agentmesh.node.service import AgentNode
+from agentmesh.scheduler.service import Scheduler
+from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+
+NODES = {
+    "alpha": ["inventory", "cpu"],
+    "beta": ["inventory", "disk"],
+    "gamma": ["inventory", "net"],
+}
+# Read-only commands that the default weak allowlist permits.
+INVENTORY = [
+    ("kernel", "uname -srm"),
+    ("disk", "df -h /"),
+    ("memory", "free -m"),
+    ("uptime", "uptime"),
+]
+REFUSED = "rm -rf /tmp/agentmesh-demo-scratch"
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("demo", help="start the database, migrate, show the mesh")
+    parser = commands.add_parser("demo", help="run the mesh on this machine and show it at work")
     parser.set_defaults(run=run_demo)
 
 
+def inventory_spec() -> task_pb2.TaskSpec:
+    return task_pb2.TaskSpec(
+        description="inventory of the mesh",
+        subtasks=[
+            task_pb2.TaskSpec(
+                description=f"inventory of {name}",
+                subtasks=[
+                    task_pb2.TaskSpec(
+                        kind="shell",
+                        command=command,
+                        target_host=name,
+                        description=f"{what} of {name}",
+                    )
+                    for what, command in INVENTORY
+                ],
+            )
+            for name in NODES
+        ],
+    )
+
+
+@contextlib.asynccontextmanager
+async def _mesh(settings: Settings, work: Path) -> AsyncIterator[tuple[str, list[AgentNode]]]:
+    scheduler = await Scheduler.start(settings, "127.0.0.1:0")
+    nodes: list[AgentNode] = []
+    try:
+        for name, capabilities in NODES.items():
+            node = await AgentNode.start(
+                settings,
+                NodeSettings(
+                    listen="127.0.0.1:0",
+                    name=name,
+                    capabilities=tuple(capabilities),
+                    scheduler=scheduler.address,
+                    heartbeat_interval_seconds=0.5,
+                    workdir=work,
+                ),
+            )
+            nodes.append(node)
+        for node in nodes:
+            assert node.registration is not None
+            await asyncio.wait_for(node.registration.registered.wait(), 15)
+        yield scheduler.address, nodes
+    finally:
+        for node in nodes:
+            await node.shutdown(grace_seconds=2)
+        await scheduler.stop(grace_seconds=1)
+
+
+def _first_line(text: str, width: int = 60) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0] if len(lines[0]) <= width else lines[0][: width - 1] + "…"
+    return first if len(lines) == 1 else f"{first}  (+{len(lines) - 1} lines)"
+
+
+def _seconds(task: task_pb2.Task) -> str:
+    if not task.HasField("finished_at"):
+        return "-"
+    start = task.started_at if task.HasField("started_at") else task.created_at
+    return f"{(task.finished_at.ToMicroseconds() - start.ToMicroseconds()) / 1e6:.2f}s"
+
+
+def _state(task: task_pb2.Task) -> str:
+    return task_pb2.TaskState.Name(task.state).removeprefix("TASK_STATE_").lower()
+
+
+async def _follow_leaves(
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub, root: str, names: dict[str, str]
+) -> None:
+    """Print each leaf as it finishes, in the order they finish."""
+    groups = await stub.ListTasks(scheduler_pb2.ListTasksRequest(parent_id=root))
+    leaves = []
+    for group in groups.tasks:
+        children = await stub.ListTasks(scheduler_pb2.ListTasksRequest(parent_id=group.id))
+        leaves += [child.id for child in children.tasks]
+
+    async def follow(task_id: str) -> None:
+        async for _ in stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task_id)):
+            pass
+        task = await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id))
+        where = names.get(task.assigned_agent, task.assigned_agent or "-")
+        print(
+            f"  {_state(task):<9} {task.spec.description:<18} on {where:<6} {_seconds(task):>6}"
+            f"  {_first_line(task.output or task.error)}",
+            flush=True,
+        )
+
+    await asyncio.gather(*(follow(leaf) for leaf in leaves))
+
+
+async def _print_tree(
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub, task_id: str, names: dict[str, str], depth: int
+) -> None:
+    task = await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id))
+    indent = "  " * depth + ("└─ " if depth else "")
+    where = (
+        f" on {names.get(task.assigned_agent, task.assigned_agent)}" if task.assigned_agent else ""
+    )
+    title = task.spec.description or task.spec.command or task.id
+    print(f"  {indent}{title}{where}: {_state(task)} in {_seconds(task)}")
+    for child in task.child_ids:
+        await _print_tree(stub, child, names, depth + 1)
+
+
 async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    started_database = settings.uses_embedded_database and not embedded.is_running(
+        data_dir(settings)
+    )
     target = await resolve_database(settings)
     conn = await connect(target.dsn)
     try:
-        applied = await migrate(conn)
+        await migrate(conn)
     finally:
         await conn.close()
-    print(f"migrated: {len(applied)} migration(s) applied now")
     print(await status_text(settings))
+    print()
+    try:
+        with tempfile.TemporaryDirectory(prefix="agentmesh-demo-") as work:
+            async with _mesh(settings, Path(work)) as (address, nodes):
+                names = {node.card().agent_id: node.card().name for node in nodes}
+                print(f"scheduler on {address}; nodes:")
+                for node in nodes:
+                    card = node.card()
+                    configured = [c for c in card.capabilities if ":" not in c]
+                    print(f"  {card.name:<6} {node.address:<16} {', '.join(configured)}")
+                print()
+                async with grpc.aio.insecure_channel(address) as channel:
+                    stub = scheduler_pb2_grpc.SchedulerStub(channel)
+                    await _run_inventory(stub, names)
+                    await _run_refused(stub, names)
+    finally:
+        if started_database:
+            embedded.stop(data_dir(settings))
     return 0
+
+
+async def _run_inventory(
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub, names: dict[str, str]
+) -> None:
+    began = time.monotonic()
+    root = await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=inventory_spec()))
+    print(f"task {root.id}: inventory of the mesh, {len(NODES) * len(INVENTORY)} commands")
+    await _follow_leaves(stub, root.id, names)
+    async for _ in stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=root.id)):
+        pass
+    print(f"\nthe tree, finished in {time.monotonic() - began:.2f}s:")
+    await _print_tree(stub, root.id, names, 0)
+    print()
+
+
+async def _run_refused(stub: scheduler_pb2_grpc.SchedulerAsyncStub, names: dict[str, str]) -> None:
+    spec = task_pb2.TaskSpec(
+        description="clean up scratch",
+        subtasks=[task_pb2.TaskSpec(kind="shell", command=REFUSED, description="clean up")],
+    )
+    task = await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
+    child = task.child_ids[0]
+    refusal = None
+    async for event in stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=child)):
+        if event.WhichOneof("payload") == "refusal":
+            refusal = event.refusal
+    final = await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=child))
+    print(f"task {child}: `{REFUSED}`")
+    where = names.get(final.assigned_agent, final.assigned_agent)
+    if refusal is not None:
+        print(
+            f"  {_state(final)} on {where}: `{refusal.command}` refused in {refusal.mode} mode"
+            f" by rule {refusal.rule}: {refusal.detail}"
+        )
+    else:
+        print(f"  {_state(final)} on {where}: {final.error}")

@@ -21,7 +21,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--max-concurrency", type=int, metavar="N", help="tasks at once")
     parser.add_argument("--scheduler", metavar="HOST:PORT", help="register with this scheduler")
     parser.add_argument("--advertise", metavar="HOST:PORT", help="address the scheduler dials")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, service=True)
 
 
 def node_settings(settings: Settings, args: argparse.Namespace) -> NodeSettings:

@@ -14,7 +14,7 @@ from agentmesh.scheduler.service import run_scheduler
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("scheduler", help="serve the scheduler")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, service=True)
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:

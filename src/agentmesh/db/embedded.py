@@ -33,9 +33,14 @@ def _ensure_runtime_dir() -> None:
 def _server(pgdata: Path) -> Any:
     _ensure_runtime_dir()
     # Imported late: pgserver reads XDG_RUNTIME_DIR at import time.
-    from pgserver.postgres_server import get_server
+    from pgserver.postgres_server import PostgresServer, get_server
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # pgserver remembers the servers this process started and hands back the same handle
+    # even after the server stopped: forget it, so that this call starts it again.
+    resolved = pgdata.expanduser().resolve()
+    if resolved in PostgresServer._instances and not _running(resolved):
+        del PostgresServer._instances[resolved]
     return get_server(pgdata, cleanup_mode=None)
 
 
@@ -58,7 +63,11 @@ def uri_for(server_uri: str, database: str) -> str:
 
 
 def is_running(data_dir: Path) -> bool:
-    pid_file = pgdata_dir(data_dir) / "postmaster.pid"
+    return _running(pgdata_dir(data_dir))
+
+
+def _running(pgdata: Path) -> bool:
+    pid_file = pgdata / "postmaster.pid"
     if not pid_file.exists():
         return False
     try:

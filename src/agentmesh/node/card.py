@@ -96,7 +96,7 @@ async def gemini_cli_version(command: str, within_seconds: float = 60.0) -> str 
             stdin=asyncio.subprocess.DEVNULL,
         )
     except OSError as exc:
-        log.warning("gemini executor unavailable: cannot start %r: %s", argv[0], exc.strerror)
+        log.info("gemini executor unavailable: cannot start %r: %s", argv[0], exc.strerror)
         return None
     try:
         out, err = await asyncio.wait_for(process.communicate(), within_seconds)

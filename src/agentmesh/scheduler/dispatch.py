@@ -27,6 +27,7 @@ from agentmesh.rpc.channel import open_channel
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.placement import AgentSlot, Waiting, pick_agent
 from agentmesh.scheduler.store import StartedAttempt, TaskStore, summarize_children
+from agentmesh.scheduler.trace_writer import TraceWriter
 from agentmesh.tasks.events import ApiError, ApiErrorKind, Result
 from agentmesh.tasks.model import TaskKind
 from agentmesh.v1 import node_pb2, node_pb2_grpc
@@ -46,6 +47,7 @@ DATABASE_ERRORS = (
     asyncpg.SerializationError,
 )
 WINDOW = 500
+MIN_WINDOW = 32
 NOT_STARTED = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION}
 
 
@@ -120,14 +122,18 @@ class Dispatcher:
 
     async def round(self) -> None:
         self.rounds += 1
-        ready = await self._store.ready(WINDOW)
-        if not ready:
-            return
         running = await self._store.running_per_agent()
         # Our own attempts count even if their rows are not visible yet.
         for agent_id, count in Counter(self._agents.values()).items():
             running[agent_id] = max(running.get(agent_id, 0), count)
         agents = {a.agent_id: a for a in await self._registry.online(running)}
+        # Read (and parse) only as much of a long queue as the free slots could take, plus
+        # some, so that tasks no agent fits still get their waiting reason.
+        free = sum(agent.free for agent in agents.values())
+        window = min(WINDOW, 4 * free + MIN_WINDOW)
+        ready = await self._store.ready(window)
+        if not ready:
+            return
         placements: dict[str, str] = {}
         reasons: dict[str, str] = {}
         siblings: dict[str, Counter[str]] = {}
@@ -153,7 +159,7 @@ class Dispatcher:
             self._attempts[attempt.task_id] = asyncio.create_task(
                 self._run_attempt(attempt, agent), name=f"attempt {attempt.task_id}"
             )
-        if len(ready) == WINDOW and started:
+        if started and len(placements) == len(ready) == window:
             self._wake.set()  # more may be ready beyond the window
 
     async def cancel_local(self, task_id: str) -> None:
@@ -213,6 +219,18 @@ class Dispatcher:
             api_key=key.value if key else "",
         )
         received = 0
+        writer = TraceWriter(
+            lambda batch: _with_retry(
+                functools.partial(
+                    self._store.append_many,
+                    attempt.task_id,
+                    attempt.attempt,
+                    owner,
+                    agent.agent_id,
+                    batch,
+                )
+            )
+        )
         try:
             async for message in self._channels.stub(agent.endpoint).ExecuteTask(request):
                 received += 1
@@ -221,6 +239,8 @@ class Dispatcher:
                 if isinstance(payload, ApiError) and key is not None:
                     await _with_retry(functools.partial(self._react_to_api_error, key, payload))
                 if isinstance(payload, Result):
+                    if not await writer.close():
+                        return
                     await _with_retry(
                         functools.partial(
                             self._store.finish_attempt,
@@ -229,25 +249,22 @@ class Dispatcher:
                             owner,
                             agent.agent_id,
                             payload,
+                            in_tree=bool(attempt.parent_id),
                         )
                     )
                     return
-                stored = await _with_retry(
-                    functools.partial(
-                        self._store.append,
-                        attempt.task_id,
-                        attempt.attempt,
-                        owner,
-                        agent.agent_id,
-                        payload,
-                    )
-                )
-                if not stored:
+                await writer.add(payload)
+                if writer.superseded:
                     log.info("attempt superseded", extra={"task_id": attempt.task_id})
                     return
         except grpc.aio.AioRpcError as error:
+            await writer.close()
             await self._attempt_failed(attempt, agent, error, received)
             return
+        except BaseException:
+            writer.cancel()
+            raise
+        await writer.close()
         await _with_retry(
             lambda: self._store.retry_attempt(
                 attempt.task_id,

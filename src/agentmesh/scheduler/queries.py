@@ -36,6 +36,21 @@ SET claimed = false, claimed_by = NULL, claimed_at = NULL, available_at = EXCLUD
 LOCK_TREE = """
 SELECT r.id FROM tasks t JOIN tasks r ON r.id = t.root_id WHERE t.id = $1 FOR UPDATE OF r
 """
+# A task without subtasks in one statement: the row, its first event and its queue entry.
+SUBMIT_LEAF = """
+WITH t AS (
+    INSERT INTO tasks (id, kind, spec, state, user_name, parent_id, priority, idempotency_key,
+                       max_attempts, waiting_reason, root_id, last_seq)
+    VALUES ($1, $2, $3, 'submitted', $4, NULL, $5, $6, $7, '', $1, 1)
+    RETURNING id
+), e AS (
+    INSERT INTO task_events (task_id, seq, attempt, kind, payload)
+    SELECT id, 1, 0, 'status', $8 FROM t
+), q AS (
+    INSERT INTO task_queue (task_id, priority) SELECT id, $5 FROM t
+)
+SELECT pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', $1)
+"""
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
 SELECT_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
 SELECT_TASK_FOR_UPDATE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"
@@ -85,14 +100,25 @@ WHERE id IN (
 )
 RETURNING task_id
 """
+# Start the next attempt of each placed task and record where it was placed, in one go.
 START_ATTEMPTS = """
-UPDATE tasks t
-SET state = 'working', assigned_agent = p.agent_id, attempt = t.attempt + 1,
-    lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
-    started_at = coalesce(t.started_at, now()), waiting_reason = '', updated_at = now()
-FROM unnest($1::text[], $2::text[]) AS p(task_id, agent_id)
-WHERE t.id = p.task_id AND t.state = 'submitted'
-RETURNING t.id, t.attempt, t.spec, t.user_name
+WITH s AS (
+    UPDATE tasks t
+    SET state = 'working', assigned_agent = p.agent_id, attempt = t.attempt + 1,
+        lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
+        started_at = coalesce(t.started_at, now()), waiting_reason = '', updated_at = now(),
+        last_seq = t.last_seq + 1
+    FROM unnest($1::text[], $2::text[]) AS p(task_id, agent_id)
+    WHERE t.id = p.task_id AND t.state = 'submitted'
+    RETURNING t.id, t.attempt, t.spec, t.user_name, t.parent_id, t.last_seq, p.agent_id
+), e AS (
+    INSERT INTO task_events (task_id, seq, attempt, kind, payload)
+    SELECT id, last_seq, attempt, 'status',
+           jsonb_build_object('state', 'working',
+                              'message', format('attempt %s placed on %s', attempt, agent_id))
+    FROM s
+)
+SELECT id, attempt, spec, user_name, parent_id, pg_notify('agentmesh_events', id) FROM s
 """
 MARK_SUBTASK_STARTED = """
 UPDATE subtasks s SET status = 'working', started_at = coalesce(s.started_at, now()),
@@ -142,11 +168,40 @@ INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
 SELECT $1, t.last_seq, t.attempt, NULL, $2, $3 FROM t
 RETURNING seq
 """
+APPEND_EVENTS = """
+WITH t AS (
+    UPDATE tasks SET last_seq = last_seq + cardinality($5::text[]), updated_at = now()
+    WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
+    RETURNING last_seq - cardinality($5::text[]) AS base
+), e AS (
+    INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
+    SELECT $1, t.base + b.n, $2, $4, b.kind, b.payload
+    FROM t, unnest($5::text[], $6::jsonb[]) WITH ORDINALITY AS b(kind, payload, n)
+)
+SELECT pg_notify('agentmesh_events', $1) FROM t
+"""
 SELECT_EVENTS_AFTER = """
 SELECT task_id, seq, attempt, agent_id, kind, payload, created_at FROM task_events
 WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
 """
 
+# The end of a task that has no parent, in one statement (the common case); tasks in a
+# tree end in a transaction that locks the tree first.
+FINISH_ROOT_ATTEMPT = """
+WITH owned AS (
+    UPDATE tasks SET state = $6, output = $7, error = $8, exit_code = $9, usage = $10,
+        finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, waiting_reason = '',
+        last_seq = last_seq + 1, updated_at = now()
+    WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
+    RETURNING id, last_seq
+), e AS (
+    INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
+    SELECT id, last_seq, $2, $4, 'result', $5 FROM owned
+), d AS (
+    DELETE FROM task_queue WHERE task_id IN (SELECT id FROM owned)
+)
+SELECT pg_notify('agentmesh_events', id), pg_notify('agentmesh_queue', '') FROM owned
+"""
 FINISH_TASK = f"""
 UPDATE tasks SET state = $2, output = $3, error = $4, exit_code = $5, usage = $6,
     finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),

@@ -66,6 +66,7 @@ class StartedAttempt:
     agent_id: str
     spec: TaskSpec
     user: str
+    parent_id: str = ""
 
 
 def new_task_id() -> str:
@@ -133,6 +134,8 @@ class TaskStore:
                 if existing:
                     return str(existing)
             try:
+                if not spec.subtasks:
+                    return await self._submit_leaf(conn, spec)
                 async with conn.transaction():
                     task_id = await self._insert_tree(conn, spec, parent_id=None)
                     await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
@@ -142,6 +145,21 @@ class TaskStore:
                 if existing is None:
                     raise
                 return str(existing)
+        return task_id
+
+    async def _submit_leaf(self, conn: Connection, spec: TaskSpec) -> str:
+        task_id = new_task_id()
+        await conn.execute(
+            q.SUBMIT_LEAF,
+            task_id,
+            spec.kind,
+            spec_to_json(spec),
+            spec.user,
+            spec.priority,
+            spec.idempotency_key or None,
+            spec.max_attempts or self._default_max_attempts,
+            payload_to_dict(Status(TaskState.SUBMITTED, "submitted")),
+        )
         return task_id
 
     async def _insert_tree(
@@ -287,6 +305,7 @@ class TaskStore:
                     agent_id=placements[row["id"]],
                     spec=spec_from_json(row["spec"]),
                     user=row["user_name"],
+                    parent_id=row["parent_id"] or "",
                 )
                 for row in rows
             ]
@@ -295,16 +314,12 @@ class TaskStore:
             if stale:  # finished or cancelled between the read and the claim
                 await conn.execute(q.DROP_STALE_QUEUE_ROWS, stale)
                 await conn.execute(q.RELEASE_CLAIMS, stale, owner)
-            ids = [s.task_id for s in started]
-            await conn.execute(q.MARK_SUBTASK_STARTED, ids, [s.agent_id for s in started])
-            for attempt in started:
-                await self._scheduler_event(
-                    conn,
-                    attempt.task_id,
-                    Status(
-                        TaskState.WORKING,
-                        f"attempt {attempt.attempt} placed on {attempt.agent_id}",
-                    ),
+            children = [s for s in started if s.parent_id]
+            if children:
+                await conn.execute(
+                    q.MARK_SUBTASK_STARTED,
+                    [s.task_id for s in children],
+                    [s.agent_id for s in children],
                 )
         return started
 
@@ -324,10 +339,49 @@ class TaskStore:
             )
         return row is not None
 
+    async def append_many(
+        self, task_id: str, attempt: int, owner: str, agent_id: str, payloads: list[Payload]
+    ) -> bool:
+        """Store a batch of a running attempt's events, in order; False if superseded."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                q.APPEND_EVENTS,
+                task_id,
+                attempt,
+                owner,
+                agent_id,
+                [p.KIND for p in payloads],
+                [payload_to_dict(p) for p in payloads],
+            )
+        return row is not None
+
     async def finish_attempt(
-        self, task_id: str, attempt: int, owner: str, agent_id: str, result: Result
+        self,
+        task_id: str,
+        attempt: int,
+        owner: str,
+        agent_id: str,
+        result: Result,
+        *,
+        in_tree: bool = True,
     ) -> bool:
         """Record an attempt's result as the task's end; False if it was superseded."""
+        if not in_tree:
+            async with self._pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    q.FINISH_ROOT_ATTEMPT,
+                    task_id,
+                    attempt,
+                    owner,
+                    agent_id,
+                    payload_to_dict(result),
+                    result.state.value,
+                    result.output[-OUTPUT_LIMIT:],
+                    result.error,
+                    result.exit_code,
+                    dataclasses.asdict(result.usage),
+                )
+            return row is not None
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(q.LOCK_TREE, task_id)
             if await conn.fetchrow(q.OWNED_ATTEMPT, task_id, attempt, owner) is None:

@@ -1,0 +1,237 @@
+"""Scheduler benchmark: the durable queue and the gRPC hop against raw PostgreSQL.
+
+Prints, from one run on this machine (embedded PostgreSQL 16, a scheduler process and 4
+node processes on loopback):
+- throughput of 5,000 `echo` tasks from the first submit until all are recorded complete;
+- submit-to-start latency p50/p99 at a steady 200 tasks/s (from the database's own
+  `created_at` and `started_at`);
+- the scheduler's resident memory before and after;
+- a raw asyncpg baseline in the same run, on the same server: insert the same number of
+  rows, claim each with FOR UPDATE SKIP LOCKED and complete it with 8 workers; and the ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import grpc
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from agentmesh.db import embedded  # noqa: E402
+from agentmesh.db.connect import ensure_database  # noqa: E402
+from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2  # noqa: E402
+
+TASKS = 5_000
+NODES = 4
+SLOTS_PER_NODE = 16
+STEADY_RATE = 200
+STEADY_TASKS = 1_000
+SUBMITTERS = 32
+BASELINE_WORKERS = 8
+
+
+def spawn(
+    args: list[str], env: dict[str, str], work: Path, pattern: str
+) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli.main", *args],
+        env=env,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(pattern, line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"{args[0]} did not start: {line!r}")
+    return process, match[1]
+
+
+async def count_completed(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM tasks WHERE state = 'completed'"))
+
+
+async def submit_all(stub: scheduler_pb2_grpc.SchedulerAsyncStub, count: int, prefix: str) -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+
+    async def submitter() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            spec = task_pb2.TaskSpec(kind="echo", prompt=f"{prefix} {i}")
+            await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
+
+    await asyncio.gather(*(submitter() for _ in range(SUBMITTERS)))
+
+
+async def wait_completed(conn: asyncpg.Connection, target: int) -> None:
+    while await count_completed(conn) < target:
+        await asyncio.sleep(0.05)
+
+
+async def baseline(dsn: str) -> float:
+    """Raw asyncpg: insert, claim with SKIP LOCKED, complete; the same number of rows."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(
+        "DROP TABLE IF EXISTS bench_jobs;"
+        "CREATE TABLE bench_jobs (id bigserial PRIMARY KEY, payload text NOT NULL,"
+        " state text NOT NULL DEFAULT 'queued', claimed_by int, done_at timestamptz);"
+        "CREATE INDEX ON bench_jobs (id) WHERE state = 'queued'"
+    )
+    pool = await asyncpg.create_pool(dsn, min_size=BASELINE_WORKERS, max_size=BASELINE_WORKERS)
+    assert pool is not None
+    started = time.perf_counter()
+    await conn.executemany(
+        "INSERT INTO bench_jobs (payload) VALUES ($1)", [(f"job {i}",) for i in range(TASKS)]
+    )
+
+    async def worker(number: int) -> None:
+        async with pool.acquire() as c:
+            while True:
+                async with c.transaction():
+                    job = await c.fetchval(
+                        "WITH next AS (SELECT id FROM bench_jobs WHERE state = 'queued'"
+                        " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                        " UPDATE bench_jobs j SET state = 'running', claimed_by = $1"
+                        " FROM next WHERE j.id = next.id RETURNING j.id",
+                        number,
+                    )
+                if job is None:
+                    return
+                await c.execute(
+                    "UPDATE bench_jobs SET state = 'done', done_at = now() WHERE id = $1", job
+                )
+
+    await asyncio.gather(*(worker(n) for n in range(BASELINE_WORKERS)))
+    elapsed = time.perf_counter() - started
+    await conn.execute("DROP TABLE bench_jobs")
+    await pool.close()
+    await conn.close()
+    return TASKS / elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="agentmesh-bench-dispatch-"))
+    data = work / "data"
+    server = embedded.start(data)
+    await ensure_database(server, "agentmesh")
+    dsn = embedded.uri_for(server, "agentmesh")
+    config = work / "agent_config.json"
+    config.write_text(
+        json.dumps({"node": {"max_concurrency": SLOTS_PER_NODE, "heartbeat_interval_seconds": 1}})
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "AGENTMESH_DATA_DIR": str(data),
+        "AGENTMESH_CONFIG": str(config),
+        "GEMINI_CLI_COMMAND": "/nonexistent/gemini",
+    }
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        scheduler, address = spawn(
+            ["scheduler", "--listen", "127.0.0.1:0"], env, work, r"listening on (\S+)"
+        )
+        processes.append(scheduler)
+        for n in range(NODES):
+            node, _ = spawn(
+                ["node", "--listen", "127.0.0.1:0", "--name", f"n{n}", "--scheduler", address],
+                env,
+                work,
+                r"listening on (\S+);",
+            )
+            processes.append(node)
+        conn = await asyncpg.connect(dsn)
+        while await conn.fetchval("SELECT count(*) FROM agents WHERE status = 'online'") < NODES:
+            await asyncio.sleep(0.1)
+        memory = psutil.Process(scheduler.pid)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            await submit_all(stub, 50, "warmup")
+            await wait_completed(conn, 50)
+            rss_before = memory.memory_info().rss
+
+            started = time.perf_counter()
+            await submit_all(stub, TASKS, "bench")
+            await wait_completed(conn, 50 + TASKS)
+            throughput = TASKS / (time.perf_counter() - started)
+            rss_after = memory.memory_info().rss
+
+            steady_start = await conn.fetchval("SELECT now()")
+            interval = 1 / STEADY_RATE
+            begin = time.perf_counter()
+            pending = []
+            for i in range(STEADY_TASKS):
+                spec = task_pb2.TaskSpec(kind="echo", prompt=f"steady {i}")
+                pending.append(
+                    asyncio.ensure_future(
+                        stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
+                    )
+                )
+                delay = begin + (i + 1) * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await asyncio.gather(*pending)
+            await wait_completed(conn, 50 + TASKS + STEADY_TASKS)
+            latencies = [
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT extract(epoch FROM started_at - created_at) FROM tasks"
+                    " WHERE created_at >= $1",
+                    steady_start,
+                )
+            ]
+            rss_end = memory.memory_info().rss
+        await conn.close()
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+    raw = await baseline(dsn)
+    embedded.stop(data)
+    shutil.rmtree(work, ignore_errors=True)
+
+    print("Scheduler benchmark (one run, this machine, embedded PostgreSQL 16)")
+    print(f"  {TASKS} echo tasks through the scheduler to {NODES} nodes: {throughput:.0f} tasks/s")
+    print(
+        f"  raw asyncpg baseline (insert + SKIP LOCKED claim + complete, {BASELINE_WORKERS}"
+        f" workers): {raw:.0f} jobs/s; ratio {throughput / raw:.2f}"
+    )
+    print(
+        f"  submit-to-start at {STEADY_RATE} tasks/s ({STEADY_TASKS} tasks):"
+        f" p50 {percentile(latencies, 0.5) * 1000:.1f} ms,"
+        f" p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
+    )
+    print(
+        f"  scheduler resident memory: {rss_before / 2**20:.0f} MiB before,"
+        f" {rss_after / 2**20:.0f} MiB after {TASKS} tasks,"
+        f" {rss_end / 2**20:.0f} MiB after {TASKS + STEADY_TASKS}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,62 @@
+"""Writes an attempt's events to the trace in batches, while the node goes on streaming.
+
+Events are written in arrival order; whatever arrived while the previous batch was being
+written goes in the next one, so a quiet stream writes each event at once and a busy one
+writes many per round trip. A bounded backlog slows the stream instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from agentmesh.tasks.events import Payload
+
+MAX_BACKLOG = 256
+
+
+class TraceWriter:
+    def __init__(self, append_many: Callable[[list[Payload]], Awaitable[bool]]) -> None:
+        self._append_many = append_many
+        self._pending: list[Payload] = []
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closing = False
+        self.superseded = False
+        self._task = asyncio.create_task(self._run(), name="trace writer")
+
+    async def add(self, payload: Payload) -> None:
+        """Queue an event; waits while the backlog is full. Raises if the writer died."""
+        if self._task.done():
+            self._task.result()  # re-raise the writer's error, if any
+            return
+        await self._room.wait()
+        self._pending.append(payload)
+        if len(self._pending) >= MAX_BACKLOG:
+            self._room.clear()
+        self._wake.set()
+
+    async def close(self) -> bool:
+        """Write what is left; False if the attempt was superseded meanwhile."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+        return not self.superseded
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self._room.set()
+                if not await self._append_many(batch):
+                    self.superseded = True
+                    self._room.set()
+                    return
+            if self._closing:
+                return
