@@ -1,0 +1,103 @@
+"""`agentmesh node` as a process: reflection for grpcurl, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
+from tests.node.test_node import collect, wait_for_file
+
+
+@pytest.fixture
+def node_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH")}
+    env.update(AGENTMESH_DATA_DIR=str(tmp_path / "data"), GEMINI_CLI_COMMAND="/nonexistent")
+    (tmp_path / "agent_config.json").write_text(f'{{"node": {{"workdir": "{tmp_path}"}}}}')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli.main", "node", "--listen", "127.0.0.1:0"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"listening on (\S+);", line)
+    assert match, (line, process.stderr.read() if process.stderr else "")
+    try:
+        yield process, match[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_reflection_lists_the_services(node_process: tuple[subprocess.Popen[str], str]) -> None:
+    _, address = node_process
+    with grpc.insecure_channel(address) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {
+        "agentmesh.v1.AgentNode",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
+
+
+async def test_sigterm_drains_then_exits_cleanly(
+    node_process: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    process, address = node_process
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = node_pb2_grpc.AgentNodeStub(channel)
+        command = "echo started > started.txt; while [ ! -e go ]; do sleep 0.05; done; echo done"
+        call = stub.ExecuteTask(
+            node_pb2.ExecuteTaskRequest(
+                task_id="graceful-1",
+                spec=task_pb2.TaskSpec(kind="shell", command=command, permission_mode="superuser"),
+            )
+        )
+        await call.read()
+        await wait_for_file(tmp_path / "started.txt")
+
+        process.send_signal(signal.SIGTERM)
+
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(200):
+            reply = await health.Check(health_pb2.HealthCheckRequest())
+            if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.02)
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(
+                stub.ExecuteTask(
+                    node_pb2.ExecuteTaskRequest(
+                        task_id="late-1", spec=task_pb2.TaskSpec(kind="echo", prompt="x")
+                    )
+                )
+            )
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+        (tmp_path / "go").touch()  # the running task may finish within the grace period
+        events = await collect(call)
+    assert events[-1].result.state == task_pb2.TASK_STATE_COMPLETED
+    assert "done" in "".join(e.stdout.text for e in events)
+    assert process.wait(30) == 0
