@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from agentmesh.node.executors.gemini import SETTINGS
 from tests.support.gemini_emulator import (
     GeminiEmulator,
     count_tokens,
@@ -37,16 +38,7 @@ INSTALL_HINT = (
     "npm install --prefix .cache/gemini-cli --no-audit --no-fund @google/gemini-cli@0.61.0"
 )
 MODEL = "gemini-2.5-flash"
-CLI_SETTINGS = {
-    "security": {"auth": {"selectedType": "gemini-api-key"}},
-    "privacy": {"usageStatisticsEnabled": False},
-    "telemetry": {"enabled": False},
-    "general": {
-        "enableAutoUpdate": False,
-        "enableAutoUpdateNotification": False,
-        "maxAttempts": 1,
-    },
-}
+CLI_SETTINGS = SETTINGS  # exactly what the node's gemini executor writes
 
 # ----------------------------------------------------------------------------- helpers
 
