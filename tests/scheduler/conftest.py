@@ -44,7 +44,12 @@ class Mesh:
 
     def __init__(self, tmp_path: Path, database_uri: str) -> None:
         self.tmp_path = tmp_path
+        self.database_uri = database_uri
         self.settings = mesh_settings(tmp_path, database_uri)
+
+    def configure(self, **env: str) -> None:
+        """Change the environment the next scheduler and nodes start with."""
+        self.settings = mesh_settings(self.tmp_path, self.database_uri, **env)
         self.schedulers: list[Scheduler] = []
         self.nodes: list[AgentNode] = []
         self._channels: list[grpc.aio.Channel] = []

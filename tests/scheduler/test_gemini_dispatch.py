@@ -1,0 +1,85 @@
+"""gemini tasks through the scheduler: a key from the key file, outputs of subtasks in the
+prompt, and a 429 that cools the key down — with the key never in the trace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from agentmesh.v1 import task_pb2
+from tests.scheduler.conftest import Mesh, run_to_end
+from tests.support.gemini_emulator import GeminiEmulator, quota_exhausted, text_reply
+
+KEY = "AIzaSy-scheduler-test-key-000111"
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
+    with GeminiEmulator() as running:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", running.base_url)
+        yield running
+
+
+async def start(mesh: Mesh, tmp_path: Path) -> object:
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text(f"# the test key\n{KEY}\n")
+    mesh.configure(GEMINI_API_KEY_FILE=str(key_file))
+    stub = await mesh.start_scheduler()
+    await mesh.start_node("llm")
+    return stub
+
+
+async def test_parent_prompt_gets_the_subtask_outputs(
+    mesh: Mesh, emulator: GeminiEmulator, tmp_path: Path
+) -> None:
+    emulator.script(text_reply("Both hosts run Linux.", prompt_tokens=40, candidates_tokens=5))
+    stub = await start(mesh, tmp_path)
+
+    task, events = await run_to_end(
+        stub,  # type: ignore[arg-type]
+        kind="gemini",
+        prompt="Summarize the inventory.",
+        model="gemini-2.5-flash",
+        subtasks=[task_pb2.TaskSpec(kind="shell", command="uname -s", description="kernel")],
+    )
+
+    assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
+    assert task.output == "Both hosts run Linux."
+    assert task.usage.total_tokens == 45
+    request = emulator.generate_requests()[0]
+    assert request.api_key == KEY
+    assert "Summarize the inventory." in request.user_text
+    assert "### kernel" in request.user_text
+    assert "Linux" in request.user_text
+    assert KEY not in "".join(str(e) for e in events)
+
+
+async def test_quota_error_cools_the_key_down(
+    mesh: Mesh, emulator: GeminiEmulator, tmp_path: Path
+) -> None:
+    emulator.script(quota_exhausted("minute", retry_seconds=40))
+    stub = await start(mesh, tmp_path)
+
+    task, events = await run_to_end(
+        stub,  # type: ignore[arg-type]
+        kind="gemini",
+        prompt="hello",
+        model="gemini-2.5-flash",
+    )
+
+    assert task.state == task_pb2.TASK_STATE_FAILED
+    errors = [e.api_error for e in events if e.WhichOneof("payload") == "api_error"]
+    assert errors[0].kind == task_pb2.API_ERROR_KIND_QUOTA_EXHAUSTED
+    conn = await asyncpg.connect(mesh.database_uri)
+    try:
+        seconds = await conn.fetchval(
+            "SELECT extract(epoch FROM cooldown_until - now()) FROM api_keys WHERE key_value = $1",
+            KEY,
+        )
+    finally:
+        await conn.close()
+    assert 20 < seconds <= 40
+    assert KEY not in "".join(str(e) for e in events)
