@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
+from agentmesh.config import ConfigError
 from agentmesh.db.connect import Connection
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ WHERE id = $1
 DISABLE = "UPDATE api_keys SET enabled = false WHERE id = $1"
 
 
-class KeyFileError(Exception):
-    """GEMINI_API_KEY_FILE cannot be read; the message never contains a key."""
+class KeyFileError(ConfigError):
+    """GEMINI_API_KEY_FILE cannot be used; the message never contains a key."""
 
 
 @dataclass(frozen=True)
