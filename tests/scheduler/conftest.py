@@ -46,13 +46,13 @@ class Mesh:
         self.tmp_path = tmp_path
         self.database_uri = database_uri
         self.settings = mesh_settings(tmp_path, database_uri)
+        self.schedulers: list[Scheduler] = []
+        self.nodes: list[AgentNode] = []
+        self._channels: list[grpc.aio.Channel] = []
 
     def configure(self, **env: str) -> None:
         """Change the environment the next scheduler and nodes start with."""
         self.settings = mesh_settings(self.tmp_path, self.database_uri, **env)
-        self.schedulers: list[Scheduler] = []
-        self.nodes: list[AgentNode] = []
-        self._channels: list[grpc.aio.Channel] = []
 
     async def start_scheduler(self) -> scheduler_pb2_grpc.SchedulerAsyncStub:
         scheduler = await Scheduler.start(self.settings, "127.0.0.1:0")
