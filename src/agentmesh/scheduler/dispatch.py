@@ -41,6 +41,8 @@ DATABASE_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # A pooled connection that died with the server ("cannot switch to state ...").
+    asyncpg.InternalClientError,
     TimeoutError,
     # Rolled back by the server; the transaction can simply run again.
     asyncpg.DeadlockDetectedError,
@@ -106,6 +108,10 @@ class Dispatcher:
     def running(self) -> int:
         return len(self._attempts)
 
+    def live_task_ids(self) -> list[str]:
+        """The tasks whose attempts this replica is streaming now (their leases to renew)."""
+        return list(self._attempts)
+
     async def run(self) -> None:
         """Dispatch rounds until cancelled; database outages only pause it."""
         self._wake.set()
@@ -117,6 +123,13 @@ class Dispatcher:
                 await self.round()
             except DATABASE_ERRORS as exc:
                 log.warning("dispatch round failed, database unavailable: %s", exc)
+                await self._pool.expire_connections()
+                await asyncio.sleep(0.5)
+                self._wake.set()
+            except Exception:
+                # Never let the loop die: a scheduler that stops placing work is worse than
+                # one that logs and tries again.
+                log.exception("dispatch round failed")
                 await asyncio.sleep(0.5)
                 self._wake.set()
 
@@ -186,6 +199,19 @@ class Dispatcher:
             pass
         except Exception:
             log.exception("attempt failed", extra={"task_id": attempt.task_id})
+            # Hand the task back rather than keep a lease on work nobody streams.
+            with contextlib.suppress(Exception):
+                await _with_retry(
+                    functools.partial(
+                        self._store.retry_attempt,
+                        attempt.task_id,
+                        attempt.attempt,
+                        self._settings.owner,
+                        "the scheduler failed while streaming it",
+                        backoff_seconds=self._settings.retry_backoff_seconds,
+                        counts=False,
+                    )
+                )
         finally:
             self._attempts.pop(attempt.task_id, None)
             self._endpoints.pop(attempt.task_id, None)

@@ -66,8 +66,8 @@ class Listener:
             CANCEL_CHANNEL: on_cancel,
         }
         self._on_reconnect = on_reconnect
-        self._lost = asyncio.Event()
         self.connected = asyncio.Event()
+        self._pinger: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting whenever the connection is lost."""
@@ -80,35 +80,40 @@ class Listener:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            # One event per connection: closing an old connection must not mark a new one lost.
+            lost = asyncio.Event()
             try:
-                await self._listen(conn)
+                await self._listen(conn, lost)
                 backoff = 0.1
                 self.connected.set()
                 self._on_reconnect()
-                await self._lost.wait()
+                await lost.wait()
                 log.warning("LISTEN connection lost; reconnecting")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("LISTEN connection failed: %s", exc)
             finally:
                 self.connected.clear()
-                self._lost.clear()
+                if self._pinger is not None:
+                    self._pinger.cancel()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(conn.close(timeout=2))
+            await asyncio.sleep(backoff)
 
-    async def _listen(self, conn: asyncpg.Connection) -> None:
-        conn.add_termination_listener(lambda _: self._lost.set())
+    async def _listen(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+        conn.add_termination_listener(lambda _: lost.set())
         for channel, handler in self._handlers.items():
             await conn.add_listener(
                 channel, lambda _c, _pid, _channel, payload, h=handler: h(payload)
             )
         # Detect a dead connection even when nothing is sent: a cheap query now and then.
-        asyncio.get_running_loop().create_task(self._ping(conn))
+        self._pinger = asyncio.create_task(self._ping(conn, lost), name="listen ping")
 
-    async def _ping(self, conn: asyncpg.Connection) -> None:
+    @staticmethod
+    async def _ping(conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         while not conn.is_closed():
             await asyncio.sleep(2.0)
             try:
                 await asyncio.wait_for(conn.execute("SELECT 1"), 5)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                self._lost.set()
+                lost.set()
                 return

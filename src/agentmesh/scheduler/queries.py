@@ -231,7 +231,7 @@ WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working' FOR UP
 """
 RENEW_LEASES = """
 UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $2)
-WHERE lease_owner = $1 AND state = 'working'
+WHERE lease_owner = $1 AND state = 'working' AND id = ANY($3::text[])
 """
 EXPIRED_LEASES = """
 SELECT id, attempt, lease_owner FROM tasks

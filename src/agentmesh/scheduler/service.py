@@ -114,7 +114,8 @@ class Scheduler:
             asyncio.create_task(listener.run(), name="listener"),
             asyncio.create_task(dispatcher.run(), name="dispatcher"),
             asyncio.create_task(
-                _maintain(store, registry, owner, config.lease_seconds), name="leases"
+                _maintain(pool, store, registry, dispatcher, owner, config.lease_seconds),
+                name="leases",
             ),
         ]
         host, _ = split_host_port(listen)
@@ -146,16 +147,24 @@ class Scheduler:
 
 
 async def _maintain(
-    store: TaskStore, registry: AgentRegistry, owner: str, lease_seconds: float
+    pool: asyncpg.Pool,
+    store: TaskStore,
+    registry: AgentRegistry,
+    dispatcher: Dispatcher,
+    owner: str,
+    lease_seconds: float,
 ) -> None:
-    """Renew our leases, take over expired ones, and mark silent agents offline."""
+    """Renew our live leases, take over expired ones, and mark silent agents offline."""
     while True:
         try:
-            await store.renew_leases(owner, lease_seconds)
+            await store.renew_leases(owner, lease_seconds, dispatcher.live_task_ids())
             await store.reap_expired_leases(backoff_seconds=0.5)
             await registry.mark_stale_offline()
         except DATABASE_ERRORS as exc:
             log.warning("lease maintenance skipped, database unavailable: %s", exc)
+            await pool.expire_connections()
+        except Exception:
+            log.exception("lease maintenance failed")
         await asyncio.sleep(min(lease_seconds / 3, 1.0))
 
 

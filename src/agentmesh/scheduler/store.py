@@ -456,9 +456,12 @@ class TaskStore:
                 counts=False,
             )
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> None:
+    async def renew_leases(self, owner: str, lease_seconds: float, task_ids: list[str]) -> None:
+        """Extend the leases of the attempts we are streaming; any other lease runs out."""
+        if not task_ids:
+            return
         async with self._pool.acquire() as conn:
-            await conn.execute(q.RENEW_LEASES, owner, lease_seconds)
+            await conn.execute(q.RENEW_LEASES, owner, lease_seconds, task_ids)
 
     async def reap_expired_leases(self, backoff_seconds: float, limit: int = 100) -> int:
         """Take over attempts whose scheduler stopped renewing their lease."""
