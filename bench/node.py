@@ -193,7 +193,7 @@ async def main() -> None:
         f"  gemini run, median of {GEMINI_RUNS}: direct {direct_median * 1000:.0f} ms,"
         f" through the node {node_median * 1000:.0f} ms,"
         f" ratio {node_median / direct_median:.2f}"
-        f" (+{(node_median - direct_median) * 1000:.0f} ms)"
+        f" ({(node_median - direct_median) * 1000:+.0f} ms)"
     )
     p50 = percentile(latencies, 0.5) * 1000
     print(

@@ -66,7 +66,8 @@ class ProcessGroup:
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """stdout and stderr as they come, interleaved, until both close."""
-        queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=64)
+        # A short queue: a slow client slows the process, not the node's memory.
+        queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=4)
         assert self._process.stdout is not None
         assert self._process.stderr is not None
         readers = [
