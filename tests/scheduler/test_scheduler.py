@@ -185,3 +185,32 @@ async def test_list_agents_shows_registered_nodes(mesh: Mesh) -> None:
     assert [a.card.name for a in reply.agents] == ["alpha"]
     assert reply.agents[0].status == "online"
     assert "inventory" in reply.agents[0].card.capabilities
+
+
+async def test_list_tasks_filters_and_pages(mesh: Mesh) -> None:
+    stub = await mesh.start_scheduler()
+    ids = set()
+    for i in range(7):
+        spec = task_pb2.TaskSpec(kind="echo", prompt=f"p{i}", user="ana" if i % 2 else "bo")
+        ids.add((await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))).id)
+
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListTasks(
+            scheduler_pb2.ListTasksRequest(user="ana", page_size=2, page_token=token)
+        )
+        assert len(page.tasks) <= 2
+        seen += [t.id for t in page.tasks]
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) == 3
+    assert set(seen) <= ids
+    waiting = await stub.ListTasks(
+        scheduler_pb2.ListTasksRequest(state=task_pb2.TASK_STATE_SUBMITTED, page_size=100)
+    )
+    assert {t.id for t in waiting.tasks} == ids  # no node: all still submitted
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListTasks(scheduler_pb2.ListTasksRequest(page_token="garbage"))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
