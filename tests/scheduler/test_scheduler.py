@@ -214,3 +214,44 @@ async def test_list_tasks_filters_and_pages(mesh: Mesh) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ListTasks(scheduler_pb2.ListTasksRequest(page_token="garbage"))
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_failed_child_cancels_its_siblings_whole_subtrees(mesh: Mesh) -> None:
+    stub = await mesh.start_scheduler()
+    node = await mesh.start_node("alpha", max_concurrency=1)
+    task = await stub.SubmitTask(
+        scheduler_pb2.SubmitTaskRequest(
+            spec=task_pb2.TaskSpec(
+                subtasks=[
+                    task_pb2.TaskSpec(kind="shell", command="rm -rf /tmp/nothing"),
+                    task_pb2.TaskSpec(
+                        subtasks=[
+                            task_pb2.TaskSpec(
+                                kind="echo", prompt="b1", required_capabilities=["x"]
+                            ),
+                            task_pb2.TaskSpec(
+                                kind="echo", prompt="b2", required_capabilities=["x"]
+                            ),
+                        ]
+                    ),
+                ]
+            )
+        )
+    )
+    events = [e async for e in stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task.id))]
+    assert events[-1].result.state == task_pb2.TASK_STATE_FAILED
+    branch = (await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task.id))).child_ids[1]
+    grandchildren = await stub.ListTasks(scheduler_pb2.ListTasksRequest(parent_id=branch))
+    assert {t.state for t in grandchildren.tasks} == {task_pb2.TASK_STATE_CANCELED}
+    assert node.runner.running == 0
+
+
+async def test_output_with_nul_characters_is_stored(mesh: Mesh) -> None:
+    stub = await mesh.start_scheduler()
+    await mesh.start_node("alpha")
+    task, _ = await run_to_end(
+        stub, kind="shell", command="printf 'a\\0b'", permission_mode="superuser"
+    )
+    assert task.state == COMPLETED, task.error
+    assert task.output == "a\ufffdb"
+    assert task.attempt == 1

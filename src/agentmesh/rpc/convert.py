@@ -59,8 +59,13 @@ def state_from_proto(value: int) -> TaskState:
 
 
 def payload_to_dict(payload: events.Payload) -> dict[str, Any]:
-    """The payload as the trace stores it (plain JSON values, enum values lower-case)."""
-    return dataclasses.asdict(payload)
+    """The payload as the trace stores it (plain JSON values, enum values lower-case).
+
+    NUL characters become U+FFFD: PostgreSQL's jsonb cannot hold them."""
+    return {
+        name: value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+        for name, value in dataclasses.asdict(payload).items()
+    }
 
 
 def payload_from_dict(kind: str, values: dict[str, Any]) -> events.Payload:

@@ -100,6 +100,7 @@ class Dispatcher:
         self._attempts: dict[str, asyncio.Task[None]] = {}
         self._endpoints: dict[str, str] = {}
         self._agents: dict[str, str] = {}
+        self._attempt_numbers: dict[str, int] = {}
         self.rounds = 0
 
     def wake(self) -> None:
@@ -108,9 +109,9 @@ class Dispatcher:
     def running(self) -> int:
         return len(self._attempts)
 
-    def live_task_ids(self) -> list[str]:
-        """The tasks whose attempts this replica is streaming now (their leases to renew)."""
-        return list(self._attempts)
+    def live_attempts(self) -> list[tuple[str, int]]:
+        """The (task, attempt) pairs this replica is streaming now: the leases to renew."""
+        return list(self._attempt_numbers.items())
 
     async def run(self) -> None:
         """Dispatch rounds until cancelled; database outages only pause it."""
@@ -169,6 +170,7 @@ class Dispatcher:
             agent = agents[attempt.agent_id]
             self._endpoints[attempt.task_id] = agent.endpoint
             self._agents[attempt.task_id] = agent.agent_id
+            self._attempt_numbers[attempt.task_id] = attempt.attempt
             self._attempts[attempt.task_id] = asyncio.create_task(
                 self._run_attempt(attempt, agent), name=f"attempt {attempt.task_id}"
             )
@@ -209,13 +211,18 @@ class Dispatcher:
                         self._settings.owner,
                         "the scheduler failed while streaming it",
                         backoff_seconds=self._settings.retry_backoff_seconds,
-                        counts=False,
                     )
                 )
         finally:
-            self._attempts.pop(attempt.task_id, None)
-            self._endpoints.pop(attempt.task_id, None)
-            self._agents.pop(attempt.task_id, None)
+            # A superseded attempt must not forget a newer attempt of the same task.
+            if self._attempt_numbers.get(attempt.task_id) == attempt.attempt:
+                for registry in (
+                    self._attempts,
+                    self._endpoints,
+                    self._agents,
+                    self._attempt_numbers,
+                ):
+                    registry.pop(attempt.task_id, None)
             self.wake()  # a slot is free
 
     async def _stream(self, attempt: StartedAttempt, agent: AgentSlot) -> None:

@@ -91,12 +91,14 @@ LIMIT $1
 SELECT_NEXT_AVAILABLE = """
 SELECT extract(epoch FROM min(available_at) - now()) FROM task_queue WHERE NOT claimed
 """
+# Claims lock the task rows too (skipping any a cancel or an ending holds), so dispatch
+# never waits on a lock while holding one.
 CLAIM = """
 UPDATE task_queue SET claimed = true, claimed_by = $2, claimed_at = now()
 WHERE id IN (
-    SELECT id FROM task_queue
-    WHERE task_id = ANY($1::text[]) AND NOT claimed
-    FOR UPDATE SKIP LOCKED
+    SELECT q.id FROM task_queue q JOIN tasks t ON t.id = q.task_id
+    WHERE q.task_id = ANY($1::text[]) AND NOT q.claimed
+    FOR UPDATE OF q, t SKIP LOCKED
 )
 RETURNING task_id
 """
@@ -203,11 +205,11 @@ WITH owned AS (
 SELECT pg_notify('agentmesh_events', id), pg_notify('agentmesh_queue', '') FROM owned
 """
 FINISH_TASK = f"""
-UPDATE tasks SET state = $2, output = $3, error = $4, exit_code = $5, usage = $6,
+UPDATE tasks SET output = $2, state = $3, error = $4, exit_code = $5, usage = $6,
     finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
     waiting_reason = ''
 WHERE id = $1 AND state NOT IN {TERMINAL}
-RETURNING parent_id
+RETURNING id, parent_id
 """
 DELETE_QUEUE_ROW = "DELETE FROM task_queue WHERE task_id = $1"
 FINISH_SUBTASK = """
@@ -219,8 +221,10 @@ UPDATE tasks SET state = 'submitted', lease_owner = NULL, lease_expires_at = NUL
 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
 RETURNING attempt, max_attempts, priority
 """
+# An attempt that never started keeps its number (numbers are never reused) but does not
+# use up one of the task's attempts.
 GIVE_BACK_ATTEMPT = """
-UPDATE tasks SET state = 'submitted', attempt = attempt - 1, lease_owner = NULL,
+UPDATE tasks SET state = 'submitted', max_attempts = max_attempts + 1, lease_owner = NULL,
     lease_expires_at = NULL, assigned_agent = NULL, waiting_reason = $4, updated_at = now()
 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
 RETURNING priority
@@ -229,9 +233,16 @@ OWNED_ATTEMPT = """
 SELECT attempt, max_attempts FROM tasks
 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working' FOR UPDATE
 """
+OWNED_EXPIRED_ATTEMPT = """
+SELECT attempt, max_attempts FROM tasks
+WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
+  AND lease_expires_at < now()
+FOR UPDATE
+"""
 RENEW_LEASES = """
-UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $2)
-WHERE lease_owner = $1 AND state = 'working' AND id = ANY($3::text[])
+UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $2)
+FROM unnest($3::text[], $4::int[]) AS live(id, attempt)
+WHERE t.id = live.id AND t.attempt = live.attempt AND t.lease_owner = $1 AND t.state = 'working'
 """
 EXPIRED_LEASES = """
 SELECT id, attempt, lease_owner FROM tasks

@@ -157,7 +157,7 @@ async def _maintain(
     """Renew our live leases, take over expired ones, and mark silent agents offline."""
     while True:
         try:
-            await store.renew_leases(owner, lease_seconds, dispatcher.live_task_ids())
+            await store.renew_leases(owner, lease_seconds, dispatcher.live_attempts())
             await store.reap_expired_leases(backoff_seconds=0.5)
             await registry.mark_stale_offline()
         except DATABASE_ERRORS as exc:

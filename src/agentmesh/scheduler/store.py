@@ -376,8 +376,8 @@ class TaskStore:
                     agent_id,
                     payload_to_dict(result),
                     result.state.value,
-                    result.output[-OUTPUT_LIMIT:],
-                    result.error,
+                    storable(result.output[-OUTPUT_LIMIT:]),
+                    storable(result.error),
                     result.exit_code,
                     dataclasses.asdict(result.usage),
                 )
@@ -407,6 +407,7 @@ class TaskStore:
         *,
         backoff_seconds: float,
         counts: bool = True,
+        only_if_expired: bool = False,
     ) -> TaskState | None:
         """The attempt was lost (node gone, lease expired): queue the next one, or fail.
 
@@ -415,9 +416,10 @@ class TaskStore:
         """
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(q.LOCK_TREE, task_id)
-            owned = await conn.fetchrow(q.OWNED_ATTEMPT, task_id, attempt, owner)
+            check = q.OWNED_EXPIRED_ATTEMPT if only_if_expired else q.OWNED_ATTEMPT
+            owned = await conn.fetchrow(check, task_id, attempt, owner)
             if owned is None:
-                return None
+                return None  # superseded, or (reaping) its lease was renewed meanwhile
             if counts and owned["attempt"] >= owned["max_attempts"]:
                 message = f"attempt {attempt} lost ({reason}); no attempts left"
                 await self._finish(conn, task_id, Result(TaskState.FAILED, error=message))
@@ -456,12 +458,16 @@ class TaskStore:
                 counts=False,
             )
 
-    async def renew_leases(self, owner: str, lease_seconds: float, task_ids: list[str]) -> None:
+    async def renew_leases(
+        self, owner: str, lease_seconds: float, live: list[tuple[str, int]]
+    ) -> None:
         """Extend the leases of the attempts we are streaming; any other lease runs out."""
-        if not task_ids:
+        if not live:
             return
         async with self._pool.acquire() as conn:
-            await conn.execute(q.RENEW_LEASES, owner, lease_seconds, task_ids)
+            await conn.execute(
+                q.RENEW_LEASES, owner, lease_seconds, [t for t, _ in live], [a for _, a in live]
+            )
 
     async def reap_expired_leases(self, backoff_seconds: float, limit: int = 100) -> int:
         """Take over attempts whose scheduler stopped renewing their lease."""
@@ -475,6 +481,7 @@ class TaskStore:
                 row["lease_owner"],
                 f"lease of scheduler {row['lease_owner']} expired",
                 backoff_seconds=backoff_seconds,
+                only_if_expired=True,
             )
             reaped += state is not None
         return reaped
@@ -490,19 +497,30 @@ class TaskStore:
                 raise NotFound(f"no task {task_id}")
             if TaskState(row["state"]).terminal:
                 raise FailedPrecondition(f"task {task_id} already ended: {row['state']}")
-            tree = await conn.fetch(q.SELECT_SUBTREE, task_id)
-            running = [r["id"] for r in tree if r["lease_owner"] is not None]
-            # Children first, so that the parent ends as canceled, not failed by a child.
-            for node in reversed(tree):
-                if not TaskState(node["state"]).terminal:
-                    await self._finish(
-                        conn,
-                        node["id"],
-                        Result(TaskState.CANCELED, error=reason or "canceled"),
-                        propagate=node["id"] == task_id,
-                    )
-            for running_id in running:
-                await conn.execute("SELECT pg_notify($1, $2)", q.CANCEL_CHANNEL, running_id)
+            return await self._cancel_subtree(conn, task_id, reason or "canceled", propagate=True)
+
+    async def _cancel_subtree(
+        self, conn: Connection, task_id: str, reason: str, *, propagate: bool
+    ) -> list[str]:
+        """Cancel every unfinished task of a subtree, deepest first; return those that ran.
+
+        Runs inside the caller's transaction, which holds the tree's lock. The replicas are
+        told to stop every task that ends here, not only those seen running: an attempt may
+        have started after this transaction's snapshot.
+        """
+        tree = await conn.fetch(q.SELECT_SUBTREE, task_id)
+        running = [r["id"] for r in tree if r["lease_owner"] is not None]
+        # Children first, so that the parent ends as canceled, not failed by a child.
+        for node in reversed(tree):
+            if TaskState(node["state"]).terminal:
+                continue
+            await self._finish(
+                conn,
+                node["id"],
+                Result(TaskState.CANCELED, error=reason),
+                propagate=propagate and node["id"] == task_id,
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", q.CANCEL_CHANNEL, node["id"])
         return running
 
     # ----------------------------------------------------------------- endings
@@ -517,15 +535,18 @@ class TaskStore:
         propagate: bool = True,
     ) -> None:
         """End a task (once), then let its parent react. Runs inside the caller's transaction."""
-        parent_id = await conn.fetchval(
+        ended = await conn.fetchrow(
             q.FINISH_TASK,
             task_id,
+            storable(result.output[-OUTPUT_LIMIT:]),
             result.state.value,
-            result.output[-OUTPUT_LIMIT:],
-            result.error,
+            storable(result.error),
             result.exit_code,
             dataclasses.asdict(result.usage),
         )
+        if ended is None:
+            return  # it had ended already: a task ends once
+        parent_id = ended["parent_id"]
         if with_event:
             await self._scheduler_event(conn, task_id, result)
         await conn.execute(q.DELETE_QUEUE_ROW, task_id)
@@ -545,13 +566,9 @@ class TaskStore:
             error = f"subtask {child_id} {result.state.value}: {result.error}".rstrip(": ")
             for sibling in await conn.fetch(q.SELECT_CHILD_RESULTS, parent_id):
                 if not TaskState(sibling["state"]).terminal:
-                    await self._finish(
-                        conn,
-                        sibling["id"],
-                        Result(TaskState.CANCELED, error=f"sibling {child_id} failed"),
-                        propagate=False,
+                    await self._cancel_subtree(
+                        conn, sibling["id"], f"sibling {child_id} failed", propagate=False
                     )
-                    await conn.execute("SELECT pg_notify($1, $2)", q.CANCEL_CHANNEL, sibling["id"])
             await self._finish(conn, parent_id, Result(TaskState.FAILED, error=error))
             return
         if await conn.fetchval(q.SIBLINGS_NOT_COMPLETED, parent_id):
@@ -586,6 +603,11 @@ def summarize_children(children: Sequence[asyncpg.Record]) -> str:
         where = f" (on {child['assigned_agent']})" if child["assigned_agent"] else ""
         parts.append(f"### {title}{where}\n{child['output'].strip()}")
     return "\n\n".join(parts)
+
+
+def storable(text: str) -> str:
+    """PostgreSQL text and jsonb cannot hold NUL characters."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _parent_note(parent_id: str | None) -> str:
