@@ -8,7 +8,8 @@ from typing import Any
 from agentmesh.config import Settings
 from agentmesh.db import embedded
 from agentmesh.db.connect import connect, data_dir, resolve_database
-from agentmesh.db.migrate import migrate, schema_status
+from agentmesh.db.migrate import schema_status
+from agentmesh.db.setup import migrated_database
 
 
 def add_parser(commands: Any) -> None:
@@ -25,12 +26,7 @@ def add_parser(commands: Any) -> None:
 
 
 async def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    target = await resolve_database(settings)
-    conn = await connect(target.dsn)
-    try:
-        applied = await migrate(conn)
-    finally:
-        await conn.close()
+    _, applied = await migrated_database(settings)
     if applied:
         for migration in applied:
             print(f"applied {migration.version:04d}_{migration.name}")

@@ -23,8 +23,8 @@ import grpc
 from agentmesh.cli.db import status_text
 from agentmesh.config import NodeSettings, Settings
 from agentmesh.db import embedded
-from agentmesh.db.connect import connect, data_dir, resolve_database
-from agentmesh.db.migrate import migrate
+from agentmesh.db.connect import data_dir
+from agentmesh.db.setup import migrated_database
 from agentmesh.node.service import AgentNode
 from agentmesh.scheduler.service import Scheduler
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
@@ -159,12 +159,7 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     started_database = settings.uses_embedded_database and not embedded.is_running(
         data_dir(settings)
     )
-    target = await resolve_database(settings)
-    conn = await connect(target.dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+    await migrated_database(settings)
     print(await status_text(settings))
     print()
     try:

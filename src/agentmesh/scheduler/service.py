@@ -14,8 +14,8 @@ from collections.abc import Callable
 import asyncpg
 
 from agentmesh.config import Settings
-from agentmesh.db.connect import connect, create_pool, resolve_database
-from agentmesh.db.migrate import migrate
+from agentmesh.db.connect import create_pool
+from agentmesh.db.setup import migrated_database
 from agentmesh.keys.pool import load_key_file
 from agentmesh.rpc.server import RunningServer, split_host_port, start_server
 from agentmesh.scheduler.agents import AgentRegistry
@@ -59,12 +59,7 @@ class Scheduler:
 
     @classmethod
     async def start(cls, settings: Settings, listen: str) -> Scheduler:
-        target = await resolve_database(settings)
-        conn = await connect(target.dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
+        target, _ = await migrated_database(settings)
         pool = await create_pool(target.dsn, min_size=2, max_size=20)
         if settings.env.GEMINI_API_KEY_FILE is not None:
             await load_key_file(pool, settings.env.GEMINI_API_KEY_FILE)
