@@ -88,9 +88,6 @@ WHERE NOT q.claimed AND q.available_at <= now()
 ORDER BY q.priority DESC, q.id
 LIMIT $1
 """
-SELECT_NEXT_AVAILABLE = """
-SELECT extract(epoch FROM min(available_at) - now()) FROM task_queue WHERE NOT claimed
-"""
 # Claims lock the task rows too (skipping any a cancel or an ending holds), so dispatch
 # never waits on a lock while holding one.
 CLAIM = """

@@ -270,11 +270,6 @@ class TaskStore:
             for row in rows
         ]
 
-    async def seconds_until_next_available(self) -> float | None:
-        async with self._pool.acquire() as conn:
-            value = await conn.fetchval(q.SELECT_NEXT_AVAILABLE)
-        return None if value is None else float(value)
-
     async def running_per_agent(self) -> dict[str, int]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(q.WORKING_PER_AGENT)
@@ -322,22 +317,6 @@ class TaskStore:
                     [s.agent_id for s in children],
                 )
         return started
-
-    async def append(
-        self, task_id: str, attempt: int, owner: str, agent_id: str, payload: Payload
-    ) -> bool:
-        """Store one event of a running attempt; False if the attempt no longer owns the task."""
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                q.APPEND_EVENT,
-                task_id,
-                attempt,
-                owner,
-                agent_id,
-                payload.KIND,
-                payload_to_dict(payload),
-            )
-        return row is not None
 
     async def append_many(
         self, task_id: str, attempt: int, owner: str, agent_id: str, payloads: list[Payload]
