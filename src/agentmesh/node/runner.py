@@ -24,7 +24,13 @@ from agentmesh.errors import AlreadyExists, FailedPrecondition, Overloaded, Unav
 from agentmesh.node.environment import Scrubber
 from agentmesh.node.executors.base import Executor, Job
 from agentmesh.tasks.events import Diagnostic, Payload, Result, Status, TaskEvent
-from agentmesh.tasks.model import TaskSpec, TaskState, validate_runnable, validate_task_id
+from agentmesh.tasks.model import (
+    TaskKind,
+    TaskSpec,
+    TaskState,
+    validate_runnable,
+    validate_task_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +138,7 @@ class TaskRunner:
                 self._idle.set()
 
     async def _run(
-        self, request: ExecuteRequest, kind: str, executor: Executor, run: _Run
+        self, request: ExecuteRequest, kind: TaskKind, executor: Executor, run: _Run
     ) -> AsyncIterator[TaskEvent]:
         scrub = Scrubber(request.api_key, *self._secrets)
         seq = 0
@@ -161,7 +167,7 @@ class TaskRunner:
                 task_id=request.task_id,
                 attempt=request.attempt,
                 spec=request.spec,
-                kind=validate_runnable(request.spec),
+                kind=kind,
                 permission_mode=mode,
                 workdir=workdir,
                 timeout_seconds=timeout,
