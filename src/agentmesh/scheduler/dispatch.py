@@ -203,16 +203,7 @@ class Dispatcher:
             log.exception("attempt failed", extra={"task_id": attempt.task_id})
             # Hand the task back rather than keep a lease on work nobody streams.
             with contextlib.suppress(Exception):
-                await _with_retry(
-                    functools.partial(
-                        self._store.retry_attempt,
-                        attempt.task_id,
-                        attempt.attempt,
-                        self._settings.owner,
-                        "the scheduler failed while streaming it",
-                        backoff_seconds=self._settings.retry_backoff_seconds,
-                    )
-                )
+                await self._hand_back(attempt, "the scheduler failed while streaming it")
         finally:
             # A superseded attempt must not forget a newer attempt of the same task.
             if self._attempt_numbers.get(attempt.task_id) == attempt.attempt:
@@ -232,10 +223,8 @@ class Dispatcher:
         if spec.kind == TaskKind.GEMINI:
             key = await _with_retry(lambda: self._pick_key(attempt.user))
             if key is None:
-                await self._store.retry_attempt(
-                    attempt.task_id,
-                    attempt.attempt,
-                    owner,
+                await self._hand_back(
+                    attempt,
                     "no API key is available (add one to GEMINI_API_KEY_FILE)",
                     backoff_seconds=5.0,
                     counts=False,
@@ -264,8 +253,9 @@ class Dispatcher:
                 )
             )
         )
+        call = self._channels.stub(agent.endpoint).ExecuteTask(request)
         try:
-            async for message in self._channels.stub(agent.endpoint).ExecuteTask(request):
+            async for message in call:
                 received += 1
                 event = convert.event_from_proto(message)
                 payload = event.payload
@@ -297,16 +287,12 @@ class Dispatcher:
         except BaseException:
             writer.cancel()
             raise
+        finally:
+            # Whoever stops reading (a result, a superseded attempt, a cancel) stops the
+            # node's work too: a dropped stream cancels the task there.
+            call.cancel()
         await writer.close()
-        await _with_retry(
-            lambda: self._store.retry_attempt(
-                attempt.task_id,
-                attempt.attempt,
-                owner,
-                f"{agent.name} ended the stream without a result",
-                backoff_seconds=self._settings.retry_backoff_seconds,
-            )
-        )
+        await self._hand_back(attempt, f"{agent.name} ended the stream without a result")
 
     async def _attempt_failed(
         self, attempt: StartedAttempt, agent: AgentSlot, error: grpc.aio.AioRpcError, received: int
@@ -315,15 +301,8 @@ class Dispatcher:
         code = error.code()
         detail = error.details() or code.name
         if code in NOT_STARTED:
-            await _with_retry(
-                lambda: self._store.retry_attempt(
-                    attempt.task_id,
-                    attempt.attempt,
-                    owner,
-                    f"{agent.name}: {detail}",
-                    backoff_seconds=0.5,
-                    counts=False,
-                )
+            await self._hand_back(
+                attempt, f"{agent.name}: {detail}", backoff_seconds=0.5, counts=False
             )
         elif code is grpc.StatusCode.INVALID_ARGUMENT:
             await _with_retry(
@@ -340,15 +319,34 @@ class Dispatcher:
                 "attempt lost",
                 extra={"task_id": attempt.task_id, "attempt": attempt.attempt, "code": code.name},
             )
-            await _with_retry(
-                lambda: self._store.retry_attempt(
-                    attempt.task_id,
-                    attempt.attempt,
-                    owner,
-                    f"connection to {agent.name} lost ({code.name}) after {received} events",
-                    backoff_seconds=self._settings.retry_backoff_seconds,
-                )
+            await self._hand_back(
+                attempt, f"connection to {agent.name} lost ({code.name}) after {received} events"
             )
+
+    async def _hand_back(
+        self,
+        attempt: StartedAttempt,
+        reason: str,
+        *,
+        backoff_seconds: float | None = None,
+        counts: bool = True,
+    ) -> None:
+        """Queue the task again (or fail it when out of attempts); see TaskStore.retry_attempt."""
+        await _with_retry(
+            functools.partial(
+                self._store.retry_attempt,
+                attempt.task_id,
+                attempt.attempt,
+                self._settings.owner,
+                reason,
+                backoff_seconds=(
+                    self._settings.retry_backoff_seconds
+                    if backoff_seconds is None
+                    else backoff_seconds
+                ),
+                counts=counts,
+            )
+        )
 
     async def _pick_key(self, user: str) -> ApiKey | None:
         async with self._pool.acquire() as conn:
