@@ -53,6 +53,7 @@ SELECT pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', $1)
 """
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
 SELECT_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
+SELECT_STATE = "SELECT state FROM tasks WHERE id = $1"
 SELECT_TASK_FOR_UPDATE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"
 SELECT_CHILD_IDS = """
 SELECT child_task_id FROM subtasks WHERE parent_task_id = $1 ORDER BY id

@@ -213,6 +213,13 @@ class TaskStore:
             children = [r["child_task_id"] for r in await conn.fetch(q.SELECT_CHILD_IDS, task_id)]
         return _record(row, children)
 
+    async def state(self, task_id: str) -> TaskState:
+        async with self._pool.acquire() as conn:
+            value = await conn.fetchval(q.SELECT_STATE, task_id)
+        if value is None:
+            raise NotFound(f"no task {task_id}")
+        return TaskState(value)
+
     async def list_tasks(
         self,
         *,

@@ -22,7 +22,7 @@ async def watch(
     store: TaskStore, signals: TaskSignals, task_id: str, after_seq: int
 ) -> AsyncIterator[TaskEvent]:
     """Events after `after_seq`, in order, until (and including) the task's final result."""
-    await store.get(task_id)  # NotFound for an unknown id, before anything streams
+    await store.state(task_id)  # NotFound for an unknown id, before anything streams
     wake = signals.subscribe(task_id)
     try:
         last = after_seq
@@ -36,10 +36,12 @@ async def watch(
                     return
             if events:
                 continue  # there may be more than one page
-            if (await store.get(task_id)).state.terminal and not await store.events_after(
+            # Ended, and its result was at or before `last` (after_seq past the end): done.
+            # The result is written with the ending, so re-read once to close the race.
+            if (await store.state(task_id)).terminal and not await store.events_after(
                 task_id, last, 1
             ):
-                return  # ended before after_seq: nothing more will come
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL_SECONDS)
     finally:
