@@ -7,7 +7,6 @@ dataclass goes through `json_format`, with the two enums translated by prefix.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 from google.protobuf import json_format
@@ -136,10 +135,6 @@ def _timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromMicroseconds(int(seconds * 1e6))
     return stamp
-
-
-def now() -> float:
-    return time.time()
 
 
 def card_to_proto(card: AgentCard) -> agent_pb2.AgentCard:

@@ -101,13 +101,9 @@ class Dispatcher:
         self._endpoints: dict[str, str] = {}
         self._agents: dict[str, str] = {}
         self._attempt_numbers: dict[str, int] = {}
-        self.rounds = 0
 
     def wake(self) -> None:
         self._wake.set()
-
-    def running(self) -> int:
-        return len(self._attempts)
 
     def live_attempts(self) -> list[tuple[str, int]]:
         """The (task, attempt) pairs this replica is streaming now: the leases to renew."""
@@ -135,7 +131,6 @@ class Dispatcher:
                 self._wake.set()
 
     async def round(self) -> None:
-        self.rounds += 1
         running = await self._store.running_per_agent()
         # Our own attempts count even if their rows are not visible yet.
         for agent_id, count in Counter(self._agents.values()).items():
