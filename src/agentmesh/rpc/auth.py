@@ -62,29 +62,66 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-class _TokenClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
-):
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
+def _with_token(
+    details: grpc.aio.ClientCallDetails, header: tuple[str, str]
+) -> grpc.aio.ClientCallDetails:
+    metadata = list(details.metadata or ())
+    metadata.append(header)
+    return grpc.aio.ClientCallDetails(
+        details.method,
+        details.timeout,
+        grpc.aio.Metadata(*metadata),
+        details.credentials,
+        details.wait_for_ready,
+    )
 
-    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = list(details.metadata or ())
-        metadata.append(self._header)
-        return grpc.aio.ClientCallDetails(
-            details.method,
-            details.timeout,
-            grpc.aio.Metadata(*metadata),
-            details.credentials,
-            details.wait_for_ready,
-        )
+
+# grpc.aio files an interceptor under the first call kind it implements, so a class that
+# implements several intercepts only one kind: one class per kind.
+class _UnaryUnaryToken(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self._header = header
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_token(details), request)
+        return await continuation(_with_token(details, self._header), request)
+
+
+class _UnaryStreamToken(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self._header = header
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_token(details), request)
+        return await continuation(_with_token(details, self._header), request)
+
+
+class _StreamUnaryToken(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self._header = header
+
+    async def intercept_stream_unary(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_token(details, self._header), request_iterator)
+
+
+class _StreamStreamToken(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, header: tuple[str, str]) -> None:
+        self._header = header
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_token(details, self._header), request_iterator)
 
 
 def client_interceptors(token: str | None) -> list[grpc.aio.ClientInterceptor]:
-    return [] if token is None else [_TokenClientInterceptor(token)]
+    """Interceptors that add the bearer token to every call, of every kind."""
+    if token is None:
+        return []
+    header = ("authorization", f"Bearer {token}")
+    return [
+        _UnaryUnaryToken(header),
+        _UnaryStreamToken(header),
+        _StreamUnaryToken(header),
+        _StreamStreamToken(header),
+    ]
