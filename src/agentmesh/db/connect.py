@@ -73,9 +73,14 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# The seed's TIMESTAMP columns (without time zone) hold UTC: every session of ours says so,
+# so that their `now()` defaults and comparisons with `now()` agree on every machine.
+SERVER_SETTINGS = {"timezone": "UTC"}
+
+
 async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
     try:
-        return await asyncpg.connect(dsn, timeout=connect_timeout)
+        return await asyncpg.connect(dsn, timeout=connect_timeout, server_settings=SERVER_SETTINGS)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseUnavailable(
             f"cannot connect to {redact_dsn(dsn)}: {_safe_reason(exc, dsn)}"
@@ -99,7 +104,12 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     """A pool whose connections decode JSON; reconnects itself after a server restart."""
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            reset=_keep_session,
+            server_settings=SERVER_SETTINGS,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseUnavailable(

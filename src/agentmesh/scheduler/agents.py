@@ -22,7 +22,10 @@ ON CONFLICT (id) DO UPDATE SET
     hostname = EXCLUDED.hostname, ip_address = EXCLUDED.ip_address,
     endpoint = EXCLUDED.endpoint, last_heartbeat = now(),
     capabilities = EXCLUDED.capabilities, card = EXCLUDED.card,
-    current_task_id = EXCLUDED.current_task_id, running_tasks = EXCLUDED.running_tasks,
+    -- The task the scheduler placed last stays current while the node still runs it.
+    current_task_id = CASE WHEN agents.current_task_id = ANY($11::text[])
+                           THEN agents.current_task_id ELSE EXCLUDED.current_task_id END,
+    running_tasks = EXCLUDED.running_tasks,
     max_concurrency = EXCLUDED.max_concurrency, status = EXCLUDED.status
 RETURNING (xmax = 0) AS inserted
 """
@@ -105,6 +108,7 @@ class AgentRegistry:
                 len(running_task_ids),
                 card.max_concurrency,
                 status,
+                list(running_task_ids),
             )
             await conn.execute(UPSERT_HOST, card.hostname, address, list(card.capabilities))
             # A new or returning agent may fit tasks that are waiting.

@@ -25,9 +25,11 @@ INSERT_SUBTASK = """
 INSERT INTO subtasks (parent_task_id, child_task_id, description, agent_mode)
 VALUES ($1, $2, $3, $4)
 """
+# The seed's queue row carries the task's target host and its spec (`payload`).
 ENQUEUE = """
-INSERT INTO task_queue (task_id, priority, available_at)
-VALUES ($1, $2, now() + make_interval(secs => $3))
+INSERT INTO task_queue (task_id, priority, available_at, target_host, payload)
+SELECT id, $2, now() + make_interval(secs => $3), nullif(spec->>'target_host', ''), spec
+FROM tasks WHERE id = $1
 ON CONFLICT (task_id) DO UPDATE
 SET claimed = false, claimed_by = NULL, claimed_at = NULL, available_at = EXCLUDED.available_at
 """
@@ -47,7 +49,8 @@ WITH t AS (
     INSERT INTO task_events (task_id, seq, attempt, kind, payload)
     SELECT id, 1, 0, 'status', $8 FROM t
 ), q AS (
-    INSERT INTO task_queue (task_id, priority) SELECT id, $5 FROM t
+    INSERT INTO task_queue (task_id, priority, target_host, payload)
+    SELECT id, $5, nullif($3::jsonb->>'target_host', ''), $3 FROM t
 )
 SELECT pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', $1)
 """
@@ -117,13 +120,19 @@ WITH s AS (
            jsonb_build_object('state', 'working',
                               'message', format('attempt %s placed on %s', attempt, agent_id))
     FROM s
+), a AS (
+    -- The seed's agents.current_task_id: the task an agent started last.
+    UPDATE agents SET current_task_id = c.id
+    FROM (SELECT DISTINCT ON (agent_id) agent_id, id FROM s ORDER BY agent_id, id) AS c
+    WHERE agents.id = c.agent_id
 )
 SELECT id, attempt, spec, user_name, parent_id, pg_notify('agentmesh_events', id) FROM s
 """
 MARK_SUBTASK_STARTED = """
 UPDATE subtasks s SET status = 'working', started_at = coalesce(s.started_at, now()),
-    assigned_host = p.agent_id
+    assigned_host = coalesce(a.hostname, p.agent_id)
 FROM unnest($1::text[], $2::text[]) AS p(task_id, agent_id)
+LEFT JOIN agents a ON a.id = p.agent_id
 WHERE s.child_task_id = p.task_id
 """
 RELEASE_CLAIMS = """
@@ -199,15 +208,22 @@ WITH owned AS (
     SELECT id, last_seq, $2, $4, 'result', $5 FROM owned
 ), d AS (
     DELETE FROM task_queue WHERE task_id IN (SELECT id FROM owned)
+), a AS (
+    UPDATE agents SET current_task_id = NULL WHERE current_task_id IN (SELECT id FROM owned)
 )
 SELECT pg_notify('agentmesh_events', id), pg_notify('agentmesh_queue', '') FROM owned
 """
 FINISH_TASK = f"""
-UPDATE tasks SET output = $2, state = $3, error = $4, exit_code = $5, usage = $6,
-    finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
-    waiting_reason = ''
-WHERE id = $1 AND state NOT IN {TERMINAL}
-RETURNING id, parent_id
+WITH ended AS (
+    UPDATE tasks SET output = $2, state = $3, error = $4, exit_code = $5, usage = $6,
+        finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
+        waiting_reason = ''
+    WHERE id = $1 AND state NOT IN {TERMINAL}
+    RETURNING id, parent_id
+), a AS (
+    UPDATE agents SET current_task_id = NULL WHERE current_task_id IN (SELECT id FROM ended)
+)
+SELECT id, parent_id FROM ended
 """
 DELETE_QUEUE_ROW = "DELETE FROM task_queue WHERE task_id = $1"
 FINISH_SUBTASK = """
