@@ -1,23 +1,36 @@
-"""`agentmesh demo` on a fresh data directory: the whole mesh, then everything stopped."""
+"""`agentmesh demo`: the whole mesh, then everything stopped; with a token and TLS too."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agentmesh.db import embedded
+from tests.support.databases import Server
+from tests.support.pki import make_pki
+
+TOKEN = "demo-mesh-token-81c4e2"
 
 
-def test_demo_runs_the_mesh_and_stops_everything(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH", "POSTGRES"))}
-    env.pop("DATABASE_URL", None)
-    env["AGENTMESH_DATA_DIR"] = str(tmp_path / "data")
-    result = subprocess.run(
+@pytest.fixture
+def pg_server(embedded_server: Server) -> Server:
+    """The demo needs pgvector: the embedded server."""
+    return embedded_server
+
+
+def run_demo(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH", "POSTGRES"))}
+    clean.pop("DATABASE_URL", None)
+    clean["AGENTMESH_DATA_DIR"] = str(tmp_path / "data")
+    return subprocess.run(
         [sys.executable, "-m", "agentmesh.cli.main", "demo"],
-        env=env,
+        env={**clean, **env},
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -25,6 +38,8 @@ def test_demo_runs_the_mesh_and_stops_everything(tmp_path: Path) -> None:
         check=False,
     )
 
+
+def assert_the_demo_ran(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "vector mode: pgvector" in out
@@ -37,4 +52,29 @@ def test_demo_runs_the_mesh_and_stops_everything(tmp_path: Path) -> None:
         "rm -rf /tmp/agentmesh-demo-scratch` refused in weak mode by rule not-in-allowlist" in out
     )
     assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_the_mesh_and_stops_everything(tmp_path: Path) -> None:
+    result = run_demo(tmp_path)
+
+    assert_the_demo_ran(result)
     assert not embedded.is_running(tmp_path / "data")  # the demo stopped the database it started
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["token", "token-and-tls"])
+def test_demo_honours_the_mesh_token_and_tls(tmp_path: Path, database_uri: str, tls: bool) -> None:
+    if tls:
+        pki = make_pki(tmp_path / "pki", "mesh")
+        # Every part of the demo serves with this certificate and dials with it.
+        settings = {
+            "cert_file": str(pki / "mesh.crt"),
+            "key_file": str(pki / "mesh.key"),
+            "client_ca_file": str(pki / "ca.crt"),
+            "ca_file": str(pki / "ca.crt"),
+        }
+        (tmp_path / "agent_config.json").write_text(json.dumps({"tls": settings}))
+
+    result = run_demo(tmp_path, AGENTMESH_TOKEN=TOKEN, DATABASE_URL=database_uri)
+
+    assert_the_demo_ran(result)
+    assert TOKEN not in result.stdout + result.stderr

@@ -2,72 +2,22 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agentmesh.config import TlsSettings
 from agentmesh.rpc.channel import open_channel
 from agentmesh.v1 import node_pb2, node_pb2_grpc
 from tests.node.conftest import StartNode
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _issue(
-    directory: Path,
-    stem: str,
-    subject: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer[0].subject if issuer else _name(subject))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-    )
-    if issuer is None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-    else:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            False,
-        )
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{stem}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert, key
+from tests.support.pki import make_pki
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
-    directory = tmp_path / "pki"
-    directory.mkdir()
-    ca = _issue(directory, "ca", "agentmesh test CA", None)
-    _issue(directory, "server", "node", ca)
-    _issue(directory, "client", "scheduler", ca)
-    return directory
+    return make_pki(tmp_path / "pki", "server", "client")
 
 
 async def test_node_serves_tls_and_verifies_client_certificates(

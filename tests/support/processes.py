@@ -138,6 +138,10 @@ class ProcessHarness:
     tmp_path: Path
     database_uri: str
     config: Mapping[str, Any]
+    # Extra environment for every process (AGENTMESH_TOKEN, say), set after the defaults.
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Start every process with --verbose (debug logging).
+    verbose: bool = False
     processes: list[MeshProcess] = field(default_factory=list)
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
     _serial: int = 0
@@ -172,6 +176,7 @@ class ProcessHarness:
             GEMINI_CLI_COMMAND="/nonexistent",  # no Gemini CLI probe: a faster start
             PYTHONUNBUFFERED="1",  # the ready line reaches the file when it is printed
         )
+        env.update(self.env)
         return env
 
     async def start_scheduler(self, listen: str = "127.0.0.1:0") -> MeshProcess:
@@ -272,7 +277,13 @@ class ProcessHarness:
         stderr_path = self.logs_dir / f"{stem}.stderr"
         with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "agentmesh.cli.main", *argv],
+                [
+                    sys.executable,
+                    "-m",
+                    "agentmesh.cli.main",
+                    *(["--verbose"] if self.verbose else []),
+                    *argv,
+                ],
                 env=self.environment(),
                 cwd=self.tmp_path,
                 stdin=subprocess.DEVNULL,

@@ -4,7 +4,8 @@ Starts the embedded PostgreSQL (unless a server is configured), a scheduler and 
 on loopback with different capabilities, submits an inventory of every node's host whose
 subtasks fan out over them, and a command that weak mode refuses; prints where each part
 ran, its state, its time and its output's first line as the tree finishes; then stops
-everything it started.
+everything it started. `AGENTMESH_TOKEN` and the `tls` settings apply to every part of it,
+as they do to a deployed mesh.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from agentmesh.cli.db import status_text
 from agentmesh.config import NodeSettings, Settings
 from agentmesh.db import embedded
 from agentmesh.db.connect import data_dir
 from agentmesh.db.setup import migrated_database
 from agentmesh.node.service import AgentNode
+from agentmesh.rpc.channel import open_channel
 from agentmesh.scheduler.service import Scheduler
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
@@ -172,7 +172,7 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
                     configured = [c for c in card.capabilities if ":" not in c]
                     print(f"  {card.name:<6} {node.address:<16} {', '.join(configured)}")
                 print()
-                async with grpc.aio.insecure_channel(address) as channel:
+                async with open_channel(address, token=settings.token, tls=settings.tls) as channel:
                     stub = scheduler_pb2_grpc.SchedulerStub(channel)
                     await _run_inventory(stub, names)
                     await _run_refused(stub, names)

@@ -1,0 +1,351 @@
+"""The mesh token on every RPC of both services, through the channels the mesh itself uses.
+
+With `AGENTMESH_TOKEN` set, each RPC of `agentmesh.v1.AgentNode` and `agentmesh.v1.Scheduler`
+answers a client that opened its channel with `open_channel(token=...)`, and refuses one
+without the token or with a wrong one (UNAUTHENTICATED) without doing anything; health and
+reflection answer anyone. The RPCs are read from the service descriptors: an RPC added to
+a service without a case here fails these tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf.descriptor import MethodDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from agentmesh.config import TlsSettings
+from agentmesh.node.card import build_card
+from agentmesh.node.registration import Registration
+from agentmesh.rpc import convert
+from agentmesh.rpc.channel import open_channel
+from agentmesh.v1 import (
+    agent_pb2,
+    node_pb2,
+    node_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    task_pb2,
+)
+from tests.scheduler.conftest import HEARTBEAT, Mesh
+from tests.support.databases import Server
+
+TOKEN = "mesh-token-5d1e8a"
+WRONG_TOKEN = "not-the-mesh-token"
+BEARER = (("authorization", f"Bearer {TOKEN}"),)
+COMPLETED = task_pb2.TASK_STATE_COMPLETED
+SERVICES = (
+    node_pb2.DESCRIPTOR.services_by_name["AgentNode"],
+    scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"],
+)
+NO_PLACE = "capability-nobody-has"
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def pg_server(embedded_server: Server) -> Server:
+    """The token check does not touch the database: one server is enough."""
+    return embedded_server
+
+
+def rpc_methods() -> list[MethodDescriptor]:
+    return [method for service in SERVICES for method in service.methods]
+
+
+@dataclass
+class Clients:
+    """Stubs of the node and the scheduler over channels opened one way (token or not)."""
+
+    node: node_pb2_grpc.AgentNodeAsyncStub
+    scheduler: scheduler_pb2_grpc.SchedulerAsyncStub
+
+
+@dataclass
+class Targets:
+    """What the calls act on, prepared before any case runs."""
+
+    node_id: str
+    finished_task_id: str
+    waiting_task_id: str
+    visitor_card: agent_pb2.AgentCard
+    # Agent ids that Heartbeat cases announced, in order.
+    heartbeat_ids: list[str] = field(default_factory=list)
+
+
+Case = Callable[[Clients, Targets], Awaitable[None]]
+
+
+async def _stream(call: AsyncIterable[T]) -> list[T]:
+    messages = [message async for message in call]
+    assert messages, "the stream ended without a message"
+    return messages
+
+
+def _state_name(state: int) -> str:
+    return task_pb2.TaskState.Name(state)
+
+
+def _echo(prompt: str) -> task_pb2.TaskSpec:
+    return task_pb2.TaskSpec(kind="echo", prompt=prompt)
+
+
+async def _node_get_capabilities(clients: Clients, targets: Targets) -> None:
+    card = await clients.node.GetCapabilities(node_pb2.GetCapabilitiesRequest())
+    assert card.agent_id == targets.node_id
+
+
+async def _node_execute_task(clients: Clients, targets: Targets) -> None:
+    request = node_pb2.ExecuteTaskRequest(
+        task_id=f"direct-{uuid.uuid4().hex[:8]}", spec=_echo("direct")
+    )
+    events = await _stream(clients.node.ExecuteTask(request))
+    assert events[-1].result.state == COMPLETED, _state_name(events[-1].result.state)
+
+
+async def _node_cancel_task(clients: Clients, targets: Targets) -> None:
+    reply = await clients.node.CancelTask(node_pb2.CancelTaskRequest(task_id="nothing-running"))
+    assert not reply.canceled
+
+
+async def _submit_task(clients: Clients, targets: Targets) -> None:
+    task = await clients.scheduler.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=_echo("sub")))
+    assert task.id
+
+
+async def _run_task(clients: Clients, targets: Targets) -> None:
+    # To complete, the scheduler must stream ExecuteTask to the node with the token too.
+    request = scheduler_pb2.SubmitTaskRequest(spec=_echo("run"))
+    events = await _stream(clients.scheduler.RunTask(request))
+    assert events[-1].result.state == COMPLETED, _state_name(events[-1].result.state)
+
+
+async def _watch_task(clients: Clients, targets: Targets) -> None:
+    request = scheduler_pb2.WatchTaskRequest(task_id=targets.finished_task_id)
+    events = await _stream(clients.scheduler.WatchTask(request))
+    assert events[-1].result.state == COMPLETED, _state_name(events[-1].result.state)
+
+
+async def _get_task(clients: Clients, targets: Targets) -> None:
+    request = scheduler_pb2.GetTaskRequest(task_id=targets.finished_task_id)
+    task = await clients.scheduler.GetTask(request)
+    assert task.state == COMPLETED, f"{_state_name(task.state)}: {task.error}"
+
+
+async def _list_tasks(clients: Clients, targets: Targets) -> None:
+    reply = await clients.scheduler.ListTasks(scheduler_pb2.ListTasksRequest())
+    assert targets.finished_task_id in {task.id for task in reply.tasks}
+
+
+async def _cancel_task(clients: Clients, targets: Targets) -> None:
+    request = node_pb2.CancelTaskRequest(task_id=targets.waiting_task_id, reason="auth test")
+    task = await clients.scheduler.CancelTask(request)
+    assert task.state == task_pb2.TASK_STATE_CANCELED, _state_name(task.state)
+
+
+async def _list_agents(clients: Clients, targets: Targets) -> None:
+    reply = await clients.scheduler.ListAgents(scheduler_pb2.ListAgentsRequest())
+    assert targets.node_id in {agent.card.agent_id for agent in reply.agents}
+
+
+async def _heartbeat(clients: Clients, targets: Targets) -> None:
+    card = agent_pb2.AgentCard()
+    card.CopyFrom(targets.visitor_card)
+    card.agent_id = f"visitor-{uuid.uuid4().hex[:8]}"
+    targets.heartbeat_ids.append(card.agent_id)
+    reply = await clients.scheduler.Heartbeat(scheduler_pb2.HeartbeatRequest(card=card))
+    assert reply.interval_seconds > 0
+
+
+CASES: dict[str, Case] = {
+    "agentmesh.v1.AgentNode.GetCapabilities": _node_get_capabilities,
+    "agentmesh.v1.AgentNode.ExecuteTask": _node_execute_task,
+    "agentmesh.v1.AgentNode.CancelTask": _node_cancel_task,
+    "agentmesh.v1.Scheduler.SubmitTask": _submit_task,
+    "agentmesh.v1.Scheduler.RunTask": _run_task,
+    "agentmesh.v1.Scheduler.WatchTask": _watch_task,
+    "agentmesh.v1.Scheduler.GetTask": _get_task,
+    "agentmesh.v1.Scheduler.ListTasks": _list_tasks,
+    "agentmesh.v1.Scheduler.CancelTask": _cancel_task,
+    "agentmesh.v1.Scheduler.ListAgents": _list_agents,
+    "agentmesh.v1.Scheduler.Heartbeat": _heartbeat,
+}
+
+
+async def _outcomes(clients: Clients, targets: Targets) -> dict[str, str]:
+    """Each RPC's outcome: "OK", the status code's name, or what was wrong with the answer."""
+    outcomes = {}
+    for method in rpc_methods():
+        try:
+            await CASES[method.full_name](clients, targets)
+        except grpc.aio.AioRpcError as error:
+            outcomes[method.full_name] = error.code().name
+        except AssertionError as error:
+            first_line = str(error).partition("\n")[0]
+            outcomes[method.full_name] = f"answered, but {first_line}"
+        else:
+            outcomes[method.full_name] = "OK"
+    return outcomes
+
+
+def _clients(node: grpc.aio.Channel, scheduler: grpc.aio.Channel) -> Clients:
+    return Clients(node_pb2_grpc.AgentNodeStub(node), scheduler_pb2_grpc.SchedulerStub(scheduler))
+
+
+async def _prepare(mesh: Mesh) -> Targets:
+    """A finished task and a waiting one, set up with the token passed by hand."""
+    node = mesh.nodes[0]
+    async with grpc.aio.insecure_channel(mesh.schedulers[0].address) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        finished = await stub.SubmitTask(
+            scheduler_pb2.SubmitTaskRequest(spec=_echo("finished")), metadata=BEARER
+        )
+        watch = scheduler_pb2.WatchTaskRequest(task_id=finished.id)
+        async for _ in stub.WatchTask(watch, metadata=BEARER):
+            pass
+        waiting = await stub.SubmitTask(
+            scheduler_pb2.SubmitTaskRequest(
+                spec=task_pb2.TaskSpec(kind="echo", prompt="w", required_capabilities=[NO_PLACE])
+            ),
+            metadata=BEARER,
+        )
+    card = convert.card_to_proto(node.card())
+    # Nothing may be placed on the visitor: it runs nothing and says it is draining.
+    del card.executors[:]
+    card.draining = True
+    card.name = "visitor"
+    card.endpoint = "127.0.0.1:9"
+    return Targets(
+        node_id=node.card().agent_id,
+        finished_task_id=finished.id,
+        waiting_task_id=waiting.id,
+        visitor_card=card,
+    )
+
+
+async def _fetch_column(database_uri: str, query: str, *args: object) -> list[object]:
+    conn = await asyncpg.connect(database_uri, timeout=10)
+    try:
+        return [row[0] for row in await conn.fetch(query, *args)]
+    finally:
+        await conn.close()
+
+
+async def _first_listing(
+    replies: AsyncIterable[reflection_pb2.ServerReflectionResponse],
+) -> set[str]:
+    async for reply in replies:
+        return {service.name for service in reply.list_services_response.service}
+    raise AssertionError("reflection answered nothing")
+
+
+def test_every_rpc_has_a_case() -> None:
+    assert sorted(CASES) == sorted(method.full_name for method in rpc_methods())
+    # Cases call stubs with one request: a client-streaming RPC needs a new kind of case.
+    assert not [m.full_name for m in rpc_methods() if m.client_streaming]
+
+
+async def test_every_rpc_needs_the_token_and_health_and_reflection_do_not(
+    mesh: Mesh, database_uri: str
+) -> None:
+    mesh.configure(AGENTMESH_TOKEN=TOKEN)
+    await mesh.start_scheduler()
+    await mesh.start_node("alpha")
+    targets = await _prepare(mesh)
+    node_address, scheduler_address = mesh.nodes[0].address, mesh.schedulers[0].address
+    tasks_before = await _fetch_column(database_uri, "SELECT id FROM tasks ORDER BY id")
+    methods = [method.full_name for method in rpc_methods()]
+    plain = TlsSettings()
+
+    async with (
+        grpc.aio.insecure_channel(node_address) as node_anonymous,
+        grpc.aio.insecure_channel(scheduler_address) as scheduler_anonymous,
+        open_channel(node_address, token=WRONG_TOKEN, tls=plain) as node_wrong,
+        open_channel(scheduler_address, token=WRONG_TOKEN, tls=plain) as scheduler_wrong,
+    ):
+        anonymous = _clients(node_anonymous, scheduler_anonymous)
+        assert await _outcomes(anonymous, targets) == dict.fromkeys(methods, "UNAUTHENTICATED")
+        wrong = _clients(node_wrong, scheduler_wrong)
+        assert await _outcomes(wrong, targets) == dict.fromkeys(methods, "UNAUTHENTICATED")
+
+        for channel, service in (
+            (node_anonymous, "agentmesh.v1.AgentNode"),
+            (scheduler_anonymous, "agentmesh.v1.Scheduler"),
+        ):
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service)
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            assert service in await _first_listing(replies)
+
+    # Refused calls did nothing: no task was added or canceled, no visitor registered.
+    assert await _fetch_column(database_uri, "SELECT id FROM tasks ORDER BY id") == tasks_before
+    waiting = await _fetch_column(
+        database_uri, "SELECT state FROM tasks WHERE id = $1", targets.waiting_task_id
+    )
+    assert waiting == ["submitted"]
+    refused_ids = list(targets.heartbeat_ids)
+    assert len(refused_ids) == 2
+    assert not set(refused_ids) & set(await _fetch_column(database_uri, "SELECT id FROM agents"))
+
+    async with (
+        open_channel(node_address, token=TOKEN, tls=plain) as node_channel,
+        open_channel(scheduler_address, token=TOKEN, tls=plain) as scheduler_channel,
+    ):
+        authorized = _clients(node_channel, scheduler_channel)
+        assert await _outcomes(authorized, targets) == dict.fromkeys(methods, "OK")
+
+    assert targets.heartbeat_ids[-1] in await _fetch_column(database_uri, "SELECT id FROM agents")
+
+
+async def test_a_node_without_the_token_is_refused_and_not_registered(
+    mesh: Mesh, database_uri: str
+) -> None:
+    mesh.configure(AGENTMESH_TOKEN=TOKEN)
+    await mesh.start_scheduler()
+    address = mesh.schedulers[0].address
+    card = build_card(
+        agent_id=f"stranger-{uuid.uuid4().hex[:8]}",
+        name="stranger",
+        executors=("echo", "shell"),
+        models=(),
+        configured_capabilities=(),
+        max_concurrency=1,
+        permission_mode="weak",
+        endpoint="127.0.0.1:9",
+        gemini_version=None,
+    )
+
+    async def beat(token: str | None) -> None:
+        registration = Registration(
+            address,
+            lambda: card,
+            lambda: (),
+            interval_seconds=HEARTBEAT,
+            token=token,
+            tls=TlsSettings(),
+        )
+        try:
+            await registration.beat()
+        finally:
+            await registration.close(final_beat=False)
+
+    for token in (None, WRONG_TOKEN):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await beat(token)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert card.agent_id not in await _fetch_column(database_uri, "SELECT id FROM agents")
+
+    await beat(TOKEN)
+    assert await _fetch_column(database_uri, "SELECT id FROM agents") == [card.agent_id]
