@@ -17,6 +17,7 @@ from agentmesh.config import (
     PermissionMode,
     load_settings,
 )
+from agentmesh.tasks.model import AgentMode
 
 
 def _write_config(directory: Path, content: object) -> Path:
@@ -33,7 +34,7 @@ def test_defaults_are_the_seed_values(tmp_path: Path) -> None:
     assert settings.api_policy.max_tokens_per_key == 1_000_000
     assert settings.api_policy.max_requests_per_day == 1_500
     assert settings.api_policy.rpm_soft_limit == 15
-    assert settings.agent_defaults.mode == "headless"
+    assert settings.agent_defaults.mode is AgentMode.AGENTIC
     assert settings.agent_defaults.permissions is PermissionMode.WEAK
     assert settings.env.GEMINI_CLI_COMMAND == "gemini"
     assert settings.uses_embedded_database
@@ -116,6 +117,11 @@ def test_dsn_from_parts_quotes_the_password(tmp_path: Path) -> None:
             "{path}: agent_defaults.permissions: Input should be 'weak' or 'superuser'"
             " (got 'root')",
             id="bad-mode",
+        ),
+        pytest.param(
+            {"agent_defaults": {"mode": "headless"}},
+            "{path}: agent_defaults.mode: Input should be 'agentic' or 'plain' (got 'headless')",
+            id="bad-agent-mode",
         ),
         pytest.param(
             {"permissions": {"weak": {"allowlist": "ls"}}},

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from dotenv import dotenv_values
@@ -32,6 +32,8 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+
+from agentmesh.tasks.model import AgentMode
 
 DEFAULT_CONFIG_FILE = "agent_config.json"
 DEFAULT_ENV_FILE = ".env"
@@ -91,8 +93,9 @@ class ApiPolicy(_Section):
 
 
 class AgentDefaults(_Section):
-    # How the Gemini CLI runs: headless (`-p`) is the only mode a mesh node can drive.
-    mode: Literal["headless"] = "headless"
+    # The agent mode of gemini tasks that do not name one: `agentic` (the CLI works with its
+    # tools under the permission mode's policy) or `plain` (an answer only, no tools).
+    mode: AgentMode = AgentMode.AGENTIC
     permissions: PermissionMode = PermissionMode.WEAK
     model: str = Field(default="gemini-2.5-flash", min_length=1)
     timeout_seconds: int = Field(default=600, gt=0)

@@ -261,6 +261,10 @@ async def test_more_tasks_than_max_concurrency_are_refused(
             "spec.permission_mode",
         ),
         (
+            {"task_id": "t", "spec": {"kind": "gemini", "prompt": "x", "agent_mode": "yolo"}},
+            "spec.agent_mode",
+        ),
+        (
             {"task_id": "t", "spec": {"kind": "echo", "prompt": "x", "timeout_seconds": -1}},
             "spec.timeout_seconds",
         ),

@@ -84,6 +84,7 @@ class AgentNode:
             max_concurrency=node.max_concurrency,
             default_timeout_seconds=settings.agent_defaults.timeout_seconds,
             default_permission_mode=settings.agent_defaults.permissions,
+            default_agent_mode=settings.agent_defaults.mode,
             workdir=node.workdir,
         )
         token = settings.token
