@@ -101,6 +101,7 @@ class Scheduler:
             max_depth=config.max_subtask_depth,
             heartbeat_interval=interval,
             on_cancel=cancel_here,
+            default_agent_mode=settings.agent_defaults.mode,
         )
         server = await start_server(
             listen, register(servicer), [SERVICE_NAME], token=settings.token, tls=settings.tls
