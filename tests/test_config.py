@@ -18,6 +18,8 @@ from agentmesh.config import (
     load_settings,
 )
 from agentmesh.tasks.model import AgentMode
+from tests.seed_examples import SEED_ENV, dotenv_text
+from tests.support.processes import free_port
 
 
 def _write_config(directory: Path, content: object) -> Path:
@@ -75,6 +77,55 @@ def test_database_url_wins_over_the_parts(tmp_path: Path) -> None:
         {"DATABASE_URL": "postgresql://u:pw@h:5/d", "POSTGRES_HOST": "other"}, cwd=tmp_path
     )
     assert settings.database_dsn() == "postgresql://u:pw@h:5/d"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "dsn"),
+    [
+        ("POSTGRES_DB", "inventory", "postgresql://agentmesh@localhost:5432/inventory"),
+        ("POSTGRES_USER", "agent", "postgresql://agent@localhost:5432/agentmesh"),
+        ("POSTGRES_PASSWORD", "pw", "postgresql://agentmesh:pw@localhost:5432/agentmesh"),
+        ("POSTGRES_PORT", "6543", "postgresql://agentmesh@localhost:6543/agentmesh"),
+        ("POSTGRES_HOST", "db.lan", "postgresql://agentmesh@db.lan:5432/agentmesh"),
+        ("POSTGRES_HOST", "::1", "postgresql://agentmesh@[::1]:5432/agentmesh"),
+        (
+            "POSTGRES_HOST",
+            "/var/run/postgresql",
+            "postgresql://agentmesh@/agentmesh?host=/var/run/postgresql&port=5432",
+        ),
+        ("DATABASE_URL", "postgresql://u@h/d", "postgresql://u@h/d"),
+    ],
+)
+def test_any_database_variable_means_a_server(
+    tmp_path: Path, variable: str, value: str, dsn: str
+) -> None:
+    settings = load_settings({variable: value}, cwd=tmp_path)
+
+    assert not settings.uses_embedded_database
+    assert settings.database_dsn() == dsn
+
+
+def test_empty_database_variables_leave_the_embedded_server(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("POSTGRES_PASSWORD=\nPOSTGRES_HOST=\n")
+    settings = load_settings({"DATABASE_URL": ""}, cwd=tmp_path)
+
+    assert settings.uses_embedded_database
+    assert settings.database_dsn() is None
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://u:s3cr3t@h/d", "must be a postgresql:// URL"),
+        ("postgresql://u:s3cr3t@h:port/d", "the port is not a number"),
+    ],
+)
+def test_bad_database_url_is_named_without_its_password(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"DATABASE_URL": url}, cwd=tmp_path)
+    assert str(caught.value) == f"environment: DATABASE_URL: Value error, {problem}"
 
 
 def test_dsn_from_parts_quotes_the_password(tmp_path: Path) -> None:
@@ -199,14 +250,37 @@ def test_cli_exits_2_with_one_message_and_no_traceback(tmp_path: Path) -> None:
 def test_cli_error_never_shows_the_database_password(tmp_path: Path) -> None:
     result = _run_cli(
         tmp_path,
-        {"DATABASE_URL": "postgresql://agentmesh:s3cr3t-pw@127.0.0.1:1/agentmesh"},
+        {"DATABASE_URL": f"postgresql://agentmesh:s3cr3t-pw@127.0.0.1:{free_port()}/agentmesh"},
         "db",
         "status",
     )
     assert result.returncode == 1
     assert "s3cr3t-pw" not in result.stdout + result.stderr
-    assert "cannot connect to postgresql://agentmesh:***@127.0.0.1:1/agentmesh" in result.stderr
+    assert "cannot connect to PostgreSQL at 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["db", "status"], ["scheduler"], ["demo"]])
+def test_a_server_that_does_not_answer_is_one_line_from_every_command(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # The seed's .env names a server (database, user, password) but no host: localhost:5432,
+    # here moved to a port nobody listens on.
+    (tmp_path / "keys.env").write_text("GEMINI_KEY_1=AIzaSy-unused\n")
+    env_file = {**SEED_ENV, "GEMINI_API_KEY_FILE": str(tmp_path / "keys.env")}
+    (tmp_path / ".env").write_text(dotenv_text(env_file))
+    port = free_port()
+
+    result = _run_cli(tmp_path, {"POSTGRES_PORT": str(port)}, *command)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"agentmesh: cannot connect to PostgreSQL at localhost:{port}, database"
+        " gemini_distributed_agent: connection refused (is the server running and listening"
+        " there?)\n"
+    )
+    assert SEED_ENV["POSTGRES_PASSWORD"] not in result.stderr
 
 
 def test_example_config_file_is_valid_and_equals_the_defaults(tmp_path: Path) -> None:

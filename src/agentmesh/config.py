@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -155,7 +155,7 @@ class EnvSettings(_Section):
     POSTGRES_DB: str = "agentmesh"
     POSTGRES_USER: str = "agentmesh"
     POSTGRES_PASSWORD: SecretStr = SecretStr("")
-    POSTGRES_HOST: str | None = None
+    POSTGRES_HOST: str = "localhost"
     POSTGRES_PORT: int = Field(default=5432, gt=0, lt=65536)
     DATABASE_URL: SecretStr | None = None
     GEMINI_CLI_COMMAND: str = "gemini"
@@ -163,7 +163,7 @@ class EnvSettings(_Section):
     AGENTMESH_TOKEN: SecretStr | None = None
     AGENTMESH_DATA_DIR: Path | None = None
 
-    @field_validator("POSTGRES_HOST", "GEMINI_API_KEY_FILE", "AGENTMESH_DATA_DIR", mode="before")
+    @field_validator("GEMINI_API_KEY_FILE", "AGENTMESH_DATA_DIR", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -173,8 +173,27 @@ class EnvSettings(_Section):
     def _empty_secret_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise ValueError("the port is not a number") from None
+        return value
+
 
 _ENV_NAMES = frozenset(EnvSettings.model_fields)
+# Any of these set means a PostgreSQL server; with none, agentmesh runs its embedded one.
+DATABASE_VARIABLES = frozenset(
+    {"DATABASE_URL", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER",
+     "POSTGRES_PASSWORD"}
+)  # fmt: skip
 _SECRET_ENV_NAMES = frozenset({"POSTGRES_PASSWORD", "DATABASE_URL", "AGENTMESH_TOKEN"})
 
 
@@ -216,22 +235,28 @@ class Settings:
 
     @property
     def uses_embedded_database(self) -> bool:
-        """True when neither DATABASE_URL nor POSTGRES_HOST points at a server."""
-        return self.env.DATABASE_URL is None and self.env.POSTGRES_HOST is None
+        """True when no database variable is set (DATABASE_URL or any POSTGRES_*)."""
+        return not (self.env.model_fields_set & DATABASE_VARIABLES)
 
     def database_dsn(self) -> str | None:
-        """The DSN of the configured server (with its password), or None for the embedded one."""
+        """The DSN of the configured server (with its password), or None for the embedded one.
+
+        Like libpq, POSTGRES_HOST defaults to localhost and POSTGRES_PORT to 5432."""
         if self.env.DATABASE_URL is not None:
             return self.env.DATABASE_URL.get_secret_value()
-        if self.env.POSTGRES_HOST is None:
+        if self.uses_embedded_database:
             return None
         password = self.env.POSTGRES_PASSWORD.get_secret_value()
         auth = quote(self.env.POSTGRES_USER, safe="")
         if password:
             auth += ":" + quote(password, safe="")
-        host = self.env.POSTGRES_HOST
+        host, port = self.env.POSTGRES_HOST, self.env.POSTGRES_PORT
         db = quote(self.env.POSTGRES_DB, safe="")
-        return f"postgresql://{auth}@{host}:{self.env.POSTGRES_PORT}/{db}"
+        if host.startswith("/"):  # a Unix socket directory, as libpq allows
+            return f"postgresql://{auth}@/{db}?host={quote(host, safe='/')}&port={port}"
+        if ":" in host:  # an IPv6 address
+            host = f"[{host}]"
+        return f"postgresql://{auth}@{host}:{port}/{db}"
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
@@ -241,7 +266,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None 
     merged = {**_read_env_file(environ, cwd), **environ}
     config_path = _config_path(merged, cwd)
     file_settings = _read_config_file(config_path, explicit="AGENTMESH_CONFIG" in merged)
-    env_values = {name: merged[name] for name in _ENV_NAMES if name in merged}
+    # An empty variable (`POSTGRES_HOST=`) counts as unset.
+    env_values = {name: merged[name] for name in _ENV_NAMES if merged.get(name)}
     try:
         env_settings = EnvSettings.model_validate(env_values)
     except ValidationError as exc:
