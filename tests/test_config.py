@@ -18,7 +18,7 @@ from agentmesh.config import (
     load_settings,
 )
 from agentmesh.tasks.model import AgentMode
-from tests.seed_examples import SEED_ENV, dotenv_text
+from tests.seed_examples import SEED_AGENT_CONFIG, SEED_ENV, dotenv_text
 from tests.support.processes import free_port
 
 
@@ -287,3 +287,34 @@ def test_example_config_file_is_valid_and_equals_the_defaults(tmp_path: Path) ->
     example = Path(__file__).resolve().parent.parent / "agent_config.example.json"
     settings = load_settings({"AGENTMESH_CONFIG": str(example)}, cwd=tmp_path)
     assert settings.file == load_settings({}, cwd=tmp_path).file
+
+
+@pytest.mark.parametrize(
+    ("config", "keys"),
+    [
+        ({}, ()),
+        ({"api_policy": {}}, ()),
+        ({"api_policy": {"rpm_soft_limit": 2}}, ("api_policy.rpm_soft_limit",)),
+        (
+            SEED_AGENT_CONFIG,
+            (
+                "api_policy.max_tokens_per_key",
+                "api_policy.max_requests_per_day",
+                "api_policy.rpm_soft_limit",
+            ),
+        ),
+    ],
+)
+def test_keys_that_are_not_enforced_yet_are_named(
+    tmp_path: Path, config: dict[str, object], keys: tuple[str, ...]
+) -> None:
+    path = _write_config(tmp_path, config)
+    settings = load_settings({}, cwd=tmp_path)
+
+    assert settings.not_enforced_keys("scheduler") == keys
+    assert settings.not_enforced_keys("node") == ()
+    warning = settings.not_enforced_warning("scheduler")
+    if keys:
+        assert warning == f"{path} sets {', '.join(keys)}: read and validated, not enforced yet"
+    else:
+        assert warning is None

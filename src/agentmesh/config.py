@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from dotenv import dotenv_values
@@ -189,6 +189,20 @@ class EnvSettings(_Section):
 
 
 _ENV_NAMES = frozenset(EnvSettings.model_fields)
+
+# Keys of agent_config.json that are read and validated but not acted on yet, by the
+# service that will act on them. The key pool will enforce api_policy; until then a
+# scheduler configured with these says so when it starts, so that nothing is silently
+# ignored. Every other key is in use.
+Service = Literal["scheduler", "node"]
+NOT_ENFORCED_YET: dict[Service, tuple[str, ...]] = {
+    "scheduler": (
+        "api_policy.max_tokens_per_key",
+        "api_policy.max_requests_per_day",
+        "api_policy.rpm_soft_limit",
+    ),
+    "node": (),
+}
 # Any of these set means a PostgreSQL server; with none, agentmesh runs its embedded one.
 DATABASE_VARIABLES = frozenset(
     {"DATABASE_URL", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER",
@@ -229,6 +243,18 @@ class Settings:
     def tls(self) -> TlsSettings:
         return self.file.tls
 
+    def not_enforced_keys(self, service: Service) -> tuple[str, ...]:
+        """The keys the configuration file sets that `service` does not act on yet."""
+        configured = set(_keys_set(self.file))
+        return tuple(key for key in NOT_ENFORCED_YET[service] if key in configured)
+
+    def not_enforced_warning(self, service: Service) -> str | None:
+        """The one line a starting `service` logs about those keys, if there are any."""
+        keys = self.not_enforced_keys(service)
+        if not keys:
+            return None
+        return f"{self.config_path} sets {', '.join(keys)}: read and validated, not enforced yet"
+
     @property
     def token(self) -> str | None:
         return self.env.AGENTMESH_TOKEN.get_secret_value() if self.env.AGENTMESH_TOKEN else None
@@ -257,6 +283,18 @@ class Settings:
         if ":" in host:  # an IPv6 address
             host = f"[{host}]"
         return f"postgresql://{auth}@{host}:{port}/{db}"
+
+
+def _keys_set(section: BaseModel, prefix: str = "") -> list[str]:
+    """The dotted keys that were given explicitly (not left at their defaults)."""
+    keys = []
+    for name in sorted(section.model_fields_set):
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            keys += _keys_set(value, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:

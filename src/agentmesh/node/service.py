@@ -107,6 +107,8 @@ class AgentNode:
         )
         started = cls(runner, card, server)
         holder.append(started)
+        if warning := settings.not_enforced_warning("node"):
+            log.warning(warning)
         if node.scheduler:
             started.register_with(node.scheduler, settings, node.heartbeat_interval_seconds)
         return started

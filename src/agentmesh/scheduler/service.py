@@ -120,6 +120,8 @@ class Scheduler:
         ]
         host, _ = split_host_port(listen)
         log.info("scheduler %s serving on %s:%s", owner, host, server.port)
+        if warning := settings.not_enforced_warning("scheduler"):
+            log.warning(warning)
         return cls(
             pool=pool,
             store=store,
