@@ -33,7 +33,8 @@ SEED_ENV: dict[str, str] = {
     "GEMINI_API_KEY_FILE": "/path/to/api_keys.env",
 }
 
-SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "000_513590475a5589bb.txt"
+# Where the seed document lives beside the project (in CI; not in a fresh clone).
+SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "seed"
 
 
 def dotenv_text(values: Mapping[str, str]) -> str:
