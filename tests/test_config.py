@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 from agentmesh.config import (
     DEFAULT_ALLOWLIST,
     DEFAULT_DENYLIST,
     ConfigError,
+    EnvSettings,
     PermissionMode,
     load_settings,
 )
@@ -318,3 +322,16 @@ def test_keys_that_are_not_enforced_yet_are_named(
         assert warning == f"{path} sets {', '.join(keys)}: read and validated, not enforced yet"
     else:
         assert warning is None
+
+
+def test_env_example_lists_every_variable_agentmesh_reads() -> None:
+    text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    listed = re.findall(r"^# ([A-Z][A-Z0-9_]*)=", text, re.MULTILINE)
+
+    assert sorted(listed) == sorted(
+        {*EnvSettings.model_fields, "AGENTMESH_CONFIG", "AGENTMESH_ENV_FILE"}
+    )
+    # The seed's .env values are its examples.
+    for name, value in SEED_ENV.items():
+        assert f"# {name}={value}\n" in text
+    assert dotenv_values(stream=io.StringIO(text)) == {}  # nothing is set by copying it
