@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 from agentmesh.config import (
     DEFAULT_ALLOWLIST,
     DEFAULT_DENYLIST,
     ConfigError,
+    EnvSettings,
     PermissionMode,
     load_settings,
 )
+from agentmesh.tasks.model import AgentMode
+from tests.seed_examples import SEED_AGENT_CONFIG, SEED_ENV, dotenv_text
+from tests.support.processes import free_port
 
 
 def _write_config(directory: Path, content: object) -> Path:
@@ -33,7 +40,7 @@ def test_defaults_are_the_seed_values(tmp_path: Path) -> None:
     assert settings.api_policy.max_tokens_per_key == 1_000_000
     assert settings.api_policy.max_requests_per_day == 1_500
     assert settings.api_policy.rpm_soft_limit == 15
-    assert settings.agent_defaults.mode == "headless"
+    assert settings.agent_defaults.mode is AgentMode.AGENTIC
     assert settings.agent_defaults.permissions is PermissionMode.WEAK
     assert settings.env.GEMINI_CLI_COMMAND == "gemini"
     assert settings.uses_embedded_database
@@ -76,6 +83,55 @@ def test_database_url_wins_over_the_parts(tmp_path: Path) -> None:
     assert settings.database_dsn() == "postgresql://u:pw@h:5/d"
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "dsn"),
+    [
+        ("POSTGRES_DB", "inventory", "postgresql://agentmesh@localhost:5432/inventory"),
+        ("POSTGRES_USER", "agent", "postgresql://agent@localhost:5432/agentmesh"),
+        ("POSTGRES_PASSWORD", "pw", "postgresql://agentmesh:pw@localhost:5432/agentmesh"),
+        ("POSTGRES_PORT", "6543", "postgresql://agentmesh@localhost:6543/agentmesh"),
+        ("POSTGRES_HOST", "db.lan", "postgresql://agentmesh@db.lan:5432/agentmesh"),
+        ("POSTGRES_HOST", "::1", "postgresql://agentmesh@[::1]:5432/agentmesh"),
+        (
+            "POSTGRES_HOST",
+            "/var/run/postgresql",
+            "postgresql://agentmesh@/agentmesh?host=/var/run/postgresql&port=5432",
+        ),
+        ("DATABASE_URL", "postgresql://u@h/d", "postgresql://u@h/d"),
+    ],
+)
+def test_any_database_variable_means_a_server(
+    tmp_path: Path, variable: str, value: str, dsn: str
+) -> None:
+    settings = load_settings({variable: value}, cwd=tmp_path)
+
+    assert not settings.uses_embedded_database
+    assert settings.database_dsn() == dsn
+
+
+def test_empty_database_variables_leave_the_embedded_server(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("POSTGRES_PASSWORD=\nPOSTGRES_HOST=\n")
+    settings = load_settings({"DATABASE_URL": ""}, cwd=tmp_path)
+
+    assert settings.uses_embedded_database
+    assert settings.database_dsn() is None
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://u:s3cr3t@h/d", "must be a postgresql:// URL"),
+        ("postgresql://u:s3cr3t@h:port/d", "the port is not a number"),
+    ],
+)
+def test_bad_database_url_is_named_without_its_password(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"DATABASE_URL": url}, cwd=tmp_path)
+    assert str(caught.value) == f"environment: DATABASE_URL: Value error, {problem}"
+
+
 def test_dsn_from_parts_quotes_the_password(tmp_path: Path) -> None:
     settings = load_settings(
         {"POSTGRES_HOST": "h", "POSTGRES_USER": "u", "POSTGRES_PASSWORD": "p@ss/word"},
@@ -116,6 +172,11 @@ def test_dsn_from_parts_quotes_the_password(tmp_path: Path) -> None:
             "{path}: agent_defaults.permissions: Input should be 'weak' or 'superuser'"
             " (got 'root')",
             id="bad-mode",
+        ),
+        pytest.param(
+            {"agent_defaults": {"mode": "headless"}},
+            "{path}: agent_defaults.mode: Input should be 'agentic' or 'plain' (got 'headless')",
+            id="bad-agent-mode",
         ),
         pytest.param(
             {"permissions": {"weak": {"allowlist": "ls"}}},
@@ -193,17 +254,84 @@ def test_cli_exits_2_with_one_message_and_no_traceback(tmp_path: Path) -> None:
 def test_cli_error_never_shows_the_database_password(tmp_path: Path) -> None:
     result = _run_cli(
         tmp_path,
-        {"DATABASE_URL": "postgresql://agentmesh:s3cr3t-pw@127.0.0.1:1/agentmesh"},
+        {"DATABASE_URL": f"postgresql://agentmesh:s3cr3t-pw@127.0.0.1:{free_port()}/agentmesh"},
         "db",
         "status",
     )
     assert result.returncode == 1
     assert "s3cr3t-pw" not in result.stdout + result.stderr
-    assert "cannot connect to postgresql://agentmesh:***@127.0.0.1:1/agentmesh" in result.stderr
+    assert "cannot connect to PostgreSQL at 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["db", "status"], ["scheduler"], ["demo"]])
+def test_a_server_that_does_not_answer_is_one_line_from_every_command(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # The seed's .env names a server (database, user, password) but no host: localhost:5432,
+    # here moved to a port nobody listens on.
+    (tmp_path / "keys.env").write_text("GEMINI_KEY_1=AIzaSy-unused\n")
+    env_file = {**SEED_ENV, "GEMINI_API_KEY_FILE": str(tmp_path / "keys.env")}
+    (tmp_path / ".env").write_text(dotenv_text(env_file))
+    port = free_port()
+
+    result = _run_cli(tmp_path, {"POSTGRES_PORT": str(port)}, *command)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"agentmesh: cannot connect to PostgreSQL at localhost:{port}, database"
+        " gemini_distributed_agent: connection refused (is the server running and listening"
+        " there?)\n"
+    )
+    assert SEED_ENV["POSTGRES_PASSWORD"] not in result.stderr
 
 
 def test_example_config_file_is_valid_and_equals_the_defaults(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parent.parent / "agent_config.example.json"
     settings = load_settings({"AGENTMESH_CONFIG": str(example)}, cwd=tmp_path)
     assert settings.file == load_settings({}, cwd=tmp_path).file
+
+
+@pytest.mark.parametrize(
+    ("config", "keys"),
+    [
+        ({}, ()),
+        ({"api_policy": {}}, ()),
+        ({"api_policy": {"rpm_soft_limit": 2}}, ("api_policy.rpm_soft_limit",)),
+        (
+            SEED_AGENT_CONFIG,
+            (
+                "api_policy.max_tokens_per_key",
+                "api_policy.max_requests_per_day",
+                "api_policy.rpm_soft_limit",
+            ),
+        ),
+    ],
+)
+def test_keys_that_are_not_enforced_yet_are_named(
+    tmp_path: Path, config: dict[str, object], keys: tuple[str, ...]
+) -> None:
+    path = _write_config(tmp_path, config)
+    settings = load_settings({}, cwd=tmp_path)
+
+    assert settings.not_enforced_keys("scheduler") == keys
+    assert settings.not_enforced_keys("node") == ()
+    warning = settings.not_enforced_warning("scheduler")
+    if keys:
+        assert warning == f"{path} sets {', '.join(keys)}: read and validated, not enforced yet"
+    else:
+        assert warning is None
+
+
+def test_env_example_lists_every_variable_agentmesh_reads() -> None:
+    text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    listed = re.findall(r"^# ([A-Z][A-Z0-9_]*)=", text, re.MULTILINE)
+
+    assert sorted(listed) == sorted(
+        {*EnvSettings.model_fields, "AGENTMESH_CONFIG", "AGENTMESH_ENV_FILE"}
+    )
+    # The seed's .env values are its examples.
+    for name, value in SEED_ENV.items():
+        assert f"# {name}={value}\n" in text
+    assert dotenv_values(stream=io.StringIO(text)) == {}  # nothing is set by copying it

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -32,6 +32,8 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+
+from agentmesh.tasks.model import AgentMode
 
 DEFAULT_CONFIG_FILE = "agent_config.json"
 DEFAULT_ENV_FILE = ".env"
@@ -91,8 +93,9 @@ class ApiPolicy(_Section):
 
 
 class AgentDefaults(_Section):
-    # How the Gemini CLI runs: headless (`-p`) is the only mode a mesh node can drive.
-    mode: Literal["headless"] = "headless"
+    # The agent mode of gemini tasks that do not name one: `agentic` (the CLI works with its
+    # tools under the permission mode's policy) or `plain` (an answer only, no tools).
+    mode: AgentMode = AgentMode.AGENTIC
     permissions: PermissionMode = PermissionMode.WEAK
     model: str = Field(default="gemini-2.5-flash", min_length=1)
     timeout_seconds: int = Field(default=600, gt=0)
@@ -152,7 +155,7 @@ class EnvSettings(_Section):
     POSTGRES_DB: str = "agentmesh"
     POSTGRES_USER: str = "agentmesh"
     POSTGRES_PASSWORD: SecretStr = SecretStr("")
-    POSTGRES_HOST: str | None = None
+    POSTGRES_HOST: str = "localhost"
     POSTGRES_PORT: int = Field(default=5432, gt=0, lt=65536)
     DATABASE_URL: SecretStr | None = None
     GEMINI_CLI_COMMAND: str = "gemini"
@@ -160,7 +163,7 @@ class EnvSettings(_Section):
     AGENTMESH_TOKEN: SecretStr | None = None
     AGENTMESH_DATA_DIR: Path | None = None
 
-    @field_validator("POSTGRES_HOST", "GEMINI_API_KEY_FILE", "AGENTMESH_DATA_DIR", mode="before")
+    @field_validator("GEMINI_API_KEY_FILE", "AGENTMESH_DATA_DIR", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -170,8 +173,41 @@ class EnvSettings(_Section):
     def _empty_secret_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise ValueError("the port is not a number") from None
+        return value
+
 
 _ENV_NAMES = frozenset(EnvSettings.model_fields)
+
+# Keys of agent_config.json that are read and validated but not acted on yet, by the
+# service that will act on them. The key pool will enforce api_policy; until then a
+# scheduler configured with these says so when it starts, so that nothing is silently
+# ignored. Every other key is in use.
+Service = Literal["scheduler", "node"]
+NOT_ENFORCED_YET: dict[Service, tuple[str, ...]] = {
+    "scheduler": (
+        "api_policy.max_tokens_per_key",
+        "api_policy.max_requests_per_day",
+        "api_policy.rpm_soft_limit",
+    ),
+    "node": (),
+}
+# Any of these set means a PostgreSQL server; with none, agentmesh runs its embedded one.
+DATABASE_VARIABLES = frozenset(
+    {"DATABASE_URL", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER",
+     "POSTGRES_PASSWORD"}
+)  # fmt: skip
 _SECRET_ENV_NAMES = frozenset({"POSTGRES_PASSWORD", "DATABASE_URL", "AGENTMESH_TOKEN"})
 
 
@@ -207,28 +243,58 @@ class Settings:
     def tls(self) -> TlsSettings:
         return self.file.tls
 
+    def not_enforced_keys(self, service: Service) -> tuple[str, ...]:
+        """The keys the configuration file sets that `service` does not act on yet."""
+        configured = set(_keys_set(self.file))
+        return tuple(key for key in NOT_ENFORCED_YET[service] if key in configured)
+
+    def not_enforced_warning(self, service: Service) -> str | None:
+        """The one line a starting `service` logs about those keys, if there are any."""
+        keys = self.not_enforced_keys(service)
+        if not keys:
+            return None
+        return f"{self.config_path} sets {', '.join(keys)}: read and validated, not enforced yet"
+
     @property
     def token(self) -> str | None:
         return self.env.AGENTMESH_TOKEN.get_secret_value() if self.env.AGENTMESH_TOKEN else None
 
     @property
     def uses_embedded_database(self) -> bool:
-        """True when neither DATABASE_URL nor POSTGRES_HOST points at a server."""
-        return self.env.DATABASE_URL is None and self.env.POSTGRES_HOST is None
+        """True when no database variable is set (DATABASE_URL or any POSTGRES_*)."""
+        return not (self.env.model_fields_set & DATABASE_VARIABLES)
 
     def database_dsn(self) -> str | None:
-        """The DSN of the configured server (with its password), or None for the embedded one."""
+        """The DSN of the configured server (with its password), or None for the embedded one.
+
+        Like libpq, POSTGRES_HOST defaults to localhost and POSTGRES_PORT to 5432."""
         if self.env.DATABASE_URL is not None:
             return self.env.DATABASE_URL.get_secret_value()
-        if self.env.POSTGRES_HOST is None:
+        if self.uses_embedded_database:
             return None
         password = self.env.POSTGRES_PASSWORD.get_secret_value()
         auth = quote(self.env.POSTGRES_USER, safe="")
         if password:
             auth += ":" + quote(password, safe="")
-        host = self.env.POSTGRES_HOST
+        host, port = self.env.POSTGRES_HOST, self.env.POSTGRES_PORT
         db = quote(self.env.POSTGRES_DB, safe="")
-        return f"postgresql://{auth}@{host}:{self.env.POSTGRES_PORT}/{db}"
+        if host.startswith("/"):  # a Unix socket directory, as libpq allows
+            return f"postgresql://{auth}@/{db}?host={quote(host, safe='/')}&port={port}"
+        if ":" in host:  # an IPv6 address
+            host = f"[{host}]"
+        return f"postgresql://{auth}@{host}:{port}/{db}"
+
+
+def _keys_set(section: BaseModel, prefix: str = "") -> list[str]:
+    """The dotted keys that were given explicitly (not left at their defaults)."""
+    keys = []
+    for name in sorted(section.model_fields_set):
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            keys += _keys_set(value, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
@@ -238,7 +304,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None 
     merged = {**_read_env_file(environ, cwd), **environ}
     config_path = _config_path(merged, cwd)
     file_settings = _read_config_file(config_path, explicit="AGENTMESH_CONFIG" in merged)
-    env_values = {name: merged[name] for name in _ENV_NAMES if name in merged}
+    # An empty variable (`POSTGRES_HOST=`) counts as unset.
+    env_values = {name: merged[name] for name in _ENV_NAMES if merged.get(name)}
     try:
         env_settings = EnvSettings.model_validate(env_values)
     except ValidationError as exc:

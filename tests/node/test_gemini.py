@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from tests.node.conftest import StartNode
 from tests.node.test_node import assert_well_numbered, collect, wait_for_file, wait_until_gone
 from tests.support.gemini_emulator import (
     GeminiEmulator,
+    RecordedRequest,
+    function_call_reply,
     invalid_api_key,
     quota_exhausted,
     shell_call,
@@ -220,3 +223,87 @@ async def test_cancel_stops_the_tool_commands_the_cli_started(
 
     assert rest[-1].result.state == task_pb2.TASK_STATE_CANCELED
     assert await wait_until_gone(child), "the tool's command outlived the cancel"
+
+
+def declared_tools(request: RecordedRequest) -> list[str]:
+    """The names of the functions a generate request offers the model."""
+    tools = (request.body or {}).get("tools") or []
+    return [
+        str(declaration["name"])
+        for tool in tools  # type: ignore[attr-defined]
+        for declaration in tool.get("functionDeclarations", [])
+    ]
+
+
+@pytest.mark.parametrize(("agent_mode", "tool_runs"), [("agentic", True), ("plain", False)])
+async def test_agent_mode_decides_whether_a_permitted_tool_runs(
+    start_node: StartNode,
+    emulator: GeminiEmulator,
+    tmp_path: Path,
+    agent_mode: str,
+    tool_runs: bool,
+) -> None:
+    # Superuser mode permits `touch`: only the agent mode stands between the call and the file.
+    emulator.script(shell_call("touch made-by-tool.txt"), text_reply("done"))
+    _, stub = await start_node()
+    events = await collect(
+        stub.ExecuteTask(
+            gemini("g-9", "make a file", permission_mode="superuser", agent_mode=agent_mode)
+        )
+    )
+
+    result = payloads(events, "tool_result")[0]
+    assert (tmp_path / "made-by-tool.txt").exists() is tool_runs
+    assert result.status == ("success" if tool_runs else "error")  # type: ignore[attr-defined]
+    assert events[-1].result.state == task_pb2.TASK_STATE_COMPLETED
+    assert events[-1].result.output == "done"
+
+
+async def test_plain_mode_offers_the_model_no_tool_at_all(
+    start_node: StartNode, emulator: GeminiEmulator, tmp_path: Path
+) -> None:
+    # read_file is one the CLI's built-in policy allows in every permission mode.
+    (tmp_path / "notes.txt").write_text("the canary is yellow")
+    emulator.script(
+        function_call_reply("read_file", {"file_path": str(tmp_path / "notes.txt")}),
+        text_reply("I cannot read files here."),
+    )
+    _, stub = await start_node()
+    events = await collect(stub.ExecuteTask(gemini("g-10", "read my notes", agent_mode="plain")))
+
+    # The policy denies every tool, so the CLI declares none; a call the model makes anyway
+    # finds no such tool.
+    first, second = emulator.generate_requests()
+    assert declared_tools(first) == []
+    result = payloads(events, "tool_result")[0]
+    assert result.status == "error"  # type: ignore[attr-defined]
+    assert result.error_type == "tool_not_registered"  # type: ignore[attr-defined]
+    assert "yellow" not in json.dumps(second.body)  # the file never reached the model
+    assert events[-1].result.state == task_pb2.TASK_STATE_COMPLETED
+
+
+async def test_agentic_mode_offers_the_model_its_tools(
+    start_node: StartNode, emulator: GeminiEmulator
+) -> None:
+    emulator.script(text_reply("hello"))
+    _, stub = await start_node()
+    await collect(stub.ExecuteTask(gemini("g-12", "hello", agent_mode="agentic")))
+
+    assert {"run_shell_command", "read_file"} <= set(
+        declared_tools(emulator.generate_requests()[0])
+    )
+
+
+async def test_node_default_agent_mode_applies_when_the_spec_names_none(
+    start_node: StartNode, emulator: GeminiEmulator, tmp_path: Path
+) -> None:
+    (tmp_path / "agent_config.json").write_text(
+        json.dumps({"agent_defaults": {"mode": "plain", "permissions": "superuser"}})
+    )
+    emulator.script(shell_call("touch made-by-tool.txt"), text_reply("done"))
+    _, stub = await start_node()
+    events = await collect(stub.ExecuteTask(gemini("g-11", "make a file")))
+
+    assert payloads(events, "tool_result")[0].status == "error"  # type: ignore[attr-defined]
+    assert not (tmp_path / "made-by-tool.txt").exists()
+    assert declared_tools(emulator.generate_requests()[0]) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from pathlib import Path
@@ -80,6 +81,28 @@ async def test_capabilities_describe_the_node(start_node: StartNode) -> None:
     assert card.running_tasks == 0
     assert card.permission_mode == "weak"
     assert card.endpoint == agent.address
+
+
+async def test_a_cli_command_that_does_not_exist_is_one_warning_naming_the_variable(
+    start_node: StartNode, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # Like the seed's placeholder /usr/local/bin/gemini, on a host where it does not exist.
+    command = str(tmp_path / "usr/local/bin/gemini")
+    caplog.set_level(logging.INFO)
+    _, stub = await start_node(env={"GEMINI_CLI_COMMAND": command})
+
+    mentions = [r for r in caplog.records if "GEMINI_CLI_COMMAND" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in mentions] == [
+        (
+            logging.WARNING,
+            f"no gemini executor: GEMINI_CLI_COMMAND={command} cannot start: No such file or"
+            " directory",
+        )
+    ]
+    card = await stub.GetCapabilities(node_pb2.GetCapabilitiesRequest())
+    assert set(card.executors) == {"echo", "shell"}
+    events = await collect(stub.ExecuteTask(execute("t-1", kind="echo", prompt="still here")))
+    assert events[-1].result.state == COMPLETED
 
 
 async def test_agent_id_is_kept_across_restarts(start_node: StartNode) -> None:
@@ -259,6 +282,10 @@ async def test_more_tasks_than_max_concurrency_are_refused(
         (
             {"task_id": "t", "spec": {"kind": "echo", "prompt": "x", "permission_mode": "root"}},
             "spec.permission_mode",
+        ),
+        (
+            {"task_id": "t", "spec": {"kind": "gemini", "prompt": "x", "agent_mode": "yolo"}},
+            "spec.agent_mode",
         ),
         (
             {"task_id": "t", "spec": {"kind": "echo", "prompt": "x", "timeout_seconds": -1}},

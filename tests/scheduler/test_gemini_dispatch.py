@@ -3,6 +3,7 @@ prompt, and a 429 that cools the key down — with the key never in the trace.""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +84,33 @@ async def test_quota_error_cools_the_key_down(
         await conn.close()
     assert 20 < seconds <= 40
     assert KEY not in "".join(str(e) for e in events)
+
+
+async def test_named_key_from_a_dotenv_key_file_reaches_the_api_alone(
+    mesh: Mesh, emulator: GeminiEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key_file = tmp_path / "api_keys.env"
+    key_file.write_text(f'# the seed\'s api_keys.env\nexport GEMINI_KEY_1="{KEY}"\n')
+    mesh.configure(GEMINI_API_KEY_FILE=str(key_file))
+    emulator.script(text_reply("hello"))
+    stub = await mesh.start_scheduler()
+    await mesh.start_node("llm")
+
+    task, events = await run_to_end(
+        stub,  # type: ignore[arg-type]
+        kind="gemini",
+        prompt="hello",
+        model="gemini-2.5-flash",
+    )
+
+    assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
+    assert [r.api_key for r in emulator.generate_requests()] == [KEY]
+    conn = await asyncpg.connect(mesh.database_uri)
+    try:
+        row = await conn.fetchrow("SELECT name, source FROM api_keys WHERE key_value = $1", KEY)
+    finally:
+        await conn.close()
+    assert dict(row) == {"name": "GEMINI_KEY_1", "source": f"file:{key_file}"}
+    assert KEY not in "".join(str(e) for e in events)
+    assert KEY not in caplog.text

@@ -25,41 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentmesh/v1/task.proto\x12\x0c\x61gentmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x02\n\x08TaskSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x1d\n\x15required_capabilities\x18\x05 \x03(\t\x12\x13\n\x0btarget_host\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x12\n\nmax_tokens\x18\t \x01(\x03\x12\x17\n\x0ftimeout_seconds\x18\n \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12\x17\n\x0fpermission_mode\x18\x0c \x01(\t\x12(\n\x08subtasks\x18\r \x03(\x0b\x32\x16.agentmesh.v1.TaskSpec\x12\x13\n\x0b\x64\x65scription\x18\x0e \x01(\t\x12\x14\n\x0cmax_attempts\x18\x0f \x01(\x05\"\x99\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x15\n\rcached_tokens\x18\x03 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x03\x12\x12\n\ntool_calls\x18\x06 \x01(\x05\x12\r\n\x05model\x18\x07 \x01(\t\"\xd6\x03\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x16\n\x0e\x61ssigned_agent\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12$\n\x04spec\x18\x06 \x01(\x0b\x32\x16.agentmesh.v1.TaskSpec\x12\x11\n\tchild_ids\x18\x07 \x03(\t\x12\"\n\x05usage\x18\x08 \x01(\x0b\x32\x13.agentmesh.v1.Usage\x12\x16\n\x0ewaiting_reason\x18\t \x01(\t\x12\x0e\n\x06output\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x11\n\texit_code\x18\x0c \x01(\x05\x12\x14\n\x0cmax_attempts\x18\r \x01(\x05\x12\x10\n\x08last_seq\x18\x0e \x01(\x03\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x04\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12,\n\x06status\x18\n \x01(\x0b\x32\x1a.agentmesh.v1.StatusUpdateH\x00\x12\'\n\x04text\x18\x0b \x01(\x0b\x32\x17.agentmesh.v1.TextDeltaH\x00\x12+\n\x06stdout\x18\x0c \x01(\x0b\x32\x19.agentmesh.v1.OutputChunkH\x00\x12+\n\x06stderr\x18\r \x01(\x0b\x32\x19.agentmesh.v1.OutputChunkH\x00\x12)\n\x08tool_use\x18\x0e \x01(\x0b\x32\x15.agentmesh.v1.ToolUseH\x00\x12/\n\x0btool_result\x18\x0f \x01(\x0b\x32\x18.agentmesh.v1.ToolResultH\x00\x12.\n\ndiagnostic\x18\x10 \x01(\x0b\x32\x18.agentmesh.v1.DiagnosticH\x00\x12/\n\x07refusal\x18\x11 \x01(\x0b\x32\x1c.agentmesh.v1.CommandRefusalH\x00\x12+\n\tapi_error\x18\x12 \x01(\x0b\x32\x16.agentmesh.v1.ApiErrorH\x00\x12*\n\x06result\x18\x13 \x01(\x0b\x32\x18.agentmesh.v1.TaskResultH\x00\x42\t\n\x07payload\"G\n\x0cStatusUpdate\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\x0f\n\x07message\x18\x02 \x01(\t\"\'\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"\x1b\n\x0bOutputChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\"F\n\x07ToolUse\x12\x0f\n\x07tool_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"h\n\nToolResult\x12\x0f\n\x07tool_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x12\n\nerror_type\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\"/\n\nDiagnostic\x12\x10\n\x08severity\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"M\n\x0e\x43ommandRefusal\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x9e\x01\n\x08\x41piError\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.agentmesh.v1.ApiErrorKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13retry_delay_seconds\x18\x03 \x01(\x01\x12\x13\n\x0bquota_scope\x18\x04 \x01(\t\x12\x10\n\x08quota_id\x18\x05 \x01(\t\x12\x13\n\x0bhttp_status\x18\x06 \x01(\x05\"\x8a\x01\n\nTaskResult\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.agentmesh.v1.Usage\x12\x0e\n\x06output\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t*\xdb\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_STATE_SUBMITTED\x10\x01\x12\x16\n\x12TASK_STATE_WORKING\x10\x02\x12\x1d\n\x19TASK_STATE_INPUT_REQUIRED\x10\x03\x12\x18\n\x14TASK_STATE_COMPLETED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x17\n\x13TASK_STATE_CANCELED\x10\x06\x12\x17\n\x13TASK_STATE_REJECTED\x10\x07*\x90\x01\n\x0c\x41piErrorKind\x12\x1e\n\x1a\x41PI_ERROR_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x41PI_ERROR_KIND_QUOTA_EXHAUSTED\x10\x01\x12\"\n\x1e\x41PI_ERROR_KIND_INVALID_API_KEY\x10\x02\x12\x18\n\x14\x41PI_ERROR_KIND_OTHER\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentmesh/v1/task.proto\x12\x0c\x61gentmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x02\n\x08TaskSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x1d\n\x15required_capabilities\x18\x05 \x03(\t\x12\x13\n\x0btarget_host\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x12\n\nmax_tokens\x18\t \x01(\x03\x12\x17\n\x0ftimeout_seconds\x18\n \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12\x17\n\x0fpermission_mode\x18\x0c \x01(\t\x12\x12\n\nagent_mode\x18\x10 \x01(\t\x12(\n\x08subtasks\x18\r \x03(\x0b\x32\x16.agentmesh.v1.TaskSpec\x12\x13\n\x0b\x64\x65scription\x18\x0e \x01(\t\x12\x14\n\x0cmax_attempts\x18\x0f \x01(\x05\"\x99\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x15\n\rcached_tokens\x18\x03 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x03\x12\x12\n\ntool_calls\x18\x06 \x01(\x05\x12\r\n\x05model\x18\x07 \x01(\t\"\xd6\x03\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x16\n\x0e\x61ssigned_agent\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12$\n\x04spec\x18\x06 \x01(\x0b\x32\x16.agentmesh.v1.TaskSpec\x12\x11\n\tchild_ids\x18\x07 \x03(\t\x12\"\n\x05usage\x18\x08 \x01(\x0b\x32\x13.agentmesh.v1.Usage\x12\x16\n\x0ewaiting_reason\x18\t \x01(\t\x12\x0e\n\x06output\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x11\n\texit_code\x18\x0c \x01(\x05\x12\x14\n\x0cmax_attempts\x18\r \x01(\x05\x12\x10\n\x08last_seq\x18\x0e \x01(\x03\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x04\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12,\n\x06status\x18\n \x01(\x0b\x32\x1a.agentmesh.v1.StatusUpdateH\x00\x12\'\n\x04text\x18\x0b \x01(\x0b\x32\x17.agentmesh.v1.TextDeltaH\x00\x12+\n\x06stdout\x18\x0c \x01(\x0b\x32\x19.agentmesh.v1.OutputChunkH\x00\x12+\n\x06stderr\x18\r \x01(\x0b\x32\x19.agentmesh.v1.OutputChunkH\x00\x12)\n\x08tool_use\x18\x0e \x01(\x0b\x32\x15.agentmesh.v1.ToolUseH\x00\x12/\n\x0btool_result\x18\x0f \x01(\x0b\x32\x18.agentmesh.v1.ToolResultH\x00\x12.\n\ndiagnostic\x18\x10 \x01(\x0b\x32\x18.agentmesh.v1.DiagnosticH\x00\x12/\n\x07refusal\x18\x11 \x01(\x0b\x32\x1c.agentmesh.v1.CommandRefusalH\x00\x12+\n\tapi_error\x18\x12 \x01(\x0b\x32\x16.agentmesh.v1.ApiErrorH\x00\x12*\n\x06result\x18\x13 \x01(\x0b\x32\x18.agentmesh.v1.TaskResultH\x00\x42\t\n\x07payload\"G\n\x0cStatusUpdate\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\x0f\n\x07message\x18\x02 \x01(\t\"\'\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"\x1b\n\x0bOutputChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\"F\n\x07ToolUse\x12\x0f\n\x07tool_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"h\n\nToolResult\x12\x0f\n\x07tool_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x12\n\nerror_type\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\"/\n\nDiagnostic\x12\x10\n\x08severity\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"M\n\x0e\x43ommandRefusal\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x9e\x01\n\x08\x41piError\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.agentmesh.v1.ApiErrorKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13retry_delay_seconds\x18\x03 \x01(\x01\x12\x13\n\x0bquota_scope\x18\x04 \x01(\t\x12\x10\n\x08quota_id\x18\x05 \x01(\t\x12\x13\n\x0bhttp_status\x18\x06 \x01(\x05\"\x8a\x01\n\nTaskResult\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.agentmesh.v1.Usage\x12\x0e\n\x06output\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t*\xdb\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_STATE_SUBMITTED\x10\x01\x12\x16\n\x12TASK_STATE_WORKING\x10\x02\x12\x1d\n\x19TASK_STATE_INPUT_REQUIRED\x10\x03\x12\x18\n\x14TASK_STATE_COMPLETED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x17\n\x13TASK_STATE_CANCELED\x10\x06\x12\x17\n\x13TASK_STATE_REJECTED\x10\x07*\x90\x01\n\x0c\x41piErrorKind\x12\x1e\n\x1a\x41PI_ERROR_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x41PI_ERROR_KIND_QUOTA_EXHAUSTED\x10\x01\x12\"\n\x1e\x41PI_ERROR_KIND_INVALID_API_KEY\x10\x02\x12\x18\n\x14\x41PI_ERROR_KIND_OTHER\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.v1.task_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATE']._serialized_start=2381
-  _globals['_TASKSTATE']._serialized_end=2600
-  _globals['_APIERRORKIND']._serialized_start=2603
-  _globals['_APIERRORKIND']._serialized_end=2747
+  _globals['_TASKSTATE']._serialized_start=2401
+  _globals['_TASKSTATE']._serialized_end=2620
+  _globals['_APIERRORKIND']._serialized_start=2623
+  _globals['_APIERRORKIND']._serialized_end=2767
   _globals['_TASKSPEC']._serialized_start=75
-  _globals['_TASKSPEC']._serialized_end=411
-  _globals['_USAGE']._serialized_start=414
-  _globals['_USAGE']._serialized_end=567
-  _globals['_TASK']._serialized_start=570
-  _globals['_TASK']._serialized_end=1040
-  _globals['_TASKEVENT']._serialized_start=1043
-  _globals['_TASKEVENT']._serialized_end=1627
-  _globals['_STATUSUPDATE']._serialized_start=1629
-  _globals['_STATUSUPDATE']._serialized_end=1700
-  _globals['_TEXTDELTA']._serialized_start=1702
-  _globals['_TEXTDELTA']._serialized_end=1741
-  _globals['_OUTPUTCHUNK']._serialized_start=1743
-  _globals['_OUTPUTCHUNK']._serialized_end=1770
-  _globals['_TOOLUSE']._serialized_start=1772
-  _globals['_TOOLUSE']._serialized_end=1842
-  _globals['_TOOLRESULT']._serialized_start=1844
-  _globals['_TOOLRESULT']._serialized_end=1948
-  _globals['_DIAGNOSTIC']._serialized_start=1950
-  _globals['_DIAGNOSTIC']._serialized_end=1997
-  _globals['_COMMANDREFUSAL']._serialized_start=1999
-  _globals['_COMMANDREFUSAL']._serialized_end=2076
-  _globals['_APIERROR']._serialized_start=2079
-  _globals['_APIERROR']._serialized_end=2237
-  _globals['_TASKRESULT']._serialized_start=2240
-  _globals['_TASKRESULT']._serialized_end=2378
+  _globals['_TASKSPEC']._serialized_end=431
+  _globals['_USAGE']._serialized_start=434
+  _globals['_USAGE']._serialized_end=587
+  _globals['_TASK']._serialized_start=590
+  _globals['_TASK']._serialized_end=1060
+  _globals['_TASKEVENT']._serialized_start=1063
+  _globals['_TASKEVENT']._serialized_end=1647
+  _globals['_STATUSUPDATE']._serialized_start=1649
+  _globals['_STATUSUPDATE']._serialized_end=1720
+  _globals['_TEXTDELTA']._serialized_start=1722
+  _globals['_TEXTDELTA']._serialized_end=1761
+  _globals['_OUTPUTCHUNK']._serialized_start=1763
+  _globals['_OUTPUTCHUNK']._serialized_end=1790
+  _globals['_TOOLUSE']._serialized_start=1792
+  _globals['_TOOLUSE']._serialized_end=1862
+  _globals['_TOOLRESULT']._serialized_start=1864
+  _globals['_TOOLRESULT']._serialized_end=1968
+  _globals['_DIAGNOSTIC']._serialized_start=1970
+  _globals['_DIAGNOSTIC']._serialized_end=2017
+  _globals['_COMMANDREFUSAL']._serialized_start=2019
+  _globals['_COMMANDREFUSAL']._serialized_end=2096
+  _globals['_APIERROR']._serialized_start=2099
+  _globals['_APIERROR']._serialized_end=2257
+  _globals['_TASKRESULT']._serialized_start=2260
+  _globals['_TASKRESULT']._serialized_end=2398
 # @@protoc_insertion_point(module_scope)

@@ -105,6 +105,7 @@ class TaskSpec(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     PERMISSION_MODE_FIELD_NUMBER: _builtins.int
+    AGENT_MODE_FIELD_NUMBER: _builtins.int
     SUBTASKS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
@@ -130,6 +131,11 @@ class TaskSpec(_message.Message):
     """Submitting the same key again returns the task already stored."""
     permission_mode: _builtins.str
     """"weak" or "superuser"; empty = the configured default."""
+    agent_mode: _builtins.str
+    """gemini: "agentic" (the CLI works with its tools, each call checked by the policy of the
+    permission mode) or "plain" (an answer only: every tool is denied). Empty = the
+    configured agent_defaults.mode, which the scheduler fills in when the task is submitted.
+    """
     description: _builtins.str
     """A short human description (shown in listings and the subtasks table)."""
     max_attempts: _builtins.int
@@ -157,13 +163,14 @@ class TaskSpec(_message.Message):
         timeout_seconds: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         permission_mode: _builtins.str = ...,
+        agent_mode: _builtins.str = ...,
         subtasks: _abc.Iterable[Global___TaskSpec] | None = ...,
         description: _builtins.str = ...,
         max_attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "description", b"description", "idempotency_key", b"idempotency_key", "kind", b"kind", "max_attempts", b"max_attempts", "max_tokens", b"max_tokens", "model", b"model", "permission_mode", b"permission_mode", "priority", b"priority", "prompt", b"prompt", "required_capabilities", b"required_capabilities", "subtasks", b"subtasks", "target_host", b"target_host", "timeout_seconds", b"timeout_seconds", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_mode", b"agent_mode", "command", b"command", "description", b"description", "idempotency_key", b"idempotency_key", "kind", b"kind", "max_attempts", b"max_attempts", "max_tokens", b"max_tokens", "model", b"model", "permission_mode", b"permission_mode", "priority", b"priority", "prompt", b"prompt", "required_capabilities", b"required_capabilities", "subtasks", b"subtasks", "target_host", b"target_host", "timeout_seconds", b"timeout_seconds", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -82,9 +85,7 @@ async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connect
     try:
         return await asyncpg.connect(dsn, timeout=connect_timeout, server_settings=SERVER_SETTINGS)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {redact_dsn(dsn)}: {_safe_reason(exc, dsn)}"
-        ) from None
+        raise _unavailable(dsn, exc, connect_timeout) from None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -112,13 +113,59 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
             server_settings=SERVER_SETTINGS,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {redact_dsn(dsn)}: {_safe_reason(exc, dsn)}"
-        ) from None
+        raise _unavailable(dsn, exc, 60.0) from None  # asyncpg's own connect timeout
     assert pool is not None
     return pool
 
 
+def describe_server(dsn: str) -> str:
+    """Where a DSN points, for messages: `HOST:PORT, database NAME` (never the password)."""
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or "localhost"])[0]
+    try:
+        port = str(parts.port or 5432)
+    except ValueError:  # not a number: asyncpg refuses it on its own terms
+        port = parts.netloc.rpartition(":")[2]
+    port = query.get("port", [port])[0]
+    database = query.get("dbname", [unquote(parts.path.lstrip("/"))])[0]
+    if host.startswith("/"):
+        where = f"{host}/.s.PGSQL.{port} (Unix socket)"
+    else:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{where}, database {database or '(default)'}"
+
+
+def _unavailable(dsn: str, exc: BaseException, timeout: float) -> DatabaseUnavailable:
+    """One line: where the server was expected and why it did not answer."""
+    if _refused(exc):
+        reason = "connection refused (is the server running and listening there?)"
+    elif isinstance(exc, socket.gaierror):
+        reason = "unknown host"
+    elif isinstance(exc, TimeoutError):
+        reason = f"no answer within {timeout:g}s"
+    else:
+        reason = _safe_reason(exc, dsn)
+    return DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe_server(dsn)}: {reason}")
+
+
+def _refused(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    # asyncio tried several addresses (`localhost` is ::1 and 127.0.0.1) and lists each error.
+    codes = re.findall(r"\[Errno (-?\d+)\]", str(exc))
+    return (
+        isinstance(exc, OSError)
+        and str(exc).startswith("Multiple exceptions:")
+        and bool(codes)
+        and all(int(code) == errno.ECONNREFUSED for code in codes)
+    )
+
+
 def _safe_reason(exc: BaseException, dsn: str) -> str:
-    reason = str(exc) or exc.__class__.__name__
-    return redact_dsn(reason.replace(dsn, redact_dsn(dsn)))
+    text = (str(exc) or exc.__class__.__name__).replace(dsn, redact_dsn(dsn))
+    password = unquote(urlsplit(dsn).password or "")
+    if password:
+        text = text.replace(password, "***")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return redact_dsn(lines[0] if lines else exc.__class__.__name__)

@@ -1,6 +1,8 @@
 """The key pool: API keys in `api_keys`, loaded from GEMINI_API_KEY_FILE, picked by priority.
 
-Only the key's fingerprint (a short hash) is ever shown or logged, never the key.
+The key file is the seed's `api_keys.env`: dotenv lines `NAME=key`, the name becoming the
+key's label (`api_keys.name`); a line that is a bare key is named by its fingerprint.
+Only a key's name or fingerprint (a short hash) is ever shown or logged, never the key.
 This first version picks the highest-priority enabled key that is not cooling down after a
 429; the token-forecasting pool extends `pick_key` and `cool_down`.
 """
@@ -8,21 +10,30 @@ This first version picks the highest-priority enabled key that is not cooling do
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+from dotenv.parser import parse_stream
 
 from agentmesh.config import ConfigError
 from agentmesh.db.connect import Connection
 
 log = logging.getLogger(__name__)
 
+# A key whose value changed is a new key: it is not cooling down.
 UPSERT_FILE_KEY = """
 INSERT INTO api_keys (name, key_value, fingerprint, source)
-VALUES ($1, $2, $3, 'file')
-ON CONFLICT (name) DO UPDATE SET key_value = EXCLUDED.key_value, enabled = true
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (name) DO UPDATE SET
+    key_value = EXCLUDED.key_value,
+    fingerprint = EXCLUDED.fingerprint,
+    source = EXCLUDED.source,
+    enabled = true,
+    cooldown_until = CASE WHEN api_keys.key_value = EXCLUDED.key_value
+                          THEN api_keys.cooldown_until END
 """
 PICK_KEY = """
 SELECT id, key_value, fingerprint FROM api_keys
@@ -56,28 +67,68 @@ def fingerprint(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def read_key_file(path: Path) -> list[str]:
-    """One key a line; blank lines and `#` comments are skipped."""
+@dataclass(frozen=True)
+class FileKey:
+    """One key of the key file and its label."""
+
+    name: str
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    path: Path
+    keys: tuple[FileKey, ...]
+
+    @property
+    def source(self) -> str:
+        """What `api_keys.source` says of these keys."""
+        return f"file:{self.path}"
+
+
+def read_key_file(path: Path) -> KeyFile:
+    """Read GEMINI_API_KEY_FILE: `NAME=key` lines (comments, `export` and quotes as
+    python-dotenv reads them) or bare keys. Errors name the line, never its text."""
+    path = path.absolute()
+    where = f"GEMINI_API_KEY_FILE {path}"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise KeyFileError(f"GEMINI_API_KEY_FILE {path}: cannot read: {exc.strerror}") from None
-    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    for number, key in enumerate(keys, 1):
-        if any(c.isspace() for c in key):
-            raise KeyFileError(f"GEMINI_API_KEY_FILE {path}: key {number} contains whitespace")
-    return keys
+        raise KeyFileError(f"{where}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{where}: cannot read: not UTF-8 text") from None
+    keys: list[FileKey] = []
+    lines_of: dict[str, int] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
+        if binding.error:
+            raise KeyFileError(f"{where}: line {line}: neither NAME=key nor a bare key")
+        if binding.key is None:
+            continue  # a blank line or a comment
+        if binding.value is None:  # a bare key; its text must not reach a message
+            value, name, shown = binding.key, f"file-{fingerprint(binding.key)}", "the key"
+        else:
+            value, name, shown = binding.value, binding.key, binding.key
+        if not value:
+            raise KeyFileError(f"{where}: line {line}: {shown} has no key after '='")
+        if any(c.isspace() for c in value):
+            raise KeyFileError(f"{where}: line {line}: {shown} contains whitespace")
+        if name in lines_of:
+            raise KeyFileError(f"{where}: line {line}: {shown} is already on line {lines_of[name]}")
+        lines_of[name] = line
+        keys.append(FileKey(name, value))
+    return KeyFile(path, tuple(keys))
 
 
-async def load_key_file(pool: asyncpg.Pool, path: Path) -> int:
-    """Upsert the file's keys into `api_keys` (named by fingerprint); return how many."""
-    keys = read_key_file(path)
+async def load_key_file(pool: asyncpg.Pool, key_file: KeyFile) -> int:
+    """Upsert the file's keys into `api_keys` by name; return how many."""
     async with pool.acquire() as conn:
         await conn.executemany(
-            UPSERT_FILE_KEY, [(f"file-{fingerprint(k)}", k, fingerprint(k)) for k in keys]
+            UPSERT_FILE_KEY,
+            [(k.name, k.value, fingerprint(k.value), key_file.source) for k in key_file.keys],
         )
-    log.info("loaded %d API key(s) from %s", len(keys), path)
-    return len(keys)
+    log.info("loaded %d API key(s) from %s", len(key_file.keys), key_file.path)
+    return len(key_file.keys)
 
 
 async def pick_key(conn: Connection, user: str) -> ApiKey | None:

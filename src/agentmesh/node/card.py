@@ -82,11 +82,13 @@ def detected_capabilities() -> tuple[str, ...]:
 
 
 async def gemini_cli_version(command: str, within_seconds: float = 60.0) -> str | None:
-    """The CLI's version if `command --version` runs; None (and a log line) if it does not."""
+    """The CLI's version if `command --version` runs; None if it does not, and then one
+    warning line naming GEMINI_CLI_COMMAND: the node runs without its gemini executor."""
+    unavailable = f"no gemini executor: GEMINI_CLI_COMMAND={command}"
     try:
         argv = [*shlex.split(command), "--version"]
     except ValueError as exc:
-        log.warning("GEMINI_CLI_COMMAND is not a valid command line: %s", exc)
+        log.warning("%s is not a valid command line (%s)", unavailable, exc)
         return None
     try:
         process = await asyncio.create_subprocess_exec(
@@ -96,21 +98,22 @@ async def gemini_cli_version(command: str, within_seconds: float = 60.0) -> str 
             stdin=asyncio.subprocess.DEVNULL,
         )
     except OSError as exc:
-        log.info("gemini executor unavailable: cannot start %r: %s", argv[0], exc.strerror)
+        log.warning("%s cannot start: %s", unavailable, exc.strerror or exc)
         return None
     try:
         out, err = await asyncio.wait_for(process.communicate(), within_seconds)
     except TimeoutError:
         process.kill()
         await process.wait()
-        log.warning("gemini executor unavailable: %r --version hung", argv[0])
+        log.warning("%s: --version did not answer within %gs", unavailable, within_seconds)
         return None
     if process.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
         log.warning(
-            "gemini executor unavailable: %r --version exited with %s: %s",
-            argv[0],
+            "%s: --version exited with %s%s",
+            unavailable,
             process.returncode,
-            err.decode(errors="replace").strip()[:200],
+            f": {lines[-1][:200]}" if lines else "",
         )
         return None
     return out.decode(errors="replace").strip().splitlines()[-1] if out.strip() else "unknown"

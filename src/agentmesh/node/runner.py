@@ -25,6 +25,7 @@ from agentmesh.node.environment import Scrubber
 from agentmesh.node.executors.base import Executor, Job
 from agentmesh.tasks.events import Diagnostic, Payload, Result, Status, TaskEvent
 from agentmesh.tasks.model import (
+    AgentMode,
     TaskKind,
     TaskSpec,
     TaskState,
@@ -48,6 +49,8 @@ class RunnerLimits:
     max_concurrency: int
     default_timeout_seconds: float
     default_permission_mode: PermissionMode
+    # For gemini tasks that reach the node without one (the scheduler fills it in).
+    default_agent_mode: AgentMode = AgentMode.AGENTIC
     # Where tasks run; None = a fresh temporary directory per task.
     workdir: Path | None = None
 
@@ -156,6 +159,7 @@ class TaskRunner:
             )
 
         mode = PermissionMode(request.spec.permission_mode or self._limits.default_permission_mode)
+        agent_mode = AgentMode(request.spec.agent_mode or self._limits.default_agent_mode)
         timeout = request.spec.timeout_seconds or self._limits.default_timeout_seconds
         log.info(
             "task started",
@@ -169,6 +173,7 @@ class TaskRunner:
                 spec=request.spec,
                 kind=kind,
                 permission_mode=mode,
+                agent_mode=agent_mode,
                 workdir=workdir,
                 timeout_seconds=timeout,
                 cancel=run.cancel,

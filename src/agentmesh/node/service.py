@@ -84,6 +84,7 @@ class AgentNode:
             max_concurrency=node.max_concurrency,
             default_timeout_seconds=settings.agent_defaults.timeout_seconds,
             default_permission_mode=settings.agent_defaults.permissions,
+            default_agent_mode=settings.agent_defaults.mode,
             workdir=node.workdir,
         )
         token = settings.token
@@ -106,6 +107,8 @@ class AgentNode:
         )
         started = cls(runner, card, server)
         holder.append(started)
+        if warning := settings.not_enforced_warning("node"):
+            log.warning(warning)
         if node.scheduler:
             started.register_with(node.scheduler, settings, node.heartbeat_interval_seconds)
         return started

@@ -37,6 +37,7 @@ def spec_from_proto(message: task_pb2.TaskSpec) -> TaskSpec:
         subtasks=tuple(spec_from_proto(child) for child in message.subtasks),
         description=message.description,
         max_attempts=message.max_attempts,
+        agent_mode=message.agent_mode,
     )
 
 

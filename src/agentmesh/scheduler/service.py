@@ -16,7 +16,7 @@ import asyncpg
 from agentmesh.config import Settings
 from agentmesh.db.connect import create_pool
 from agentmesh.db.setup import migrated_database
-from agentmesh.keys.pool import load_key_file
+from agentmesh.keys.pool import load_key_file, read_key_file
 from agentmesh.rpc.server import RunningServer, split_host_port, start_server
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.dispatch import DATABASE_ERRORS, Channels, Dispatcher, DispatchSettings
@@ -59,10 +59,14 @@ class Scheduler:
 
     @classmethod
     async def start(cls, settings: Settings, listen: str) -> Scheduler:
+        # The key file is configuration: a mistake in it ends the start before the database.
+        key_file = None
+        if settings.env.GEMINI_API_KEY_FILE is not None:
+            key_file = read_key_file(settings.env.GEMINI_API_KEY_FILE)
         target, _ = await migrated_database(settings)
         pool = await create_pool(target.dsn, min_size=2, max_size=20)
-        if settings.env.GEMINI_API_KEY_FILE is not None:
-            await load_key_file(pool, settings.env.GEMINI_API_KEY_FILE)
+        if key_file is not None:
+            await load_key_file(pool, key_file)
         config = settings.scheduler
         interval = settings.node.heartbeat_interval_seconds
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -101,6 +105,7 @@ class Scheduler:
             max_depth=config.max_subtask_depth,
             heartbeat_interval=interval,
             on_cancel=cancel_here,
+            default_agent_mode=settings.agent_defaults.mode,
         )
         server = await start_server(
             listen, register(servicer), [SERVICE_NAME], token=settings.token, tls=settings.tls
@@ -115,6 +120,8 @@ class Scheduler:
         ]
         host, _ = split_host_port(listen)
         log.info("scheduler %s serving on %s:%s", owner, host, server.port)
+        if warning := settings.not_enforced_warning("scheduler"):
+            log.warning(warning)
         return cls(
             pool=pool,
             store=store,

@@ -14,9 +14,9 @@ from agentmesh.rpc.errors import streaming, unary
 from agentmesh.scheduler.agents import AgentRegistry, AgentView
 from agentmesh.scheduler.notifications import TaskSignals
 from agentmesh.scheduler.store import TaskRecord, TaskStore
-from agentmesh.scheduler.validation import validate_submission
+from agentmesh.scheduler.validation import validate_submission, with_defaults
 from agentmesh.scheduler.watch import watch
-from agentmesh.tasks.model import TaskSpec, validate_task_id
+from agentmesh.tasks.model import AgentMode, TaskSpec, validate_task_id
 from agentmesh.v1 import node_pb2, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -75,6 +75,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         max_depth: int,
         heartbeat_interval: float,
         on_cancel: Callable[[list[str]], None],
+        default_agent_mode: AgentMode,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -82,13 +83,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._max_depth = max_depth
         self._heartbeat_interval = heartbeat_interval
         self._on_cancel = on_cancel
+        self._default_agent_mode = default_agent_mode
 
     async def _submit(self, request: scheduler_pb2.SubmitTaskRequest) -> str:
         if not request.HasField("spec"):
             raise InvalidArgument("spec", "is required")
         spec: TaskSpec = convert.spec_from_proto(request.spec)
         validate_submission(spec, max_depth=self._max_depth)
-        return await self._store.submit(spec)
+        return await self._store.submit(with_defaults(spec, agent_mode=self._default_agent_mode))
 
     @unary
     async def SubmitTask(

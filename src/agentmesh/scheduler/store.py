@@ -191,7 +191,7 @@ class TaskStore:
                 parent_id,
                 task_id,
                 spec.description or spec.command or spec.prompt[:200],
-                spec.permission_mode or None,
+                spec.agent_mode or None,
             )
         if has_children:
             await self._scheduler_event(

@@ -1,9 +1,18 @@
-"""What the scheduler accepts: a runnable spec, or a tree of them no deeper than the limit."""
+"""What the scheduler accepts: a runnable spec, or a tree of them no deeper than the limit;
+and the defaults it fills in, so that the stored spec says what runs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from agentmesh.errors import InvalidArgument
-from agentmesh.tasks.model import TaskSpec, validate_common, validate_runnable
+from agentmesh.tasks.model import (
+    AgentMode,
+    TaskKind,
+    TaskSpec,
+    validate_common,
+    validate_runnable,
+)
 
 MAX_TASKS_PER_SUBMISSION = 1000
 
@@ -34,3 +43,14 @@ def _validate(spec: TaskSpec, path: str, *, depth: int, max_depth: int) -> int:
         _validate(child, f"{path}.subtasks[{index}]", depth=depth + 1, max_depth=max_depth)
         for index, child in enumerate(spec.subtasks)
     )
+
+
+def with_defaults(spec: TaskSpec, *, agent_mode: AgentMode) -> TaskSpec:
+    """The spec with the configured agent mode on every gemini task that names none."""
+    filled = spec
+    if spec.kind == TaskKind.GEMINI and not spec.agent_mode:
+        filled = dataclasses.replace(filled, agent_mode=agent_mode.value)
+    if spec.subtasks:
+        children = tuple(with_defaults(child, agent_mode=agent_mode) for child in spec.subtasks)
+        filled = dataclasses.replace(filled, subtasks=children)
+    return filled

@@ -44,6 +44,19 @@ class TaskKind(StrEnum):
     ECHO = "echo"
 
 
+class AgentMode(StrEnum):
+    """How a gemini task's CLI works: with its tools, or as an answer only."""
+
+    # The Gemini CLI uses its tools; the policy of the permission mode checks each call.
+    AGENTIC = "agentic"
+    # An answer only: the policy denies every tool.
+    PLAIN = "plain"
+
+
+AGENT_MODES = ", ".join(mode.value for mode in AgentMode)
+_AGENT_MODE_VALUES = frozenset(mode.value for mode in AgentMode)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """What to run; mirrors `agentmesh.v1.TaskSpec`."""
@@ -63,6 +76,7 @@ class TaskSpec:
     subtasks: tuple[TaskSpec, ...] = field(default=())
     description: str = ""
     max_attempts: int = 0
+    agent_mode: str = ""
 
 
 def validate_task_id(value: str, field_name: str = "task_id") -> str:
@@ -101,6 +115,17 @@ def validate_common(spec: TaskSpec, prefix: str = "spec") -> None:
             f"{prefix}.permission_mode",
             f"must be weak, superuser or empty (got {spec.permission_mode!r})",
         )
+    if spec.agent_mode:
+        if spec.agent_mode not in _AGENT_MODE_VALUES:
+            raise InvalidArgument(
+                f"{prefix}.agent_mode",
+                f"must be one of {AGENT_MODES}, or empty (got {spec.agent_mode[:80]!r})",
+            )
+        if spec.kind != TaskKind.GEMINI:
+            shown = f"a {spec.kind} task" if spec.kind else "a task without a kind"
+            raise InvalidArgument(
+                f"{prefix}.agent_mode", f"applies to gemini tasks only (this is {shown})"
+            )
     if spec.timeout_seconds < 0:
         raise InvalidArgument(f"{prefix}.timeout_seconds", "must not be negative")
     if spec.max_tokens < 0:

@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 from agentmesh.config import PermissionMode
 from agentmesh.node.process import ProcessGroup, StreamName
 from agentmesh.tasks.events import Payload
-from agentmesh.tasks.model import TaskKind, TaskSpec
+from agentmesh.tasks.model import AgentMode, TaskKind, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Job:
     spec: TaskSpec
     kind: TaskKind
     permission_mode: PermissionMode
+    # gemini: with its tools (agentic) or an answer only (plain).
+    agent_mode: AgentMode
     workdir: Path
     timeout_seconds: float
     cancel: asyncio.Event = field(repr=False)

@@ -4,9 +4,10 @@ Each task runs `GEMINI_CLI_COMMAND -p PROMPT -o stream-json -m MODEL` with:
 - its own `GEMINI_CLI_HOME`, whose settings select API-key auth, turn usage statistics,
   telemetry and auto-update off, and make the CLI give up at the first API error (the mesh,
   which knows the other keys, decides what to do about a 429);
-- a policy file generated from the task's permission mode for the CLI's policy engine:
-  weak allows `run_shell_command` only for the allowlist's programs, superuser allows
-  everything but the denylist's; in headless mode whatever no rule allows is denied;
+- a policy file for the CLI's policy engine, generated from the task's agent mode and
+  permission mode: in agentic mode weak allows `run_shell_command` only for the allowlist's
+  programs and superuser allows everything but the denylist's (in headless mode whatever no
+  rule allows is denied); plain mode denies every tool, so the task is an answer only;
 - the API key in `GEMINI_API_KEY` of that process only, scrubbed from everything it prints.
 """
 
@@ -36,7 +37,7 @@ from agentmesh.tasks.events import (
     ToolUse,
     Usage,
 )
-from agentmesh.tasks.model import TaskKind, TaskState
+from agentmesh.tasks.model import AgentMode, TaskKind, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,25 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-def policy_toml(mode: PermissionMode, permissions: Permissions) -> str:
-    """The CLI policy for a permission mode (TOML literal strings: no escaping needed)."""
+# Plain mode: one rule above every other (user tier, top priority) that denies all tools,
+# including those the CLI's built-in policies allow (read_file, glob, ...).
+PLAIN_POLICY = (
+    "# agentmesh plain mode: an answer only, every tool is denied.\n"
+    "[[rule]]\n"
+    "toolName = '*'\n"
+    "decision = 'deny'\n"
+    "priority = 999\n"
+    "denyMessage = 'tools are off: this task runs in plain agent mode (an answer only)'\n"
+)
+
+
+def policy_toml(
+    mode: PermissionMode, permissions: Permissions, agent_mode: AgentMode = AgentMode.AGENTIC
+) -> str:
+    """The CLI policy for an agent mode and a permission mode (TOML literal strings: no
+    escaping needed)."""
+    if agent_mode is AgentMode.PLAIN:
+        return PLAIN_POLICY
     if mode is PermissionMode.WEAK:
         prefixes = ", ".join(f"'{name}'" for name in permissions.weak.allowlist)
         return (
@@ -141,7 +159,7 @@ class GeminiExecutor:
         (config_dir / "settings.json").write_text(json.dumps(SETTINGS, indent=2))
         # --policy replaces the user's policy directory, so only this file applies.
         policy = home / "agentmesh-policy.toml"
-        policy.write_text(policy_toml(job.permission_mode, self._permissions))
+        policy.write_text(policy_toml(job.permission_mode, self._permissions, job.agent_mode))
         model = job.spec.model or self._default_model
         argv = [
             *self._command,
