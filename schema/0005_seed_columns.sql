@@ -134,6 +134,9 @@ ALTER TABLE subtasks
     ALTER COLUMN created_at TYPE TIMESTAMP USING created_at AT TIME ZONE 'UTC',
     ALTER COLUMN started_at TYPE TIMESTAMP USING started_at AT TIME ZONE 'UTC',
     ALTER COLUMN completed_at TYPE TIMESTAMP USING completed_at AT TIME ZONE 'UTC';
+-- agent_mode is the gemini agent mode (it held the permission mode); other kinds have none.
+UPDATE subtasks s SET agent_mode = CASE WHEN t.kind = 'gemini' THEN 'agentic' END
+FROM tasks t WHERE t.id = s.child_task_id;
 -- assigned_host is the host's name (it held the agent id).
 UPDATE subtasks s SET assigned_host = a.hostname FROM agents a WHERE a.id = s.assigned_host;
 

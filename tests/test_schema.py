@@ -301,7 +301,8 @@ def test_two_concurrent_migrate_commands_both_succeed(
 OLD_ROWS = """
 INSERT INTO tasks (id, kind, spec, root_id) VALUES
     ('t1', '', '{}', 't1'),
-    ('t2', 'shell', '{"kind": "shell", "target_host": "desk"}', 't1');
+    ('t2', 'shell', '{"kind": "shell", "target_host": "desk"}', 't1'),
+    ('t3', 'gemini', '{"kind": "gemini"}', 't1');
 INSERT INTO user_profile (user_name, response_style) VALUES ('ana', 'bullet points');
 INSERT INTO permissions_profile (user_name, mode, command_pattern, decision) VALUES
     ('ana', 'weak', 'ls', 'allow'), ('ana', 'weak', 'rm', 'deny');
@@ -312,7 +313,8 @@ INSERT INTO token_prediction_log (task_id, api_key_id, predicted_tokens, actual_
 INSERT INTO agents (id, hostname, ip_address, capabilities)
     VALUES ('a1', 'desk', '10.0.0.5', '["gpu", "os:linux"]');
 INSERT INTO home_network (host_name, ip_address, service) VALUES ('desk', '10.0.0.5', 'ssh');
-INSERT INTO subtasks (parent_task_id, child_task_id, assigned_host) VALUES ('t1', 't2', 'a1');
+INSERT INTO subtasks (parent_task_id, child_task_id, assigned_host, agent_mode) VALUES
+    ('t1', 't2', 'a1', 'weak'), ('t1', 't3', NULL, 'superuser');
 INSERT INTO task_queue (task_id) VALUES ('t2');
 """
 
@@ -352,7 +354,12 @@ def test_the_seed_migration_carries_existing_rows_over(empty_database_uri: str) 
                 ),
                 "agent": tuple(await conn.fetchrow("SELECT ip_address, capabilities FROM agents")),
                 "host": await conn.fetchval("SELECT ip_address FROM home_network"),
-                "subtask": tuple(await conn.fetchrow("SELECT status, assigned_host FROM subtasks")),
+                "subtasks": [
+                    tuple(r)
+                    for r in await conn.fetch(
+                        "SELECT status, assigned_host, agent_mode FROM subtasks ORDER BY id"
+                    )
+                ],
                 "queue": tuple(await conn.fetchrow("SELECT target_host, payload FROM task_queue")),
                 "rotating": await conn.fetchval("SELECT rotating FROM api_keys"),
             }
@@ -367,7 +374,7 @@ def test_the_seed_migration_carries_existing_rows_over(empty_database_uri: str) 
     assert rows["prediction"] == ("sha256:ab", 30)
     assert rows["agent"] == ("10.0.0.5", ["gpu", "os:linux"])
     assert rows["host"] == "10.0.0.5"
-    assert rows["subtask"] == ("pending", "desk")
+    assert rows["subtasks"] == [("pending", "desk", None), ("pending", None, "agentic")]
     assert rows["queue"][0] == "desk"
     assert json.loads(rows["queue"][1]) == {"kind": "shell", "target_host": "desk"}
     assert rows["rotating"] is True
