@@ -1,4 +1,4 @@
-"""Throwaway certificates for TLS tests: a CA, and leaf certificates it signs for 127.0.0.1.
+"""Throwaway certificates for TLS tests: a CA, and leaf certificates it signs for IP addresses.
 
 Each certificate is written as STEM.crt and STEM.key (PEM, unencrypted) in one directory.
 A leaf has no extended key usage, so it serves as a server and a client certificate alike.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 CA = "ca"
+LOOPBACK = ("127.0.0.1",)
 
 
 def _name(common: str) -> x509.Name:
@@ -26,8 +28,10 @@ def issue(
     directory: Path,
     stem: str,
     issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    addresses: Sequence[str] = LOOPBACK,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed CA certificate (issuer None) or a leaf for 127.0.0.1 signed by `issuer`."""
+    """A self-signed CA certificate (issuer None), or a leaf signed by `issuer` whose
+    subject alternative names are `addresses` (IP addresses)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     subject = _name(f"agentmesh test {stem}")
@@ -44,7 +48,9 @@ def issue(
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
     else:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
+            ),
             False,
         )
     cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
@@ -59,10 +65,15 @@ def issue(
     return cert, key
 
 
-def make_pki(directory: Path, *leaves: str) -> Path:
-    """A CA (`ca.crt`, `ca.key`) and one leaf certificate per name, all in `directory`."""
+def make_pki(
+    directory: Path, *leaves: str, addresses: Mapping[str, Sequence[str]] | None = None
+) -> Path:
+    """A CA (`ca.crt`, `ca.key`) and one leaf certificate per name, all in `directory`.
+
+    A leaf is for the addresses `addresses` gives for its name, else for 127.0.0.1.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ca = issue(directory, CA, None)
     for stem in leaves:
-        issue(directory, stem, ca)
+        issue(directory, stem, ca, (addresses or {}).get(stem, LOOPBACK))
     return directory

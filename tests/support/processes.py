@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -179,8 +179,18 @@ class ProcessHarness:
         env.update(self.env)
         return env
 
-    async def start_scheduler(self, listen: str = "127.0.0.1:0") -> MeshProcess:
-        process = self._spawn("scheduler", ["scheduler", "--listen", listen])
+    async def start_scheduler(
+        self,
+        listen: str = "127.0.0.1:0",
+        *,
+        launcher: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> MeshProcess:
+        """`launcher` is a command the process runs under (`ip netns exec NS`, say); `env`
+        is set on top of the harness's environment for this process alone."""
+        process = self._spawn(
+            "scheduler", ["scheduler", "--listen", listen], launcher=launcher, env=env
+        )
         match = await self._wait_ready(process, SCHEDULER_READY)
         process.identity = match["owner"]
         process.address = match["address"]
@@ -193,11 +203,17 @@ class ProcessHarness:
         scheduler: str,
         capabilities: Iterable[str] = (),
         max_concurrency: int = 4,
+        listen: str = "127.0.0.1:0",
+        advertise: str | None = None,
+        launcher: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> MeshProcess:
+        """A node registered with `scheduler`; `launcher` and `env` as for the scheduler."""
         argv = [
             "node",
             "--listen",
-            "127.0.0.1:0",
+            listen,
+            *(["--advertise", advertise] if advertise is not None else []),
             "--name",
             name,
             "--capabilities",
@@ -207,7 +223,7 @@ class ProcessHarness:
             "--scheduler",
             scheduler,
         ]
-        process = self._spawn(f"node-{name}", argv)
+        process = self._spawn(f"node-{name}", argv, launcher=launcher, env=env)
         match = await self._wait_ready(process, NODE_READY)
         process.identity = match["agent_id"]
         process.address = match["address"]
@@ -270,7 +286,14 @@ class ProcessHarness:
         for process in self.processes:
             process.kill()
 
-    def _spawn(self, label: str, argv: list[str]) -> MeshProcess:
+    def _spawn(
+        self,
+        label: str,
+        argv: list[str],
+        *,
+        launcher: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> MeshProcess:
         self._serial += 1
         stem = f"{self._serial:02d}-{label}"
         stdout_path = self.logs_dir / f"{stem}.stdout"
@@ -278,13 +301,14 @@ class ProcessHarness:
         with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
             popen = subprocess.Popen(
                 [
+                    *launcher,
                     sys.executable,
                     "-m",
                     "agentmesh.cli.main",
                     *(["--verbose"] if self.verbose else []),
                     *argv,
                 ],
-                env=self.environment(),
+                env={**self.environment(), **(env or {})},
                 cwd=self.tmp_path,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
