@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
+from pydantic import BaseModel
 
 from agentmesh.config import (
     DEFAULT_ALLOWLIST,
     DEFAULT_DENYLIST,
     ConfigError,
     EnvSettings,
+    FileSettings,
     PermissionMode,
     load_settings,
 )
@@ -291,6 +293,32 @@ def test_example_config_file_is_valid_and_equals_the_defaults(tmp_path: Path) ->
     example = Path(__file__).resolve().parent.parent / "agent_config.example.json"
     settings = load_settings({"AGENTMESH_CONFIG": str(example)}, cwd=tmp_path)
     assert settings.file == load_settings({}, cwd=tmp_path).file
+
+
+def _model_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys |= _model_keys(field.annotation, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def _json_keys(value: dict[str, object], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, item in value.items():
+        if isinstance(item, dict):
+            keys |= _json_keys(item, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def test_example_config_file_names_every_key() -> None:
+    # With the test above: every key agent_config.json may hold, each at its default.
+    example = Path(__file__).resolve().parent.parent / "agent_config.example.json"
+    assert _json_keys(json.loads(example.read_text())) == _model_keys(FileSettings)
 
 
 @pytest.mark.parametrize(
