@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -363,3 +364,13 @@ def test_env_example_lists_every_variable_agentmesh_reads() -> None:
     for name, value in SEED_ENV.items():
         assert f"# {name}={value}\n" in text
     assert dotenv_values(stream=io.StringIO(text)) == {}  # nothing is set by copying it
+
+
+def test_env_example_says_what_each_variable_is() -> None:
+    lines = (Path(__file__).resolve().parent.parent / ".env.example").read_text().splitlines()
+    variable = re.compile(r"^# [A-Z][A-Z0-9_]*=")
+    for above, line in itertools.pairwise(lines):
+        if variable.match(line):
+            # A line of prose right above it (not another variable, not a blank line).
+            assert above.startswith("# "), line
+            assert not variable.match(above), line
