@@ -3,9 +3,10 @@
 Four network namespaces on one bridge stand for four machines (tests/support/netns.py): the
 scheduler runs in one, a node in each of the others, all as `agentmesh` processes with
 AGENTMESH_TOKEN and TLS with client certificates, each host presenting a certificate for its
-own address. Nodes listen on their namespace's address (one on 0.0.0.0, as a multi-homed
-host would) and advertise it; the test process reaches them through the bridge's address in
-the root namespace.
+own address. Two nodes listen on their namespace's address and advertise it; the third
+listens on 0.0.0.0 without --advertise and advertises its address on the route to the
+scheduler. The test process reaches them all through the bridge's address in the root
+namespace.
 
 The scheduler reaches PostgreSQL from inside its namespace because the embedded server
 listens on a Unix socket: a namespace isolates the network, not the file system. (The
@@ -56,7 +57,7 @@ NODES = ("north", "south", "east")
 # Every host has ports of its own: the usual ones serve on every host.
 SCHEDULER_PORT = 50050
 NODE_PORT = 50051
-# This node listens on every address of its host and advertises one of them.
+# This node listens on every address of its host and finds the one to advertise itself.
 LISTENS_EVERYWHERE = "east"
 COMPLETED = task_pb2.TASK_STATE_COMPLETED
 RUN_TIMEOUT = 60.0
@@ -138,12 +139,12 @@ class NetworkMesh:
         )
         for name in NODES:
             host = self.network.hosts[name]
-            listen = "0.0.0.0" if name == LISTENS_EVERYWHERE else host.address
+            everywhere = name == LISTENS_EVERYWHERE
             self.processes[name] = await self.harness.start_node(
                 name,
                 scheduler=self.scheduler_address,
-                listen=f"{listen}:{NODE_PORT}",
-                advertise=self.endpoint(name),
+                listen=f"{'0.0.0.0' if everywhere else host.address}:{NODE_PORT}",
+                advertise=None if everywhere else self.endpoint(name),
                 launcher=host.launcher,
                 env=self.environment(host),
             )

@@ -12,6 +12,7 @@ from dataclasses import replace
 from agentmesh.config import NodeSettings, Settings
 from agentmesh.db.embedded import default_data_dir
 from agentmesh.node.card import AgentCard, build_card, gemini_cli_version, stable_agent_id
+from agentmesh.node.endpoint import advertised_endpoint
 from agentmesh.node.environment import child_environment
 from agentmesh.node.executors.base import Executor
 from agentmesh.node.executors.echo import EchoExecutor
@@ -30,6 +31,7 @@ class AgentNode:
 
     def __init__(self, runner: TaskRunner, card: AgentCard, server: RunningServer) -> None:
         self.runner = runner
+        # Its endpoint is the advertised one (see agentmesh.node.endpoint).
         self._card = card
         self.server = server
         self.registration: Registration | None = None
@@ -49,13 +51,12 @@ class AgentNode:
 
     @property
     def address(self) -> str:
-        host, _ = split_host_port(self._card.endpoint)
-        return f"{host}:{self.server.port}"
+        """Where the node is reached: the endpoint it advertises."""
+        return self._card.endpoint
 
     def card(self) -> AgentCard:
         return replace(
             self._card,
-            endpoint=self.address,
             running_tasks=self.runner.running,
             draining=self.runner.draining,
         )
@@ -89,6 +90,14 @@ class AgentNode:
         )
         token = settings.token
         runner = TaskRunner(agent_id, executors, limits, secrets=(token,) if token else ())
+        holder: list[AgentNode] = []
+        servicer = AgentNodeServicer(runner, lambda: holder[0].card())
+        server = await start_server(
+            node.listen, register(servicer), [SERVICE_NAME], token=token, tls=settings.tls
+        )
+        endpoint = await asyncio.to_thread(
+            advertised_endpoint, node.listen, node.advertise, node.scheduler, server.port
+        )
         card = build_card(
             agent_id=agent_id,
             name=name,
@@ -97,13 +106,8 @@ class AgentNode:
             configured_capabilities=node.capabilities,
             max_concurrency=node.max_concurrency,
             permission_mode=str(settings.agent_defaults.permissions),
-            endpoint=node.advertise or node.listen,
+            endpoint=endpoint,
             gemini_version=gemini_version,
-        )
-        holder: list[AgentNode] = []
-        servicer = AgentNodeServicer(runner, lambda: holder[0].card())
-        server = await start_server(
-            node.listen, register(servicer), [SERVICE_NAME], token=token, tls=settings.tls
         )
         started = cls(runner, card, server)
         holder.append(started)
@@ -135,7 +139,7 @@ async def run_node(
     """Serve until SIGTERM or SIGINT, then shut down gracefully; the `agentmesh node` command."""
     started = await AgentNode.start(settings, node)
     card = started.card()
-    host, _ = split_host_port(started.address)
+    host, _ = split_host_port(node.listen)
     if settings.token is None:
         log.warning("no AGENTMESH_TOKEN set: serving on loopback only, without authentication")
     elif not is_loopback(host) and not settings.tls.enabled:
