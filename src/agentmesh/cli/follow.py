@@ -1,0 +1,150 @@
+"""Following a task to its end: its events (and its subtasks') as they come, a spinner while
+nothing happens, and why it waits; `run`, `watch` and `replay` share it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from rich.status import Status
+
+from agentmesh.cli.output import Output
+from agentmesh.cli.render import EventRenderer
+from agentmesh.cli.views import TERMINAL_STATES, event_json, state_name, title
+from agentmesh.rpc import convert
+from agentmesh.v1 import scheduler_pb2, task_pb2
+
+if TYPE_CHECKING:  # the async stub's type exists in the generated stubs only
+    from agentmesh.v1.scheduler_pb2_grpc import SchedulerAsyncStub as Stub
+
+CALL_TIMEOUT = 20.0
+WAITING_POLL_SECONDS = 1.0
+# The spinner shows after this long without an event.
+IDLE_SECONDS = 0.4
+
+
+async def get_task(stub: Stub, task_id: str) -> task_pb2.Task:
+    return await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id), timeout=CALL_TIMEOUT)
+
+
+async def task_tree(stub: Stub, root_id: str) -> list[task_pb2.Task]:
+    """The task and all its subtasks, parents before children."""
+    tree = [await get_task(stub, root_id)]
+    index = 0
+    while index < len(tree):
+        tree += await asyncio.gather(*(get_task(stub, child) for child in tree[index].child_ids))
+        index += 1
+    return tree
+
+
+async def agent_names(stub: Stub) -> dict[str, str]:
+    """Agent id -> name, for every agent the scheduler knows."""
+    reply = await stub.ListAgents(
+        scheduler_pb2.ListAgentsRequest(include_offline=True), timeout=CALL_TIMEOUT
+    )
+    return {agent.card.agent_id: agent.card.name for agent in reply.agents}
+
+
+class _Spinner:
+    """A spinner on stderr while nothing happens (a terminal only); hidden before output."""
+
+    def __init__(self, output: Output, *, enabled: bool) -> None:
+        self._status: Status | None = None
+        if enabled and output.err_is_terminal and not output.json:
+            self._status = Status("", console=output.err, spinner="dots")
+        self._shown = False
+        self.text = "waiting for the scheduler"
+
+    def show(self) -> None:
+        if self._status is None:
+            return
+        self._status.update(self.text)
+        if not self._shown:
+            self._status.start()
+            self._shown = True
+
+    def hide(self) -> None:
+        if self._status is not None and self._shown:
+            self._status.stop()
+            self._shown = False
+
+
+async def follow(stub: Stub, output: Output, root_id: str, *, quiet: bool = False) -> task_pb2.Task:
+    """Show a task's (and its subtasks') events until it ends; return the ended task.
+
+    `quiet`: show nothing, only wait for the end."""
+    tree = await task_tree(stub, root_id)
+    names = await agent_names(stub)
+    renderer = EventRenderer(output, names)
+    renderer.labelled = len(tree) > 1
+    for task in tree:
+        renderer.add_task(task.id, title(task.spec, 24) if task.id != root_id else "task")
+    spinner = _Spinner(output, enabled=not quiet)
+    last_event = time.monotonic()
+    done: set[str] = set()
+
+    async def watch(task_id: str) -> None:
+        nonlocal last_event
+        request = scheduler_pb2.WatchTaskRequest(task_id=task_id)
+        async for message in stub.WatchTask(request):
+            event = convert.event_from_proto(message)
+            spinner.hide()
+            last_event = time.monotonic()
+            if quiet:
+                continue
+            if output.json:
+                output.data(event_json(event))
+            else:
+                renderer.render(event)
+        done.add(task_id)
+
+    async def explain() -> None:
+        """Why tasks wait (GetTask's waiting_reason), and the spinner while idle."""
+        reasons: dict[str, str] = {}
+        polled = 0.0
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            if now - polled >= WAITING_POLL_SECONDS:
+                polled = now
+                for task in tree:
+                    if task.id in done:
+                        continue
+                    current = await get_task(stub, task.id)
+                    reason = (
+                        current.waiting_reason if state_name(current.state) == "submitted" else ""
+                    )
+                    if reason and reasons.get(task.id) != reason and not (output.json or quiet):
+                        spinner.hide()
+                        renderer.waiting(task.id, reason)
+                    reasons[task.id] = reason
+                waiting = [r for r in reasons.values() if r]
+                spinner.text = f"waiting: {waiting[0]}" if waiting else "working"
+            if now - last_event >= IDLE_SECONDS:
+                spinner.show()
+
+    async with _background(explain()):
+        try:
+            await asyncio.gather(*(watch(task.id) for task in tree))
+        finally:
+            spinner.hide()
+            renderer.finish()
+    return await get_task(stub, root_id)
+
+
+def ended(task: task_pb2.Task) -> bool:
+    return state_name(task.state) in TERMINAL_STATES
+
+
+@contextlib.asynccontextmanager
+async def _background(coroutine: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    task = asyncio.ensure_future(coroutine)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,108 @@
+"""`agentmesh run` and `watch`: a task live as a terminal shows it, the same again from its
+trace, and the exit code of its final state."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import Cli, cli_environment
+from tests.scheduler.conftest import Mesh
+from tests.support.gemini_emulator import GeminiEmulator, shell_call, text_reply
+
+EVENT_FIELDS = {"task_id", "seq", "time", "attempt", "agent_id", "type", "payload"}
+
+
+async def test_run_streams_a_shell_task_and_watch_replays_it_identically(cli: Cli) -> None:
+    command = "echo first line; echo to stderr >&2; echo second line"
+
+    run = await cli("run", "--mode", "superuser", "--command", command)
+
+    assert run.returncode == 0, run
+    assert run.stdout == "first line\nsecond line\n"
+    task_id = run.task_id()
+    assert "to stderr" in run.stderr
+    assert "placed on alpha" in run.stderr  # the node by name, not by agent id
+    assert run.stderr.rstrip().splitlines()[-1].startswith("● completed in ")
+    assert run.stderr.rstrip().endswith(" on alpha")
+
+    watch = await cli("watch", task_id)
+    assert (watch.returncode, watch.stdout, watch.stderr) == (0, run.stdout, run.stderr)
+
+    as_json = await cli("watch", task_id, "--json")
+    events = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert all(set(event) == EVENT_FIELDS for event in events), events[0]
+    assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+    assert {event["task_id"] for event in events} == {task_id}
+    assert "".join(e["payload"]["text"] for e in events if e["type"] == "stdout") == run.stdout
+    assert events[-1]["type"] == "result"
+    assert events[-1]["payload"]["state"] == "completed"
+    assert as_json.returncode == 0
+
+
+async def test_exit_codes_say_failed_rejected_and_canceled(cli: Cli) -> None:
+    failed = await cli("run", "--mode", "superuser", "--command", "echo no; exit 7")
+    assert failed.returncode == 3, failed
+    assert "● failed" in failed.stderr
+    assert "(exit 7)" in failed.stderr
+
+    # Weak mode allows only inventory commands: `rm` is refused and never runs.
+    scratch = cli.cwd / "keep-me"
+    scratch.write_text("still here")
+    rejected = await cli("run", "--command", f"rm -f {scratch}")
+    assert rejected.returncode == 5, rejected
+    assert f"✗ refused `rm -f {scratch}` (not-in-allowlist, weak mode)" in rejected.stderr
+    assert scratch.read_text() == "still here"
+
+    waiting = await cli("submit", "--command", "uname", "--capability", "gpu")
+    assert waiting.returncode == 0, waiting
+    task_id = waiting.stdout.strip()
+    canceled = await cli("cancel", task_id, "--reason", "not today")
+    assert canceled.stdout == f"{task_id} canceled\n", canceled
+    watched = await cli("watch", task_id)
+    assert watched.returncode == 4, watched
+    assert watched.stderr.endswith("● canceled: not today\n")  # it never ran: no time
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
+    with GeminiEmulator() as running:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", running.base_url)
+        yield running
+
+
+async def test_run_streams_a_gemini_task_with_its_tool_calls(
+    mesh: Mesh, emulator: GeminiEmulator, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "keys.env"
+    key_file.write_text("GEMINI_KEY_1=AIzaSy-cli-test-key-000111\n")
+    mesh.configure(AGENTMESH_TOKEN="gemini-cli-token", GEMINI_API_KEY_FILE=str(key_file))
+    await mesh.start_scheduler()
+    await mesh.start_node("llm")
+    emulator.script(
+        shell_call("echo made by the tool"),
+        text_reply("The tool said: made by the tool.", prompt_tokens=30, candidates_tokens=8),
+    )
+    work = tmp_path / "cli"
+    work.mkdir()
+    cli = Cli(
+        work,
+        cli_environment(
+            AGENTMESH_SCHEDULER=mesh.schedulers[0].address, AGENTMESH_TOKEN="gemini-cli-token"
+        ),
+    )
+
+    run = await cli(
+        "run", "--prompt", "run the tool", "--model", "gemini-2.5-flash", "--mode", "superuser"
+    )
+
+    assert run.returncode == 0, run
+    assert run.stdout == "The tool said: made by the tool.\n"
+    assert '⚙ run_shell_command {"command": "echo made by the tool"' in run.stderr
+    assert "  ✓ run_shell_command: made by the tool" in run.stderr
+    assert "tokens" in run.stderr.splitlines()[-1]
+    watch = await cli("watch", run.task_id())
+    assert (watch.stdout, watch.stderr) == (run.stdout, run.stderr)
