@@ -171,7 +171,7 @@ async def _live_tree(
             task.spec.description or task.id,
             (f"  on {where}" if where else "", "dim"),
             (f"  {_seconds(task)}" if task.HasField("finished_at") else "", "dim"),
-            (f"  {_first_line(task.output or task.error, 40)}" if task.spec.kind else "", "dim"),
+            (f"  {_first_line(task.output or task.error, 30)}" if task.spec.kind else "", "dim"),
         )
         node = Tree(label) if branch is None else branch.add(label)
         for child in task.child_ids:

@@ -81,7 +81,8 @@ async def follow(stub: Stub, output: Output, root_id: str, *, quiet: bool = Fals
     renderer = EventRenderer(output, names)
     renderer.labelled = len(tree) > 1
     for task in tree:
-        renderer.add_task(task.id, title(task.spec, 24) if task.id != root_id else "task")
+        label = title(task.spec, 24) if task.id != root_id else task.spec.description[:24]
+        renderer.add_task(task.id, label or "task")
     spinner = _Spinner(output, enabled=not quiet)
     last_event = time.monotonic()
     done: set[str] = set()
@@ -123,7 +124,8 @@ async def follow(stub: Stub, output: Output, root_id: str, *, quiet: bool = Fals
                     reasons[task.id] = reason
                 waiting = [r for r in reasons.values() if r]
                 spinner.text = f"waiting: {waiting[0]}" if waiting else "working"
-            if now - last_event >= IDLE_SECONDS:
+            # Not in the middle of an answer's line: the spinner would draw over it.
+            if now - last_event >= IDLE_SECONDS and not renderer.mid_line:
                 spinner.show()
 
     async with _background(explain()):

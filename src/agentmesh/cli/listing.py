@@ -253,12 +253,9 @@ def _show_task(
     if item.waiting_reason and state not in TERMINAL_STATES:
         facts.append(("waiting", item.waiting_reason))
     attempts = ", ".join(f"#{a.number} on {a.agent or '?'}: {a.outcome}" for a in summary.attempts)
-    facts.append(
-        (
-            "attempts",
-            f"{item.attempt} of {item.max_attempts}" + (f" ({attempts})" if attempts else ""),
-        )
-    )
+    if item.spec.kind:  # a tree's own node runs nothing unless it has a kind
+        tried = f"{item.attempt} of {item.max_attempts}"
+        facts.append(("attempts", tried + (f" ({attempts})" if attempts else "")))
     facts.append(("created", ago(item.created_at, item.HasField("created_at"))))
     facts.append(("time", duration_text(seconds(item))))
     usage = item.usage

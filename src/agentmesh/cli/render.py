@@ -43,6 +43,11 @@ class EventRenderer:
         self._streams: dict[str, _Stream] = {}
         self.labelled = False
 
+    @property
+    def mid_line(self) -> bool:
+        """True while a line of stdout is not finished."""
+        return any(not s.at_line_start for s in self._streams.values())
+
     def add_task(self, task_id: str, label: str) -> None:
         self._streams[task_id] = _Stream(label)
 
