@@ -3,7 +3,10 @@ trace, and the exit code of its final state."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +109,30 @@ async def test_run_streams_a_gemini_task_with_its_tool_calls(
     assert "tokens" in run.stderr.splitlines()[-1]
     watch = await cli("watch", run.task_id())
     assert (watch.stdout, watch.stderr) == (run.stdout, run.stderr)
+
+
+async def test_ctrl_c_stops_following_and_the_task_goes_on(cli: Cli) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentmesh.cli.main", "run", "--command", "uname",
+        "--capability", "gpu",
+        cwd=cli.cwd, env=cli.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    first = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+    task_id = first.removeprefix("task ").strip()
+    # It waits for an agent with that capability; the reason shows, then Ctrl-C.
+    waiting = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+    while "waiting:" not in waiting:
+        waiting = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+    assert waiting == "… waiting: no online agent has capability gpu\n"
+    process.send_signal(signal.SIGINT)
+    _, rest = await asyncio.wait_for(process.communicate(), 30)
+
+    assert process.returncode == 130
+    assert rest.decode() == (
+        f"agentmesh: stopped following {task_id}; it goes on"
+        f" (agentmesh watch {task_id}, agentmesh cancel {task_id})\n"
+    )
+    shown = json.loads((await cli("task", task_id, "--json")).stdout)
+    assert shown["state"] == "submitted"
+    assert shown["waiting_reason"] == "no online agent has capability gpu"

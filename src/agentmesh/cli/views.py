@@ -151,10 +151,6 @@ def host_json(host: scheduler_pb2.Host) -> dict[str, Any]:
 
 def event_json(event: TaskEvent) -> dict[str, Any]:
     """An event as `run --json` and `watch --json` print it, one a line."""
-    payload = {
-        name: value.value if hasattr(value, "value") else value
-        for name, value in dataclasses.asdict(event.payload).items()
-    }
     return {
         "task_id": event.task_id,
         "seq": event.seq,
@@ -162,5 +158,6 @@ def event_json(event: TaskEvent) -> dict[str, Any]:
         "attempt": event.attempt,
         "agent_id": event.agent_id,
         "type": event.payload.KIND,
-        "payload": payload,
+        # Enums are StrEnums: JSON writes their values (`completed`, `quota_exhausted`).
+        "payload": dataclasses.asdict(event.payload),
     }
