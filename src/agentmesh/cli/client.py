@@ -8,15 +8,22 @@ one line for a person, with an exit code, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.config import Settings
 from agentmesh.rpc.channel import open_channel
-from agentmesh.v1 import scheduler_pb2_grpc
+from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+
+if TYPE_CHECKING:  # the async stub's type exists in the generated stubs only
+    from agentmesh.v1.scheduler_pb2_grpc import SchedulerAsyncStub
+
+Stub: TypeAlias = "SchedulerAsyncStub"
 
 # Exit codes of every command (README: "Using it").
 EXIT_OK = 0
@@ -28,7 +35,7 @@ EXIT_REJECTED = 5  # the task was rejected (a permission rule refused it)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 # A unary call that gets no answer within this long is reported, not waited on forever.
-CALL_TIMEOUT_SECONDS = 20.0
+CALL_TIMEOUT = 20.0
 
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}  # noqa: S104
 
@@ -53,15 +60,35 @@ def scheduler_address(settings: Settings, override: str | None = None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def scheduler_stub(
-    settings: Settings, address: str
-) -> AsyncIterator[scheduler_pb2_grpc.SchedulerAsyncStub]:
+async def scheduler_stub(settings: Settings, address: str) -> AsyncIterator[Stub]:
     """A scheduler client for the length of a command; its RPC errors become CliErrors."""
     async with open_channel(address, token=settings.token, tls=settings.tls) as channel:
         try:
             yield scheduler_pb2_grpc.SchedulerStub(channel)
         except grpc.aio.AioRpcError as error:
             raise describe_rpc_error(error, address, token_set=settings.token is not None) from None
+
+
+async def get_task(stub: Stub, task_id: str) -> task_pb2.Task:
+    return await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id), timeout=CALL_TIMEOUT)
+
+
+async def task_tree(stub: Stub, root_id: str) -> list[task_pb2.Task]:
+    """The task and all its subtasks, parents before children."""
+    tree = [await get_task(stub, root_id)]
+    index = 0
+    while index < len(tree):
+        tree += await asyncio.gather(*(get_task(stub, child) for child in tree[index].child_ids))
+        index += 1
+    return tree
+
+
+async def agent_names(stub: Stub) -> dict[str, str]:
+    """Agent id -> name, for every agent the scheduler knows."""
+    reply = await stub.ListAgents(
+        scheduler_pb2.ListAgentsRequest(include_offline=True), timeout=CALL_TIMEOUT
+    )
+    return {agent.card.agent_id: agent.card.name for agent in reply.agents}
 
 
 def describe_rpc_error(error: grpc.aio.AioRpcError, address: str, *, token_set: bool) -> CliError:

@@ -7,45 +7,20 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.status import Status
 
+from agentmesh.cli.client import Stub, agent_names, get_task, task_tree
 from agentmesh.cli.output import Output
 from agentmesh.cli.render import EventRenderer
 from agentmesh.cli.views import TERMINAL_STATES, event_json, state_name, title
 from agentmesh.rpc import convert
 from agentmesh.v1 import scheduler_pb2, task_pb2
 
-if TYPE_CHECKING:  # the async stub's type exists in the generated stubs only
-    from agentmesh.v1.scheduler_pb2_grpc import SchedulerAsyncStub as Stub
-
-CALL_TIMEOUT = 20.0
 WAITING_POLL_SECONDS = 1.0
 # The spinner shows after this long without an event.
 IDLE_SECONDS = 0.4
-
-
-async def get_task(stub: Stub, task_id: str) -> task_pb2.Task:
-    return await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id), timeout=CALL_TIMEOUT)
-
-
-async def task_tree(stub: Stub, root_id: str) -> list[task_pb2.Task]:
-    """The task and all its subtasks, parents before children."""
-    tree = [await get_task(stub, root_id)]
-    index = 0
-    while index < len(tree):
-        tree += await asyncio.gather(*(get_task(stub, child) for child in tree[index].child_ids))
-        index += 1
-    return tree
-
-
-async def agent_names(stub: Stub) -> dict[str, str]:
-    """Agent id -> name, for every agent the scheduler knows."""
-    reply = await stub.ListAgents(
-        scheduler_pb2.ListAgentsRequest(include_offline=True), timeout=CALL_TIMEOUT
-    )
-    return {agent.card.agent_id: agent.card.name for agent in reply.agents}
 
 
 class _Spinner:

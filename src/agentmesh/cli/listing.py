@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,8 +15,16 @@ from rich.text import Text
 from rich.tree import Tree
 
 from agentmesh.cli.app import App, json_option, output_for, pass_app
-from agentmesh.cli.client import EXIT_OK, EXIT_USAGE, CliError, scheduler_stub
-from agentmesh.cli.follow import CALL_TIMEOUT, agent_names, task_tree
+from agentmesh.cli.client import (
+    CALL_TIMEOUT,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Stub,
+    agent_names,
+    scheduler_stub,
+    task_tree,
+)
 from agentmesh.cli.output import Cell, Output
 from agentmesh.cli.views import (
     STATE_STYLES,
@@ -31,9 +39,6 @@ from agentmesh.cli.views import (
     title,
 )
 from agentmesh.v1 import scheduler_pb2, task_pb2
-
-if TYPE_CHECKING:
-    from agentmesh.v1.scheduler_pb2_grpc import SchedulerAsyncStub as Stub
 
 STATES = ["submitted", "working", "input_required", "completed", "failed", "canceled", "rejected"]
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")

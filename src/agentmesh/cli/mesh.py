@@ -7,8 +7,7 @@ import click
 from rich.text import Text
 
 from agentmesh.cli.app import App, json_option, output_for, pass_app
-from agentmesh.cli.client import EXIT_OK, scheduler_stub
-from agentmesh.cli.follow import CALL_TIMEOUT
+from agentmesh.cli.client import CALL_TIMEOUT, EXIT_OK, scheduler_stub
 from agentmesh.cli.output import Cell
 from agentmesh.cli.views import agent_json, ago, host_json
 from agentmesh.v1 import scheduler_pb2

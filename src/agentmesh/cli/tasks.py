@@ -13,14 +13,18 @@ from rich.text import Text
 
 from agentmesh.cli.app import App, json_option, output_for, pass_app
 from agentmesh.cli.client import (
+    CALL_TIMEOUT,
     EXIT_CANCELED,
     EXIT_ERROR,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REJECTED,
+    agent_names,
+    get_task,
     scheduler_stub,
+    task_tree,
 )
-from agentmesh.cli.follow import CALL_TIMEOUT, agent_names, follow, get_task, task_tree
+from agentmesh.cli.follow import follow
 from agentmesh.cli.output import Output
 from agentmesh.cli.specs import SpecFlags, build_spec, replay_spec
 from agentmesh.cli.views import (
