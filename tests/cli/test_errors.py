@@ -15,7 +15,9 @@ async def test_bad_input_is_one_line_and_a_non_zero_exit(cli: Cli) -> None:
 
     port = free_port()
     unreachable = await cli("--scheduler", f"127.0.0.1:{port}", "tasks")
-    unreachable.assert_one_error_line(f"cannot reach the scheduler at 127.0.0.1:{port}")
+    unreachable.assert_one_error_line(
+        f"cannot reach the scheduler at 127.0.0.1:{port}: connection refused"
+    )
     assert unreachable.returncode == 1
 
     wrong = await cli("agents", env={"AGENTMESH_TOKEN": "not-the-token"})

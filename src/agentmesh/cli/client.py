@@ -96,7 +96,8 @@ def describe_rpc_error(error: grpc.aio.AioRpcError, address: str, *, token_set: 
     code = error.code()
     details = (error.details() or "").strip()
     if code is grpc.StatusCode.UNAVAILABLE:
-        return CliError(f"cannot reach the scheduler at {address}")
+        why = _unavailable_reason(details)
+        return CliError(f"cannot reach the scheduler at {address}" + (f": {why}" if why else ""))
     if code is grpc.StatusCode.UNAUTHENTICATED:
         if not token_set:
             return CliError(f"the scheduler at {address} needs a token: set AGENTMESH_TOKEN")
@@ -108,6 +109,17 @@ def describe_rpc_error(error: grpc.aio.AioRpcError, address: str, *, token_set: 
     if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
         return CliError(details or code.name.lower())
     return CliError(f"the scheduler answered {code.name}: {details}".rstrip(": "))
+
+
+def _unavailable_reason(details: str) -> str:
+    """What gRPC's words for an unreachable server most likely mean."""
+    words = details.lower()
+    if "connection refused" in words:
+        return "connection refused (is it running there?)"
+    if "socket closed" in words or "handshake" in words or "ssl" in words:
+        # A plaintext client at a TLS server, or a missing or untrusted certificate.
+        return "it closed the connection (do the tls settings match the scheduler's?)"
+    return ""
 
 
 def _field_problem(error: grpc.aio.AioRpcError) -> str:
