@@ -35,9 +35,6 @@ from agentmesh.cli.scheduler import scheduler
 from agentmesh.cli.up import up
 
 COMPLETE_VARIABLE = "_AGENTMESH_COMPLETE"
-_NO_ARGS_IS_HELP: type[click.UsageError] = getattr(
-    click.exceptions, "NoArgsIsHelpError", click.exceptions.NoSuchOption
-)
 
 
 @click.group(
@@ -107,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Abort:
         return EXIT_INTERRUPTED
-    except _NO_ARGS_IS_HELP as exc:  # a group without its command: its help, on stderr
+    except click.exceptions.NoArgsIsHelpError as exc:  # a group without its command
+        # Its help, on stderr: this is a usage error, not an answer.
         print(exc.format_message(), file=sys.stderr)
         return EXIT_USAGE
     except CliError as exc:  # raised before a command ran (App.run reports the others)
