@@ -56,8 +56,12 @@ async def follow(stub: Stub, output: Output, root_id: str, *, quiet: bool = Fals
     renderer = EventRenderer(output, names)
     renderer.labelled = len(tree) > 1
     for task in tree:
-        label = title(task.spec, 24) if task.id != root_id else task.spec.description[:24]
-        renderer.add_task(task.id, label or "task")
+        if task.id == root_id:
+            label = task.spec.description[:24] or "task"
+        else:
+            what = task.spec.command or task.spec.prompt
+            label = title(task.spec, 24) if task.spec.description or what else task.id
+        renderer.add_task(task.id, label)
     spinner = _Spinner(output, enabled=not quiet)
     last_event = time.monotonic()
     done: set[str] = set()

@@ -69,7 +69,8 @@ def ago(stamp: Timestamp, present: bool = True) -> str:
 
 def title(spec: task_pb2.TaskSpec, width: int = 48) -> str:
     """A task in a few words: its description, else its command or prompt."""
-    text = spec.description or spec.command or spec.prompt or f"{len(spec.subtasks)} subtasks"
+    # A stored parent's spec has no subtasks (they are tasks of their own): it may be empty.
+    text = spec.description or spec.command or spec.prompt or "-"
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
