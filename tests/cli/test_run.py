@@ -15,6 +15,7 @@ import pytest
 from tests.cli.conftest import Cli, cli_environment
 from tests.scheduler.conftest import Mesh
 from tests.support.gemini_emulator import GeminiEmulator, shell_call, text_reply
+from tests.support.terminal import run_in_terminal
 
 EVENT_FIELDS = {"task_id", "seq", "time", "attempt", "agent_id", "type", "payload"}
 
@@ -136,3 +137,20 @@ async def test_ctrl_c_stops_following_and_the_task_goes_on(cli: Cli) -> None:
     shown = json.loads((await cli("task", task_id, "--json")).stdout)
     assert shown["state"] == "submitted"
     assert shown["waiting_reason"] == "no online agent has capability gpu"
+
+
+async def test_run_on_a_terminal_draws_colours_a_spinner_and_the_same_words(cli: Cli) -> None:
+    argv = [sys.executable, "-m", "agentmesh.cli.main", "run", "--mode", "superuser"]
+    screen = await asyncio.to_thread(
+        run_in_terminal,
+        [*argv, "--command", "sleep 1.5; echo done"],
+        env=cli.env,
+        cwd=cli.cwd,
+        timeout=60,
+    )
+
+    assert screen.returncode == 0, screen.text
+    assert "\x1b[" in screen.raw  # styles, where piped output has none
+    assert "working" in screen.text  # the spinner's words while the command sleeps
+    assert "\ndone\n" in screen.text
+    assert "● completed in " in screen.text
