@@ -48,9 +48,9 @@ class TaskRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    child_ids: tuple[str, ...] = ()
     # The task this one runs again (`agentmesh replay`), or "".
     replay_of: str = ""
+    child_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
