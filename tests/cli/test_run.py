@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -154,3 +155,30 @@ async def test_run_on_a_terminal_draws_colours_a_spinner_and_the_same_words(cli:
     assert "working" in screen.text  # the spinner's words while the command sleeps
     assert "\ndone\n" in screen.text
     assert "● completed in " in screen.text
+
+
+async def test_a_waiting_subtask_says_why_and_a_canceled_tree_exits_4(cli: Cli) -> None:
+    spec = '{"description": "tree", "subtasks": [{"kind": "shell", "command": "uname",'
+    spec += ' "required_capabilities": ["gpu"], "description": "needs a gpu"}]}'
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentmesh.cli.main", "run", "-f", "-",
+        cwd=cli.cwd, env=cli.env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stderr is not None
+    process.stdin.write(spec.encode())
+    process.stdin.close()
+    root_id = (await asyncio.wait_for(process.stderr.readline(), 30)).decode().split()[1]
+    line = ""
+    while "waiting:" not in line:
+        line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+    assert line == "[needs a gpu] … waiting: no online agent has capability gpu\n"
+
+    assert (await cli("cancel", root_id)).returncode == 0
+    _, rest = await asyncio.wait_for(process.communicate(), 30)
+
+    assert process.returncode == 4, rest.decode()
+    ends = sorted(rest.decode().splitlines())
+    assert ends[0] == "[needs a gpu] ● canceled: canceled by request"  # it never ran
+    assert re.fullmatch(r"\[tree\] ● canceled in [0-9.]+s: canceled by request", ends[1])

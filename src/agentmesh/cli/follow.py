@@ -11,10 +11,10 @@ from typing import Any
 
 from rich.status import Status
 
-from agentmesh.cli.client import Stub, agent_names, get_task, task_tree
+from agentmesh.cli.client import CALL_TIMEOUT, Stub, agent_names, get_task, task_tree
 from agentmesh.cli.output import Output
 from agentmesh.cli.render import EventRenderer
-from agentmesh.cli.views import TERMINAL_STATES, event_json, state_name, title
+from agentmesh.cli.views import event_json, state_name, title
 from agentmesh.rpc import convert
 from agentmesh.v1 import scheduler_pb2, task_pb2
 
@@ -90,13 +90,8 @@ async def follow(stub: Stub, output: Output, root_id: str, *, quiet: bool = Fals
             now = time.monotonic()
             if now - polled >= WAITING_POLL_SECONDS:
                 polled = now
-                for task in tree:
-                    if task.id in done:
-                        continue
-                    current = await get_task(stub, task.id)
-                    reason = (
-                        current.waiting_reason if state_name(current.state) == "submitted" else ""
-                    )
+                for task in await _unfinished(stub, tree, done):
+                    reason = task.waiting_reason if state_name(task.state) == "submitted" else ""
                     if reason and reasons.get(task.id) != reason and not (output.json or quiet):
                         spinner.hide()
                         renderer.waiting(task.id, reason)
@@ -116,8 +111,19 @@ async def follow(stub: Stub, output: Output, root_id: str, *, quiet: bool = Fals
     return await get_task(stub, root_id)
 
 
-def ended(task: task_pb2.Task) -> bool:
-    return state_name(task.state) in TERMINAL_STATES
+async def _unfinished(stub: Stub, tree: list[task_pb2.Task], done: set[str]) -> list[task_pb2.Task]:
+    """The tasks of the tree not ended yet, as they are now: one call for the root and one
+    per parent (its children in one listing), however many subtasks there are."""
+    current = [await get_task(stub, tree[0].id)] if tree[0].id not in done else []
+    for parent in (task for task in tree if task.child_ids):
+        if set(parent.child_ids) <= done:
+            continue
+        listing = await stub.ListTasks(
+            scheduler_pb2.ListTasksRequest(parent_id=parent.id, page_size=1000),
+            timeout=CALL_TIMEOUT,
+        )
+        current += [task for task in listing.tasks if task.id not in done]
+    return current
 
 
 @contextlib.asynccontextmanager
