@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,8 +46,19 @@ def test_embedded_database_is_created_migrated_reused_and_stopped(tmp_path: Path
         assert f"migrations:  {len(load_migrations())} applied, 0 pending" in status.stdout
         assert _postmaster_pid(data_dir) == first_pid  # the second process reused the server
 
+        document = json.loads(_agentmesh(tmp_path, data_dir, "db", "status", "--json").stdout)
+        assert document["embedded"] is True
+        assert document["data_dir"] == str(data_dir)
+        assert document["server_version"].startswith("16.")
+        assert document["vector_mode"] == "pgvector"
+        applied = [m["version"] for m in document["migrations"]["applied"]]
+        assert applied == [m.version for m in load_migrations()]
+        assert document["migrations"]["pending"] == []
+
         url = _agentmesh(tmp_path, data_dir, "db", "url")
         assert url.stdout.strip() == f"postgresql://postgres@/agentmesh?host={data_dir}/pg16"
+        url_document = json.loads(_agentmesh(tmp_path, data_dir, "db", "url", "--json").stdout)
+        assert url_document == {"url": url.stdout.strip(), "embedded": True}
 
         again = _agentmesh(tmp_path, data_dir, "db", "migrate")
         assert again.stdout.strip() == "schema is up to date"

@@ -14,6 +14,7 @@ import pytest
 from agentmesh.db import embedded
 from tests.support.databases import Server
 from tests.support.pki import make_pki
+from tests.support.terminal import run_in_terminal
 
 TOKEN = "demo-mesh-token-81c4e2"
 
@@ -24,13 +25,17 @@ def pg_server(embedded_server: Server) -> Server:
     return embedded_server
 
 
-def run_demo(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def demo_environment(tmp_path: Path) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH", "POSTGRES"))}
     clean.pop("DATABASE_URL", None)
     clean["AGENTMESH_DATA_DIR"] = str(tmp_path / "data")
+    return clean
+
+
+def run_demo(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agentmesh.cli.main", "demo"],
-        env={**clean, **env},
+        env={**demo_environment(tmp_path), **env},
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -59,6 +64,21 @@ def test_demo_runs_the_mesh_and_stops_everything(tmp_path: Path) -> None:
 
     assert_the_demo_ran(result)
     assert not embedded.is_running(tmp_path / "data")  # the demo stopped the database it started
+
+
+def test_demo_on_a_terminal_draws_the_tree_live(tmp_path: Path, database_uri: str) -> None:
+    screen = run_in_terminal(
+        [sys.executable, "-m", "agentmesh.cli.main", "demo"],
+        env={**demo_environment(tmp_path), "DATABASE_URL": database_uri},
+        cwd=tmp_path,
+        timeout=110,
+    )
+
+    assert screen.returncode == 0, screen.text
+    # The live tree (rich), then the plain one it always prints.
+    assert re.search(r"[├└]── completed +kernel of alpha +on alpha", screen.text), screen.text
+    assert "inventory of the mesh: completed" in screen.text
+    assert "Traceback" not in screen.text
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["token", "token-and-tls"])

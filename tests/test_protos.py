@@ -80,6 +80,7 @@ def test_services_have_their_fixed_full_names() -> None:
         "ListTasks",
         "CancelTask",
         "ListAgents",
+        "ListHosts",
         "Heartbeat",
     }
     streaming = {m.name for m in scheduler.methods if m.server_streaming}

@@ -162,6 +162,8 @@ class EnvSettings(_Section):
     GEMINI_API_KEY_FILE: Path | None = None
     AGENTMESH_TOKEN: SecretStr | None = None
     AGENTMESH_DATA_DIR: Path | None = None
+    # Where the command line reaches the scheduler; default: scheduler.listen (the local one).
+    AGENTMESH_SCHEDULER: HostPort | None = None
 
     @field_validator("GEMINI_API_KEY_FILE", "AGENTMESH_DATA_DIR", mode="before")
     @classmethod

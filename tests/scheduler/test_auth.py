@@ -73,6 +73,7 @@ class Targets:
     """What the calls act on, prepared before any case runs."""
 
     node_id: str
+    node_hostname: str
     finished_task_id: str
     waiting_task_id: str
     visitor_card: agent_pb2.AgentCard
@@ -155,6 +156,11 @@ async def _list_agents(clients: Clients, targets: Targets) -> None:
     assert targets.node_id in {agent.card.agent_id for agent in reply.agents}
 
 
+async def _list_hosts(clients: Clients, targets: Targets) -> None:
+    reply = await clients.scheduler.ListHosts(scheduler_pb2.ListHostsRequest())
+    assert targets.node_hostname in {host.host_name for host in reply.hosts}
+
+
 async def _heartbeat(clients: Clients, targets: Targets) -> None:
     card = agent_pb2.AgentCard()
     card.CopyFrom(targets.visitor_card)
@@ -175,6 +181,7 @@ CASES: dict[str, Case] = {
     "agentmesh.v1.Scheduler.ListTasks": _list_tasks,
     "agentmesh.v1.Scheduler.CancelTask": _cancel_task,
     "agentmesh.v1.Scheduler.ListAgents": _list_agents,
+    "agentmesh.v1.Scheduler.ListHosts": _list_hosts,
     "agentmesh.v1.Scheduler.Heartbeat": _heartbeat,
 }
 
@@ -224,6 +231,7 @@ async def _prepare(mesh: Mesh) -> Targets:
     card.endpoint = "127.0.0.1:9"
     return Targets(
         node_id=node.card().agent_id,
+        node_hostname=node.card().hostname,
         finished_task_id=finished.id,
         waiting_task_id=waiting.id,
         visitor_card=card,

@@ -72,6 +72,11 @@ class SchedulerStub:
                 request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.ListHosts = channel.unary_unary(
+                '/agentmesh.v1.Scheduler/ListHosts',
+                request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.ListHostsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.ListHostsResponse.FromString,
+                _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/agentmesh.v1.Scheduler/Heartbeat',
                 request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.HeartbeatRequest.SerializeToString,
@@ -129,6 +134,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHosts(self, request, context):
+        """The `home_network` inventory: every host the mesh knows, with its services.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Heartbeat(self, request, context):
         """Nodes register their card and stay alive by calling this periodically.
         """
@@ -173,6 +185,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.ListAgentsRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_scheduler__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'ListHosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHosts,
+                    request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.ListHostsRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_scheduler__pb2.ListHostsResponse.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
@@ -370,6 +387,33 @@ class Scheduler:
             '/agentmesh.v1.Scheduler/ListAgents',
             agentmesh_dot_v1_dot_scheduler__pb2.ListAgentsRequest.SerializeToString,
             agentmesh_dot_v1_dot_scheduler__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.Scheduler/ListHosts',
+            agentmesh_dot_v1_dot_scheduler__pb2.ListHostsRequest.SerializeToString,
+            agentmesh_dot_v1_dot_scheduler__pb2.ListHostsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,8 @@ class SchedulerStub:
     CancelTask: _grpc.UnaryUnaryMultiCallable[_node_pb2.CancelTaskRequest, _task_pb2.Task]
     """Cancels a task, its children and its running attempt."""
     ListAgents: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListAgentsRequest, _scheduler_pb2.ListAgentsResponse]
+    ListHosts: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListHostsRequest, _scheduler_pb2.ListHostsResponse]
+    """The `home_network` inventory: every host the mesh knows, with its services."""
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.HeartbeatRequest, _scheduler_pb2.HeartbeatResponse]
     """Nodes register their card and stay alive by calling this periodically."""
 
@@ -65,6 +67,8 @@ class SchedulerAsyncStub(SchedulerStub):
     CancelTask: _aio.UnaryUnaryMultiCallable[_node_pb2.CancelTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
     """Cancels a task, its children and its running attempt."""
     ListAgents: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListAgentsRequest, _scheduler_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    ListHosts: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListHostsRequest, _scheduler_pb2.ListHostsResponse]  # type: ignore[assignment]
+    """The `home_network` inventory: every host the mesh knows, with its services."""
     Heartbeat: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.HeartbeatRequest, _scheduler_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Nodes register their card and stay alive by calling this periodically."""
 
@@ -123,6 +127,14 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.ListAgentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.ListAgentsResponse, _abc.Awaitable[_scheduler_pb2.ListAgentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListHosts(
+        self,
+        request: _scheduler_pb2.ListHostsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListHostsResponse, _abc.Awaitable[_scheduler_pb2.ListHostsResponse]]:
+        """The `home_network` inventory: every host the mesh knows, with its services."""
 
     @_abc_1.abstractmethod
     def Heartbeat(

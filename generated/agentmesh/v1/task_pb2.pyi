@@ -238,6 +238,7 @@ class Task(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    REPLAY_OF_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___TaskState.ValueType
     parent_id: _builtins.str
@@ -255,6 +256,8 @@ class Task(_message.Message):
     max_attempts: _builtins.int
     last_seq: _builtins.int
     """The sequence number of the last stored event (for WatchTask's after_seq)."""
+    replay_of: _builtins.str
+    """The task this one runs again, when it was submitted as a replay."""
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -287,10 +290,11 @@ class Task(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        replay_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_agent", b"assigned_agent", "attempt", b"attempt", "child_ids", b"child_ids", "created_at", b"created_at", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "last_seq", b"last_seq", "max_attempts", b"max_attempts", "output", b"output", "parent_id", b"parent_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "usage", b"usage", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_agent", b"assigned_agent", "attempt", b"attempt", "child_ids", b"child_ids", "created_at", b"created_at", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "last_seq", b"last_seq", "max_attempts", b"max_attempts", "output", b"output", "parent_id", b"parent_id", "replay_of", b"replay_of", "spec", b"spec", "started_at", b"started_at", "state", b"state", "usage", b"usage", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

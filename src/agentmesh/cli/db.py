@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
+import click
+
+from agentmesh.cli.app import App, json_option, pass_app
+from agentmesh.cli.output import Output
 from agentmesh.config import Settings
 from agentmesh.db import embedded
 from agentmesh.db.connect import connect, data_dir, resolve_database
@@ -12,20 +15,42 @@ from agentmesh.db.migrate import schema_status
 from agentmesh.db.setup import migrated_database
 
 
-def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("db", help="the database: migrate, status, url, stop")
-    actions = parser.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    actions.add_parser("migrate", help="apply pending migrations").set_defaults(run=run_migrate)
-    actions.add_parser("status", help="server version, migrations, vector mode").set_defaults(
-        run=run_status
-    )
-    actions.add_parser("url", help="print the database URL (password hidden)").set_defaults(
-        run=run_url
-    )
-    actions.add_parser("stop", help="stop the embedded PostgreSQL").set_defaults(run=run_stop)
+@click.group()
+def db() -> None:
+    """The database: migrate, status, url, stop."""
 
 
-async def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
+@db.command()
+@pass_app
+def migrate(app: App) -> int:
+    """Apply pending migrations."""
+    return app.run(lambda: run_migrate(app.settings()))
+
+
+@db.command()
+@json_option
+@pass_app
+def status(app: App, as_json: bool) -> int:
+    """Server version, migrations, vector mode."""
+    return app.run(lambda: run_status(app.settings(), as_json=as_json))
+
+
+@db.command()
+@json_option
+@pass_app
+def url(app: App, as_json: bool) -> int:
+    """Print the database URL (password hidden)."""
+    return app.run(lambda: run_url(app.settings(), as_json=as_json))
+
+
+@db.command()
+@pass_app
+def stop(app: App) -> int:
+    """Stop the embedded PostgreSQL."""
+    return app.run(lambda: run_stop(app.settings()))
+
+
+async def run_migrate(settings: Settings) -> int:
     _, applied = await migrated_database(settings)
     if applied:
         for migration in applied:
@@ -35,9 +60,38 @@ async def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def run_status(settings: Settings, args: argparse.Namespace) -> int:
-    print(await status_text(settings))
+async def run_status(settings: Settings, *, as_json: bool = False) -> int:
+    if as_json:
+        Output(json=True).data(await status_document(settings))
+    else:
+        print(await status_text(settings))
     return 0
+
+
+async def status_document(settings: Settings) -> dict[str, Any]:
+    """`db status --json`: `database` (the URL, password hidden), `embedded`, `data_dir`
+    (or null), `server_version`, `vector_mode` and `migrations` (`applied`: version, name,
+    applied_at; `pending`: version, name)."""
+    target = await resolve_database(settings)
+    conn = await connect(target.dsn)
+    try:
+        status = await schema_status(conn)
+    finally:
+        await conn.close()
+    return {
+        "database": target.display,
+        "embedded": target.embedded,
+        "data_dir": str(data_dir(settings)) if target.embedded else None,
+        "server_version": status.server_version,
+        "vector_mode": status.vector_mode,
+        "migrations": {
+            "applied": [
+                {"version": m.version, "name": m.name, "applied_at": m.applied_at}
+                for m in status.applied
+            ],
+            "pending": [{"version": m.version, "name": m.name} for m in status.pending],
+        },
+    }
 
 
 async def status_text(settings: Settings) -> str:
@@ -59,13 +113,16 @@ async def status_text(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-async def run_url(settings: Settings, args: argparse.Namespace) -> int:
+async def run_url(settings: Settings, *, as_json: bool = False) -> int:
     target = await resolve_database(settings)
-    print(target.display)
+    if as_json:  # `url` (password hidden) and `embedded`
+        Output(json=True).data({"url": target.display, "embedded": target.embedded})
+    else:
+        print(target.display)
     return 0
 
 
-async def run_stop(settings: Settings, args: argparse.Namespace) -> int:
+async def run_stop(settings: Settings) -> int:
     if not settings.uses_embedded_database:
         print("the database is an external server; nothing to stop")
         return 0

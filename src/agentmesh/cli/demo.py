@@ -3,31 +3,39 @@
 Starts the embedded PostgreSQL (unless a server is configured), a scheduler and three nodes
 on loopback with different capabilities, submits an inventory of every node's host whose
 subtasks fan out over them, and a command that weak mode refuses; prints where each part
-ran, its state, its time and its output's first line as the tree finishes; then stops
-everything it started. `AGENTMESH_TOKEN` and the `tls` settings apply to every part of it,
-as they do to a deployed mesh.
+ran, its state, its time and its output's first line as the tree finishes (on a terminal:
+a live tree of the subtasks on their nodes); then stops everything it started.
+`AGENTMESH_TOKEN` and the `tls` settings apply to every part of it, as they do to a
+deployed mesh.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+from rich.tree import Tree
+
+from agentmesh.cli.app import App, pass_app
 from agentmesh.cli.db import status_text
 from agentmesh.config import NodeSettings, Settings
 from agentmesh.db import embedded
 from agentmesh.db.connect import data_dir
 from agentmesh.db.setup import migrated_database
-from agentmesh.node.service import AgentNode
 from agentmesh.rpc.channel import open_channel
-from agentmesh.scheduler.service import Scheduler
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+
+if TYPE_CHECKING:  # imported where used: the services load slowly, --help must not
+    from agentmesh.node.service import AgentNode
 
 NODES = {
     "alpha": ["inventory", "cpu"],
@@ -44,9 +52,11 @@ INVENTORY = [
 REFUSED = "rm -rf /tmp/agentmesh-demo-scratch"
 
 
-def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("demo", help="run the mesh on this machine and show it at work")
-    parser.set_defaults(run=run_demo)
+@click.command()
+@pass_app
+def demo(app: App) -> int:
+    """Run the mesh on this machine and show it at work."""
+    return app.run(lambda: run_demo(app.settings()))
 
 
 def inventory_spec() -> task_pb2.TaskSpec:
@@ -72,6 +82,9 @@ def inventory_spec() -> task_pb2.TaskSpec:
 
 @contextlib.asynccontextmanager
 async def _mesh(settings: Settings, work: Path) -> AsyncIterator[tuple[str, list[AgentNode]]]:
+    from agentmesh.node.service import AgentNode
+    from agentmesh.scheduler.service import Scheduler
+
     scheduler = await Scheduler.start(settings, "127.0.0.1:0")
     nodes: list[AgentNode] = []
     try:
@@ -141,6 +154,40 @@ async def _follow_leaves(
     await asyncio.gather(*(follow(leaf) for leaf in leaves))
 
 
+_STYLES = {"completed": "green", "failed": "red", "working": "cyan", "submitted": "yellow"}
+
+
+async def _live_tree(
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub, root: str, names: dict[str, str], console: Console
+) -> None:
+    """A tree of the subtasks, redrawn as they are placed on their nodes and finish."""
+
+    async def grow(branch: Tree | None, task_id: str) -> Tree:
+        task = await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id))
+        state = _state(task)
+        where = names.get(task.assigned_agent, task.assigned_agent)
+        label = Text.assemble(
+            (f"{state:<9} ", _STYLES.get(state, "")),
+            task.spec.description or task.id,
+            (f"  on {where}" if where else "", "dim"),
+            (f"  {_seconds(task)}" if task.HasField("finished_at") else "", "dim"),
+            (f"  {_first_line(task.output or task.error, 30)}" if task.spec.kind else "", "dim"),
+        )
+        node = Tree(label) if branch is None else branch.add(label)
+        for child in task.child_ids:
+            await grow(node, child)
+        return node
+
+    with Live(await grow(None, root), console=console, refresh_per_second=8) as live:
+        while True:
+            tree = await grow(None, root)
+            live.update(tree)
+            done = await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=root))
+            if _state(done) in ("completed", "failed", "canceled", "rejected"):
+                break
+            await asyncio.sleep(0.2)
+
+
 async def _print_tree(
     stub: scheduler_pb2_grpc.SchedulerAsyncStub, task_id: str, names: dict[str, str], depth: int
 ) -> None:
@@ -155,7 +202,7 @@ async def _print_tree(
         await _print_tree(stub, child, names, depth + 1)
 
 
-async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+async def run_demo(settings: Settings) -> int:
     started_database = settings.uses_embedded_database and not embedded.is_running(
         data_dir(settings)
     )
@@ -188,7 +235,11 @@ async def _run_inventory(
     began = time.monotonic()
     root = await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=inventory_spec()))
     print(f"task {root.id}: inventory of the mesh, {len(NODES) * len(INVENTORY)} commands")
-    await _follow_leaves(stub, root.id, names)
+    console = Console(highlight=False)
+    if console.is_terminal:
+        await _live_tree(stub, root.id, names, console)
+    else:
+        await _follow_leaves(stub, root.id, names)
     async for _ in stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=root.id)):
         pass
     print(f"\nthe tree, finished in {time.monotonic() - began:.2f}s:")

@@ -2,42 +2,45 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from collections.abc import Mapping
 
+import click
 from pydantic import ValidationError
 
+from agentmesh.cli.app import App, pass_app
 from agentmesh.config import ConfigError, NodeSettings, Settings, describe_validation_error
-from agentmesh.node.service import run_node
 
 
-def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("node", help="serve this host's AgentNode")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on")
-    parser.add_argument("--name", help="the node's name (default: the hostname)")
-    parser.add_argument(
-        "--capabilities", metavar="A,B,...", help="capabilities to advertise, comma-separated"
+@click.command()
+@click.option("--listen", metavar="HOST:PORT", help="address to serve on")
+@click.option("--name", help="the node's name (default: the hostname)")
+@click.option(
+    "--capabilities", metavar="A,B,...", help="capabilities to advertise, comma-separated"
+)
+@click.option("--max-concurrency", type=int, metavar="N", help="tasks at once")
+@click.option("--scheduler", metavar="HOST:PORT", help="register with this scheduler")
+@click.option("--advertise", metavar="HOST:PORT", help="address the scheduler dials")
+@pass_app
+def node(app: App, /, **flags: str | int | None) -> int:
+    """Serve this host's AgentNode."""
+    from agentmesh.node.service import run_node  # a slow import: not for --help
+
+    return app.run(
+        lambda: run_node(app.settings(), node_settings(app.settings(), flags)), service=True
     )
-    parser.add_argument("--max-concurrency", type=int, metavar="N", help="tasks at once")
-    parser.add_argument("--scheduler", metavar="HOST:PORT", help="register with this scheduler")
-    parser.add_argument("--advertise", metavar="HOST:PORT", help="address the scheduler dials")
-    parser.set_defaults(run=run, service=True)
 
 
-def node_settings(settings: Settings, args: argparse.Namespace) -> NodeSettings:
+def node_settings(settings: Settings, flags: Mapping[str, object]) -> NodeSettings:
     """The configured node settings with the command line's flags on top, validated."""
     overrides: dict[str, object] = {
         name: value
         for name in ("listen", "name", "max_concurrency", "scheduler", "advertise")
-        if (value := getattr(args, name, None)) is not None
+        if (value := flags.get(name)) is not None
     }
-    if args.capabilities is not None:
-        overrides["capabilities"] = [c for c in args.capabilities.split(",") if c.strip()]
+    capabilities = flags.get("capabilities")
+    if isinstance(capabilities, str):
+        overrides["capabilities"] = [c for c in capabilities.split(",") if c.strip()]
     try:
         return NodeSettings.model_validate({**settings.node.model_dump(), **overrides})
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, source="command line")) from None
-
-
-async def run(settings: Settings, args: argparse.Namespace) -> int:
-    return await run_node(settings, node_settings(settings, args))

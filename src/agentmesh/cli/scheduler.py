@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
-
+import click
 from pydantic import ValidationError
 
+from agentmesh.cli.app import App, pass_app
 from agentmesh.config import ConfigError, SchedulerSettings, Settings, describe_validation_error
-from agentmesh.scheduler.service import run_scheduler
 
 
-def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("scheduler", help="serve the scheduler")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on")
-    parser.set_defaults(run=run, service=True)
+@click.command()
+@click.option("--listen", metavar="HOST:PORT", help="address to serve on")
+@pass_app
+def scheduler(app: App, listen: str | None) -> int:
+    """Serve the scheduler."""
+    from agentmesh.scheduler.service import run_scheduler  # a slow import: not for --help
+
+    return app.run(
+        lambda: run_scheduler(app.settings(), scheduler_listen(app.settings(), listen)),
+        service=True,
+    )
 
 
-async def run(settings: Settings, args: argparse.Namespace) -> int:
-    listen = settings.scheduler.listen
-    if args.listen is not None:
-        try:
-            listen = SchedulerSettings.model_validate({"listen": args.listen}).listen
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(exc, source="command line")) from None
-    return await run_scheduler(settings, listen)
+def scheduler_listen(settings: Settings, listen: str | None) -> str:
+    """The configured listen address, or the flag's, validated."""
+    if listen is None:
+        return settings.scheduler.listen
+    try:
+        return SchedulerSettings.model_validate({"listen": listen}).listen
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source="command line")) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import cast
 
 import asyncpg
@@ -35,6 +35,11 @@ VALUES ($1, $2, 'agentmesh-node', $3, now())
 ON CONFLICT (host_name, service) DO UPDATE SET
     ip_address = EXCLUDED.ip_address, tags = EXCLUDED.tags, last_seen = now()
 """
+# The inventory, as the seed defines it: any row, including those a person wrote by hand.
+SELECT_HOSTS = """
+SELECT host_name, ip_address, service, tags, notes, last_seen FROM home_network
+ORDER BY host_name NULLS LAST, service NULLS LAST, id
+"""
 SELECT_ONLINE = """
 SELECT id, card, status FROM agents
 WHERE status <> 'offline' AND last_heartbeat > now() - make_interval(secs => $1)
@@ -49,6 +54,19 @@ UPDATE agents SET status = 'offline'
 WHERE status <> 'offline' AND last_heartbeat <= now() - make_interval(secs => $1)
 """
 MARK_OFFLINE = "UPDATE agents SET status = 'offline' WHERE id = $1"
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """A row of `home_network`: a host and one service on it."""
+
+    host_name: str
+    ip_address: str
+    service: str
+    tags: tuple[str, ...]
+    notes: str
+    # The seed's column has no time zone: it holds UTC.
+    last_seen: datetime | None
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,22 @@ class AgentRegistry:
                 continue
             views.append(AgentView(card_from_json(row["card"]), status, row["last_heartbeat"]))
         return views
+
+    async def list_hosts(self) -> list[HostEntry]:
+        """The `home_network` inventory, by host name."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SELECT_HOSTS)
+        return [
+            HostEntry(
+                host_name=row["host_name"] or "",
+                ip_address=row["ip_address"] or "",
+                service=row["service"] or "",
+                tags=tuple(row["tags"] or ()),
+                notes=row["notes"] or "",
+                last_seen=row["last_seen"].replace(tzinfo=UTC) if row["last_seen"] else None,
+            )
+            for row in rows
+        ]
 
     async def mark_stale_offline(self) -> None:
         async with self._pool.acquire() as conn:

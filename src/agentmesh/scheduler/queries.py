@@ -13,7 +13,7 @@ CANCEL_CHANNEL = "agentmesh_cancel"
 TASK_COLUMNS = """
     id, kind, spec, state, user_name, parent_id, priority, assigned_agent, attempt,
     max_attempts, waiting_reason, output, error, exit_code, usage, last_seq,
-    created_at, started_at, finished_at
+    created_at, started_at, finished_at, replay_of
 """
 
 INSERT_TASK = """
@@ -55,6 +55,8 @@ WITH t AS (
 SELECT pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', $1)
 """
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
+# A replay names the task it runs again (set in the transaction that submits it).
+SET_REPLAY_OF = "UPDATE tasks SET replay_of = $2 WHERE id = $1"
 SELECT_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
 SELECT_STATE = "SELECT state FROM tasks WHERE id = $1"
 SELECT_TASK_FOR_UPDATE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"
@@ -80,6 +82,7 @@ WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR user_name = $2)
   AND ($3::text IS NULL OR parent_id = $3)
   AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+  AND ($7::timestamptz IS NULL OR created_at >= $7)
 ORDER BY created_at DESC, id DESC
 LIMIT $6
 """

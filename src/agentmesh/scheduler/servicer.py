@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agentmesh.errors import InvalidArgument
 from agentmesh.rpc import convert
 from agentmesh.rpc.errors import streaming, unary
-from agentmesh.scheduler.agents import AgentRegistry, AgentView
+from agentmesh.scheduler.agents import AgentRegistry, AgentView, HostEntry
 from agentmesh.scheduler.notifications import TaskSignals
 from agentmesh.scheduler.store import TaskRecord, TaskStore
 from agentmesh.scheduler.validation import validate_submission, with_defaults
@@ -48,6 +49,7 @@ def task_to_proto(task: TaskRecord) -> task_pb2.Task:
         exit_code=task.exit_code,
         max_attempts=task.max_attempts,
         last_seq=task.last_seq,
+        replay_of=task.replay_of,
     )
     for name in ("created_at", "started_at", "finished_at"):
         stamp = _timestamp(getattr(task, name))
@@ -62,6 +64,17 @@ def agent_to_proto(view: AgentView, running: tuple[str, ...] = ()) -> scheduler_
         status=view.status,
         last_heartbeat=_timestamp(view.last_heartbeat),
         running_task_ids=running,
+    )
+
+
+def host_to_proto(host: HostEntry) -> scheduler_pb2.Host:
+    return scheduler_pb2.Host(
+        host_name=host.host_name,
+        ip_address=host.ip_address,
+        service=host.service,
+        tags=host.tags,
+        notes=host.notes,
+        last_seen=_timestamp(host.last_seen),
     )
 
 
@@ -90,7 +103,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             raise InvalidArgument("spec", "is required")
         spec: TaskSpec = convert.spec_from_proto(request.spec)
         validate_submission(spec, max_depth=self._max_depth)
-        return await self._store.submit(with_defaults(spec, agent_mode=self._default_agent_mode))
+        if request.replay_of:
+            validate_task_id(request.replay_of, "replay_of")
+        return await self._store.submit(
+            with_defaults(spec, agent_mode=self._default_agent_mode), replay_of=request.replay_of
+        )
 
     @unary
     async def SubmitTask(
@@ -141,6 +158,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             parent_id=request.parent_id,
             page_size=request.page_size or 50,
             page_token=request.page_token,
+            created_after=(
+                request.created_after.ToDatetime(tzinfo=UTC)
+                if request.HasField("created_after")
+                else None
+            ),
         )
         return scheduler_pb2.ListTasksResponse(
             tasks=[task_to_proto(r) for r in records], next_page_token=token
@@ -161,6 +183,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.ListAgentsResponse:
         views = await self._registry.list_agents(include_offline=request.include_offline)
         return scheduler_pb2.ListAgentsResponse(agents=[agent_to_proto(v) for v in views])
+
+    @unary
+    async def ListHosts(
+        self, request: scheduler_pb2.ListHostsRequest, context: Context
+    ) -> scheduler_pb2.ListHostsResponse:
+        hosts = await self._registry.list_hosts()
+        return scheduler_pb2.ListHostsResponse(hosts=[host_to_proto(h) for h in hosts])
 
     @unary
     async def Heartbeat(

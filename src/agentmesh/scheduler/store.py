@@ -48,6 +48,8 @@ class TaskRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # The task this one runs again (`agentmesh replay`), or "".
+    replay_of: str = ""
     child_ids: tuple[str, ...] = ()
 
 
@@ -105,6 +107,7 @@ def _record(row: asyncpg.Record, child_ids: Sequence[str] = ()) -> TaskRecord:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         child_ids=tuple(child_ids),
+        replay_of=row.get("replay_of") or "",
     )
 
 
@@ -126,19 +129,28 @@ class TaskStore:
 
     # ----------------------------------------------------------------- submit and read
 
-    async def submit(self, spec: TaskSpec) -> str:
-        """Store a task and its subtask tree; queue what can run now. Idempotent by key."""
+    async def submit(self, spec: TaskSpec, *, replay_of: str = "") -> str:
+        """Store a task and its subtask tree; queue what can run now. Idempotent by key.
+
+        `replay_of` names the task this one runs again; it must exist."""
         async with self._pool.acquire() as conn:
             if spec.idempotency_key:
                 existing = await conn.fetchval(q.SELECT_BY_IDEMPOTENCY_KEY, spec.idempotency_key)
                 if existing:
                     return str(existing)
+            if replay_of and await conn.fetchval(q.SELECT_STATE, replay_of) is None:
+                raise NotFound(f"no task {replay_of}")
             try:
-                if not spec.subtasks:
+                if not spec.subtasks and not replay_of:
                     return await self._submit_leaf(conn, spec)
                 async with conn.transaction():
-                    task_id = await self._insert_tree(conn, spec, parent_id=None)
-                    await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+                    if spec.subtasks:
+                        task_id = await self._insert_tree(conn, spec, parent_id=None)
+                        await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+                    else:
+                        task_id = await self._submit_leaf(conn, spec)
+                    if replay_of:
+                        await conn.execute(q.SET_REPLAY_OF, task_id, replay_of)
             except asyncpg.UniqueViolationError:
                 # A concurrent submit with the same idempotency key won.
                 existing = await conn.fetchval(q.SELECT_BY_IDEMPOTENCY_KEY, spec.idempotency_key)
@@ -228,6 +240,7 @@ class TaskStore:
         parent_id: str,
         page_size: int,
         page_token: str,
+        created_after: datetime | None = None,
     ) -> tuple[list[TaskRecord], str]:
         after: tuple[datetime | None, str] = (None, "")
         if page_token:
@@ -245,6 +258,7 @@ class TaskStore:
                 after[0],
                 after[1],
                 page_size + 1,
+                created_after,
             )
         records = [_record(row) for row in rows[:page_size]]
         token = ""
