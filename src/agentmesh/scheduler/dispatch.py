@@ -237,7 +237,7 @@ class Dispatcher:
         )
         received = 0
         writer = TraceWriter(
-            lambda batch: _with_retry(
+            lambda batch, after_seq: _with_retry(
                 functools.partial(
                     self._store.append_many,
                     attempt.task_id,
@@ -245,8 +245,10 @@ class Dispatcher:
                     owner,
                     agent.agent_id,
                     batch,
+                    after_seq=after_seq,
                 )
-            )
+            ),
+            attempt.last_seq,
         )
         call = self._channels.stub(agent.endpoint).ExecuteTask(request)
         try:

@@ -118,7 +118,7 @@ WITH s AS (
                               'message', format('attempt %s placed on %s', attempt, agent_id))
     FROM s
 )
-SELECT id, attempt, spec, user_name, parent_id, pg_notify('agentmesh_events', id) FROM s
+SELECT id, attempt, spec, user_name, parent_id, last_seq, pg_notify('agentmesh_events', id) FROM s
 """
 MARK_SUBTASK_STARTED = """
 UPDATE subtasks s SET status = 'working', started_at = coalesce(s.started_at, now()),
@@ -168,17 +168,32 @@ INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
 SELECT $1, t.last_seq, t.attempt, NULL, $2, $3 FROM t
 RETURNING seq
 """
+# A batch goes after the sequence number its writer last saw ($7): a batch retried after
+# its commit succeeded (the reply was lost) finds last_seq moved on and writes nothing.
 APPEND_EVENTS = """
 WITH t AS (
     UPDATE tasks SET last_seq = last_seq + cardinality($5::text[]), updated_at = now()
     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
-    RETURNING last_seq - cardinality($5::text[]) AS base
+      AND last_seq = $7
+    RETURNING last_seq
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
-    SELECT $1, t.base + b.n, $2, $4, b.kind, b.payload
+    SELECT $1, $7 + b.n, $2, $4, b.kind, b.payload
     FROM t, unnest($5::text[], $6::jsonb[]) WITH ORDINALITY AS b(kind, payload, n)
 )
-SELECT pg_notify('agentmesh_events', $1) FROM t
+SELECT last_seq, pg_notify('agentmesh_events', $1) FROM t
+"""
+# Was that batch written already? Yes if the attempt still owns the task and its last event
+# is the batch's last one, where the batch put it.
+BATCH_WRITTEN = """
+SELECT t.last_seq FROM tasks t
+WHERE t.id = $1 AND t.attempt = $2 AND t.lease_owner = $3 AND t.state = 'working'
+  AND t.last_seq = $5::bigint + $6::int
+  AND EXISTS (
+      SELECT 1 FROM task_events e
+      WHERE e.task_id = $1 AND e.seq = $5::bigint + $6::int
+        AND e.attempt = $2 AND e.agent_id = $4 AND e.kind = $7
+  )
 """
 SELECT_EVENTS_AFTER = """
 SELECT task_id, seq, attempt, agent_id, kind, payload, created_at FROM task_events

@@ -67,6 +67,8 @@ class StartedAttempt:
     spec: TaskSpec
     user: str
     parent_id: str = ""
+    # The task's last event (where the attempt was placed): its trace continues after it.
+    last_seq: int = 0
 
 
 def new_task_id() -> str:
@@ -308,6 +310,7 @@ class TaskStore:
                     spec=spec_from_json(row["spec"]),
                     user=row["user_name"],
                     parent_id=row["parent_id"] or "",
+                    last_seq=row["last_seq"],
                 )
                 for row in rows
             ]
@@ -326,9 +329,22 @@ class TaskStore:
         return started
 
     async def append_many(
-        self, task_id: str, attempt: int, owner: str, agent_id: str, payloads: list[Payload]
-    ) -> bool:
-        """Store a batch of a running attempt's events, in order; False if superseded."""
+        self,
+        task_id: str,
+        attempt: int,
+        owner: str,
+        agent_id: str,
+        payloads: list[Payload],
+        *,
+        after_seq: int,
+    ) -> int | None:
+        """Store a batch of a running attempt's events after event `after_seq`, in order.
+
+        Returns the task's new last sequence number, or None if the attempt was superseded.
+        Idempotent: the same batch sent again (its reply was lost) is recognised, not
+        written twice.
+        """
+        kinds = [p.KIND for p in payloads]
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 q.APPEND_EVENTS,
@@ -336,10 +352,16 @@ class TaskStore:
                 attempt,
                 owner,
                 agent_id,
-                [p.KIND for p in payloads],
+                kinds,
                 [payload_to_dict(p) for p in payloads],
+                after_seq,
             )
-        return row is not None
+            if row is not None:
+                return int(row["last_seq"])
+            written = await conn.fetchval(
+                q.BATCH_WRITTEN, task_id, attempt, owner, agent_id, after_seq, len(kinds), kinds[-1]
+            )
+        return None if written is None else int(written)
 
     async def finish_attempt(
         self,
