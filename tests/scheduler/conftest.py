@@ -24,7 +24,10 @@ def mesh_settings(tmp_path: Path, database_uri: str, **env: str) -> Settings:
     config = tmp_path / "agent_config.json"
     config.write_text(
         json.dumps(
-            {"node": {"heartbeat_interval_seconds": HEARTBEAT}, "scheduler": {"lease_seconds": 3}}
+            {
+                "node": {"heartbeat_interval_seconds": HEARTBEAT},
+                "scheduler": {"heartbeat_interval_seconds": HEARTBEAT, "lease_seconds": 3},
+            }
         )
     )
     return load_settings(

@@ -64,7 +64,7 @@ class Scheduler:
         if settings.env.GEMINI_API_KEY_FILE is not None:
             await load_key_file(pool, settings.env.GEMINI_API_KEY_FILE)
         config = settings.scheduler
-        interval = settings.node.heartbeat_interval_seconds
+        interval = config.heartbeat_interval_seconds
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         store = TaskStore(pool, default_max_attempts=config.max_attempts)
         registry = AgentRegistry(pool, ttl_seconds=interval * config.heartbeat_ttl_intervals)
