@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from agentmesh.config import PermissionMode
-from agentmesh.errors import AlreadyExists, FailedPrecondition, Overloaded, Unavailable
+from agentmesh.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    Overloaded,
+    Reason,
+    Unavailable,
+)
 from agentmesh.node.environment import Scrubber
 from agentmesh.node.executors.base import Executor, Job
 from agentmesh.tasks.events import Diagnostic, Payload, Result, Status, TaskEvent
@@ -112,19 +119,28 @@ class TaskRunner:
 
     async def execute(self, request: ExecuteRequest) -> AsyncIterator[TaskEvent]:
         """Run one task; yield its events until (and including) its `Result`."""
-        validate_task_id(request.task_id)
-        kind = validate_runnable(request.spec)
+        try:
+            validate_task_id(request.task_id)
+            kind = validate_runnable(request.spec)
+        except InvalidArgument as error:
+            raise InvalidArgument(error.field, error.problem, reason=Reason.BAD_SPEC) from None
         executor = self._executors.get(kind)
         if executor is None:
-            raise FailedPrecondition(f"this node has no {kind} executor")
+            raise FailedPrecondition(f"this node has no {kind} executor", reason=Reason.NO_EXECUTOR)
         if self._draining:
-            raise Unavailable("this node is shutting down and takes no new tasks")
+            raise Unavailable(
+                "this node is shutting down and takes no new tasks", reason=Reason.NODE_DRAINING
+            )
         if request.task_id in self._runs:
-            raise AlreadyExists(f"task {request.task_id} is already running here")
+            raise AlreadyExists(
+                f"task {request.task_id} is already running here",
+                reason=Reason.DUPLICATE_ATTEMPT,
+            )
         if len(self._runs) >= self._limits.max_concurrency:
             raise Overloaded(
                 f"this node runs {len(self._runs)} tasks, its limit"
-                f" (max_concurrency={self._limits.max_concurrency})"
+                f" (max_concurrency={self._limits.max_concurrency})",
+                reason=Reason.NODE_FULL,
             )
         run = _Run(request.task_id, asyncio.Event(), time.monotonic())
         self._runs[request.task_id] = run

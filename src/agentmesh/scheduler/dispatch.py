@@ -15,15 +15,18 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import TypeVar
 
 import asyncpg
 import grpc
 
 from agentmesh.config import TlsSettings
+from agentmesh.errors import Reason
 from agentmesh.keys.pool import ApiKey, cool_down, disable, pick_key
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
+from agentmesh.rpc.errors import reason_of
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.placement import AgentSlot, Waiting, pick_agent
 from agentmesh.scheduler.store import StartedAttempt, TaskStore, summarize_children
@@ -50,7 +53,24 @@ DATABASE_ERRORS = (
 )
 WINDOW = 500
 MIN_WINDOW = 32
-NOT_STARTED = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+class Refusal(Enum):
+    """What a node's refusal means for the attempt."""
+
+    NOT_STARTED = "not started"  # handed back without using an attempt; try again soon
+    BAD_SPEC = "bad spec"  # the task fails with the node's message
+
+
+# The one table from a node's reasons (google.rpc.ErrorInfo) to what becomes of the attempt.
+# A stream that breaks without a reason is a lost attempt (counted, retried elsewhere).
+REFUSALS: dict[Reason, Refusal] = {
+    Reason.NODE_DRAINING: Refusal.NOT_STARTED,
+    Reason.NODE_FULL: Refusal.NOT_STARTED,
+    Reason.DUPLICATE_ATTEMPT: Refusal.NOT_STARTED,
+    Reason.NO_EXECUTOR: Refusal.NOT_STARTED,
+    Reason.BAD_SPEC: Refusal.BAD_SPEC,
+}
 
 
 @dataclass(frozen=True)
@@ -297,11 +317,25 @@ class Dispatcher:
         owner = self._settings.owner
         code = error.code()
         detail = error.details() or code.name
-        if code in NOT_STARTED:
+        reason = reason_of(error)
+        fields = {
+            "task_id": attempt.task_id,
+            "attempt": attempt.attempt,
+            "agent": agent.agent_id,
+            "code": code.name,
+            "reason": reason.value if reason else "",
+        }
+        refusal = REFUSALS.get(reason) if reason is not None else None
+        if refusal is Refusal.NOT_STARTED:
+            log.info("attempt not started: the node refused it", extra=fields)
+            if reason is Reason.NODE_DRAINING:
+                # Its next heartbeat would say so too; place nothing more there meanwhile.
+                await _with_retry(lambda: self._registry.mark_draining(agent.agent_id))
             await self._hand_back(
                 attempt, f"{agent.name}: {detail}", backoff_seconds=0.5, counts=False
             )
-        elif code is grpc.StatusCode.INVALID_ARGUMENT:
+        elif refusal is Refusal.BAD_SPEC:
+            log.info("attempt refused: bad spec", extra=fields)
             await _with_retry(
                 lambda: self._store.fail_attempt(
                     attempt.task_id, attempt.attempt, owner, agent.agent_id, detail
@@ -312,10 +346,7 @@ class Dispatcher:
                 # The node is gone (or unreachable): place nothing more there until it
                 # heartbeats again.
                 await _with_retry(lambda: self._registry.mark_offline(agent.agent_id))
-            log.warning(
-                "attempt lost",
-                extra={"task_id": attempt.task_id, "attempt": attempt.attempt, "code": code.name},
-            )
+            log.warning("attempt lost", extra=fields)
             await self._hand_back(
                 attempt, f"connection to {agent.name} lost ({code.name}) after {received} events"
             )
