@@ -71,3 +71,22 @@ async def test_a_superseded_attempt_writes_nothing_even_when_retrying(pool: asyn
     assert await append(store, attempt, [Stdout("one")], attempt.last_seq) is None
     assert await append(store, attempt, [Stdout("late")], written) is None
     assert await store.events_after(attempt.task_id, 0) == before
+
+
+async def test_parked_tasks_leave_the_dispatch_window_until_unparked(pool: asyncpg.Pool) -> None:
+    store = TaskStore(pool, default_max_attempts=3)
+    ids = [await store.submit(TaskSpec(kind="echo", prompt=f"p{i}")) for i in range(6)]
+    running = await started(store, TaskSpec(kind="echo", prompt="running"))
+
+    parked = await store.park({i: "no online agent has capability gpu" for i in ids[:4]}, "agent")
+    parked += await store.park({ids[4]: "no API key available: none", running.task_id: "x"}, "key")
+
+    assert parked == 5  # a claimed (running) task's row is not parked
+    assert [t.task_id for t in await store.ready(100)] == [ids[5]]
+    assert (await store.get(ids[0])).waiting_reason == "no online agent has capability gpu"
+    await store.unpark("key")
+    assert [t.task_id for t in await store.ready(100)] == [ids[4], ids[5]]
+    await store.unpark("agent", "key")
+    assert [t.task_id for t in await store.ready(100)] == ids
+    page = await store.ready(2, after=(await store.ready(100))[2].position)
+    assert [t.task_id for t in page] == ids[3:5]

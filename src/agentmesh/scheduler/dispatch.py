@@ -1,9 +1,10 @@
 """Dispatch: place ready tasks on agents, stream them to their nodes, record what happens.
 
 One round reads the ready window of the queue, places what fits (least loaded first,
-siblings spread), claims those rows with SKIP LOCKED and starts their attempts, then streams
-each attempt from its node in a task of its own. Rounds run when NOTIFY says the queue
-changed, and at least every `poll_seconds` in case a notification was lost.
+siblings spread), parks what nobody can run (see `parking`), claims the placed rows with
+SKIP LOCKED and starts their attempts, then streams each attempt from its node in a task of
+its own. Rounds run when NOTIFY says the queue changed, and at least every `poll_seconds` in
+case a notification was lost.
 """
 
 from __future__ import annotations
@@ -28,8 +29,15 @@ from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
 from agentmesh.rpc.errors import reason_of
 from agentmesh.scheduler.agents import AgentRegistry
+from agentmesh.scheduler.parking import ParkingLot
 from agentmesh.scheduler.placement import AgentSlot, Waiting, pick_agent
-from agentmesh.scheduler.store import StartedAttempt, TaskStore, summarize_children
+from agentmesh.scheduler.store import (
+    QueuePosition,
+    ReadyTask,
+    StartedAttempt,
+    TaskStore,
+    summarize_children,
+)
 from agentmesh.scheduler.trace_writer import TraceWriter
 from agentmesh.tasks.events import ApiError, ApiErrorKind, Result
 from agentmesh.tasks.model import TaskKind
@@ -53,6 +61,8 @@ DATABASE_ERRORS = (
 )
 WINDOW = 500
 MIN_WINDOW = 32
+# Pages of the queue a round reads at most (the head, then on from where the last stopped).
+MAX_PAGES = 4
 
 
 class Refusal(Enum):
@@ -117,6 +127,9 @@ class Dispatcher:
         self._channels = channels
         self._settings = settings
         self._wake = asyncio.Event()
+        self._parking = ParkingLot(store)
+        # Where the last round stopped reading, past the head of the queue.
+        self._resume: QueuePosition | None = None
         self._attempts: dict[str, asyncio.Task[None]] = {}
         self._endpoints: dict[str, str] = {}
         self._agents: dict[str, str] = {}
@@ -156,21 +169,46 @@ class Dispatcher:
         for agent_id, count in Counter(self._agents.values()).items():
             running[agent_id] = max(running.get(agent_id, 0), count)
         agents = {a.agent_id: a for a in await self._registry.online(running)}
+        await self._parking.look_at_mesh(agents.values())
         # Read (and parse) only as much of a long queue as the free slots could take, plus
-        # some, so that tasks no agent fits still get their waiting reason.
+        # some, so that tasks no agent fits still get their waiting reason (and are parked).
         free = sum(agent.free for agent in agents.values())
         window = min(WINDOW, 4 * free + MIN_WINDOW)
-        ready = await self._store.ready(window)
-        if not ready:
-            return
+        siblings: dict[str, Counter[str]] = {}
+        page = await self._store.ready(window)
+        progress = await self._place(page, agents, siblings)
+        head_full = len(page) == window
+        # Tasks waiting for busy agents stay in the window: while idle slots remain, read on
+        # past them, from where the last round stopped, so they cannot hide tasks behind.
+        pages = 1
+        while len(page) == window and pages < MAX_PAGES and any(a.free for a in agents.values()):
+            after = page[-1].position
+            if pages == 1 and self._resume is not None and _later(self._resume, after):
+                after = self._resume
+            page = await self._store.ready(window, after=after)
+            progress += await self._place(page, agents, siblings)
+            pages += 1
+            self._resume = page[-1].position if len(page) == window else None
+        if head_full and progress:
+            self._wake.set()  # what was placed or parked left the window: read on
+
+    async def _place(
+        self,
+        ready: list[ReadyTask],
+        agents: dict[str, AgentSlot],
+        siblings: dict[str, Counter[str]],
+    ) -> int:
+        """Place, park or explain each task; start the placed ones. How many left the queue."""
         placements: dict[str, str] = {}
         reasons: dict[str, str] = {}
-        siblings: dict[str, Counter[str]] = {}
+        nobody_fits: dict[str, str] = {}
         for task in ready:
             spread = siblings.setdefault(task.parent_id, Counter()) if task.parent_id else Counter()
             choice = pick_agent(task.spec, list(agents.values()), spread)
             if isinstance(choice, Waiting):
-                if choice.reason != task.waiting_reason:
+                if choice.nobody_fits:
+                    nobody_fits[task.task_id] = choice.reason
+                elif choice.reason != task.waiting_reason:
                     reasons[task.task_id] = choice.reason
                 continue
             placements[task.task_id] = choice.agent_id
@@ -178,6 +216,7 @@ class Dispatcher:
             spread[choice.hostname] += 1
             spread[choice.agent_id] += 1
         await self._store.set_waiting_reasons(reasons)
+        parked = await self._parking.park(nobody_fits)
         started = await self._store.start_attempts(
             placements, self._settings.owner, self._settings.lease_seconds
         )
@@ -189,8 +228,7 @@ class Dispatcher:
             self._attempts[attempt.task_id] = asyncio.create_task(
                 self._run_attempt(attempt, agent), name=f"attempt {attempt.task_id}"
             )
-        if started and len(placements) == len(ready) == window:
-            self._wake.set()  # more may be ready beyond the window
+        return len(started) + parked
 
     async def cancel_local(self, task_id: str) -> None:
         """A task we run was cancelled (here or on another replica): stop it on its node."""
@@ -407,3 +445,8 @@ async def _with_retry(operation: Callable[[], Awaitable[T]]) -> T:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     return await operation()
+
+
+def _later(position: QueuePosition, than: QueuePosition) -> bool:
+    """Whether a queue position comes after another (priority first, highest first)."""
+    return position[0] < than[0] or (position[0] == than[0] and position[1] > than[1])

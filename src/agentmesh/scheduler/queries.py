@@ -81,13 +81,49 @@ ORDER BY created_at DESC, id DESC
 LIMIT $6
 """
 
-# The dispatch window: ready queue rows in priority order, read without locking.
+# The dispatch window: ready queue rows in priority order, read without locking; from the
+# head of the queue, or after the row at queue position ($2 priority, $3 id).
 SELECT_READY = """
-SELECT q.task_id, t.spec, t.kind, t.parent_id, t.user_name, t.waiting_reason
+SELECT q.task_id, q.priority, q.id AS queue_id, t.spec, t.kind, t.parent_id, t.user_name,
+       t.waiting_reason
 FROM task_queue q JOIN tasks t ON t.id = q.task_id
 WHERE NOT q.claimed AND q.available_at <= now()
+  AND ($2::int IS NULL OR q.priority < $2 OR (q.priority = $2 AND q.id > $3))
 ORDER BY q.priority DESC, q.id
 LIMIT $1
+"""
+# A parked queue row belongs to a task nobody can run now (no agent fits it): it is kept out
+# of the dispatch window, whose index covers unclaimed rows only, until what it waits for
+# changes. `claimed_by` says what that is.
+PARKED_FOR_AGENT = "(parked: no agent fits)"
+# Park rows with their waiting reasons; rows someone else holds (a claim, a cancel) are
+# skipped, never waited for.
+PARK = """
+WITH p AS (
+    SELECT * FROM unnest($1::text[], $2::text[]) AS p(task_id, reason)
+), locked AS (
+    SELECT q.id, p.task_id, p.reason
+    FROM p JOIN task_queue q ON q.task_id = p.task_id JOIN tasks t ON t.id = p.task_id
+    WHERE NOT q.claimed AND t.state = 'submitted'
+    FOR UPDATE OF q, t SKIP LOCKED
+), parked AS (
+    UPDATE task_queue q
+    SET claimed = true, claimed_by = $3, claimed_at = now(), available_at = 'infinity'
+    FROM locked WHERE q.id = locked.id
+    RETURNING q.id
+), explained AS (
+    UPDATE tasks t SET waiting_reason = locked.reason
+    FROM locked
+    WHERE t.id = locked.task_id AND t.waiting_reason IS DISTINCT FROM locked.reason
+)
+SELECT count(*) FROM parked
+"""
+UNPARK = """
+UPDATE task_queue SET claimed = false, claimed_by = NULL, claimed_at = NULL, available_at = now()
+WHERE id IN (
+    SELECT id FROM task_queue WHERE claimed AND claimed_by = ANY($1::text[])
+    FOR UPDATE SKIP LOCKED
+)
 """
 # Claims lock the task rows too (skipping any a cancel or an ending holds), so dispatch
 # never waits on a lock while holding one.

@@ -51,12 +51,18 @@ class TaskRecord:
     child_ids: tuple[str, ...] = ()
 
 
+# (priority, queue row id): the queue is read by priority, highest first, then by arrival.
+QueuePosition = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class ReadyTask:
     task_id: str
     spec: TaskSpec
     parent_id: str
     waiting_reason: str
+    # Where its row is in the queue's order (priority first, then arrival).
+    position: QueuePosition = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -266,18 +272,36 @@ class TaskStore:
 
     # ----------------------------------------------------------------- dispatch
 
-    async def ready(self, limit: int) -> list[ReadyTask]:
+    async def ready(self, limit: int, after: QueuePosition | None = None) -> list[ReadyTask]:
+        """Ready tasks in queue order: from the head, or after a position."""
+        priority, queue_id = after if after is not None else (None, None)
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(q.SELECT_READY, limit)
+            rows = await conn.fetch(q.SELECT_READY, limit, priority, queue_id)
         return [
             ReadyTask(
                 task_id=row["task_id"],
                 spec=spec_from_json(row["spec"]),
                 parent_id=row["parent_id"] or "",
                 waiting_reason=row["waiting_reason"],
+                position=(row["priority"], row["queue_id"]),
             )
             for row in rows
         ]
+
+    async def park(self, reasons: dict[str, str], cause: str) -> int:
+        """Keep these tasks out of the dispatch window, with their waiting reasons, until
+        `unpark(cause)`: nothing can place them before what they wait for changes.
+        Returns how many were parked (rows someone else holds are left as they are)."""
+        if not reasons:
+            return 0
+        async with self._pool.acquire() as conn:
+            parked = await conn.fetchval(q.PARK, list(reasons), list(reasons.values()), cause)
+        return int(parked)
+
+    async def unpark(self, *causes: str) -> None:
+        """Make tasks parked for any of these causes ready again (placement decides anew)."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(q.UNPARK, list(causes))
 
     async def running_per_agent(self) -> dict[str, int]:
         async with self._pool.acquire() as conn:
