@@ -1,10 +1,11 @@
 """Dispatch: place ready tasks on agents, stream them to their nodes, record what happens.
 
 One round reads the ready window of the queue, places what fits (least loaded first,
-siblings spread), parks what nobody can run (see `parking`), claims the placed rows with
-SKIP LOCKED and starts their attempts, then streams each attempt from its node in a task of
-its own. Rounds run when NOTIFY says the queue changed, and at least every `poll_seconds` in
-case a notification was lost.
+siblings spread; a gemini task also needs a free API key, picked here, before an attempt
+starts), parks what nobody can run (see `parking`), claims the placed rows with SKIP LOCKED
+and starts their attempts, then streams each attempt from its node in a task of its own.
+Rounds run when NOTIFY says the queue changed, and at least every `poll_seconds` in case a
+notification was lost.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import grpc
 
 from agentmesh.config import TlsSettings
 from agentmesh.errors import Reason
-from agentmesh.keys.pool import ApiKey, cool_down, disable, pick_key
+from agentmesh.keys.pool import ApiKey, cool_down, disable, key_shortage, pick_key, usable_keys
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
 from agentmesh.rpc.errors import reason_of
 from agentmesh.scheduler.agents import AgentRegistry
-from agentmesh.scheduler.parking import ParkingLot
+from agentmesh.scheduler.parking import KeySignature, ParkingLot
 from agentmesh.scheduler.placement import AgentSlot, Waiting, pick_agent
 from agentmesh.scheduler.store import (
     QueuePosition,
@@ -127,7 +128,9 @@ class Dispatcher:
         self._channels = channels
         self._settings = settings
         self._wake = asyncio.Event()
-        self._parking = ParkingLot(store)
+        self._parking = ParkingLot(
+            store, self._usable_keys, key_check_seconds=settings.poll_seconds
+        )
         # Where the last round stopped reading, past the head of the queue.
         self._resume: QueuePosition | None = None
         self._attempts: dict[str, asyncio.Task[None]] = {}
@@ -170,6 +173,7 @@ class Dispatcher:
             running[agent_id] = max(running.get(agent_id, 0), count)
         agents = {a.agent_id: a for a in await self._registry.online(running)}
         await self._parking.look_at_mesh(agents.values())
+        await self._parking.look_at_keys()
         # Read (and parse) only as much of a long queue as the free slots could take, plus
         # some, so that tasks no agent fits still get their waiting reason (and are parked).
         free = sum(agent.free for agent in agents.values())
@@ -215,8 +219,9 @@ class Dispatcher:
             agents[choice.agent_id] = replace(choice, running=choice.running + 1)
             spread[choice.hostname] += 1
             spread[choice.agent_id] += 1
+        keys, no_key = await self._pick_keys(ready, placements, agents)
         await self._store.set_waiting_reasons(reasons)
-        parked = await self._parking.park(nobody_fits)
+        parked = await self._parking.park(nobody_fits, no_key)
         started = await self._store.start_attempts(
             placements, self._settings.owner, self._settings.lease_seconds
         )
@@ -226,9 +231,30 @@ class Dispatcher:
             self._agents[attempt.task_id] = agent.agent_id
             self._attempt_numbers[attempt.task_id] = attempt.attempt
             self._attempts[attempt.task_id] = asyncio.create_task(
-                self._run_attempt(attempt, agent), name=f"attempt {attempt.task_id}"
+                self._run_attempt(attempt, agent, keys.get(attempt.task_id)),
+                name=f"attempt {attempt.task_id}",
             )
         return len(started) + parked
+
+    async def _pick_keys(
+        self, ready: list[ReadyTask], placements: dict[str, str], agents: dict[str, AgentSlot]
+    ) -> tuple[dict[str, ApiKey], dict[str, str]]:
+        """A key for each placed gemini task; the others wait (unplaced) with the reason."""
+        gemini = [t for t in ready if t.task_id in placements and t.spec.kind == TaskKind.GEMINI]
+        if not gemini:
+            return {}, {}
+        await self._parking.look_at_keys(now=True)
+        keys: dict[str, ApiKey] = {}
+        no_key: dict[str, str] = {}
+        for task in gemini:
+            picked = await self._pick_key(task.spec.user)
+            if isinstance(picked, ApiKey):
+                keys[task.task_id] = picked
+                continue
+            no_key[task.task_id] = picked
+            agent = agents[placements.pop(task.task_id)]
+            agents[agent.agent_id] = replace(agent, running=agent.running - 1)
+        return keys, no_key
 
     async def cancel_local(self, task_id: str) -> None:
         """A task we run was cancelled (here or on another replica): stop it on its node."""
@@ -247,9 +273,11 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._attempts.values(), return_exceptions=True)
 
-    async def _run_attempt(self, attempt: StartedAttempt, agent: AgentSlot) -> None:
+    async def _run_attempt(
+        self, attempt: StartedAttempt, agent: AgentSlot, key: ApiKey | None
+    ) -> None:
         try:
-            await self._stream(attempt, agent)
+            await self._stream(attempt, agent, key)
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -269,20 +297,10 @@ class Dispatcher:
                     registry.pop(attempt.task_id, None)
             self.wake()  # a slot is free
 
-    async def _stream(self, attempt: StartedAttempt, agent: AgentSlot) -> None:
+    async def _stream(self, attempt: StartedAttempt, agent: AgentSlot, key: ApiKey | None) -> None:
         owner = self._settings.owner
         spec = attempt.spec
-        key: ApiKey | None = None
         if spec.kind == TaskKind.GEMINI:
-            key = await _with_retry(lambda: self._pick_key(attempt.user))
-            if key is None:
-                await self._hand_back(
-                    attempt,
-                    "no API key is available (add one to GEMINI_API_KEY_FILE)",
-                    backoff_seconds=5.0,
-                    counts=False,
-                )
-                return
             children = await self._store.child_results(attempt.task_id)
             if children:
                 context = summarize_children(children)
@@ -414,9 +432,15 @@ class Dispatcher:
             )
         )
 
-    async def _pick_key(self, user: str) -> ApiKey | None:
+    async def _pick_key(self, user: str) -> ApiKey | str:
+        """A key for the user's task, or why there is none (its waiting reason)."""
         async with self._pool.acquire() as conn:
-            return await pick_key(conn, user)
+            key = await pick_key(conn, user)
+            return key if key is not None else await key_shortage(conn, user)
+
+    async def _usable_keys(self) -> KeySignature:
+        async with self._pool.acquire() as conn:
+            return await usable_keys(conn)
 
     async def _react_to_api_error(self, key: ApiKey, error: ApiError) -> None:
         async with self._pool.acquire() as conn:

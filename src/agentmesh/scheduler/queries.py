@@ -92,10 +92,11 @@ WHERE NOT q.claimed AND q.available_at <= now()
 ORDER BY q.priority DESC, q.id
 LIMIT $1
 """
-# A parked queue row belongs to a task nobody can run now (no agent fits it): it is kept out
-# of the dispatch window, whose index covers unclaimed rows only, until what it waits for
-# changes. `claimed_by` says what that is.
+# A parked queue row belongs to a task nobody can run now (no agent fits it, or no API key is
+# free): it is kept out of the dispatch window, whose index covers unclaimed rows only, until
+# what it waits for changes. `claimed_by` says what that is.
 PARKED_FOR_AGENT = "(parked: no agent fits)"
+PARKED_FOR_KEY = "(parked: no API key)"
 # Park rows with their waiting reasons; rows someone else holds (a claim, a cancel) are
 # skipped, never waited for.
 PARK = """
