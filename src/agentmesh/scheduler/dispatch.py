@@ -137,6 +137,8 @@ class Dispatcher:
         self._endpoints: dict[str, str] = {}
         self._agents: dict[str, str] = {}
         self._attempt_numbers: dict[str, int] = {}
+        # Tasks whose cancel was sent: the servicer and the NOTIFY both ask, the node hears once.
+        self._cancelling: set[str] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -260,13 +262,30 @@ class Dispatcher:
         """A task we run was cancelled (here or on another replica): stop it on its node."""
         attempt = self._attempts.get(task_id)
         endpoint = self._endpoints.get(task_id)
-        if attempt is None or endpoint is None:
+        if attempt is None or endpoint is None or task_id in self._cancelling:
             return
+        self._cancelling.add(task_id)
+        log.info(
+            "stopping attempt: its task was cancelled, ended or moved on",
+            extra={
+                "task_id": task_id,
+                "attempt": self._attempt_numbers.get(task_id),
+                "agent": self._agents.get(task_id),
+            },
+        )
         with contextlib.suppress(grpc.aio.AioRpcError):
             await self._channels.stub(endpoint).CancelTask(
                 node_pb2.CancelTaskRequest(task_id=task_id, reason="canceled"), timeout=5
             )
         attempt.cancel()  # dropping the stream also stops it on the node
+
+    async def reconcile(self) -> None:
+        """Stop the attempts whose task ended or moved on while we were not listening (a
+        cancel announced while the LISTEN connection was down never reached us)."""
+        owner = self._settings.owner
+        stale = await _with_retry(lambda: self._store.stale_attempts(owner, self.live_attempts()))
+        for task_id in stale:
+            await self.cancel_local(task_id)
 
     async def stop(self) -> None:
         for task in list(self._attempts.values()):
@@ -295,6 +314,7 @@ class Dispatcher:
                     self._attempt_numbers,
                 ):
                     registry.pop(attempt.task_id, None)
+                self._cancelling.discard(attempt.task_id)
             self.wake()  # a slot is free
 
     async def _stream(self, attempt: StartedAttempt, agent: AgentSlot, key: ApiKey | None) -> None:

@@ -304,6 +304,14 @@ SIBLINGS_NOT_COMPLETED = """
 SELECT count(*) FROM subtasks s JOIN tasks t ON t.id = s.child_task_id
 WHERE s.parent_task_id = $1 AND t.state <> 'completed'
 """
+# Of the attempts a replica streams, those that no longer own their task (it ended, was
+# cancelled, or another attempt took over) while the replica was not listening.
+STALE_ATTEMPTS = """
+SELECT live.id FROM unnest($2::text[], $3::int[]) AS live(id, attempt)
+LEFT JOIN tasks t
+    ON t.id = live.id AND t.attempt = live.attempt AND t.lease_owner = $1 AND t.state = 'working'
+WHERE t.id IS NULL
+"""
 RELEASE_OWNED = """
 SELECT id, attempt FROM tasks WHERE lease_owner = $1 AND state = 'working'
 """

@@ -501,6 +501,16 @@ class TaskStore:
                 q.RENEW_LEASES, owner, lease_seconds, [t for t, _ in live], [a for _, a in live]
             )
 
+    async def stale_attempts(self, owner: str, live: list[tuple[str, int]]) -> list[str]:
+        """Which of these (task, attempt) pairs we stream no longer own their task."""
+        if not live:
+            return []
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                q.STALE_ATTEMPTS, owner, [t for t, _ in live], [a for _, a in live]
+            )
+        return [row["id"] for row in rows]
+
     async def reap_expired_leases(self, backoff_seconds: float, limit: int = 100) -> int:
         """Take over attempts whose scheduler stopped renewing their lease."""
         reaped = 0
