@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agentmesh.node.process import ProcessGroup
 from agentmesh.v1 import node_pb2, task_pb2
 from tests.node.conftest import StartNode
 from tests.node.test_node import collect, execute, wait_for_file, wait_until_gone
@@ -52,6 +55,40 @@ async def test_what_a_finished_command_left_in_its_group_is_stopped(
     assert events[-1].result.state == task_pb2.TASK_STATE_COMPLETED
     pid = int((tmp_path / "child.pid").read_text())
     assert await wait_until_gone(pid), "the background process outlived its task"
+
+
+async def test_a_command_cancelled_while_it_starts_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The command runs (and has started a child of its own) while asyncio is still setting
+    # up its pipes: that is when a dropped client's cancel can land.
+    spawned = asyncio.Event()
+    finish_starting = asyncio.Event()
+    create_subprocess_exec = asyncio.create_subprocess_exec
+
+    async def slow_to_start(*args: object, **kwargs: object) -> asyncio.subprocess.Process:
+        process = await create_subprocess_exec(*args, **kwargs)  # type: ignore[arg-type]
+        spawned.set()
+        await finish_starting.wait()
+        return process
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", slow_to_start)
+    command = "sleep 300 & echo $! > child.pid; wait"
+    start = asyncio.create_task(
+        ProcessGroup.start(
+            ["sh", "-c", command], env=dict(os.environ), cwd=tmp_path, grace_seconds=0.5
+        )
+    )
+    await spawned.wait()
+    await wait_for_file(tmp_path / "child.pid")
+
+    start.cancel()
+    finish_starting.set()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+
+    pid = int((tmp_path / "child.pid").read_text())
+    assert await wait_until_gone(pid), "the command's child outlived the cancelled start"
 
 
 # Runs as PID 1 of a PID namespace of its own, where nothing else starts processes: after

@@ -43,6 +43,7 @@ class ProcessGroup:
         self._leader: psutil.Process | None = None
         with contextlib.suppress(psutil.Error):
             self._leader = psutil.Process(process.pid)
+        self._stopping: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -57,16 +58,27 @@ class ProcessGroup:
         cwd: Path,
         grace_seconds: float,
     ) -> ProcessGroup:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-            limit=CHUNK_BYTES,
+        creating = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                limit=CHUNK_BYTES,
+            )
         )
+        try:
+            process = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # Cancelled while the command was starting (a dropped client): it may be running
+            # already, and may have started others. Stop its whole group before giving up;
+            # asyncio alone would kill the leader and leave the rest.
+            with contextlib.suppress(Exception):
+                await cls(await asyncio.shield(creating), grace_seconds).stop()
+            raise
         return cls(process, grace_seconds)
 
     async def chunks(self) -> AsyncIterator[Chunk]:
@@ -106,8 +118,17 @@ class ProcessGroup:
         A group id is signalled only while a process we know of is still in that group: an
         id stays reserved only as long as some process uses it, so once the leader is
         reaped and its group is empty the kernel may give it to an unrelated group.
+
+        Stopping runs to its end even when the caller is cancelled meanwhile (a dropped
+        client cancels the very task that is stopping its processes), and only once.
         """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         group = self._process.pid
+        self._signal_group(group, signal.SIGSTOP, [])  # at once, while the leader lives
         # Members that are not the leader's descendants (`(sleep 300 &)`, or anything left
         # when the leader exited) were re-parented: only the group id ties them to the task.
         members = await asyncio.to_thread(_group_members, group, self._leader)
