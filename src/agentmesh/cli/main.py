@@ -10,12 +10,14 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
-from agentmesh import __version__
+from agentmesh import __version__, log_format
 from agentmesh.cli import db as db_commands
 from agentmesh.cli import demo as demo_command
 from agentmesh.cli import node as node_command
@@ -50,15 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Services log what they do; one-shot commands only what went wrong.
     quiet = logging.INFO if getattr(args, "service", False) else logging.WARNING
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else quiet,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_format.install(logging.DEBUG if args.verbose else quiet)
     logging.getLogger("pgserver").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     command: Command = args.run
     try:
         settings = load_settings()
+        log_format.redact(*_secrets(settings))
         return asyncio.run(command(settings, args))
     except ConfigError as exc:
         print(f"agentmesh: configuration error: {exc}", file=sys.stderr)
@@ -68,6 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _secrets(settings: Settings) -> list[str | None]:
+    """What this process must never log: the token and the database's credentials."""
+    env = settings.env
+    url = env.DATABASE_URL.get_secret_value() if env.DATABASE_URL is not None else None
+    password = None
+    if url:
+        with contextlib.suppress(ValueError):
+            password = urlsplit(url).password
+    return [settings.token, env.POSTGRES_PASSWORD.get_secret_value(), url, password]
 
 
 if __name__ == "__main__":

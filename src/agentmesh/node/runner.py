@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentmesh import log_format
 from agentmesh.config import PermissionMode
 from agentmesh.errors import (
     AlreadyExists,
@@ -157,6 +158,7 @@ class TaskRunner:
         self, request: ExecuteRequest, kind: TaskKind, executor: Executor, run: _Run
     ) -> AsyncIterator[TaskEvent]:
         scrub = Scrubber(request.api_key, *self._secrets)
+        log_format.redact(request.api_key)
         seq = 0
 
         def event(payload: Payload) -> TaskEvent:
@@ -173,10 +175,8 @@ class TaskRunner:
 
         mode = PermissionMode(request.spec.permission_mode or self._limits.default_permission_mode)
         timeout = request.spec.timeout_seconds or self._limits.default_timeout_seconds
-        log.info(
-            "task started",
-            extra={"task_id": request.task_id, "attempt": request.attempt, "kind": kind},
-        )
+        fields = {"task_id": request.task_id, "attempt": request.attempt, "agent": self.agent_id}
+        log.info("task started", extra={**fields, "kind": kind})
         yield event(Status(TaskState.WORKING, f"running on {self.agent_id}"))
         with _workdir(self._limits.workdir, request.task_id) as workdir:
             job = Job(
@@ -199,7 +199,7 @@ class TaskRunner:
                         result = payload
                         break
             except Exception as exc:
-                log.exception("executor failed", extra={"task_id": request.task_id})
+                log.exception("executor failed", extra=fields)
                 yield event(Diagnostic("error", f"executor error: {exc.__class__.__name__}"))
             finally:
                 await payloads.aclose()  # type: ignore[attr-defined]
@@ -209,8 +209,7 @@ class TaskRunner:
         log.info(
             "task ended",
             extra={
-                "task_id": request.task_id,
-                "attempt": request.attempt,
+                **fields,
                 "state": str(result.state),
                 "seconds": round(time.monotonic() - run.started, 3),
             },

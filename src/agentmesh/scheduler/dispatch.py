@@ -23,6 +23,7 @@ from typing import TypeVar
 import asyncpg
 import grpc
 
+from agentmesh import log_format
 from agentmesh.config import TlsSettings
 from agentmesh.errors import Reason
 from agentmesh.keys.pool import ApiKey, cool_down, disable, key_shortage, pick_key, usable_keys
@@ -251,6 +252,7 @@ class Dispatcher:
         for task in gemini:
             picked = await self._pick_key(task.spec.user)
             if isinstance(picked, ApiKey):
+                log_format.redact(picked.value)
                 keys[task.task_id] = picked
                 continue
             no_key[task.task_id] = picked
@@ -300,7 +302,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             pass
         except Exception:
-            log.exception("attempt failed", extra={"task_id": attempt.task_id})
+            log.exception("attempt failed", extra=_fields(attempt, agent))
             # Hand the task back rather than keep a lease on work nobody streams.
             with contextlib.suppress(Exception):
                 await self._hand_back(attempt, "the scheduler failed while streaming it")
@@ -353,7 +355,9 @@ class Dispatcher:
                 event = convert.event_from_proto(message)
                 payload = event.payload
                 if isinstance(payload, ApiError) and key is not None:
-                    await _with_retry(functools.partial(self._react_to_api_error, key, payload))
+                    await _with_retry(
+                        functools.partial(self._react_to_api_error, key, payload, attempt)
+                    )
                 if isinstance(payload, Result):
                     if not await writer.close():
                         return
@@ -371,7 +375,7 @@ class Dispatcher:
                     return
                 await writer.add(payload)
                 if writer.superseded:
-                    log.info("attempt superseded", extra={"task_id": attempt.task_id})
+                    log.info("attempt superseded", extra=_fields(attempt, agent))
                     return
         except grpc.aio.AioRpcError as error:
             await writer.close()
@@ -395,9 +399,7 @@ class Dispatcher:
         detail = error.details() or code.name
         reason = reason_of(error)
         fields = {
-            "task_id": attempt.task_id,
-            "attempt": attempt.attempt,
-            "agent": agent.agent_id,
+            **_fields(attempt, agent),
             "code": code.name,
             "reason": reason.value if reason else "",
         }
@@ -462,17 +464,20 @@ class Dispatcher:
         async with self._pool.acquire() as conn:
             return await usable_keys(conn)
 
-    async def _react_to_api_error(self, key: ApiKey, error: ApiError) -> None:
+    async def _react_to_api_error(
+        self, key: ApiKey, error: ApiError, attempt: StartedAttempt
+    ) -> None:
+        fields = {"task_id": attempt.task_id, "attempt": attempt.attempt, "key": key.fingerprint}
         async with self._pool.acquire() as conn:
             if error.kind is ApiErrorKind.QUOTA_EXHAUSTED:
                 await cool_down(conn, key.id, max(error.retry_delay_seconds, 1.0))
                 log.warning(
                     "API key cooling down",
-                    extra={"key": key.fingerprint, "seconds": error.retry_delay_seconds},
+                    extra={**fields, "seconds": error.retry_delay_seconds},
                 )
             elif error.kind is ApiErrorKind.INVALID_API_KEY:
                 await disable(conn, key.id)
-                log.warning("API key refused by the API: disabled", extra={"key": key.fingerprint})
+                log.warning("API key refused by the API: disabled", extra=fields)
 
 
 T = TypeVar("T")
@@ -489,6 +494,11 @@ async def _with_retry(operation: Callable[[], Awaitable[T]]) -> T:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     return await operation()
+
+
+def _fields(attempt: StartedAttempt, agent: AgentSlot) -> dict[str, object]:
+    """What every log line about an attempt carries."""
+    return {"task_id": attempt.task_id, "attempt": attempt.attempt, "agent": agent.agent_id}
 
 
 def _later(position: QueuePosition, than: QueuePosition) -> bool:
