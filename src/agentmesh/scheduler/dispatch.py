@@ -398,11 +398,9 @@ class Dispatcher:
         code = error.code()
         detail = error.details() or code.name
         reason = reason_of(error)
-        fields = {
-            **_fields(attempt, agent),
-            "code": code.name,
-            "reason": reason.value if reason else "",
-        }
+        fields = {**_fields(attempt, agent), "code": code.name}
+        if reason is not None:
+            fields["reason"] = reason.value
         refusal = REFUSALS.get(reason) if reason is not None else None
         if refusal is Refusal.NOT_STARTED:
             log.info("attempt not started: the node refused it", extra=fields)
