@@ -5,9 +5,9 @@ executor is missing), or that found no free API key, gets its waiting reason and
 queue row, which dispatch rounds do not read. Rounds stay as cheap with 10,000 such tasks
 as with none, and the tasks behind them are read. A parked row comes back when what it
 waits for changes, as this replica sees it:
-- the mesh: an agent registered, came back online, or changed what it can run (its
-  executors, capabilities, names, draining). Busy agents are not a reason to park: a freed
-  slot must find the task in the window.
+- the mesh: an agent registered, came back online (or out of draining), or changed what it
+  can run (its executors, capabilities, names). Busy agents are not a reason to park: a
+  freed slot must find the task in the window.
 - the keys: a key was added, came back from its cooldown, or was enabled again.
 A replica's first look unparks everything: what a stopped replica parked is decided anew.
 """
@@ -43,8 +43,9 @@ class ParkingLot:
         self._keys_checked = float("-inf")
 
     async def look_at_mesh(self, agents: Iterable[AgentSlot]) -> None:
-        """Unpark tasks that waited for an agent if an agent appeared or changed."""
-        view = frozenset(agent.placement_view for agent in agents)
+        """Unpark tasks that waited for an agent if an agent appeared or changed (an agent
+        that leaves or starts draining takes capacity away: nothing to look at again)."""
+        view = frozenset(agent.placement_view for agent in agents if not agent.draining)
         if self._mesh is None or view - self._mesh:
             await self._store.unpark(q.PARKED_FOR_AGENT)
         self._mesh = view

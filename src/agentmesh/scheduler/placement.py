@@ -33,14 +33,7 @@ class AgentSlot:
     @property
     def placement_view(self) -> tuple[object, ...]:
         """Everything about the agent that decides which tasks it could run (not its load)."""
-        return (
-            self.agent_id,
-            self.name,
-            self.hostname,
-            self.executors,
-            self.capabilities,
-            self.draining,
-        )
+        return (self.agent_id, self.name, self.hostname, self.executors, self.capabilities)
 
 
 @dataclass(frozen=True)
