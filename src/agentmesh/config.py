@@ -119,6 +119,10 @@ class NodeSettings(_Section):
 
 class SchedulerSettings(_Section):
     listen: HostPort = "127.0.0.1:50050"
+    # How often nodes heartbeat: the scheduler tells every node (each node uses its own
+    # `node.heartbeat_interval_seconds` only until the scheduler first answers), and an
+    # agent is offline after `heartbeat_ttl_intervals` of these without a heartbeat.
+    heartbeat_interval_seconds: float = Field(default=2.0, gt=0)
     heartbeat_ttl_intervals: int = Field(default=3, gt=0)
     max_attempts: int = Field(default=3, gt=0, le=100)
     lease_seconds: float = Field(default=30.0, gt=0)

@@ -1,17 +1,38 @@
-"""Domain errors. Only the gRPC edge (`agentmesh.rpc.errors`) turns them into status codes."""
+"""Domain errors. Only the gRPC edge (`agentmesh.rpc.errors`) turns them into status codes.
+
+An error may carry a `Reason`: a word a program can act on, sent along as
+`google.rpc.ErrorInfo` so that the caller (the scheduler, for a node's refusals) need not
+guess from the status code alone.
+"""
 
 from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Machine-readable causes, `google.rpc.ErrorInfo.reason` in the "agentmesh" domain."""
+
+    NODE_DRAINING = "NODE_DRAINING"  # the node is shutting down and takes no new tasks
+    NODE_FULL = "NODE_FULL"  # the node runs as many tasks as it may
+    DUPLICATE_ATTEMPT = "DUPLICATE_ATTEMPT"  # the node still runs a stream for this task
+    NO_EXECUTOR = "NO_EXECUTOR"  # the node cannot run tasks of this kind
+    BAD_SPEC = "BAD_SPEC"  # the task itself is wrong: no node will run it
 
 
 class AgentmeshError(Exception):
     """Base of the errors agentmesh reports to its callers."""
 
+    def __init__(self, message: str = "", *, reason: Reason | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 class InvalidArgument(AgentmeshError):
     """A request field is wrong; `field` names it."""
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
+    def __init__(self, field: str, problem: str, *, reason: Reason | None = None) -> None:
+        super().__init__(f"{field}: {problem}", reason=reason)
         self.field = field
         self.problem = problem
 

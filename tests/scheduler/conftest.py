@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,20 @@ from tests.node.conftest import GEMINI_CLI
 HEARTBEAT = 0.3
 
 
-def mesh_settings(tmp_path: Path, database_uri: str, **env: str) -> Settings:
+def mesh_settings(
+    tmp_path: Path, database_uri: str, scheduler: Mapping[str, Any] | None = None, **env: str
+) -> Settings:
     config = tmp_path / "agent_config.json"
     config.write_text(
         json.dumps(
-            {"node": {"heartbeat_interval_seconds": HEARTBEAT}, "scheduler": {"lease_seconds": 3}}
+            {
+                "node": {"heartbeat_interval_seconds": HEARTBEAT},
+                "scheduler": {
+                    "heartbeat_interval_seconds": HEARTBEAT,
+                    "lease_seconds": 3,
+                    **(scheduler or {}),
+                },
+            }
         )
     )
     return load_settings(
@@ -50,9 +59,9 @@ class Mesh:
         self.nodes: list[AgentNode] = []
         self._channels: list[grpc.aio.Channel] = []
 
-    def configure(self, **env: str) -> None:
-        """Change the environment the next scheduler and nodes start with."""
-        self.settings = mesh_settings(self.tmp_path, self.database_uri, **env)
+    def configure(self, scheduler: Mapping[str, Any] | None = None, **env: str) -> None:
+        """Change the environment (and scheduler options) the next processes start with."""
+        self.settings = mesh_settings(self.tmp_path, self.database_uri, scheduler, **env)
 
     async def start_scheduler(self) -> scheduler_pb2_grpc.SchedulerAsyncStub:
         scheduler = await Scheduler.start(self.settings, "127.0.0.1:0")

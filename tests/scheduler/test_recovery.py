@@ -43,7 +43,10 @@ async def mesh(tmp_path: Path, database_uri: str) -> AsyncIterator[ProcessHarnes
             "workdir": str(workdir),
             "shutdown_grace_seconds": 2,
         },
-        "scheduler": {"lease_seconds": LEASE_SECONDS},
+        "scheduler": {
+            "heartbeat_interval_seconds": HEARTBEAT_SECONDS,
+            "lease_seconds": LEASE_SECONDS,
+        },
     }
     async with ProcessHarness(tmp_path, database_uri, config) as harness:
         yield harness

@@ -4,16 +4,19 @@ that turns every error into one line on stderr and an exit code."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 import grpc
 
+from agentmesh import log_format
 from agentmesh.cli.client import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -59,14 +62,10 @@ class App:
         `on_interrupt` says what to tell the user on Ctrl-C (e.g. the task goes on)."""
         # Services log what they do; one-shot commands only what went wrong.
         quiet = logging.INFO if service else logging.WARNING
-        logging.basicConfig(
-            level=logging.DEBUG if self.verbose else quiet,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        log_format.install(logging.DEBUG if self.verbose else quiet)
         logging.getLogger("pgserver").setLevel(logging.DEBUG if self.verbose else logging.WARNING)
         try:
-            self.settings()
+            log_format.redact(*_secrets(self.settings()))
             return asyncio.run(command())
         except ConfigError as exc:
             return self._fail(f"configuration error: {exc}", EXIT_USAGE)
@@ -95,6 +94,17 @@ class App:
             traceback.print_exc()
         print(f"agentmesh: {message}", file=sys.stderr)
         return code
+
+
+def _secrets(settings: Settings) -> list[str | None]:
+    """What this process must never log: the token and the database's credentials."""
+    env = settings.env
+    url = env.DATABASE_URL.get_secret_value() if env.DATABASE_URL is not None else None
+    password = None
+    if url:
+        with contextlib.suppress(ValueError):
+            password = urlsplit(url).password
+    return [settings.token, env.POSTGRES_PASSWORD.get_secret_value(), url, password]
 
 
 pass_app = click.make_pass_decorator(App, ensure=True)

@@ -50,6 +50,21 @@ UPDATE api_keys SET cooldown_until = greatest(coalesce(cooldown_until, now()),
 WHERE id = $1
 """
 DISABLE = "UPDATE api_keys SET enabled = false WHERE id = $1"
+# Why PICK_KEY found nothing for a user: what exists, what is enabled, when one cools down.
+KEY_SHORTAGE = """
+SELECT count(*) AS total, count(*) FILTER (WHERE enabled) AS enabled,
+       min(cooldown_until) FILTER (WHERE enabled AND cooldown_until > now()) AS next_ready
+FROM api_keys
+WHERE provider = 'gemini' AND (assigned_user IS NULL OR assigned_user = $1)
+"""
+# The keys PICK_KEY could hand out now (to someone), with the end of their last cooldown:
+# when this set gains a member (a new key, or one back from a cooldown), tasks that waited
+# for a key may go.
+USABLE_KEYS = """
+SELECT id, cooldown_until FROM api_keys
+WHERE enabled AND provider = 'gemini' AND (cooldown_until IS NULL OR cooldown_until <= now())
+"""
+NO_KEY = "no API key available"
 
 
 class KeyFileError(ConfigError):
@@ -145,3 +160,22 @@ async def cool_down(conn: Connection, key_id: int, seconds: float) -> None:
 
 async def disable(conn: Connection, key_id: int) -> None:
     await conn.execute(DISABLE, key_id)
+
+
+async def key_shortage(conn: Connection, user: str) -> str:
+    """Why no key can be picked for the user now, in words (a task's waiting reason)."""
+    row = await conn.fetchrow(KEY_SHORTAGE, user)
+    assert row is not None  # an aggregate always returns a row
+    whose = f" for user {user}" if user else ""
+    if not row["total"]:
+        return f"{NO_KEY}: none in api_keys{whose} (add one to GEMINI_API_KEY_FILE)"
+    if not row["enabled"]:
+        return f"{NO_KEY}: the {row['total']} key(s){whose} were refused by the API (disabled)"
+    until = row["next_ready"]
+    when = f" until {until:%Y-%m-%d %H:%M:%S %Z}" if until is not None else ""
+    return f"{NO_KEY}: the {row['enabled']} key(s){whose} are cooling down after 429s{when}"
+
+
+async def usable_keys(conn: Connection) -> frozenset[tuple[object, ...]]:
+    """The usable keys as (id, end of last cooldown): comparable from one look to the next."""
+    return frozenset((row["id"], row["cooldown_until"]) for row in await conn.fetch(USABLE_KEYS))

@@ -38,6 +38,12 @@ class ProcessGroup:
     def __init__(self, process: asyncio.subprocess.Process, grace_seconds: float) -> None:
         self._process = process
         self._grace = grace_seconds
+        # A handle that knows the leader's start time, so that a reused pid is not taken
+        # for the leader (None if it was gone before we looked).
+        self._leader: psutil.Process | None = None
+        with contextlib.suppress(psutil.Error):
+            self._leader = psutil.Process(process.pid)
+        self._stopping: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -52,16 +58,27 @@ class ProcessGroup:
         cwd: Path,
         grace_seconds: float,
     ) -> ProcessGroup:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-            limit=CHUNK_BYTES,
+        creating = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                limit=CHUNK_BYTES,
+            )
         )
+        try:
+            process = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # Cancelled while the command was starting (a dropped client): it may be running
+            # already, and may have started others. Stop its whole group before giving up;
+            # asyncio alone would kill the leader and leave the rest.
+            with contextlib.suppress(Exception):
+                await cls(await asyncio.shield(creating), grace_seconds).stop()
+            raise
         return cls(process, grace_seconds)
 
     async def chunks(self) -> AsyncIterator[Chunk]:
@@ -97,13 +114,30 @@ class ProcessGroup:
         group is not enough: freeze the group (so nothing forks meanwhile), collect all
         descendants, SIGTERM each one and its group, and SIGKILL what is left after the
         grace period.
+
+        A group id is signalled only while a process we know of is still in that group: an
+        id stays reserved only as long as some process uses it, so once the leader is
+        reaped and its group is empty the kernel may give it to an unrelated group.
+
+        Stopping runs to its end even when the caller is cancelled meanwhile (a dropped
+        client cancels the very task that is stopping its processes), and only once.
         """
-        self._signal_group(self._process.pid, signal.SIGSTOP)
-        victims = self._descendants()
-        groups = {self._process.pid} | {_pgid(p) for p in victims} - {0, os.getpgrp()}
-        for group in groups:
-            self._signal_group(group, signal.SIGTERM)
-            self._signal_group(group, signal.SIGCONT)
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
+        group = self._process.pid
+        self._signal_group(group, signal.SIGSTOP, [])  # at once, while the leader lives
+        # Members that are not the leader's descendants (`(sleep 300 &)`, or anything left
+        # when the leader exited) were re-parented: only the group id ties them to the task.
+        members = await asyncio.to_thread(_group_members, group, self._leader)
+        self._signal_group(group, signal.SIGSTOP, members)
+        victims = self._descendants(members)
+        groups = {group} | {_pgid(p) for p in victims} - {0, os.getpgrp()}
+        for signum in (signal.SIGTERM, signal.SIGCONT):
+            for pgid in groups:
+                self._signal_group(pgid, signum, victims)
         for victim in victims:
             with contextlib.suppress(psutil.Error):
                 victim.terminate()
@@ -112,24 +146,56 @@ class ProcessGroup:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._process.wait(), self._grace)
         survivors = await asyncio.to_thread(_wait_for, victims, self._grace)
-        for group in groups:
-            self._signal_group(group, signal.SIGKILL)
+        for pgid in groups:
+            self._signal_group(pgid, signal.SIGKILL, survivors)
         for victim in survivors:
             with contextlib.suppress(psutil.Error):
-                victim.kill()
+                victim.kill()  # psutil refuses to signal a pid that was reused
         if self._process.returncode is None:
             await self._process.wait()
 
-    def _descendants(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self._process.pid).children(recursive=True)
-        except psutil.Error:
-            return []
+    def _descendants(self, members: list[psutil.Process]) -> list[psutil.Process]:
+        """The group's members and everything they and the leader started, in any session."""
+        found: dict[int, psutil.Process] = {p.pid: p for p in members}
+        roots = list(members)
+        if self._leader is not None and _is_running(self._leader):
+            roots.append(self._leader)
+        for root in roots:
+            with contextlib.suppress(psutil.Error):
+                found.update((p.pid, p) for p in root.children(recursive=True))
+        found.pop(self._process.pid, None)
+        return list(found.values())
 
-    @staticmethod
-    def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    def _signal_group(self, pgid: int, signum: signal.Signals, known: list[psutil.Process]) -> None:
+        """killpg, if the group still has a member we know of (the leader or one of `known`)."""
+        members = [self._leader, *known] if self._leader is not None else known
+        if not any(_is_running(p) and _pgid(p) == pgid for p in members):
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signum)
+
+
+def _is_running(process: psutil.Process) -> bool:
+    """Still the process we met (psutil compares start times, so a reused pid is not)."""
+    try:
+        return process.is_running()
+    except psutil.Error:
+        return False
+
+
+def _group_members(pgid: int, leader: psutil.Process | None) -> list[psutil.Process]:
+    """The processes in our group, its leader excepted; none if the id is another's now."""
+    if not (leader is not None and _is_running(leader)) and psutil.pid_exists(pgid):
+        return []  # the leader is gone and its pid was given to another process
+    members = []
+    for pid in psutil.pids():
+        if pid == pgid:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) == pgid:
+                with contextlib.suppress(psutil.Error):
+                    members.append(psutil.Process(pid))
+    return members
 
 
 def _pgid(process: psutil.Process) -> int:

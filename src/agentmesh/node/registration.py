@@ -1,5 +1,7 @@
 """A node keeps itself registered with the scheduler: a heartbeat every interval.
 
+The scheduler decides the interval (it also decides when a silent agent is offline): each
+answer carries it, and the node's own configured interval only serves until the first one.
 While the scheduler is away the node goes on serving and retries with backoff; when the
 node shuts down, its last heartbeat says it is draining, so it gets no new work.
 """
@@ -19,6 +21,10 @@ from agentmesh.rpc.channel import open_channel
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# Bounds on an interval the scheduler asks for: never a busy loop, never silence.
+MIN_INTERVAL_SECONDS = 0.05
+MAX_INTERVAL_SECONDS = 300.0
 
 
 class Registration:
@@ -44,7 +50,12 @@ class Registration:
         request = scheduler_pb2.HeartbeatRequest(
             card=convert.card_to_proto(self._card()), running_task_ids=self._running()
         )
-        await self._stub.Heartbeat(request, timeout=max(self._interval, 2.0))
+        reply = await self._stub.Heartbeat(request, timeout=max(self._interval, 2.0))
+        if reply.interval_seconds > 0:
+            interval = min(max(reply.interval_seconds, MIN_INTERVAL_SECONDS), MAX_INTERVAL_SECONDS)
+            if interval != self._interval:
+                log.info("heartbeat every %gs, as scheduler %s asks", interval, self._scheduler)
+                self._interval = interval
 
     async def run(self) -> None:
         """Heartbeat until cancelled."""

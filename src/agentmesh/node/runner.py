@@ -19,8 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentmesh import log_format
 from agentmesh.config import PermissionMode
-from agentmesh.errors import AlreadyExists, FailedPrecondition, Overloaded, Unavailable
+from agentmesh.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    Overloaded,
+    Reason,
+    Unavailable,
+)
 from agentmesh.node.environment import Scrubber
 from agentmesh.node.executors.base import Executor, Job
 from agentmesh.tasks.events import Diagnostic, Payload, Result, Status, TaskEvent
@@ -115,19 +123,28 @@ class TaskRunner:
 
     async def execute(self, request: ExecuteRequest) -> AsyncIterator[TaskEvent]:
         """Run one task; yield its events until (and including) its `Result`."""
-        validate_task_id(request.task_id)
-        kind = validate_runnable(request.spec)
+        try:
+            validate_task_id(request.task_id)
+            kind = validate_runnable(request.spec)
+        except InvalidArgument as error:
+            raise InvalidArgument(error.field, error.problem, reason=Reason.BAD_SPEC) from None
         executor = self._executors.get(kind)
         if executor is None:
-            raise FailedPrecondition(f"this node has no {kind} executor")
+            raise FailedPrecondition(f"this node has no {kind} executor", reason=Reason.NO_EXECUTOR)
         if self._draining:
-            raise Unavailable("this node is shutting down and takes no new tasks")
+            raise Unavailable(
+                "this node is shutting down and takes no new tasks", reason=Reason.NODE_DRAINING
+            )
         if request.task_id in self._runs:
-            raise AlreadyExists(f"task {request.task_id} is already running here")
+            raise AlreadyExists(
+                f"task {request.task_id} is already running here",
+                reason=Reason.DUPLICATE_ATTEMPT,
+            )
         if len(self._runs) >= self._limits.max_concurrency:
             raise Overloaded(
                 f"this node runs {len(self._runs)} tasks, its limit"
-                f" (max_concurrency={self._limits.max_concurrency})"
+                f" (max_concurrency={self._limits.max_concurrency})",
+                reason=Reason.NODE_FULL,
             )
         run = _Run(request.task_id, asyncio.Event(), time.monotonic())
         self._runs[request.task_id] = run
@@ -144,6 +161,7 @@ class TaskRunner:
         self, request: ExecuteRequest, kind: TaskKind, executor: Executor, run: _Run
     ) -> AsyncIterator[TaskEvent]:
         scrub = Scrubber(request.api_key, *self._secrets)
+        log_format.redact(request.api_key)
         seq = 0
 
         def event(payload: Payload) -> TaskEvent:
@@ -161,10 +179,8 @@ class TaskRunner:
         mode = PermissionMode(request.spec.permission_mode or self._limits.default_permission_mode)
         agent_mode = AgentMode(request.spec.agent_mode or self._limits.default_agent_mode)
         timeout = request.spec.timeout_seconds or self._limits.default_timeout_seconds
-        log.info(
-            "task started",
-            extra={"task_id": request.task_id, "attempt": request.attempt, "kind": kind},
-        )
+        fields = {"task_id": request.task_id, "attempt": request.attempt, "agent": self.agent_id}
+        log.info("task started", extra={**fields, "kind": kind})
         yield event(Status(TaskState.WORKING, f"running on {self.agent_id}"))
         with _workdir(self._limits.workdir, request.task_id) as workdir:
             job = Job(
@@ -188,7 +204,7 @@ class TaskRunner:
                         result = payload
                         break
             except Exception as exc:
-                log.exception("executor failed", extra={"task_id": request.task_id})
+                log.exception("executor failed", extra=fields)
                 yield event(Diagnostic("error", f"executor error: {exc.__class__.__name__}"))
             finally:
                 await payloads.aclose()  # type: ignore[attr-defined]
@@ -198,8 +214,7 @@ class TaskRunner:
         log.info(
             "task ended",
             extra={
-                "task_id": request.task_id,
-                "attempt": request.attempt,
+                **fields,
                 "state": str(result.state),
                 "seconds": round(time.monotonic() - run.started, 3),
             },

@@ -1,4 +1,8 @@
-"""One table from domain errors to gRPC status codes, and the wrappers every RPC goes through."""
+"""One table from domain errors to gRPC status codes, and the wrappers every RPC goes through.
+
+An error's `Reason` travels as `google.rpc.ErrorInfo` (domain "agentmesh") in the status
+details; `reason_of` reads it back on the calling side.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ from google.rpc import error_details_pb2, status_pb2
 from agentmesh import errors
 
 log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "agentmesh"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 STATUS_CODES: dict[type[errors.AgentmeshError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -56,10 +63,30 @@ async def abort(
             )
         )
         status.details.append(detail)
+    if error.reason is not None:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=error.reason.value, domain=ERROR_DOMAIN))
+        status.details.append(info)
     await context.abort(
-        code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
+        code, message, trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),)
     )
     raise AssertionError("unreachable")  # context.abort raises
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> errors.Reason | None:
+    """The agentmesh reason a failed call carries in its status details, if any."""
+    for key, value in error.trailing_metadata() or ():
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                try:
+                    return errors.Reason(info.reason)
+                except ValueError:
+                    return None  # a reason from a newer version: treat as none
+    return None
 
 
 async def _internal(context: grpc.aio.ServicerContext[Any, Any], method: str) -> NoReturn:

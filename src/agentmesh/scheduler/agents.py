@@ -54,6 +54,7 @@ UPDATE agents SET status = 'offline'
 WHERE status <> 'offline' AND last_heartbeat <= now() - make_interval(secs => $1)
 """
 MARK_OFFLINE = "UPDATE agents SET status = 'offline' WHERE id = $1"
+MARK_DRAINING = "UPDATE agents SET status = 'draining' WHERE id = $1 AND status = 'online'"
 
 
 @dataclass(frozen=True)
@@ -188,3 +189,8 @@ class AgentRegistry:
         """A node that stopped answering is offline until its next heartbeat."""
         async with self._pool.acquire() as conn:
             await conn.execute(MARK_OFFLINE, agent_id)
+
+    async def mark_draining(self, agent_id: str) -> None:
+        """A node that said it is shutting down gets no new work (its heartbeat agrees)."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(MARK_DRAINING, agent_id)

@@ -1,9 +1,11 @@
 """Dispatch: place ready tasks on agents, stream them to their nodes, record what happens.
 
 One round reads the ready window of the queue, places what fits (least loaded first,
-siblings spread), claims those rows with SKIP LOCKED and starts their attempts, then streams
-each attempt from its node in a task of its own. Rounds run when NOTIFY says the queue
-changed, and at least every `poll_seconds` in case a notification was lost.
+siblings spread; a gemini task also needs a free API key, picked here, before an attempt
+starts), parks what nobody can run (see `parking`), claims the placed rows with SKIP LOCKED
+and starts their attempts, then streams each attempt from its node in a task of its own.
+Rounds run when NOTIFY says the queue changed, and at least every `poll_seconds` in case a
+notification was lost.
 """
 
 from __future__ import annotations
@@ -15,18 +17,29 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import TypeVar
 
 import asyncpg
 import grpc
 
+from agentmesh import log_format
 from agentmesh.config import TlsSettings
-from agentmesh.keys.pool import ApiKey, cool_down, disable, pick_key
+from agentmesh.errors import Reason
+from agentmesh.keys.pool import ApiKey, cool_down, disable, key_shortage, pick_key, usable_keys
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
+from agentmesh.rpc.errors import reason_of
 from agentmesh.scheduler.agents import AgentRegistry
+from agentmesh.scheduler.parking import KeySignature, ParkingLot
 from agentmesh.scheduler.placement import AgentSlot, Waiting, pick_agent
-from agentmesh.scheduler.store import StartedAttempt, TaskStore, summarize_children
+from agentmesh.scheduler.store import (
+    QueuePosition,
+    ReadyTask,
+    StartedAttempt,
+    TaskStore,
+    summarize_children,
+)
 from agentmesh.scheduler.trace_writer import TraceWriter
 from agentmesh.tasks.events import ApiError, ApiErrorKind, Result
 from agentmesh.tasks.model import TaskKind
@@ -50,7 +63,26 @@ DATABASE_ERRORS = (
 )
 WINDOW = 500
 MIN_WINDOW = 32
-NOT_STARTED = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION}
+# Pages of the queue a round reads at most (the head, then on from where the last stopped).
+MAX_PAGES = 4
+
+
+class Refusal(Enum):
+    """What a node's refusal means for the attempt."""
+
+    NOT_STARTED = "not started"  # handed back without using an attempt; try again soon
+    BAD_SPEC = "bad spec"  # the task fails with the node's message
+
+
+# The one table from a node's reasons (google.rpc.ErrorInfo) to what becomes of the attempt.
+# A stream that breaks without a reason is a lost attempt (counted, retried elsewhere).
+REFUSALS: dict[Reason, Refusal] = {
+    Reason.NODE_DRAINING: Refusal.NOT_STARTED,
+    Reason.NODE_FULL: Refusal.NOT_STARTED,
+    Reason.DUPLICATE_ATTEMPT: Refusal.NOT_STARTED,
+    Reason.NO_EXECUTOR: Refusal.NOT_STARTED,
+    Reason.BAD_SPEC: Refusal.BAD_SPEC,
+}
 
 
 @dataclass(frozen=True)
@@ -97,10 +129,17 @@ class Dispatcher:
         self._channels = channels
         self._settings = settings
         self._wake = asyncio.Event()
+        self._parking = ParkingLot(
+            store, self._usable_keys, key_check_seconds=settings.poll_seconds
+        )
+        # Where the last round stopped reading, past the head of the queue.
+        self._resume: QueuePosition | None = None
         self._attempts: dict[str, asyncio.Task[None]] = {}
         self._endpoints: dict[str, str] = {}
         self._agents: dict[str, str] = {}
         self._attempt_numbers: dict[str, int] = {}
+        # Tasks whose cancel was sent: the servicer and the NOTIFY both ask, the node hears once.
+        self._cancelling: set[str] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -136,28 +175,56 @@ class Dispatcher:
         for agent_id, count in Counter(self._agents.values()).items():
             running[agent_id] = max(running.get(agent_id, 0), count)
         agents = {a.agent_id: a for a in await self._registry.online(running)}
+        await self._parking.look_at_mesh(agents.values())
+        await self._parking.look_at_keys()
         # Read (and parse) only as much of a long queue as the free slots could take, plus
-        # some, so that tasks no agent fits still get their waiting reason.
+        # some, so that tasks no agent fits still get their waiting reason (and are parked).
         free = sum(agent.free for agent in agents.values())
         window = min(WINDOW, 4 * free + MIN_WINDOW)
-        ready = await self._store.ready(window)
-        if not ready:
-            return
+        siblings: dict[str, Counter[str]] = {}
+        page = await self._store.ready(window)
+        progress = await self._place(page, agents, siblings)
+        head_full = len(page) == window
+        # Tasks waiting for busy agents stay in the window: while idle slots remain, read on
+        # past them, from where the last round stopped, so they cannot hide tasks behind.
+        pages = 1
+        while len(page) == window and pages < MAX_PAGES and any(a.free for a in agents.values()):
+            after = page[-1].position
+            if pages == 1 and self._resume is not None and _later(self._resume, after):
+                after = self._resume
+            page = await self._store.ready(window, after=after)
+            progress += await self._place(page, agents, siblings)
+            pages += 1
+            self._resume = page[-1].position if len(page) == window else None
+        if head_full and progress:
+            self._wake.set()  # what was placed or parked left the window: read on
+
+    async def _place(
+        self,
+        ready: list[ReadyTask],
+        agents: dict[str, AgentSlot],
+        siblings: dict[str, Counter[str]],
+    ) -> int:
+        """Place, park or explain each task; start the placed ones. How many left the queue."""
         placements: dict[str, str] = {}
         reasons: dict[str, str] = {}
-        siblings: dict[str, Counter[str]] = {}
+        nobody_fits: dict[str, str] = {}
         for task in ready:
             spread = siblings.setdefault(task.parent_id, Counter()) if task.parent_id else Counter()
             choice = pick_agent(task.spec, list(agents.values()), spread)
             if isinstance(choice, Waiting):
-                if choice.reason != task.waiting_reason:
+                if choice.nobody_fits:
+                    nobody_fits[task.task_id] = choice.reason
+                elif choice.reason != task.waiting_reason:
                     reasons[task.task_id] = choice.reason
                 continue
             placements[task.task_id] = choice.agent_id
             agents[choice.agent_id] = replace(choice, running=choice.running + 1)
             spread[choice.hostname] += 1
             spread[choice.agent_id] += 1
+        keys, no_key = await self._pick_keys(ready, placements, agents)
         await self._store.set_waiting_reasons(reasons)
+        parked = await self._parking.park(nobody_fits, no_key)
         started = await self._store.start_attempts(
             placements, self._settings.owner, self._settings.lease_seconds
         )
@@ -167,35 +234,75 @@ class Dispatcher:
             self._agents[attempt.task_id] = agent.agent_id
             self._attempt_numbers[attempt.task_id] = attempt.attempt
             self._attempts[attempt.task_id] = asyncio.create_task(
-                self._run_attempt(attempt, agent), name=f"attempt {attempt.task_id}"
+                self._run_attempt(attempt, agent, keys.get(attempt.task_id)),
+                name=f"attempt {attempt.task_id}",
             )
-        if started and len(placements) == len(ready) == window:
-            self._wake.set()  # more may be ready beyond the window
+        return len(started) + parked
+
+    async def _pick_keys(
+        self, ready: list[ReadyTask], placements: dict[str, str], agents: dict[str, AgentSlot]
+    ) -> tuple[dict[str, ApiKey], dict[str, str]]:
+        """A key for each placed gemini task; the others wait (unplaced) with the reason."""
+        gemini = [t for t in ready if t.task_id in placements and t.spec.kind == TaskKind.GEMINI]
+        if not gemini:
+            return {}, {}
+        await self._parking.look_at_keys(now=True)
+        keys: dict[str, ApiKey] = {}
+        no_key: dict[str, str] = {}
+        for task in gemini:
+            picked = await self._pick_key(task.spec.user)
+            if isinstance(picked, ApiKey):
+                log_format.redact(picked.value)
+                keys[task.task_id] = picked
+                continue
+            no_key[task.task_id] = picked
+            agent = agents[placements.pop(task.task_id)]
+            agents[agent.agent_id] = replace(agent, running=agent.running - 1)
+        return keys, no_key
 
     async def cancel_local(self, task_id: str) -> None:
         """A task we run was cancelled (here or on another replica): stop it on its node."""
         attempt = self._attempts.get(task_id)
         endpoint = self._endpoints.get(task_id)
-        if attempt is None or endpoint is None:
+        if attempt is None or endpoint is None or task_id in self._cancelling:
             return
+        self._cancelling.add(task_id)
+        log.info(
+            "stopping attempt: its task was cancelled, ended or moved on",
+            extra={
+                "task_id": task_id,
+                "attempt": self._attempt_numbers.get(task_id),
+                "agent": self._agents.get(task_id),
+            },
+        )
         with contextlib.suppress(grpc.aio.AioRpcError):
             await self._channels.stub(endpoint).CancelTask(
                 node_pb2.CancelTaskRequest(task_id=task_id, reason="canceled"), timeout=5
             )
         attempt.cancel()  # dropping the stream also stops it on the node
 
+    async def reconcile(self) -> None:
+        """Stop the attempts whose task ended or moved on while we were not listening (a
+        cancel announced while the LISTEN connection was down never reached us)."""
+        owner = self._settings.owner
+        stale = await _with_retry(lambda: self._store.stale_attempts(owner, self.live_attempts()))
+        for task_id in stale:
+            await self.cancel_local(task_id)
+
     async def stop(self) -> None:
         for task in list(self._attempts.values()):
             task.cancel()
         await asyncio.gather(*self._attempts.values(), return_exceptions=True)
 
-    async def _run_attempt(self, attempt: StartedAttempt, agent: AgentSlot) -> None:
+    async def _run_attempt(
+        self, attempt: StartedAttempt, agent: AgentSlot, key: ApiKey | None
+    ) -> None:
         try:
-            await self._stream(attempt, agent)
+            await self._stream(attempt, agent, key)
         except asyncio.CancelledError:
             pass
         except Exception:
-            log.exception("attempt failed", extra={"task_id": attempt.task_id})
+            log.exception("attempt failed", extra=_fields(attempt, agent))
             # Hand the task back rather than keep a lease on work nobody streams.
             with contextlib.suppress(Exception):
                 await self._hand_back(attempt, "the scheduler failed while streaming it")
@@ -209,22 +316,13 @@ class Dispatcher:
                     self._attempt_numbers,
                 ):
                     registry.pop(attempt.task_id, None)
+                self._cancelling.discard(attempt.task_id)
             self.wake()  # a slot is free
 
-    async def _stream(self, attempt: StartedAttempt, agent: AgentSlot) -> None:
+    async def _stream(self, attempt: StartedAttempt, agent: AgentSlot, key: ApiKey | None) -> None:
         owner = self._settings.owner
         spec = attempt.spec
-        key: ApiKey | None = None
         if spec.kind == TaskKind.GEMINI:
-            key = await _with_retry(lambda: self._pick_key(attempt.user))
-            if key is None:
-                await self._hand_back(
-                    attempt,
-                    "no API key is available (add one to GEMINI_API_KEY_FILE)",
-                    backoff_seconds=5.0,
-                    counts=False,
-                )
-                return
             children = await self._store.child_results(attempt.task_id)
             if children:
                 context = summarize_children(children)
@@ -237,7 +335,7 @@ class Dispatcher:
         )
         received = 0
         writer = TraceWriter(
-            lambda batch: _with_retry(
+            lambda batch, after_seq: _with_retry(
                 functools.partial(
                     self._store.append_many,
                     attempt.task_id,
@@ -245,8 +343,10 @@ class Dispatcher:
                     owner,
                     agent.agent_id,
                     batch,
+                    after_seq=after_seq,
                 )
-            )
+            ),
+            attempt.last_seq,
         )
         call = self._channels.stub(agent.endpoint).ExecuteTask(request)
         try:
@@ -255,7 +355,9 @@ class Dispatcher:
                 event = convert.event_from_proto(message)
                 payload = event.payload
                 if isinstance(payload, ApiError) and key is not None:
-                    await _with_retry(functools.partial(self._react_to_api_error, key, payload))
+                    await _with_retry(
+                        functools.partial(self._react_to_api_error, key, payload, attempt)
+                    )
                 if isinstance(payload, Result):
                     if not await writer.close():
                         return
@@ -273,7 +375,7 @@ class Dispatcher:
                     return
                 await writer.add(payload)
                 if writer.superseded:
-                    log.info("attempt superseded", extra={"task_id": attempt.task_id})
+                    log.info("attempt superseded", extra=_fields(attempt, agent))
                     return
         except grpc.aio.AioRpcError as error:
             await writer.close()
@@ -295,11 +397,21 @@ class Dispatcher:
         owner = self._settings.owner
         code = error.code()
         detail = error.details() or code.name
-        if code in NOT_STARTED:
+        reason = reason_of(error)
+        fields = {**_fields(attempt, agent), "code": code.name}
+        if reason is not None:
+            fields["reason"] = reason.value
+        refusal = REFUSALS.get(reason) if reason is not None else None
+        if refusal is Refusal.NOT_STARTED:
+            log.info("attempt not started: the node refused it", extra=fields)
+            if reason is Reason.NODE_DRAINING:
+                # Its next heartbeat would say so too; place nothing more there meanwhile.
+                await _with_retry(lambda: self._registry.mark_draining(agent.agent_id))
             await self._hand_back(
                 attempt, f"{agent.name}: {detail}", backoff_seconds=0.5, counts=False
             )
-        elif code is grpc.StatusCode.INVALID_ARGUMENT:
+        elif refusal is Refusal.BAD_SPEC:
+            log.info("attempt refused: bad spec", extra=fields)
             await _with_retry(
                 lambda: self._store.fail_attempt(
                     attempt.task_id, attempt.attempt, owner, agent.agent_id, detail
@@ -310,10 +422,7 @@ class Dispatcher:
                 # The node is gone (or unreachable): place nothing more there until it
                 # heartbeats again.
                 await _with_retry(lambda: self._registry.mark_offline(agent.agent_id))
-            log.warning(
-                "attempt lost",
-                extra={"task_id": attempt.task_id, "attempt": attempt.attempt, "code": code.name},
-            )
+            log.warning("attempt lost", extra=fields)
             await self._hand_back(
                 attempt, f"connection to {agent.name} lost ({code.name}) after {received} events"
             )
@@ -343,21 +452,30 @@ class Dispatcher:
             )
         )
 
-    async def _pick_key(self, user: str) -> ApiKey | None:
+    async def _pick_key(self, user: str) -> ApiKey | str:
+        """A key for the user's task, or why there is none (its waiting reason)."""
         async with self._pool.acquire() as conn:
-            return await pick_key(conn, user)
+            key = await pick_key(conn, user)
+            return key if key is not None else await key_shortage(conn, user)
 
-    async def _react_to_api_error(self, key: ApiKey, error: ApiError) -> None:
+    async def _usable_keys(self) -> KeySignature:
+        async with self._pool.acquire() as conn:
+            return await usable_keys(conn)
+
+    async def _react_to_api_error(
+        self, key: ApiKey, error: ApiError, attempt: StartedAttempt
+    ) -> None:
+        fields = {"task_id": attempt.task_id, "attempt": attempt.attempt, "key": key.fingerprint}
         async with self._pool.acquire() as conn:
             if error.kind is ApiErrorKind.QUOTA_EXHAUSTED:
                 await cool_down(conn, key.id, max(error.retry_delay_seconds, 1.0))
                 log.warning(
                     "API key cooling down",
-                    extra={"key": key.fingerprint, "seconds": error.retry_delay_seconds},
+                    extra={**fields, "seconds": error.retry_delay_seconds},
                 )
             elif error.kind is ApiErrorKind.INVALID_API_KEY:
                 await disable(conn, key.id)
-                log.warning("API key refused by the API: disabled", extra={"key": key.fingerprint})
+                log.warning("API key refused by the API: disabled", extra=fields)
 
 
 T = TypeVar("T")
@@ -374,3 +492,13 @@ async def _with_retry(operation: Callable[[], Awaitable[T]]) -> T:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     return await operation()
+
+
+def _fields(attempt: StartedAttempt, agent: AgentSlot) -> dict[str, object]:
+    """What every log line about an attempt carries."""
+    return {"task_id": attempt.task_id, "attempt": attempt.attempt, "agent": agent.agent_id}
+
+
+def _later(position: QueuePosition, than: QueuePosition) -> bool:
+    """Whether a queue position comes after another (priority first, highest first)."""
+    return position[0] < than[0] or (position[0] == than[0] and position[1] > than[1])

@@ -30,30 +30,41 @@ class AgentSlot:
     def answers_to(self, target: str) -> bool:
         return target in (self.agent_id, self.name, self.hostname)
 
+    @property
+    def placement_view(self) -> tuple[object, ...]:
+        """Everything about the agent that decides which tasks it could run (not its load)."""
+        return (self.agent_id, self.name, self.hostname, self.executors, self.capabilities)
+
 
 @dataclass(frozen=True)
 class Waiting:
-    """Why a task cannot be placed now, in words."""
+    """Why a task cannot be placed now, in words.
+
+    `nobody_fits`: no online agent could run it even if it were idle (a capability, a host
+    or an executor is missing), so only a change in the mesh can help; otherwise the agents
+    that fit are busy and a freed slot is enough.
+    """
 
     reason: str
+    nobody_fits: bool = False
 
 
 def fitting(spec: TaskSpec, agents: Iterable[AgentSlot]) -> list[AgentSlot] | Waiting:
     """The agents that could run the task if they had room, or why there are none."""
     candidates = [a for a in agents if not a.draining]
     if not candidates:
-        return Waiting("no online agent")
+        return Waiting("no online agent", nobody_fits=True)
     if spec.target_host:
         candidates = [a for a in candidates if a.answers_to(spec.target_host)]
         if not candidates:
-            return Waiting(f"agent {spec.target_host} is not online")
+            return Waiting(f"agent {spec.target_host} is not online", nobody_fits=True)
     can_run = [a for a in candidates if spec.kind in a.executors]
     if not can_run:
-        return Waiting(f"no online agent can run {spec.kind} tasks")
+        return Waiting(f"no online agent can run {spec.kind} tasks", nobody_fits=True)
     for capability in spec.required_capabilities:
         can_run = [a for a in can_run if capability in a.capabilities]
         if not can_run:
-            return Waiting(f"no online agent has capability {capability}")
+            return Waiting(f"no online agent has capability {capability}", nobody_fits=True)
     return can_run
 
 

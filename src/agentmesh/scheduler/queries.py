@@ -87,13 +87,50 @@ ORDER BY created_at DESC, id DESC
 LIMIT $6
 """
 
-# The dispatch window: ready queue rows in priority order, read without locking.
+# The dispatch window: ready queue rows in priority order, read without locking; from the
+# head of the queue, or after the row at queue position ($2 priority, $3 id).
 SELECT_READY = """
-SELECT q.task_id, t.spec, t.kind, t.parent_id, t.user_name, t.waiting_reason
+SELECT q.task_id, q.priority, q.id AS queue_id, t.spec, t.kind, t.parent_id, t.user_name,
+       t.waiting_reason
 FROM task_queue q JOIN tasks t ON t.id = q.task_id
 WHERE NOT q.claimed AND q.available_at <= now()
+  AND ($2::int IS NULL OR q.priority < $2 OR (q.priority = $2 AND q.id > $3))
 ORDER BY q.priority DESC, q.id
 LIMIT $1
+"""
+# A parked queue row belongs to a task nobody can run now (no agent fits it, or no API key is
+# free): it is kept out of the dispatch window, whose index covers unclaimed rows only, until
+# what it waits for changes. `claimed_by` says what that is.
+PARKED_FOR_AGENT = "(parked: no agent fits)"
+PARKED_FOR_KEY = "(parked: no API key)"
+# Park rows with their waiting reasons; rows someone else holds (a claim, a cancel) are
+# skipped, never waited for.
+PARK = """
+WITH p AS (
+    SELECT * FROM unnest($1::text[], $2::text[]) AS p(task_id, reason)
+), locked AS (
+    SELECT q.id, p.task_id, p.reason
+    FROM p JOIN task_queue q ON q.task_id = p.task_id JOIN tasks t ON t.id = p.task_id
+    WHERE NOT q.claimed AND t.state = 'submitted'
+    FOR UPDATE OF q, t SKIP LOCKED
+), parked AS (
+    UPDATE task_queue q
+    SET claimed = true, claimed_by = $3, claimed_at = now(), available_at = 'infinity'
+    FROM locked WHERE q.id = locked.id
+    RETURNING q.id
+), explained AS (
+    UPDATE tasks t SET waiting_reason = locked.reason
+    FROM locked
+    WHERE t.id = locked.task_id AND t.waiting_reason IS DISTINCT FROM locked.reason
+)
+SELECT count(*) FROM parked
+"""
+UNPARK = """
+UPDATE task_queue SET claimed = false, claimed_by = NULL, claimed_at = NULL, available_at = now()
+WHERE id IN (
+    SELECT id FROM task_queue WHERE claimed AND claimed_by = ANY($1::text[])
+    FOR UPDATE SKIP LOCKED
+)
 """
 # Claims lock the task rows too (skipping any a cancel or an ending holds), so dispatch
 # never waits on a lock while holding one.
@@ -129,7 +166,7 @@ WITH s AS (
     FROM (SELECT DISTINCT ON (agent_id) agent_id, id FROM s ORDER BY agent_id, id) AS c
     WHERE agents.id = c.agent_id
 )
-SELECT id, attempt, spec, user_name, parent_id, pg_notify('agentmesh_events', id) FROM s
+SELECT id, attempt, spec, user_name, parent_id, last_seq, pg_notify('agentmesh_events', id) FROM s
 """
 MARK_SUBTASK_STARTED = """
 UPDATE subtasks s SET status = 'working', started_at = coalesce(s.started_at, now()),
@@ -180,17 +217,32 @@ INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
 SELECT $1, t.last_seq, t.attempt, NULL, $2, $3 FROM t
 RETURNING seq
 """
+# A batch goes after the sequence number its writer last saw ($7): a batch retried after
+# its commit succeeded (the reply was lost) finds last_seq moved on and writes nothing.
 APPEND_EVENTS = """
 WITH t AS (
     UPDATE tasks SET last_seq = last_seq + cardinality($5::text[]), updated_at = now()
     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
-    RETURNING last_seq - cardinality($5::text[]) AS base
+      AND last_seq = $7
+    RETURNING last_seq
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
-    SELECT $1, t.base + b.n, $2, $4, b.kind, b.payload
+    SELECT $1, $7 + b.n, $2, $4, b.kind, b.payload
     FROM t, unnest($5::text[], $6::jsonb[]) WITH ORDINALITY AS b(kind, payload, n)
 )
-SELECT pg_notify('agentmesh_events', $1) FROM t
+SELECT last_seq, pg_notify('agentmesh_events', $1) FROM t
+"""
+# Was that batch written already? Yes if the attempt still owns the task and its last event
+# is the batch's last one, where the batch put it.
+BATCH_WRITTEN = """
+SELECT t.last_seq FROM tasks t
+WHERE t.id = $1 AND t.attempt = $2 AND t.lease_owner = $3 AND t.state = 'working'
+  AND t.last_seq = $5::bigint + $6::int
+  AND EXISTS (
+      SELECT 1 FROM task_events e
+      WHERE e.task_id = $1 AND e.seq = $5::bigint + $6::int
+        AND e.attempt = $2 AND e.agent_id = $4 AND e.kind = $7
+  )
 """
 SELECT_EVENTS_AFTER = """
 SELECT task_id, seq, attempt, agent_id, kind, payload, created_at FROM task_events
@@ -270,6 +322,14 @@ FOR UPDATE SKIP LOCKED
 SIBLINGS_NOT_COMPLETED = """
 SELECT count(*) FROM subtasks s JOIN tasks t ON t.id = s.child_task_id
 WHERE s.parent_task_id = $1 AND t.state <> 'completed'
+"""
+# Of the attempts a replica streams, those that no longer own their task (it ended, was
+# cancelled, or another attempt took over) while the replica was not listening.
+STALE_ATTEMPTS = """
+SELECT live.id FROM unnest($2::text[], $3::int[]) AS live(id, attempt)
+LEFT JOIN tasks t
+    ON t.id = live.id AND t.attempt = live.attempt AND t.lease_owner = $1 AND t.state = 'working'
+WHERE t.id IS NULL
 """
 RELEASE_OWNED = """
 SELECT id, attempt FROM tasks WHERE lease_owner = $1 AND state = 'working'

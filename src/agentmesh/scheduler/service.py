@@ -9,7 +9,8 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import asyncpg
 
@@ -40,6 +41,7 @@ class Scheduler:
         channels: Channels,
         server: RunningServer,
         background: list[asyncio.Task[None]],
+        side_tasks: set[asyncio.Task[None]],
         owner: str,
         listen_host: str,
     ) -> None:
@@ -50,6 +52,8 @@ class Scheduler:
         self._channels = channels
         self.server = server
         self._background = background
+        # Short tasks started on the side (cancels, reconciling): each leaves when done.
+        self.side_tasks = side_tasks
         self.owner = owner
         self._listen_host = listen_host
 
@@ -68,7 +72,7 @@ class Scheduler:
         if key_file is not None:
             await load_key_file(pool, key_file)
         config = settings.scheduler
-        interval = settings.node.heartbeat_interval_seconds
+        interval = config.heartbeat_interval_seconds
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         store = TaskStore(pool, default_max_attempts=config.max_attempts)
         registry = AgentRegistry(pool, ttl_seconds=interval * config.heartbeat_ttl_intervals)
@@ -82,14 +86,22 @@ class Scheduler:
         )
         signals = TaskSignals()
         background: list[asyncio.Task[None]] = []
+        side_tasks: set[asyncio.Task[None]] = set()
+
+        def on_the_side(work: Coroutine[Any, Any, None], name: str) -> None:
+            task = asyncio.create_task(work, name=name)
+            side_tasks.add(task)
+            task.add_done_callback(side_tasks.discard)
 
         def cancel_here(task_ids: list[str]) -> None:
             for task_id in task_ids:
-                background.append(asyncio.create_task(dispatcher.cancel_local(task_id)))
+                on_the_side(dispatcher.cancel_local(task_id), f"cancel {task_id}")
 
         def reconnected() -> None:
+            # Notifications sent while we were not listening are lost: look again.
             dispatcher.wake()
             signals.notify_all()
+            on_the_side(dispatcher.reconcile(), "reconcile attempts")
 
         listener = Listener(
             target.dsn,
@@ -130,6 +142,7 @@ class Scheduler:
             channels=channels,
             server=server,
             background=background,
+            side_tasks=side_tasks,
             owner=owner,
             listen_host=host,
         )
@@ -138,9 +151,9 @@ class Scheduler:
         """Stop serving; hand our running attempts back to the queue for another replica."""
         await self.server.set_serving(False)
         await self.server.stop(grace_seconds)
-        for task in self._background:
+        for task in [*self._background, *self.side_tasks]:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._background, *self.side_tasks, return_exceptions=True)
         await self.dispatcher.stop()
         with contextlib.suppress(*DATABASE_ERRORS):
             await self.store.release_owned(self.owner)

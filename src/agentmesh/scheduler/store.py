@@ -53,12 +53,18 @@ class TaskRecord:
     child_ids: tuple[str, ...] = ()
 
 
+# (priority, queue row id): the queue is read by priority, highest first, then by arrival.
+QueuePosition = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class ReadyTask:
     task_id: str
     spec: TaskSpec
     parent_id: str
     waiting_reason: str
+    # Where its row is in the queue's order (priority first, then arrival).
+    position: QueuePosition = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,8 @@ class StartedAttempt:
     spec: TaskSpec
     user: str
     parent_id: str = ""
+    # The task's last event (where the attempt was placed): its trace continues after it.
+    last_seq: int = 0
 
 
 def new_task_id() -> str:
@@ -278,18 +286,36 @@ class TaskStore:
 
     # ----------------------------------------------------------------- dispatch
 
-    async def ready(self, limit: int) -> list[ReadyTask]:
+    async def ready(self, limit: int, after: QueuePosition | None = None) -> list[ReadyTask]:
+        """Ready tasks in queue order: from the head, or after a position."""
+        priority, queue_id = after if after is not None else (None, None)
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(q.SELECT_READY, limit)
+            rows = await conn.fetch(q.SELECT_READY, limit, priority, queue_id)
         return [
             ReadyTask(
                 task_id=row["task_id"],
                 spec=spec_from_json(row["spec"]),
                 parent_id=row["parent_id"] or "",
                 waiting_reason=row["waiting_reason"],
+                position=(row["priority"], row["queue_id"]),
             )
             for row in rows
         ]
+
+    async def park(self, reasons: dict[str, str], cause: str) -> int:
+        """Keep these tasks out of the dispatch window, with their waiting reasons, until
+        `unpark(cause)`: nothing can place them before what they wait for changes.
+        Returns how many were parked (rows someone else holds are left as they are)."""
+        if not reasons:
+            return 0
+        async with self._pool.acquire() as conn:
+            parked = await conn.fetchval(q.PARK, list(reasons), list(reasons.values()), cause)
+        return int(parked)
+
+    async def unpark(self, *causes: str) -> None:
+        """Make tasks parked for any of these causes ready again (placement decides anew)."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(q.UNPARK, list(causes))
 
     async def running_per_agent(self) -> dict[str, int]:
         async with self._pool.acquire() as conn:
@@ -322,6 +348,7 @@ class TaskStore:
                     spec=spec_from_json(row["spec"]),
                     user=row["user_name"],
                     parent_id=row["parent_id"] or "",
+                    last_seq=row["last_seq"],
                 )
                 for row in rows
             ]
@@ -340,9 +367,22 @@ class TaskStore:
         return started
 
     async def append_many(
-        self, task_id: str, attempt: int, owner: str, agent_id: str, payloads: list[Payload]
-    ) -> bool:
-        """Store a batch of a running attempt's events, in order; False if superseded."""
+        self,
+        task_id: str,
+        attempt: int,
+        owner: str,
+        agent_id: str,
+        payloads: list[Payload],
+        *,
+        after_seq: int,
+    ) -> int | None:
+        """Store a batch of a running attempt's events after event `after_seq`, in order.
+
+        Returns the task's new last sequence number, or None if the attempt was superseded.
+        Idempotent: the same batch sent again (its reply was lost) is recognised, not
+        written twice.
+        """
+        kinds = [p.KIND for p in payloads]
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 q.APPEND_EVENTS,
@@ -350,10 +390,16 @@ class TaskStore:
                 attempt,
                 owner,
                 agent_id,
-                [p.KIND for p in payloads],
+                kinds,
                 [payload_to_dict(p) for p in payloads],
+                after_seq,
             )
-        return row is not None
+            if row is not None:
+                return int(row["last_seq"])
+            written = await conn.fetchval(
+                q.BATCH_WRITTEN, task_id, attempt, owner, agent_id, after_seq, len(kinds), kinds[-1]
+            )
+        return None if written is None else int(written)
 
     async def finish_attempt(
         self,
@@ -468,6 +514,16 @@ class TaskStore:
             await conn.execute(
                 q.RENEW_LEASES, owner, lease_seconds, [t for t, _ in live], [a for _, a in live]
             )
+
+    async def stale_attempts(self, owner: str, live: list[tuple[str, int]]) -> list[str]:
+        """Which of these (task, attempt) pairs we stream no longer own their task."""
+        if not live:
+            return []
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                q.STALE_ATTEMPTS, owner, [t for t, _ in live], [a for _, a in live]
+            )
+        return [row["id"] for row in rows]
 
     async def reap_expired_leases(self, backoff_seconds: float, limit: int = 100) -> int:
         """Take over attempts whose scheduler stopped renewing their lease."""

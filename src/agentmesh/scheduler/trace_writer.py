@@ -3,6 +3,8 @@
 Events are written in arrival order; whatever arrived while the previous batch was being
 written goes in the next one, so a quiet stream writes each event at once and a busy one
 writes many per round trip. A bounded backlog slows the stream instead of growing memory.
+Each batch names the sequence number it follows, so a batch sent again after a lost reply
+is recognised by the store instead of being written twice.
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ from agentmesh.tasks.events import Payload
 MAX_BACKLOG = 256
 
 
+# Writes a batch after the given sequence number; returns the new last one, or None if the
+# attempt was superseded.
+AppendMany = Callable[[list[Payload], int], Awaitable[int | None]]
+
+
 class TraceWriter:
-    def __init__(self, append_many: Callable[[list[Payload]], Awaitable[bool]]) -> None:
+    def __init__(self, append_many: AppendMany, last_seq: int) -> None:
         self._append_many = append_many
+        self.last_seq = last_seq
         self._pending: list[Payload] = []
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -54,9 +62,11 @@ class TraceWriter:
             while self._pending:
                 batch, self._pending = self._pending, []
                 self._room.set()
-                if not await self._append_many(batch):
+                last_seq = await self._append_many(batch, self.last_seq)
+                if last_seq is None:
                     self.superseded = True
                     self._room.set()
                     return
+                self.last_seq = last_seq
             if self._closing:
                 return
