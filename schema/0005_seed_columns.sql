@@ -150,6 +150,11 @@ ALTER TABLE agents
     ALTER COLUMN last_heartbeat TYPE TIMESTAMP USING last_heartbeat AT TIME ZONE 'UTC';
 ALTER TABLE agents ALTER COLUMN status DROP DEFAULT;
 ALTER TABLE agents ALTER COLUMN status DROP NOT NULL;
+-- `unreachable`: the agent heartbeats, but the scheduler cannot dial its endpoint (or the
+-- node refuses the scheduler's token); no work goes there until a dial succeeds.
+ALTER TABLE agents DROP CONSTRAINT agents_status_check;
+ALTER TABLE agents ADD CONSTRAINT agents_status_check
+    CHECK (status IN ('online', 'draining', 'offline', 'unreachable'));
 -- JSONB array to TEXT[] (a column type change cannot run a subquery: copy instead).
 ALTER TABLE agents RENAME COLUMN capabilities TO capabilities_json;
 ALTER TABLE agents ADD COLUMN capabilities TEXT[];

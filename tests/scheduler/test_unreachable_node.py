@@ -6,10 +6,10 @@ it as a node advertising 0.0.0.0). Today a failed dial marks the agent offline o
 its next heartbeat, a fraction of the one-second retry delay, so the retry goes back to the
 same agent and the task can burn every attempt there while another agent could run it.
 
-The fix this test asks for (in src/agentmesh/scheduler/, not done here): an agent whose
-endpoint refused the dial before any event stays out of placement until a dial to it
-succeeds (its heartbeats do not bring it back), and a task that waits for that reason says
-so in its waiting reason, naming the agent as unreachable.
+The scheduler marks an agent whose endpoint refused the dial before any event unreachable:
+it stays out of placement until a dial to it succeeds (its heartbeats do not bring it back),
+the attempt is handed back without using one up, and a task that waits for that reason says
+so in its waiting reason.
 """
 
 from __future__ import annotations
@@ -18,21 +18,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from tests.scheduler.conftest import Mesh
 from tests.support.databases import Server
 from tests.support.processes import ProcessHarness
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xfail(
-        strict=True,
-        raises=AssertionError,
-        reason="bug: a failed dial keeps an agent out of placement only until its next"
-        " heartbeat, so retries go back to an agent the scheduler cannot reach",
-    ),
-]
+pytestmark = [pytest.mark.slow]
 
 COMPLETED = task_pb2.TASK_STATE_COMPLETED
 # 127.0.0.0/8 is loopback, but the node listens on 127.0.0.1 only: dialling this refuses.
@@ -125,3 +119,43 @@ async def test_a_task_is_not_placed_again_on_an_agent_that_could_not_be_dialled(
     assert [p for p in placements()[1:] if p.endswith(lost.identity)] == []
     assert final.state == COMPLETED, final.error
     assert final.assigned_agent == good.identity
+
+
+async def test_an_unreachable_agent_gets_work_again_once_a_dial_succeeds(
+    tmp_path: Path, database_uri: str
+) -> None:
+    """Heartbeats do not clear `unreachable`; the scheduler's own dial does."""
+    mesh = Mesh(tmp_path, database_uri)
+    try:
+        stub = await mesh.start_scheduler()
+        node = await mesh.start_node("desk")
+        agent_id = node.card().agent_id
+        conn = await asyncpg.connect(database_uri)
+        try:
+            await conn.execute("UPDATE agents SET status = 'unreachable' WHERE id = $1", agent_id)
+            reachable_again = asyncio.Event()
+
+            async def watch_status() -> None:
+                while await conn.fetchval("SELECT status FROM agents WHERE id = $1", agent_id) != (
+                    "online"
+                ):
+                    await asyncio.sleep(0.05)
+                reachable_again.set()
+
+            watcher = asyncio.create_task(watch_status())
+            task = await stub.SubmitTask(
+                scheduler_pb2.SubmitTaskRequest(spec=task_pb2.TaskSpec(kind="echo", prompt="hi"))
+            )
+            try:
+                await asyncio.wait_for(reachable_again.wait(), 30)
+            finally:
+                watcher.cancel()
+        finally:
+            await conn.close()
+        async for _ in stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task.id)):
+            pass
+        final = await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task.id))
+        assert final.state == COMPLETED, final.error
+        assert final.assigned_agent == agent_id
+    finally:
+        await mesh.close()

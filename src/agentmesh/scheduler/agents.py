@@ -26,7 +26,12 @@ ON CONFLICT (id) DO UPDATE SET
     current_task_id = CASE WHEN agents.current_task_id = ANY($11::text[])
                            THEN agents.current_task_id ELSE EXCLUDED.current_task_id END,
     running_tasks = EXCLUDED.running_tasks,
-    max_concurrency = EXCLUDED.max_concurrency, status = EXCLUDED.status
+    max_concurrency = EXCLUDED.max_concurrency,
+    -- A heartbeat proves the node reaches us, not that we reach it: an unreachable agent
+    -- stays so until a dial succeeds, or it advertises another endpoint.
+    status = CASE WHEN agents.status = 'unreachable' AND EXCLUDED.status = 'online'
+                       AND agents.endpoint = EXCLUDED.endpoint
+                  THEN 'unreachable' ELSE EXCLUDED.status END
 RETURNING (xmax = 0) AS inserted
 """
 UPSERT_HOST = """
@@ -55,6 +60,16 @@ WHERE status <> 'offline' AND last_heartbeat <= now() - make_interval(secs => $1
 """
 MARK_OFFLINE = "UPDATE agents SET status = 'offline' WHERE id = $1"
 MARK_DRAINING = "UPDATE agents SET status = 'draining' WHERE id = $1 AND status = 'online'"
+MARK_UNREACHABLE = """
+UPDATE agents SET status = 'unreachable' WHERE id = $1 AND status IN ('online', 'unreachable')
+"""
+MARK_REACHABLE = """
+UPDATE agents SET status = 'online' WHERE id = $1 AND status = 'unreachable' AND endpoint = $2
+"""
+SELECT_UNREACHABLE = """
+SELECT id, endpoint FROM agents
+WHERE status = 'unreachable' AND last_heartbeat > now() - make_interval(secs => $1)
+"""
 
 
 @dataclass(frozen=True)
@@ -150,6 +165,7 @@ class AgentRegistry:
                     max_concurrency=max(card.max_concurrency, 1),
                     running=running.get(card.agent_id, 0),
                     draining=row["status"] == "draining",
+                    unreachable=row["status"] == "unreachable",
                 )
             )
         return slots
@@ -189,6 +205,23 @@ class AgentRegistry:
         """A node that stopped answering is offline until its next heartbeat."""
         async with self._pool.acquire() as conn:
             await conn.execute(MARK_OFFLINE, agent_id)
+
+    async def mark_unreachable(self, agent_id: str) -> None:
+        """The scheduler could not dial the agent: no work goes there until a dial succeeds."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(MARK_UNREACHABLE, agent_id)
+
+    async def mark_reachable(self, agent_id: str, endpoint: str) -> None:
+        """A dial to the agent's endpoint succeeded: it may get work again."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(MARK_REACHABLE, agent_id, endpoint)
+            await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)  # tasks may wait
+
+    async def unreachable(self) -> list[tuple[str, str]]:
+        """(agent id, endpoint) of the heartbeating agents the scheduler could not dial."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SELECT_UNREACHABLE, self.ttl_seconds)
+        return [(row["id"], row["endpoint"]) for row in rows]
 
     async def mark_draining(self, agent_id: str) -> None:
         """A node that said it is shutting down gets no new work (its heartbeat agrees)."""

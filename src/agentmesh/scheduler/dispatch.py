@@ -417,15 +417,42 @@ class Dispatcher:
                     attempt.task_id, attempt.attempt, owner, agent.agent_id, detail
                 )
             )
+        elif never_reached(error, received):
+            # The request never reached the node (its endpoint refused the dial, or the node
+            # refused our token): nothing ran there. Heartbeats cannot vouch for the way
+            # back, so the agent gets no work until a dial to it succeeds (probe_unreachable).
+            log.warning("attempt not started: the node cannot be reached", extra=fields)
+            await _with_retry(lambda: self._registry.mark_unreachable(agent.agent_id))
+            await self._hand_back(
+                attempt,
+                f"{agent.name} at {agent.endpoint} cannot be reached ({code.name}: {detail})",
+                backoff_seconds=0.0,
+                counts=False,
+            )
         else:
             if code is grpc.StatusCode.UNAVAILABLE:
-                # The node is gone (or unreachable): place nothing more there until it
-                # heartbeats again.
+                # The node is gone: place nothing more there until it heartbeats again.
                 await _with_retry(lambda: self._registry.mark_offline(agent.agent_id))
             log.warning("attempt lost", extra=fields)
             await self._hand_back(
                 attempt, f"connection to {agent.name} lost ({code.name}) after {received} events"
             )
+
+    async def probe_unreachable(self, timeout_seconds: float = 2.0) -> None:
+        """Dial each agent marked unreachable; one that answers may get work again."""
+        for agent_id, endpoint in await self._registry.unreachable():
+            try:
+                await self._channels.stub(endpoint).GetCapabilities(
+                    node_pb2.GetCapabilitiesRequest(), timeout=timeout_seconds
+                )
+            except grpc.aio.AioRpcError as error:
+                log.debug(
+                    "agent still unreachable",
+                    extra={"agent": agent_id, "code": error.code().name},
+                )
+                continue
+            log.info("agent reachable again", extra={"agent": agent_id})
+            await self._registry.mark_reachable(agent_id, endpoint)
 
     async def _hand_back(
         self,
@@ -476,6 +503,17 @@ class Dispatcher:
             elif error.kind is ApiErrorKind.INVALID_API_KEY:
                 await disable(conn, key.id)
                 log.warning("API key refused by the API: disabled", extra=fields)
+
+
+def never_reached(error: grpc.aio.AioRpcError, received: int) -> bool:
+    """True when an ExecuteTask call failed before the node could run anything."""
+    if received:
+        return False
+    if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+        return True  # the node refused our token: the mesh's tokens differ
+    # gRPC's own words when no connection could be made at all.
+    details = (error.details() or "").lower()
+    return error.code() is grpc.StatusCode.UNAVAILABLE and "failed to connect" in details
 
 
 T = TypeVar("T")

@@ -22,6 +22,8 @@ class AgentSlot:
     max_concurrency: int
     running: int
     draining: bool = False
+    # It heartbeats, but the scheduler could not dial it (or it refused the token).
+    unreachable: bool = False
 
     @property
     def free(self) -> int:
@@ -33,7 +35,14 @@ class AgentSlot:
     @property
     def placement_view(self) -> tuple[object, ...]:
         """Everything about the agent that decides which tasks it could run (not its load)."""
-        return (self.agent_id, self.name, self.hostname, self.executors, self.capabilities)
+        return (
+            self.agent_id,
+            self.name,
+            self.hostname,
+            self.executors,
+            self.capabilities,
+            self.unreachable,
+        )
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,8 @@ class Waiting:
 
 
 def fitting(spec: TaskSpec, agents: Iterable[AgentSlot]) -> list[AgentSlot] | Waiting:
-    """The agents that could run the task if they had room, or why there are none."""
+    """The agents that could run the task if they had room (reachable or not), or why there
+    are none."""
     candidates = [a for a in agents if not a.draining]
     if not candidates:
         return Waiting("no online agent", nobody_fits=True)
@@ -75,11 +85,22 @@ def pick_agent(
     found = fitting(spec, agents)
     if isinstance(found, Waiting):
         return found
-    free = [a for a in found if a.free > 0]
+    reachable = [a for a in found if not a.unreachable]
+    unreachable = sorted(a.name for a in found if a.unreachable)
+    cut_off = (
+        f"{', '.join(unreachable)} {'are' if len(unreachable) > 1 else 'is'} unreachable"
+        " (the scheduler cannot dial it, or it refuses the mesh token)"
+    )
+    if not reachable:
+        return Waiting(f"every fitting agent is cut off: {cut_off}", nobody_fits=True)
+    free = [a for a in reachable if a.free > 0]
     if not free:
-        if len(found) == 1:
-            return Waiting(f"the only fitting agent ({found[0].name}) is busy")
-        return Waiting(f"all {len(found)} fitting agents are busy")
+        qualifier = "reachable " if unreachable else ""
+        if len(reachable) == 1:
+            reason = f"the only {qualifier}fitting agent ({reachable[0].name}) is busy"
+        else:
+            reason = f"all {len(reachable)} {qualifier}fitting agents are busy"
+        return Waiting(f"{reason}; {cut_off}" if unreachable else reason)
     return min(
         free,
         key=lambda a: (

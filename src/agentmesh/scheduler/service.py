@@ -129,6 +129,10 @@ class Scheduler:
                 _maintain(pool, store, registry, dispatcher, owner, config.lease_seconds),
                 name="leases",
             ),
+            asyncio.create_task(
+                _probe_unreachable(dispatcher, config.heartbeat_interval_seconds),
+                name="probe unreachable agents",
+            ),
         ]
         host, _ = split_host_port(listen)
         log.info("scheduler %s serving on %s:%s", owner, host, server.port)
@@ -159,6 +163,19 @@ class Scheduler:
             await self.store.release_owned(self.owner)
         await self._channels.close()
         await self.pool.close()
+
+
+async def _probe_unreachable(dispatcher: Dispatcher, interval_seconds: float) -> None:
+    """Now and then, dial the agents the scheduler could not reach (a loop of its own, so
+    that a slow dial never delays lease renewal)."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            await dispatcher.probe_unreachable()
+        except DATABASE_ERRORS as exc:
+            log.warning("probing unreachable agents skipped, database unavailable: %s", exc)
+        except Exception:
+            log.exception("probing unreachable agents failed")
 
 
 async def _maintain(
