@@ -108,9 +108,11 @@ async def test_named_key_from_a_dotenv_key_file_reaches_the_api_alone(
     assert [r.api_key for r in emulator.generate_requests()] == [KEY]
     conn = await asyncpg.connect(mesh.database_uri)
     try:
-        row = await conn.fetchrow("SELECT name, source FROM api_keys WHERE key_value = $1", KEY)
+        row = await conn.fetchrow("SELECT id, name, source FROM api_keys WHERE key_value = $1", KEY)
+        # The task records which key it ran with (the seed's tasks' key).
+        used = await conn.fetchval("SELECT api_key_id FROM tasks WHERE id = $1", task.id)
     finally:
         await conn.close()
-    assert dict(row) == {"name": "GEMINI_KEY_1", "source": f"file:{key_file}"}
+    assert dict(row) == {"id": used, "name": "GEMINI_KEY_1", "source": f"file:{key_file}"}
     assert KEY not in "".join(str(e) for e in events)
     assert KEY not in caplog.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -33,8 +34,8 @@ class VerboseHarness(ProcessHarness):
     def environment(self) -> dict[str, str]:
         return {**super().environment(), **self.extra_env}
 
-    def _spawn(self, label: str, argv: list[str]) -> MeshProcess:
-        return super()._spawn(label, ["-v", *argv])
+    def _spawn(self, label: str, argv: list[str], **options: Any) -> MeshProcess:
+        return super()._spawn(label, ["-v", *argv], **options)
 
 
 @pytest.fixture

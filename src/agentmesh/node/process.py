@@ -131,7 +131,7 @@ class ProcessGroup:
         self._signal_group(group, signal.SIGSTOP, [])  # at once, while the leader lives
         # Members that are not the leader's descendants (`(sleep 300 &)`, or anything left
         # when the leader exited) were re-parented: only the group id ties them to the task.
-        members = await asyncio.to_thread(_group_members, group, self._leader)
+        members = await asyncio.to_thread(_group_members, group, self._live_leader())
         self._signal_group(group, signal.SIGSTOP, members)
         victims = self._descendants(members)
         groups = {group} | {_pgid(p) for p in victims} - {0, os.getpgrp()}
@@ -158,17 +158,26 @@ class ProcessGroup:
         """The group's members and everything they and the leader started, in any session."""
         found: dict[int, psutil.Process] = {p.pid: p for p in members}
         roots = list(members)
-        if self._leader is not None and _is_running(self._leader):
-            roots.append(self._leader)
+        if (leader := self._live_leader()) is not None:
+            roots.append(leader)
         for root in roots:
             with contextlib.suppress(psutil.Error):
                 found.update((p.pid, p) for p in root.children(recursive=True))
         found.pop(self._process.pid, None)
         return list(found.values())
 
+    def _live_leader(self) -> psutil.Process | None:
+        """The leader while its pid is still ours: until it is reaped (a zombie keeps its
+        pid), whatever psutil's start-time check says, which a pid reused within the same
+        clock tick passes."""
+        if self._process.returncode is not None:
+            return None
+        return self._leader if self._leader is not None and _is_running(self._leader) else None
+
     def _signal_group(self, pgid: int, signum: signal.Signals, known: list[psutil.Process]) -> None:
         """killpg, if the group still has a member we know of (the leader or one of `known`)."""
-        members = [self._leader, *known] if self._leader is not None else known
+        leader = self._live_leader()
+        members = [leader, *known] if leader is not None else known
         if not any(_is_running(p) and _pgid(p) == pgid for p in members):
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -226,7 +226,10 @@ class Dispatcher:
         await self._store.set_waiting_reasons(reasons)
         parked = await self._parking.park(nobody_fits, no_key)
         started = await self._store.start_attempts(
-            placements, self._settings.owner, self._settings.lease_seconds
+            placements,
+            self._settings.owner,
+            self._settings.lease_seconds,
+            {task_id: key.id for task_id, key in keys.items()},
         )
         for attempt in started:
             agent = agents[attempt.agent_id]

@@ -143,15 +143,16 @@ WHERE id IN (
 )
 RETURNING task_id
 """
-# Start the next attempt of each placed task and record where it was placed, in one go.
+# Start the next attempt of each placed task and record where it was placed (and, for a
+# gemini task, with which API key), in one go.
 START_ATTEMPTS = """
 WITH s AS (
     UPDATE tasks t
     SET state = 'working', assigned_agent = p.agent_id, attempt = t.attempt + 1,
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
         started_at = coalesce(t.started_at, now()), waiting_reason = '', updated_at = now(),
-        last_seq = t.last_seq + 1
-    FROM unnest($1::text[], $2::text[]) AS p(task_id, agent_id)
+        last_seq = t.last_seq + 1, api_key_id = p.key_id
+    FROM unnest($1::text[], $2::text[], $5::bigint[]) AS p(task_id, agent_id, key_id)
     WHERE t.id = p.task_id AND t.state = 'submitted'
     RETURNING t.id, t.attempt, t.spec, t.user_name, t.parent_id, t.last_seq, p.agent_id
 ), e AS (

@@ -329,9 +329,14 @@ class TaskStore:
             await conn.execute(q.SET_WAITING_REASON, list(reasons), list(reasons.values()))
 
     async def start_attempts(
-        self, placements: dict[str, str], owner: str, lease_seconds: float
+        self,
+        placements: dict[str, str],
+        owner: str,
+        lease_seconds: float,
+        key_ids: dict[str, int] | None = None,
     ) -> list[StartedAttempt]:
-        """Claim the placed tasks' queue rows and start their next attempts, in one go."""
+        """Claim the placed tasks' queue rows and start their next attempts, in one go;
+        `key_ids` are the API keys picked for them (recorded as `tasks.api_key_id`)."""
         if not placements:
             return []
         async with self._pool.acquire() as conn, conn.transaction():
@@ -339,7 +344,8 @@ class TaskStore:
             if not claimed:
                 return []
             agents = [placements[task_id] for task_id in claimed]
-            rows = await conn.fetch(q.START_ATTEMPTS, claimed, agents, owner, lease_seconds)
+            keys = [(key_ids or {}).get(task_id) for task_id in claimed]
+            rows = await conn.fetch(q.START_ATTEMPTS, claimed, agents, owner, lease_seconds, keys)
             started = [
                 StartedAttempt(
                     task_id=row["id"],
