@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the async stub's type exists in the generated stubs only
 
 Stub: TypeAlias = "SchedulerAsyncStub"
 
-# Exit codes of every command (README: "Using it").
+# Exit codes of every command (README: "The command line").
 EXIT_OK = 0
 EXIT_ERROR = 1  # the request could not be carried out (unreachable, refused, unknown id)
 EXIT_USAGE = 2  # the request itself is wrong (flags, spec file, configuration, a field)

@@ -84,7 +84,7 @@ def first_line(text: str, width: int = 60) -> str:
 
 
 def task_json(task: task_pb2.Task) -> dict[str, Any]:
-    """A task as `--json` prints it. Fields: see the README's "Using it"."""
+    """A task as `--json` prints it. Fields: see the README's "The command line"."""
     return {
         "id": task.id,
         "state": state_name(task.state),
