@@ -206,6 +206,9 @@ async def test_an_unknown_method_is_unimplemented_with_or_without_the_token(
         ((("authorization", f"Bearer {TOKEN}".encode()),), True),
         ((("Authorization", f"Bearer {TOKEN}"),), True),
         ((("user-agent", "grpc"), ("authorization", f"Bearer {TOKEN}")), True),
+        # Headers before it, whatever their names sort as, are not the token.
+        ((("accept-language", "en"), ("authorization", f"Bearer {TOKEN}")), True),
+        ((("accept", f"Bearer {TOKEN}"),), False),
         ((("authorization", "Bearer wrong"), ("authorization", f"Bearer {TOKEN}")), False),
         ((("authorization", f"Bearer {TOKEN} "),), False),
         ((("authorization", ""),), False),
