@@ -37,6 +37,7 @@ class Score:
     skipped: int = 0
     equivalent: list[str] = field(default_factory=list)
     survivors: list[str] = field(default_factory=list)
+    error: str = ""
 
     @property
     def judged(self) -> int:
@@ -44,6 +45,8 @@ class Score:
 
     @property
     def share(self) -> float:
+        if self.error:
+            return 0.0
         return self.killed / self.judged if self.judged else 1.0
 
 
@@ -122,7 +125,9 @@ def run_module(name: str, target: Target, timeout: float) -> Score:
         ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache")
         for part in ("src", "tests"):
             shutil.copytree(REPOSITORY / part, copy / part, ignore=ignore)
-        shutil.copy2(REPOSITORY / "pyproject.toml", copy / "pyproject.toml")
+        for top in REPOSITORY.iterdir():  # pyproject.toml, agent_config.example.json, ...
+            if top.is_file():
+                shutil.copy2(top, copy / top.name)
         env = {
             **os.environ,
             "PYTHONPATH": str(copy / "src"),
@@ -135,7 +140,8 @@ def run_module(name: str, target: Target, timeout: float) -> Score:
         ]  # fmt: skip
         baseline = subprocess.run(tests, cwd=copy, env=env, capture_output=True, text=True)
         if baseline.returncode != 0:
-            sys.exit(f"{name}: the tests fail before any mutation:\n{baseline.stdout[-3000:]}")
+            print(f"{name}: the tests fail before any mutation:\n{baseline.stdout[-3000:]}")
+            return Score(name, error="the tests fail before any mutation")
         config = copy / "cosmic-ray.toml"
         config.write_text(
             "[cosmic-ray]\n"
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in scores:
         print(
             f"{s.module:<17} {s.killed:>6}  {len(s.survivors):>8}  {len(s.equivalent):>10}"
-            f"  {s.skipped:>7}  {s.share:6.1%}"
+            f"  {s.skipped:>7}  {s.share:6.1%}  {s.error}"
         )
     return 0 if all(s.share >= GOAL for s in scores) else 1
 

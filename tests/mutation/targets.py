@@ -31,7 +31,8 @@ TARGETS: dict[str, Target] = {
     "environment": Target("src/agentmesh/node/environment.py", ("tests/unit/test_environment.py",)),
     "auth": Target("src/agentmesh/rpc/auth.py", ("tests/unit/test_auth.py",)),
     "policy": Target(
-        "src/agentmesh/node/permissions/policy.py", ("tests/node/test_shell_permissions.py",)
+        "src/agentmesh/node/permissions/policy.py",
+        ("tests/unit/test_policy_edges.py", "tests/node/test_shell_permissions.py"),
     ),
     "config": Target(
         "src/agentmesh/config.py", ("tests/unit/test_config_bounds.py", "tests/test_config.py")
@@ -78,7 +79,121 @@ class Equivalent:
     reason: str
 
 
+_MODE_IS = (
+    "`mode` is a PermissionMode, so == is `is`; of its two values only 'weak' >= 'weak'"
+    " holds ('superuser' < 'weak'), so >= is `is` too"
+)
+_KEYWORD_ONLY = "every caller passes the arguments after it by keyword: `/` or `*` alike"
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
+    "placement": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_LtE",
+            "if len(found) == 1:",
+            "found is never empty here (fitting() returns Waiting instead): <= 1 is == 1",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Gt_NotEq",
+            "free = [a for a in found if a.free > 0]",
+            "`free` is max(..., 0), never negative: != 0 is > 0",
+        ),
+        Equivalent(
+            "core/ReplaceUnaryOperator_USub_Invert", "-a.free,", "~x is -x - 1: the same order"
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'return Waiting(f"the only fitting agent ({found[0].name}) is busy")',
+            "found holds exactly one agent here: found[-1] is found[0]",
+        ),
+    ),
+    "trace_writer": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Eq",
+            "if len(self._pending) >= MAX_BACKLOG:",
+            "events are added one at a time and adding stops at the bound, so the length"
+            " meets the bound before it could pass it: == is >=",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Is",
+            "if len(self._pending) >= MAX_BACKLOG:",
+            "as for ==, and CPython keeps one int object per value up to 256: `is` is ==",
+        ),
+    ),
+    "convert": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq",
+            "if cls is events.ApiError:",
+            "a class is equal only to itself",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq",
+            "if cls is events.Result:",
+            "a class is equal only to itself",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'values["exit_code"] = int(values.get("exit_code", 0))',
+            "always_print_fields_with_no_presence=True always puts exit_code in the dict:"
+            " the default is never used",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'values["memory_bytes"] = int(values.get("memory_bytes", 0))',
+            "always_print_fields_with_no_presence=True always puts memory_bytes in the dict:"
+            " the default is never used",
+        ),
+    ),
+    "policy": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq", "if mode is PermissionMode.WEAK:", _MODE_IS
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_GtE", "if mode is PermissionMode.WEAK:", _MODE_IS
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq",
+            'if char == "\\n" and mode is PermissionMode.WEAK:',
+            _MODE_IS,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_GtE",
+            'if char == "\\n" and mode is PermissionMode.WEAK:',
+            _MODE_IS,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq", "if ctx.mode is PermissionMode.WEAK:", _MODE_IS
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_GtE", "if ctx.mode is PermissionMode.WEAK:", _MODE_IS
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq",
+            "elif ctx.mode is PermissionMode.WEAK:",
+            _MODE_IS,
+        ),
+        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "def _check_code(code: str, ctx: Ctx, depth: int, *, posix: bool = False) -> None:",
+            _KEYWORD_ONLY,
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True, slots=True)",
+            "slots=False only gives each plan a __dict__ (frozen=False is killed: a plan is"
+            " hashable and immutable)",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            "if quote == '\"':",
+            "quote is '', \"'\" or '\"', and the \"'\" case continued above: >= is ==",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            "if k == 1:  # later readings of the same text only check, never record",
+            "code has at most two dialects (ANY_SHELL), so k is 0 or 1: >= 1 is == 1",
+        ),
+    ),
     "auth": (
         Equivalent(
             "core/AddNot",

@@ -69,6 +69,12 @@ PAYLOADS: list[events.Payload] = [
         output="done",
     ),
     events.Result(TaskState.FAILED, exit_code=-9, error="killed"),
+    # Empty and zero values, which proto3 does not send, come back as themselves.
+    events.Stdout(""),
+    events.ToolUse("", "", ""),
+    events.Diagnostic("", ""),
+    events.ApiError(events.ApiErrorKind.OTHER, ""),
+    events.Result(TaskState.COMPLETED),
 ]
 
 
@@ -163,6 +169,29 @@ def test_a_card_survives_the_wire() -> None:
         gemini_cli_version="0.61.0",
         running_tasks=2,
         draining=True,
+    )
+
+    assert convert.card_from_proto(convert.card_to_proto(card)) == card
+
+
+def test_an_empty_card_survives_the_wire() -> None:
+    card = AgentCard(
+        agent_id="a-2",
+        name="",
+        hostname="",
+        ip_addresses=(),
+        version="",
+        executors=(),
+        models=(),
+        capabilities=(),
+        os="",
+        arch="",
+        cpu_count=0,
+        memory_bytes=0,
+        max_concurrency=0,
+        permission_mode="",
+        endpoint="",
+        started_at="1970-01-01T00:00:00Z",
     )
 
     assert convert.card_from_proto(convert.card_to_proto(card)) == card

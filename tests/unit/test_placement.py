@@ -124,11 +124,29 @@ def test_load_is_a_share_of_each_node_capacity() -> None:
 
 def test_equal_load_prefers_the_node_with_more_free_slots() -> None:
     spec = TaskSpec(kind="echo", prompt="hi")
-    small = agent("small", max_concurrency=2, running=1)  # half full, 1 free
-    big = agent("big", max_concurrency=8, running=4)  # half full, 4 free
+    small = agent("a-small", max_concurrency=2, running=1)  # half full, 1 free
+    big = agent("z-big", max_concurrency=8, running=4)  # half full, 4 free
 
-    assert placed(spec, [small, big]) == "big"
-    assert placed(spec, [big, small]) == "big"
+    assert placed(spec, [small, big]) == "z-big"
+    assert placed(spec, [big, small]) == "z-big"
+
+
+@pytest.mark.parametrize(
+    ("lighter", "heavier"),
+    [
+        ((1, 4), (6, 10)),  # a quarter full beats 60% full with more free slots
+        ((1, 3), (2, 4)),
+        ((0, 1), (1, 100)),
+    ],
+)
+def test_the_lowest_share_of_capacity_wins(
+    lighter: tuple[int, int], heavier: tuple[int, int]
+) -> None:
+    spec = TaskSpec(kind="echo", prompt="hi")
+    light = agent("z-light", running=lighter[0], max_concurrency=lighter[1])
+    heavy = agent("a-heavy", running=heavier[0], max_concurrency=heavier[1])
+
+    assert placed(spec, [heavy, light]) == "z-light"
 
 
 def test_equal_nodes_are_chosen_the_same_way_every_time() -> None:
@@ -145,6 +163,26 @@ def test_siblings_spread_across_hosts_before_load_counts() -> None:
 
     siblings: Counter[str] = Counter({idle.hostname: 1, idle.agent_id: 1})
     assert placed(spec, [idle, busier], siblings) == "busier"
+
+
+def test_siblings_on_another_agent_of_the_same_host_count_for_the_host() -> None:
+    spec = TaskSpec(kind="echo", prompt="hi")
+    busy = agent("busy", running=3, hostname="quiet-host")
+    idle = agent("idle", running=0, hostname="crowded-host")
+
+    # Two siblings already run on crowded-host, on another agent there.
+    assert placed(spec, [idle, busy], Counter({"crowded-host": 2})) == "busy"
+
+
+def test_the_spread_adds_the_host_and_the_agent_siblings() -> None:
+    spec = TaskSpec(kind="echo", prompt="hi")
+    # 2 siblings on host a (1 of them on this agent) and 3 on host b (none on this one):
+    # 3 each, so the load decides.
+    on_a = agent("on-a", running=0, hostname="a")
+    on_b = agent("on-b", running=2, hostname="b")
+    siblings = Counter({"a": 2, "id-on-a": 1, "b": 3})
+
+    assert placed(spec, [on_b, on_a], siblings) == "on-a"
 
 
 def test_siblings_spread_by_agent_when_agents_share_a_host() -> None:
@@ -242,3 +280,17 @@ def test_a_task_aimed_at_a_host_without_the_capability_waits() -> None:
     gpu_box = agent("gpu-box", capabilities=("gpu",))
 
     assert waits(spec, [desk, gpu_box]) == "no online agent has capability gpu"
+
+
+def test_an_agent_is_not_draining_unless_it_says_so() -> None:
+    slot = AgentSlot("a", "a", "a.lan", "127.0.0.1:1", frozenset(), frozenset({"echo"}), 1, 0)
+
+    assert placed(TaskSpec(kind="echo", prompt="hi"), [slot]) == "a"
+
+
+def test_placement_values_are_immutable() -> None:
+    slot = agent("a")
+    with pytest.raises(AttributeError):
+        slot.running = 9  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        Waiting("x").reason = "y"  # type: ignore[misc]

@@ -94,6 +94,7 @@ async def test_close_writes_everything_that_is_left() -> None:
 
 
 async def test_a_full_backlog_makes_the_stream_wait_instead_of_growing() -> None:
+    assert MAX_BACKLOG == 256  # events held while a write is in flight, at most
     trace = FakeTrace()
     writer = TraceWriter(trace.append_many)
     trace.hold()

@@ -1,0 +1,175 @@
+"""Edges of the shell permission checks that the bypass corpus does not pin down.
+
+The nesting limit at its exact depth, quoting that must stay data in weak mode, and how a
+refusal quotes what it refused (cut to a readable length).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agentmesh.node.permissions import (
+    MAX_COMMAND_LENGTH,
+    CommandRefused,
+    PermissionMode,
+    ShellPlan,
+    plan_shell_command,
+)
+from tests.node.shell_corpus import SUPERUSER_DENYLIST, WEAK_ALLOWLIST
+
+MODES = [PermissionMode.WEAK, PermissionMode.SUPERUSER]
+# Wrappers may nest this deep; one more is refused as too complex to check.
+MAX_WRAPPERS = 16
+
+
+def plan(command: str, mode: PermissionMode) -> ShellPlan:
+    return plan_shell_command(command, mode, allowlist=WEAK_ALLOWLIST, denylist=SUPERUSER_DENYLIST)
+
+
+def refusal(command: str, mode: PermissionMode) -> CommandRefused:
+    with pytest.raises(CommandRefused) as refused:
+        plan(command, mode)
+    return refused.value
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wrapper", ["nice", "env", "timeout 5"])
+def test_wrappers_nest_up_to_the_limit_and_no_further(mode: PermissionMode, wrapper: str) -> None:
+    deepest = " ".join([wrapper] * MAX_WRAPPERS + ["ls"])
+    too_deep = " ".join([wrapper] * (MAX_WRAPPERS + 1) + ["ls"])
+
+    assert "ls" in plan(deepest, mode).programs
+    refused = refusal(too_deep, mode)
+    assert refused.rule == "too-complex"
+    assert refused.detail == "the command nests wrappers too deeply"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_code_nested_in_wrappers_counts_toward_the_limit(mode: PermissionMode) -> None:
+    deepest = " ".join(["nice"] * (MAX_WRAPPERS - 1) + ["bash -c ls"])
+    too_deep = " ".join(["nice"] * MAX_WRAPPERS + ["bash -c ls"])
+
+    assert "ls" in plan(deepest, mode).programs
+    refused = refusal(too_deep, mode)
+    assert refused.rule == "too-complex"
+    assert refused.detail == "the command nests too deeply"
+
+
+def test_an_escaped_quote_inside_double_quotes_is_data_in_weak_mode() -> None:
+    assert plan('echo "a\\"; b"', PermissionMode.WEAK).argv == ("echo", 'a"; b')
+
+
+def test_syntax_after_an_empty_brace_pair_is_still_refused_in_weak_mode() -> None:
+    refused = refusal("echo {} ; touch pwned.txt", PermissionMode.WEAK)
+
+    assert refused.rule == "shell-syntax"
+    assert "the operator `;`" in refused.detail
+
+
+def test_a_dynamic_program_name_is_quoted_cut_to_40_characters() -> None:
+    name = "$(echo " + "x" * 60 + ")"
+
+    refused = refusal(name, PermissionMode.SUPERUSER)
+
+    shown = name[:39] + "…"
+    assert refused.detail == f"the program name `{shown}` is only known at run time"
+
+
+def test_a_program_path_is_quoted_cut_to_60_characters() -> None:
+    path = "/proc/self/" + "y" * 80
+
+    refused = refusal(path, PermissionMode.SUPERUSER)
+
+    assert refused.detail == (
+        f"`{path[:59]}…` runs a program through /proc or /dev, which cannot be checked"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "detail"),
+    [
+        ('echo "abc"; ls', "the operator `;`"),
+        ('echo "x" ; ls', "the operator `;`"),
+        ("echo 'a';ls", "the operator `;`"),
+        ("echo 'abc' ; ls", "the operator `;`"),
+        ('echo "\\\\"; ls', "the operator `;`"),
+        ("echo \\a; ls", "the operator `;`"),
+        ("echo {};ls", "the operator `;`"),
+        (">pwned.txt echo hi", "the redirection `>`"),
+        ('echo "\\$HOME"', "the expansion `$` inside double quotes"),
+        ('echo "x\\$HOME"', "the expansion `$` inside double quotes"),
+        ('echo "\\`id\\`"', "the expansion ``` inside double quotes"),
+        ('echo "x\\`id\\`"', "the expansion ``` inside double quotes"),
+    ],
+)
+def test_weak_mode_finds_the_shell_syntax_around_quotes_and_escapes(
+    command: str, detail: str
+) -> None:
+    refused = refusal(command, PermissionMode.WEAK)
+
+    assert refused.rule == "shell-syntax"
+    assert refused.detail == f"{detail} is shell syntax, which weak mode does not accept"
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ('echo "a b; c"', ("echo", "a b; c")),
+        ('echo "A\\"; B"', ("echo", 'A"; B')),
+        ("echo 'x;y' \"z|w\"", ("echo", "x;y", "z|w")),
+    ],
+)
+def test_quoted_syntax_is_data_in_weak_mode(command: str, argv: tuple[str, ...]) -> None:
+    assert plan(command, PermissionMode.WEAK).argv == argv
+
+
+def test_an_empty_program_name_is_refused() -> None:
+    refused = refusal('"" ls', PermissionMode.WEAK)
+
+    assert (refused.rule, refused.detail) == ("empty", "the command names no program")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_length_limit_is_exact(mode: PermissionMode) -> None:
+    longest = "ls " + "a" * (MAX_COMMAND_LENGTH - 3)
+
+    assert plan(longest, mode).programs == ("ls",)
+    refused = refusal(longest + "a", mode)
+    assert refused.rule == "too-long"
+    assert refused.detail == f"the command is longer than {MAX_COMMAND_LENGTH} characters"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("char", ["\x1f", "\x7f", "\x00", "\x1b"])
+def test_control_characters_are_refused(mode: PermissionMode, char: str) -> None:
+    refused = refusal(f"ls {char}", mode)
+
+    assert refused.rule == "unparseable"
+    assert refused.detail == f"the command contains the control character {char!r}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tab_and_printable_characters_are_not_control_characters(mode: PermissionMode) -> None:
+    assert plan("ls\t-l é ✓ \x80", mode).programs == ("ls",)
+
+
+def test_code_read_in_two_shell_dialects_records_its_programs_once() -> None:
+    assert plan("sh -c 'ls'", PermissionMode.SUPERUSER).programs == ("sh", "ls")
+
+
+def test_every_action_of_find_is_checked_after_an_implied_program() -> None:
+    # -fprint acts like tee (allowed here); the -exec after it must still be checked.
+    command = "find . -fprint out.txt -exec rm {} \\;"
+
+    with pytest.raises(CommandRefused) as refused:
+        plan_shell_command(command, PermissionMode.SUPERUSER, allowlist=(), denylist=("rm",))
+
+    assert refused.value.rule == "denylisted"
+
+
+def test_a_plan_is_an_immutable_value() -> None:
+    shell_plan = plan("ls", PermissionMode.WEAK)
+
+    assert hash(shell_plan) == hash(plan("ls", PermissionMode.WEAK))
+    with pytest.raises(AttributeError):
+        shell_plan.argv = ("rm",)  # type: ignore[misc]
