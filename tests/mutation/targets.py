@@ -166,11 +166,6 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         Equivalent(
             "core/ReplaceComparisonOperator_Is_GtE", "if ctx.mode is PermissionMode.WEAK:", _MODE_IS
         ),
-        Equivalent(
-            "core/ReplaceComparisonOperator_Is_Eq",
-            "elif ctx.mode is PermissionMode.WEAK:",
-            _MODE_IS,
-        ),
         Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
         Equivalent(
             "core/ReplaceBinaryOperator_Mul_Div",

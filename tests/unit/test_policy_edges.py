@@ -173,3 +173,15 @@ def test_a_plan_is_an_immutable_value() -> None:
     assert hash(shell_plan) == hash(plan("ls", PermissionMode.WEAK))
     with pytest.raises(AttributeError):
         shell_plan.argv = ("rm",)  # type: ignore[misc]
+
+
+def test_a_command_needing_more_than_20000_checks_is_refused_at_the_first_check_past_it() -> None:
+    # `sh -c` code is read as bash and as POSIX sh, so nested twice each inner `ls` costs
+    # four checks: 1 (outer sh) + 2 * (1 (inner sh) + 2 * 4999) = 19999, plus one per `ls;`
+    # in front.
+    nested = "sh -c \"sh -c '" + ";".join(["ls"] * 4999) + "'\""
+
+    assert plan("ls;" + nested, PermissionMode.SUPERUSER).programs[:2] == ("ls", "sh")  # 20000
+    refused = refusal("ls;ls;" + nested, PermissionMode.SUPERUSER)  # 20001
+    assert refused.rule == "too-complex"
+    assert refused.detail == "the command needs too much work to check"
