@@ -94,7 +94,7 @@ def skip_annotations(session: Path, module: Path) -> int:
 
 def score(name: str, session: Path, module: Path) -> Score:
     lines = module.read_text().splitlines()
-    known = {(e.operator, e.line): e.reason for e in EQUIVALENT.get(name, ())}
+    known = {(e.operator, e.line, e.after): e.reason for e in EQUIVALENT.get(name, ())}
     result = Score(name)
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item, outcome in db.completed_work_items:
@@ -105,9 +105,14 @@ def score(name: str, session: Path, module: Path) -> Score:
                 result.killed += 1
                 continue
             mutation = item.mutations[0]
-            line = lines[mutation.start_pos[0] - 1].strip()
-            where = f"line {mutation.start_pos[0]}: {mutation.operator_name}: {line}"
-            if (reason := known.get((mutation.operator_name, line))) is not None:
+            number = mutation.start_pos[0]
+            line = lines[number - 1].strip()
+            before = lines[number - 2].strip() if number > 1 else ""
+            where = f"line {number}: {mutation.operator_name}: {line}"
+            reason = known.get((mutation.operator_name, line, "")) or known.get(
+                (mutation.operator_name, line, before)
+            )
+            if reason is not None:
                 result.equivalent.append(f"{where}\n      equivalent: {reason}")
                 continue
             changed = [

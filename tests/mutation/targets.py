@@ -77,6 +77,7 @@ class Equivalent:
     operator: str  # cosmic-ray's operator name
     line: str  # the original source line, stripped
     reason: str
+    after: str = ""  # the line before it, stripped, where `line` alone is ambiguous
 
 
 _MODE_IS = (
@@ -177,6 +178,14 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "@dataclass(frozen=True, slots=True)",
             "slots=False only gives each plan a __dict__ (frozen=False is killed: a plan is"
             " hashable and immutable)",
+        ),
+        Equivalent(
+            "core/ReplaceContinueWithBreak",
+            "continue",
+            "in weak mode a Code is always the last thing a handler yields (the one handler"
+            " that yields more, for opaque wrappers, refuses in weak mode first), so break"
+            " leaves the same loop that continue would",
+            after="_check_weak(inner.text, ctx, call.depth + 1)",
         ),
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_GtE",

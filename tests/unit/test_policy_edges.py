@@ -6,6 +6,8 @@ refusal quotes what it refused (cut to a readable length).
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from agentmesh.node.permissions import (
@@ -131,6 +133,7 @@ def test_an_empty_program_name_is_refused() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_length_limit_is_exact(mode: PermissionMode) -> None:
+    assert MAX_COMMAND_LENGTH == 16_384
     longest = "ls " + "a" * (MAX_COMMAND_LENGTH - 3)
 
     assert plan(longest, mode).programs == ("ls",)
@@ -185,3 +188,30 @@ def test_a_command_needing_more_than_20000_checks_is_refused_at_the_first_check_
     refused = refusal("ls;ls;" + nested, PermissionMode.SUPERUSER)  # 20001
     assert refused.rule == "too-complex"
     assert refused.detail == "the command needs too much work to check"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_level_of_nested_code_counts_toward_the_limit(mode: PermissionMode) -> None:
+    # Each `nice` and each `bash -c` is one level: ls ends 16 levels deep, or 17.
+    deepest = " ".join(["nice"] * 14 + ['bash -c "bash -c ls"'])
+    too_deep = " ".join(["nice"] * 15 + ['bash -c "bash -c ls"'])
+
+    assert plan(deepest, mode).programs[-1] == "ls"
+    refused = refusal(too_deep, mode)
+    assert (refused.rule, refused.detail) == ("too-complex", "the command nests too deeply")
+
+
+def test_an_unclosed_quote_is_refused_in_weak_mode() -> None:
+    refused = refusal('echo "unclosed', PermissionMode.WEAK)
+
+    assert refused.rule == "unparseable"
+    assert refused.detail == "the command could not be split (No closing quotation)"
+
+
+@pytest.mark.parametrize("path", ["/zzz/ls", "/a/ls", "./ls", "/usr/bin/../bin/ls"])
+def test_weak_mode_runs_a_program_by_path_only_where_path_finds_it(path: str) -> None:
+    found = shutil.which("ls")
+    assert found is not None
+
+    assert plan(found, PermissionMode.WEAK).argv == (found,)
+    assert refusal(path, PermissionMode.WEAK).rule == "path-program"
