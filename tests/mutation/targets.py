@@ -189,6 +189,11 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         ),
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_GtE",
+            'if quote == "\'":',
+            "quote is '', \"'\" or '\"', and neither '' nor '\"' sorts after \"'\": >= is ==",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
             "if quote == '\"':",
             "quote is '', \"'\" or '\"', and the \"'\" case continued above: >= is ==",
         ),

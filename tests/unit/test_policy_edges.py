@@ -215,3 +215,11 @@ def test_weak_mode_runs_a_program_by_path_only_where_path_finds_it(path: str) ->
 
     assert plan(found, PermissionMode.WEAK).argv == (found,)
     assert refusal(path, PermissionMode.WEAK).rule == "path-program"
+
+
+@pytest.mark.parametrize("command", ["ls foo\\", 'echo "a\\'])
+def test_a_trailing_backslash_is_refused_in_weak_mode(command: str) -> None:
+    refused = refusal(command, PermissionMode.WEAK)
+
+    assert refused.rule == "unparseable"
+    assert refused.detail == "the command could not be split (No escaped character)"
