@@ -223,3 +223,22 @@ def test_a_trailing_backslash_is_refused_in_weak_mode(command: str) -> None:
 
     assert refused.rule == "unparseable"
     assert refused.detail == "the command could not be split (No escaped character)"
+
+
+def test_programs_an_opaque_wrapper_might_run_are_not_claimed_as_run() -> None:
+    # setsid's options are not modelled: every later word is checked as a possible program
+    # (so `rm` would be refused), but none of them is recorded as the program that runs.
+    shell_plan = plan_shell_command(
+        "setsid nice ls", PermissionMode.SUPERUSER, allowlist=(), denylist=("rm",)
+    )
+
+    assert shell_plan.programs == ("setsid",)
+
+
+def test_nesting_too_deep_for_the_parser_is_refused_not_crashed() -> None:
+    nested = "echo " + "${x:-" * 2500 + "y" + "}" * 2500
+
+    refused = refusal(nested, PermissionMode.SUPERUSER)
+
+    assert refused.rule == "too-complex"
+    assert refused.detail == "the command nests too deeply to be checked"
