@@ -225,6 +225,16 @@ def test_a_trailing_backslash_is_refused_in_weak_mode(command: str) -> None:
     assert refused.detail == "the command could not be split (No escaped character)"
 
 
+def test_opaque_wrappers_in_a_row_are_checked_once_not_at_every_depth() -> None:
+    # The first opaque wrapper checks every later word as a possible program; the ones it
+    # finds there do not start over (which would nest past the limit and cost n² checks).
+    shell_plan = plan_shell_command(
+        "setsid " * 20 + "ls", PermissionMode.SUPERUSER, allowlist=(), denylist=("rm",)
+    )
+
+    assert shell_plan.programs == ("setsid",)
+
+
 def test_programs_an_opaque_wrapper_might_run_are_not_claimed_as_run() -> None:
     # setsid's options are not modelled: every later word is checked as a possible program
     # (so `rm` would be refused), but none of them is recorded as the program that runs.
