@@ -10,7 +10,7 @@ LINTED := $(wildcard src tests bench protos)
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.cache/runtime
 export AGENTMESH_GEMINI_CLI := $(CURDIR)/$(GEMINI_CLI)
 
-.PHONY: all venv gemini-cli protos lint typecheck test demo bench clean
+.PHONY: all venv gemini-cli protos lint typecheck test unit mutate demo bench clean
 
 all: test
 
@@ -43,6 +43,18 @@ typecheck: venv
 test: venv gemini-cli lint typecheck
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(BIN)/pytest
+
+# The fast layer: pure tests (no database, no npm) and the task store's transitions on the
+# embedded PostgreSQL. `make test` runs these too.
+unit: venv
+	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
+	$(BIN)/pytest tests/unit tests/store
+
+# Mutation testing (slow, not part of `make test`): each module's mutants run its own tests.
+# MODULES names some of tests/mutation/targets.py (or "all"); default: the stable ones.
+mutate: venv
+	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
+	$(BIN)/python -m tests.mutation $(MODULES)
 
 demo: venv
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)

@@ -1,0 +1,194 @@
+"""`python -m tests.mutation [MODULE ...]`: mutation testing with cosmic-ray, module by module.
+
+Each module is mutated in a scratch copy of `src/` and `tests/` (the checkout is never
+touched; the installed package is found there through PYTHONPATH), and each mutant runs only
+the tests that guard its module (tests/mutation/targets.py). The score of a module is the
+share of its non-equivalent mutants that some test killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cosmic_ray.work_db import WorkDB, use_db
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+from tests.mutation.targets import DEFAULT, EQUIVALENT, TARGETS, Target
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+COSMIC_RAY = str(Path(sys.executable).with_name("cosmic-ray"))
+GOAL = 0.8
+
+
+@dataclass
+class Score:
+    module: str
+    killed: int = 0
+    skipped: int = 0
+    equivalent: list[str] = field(default_factory=list)
+    survivors: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def judged(self) -> int:
+        return self.killed + len(self.survivors)
+
+    @property
+    def share(self) -> float:
+        if self.error:
+            return 0.0
+        return self.killed / self.judged if self.judged else 1.0
+
+
+def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the module's annotations are, as ((line, col), (end line, end col)) spans.
+
+    Signature annotations are never evaluated (`from __future__ import annotations`); class
+    attribute annotations are, where pydantic reads them, so those count only without it.
+    """
+    tree = ast.parse(source)
+    evaluates_fields = "pydantic" in source
+    nodes: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            arguments = node.args
+            every = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+            every += [a for a in (arguments.vararg, arguments.kwarg) if a is not None]
+            nodes += [a.annotation for a in every if a.annotation is not None]
+            if node.returns is not None:
+                nodes.append(node.returns)
+        elif isinstance(node, ast.AnnAssign) and not evaluates_fields:
+            nodes.append(node.annotation)
+    return [
+        ((n.lineno, n.col_offset), (n.end_lineno or n.lineno, n.end_col_offset or 0)) for n in nodes
+    ]
+
+
+def skip_annotations(session: Path, module: Path) -> int:
+    """Mark the mutants inside annotations as skipped; how many there were."""
+    spans = annotation_spans(module.read_text())
+    skipped = 0
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item in db.work_items:
+            if all(
+                any(start <= tuple(m.start_pos) < end for start, end in spans)
+                for m in item.mutations
+            ):
+                db.set_result(
+                    item.job_id,
+                    WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="annotation"),
+                )
+                skipped += 1
+    return skipped
+
+
+def score(name: str, session: Path, module: Path) -> Score:
+    lines = module.read_text().splitlines()
+    known = {(e.operator, e.line, e.after): e.reason for e in EQUIVALENT.get(name, ())}
+    result = Score(name)
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item, outcome in db.completed_work_items:
+            if outcome.worker_outcome is WorkerOutcome.SKIPPED:
+                result.skipped += 1
+                continue
+            if outcome.test_outcome is not TestOutcome.SURVIVED:
+                result.killed += 1
+                continue
+            mutation = item.mutations[0]
+            number = mutation.start_pos[0]
+            line = lines[number - 1].strip()
+            before = lines[number - 2].strip() if number > 1 else ""
+            where = f"line {number}: {mutation.operator_name}: {line}"
+            reason = known.get((mutation.operator_name, line, "")) or known.get(
+                (mutation.operator_name, line, before)
+            )
+            if reason is not None:
+                result.equivalent.append(f"{where}\n      equivalent: {reason}")
+                continue
+            changed = [
+                text
+                for text in (outcome.diff or "").splitlines()
+                if text.startswith("+") and not text.startswith("+++")
+            ]
+            result.survivors.append(f"{where}\n      mutant: {' '.join(changed).strip()}")
+    return result
+
+
+def run_module(name: str, target: Target, timeout: float) -> Score:
+    with tempfile.TemporaryDirectory(prefix=f"agentmesh-mutate-{name}-") as scratch:
+        copy = Path(scratch) / "repo"
+        ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache")
+        for part in ("src", "tests"):
+            shutil.copytree(REPOSITORY / part, copy / part, ignore=ignore)
+        for top in REPOSITORY.iterdir():  # pyproject.toml, agent_config.example.json, ...
+            if top.is_file():
+                shutil.copy2(top, copy / top.name)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(copy / "src"),
+            # A mutant of the same size written in the same second must not load a stale .pyc.
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        tests = [
+            sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+            f"--basetemp={scratch}/pytest", *target.tests,
+        ]  # fmt: skip
+        baseline = subprocess.run(tests, cwd=copy, env=env, capture_output=True, text=True)
+        if baseline.returncode != 0:
+            print(f"{name}: the tests fail before any mutation:\n{baseline.stdout[-3000:]}")
+            return Score(name, error="the tests fail before any mutation")
+        config = copy / "cosmic-ray.toml"
+        config.write_text(
+            "[cosmic-ray]\n"
+            f'module-path = "{target.path}"\n'
+            f"timeout = {timeout}\n"
+            "excluded-modules = []\n"
+            f"test-command = {json.dumps(shlex.join(tests))}\n"
+            "\n[cosmic-ray.distributor]\n"
+            'name = "local"\n'
+        )
+        session = copy / "session.sqlite"
+        for step in ("init", "exec"):
+            subprocess.run(
+                [COSMIC_RAY, step, str(config), str(session)], cwd=copy, env=env, check=True
+            )
+            if step == "init":
+                skip_annotations(session, copy / target.path)
+        return score(name, session, copy / target.path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__)
+    parser.add_argument("modules", nargs="*", choices=[*TARGETS, "all"], default=list(DEFAULT))
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
+    args = parser.parse_args(argv)
+    names = list(TARGETS) if "all" in args.modules else args.modules
+    scores = []
+    for name in names:
+        print(f"== {name}: {TARGETS[name].path}", flush=True)
+        result = run_module(name, TARGETS[name], args.timeout)
+        scores.append(result)
+        for kind, entries in (("equivalent", result.equivalent), ("SURVIVED", result.survivors)):
+            for entry in entries:
+                print(f"  {kind}: {entry}")
+    print("\nmodule            killed  survived  equivalent  skipped  score")
+    for s in scores:
+        print(
+            f"{s.module:<17} {s.killed:>6}  {len(s.survivors):>8}  {len(s.equivalent):>10}"
+            f"  {s.skipped:>7}  {s.share:6.1%}  {s.error}"
+        )
+    return 0 if all(s.share >= GOAL for s in scores) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""What `make mutate` mutates, which tests judge each module, and the equivalent mutants.
+
+Each module's mutants run only the tests that guard it, so a module takes minutes, not the
+whole suite's time per mutant. A surviving mutant is either a missing test (write it) or
+equivalent: no behaviour can tell it from the original. Equivalent ones are listed here with
+the reason, by operator and the source line they change, so a new survivor stands out.
+Mutations inside annotations are skipped before the run: with `from __future__ import
+annotations` an annotation is never evaluated (mypy, not a test, guards them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    path: str  # the module, relative to the repository
+    tests: tuple[str, ...]  # pytest arguments that select its tests
+    note: str = ""
+
+
+# The database tests run on the embedded server only: one server is enough to judge a mutant.
+EMBEDDED_ONLY = ("-k", "embedded")
+
+TARGETS: dict[str, Target] = {
+    "placement": Target("src/agentmesh/scheduler/placement.py", ("tests/unit/test_placement.py",)),
+    "gemini_errors": Target(
+        "src/agentmesh/node/executors/gemini_errors.py", ("tests/unit/test_gemini_errors.py",)
+    ),
+    "environment": Target("src/agentmesh/node/environment.py", ("tests/unit/test_environment.py",)),
+    "auth": Target("src/agentmesh/rpc/auth.py", ("tests/unit/test_auth.py",)),
+    "policy": Target(
+        "src/agentmesh/node/permissions/policy.py",
+        ("tests/unit/test_policy_edges.py", "tests/node/test_shell_permissions.py"),
+    ),
+    "config": Target(
+        "src/agentmesh/config.py", ("tests/unit/test_config_bounds.py", "tests/test_config.py")
+    ),
+    "convert": Target("src/agentmesh/rpc/convert.py", ("tests/unit/test_convert.py",)),
+    "trace_writer": Target(
+        "src/agentmesh/scheduler/trace_writer.py", ("tests/unit/test_trace_writer.py",)
+    ),
+    "store": Target(
+        "src/agentmesh/scheduler/store.py",
+        ("tests/store", *EMBEDDED_ONLY),
+        note="needs PostgreSQL (the embedded server); its SQL lives in queries.py as strings,"
+        " which the tool does not mutate: the store tests judge the SQL through the store",
+    ),
+    "process": Target(
+        "src/agentmesh/node/process.py",
+        (
+            "tests/node/test_cancel_stubborn.py",
+            "tests/node/test_node.py",
+            "-k",
+            "cancel or dropped or stubborn or output or stream",
+        ),
+    ),
+    "dispatch": Target(
+        "src/agentmesh/scheduler/dispatch.py",
+        (
+            "tests/scheduler/test_scheduler.py",
+            "tests/scheduler/test_gemini_dispatch.py",
+            *EMBEDDED_ONLY,
+        ),
+        note="slow: every mutant runs a scheduler and nodes",
+    ),
+}
+
+# The modules nobody else was changing when mutation testing was added; `make mutate` runs
+# these unless MODULES names others.
+DEFAULT = ("gemini_errors", "environment", "auth", "policy")
+
+
+@dataclass(frozen=True)
+class Equivalent:
+    operator: str  # cosmic-ray's operator name
+    line: str  # the original source line, stripped
+    reason: str
+    after: str = ""  # the line before it, stripped, where `line` alone is ambiguous
+
+
+_MODE_IS = (
+    "`mode` is a PermissionMode, so == is `is`; of its two values only 'weak' >= 'weak'"
+    " holds ('superuser' < 'weak'), so >= is `is` too"
+)
+_KEYWORD_ONLY = "every caller passes the arguments after it by keyword: `/` or `*` alike"
+
+EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
+    "placement": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_LtE",
+            "if len(found) == 1:",
+            "found is never empty here (fitting() returns Waiting instead): <= 1 is == 1",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Gt_NotEq",
+            "free = [a for a in found if a.free > 0]",
+            "`free` is max(..., 0), never negative: != 0 is > 0",
+        ),
+        Equivalent(
+            "core/ReplaceUnaryOperator_USub_Invert", "-a.free,", "~x is -x - 1: the same order"
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'return Waiting(f"the only fitting agent ({found[0].name}) is busy")',
+            "found holds exactly one agent here: found[-1] is found[0]",
+        ),
+    ),
+    "trace_writer": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Eq",
+            "if len(self._pending) >= MAX_BACKLOG:",
+            "events are added one at a time and adding stops at the bound, so the length"
+            " meets the bound before it could pass it: == is >=",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Is",
+            "if len(self._pending) >= MAX_BACKLOG:",
+            "as for ==, and CPython keeps one int object per value up to 256: `is` is ==",
+        ),
+    ),
+    "convert": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq",
+            "if cls is events.ApiError:",
+            "a class is equal only to itself",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq",
+            "if cls is events.Result:",
+            "a class is equal only to itself",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'values["exit_code"] = int(values.get("exit_code", 0))',
+            "always_print_fields_with_no_presence=True always puts exit_code in the dict:"
+            " the default is never used",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'values["memory_bytes"] = int(values.get("memory_bytes", 0))',
+            "always_print_fields_with_no_presence=True always puts memory_bytes in the dict:"
+            " the default is never used",
+        ),
+    ),
+    "policy": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq", "if mode is PermissionMode.WEAK:", _MODE_IS
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_GtE", "if mode is PermissionMode.WEAK:", _MODE_IS
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq",
+            'if char == "\\n" and mode is PermissionMode.WEAK:',
+            _MODE_IS,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_GtE",
+            'if char == "\\n" and mode is PermissionMode.WEAK:',
+            _MODE_IS,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq", "if ctx.mode is PermissionMode.WEAK:", _MODE_IS
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_GtE", "if ctx.mode is PermissionMode.WEAK:", _MODE_IS
+        ),
+        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "def _check_code(code: str, ctx: Ctx, depth: int, *, posix: bool = False) -> None:",
+            _KEYWORD_ONLY,
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True, slots=True)",
+            "slots=False only gives each plan a __dict__ (frozen=False is killed: a plan is"
+            " hashable and immutable)",
+        ),
+        Equivalent(
+            "core/ReplaceContinueWithBreak",
+            "continue",
+            "in weak mode a Code is always the last thing a handler yields (the one handler"
+            " that yields more, for opaque wrappers, refuses in weak mode first), so break"
+            " leaves the same loop that continue would",
+            after="_check_weak(inner.text, ctx, call.depth + 1)",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            'if quote == "\'":',
+            "quote is '', \"'\" or '\"', and neither '' nor '\"' sorts after \"'\": >= is ==",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            "if quote == '\"':",
+            "quote is '', \"'\" or '\"', and the \"'\" case continued above: >= is ==",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            "if k == 1:  # later readings of the same text only check, never record",
+            "code has at most two dialects (ANY_SHELL), so k is 0 or 1: >= 1 is == 1",
+        ),
+    ),
+    "auth": (
+        Equivalent(
+            "core/AddNot",
+            "if handler.response_streaming:",
+            "either refusal handler aborts with UNAUTHENTICATED before it answers anything, so"
+            " the caller of a streaming or a unary RPC sees the same refusal",
+        ),
+    ),
+    "gemini_errors": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_LtE",
+            'return value / 1000 if match[2] == "ms" else value',
+            'the regex captures only "ms" or "s", and "s" <= "ms" is false as "s" == "ms" is',
+        ),
+    ),
+}

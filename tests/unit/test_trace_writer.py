@@ -1,0 +1,193 @@
+"""The trace writer with a fake append: order, batching, the bounded backlog, superseding.
+
+The fake append records each batch and can be held, as a slow database round trip would be.
+The tests wait on the writer's own progress (events), never on the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agentmesh.scheduler.trace_writer import MAX_BACKLOG, TraceWriter
+from agentmesh.tasks.events import Payload, Stdout
+
+
+class FakeTrace:
+    """Records batches; `hold()` makes the next appends wait until `release()`."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.answer = True
+        self.error: Exception | None = None
+        self.entered = asyncio.Event()
+        self._gate = asyncio.Event()
+        self._gate.set()
+
+    def hold(self) -> None:
+        self._gate.clear()
+        self.entered.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    async def append_many(self, batch: list[Payload]) -> bool:
+        self.entered.set()
+        await self._gate.wait()
+        if self.error is not None:
+            raise self.error
+        self.batches.append([p.text for p in batch])  # type: ignore[union-attr]
+        return self.answer
+
+    @property
+    def written(self) -> list[str]:
+        return [text for batch in self.batches for text in batch]
+
+
+async def settle() -> None:
+    """Let every ready task run (no clock involved)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def lines(count: int, start: int = 0) -> list[Stdout]:
+    return [Stdout(f"line {i}") for i in range(start, start + count)]
+
+
+async def test_a_quiet_stream_writes_each_event_at_once() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many)
+
+    for payload in lines(3):
+        await writer.add(payload)
+        await settle()
+
+    assert trace.batches == [["line 0"], ["line 1"], ["line 2"]]
+    assert await writer.close()
+
+
+async def test_what_arrives_during_a_write_goes_in_the_next_batch_in_order() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many)
+    trace.hold()
+    await writer.add(Stdout("first"))
+    await trace.entered.wait()  # the first batch is being written
+
+    for payload in lines(50):
+        await writer.add(payload)
+    trace.release()
+
+    assert await writer.close()
+    assert trace.batches == [["first"], [f"line {i}" for i in range(50)]]
+
+
+async def test_close_writes_everything_that_is_left() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many)
+
+    for payload in lines(500):
+        await writer.add(payload)
+
+    assert await writer.close()
+    assert trace.written == [f"line {i}" for i in range(500)]
+
+
+async def test_a_full_backlog_makes_the_stream_wait_instead_of_growing() -> None:
+    assert MAX_BACKLOG == 256  # events held while a write is in flight, at most
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many)
+    trace.hold()
+    await writer.add(Stdout("first"))
+    await trace.entered.wait()
+    for payload in lines(MAX_BACKLOG):
+        await writer.add(payload)
+
+    one_more = asyncio.create_task(writer.add(Stdout("one more")))
+    await settle()
+    assert not one_more.done(), "the backlog grew past its bound"
+
+    trace.release()
+    await one_more
+    assert await writer.close()
+    assert trace.written == ["first", *(f"line {i}" for i in range(MAX_BACKLOG)), "one more"]
+    assert max(len(batch) for batch in trace.batches) == MAX_BACKLOG
+
+
+async def test_below_the_bound_adding_never_waits() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many)
+    trace.hold()
+    await writer.add(Stdout("first"))
+    await trace.entered.wait()
+
+    last = asyncio.create_task(writer.add(Stdout("last")))
+    for payload in lines(MAX_BACKLOG - 2):
+        await writer.add(payload)
+    await settle()
+
+    assert last.done()
+    trace.release()
+    assert await writer.close()
+
+
+async def test_a_superseded_attempt_stops_writing_and_says_so() -> None:
+    trace = FakeTrace()
+    trace.answer = False  # the attempt lost its lease: the store refuses the batch
+    writer = TraceWriter(trace.append_many)
+
+    await writer.add(Stdout("late"))
+    await settle()
+    await writer.add(Stdout("later"))  # dropped, without an error
+
+    assert not await writer.close()
+    assert writer.superseded
+    assert trace.batches == [["late"]]
+
+
+async def test_a_stream_waiting_on_a_full_backlog_is_let_go_when_superseded() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many)
+    trace.hold()
+    await writer.add(Stdout("first"))
+    await trace.entered.wait()
+    for payload in lines(MAX_BACKLOG):
+        await writer.add(payload)
+    waiting = asyncio.create_task(writer.add(Stdout("waiting")))
+    await settle()
+    assert not waiting.done()
+
+    trace.answer = False
+    trace.release()
+
+    await waiting  # does not hang
+    assert not await writer.close()
+    assert trace.batches == [["first"]]
+
+
+async def test_a_failed_write_reaches_the_stream() -> None:
+    trace = FakeTrace()
+    trace.error = ConnectionResetError("database gone")
+    writer = TraceWriter(trace.append_many)
+
+    await writer.add(Stdout("x"))
+    await settle()
+
+    with pytest.raises(ConnectionResetError, match="database gone"):
+        await writer.add(Stdout("y"))
+    with pytest.raises(ConnectionResetError):
+        await writer.close()
+
+
+async def test_cancel_stops_the_writer() -> None:
+    trace = FakeTrace()
+    trace.hold()
+    writer = TraceWriter(trace.append_many)
+    await writer.add(Stdout("x"))
+    await trace.entered.wait()
+
+    writer.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await writer.close()
+    assert trace.batches == []
