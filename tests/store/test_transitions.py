@@ -109,10 +109,12 @@ async def test_a_late_result_of_a_superseded_attempt_changes_nothing(
     before = await snapshot(store, task_id)
 
     late = await store.finish_attempt(task_id, first.attempt, OWNER, AGENT, DONE, in_tree=in_tree)
-    late_events = await store.append_many(task_id, first.attempt, OWNER, AGENT, [Stdout("late")])
+    late_events = await store.append_many(
+        task_id, first.attempt, OWNER, AGENT, [Stdout("late")], after_seq=second.last_seq
+    )
 
     assert not late
-    assert not late_events
+    assert late_events is None
     assert await snapshot(store, task_id) == before
     assert (await lease_of(pool, task_id))["state"] == "working"
     # The current attempt still ends the task.
@@ -155,8 +157,16 @@ async def test_events_of_the_current_attempt_are_stored_in_order(store: TaskStor
     task_id = await store.submit(ECHO)
     attempt = await start(store, task_id)
 
-    assert await store.append_many(
-        task_id, attempt.attempt, OWNER, AGENT, [Stdout("a"), Stdout("b"), Stdout("c")]
+    assert (
+        await store.append_many(
+            task_id,
+            attempt.attempt,
+            OWNER,
+            AGENT,
+            [Stdout("a"), Stdout("b"), Stdout("c")],
+            after_seq=attempt.last_seq,
+        )
+        == attempt.last_seq + 3
     )
 
     events = await trace(store, task_id)

@@ -6,7 +6,6 @@ A value past a bound ends the program with one line naming the file, the key and
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ FILE_BOUNDS: list[tuple[str, Any, Any, str]] = [
     ("node.max_concurrency", 1, 0, "greater than 0"),
     ("node.max_concurrency", 1024, 1025, "less than or equal to 1024"),
     ("node.heartbeat_interval_seconds", 0.001, 0, "greater than 0"),
+    ("scheduler.heartbeat_interval_seconds", 0.001, 0, "greater than 0"),
     ("node.shutdown_grace_seconds", 0, -0.5, "greater than or equal to 0"),
     ("node.cancel_grace_seconds", 0, -0.5, "greater than or equal to 0"),
     ("scheduler.heartbeat_ttl_intervals", 1, 0, "greater than 0"),
@@ -87,12 +87,10 @@ def test_max_concurrency_zero_is_refused_with_a_clear_error(tmp_path: Path) -> N
 
 def test_max_concurrency_zero_on_the_command_line_is_refused(tmp_path: Path) -> None:
     settings = load_settings({}, cwd=tmp_path)
-    args = argparse.Namespace(
-        listen=None, name=None, max_concurrency=0, scheduler=None, advertise=None, capabilities=None
-    )
+    flags = {"max_concurrency": 0}
 
     with pytest.raises(ConfigError) as refused:
-        node_settings(settings, args)
+        node_settings(settings, flags)
 
     assert str(refused.value) == (
         "command line: max_concurrency: Input should be greater than 0 (got 0)"

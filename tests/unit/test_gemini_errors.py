@@ -66,11 +66,6 @@ def test_the_cli_result_message_alone() -> None:
     assert error.quota_scope == "per_minute"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: Google's short wording (no 429, no RESOURCE_EXHAUSTED, no 'quota exceeded')"
-    " is not recognised although it says to retry later",
-)
 def test_the_short_wording_please_retry_in() -> None:
     error = quota("You exceeded your current quota. Please retry in 26s.")
 
@@ -177,11 +172,6 @@ def test_seconds_until_daily_reset(now: datetime, hours: float) -> None:
     assert seconds_until_daily_reset(now) == pytest.approx(hours * HOURS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: datetime subtraction within one ZoneInfo ignores the DST change, so the"
-    " days clocks change count 24 h instead of 23 h and 25 h",
-)
 @pytest.mark.parametrize(
     ("now", "hours"),
     [
@@ -246,11 +236,6 @@ def test_other_failures_are_not_api_errors(text: str) -> None:
     assert classify_api_error(text, NOON_PACIFIC) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `\\b429\\b` matches a line number in a crash's stack trace, so a crash is"
-    " reported as an exhausted quota",
-)
 def test_a_stack_trace_line_429_is_not_a_quota_error() -> None:
     stderr = (
         "TypeError: Cannot read properties of undefined (reading 'parts')\n"

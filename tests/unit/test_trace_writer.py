@@ -19,6 +19,7 @@ class FakeTrace:
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.after: list[int] = []
         self.answer = True
         self.error: Exception | None = None
         self.entered = asyncio.Event()
@@ -32,13 +33,15 @@ class FakeTrace:
     def release(self) -> None:
         self._gate.set()
 
-    async def append_many(self, batch: list[Payload]) -> bool:
+    async def append_many(self, batch: list[Payload], after_seq: int) -> int | None:
+        """The store's contract: the batch follows event `after_seq`; the new last seq."""
         self.entered.set()
         await self._gate.wait()
         if self.error is not None:
             raise self.error
+        self.after.append(after_seq)
         self.batches.append([p.text for p in batch])  # type: ignore[union-attr]
-        return self.answer
+        return after_seq + len(batch) if self.answer else None
 
     @property
     def written(self) -> list[str]:
@@ -57,7 +60,7 @@ def lines(count: int, start: int = 0) -> list[Stdout]:
 
 async def test_a_quiet_stream_writes_each_event_at_once() -> None:
     trace = FakeTrace()
-    writer = TraceWriter(trace.append_many)
+    writer = TraceWriter(trace.append_many, last_seq=1)
 
     for payload in lines(3):
         await writer.add(payload)
@@ -69,7 +72,7 @@ async def test_a_quiet_stream_writes_each_event_at_once() -> None:
 
 async def test_what_arrives_during_a_write_goes_in_the_next_batch_in_order() -> None:
     trace = FakeTrace()
-    writer = TraceWriter(trace.append_many)
+    writer = TraceWriter(trace.append_many, last_seq=1)
     trace.hold()
     await writer.add(Stdout("first"))
     await trace.entered.wait()  # the first batch is being written
@@ -84,7 +87,7 @@ async def test_what_arrives_during_a_write_goes_in_the_next_batch_in_order() -> 
 
 async def test_close_writes_everything_that_is_left() -> None:
     trace = FakeTrace()
-    writer = TraceWriter(trace.append_many)
+    writer = TraceWriter(trace.append_many, last_seq=1)
 
     for payload in lines(500):
         await writer.add(payload)
@@ -96,7 +99,7 @@ async def test_close_writes_everything_that_is_left() -> None:
 async def test_a_full_backlog_makes_the_stream_wait_instead_of_growing() -> None:
     assert MAX_BACKLOG == 256  # events held while a write is in flight, at most
     trace = FakeTrace()
-    writer = TraceWriter(trace.append_many)
+    writer = TraceWriter(trace.append_many, last_seq=1)
     trace.hold()
     await writer.add(Stdout("first"))
     await trace.entered.wait()
@@ -116,7 +119,7 @@ async def test_a_full_backlog_makes_the_stream_wait_instead_of_growing() -> None
 
 async def test_below_the_bound_adding_never_waits() -> None:
     trace = FakeTrace()
-    writer = TraceWriter(trace.append_many)
+    writer = TraceWriter(trace.append_many, last_seq=1)
     trace.hold()
     await writer.add(Stdout("first"))
     await trace.entered.wait()
@@ -134,7 +137,7 @@ async def test_below_the_bound_adding_never_waits() -> None:
 async def test_a_superseded_attempt_stops_writing_and_says_so() -> None:
     trace = FakeTrace()
     trace.answer = False  # the attempt lost its lease: the store refuses the batch
-    writer = TraceWriter(trace.append_many)
+    writer = TraceWriter(trace.append_many, last_seq=1)
 
     await writer.add(Stdout("late"))
     await settle()
@@ -147,7 +150,7 @@ async def test_a_superseded_attempt_stops_writing_and_says_so() -> None:
 
 async def test_a_stream_waiting_on_a_full_backlog_is_let_go_when_superseded() -> None:
     trace = FakeTrace()
-    writer = TraceWriter(trace.append_many)
+    writer = TraceWriter(trace.append_many, last_seq=1)
     trace.hold()
     await writer.add(Stdout("first"))
     await trace.entered.wait()
@@ -168,7 +171,7 @@ async def test_a_stream_waiting_on_a_full_backlog_is_let_go_when_superseded() ->
 async def test_a_failed_write_reaches_the_stream() -> None:
     trace = FakeTrace()
     trace.error = ConnectionResetError("database gone")
-    writer = TraceWriter(trace.append_many)
+    writer = TraceWriter(trace.append_many, last_seq=1)
 
     await writer.add(Stdout("x"))
     await settle()
@@ -182,7 +185,7 @@ async def test_a_failed_write_reaches_the_stream() -> None:
 async def test_cancel_stops_the_writer() -> None:
     trace = FakeTrace()
     trace.hold()
-    writer = TraceWriter(trace.append_many)
+    writer = TraceWriter(trace.append_many, last_seq=1)
     await writer.add(Stdout("x"))
     await trace.entered.wait()
 
@@ -191,3 +194,19 @@ async def test_cancel_stops_the_writer() -> None:
     with pytest.raises(asyncio.CancelledError):
         await writer.close()
     assert trace.batches == []
+
+
+async def test_each_batch_follows_the_last_sequence_number_written() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many, last_seq=1)
+    trace.hold()
+    await writer.add(Stdout("a"))
+    await trace.entered.wait()
+    await writer.add(Stdout("b"))
+    await writer.add(Stdout("c"))
+    trace.release()
+
+    assert await writer.close()
+    assert trace.batches == [["a"], ["b", "c"]]
+    assert trace.after == [1, 2]
+    assert writer.last_seq == 4

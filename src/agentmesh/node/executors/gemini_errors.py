@@ -15,7 +15,13 @@ from zoneinfo import ZoneInfo
 from agentmesh.tasks.events import ApiError, ApiErrorKind
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
-_QUOTA = re.compile(r"\b429\b|RESOURCE_EXHAUSTED|quota exceeded|exhausted your|rate limit", re.I)
+# A 429 standing alone (`status 429`, `429 Too Many Requests`, `"code": 429`), not a line
+# number in a stack trace (`turn.js:429:31`).
+_QUOTA = re.compile(
+    r"(?<![\w.:/])429(?!\w|:\d)|\"code\"\s*:\s*429\b|RESOURCE_EXHAUSTED|quota exceeded"
+    r"|exceeded your current quota|exhausted your|rate limit",
+    re.I,
+)
 # The CLI replaces Google's message for daily quotas with its own words.
 _DAILY = re.compile(r"exhausted your daily quota|PerDay", re.I)
 _INVALID_KEY = re.compile(
@@ -33,7 +39,8 @@ def seconds_until_daily_reset(now: datetime) -> float:
     """Seconds from `now` to the next midnight in America/Los_Angeles."""
     local = now.astimezone(PACIFIC)
     midnight = datetime.combine(local.date() + timedelta(days=1), time(0), tzinfo=PACIFIC)
-    return (midnight - local).total_seconds()
+    # In UTC: within one zone, datetime subtraction ignores a DST change between the two.
+    return (midnight.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
 
 
 def classify_api_error(text: str, now: datetime | None = None) -> ApiError | None:
