@@ -141,7 +141,7 @@ def run_module(name: str, target: Target, timeout: float) -> Score:
         }
         tests = [
             sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-            f"--basetemp={scratch}/pytest", *target.tests,
+            f"--basetemp={scratch}/pytest", f"--timeout={target.test_timeout:g}", *target.tests,
         ]  # fmt: skip
         baseline = subprocess.run(tests, cwd=copy, env=env, capture_output=True, text=True)
         if baseline.returncode != 0:

@@ -18,6 +18,10 @@ class Target:
     path: str  # the module, relative to the repository
     tests: tuple[str, ...]  # pytest arguments that select its tests
     note: str = ""
+    # Seconds a test may take before pytest-timeout fails it: a mutant that hangs (a lost
+    # wake-up, an endless loop) is killed by this, so it should not be much longer than the
+    # slowest of the module's tests.
+    test_timeout: float = 20.0
 
 
 # The database tests run on the embedded server only: one server is enough to judge a mutant.
@@ -46,6 +50,7 @@ TARGETS: dict[str, Target] = {
         ("tests/store", *EMBEDDED_ONLY),
         note="needs PostgreSQL (the embedded server); its SQL lives in queries.py as strings,"
         " which the tool does not mutate: the store tests judge the SQL through the store",
+        test_timeout=60.0,
     ),
     "process": Target(
         "src/agentmesh/node/process.py",
@@ -55,6 +60,7 @@ TARGETS: dict[str, Target] = {
             "-k",
             "cancel or dropped or stubborn or output or stream",
         ),
+        test_timeout=60.0,
     ),
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
@@ -64,6 +70,7 @@ TARGETS: dict[str, Target] = {
             *EMBEDDED_ONLY,
         ),
         note="slow: every mutant runs a scheduler and nodes",
+        test_timeout=120.0,
     ),
 }
 
