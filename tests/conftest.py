@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.gemini_emulator import GeminiEmulator
 
 # pgserver reads XDG_RUNTIME_DIR at import time and warns without it.
 if not os.environ.get("XDG_RUNTIME_DIR"):
@@ -42,3 +45,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     own = session.config.stash.get(_OWN_BASETEMP, None)
     if own is not None and exitstatus == 0:
         session.config.add_cleanup(lambda: shutil.rmtree(own, ignore_errors=True))
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
+    """A loopback Gemini API emulator, where this test's Gemini CLI runs send their requests."""
+    with GeminiEmulator() as running:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", running.base_url)
+        yield running

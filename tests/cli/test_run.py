@@ -8,10 +8,7 @@ import json
 import re
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.cli.conftest import Cli, cli_environment
 from tests.scheduler.conftest import Mesh
@@ -70,13 +67,6 @@ async def test_exit_codes_say_failed_rejected_and_canceled(cli: Cli) -> None:
     watched = await cli("watch", task_id)
     assert watched.returncode == 4, watched
     assert watched.stderr.endswith("● canceled: not today\n")  # it never ran: no time
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    with GeminiEmulator() as running:
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", running.base_url)
-        yield running
 
 
 async def test_run_streams_a_gemini_task_with_its_tool_calls(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -26,13 +25,6 @@ from tests.support.gemini_emulator import (
 )
 
 API_KEY = "AIzaSy-test-key-0123456789abcdef"
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    with GeminiEmulator() as running:
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", running.base_url)
-        yield running
 
 
 def gemini(task_id: str, prompt: str, **spec: object) -> node_pb2.ExecuteTaskRequest:

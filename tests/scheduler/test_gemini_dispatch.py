@@ -4,7 +4,6 @@ prompt, and a 429 that cools the key down — with the key never in the trace.""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -15,13 +14,6 @@ from tests.scheduler.conftest import Mesh, run_to_end
 from tests.support.gemini_emulator import GeminiEmulator, quota_exhausted, text_reply
 
 KEY = "AIzaSy-scheduler-test-key-000111"
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    with GeminiEmulator() as running:
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", running.base_url)
-        yield running
 
 
 async def start(mesh: Mesh, tmp_path: Path) -> object:

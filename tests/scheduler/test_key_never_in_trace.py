@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -27,13 +26,6 @@ from tests.support.gemini_emulator import (
 )
 
 KEY = "AIzaSy-never-in-the-trace-4f1c9e77"
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    with GeminiEmulator() as running:
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", running.base_url)
-        yield running
 
 
 async def start(mesh: Mesh, tmp_path: Path) -> object:

@@ -4,10 +4,8 @@ reason, without attempts or events, until a key is added or cools down."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import asyncpg
-import pytest
 
 from agentmesh.keys.pool import fingerprint
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
@@ -16,13 +14,6 @@ from tests.scheduler.test_waiting import run_to_end, waiting_reason
 from tests.support.gemini_emulator import GeminiEmulator, text_reply
 
 KEY = "AIzaSy-key-wait-test-000222"
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    with GeminiEmulator() as running:
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", running.base_url)
-        yield running
 
 
 async def execute(database_uri: str, statement: str, *args: object) -> None:

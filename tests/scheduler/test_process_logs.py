@@ -3,7 +3,7 @@ about a task says which, and neither the token nor the key is ever written."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,6 @@ class VerboseHarness(ProcessHarness):
 
     def _spawn(self, label: str, argv: list[str], **options: Any) -> MeshProcess:
         return super()._spawn(label, ["-v", *argv], **options)
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    with GeminiEmulator() as running:
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", running.base_url)
-        yield running
 
 
 @pytest.fixture
