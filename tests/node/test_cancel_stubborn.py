@@ -8,11 +8,13 @@ its own, so only the node's SIGKILL after `node.cancel_grace_seconds` can end th
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
 
 import psutil
+import pytest
 
 from agentmesh.v1 import node_pb2, task_pb2
 from tests.node.conftest import StartNode
@@ -67,8 +69,9 @@ def _running(process: psutil.Process) -> bool:
 
 
 async def test_a_dropped_client_also_ends_processes_that_ignore_sigterm(
-    start_node: StartNode, tmp_path: Path
+    start_node: StartNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     _, stub = await start_node(cancel_grace_seconds=0.5)
     call = stub.ExecuteTask(
         execute("stubborn-2", kind="shell", command=STUBBORN, permission_mode="superuser")
@@ -82,3 +85,6 @@ async def test_a_dropped_client_also_ends_processes_that_ignore_sigterm(
     _, alive = await asyncio.to_thread(psutil.wait_procs, processes, timeout=30)
 
     assert [p.pid for p in alive if _running(p)] == [], "processes survived the dropped client"
+    # The executor closed its output reader cleanly (a pending read made that fail).
+    await asyncio.sleep(0.5)
+    assert "already running" not in caplog.text

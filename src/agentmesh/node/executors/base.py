@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from agentmesh.config import PermissionMode
-from agentmesh.node.process import ProcessGroup, StreamName
+from agentmesh.node.process import Chunk, ProcessGroup, StreamName
 from agentmesh.tasks.events import Payload
 from agentmesh.tasks.model import AgentMode, TaskKind, TaskSpec
 
@@ -75,6 +75,7 @@ async def supervise(
     chunks = aiter(group.chunks())
     cancelled = asyncio.ensure_future(job.cancel.wait())
     deadline = asyncio.get_running_loop().time() + job.timeout_seconds
+    next_chunk: asyncio.Future[Chunk] | None = None
     try:
         while True:
             next_chunk = asyncio.ensure_future(anext(chunks))
@@ -109,4 +110,10 @@ async def supervise(
     finally:
         cancelled.cancel()
         await group.stop()
+        # A consumer that stops iterating leaves a read pending inside `chunks`: end it
+        # first, or closing the generator fails ("already running").
+        if next_chunk is not None and not next_chunk.done():
+            next_chunk.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await next_chunk
         await chunks.aclose()  # type: ignore[attr-defined]
