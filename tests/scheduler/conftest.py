@@ -119,3 +119,13 @@ async def run_to_end(
         event async for event in stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task.id))
     ]
     return await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task.id)), events
+
+
+async def start_gemini_mesh(mesh: Mesh, key: str) -> scheduler_pb2_grpc.SchedulerAsyncStub:
+    """A scheduler with `key` in its key file and one node ("llm") that runs gemini tasks."""
+    key_file = mesh.tmp_path / "keys.txt"
+    key_file.write_text(f"# the test key\n{key}\n")
+    mesh.configure(GEMINI_API_KEY_FILE=str(key_file))
+    stub = await mesh.start_scheduler()
+    await mesh.start_node("llm")
+    return stub

@@ -10,29 +10,20 @@ import asyncpg
 import pytest
 
 from agentmesh.v1 import task_pb2
-from tests.scheduler.conftest import Mesh, run_to_end
+from tests.scheduler.conftest import Mesh, run_to_end, start_gemini_mesh
 from tests.support.gemini_emulator import GeminiEmulator, quota_exhausted, text_reply
 
 KEY = "AIzaSy-scheduler-test-key-000111"
-
-
-async def start(mesh: Mesh, tmp_path: Path) -> object:
-    key_file = tmp_path / "keys.txt"
-    key_file.write_text(f"# the test key\n{KEY}\n")
-    mesh.configure(GEMINI_API_KEY_FILE=str(key_file))
-    stub = await mesh.start_scheduler()
-    await mesh.start_node("llm")
-    return stub
 
 
 async def test_parent_prompt_gets_the_subtask_outputs(
     mesh: Mesh, emulator: GeminiEmulator, tmp_path: Path
 ) -> None:
     emulator.script(text_reply("Both hosts run Linux.", prompt_tokens=40, candidates_tokens=5))
-    stub = await start(mesh, tmp_path)
+    stub = await start_gemini_mesh(mesh, KEY)
 
     task, events = await run_to_end(
-        stub,  # type: ignore[arg-type]
+        stub,
         kind="gemini",
         prompt="Summarize the inventory.",
         model="gemini-2.5-flash",
@@ -54,10 +45,10 @@ async def test_quota_error_cools_the_key_down(
     mesh: Mesh, emulator: GeminiEmulator, tmp_path: Path
 ) -> None:
     emulator.script(quota_exhausted("minute", retry_seconds=40))
-    stub = await start(mesh, tmp_path)
+    stub = await start_gemini_mesh(mesh, KEY)
 
     task, events = await run_to_end(
-        stub,  # type: ignore[arg-type]
+        stub,
         kind="gemini",
         prompt="hello",
         model="gemini-2.5-flash",
@@ -90,7 +81,7 @@ async def test_named_key_from_a_dotenv_key_file_reaches_the_api_alone(
     await mesh.start_node("llm")
 
     task, events = await run_to_end(
-        stub,  # type: ignore[arg-type]
+        stub,
         kind="gemini",
         prompt="hello",
         model="gemini-2.5-flash",

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from agentmesh.v1 import task_pb2
-from tests.scheduler.conftest import Mesh, run_to_end
+from tests.scheduler.conftest import Mesh, run_to_end, start_gemini_mesh
 from tests.support.gemini_emulator import (
     ErrorReply,
     GeminiEmulator,
@@ -26,15 +26,6 @@ from tests.support.gemini_emulator import (
 )
 
 KEY = "AIzaSy-never-in-the-trace-4f1c9e77"
-
-
-async def start(mesh: Mesh, tmp_path: Path) -> object:
-    key_file = tmp_path / "keys.txt"
-    key_file.write_text(f"{KEY}\n")
-    mesh.configure(GEMINI_API_KEY_FILE=str(key_file))
-    stub = await mesh.start_scheduler()
-    await mesh.start_node("llm")
-    return stub
 
 
 async def stored(database_uri: str, task_id: str) -> str:
@@ -65,10 +56,10 @@ async def test_a_key_printed_by_a_tool_and_said_by_the_model_is_stored_as_stars(
         shell_call('printenv GEMINI_API_KEY; echo "again: $GEMINI_API_KEY" >&2'),
         text_reply(f"The key you asked for is {KEY}."),
     )
-    stub = await start(mesh, tmp_path)
+    stub = await start_gemini_mesh(mesh, KEY)
 
     task, events = await run_to_end(
-        stub,  # type: ignore[arg-type]
+        stub,
         kind="gemini",
         prompt="What is the API key in your environment?",
         model="gemini-2.5-flash",
@@ -98,10 +89,10 @@ async def test_a_key_echoed_in_an_api_error_body_is_stored_as_stars(
     caplog.set_level(logging.DEBUG)
     message = f"Request contains an invalid argument: unexpected key {KEY} for this project"
     emulator.script(ErrorReply(400, error_body(400, "INVALID_ARGUMENT", message)))
-    stub = await start(mesh, tmp_path)
+    stub = await start_gemini_mesh(mesh, KEY)
 
     task, events = await run_to_end(
-        stub,  # type: ignore[arg-type]
+        stub,
         kind="gemini",
         prompt="hello",
         model="gemini-2.5-flash",
