@@ -87,9 +87,18 @@ class Permissions(_Section):
 
 
 class ApiPolicy(_Section):
+    """Every key's limits unless the key sets its own (`agentmesh keys update`); 0 = none.
+
+    Counted per key and model, as Google counts them; the day ends at midnight Pacific time.
+    """
+
+    # Tokens a key may spend a day.
     max_tokens_per_key: int = Field(default=1_000_000, ge=0)
     max_requests_per_day: int = Field(default=1_500, ge=0)
+    # Requests a minute: a key's requests are spaced so that this is never exceeded.
     rpm_soft_limit: int = Field(default=15, ge=0)
+    # How long a task waits for a key with capacity when its user has no throttle_tolerance.
+    throttle_tolerance_seconds: float = Field(default=300.0, ge=0)
 
 
 class AgentDefaults(_Section):
@@ -165,6 +174,11 @@ class EnvSettings(_Section):
     GEMINI_CLI_COMMAND: str = "gemini"
     GEMINI_API_KEY_FILE: Path | None = None
     AGENTMESH_TOKEN: SecretStr | None = None
+    # The Fernet key that encrypts API keys at rest; unset = one generated into the data
+    # directory (secret.key, mode 0600).
+    AGENTMESH_SECRET_KEY: SecretStr | None = None
+    # Where a node's Gemini API proxy sends the API requests of its tasks.
+    GOOGLE_GEMINI_BASE_URL: str = "https://generativelanguage.googleapis.com"
     AGENTMESH_DATA_DIR: Path | None = None
     # Where the command line reaches the scheduler; default: scheduler.listen (the local one).
     AGENTMESH_SCHEDULER: HostPort | None = None
@@ -174,7 +188,7 @@ class EnvSettings(_Section):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("DATABASE_URL", "AGENTMESH_TOKEN", mode="before")
+    @field_validator("DATABASE_URL", "AGENTMESH_TOKEN", "AGENTMESH_SECRET_KEY", mode="before")
     @classmethod
     def _empty_secret_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -214,7 +228,9 @@ DATABASE_VARIABLES = frozenset(
     {"DATABASE_URL", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER",
      "POSTGRES_PASSWORD"}
 )  # fmt: skip
-_SECRET_ENV_NAMES = frozenset({"POSTGRES_PASSWORD", "DATABASE_URL", "AGENTMESH_TOKEN"})
+_SECRET_ENV_NAMES = frozenset(
+    {"POSTGRES_PASSWORD", "DATABASE_URL", "AGENTMESH_TOKEN", "AGENTMESH_SECRET_KEY"}
+)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class AgentCard(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     GEMINI_CLI_VERSION_FIELD_NUMBER: _builtins.int
+    HELD_KEYS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Stable across restarts (kept in the node's data directory)."""
     name: _builtins.str
@@ -78,6 +79,12 @@ class AgentCard(_message.Message):
 
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def held_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldKey]:
+        """API keys this node holds in its own GEMINI_API_KEY_FILE: labels and fingerprints only
+        (the secrets never leave the node).
+        """
+
     def __init__(
         self,
         *,
@@ -100,11 +107,34 @@ class AgentCard(_message.Message):
         draining: _builtins.bool = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         gemini_cli_version: _builtins.str = ...,
+        held_keys: _abc.Iterable[Global___HeldKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "arch", b"arch", "capabilities", b"capabilities", "cpu_count", b"cpu_count", "draining", b"draining", "endpoint", b"endpoint", "executors", b"executors", "gemini_cli_version", b"gemini_cli_version", "hostname", b"hostname", "ip_addresses", b"ip_addresses", "max_concurrency", b"max_concurrency", "memory_bytes", b"memory_bytes", "models", b"models", "name", b"name", "os", b"os", "permission_mode", b"permission_mode", "running_tasks", b"running_tasks", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "arch", b"arch", "capabilities", b"capabilities", "cpu_count", b"cpu_count", "draining", b"draining", "endpoint", b"endpoint", "executors", b"executors", "gemini_cli_version", b"gemini_cli_version", "held_keys", b"held_keys", "hostname", b"hostname", "ip_addresses", b"ip_addresses", "max_concurrency", b"max_concurrency", "memory_bytes", b"memory_bytes", "models", b"models", "name", b"name", "os", b"os", "permission_mode", b"permission_mode", "running_tasks", b"running_tasks", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentCard: _TypeAlias = AgentCard  # noqa: Y015
+
+@_typing.final
+class HeldKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    fingerprint: _builtins.str
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "label", b"label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldKey: _TypeAlias = HeldKey  # noqa: Y015

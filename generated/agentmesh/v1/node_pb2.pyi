@@ -40,11 +40,22 @@ class ExecuteTaskRequest(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     API_KEY_FIELD_NUMBER: _builtins.int
+    KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    TOKEN_BUDGET_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     """The scheduler's attempt number (1 when run directly)."""
     api_key: _builtins.str
-    """gemini: the API key to use, chosen by the scheduler. Never echoed back or logged."""
+    """gemini, run directly (without a scheduler): an API key for the node's Gemini API proxy
+    to use for this task. Never echoed back or logged, and never given to the task itself.
+    The scheduler leaves it empty: its tasks lease keys from its KeyPool per request.
+    """
+    key_fingerprint: _builtins.str
+    """gemini: the key the scheduler reserved the task's forecast on (its fingerprint); the
+    proxy asks for it first.
+    """
+    token_budget: _builtins.int
+    """gemini: the most tokens the task may spend (0 = no limit); the proxy stops it beyond."""
     @_builtins.property
     def spec(self) -> _task_pb2.TaskSpec: ...
     def __init__(
@@ -54,10 +65,12 @@ class ExecuteTaskRequest(_message.Message):
         attempt: _builtins.int = ...,
         spec: _task_pb2.TaskSpec | None = ...,
         api_key: _builtins.str = ...,
+        key_fingerprint: _builtins.str = ...,
+        token_budget: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "attempt", b"attempt", "spec", b"spec", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "attempt", b"attempt", "key_fingerprint", b"key_fingerprint", "spec", b"spec", "task_id", b"task_id", "token_budget", b"token_budget"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
