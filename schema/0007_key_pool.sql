@@ -52,6 +52,7 @@ CREATE TABLE key_reservations (
     tokens              BIGINT NOT NULL DEFAULT 0 CHECK (tokens >= 0),
     -- The request slot booked with the reservation (the first request's, per-minute spacing).
     first_slot          TIMESTAMPTZ,
+    reserved_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
     predicted_requests  INT NOT NULL DEFAULT 0,
     predicted_tokens    BIGINT NOT NULL DEFAULT 0,
     used_requests       INT NOT NULL DEFAULT 0,
@@ -69,3 +70,29 @@ ALTER TABLE token_prediction_log
     ADD COLUMN actual_requests INT;
 CREATE INDEX token_prediction_log_learn_idx
     ON token_prediction_log (model, username, request_timestamp DESC);
+
+-- A reservation is released when its attempt stops working, however that happens (a
+-- result, a cancel, a lost node, a lease taken over): the forecast it held goes back to the
+-- key, and what the task spent stays counted.
+CREATE FUNCTION release_key_reservation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE api_key_usage u
+    SET reserved_requests = greatest(u.reserved_requests - r.requests, 0),
+        reserved_tokens = greatest(u.reserved_tokens - r.tokens, 0)
+    FROM key_reservations r
+    WHERE r.task_id = NEW.id AND (r.requests > 0 OR r.tokens > 0)
+      AND u.key_id = r.key_id AND u.model = r.model AND u.day = r.day;
+    UPDATE key_reservations SET requests = 0, tokens = 0, first_slot = NULL
+    WHERE task_id = NEW.id AND (requests > 0 OR tokens > 0 OR first_slot IS NOT NULL);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER tasks_release_key_reservation
+    AFTER UPDATE OF state, attempt ON tasks
+    FOR EACH ROW
+    WHEN (OLD.state = 'working' AND (NEW.state <> 'working' OR NEW.attempt <> OLD.attempt))
+    EXECUTE FUNCTION release_key_reservation();
+
+-- Since when a task has waited for a key with capacity: past its user's throttle tolerance
+-- it fails with the reason.
+ALTER TABLE tasks ADD COLUMN key_wait_since TIMESTAMPTZ;
