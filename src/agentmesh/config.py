@@ -211,18 +211,10 @@ class EnvSettings(_Section):
 _ENV_NAMES = frozenset(EnvSettings.model_fields)
 
 # Keys of agent_config.json that are read and validated but not acted on yet, by the
-# service that will act on them. The key pool will enforce api_policy; until then a
-# scheduler configured with these says so when it starts, so that nothing is silently
-# ignored. Every other key is in use.
+# service that will act on them: a service configured with these says so when it starts,
+# so that nothing is silently ignored. Today every key is in use.
 Service = Literal["scheduler", "node"]
-NOT_ENFORCED_YET: dict[Service, tuple[str, ...]] = {
-    "scheduler": (
-        "api_policy.max_tokens_per_key",
-        "api_policy.max_requests_per_day",
-        "api_policy.rpm_soft_limit",
-    ),
-    "node": (),
-}
+NOT_ENFORCED_YET: dict[Service, tuple[str, ...]] = {"scheduler": (), "node": ()}
 # Any of these set means a PostgreSQL server; with none, agentmesh runs its embedded one.
 DATABASE_VARIABLES = frozenset(
     {"DATABASE_URL", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER",

@@ -291,6 +291,18 @@ WHERE k.provider = 'gemini' AND (k.assigned_user IS NULL OR k.assigned_user = $1
 """
 
 
+# What decides whether waiting tasks might find a key now: a new or re-enabled key, a
+# cooldown that changed, quota given back. Any new row here is worth a look.
+KEY_SIGNATURE = f"""
+SELECT k.id, k.enabled, k.node_id, k.assigned_user, m.model, m.cooling_until,
+       u.requests + u.reserved_requests AS held_requests, u.tokens + u.reserved_tokens AS held
+FROM api_keys k
+LEFT JOIN api_key_models m ON m.key_id = k.id
+LEFT JOIN api_key_usage u ON u.key_id = k.id AND u.model = m.model AND u.day = {PACIFIC_TODAY}
+WHERE k.provider = 'gemini'
+"""
+
+
 def _choice(row: object) -> KeyChoice:
     get = row.__getitem__  # type: ignore[attr-defined]
     return KeyChoice(
@@ -488,6 +500,10 @@ def _duration(seconds: int) -> str:
     if seconds < 7200:
         return f"{round(seconds / 60)} min"
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+async def key_signature(conn: Connection) -> frozenset[tuple[object, ...]]:
+    return frozenset(tuple(row) for row in await conn.fetch(KEY_SIGNATURE))
 
 
 async def task_spent(conn: Connection, task_id: str) -> tuple[int, int] | None:

@@ -1,9 +1,11 @@
 """Dispatch: place ready tasks on agents, stream them to their nodes, record what happens.
 
 One round reads the ready window of the queue, places what fits (least loaded first,
-siblings spread; a gemini task also needs a free API key, picked here, before an attempt
-starts), parks what nobody can run (see `parking`), claims the placed rows with SKIP LOCKED
-and starts their attempts, then streams each attempt from its node in a task of its own.
+siblings spread; a gemini task also needs its forecast reserved on an API key with capacity
+before an attempt starts, and goes to the node that holds that key if it is a node's: see
+`keys.reservations`), parks what nobody can run (see `parking`), claims the placed rows
+with SKIP LOCKED and starts their attempts, then streams each attempt from its node in a
+task of its own.
 Rounds run when NOTIFY says the queue changed, and at least every `poll_seconds` in case a
 notification was lost.
 """
@@ -23,16 +25,16 @@ from typing import TypeVar
 import asyncpg
 import grpc
 
-from agentmesh import log_format
 from agentmesh.config import TlsSettings
 from agentmesh.errors import Reason
-from agentmesh.keys.pool import ApiKey, cool_down, disable, key_shortage, pick_key, usable_keys
+from agentmesh.keys import quota
+from agentmesh.keys.reservations import Candidate, KeyReserver, Reserved, RoundKeys
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
 from agentmesh.rpc.errors import reason_of
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.parking import KeySignature, ParkingLot
-from agentmesh.scheduler.placement import AgentSlot, Waiting, pick_agent
+from agentmesh.scheduler.placement import AgentSlot, Waiting, free_agents, pick_agent
 from agentmesh.scheduler.store import (
     QueuePosition,
     ReadyTask,
@@ -42,7 +44,7 @@ from agentmesh.scheduler.store import (
 )
 from agentmesh.scheduler.trace_writer import TraceWriter
 from agentmesh.tasks.events import ApiError, ApiErrorKind, Result
-from agentmesh.tasks.model import TaskKind
+from agentmesh.tasks.model import TaskKind, TaskState
 from agentmesh.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -122,15 +124,17 @@ class Dispatcher:
         pool: asyncpg.Pool,
         channels: Channels,
         settings: DispatchSettings,
+        keys: KeyReserver,
     ) -> None:
         self._store = store
         self._registry = registry
         self._pool = pool
         self._channels = channels
         self._settings = settings
+        self._keys = keys
         self._wake = asyncio.Event()
         self._parking = ParkingLot(
-            store, self._usable_keys, key_check_seconds=settings.poll_seconds
+            store, self._key_signature, key_check_seconds=settings.poll_seconds
         )
         # Where the last round stopped reading, past the head of the queue.
         self._resume: QueuePosition | None = None
@@ -222,46 +226,64 @@ class Dispatcher:
             agents[choice.agent_id] = replace(choice, running=choice.running + 1)
             spread[choice.hostname] += 1
             spread[choice.agent_id] += 1
-        keys, no_key = await self._pick_keys(ready, placements, agents)
+        keys = await self._reserve_keys(ready, placements, agents)
         await self._store.set_waiting_reasons(reasons)
-        parked = await self._parking.park(nobody_fits, no_key)
+        parked = await self._parking.park(nobody_fits, keys.waiting)
+        ended = {
+            task_id: Result(TaskState.REJECTED, error=why) for task_id, why in keys.rejected.items()
+        }
+        ended.update(
+            (task_id, Result(TaskState.FAILED, error=why)) for task_id, why in keys.failed.items()
+        )
+        await self._store.end_waiting(ended)
         started = await self._store.start_attempts(
             placements,
             self._settings.owner,
             self._settings.lease_seconds,
-            {task_id: key.id for task_id, key in keys.items()},
+            {task_id: held.key.key_id for task_id, held in keys.reserved.items()},
         )
+        started_ids = {attempt.task_id for attempt in started}
+        await self._keys.release([t for t in keys.reserved if t not in started_ids])
         for attempt in started:
             agent = agents[attempt.agent_id]
             self._endpoints[attempt.task_id] = agent.endpoint
             self._agents[attempt.task_id] = agent.agent_id
             self._attempt_numbers[attempt.task_id] = attempt.attempt
             self._attempts[attempt.task_id] = asyncio.create_task(
-                self._run_attempt(attempt, agent, keys.get(attempt.task_id)),
+                self._run_attempt(attempt, agent, keys.reserved.get(attempt.task_id)),
                 name=f"attempt {attempt.task_id}",
             )
-        return len(started) + parked
+        return len(started) + parked + len(ended)
 
-    async def _pick_keys(
+    async def _reserve_keys(
         self, ready: list[ReadyTask], placements: dict[str, str], agents: dict[str, AgentSlot]
-    ) -> tuple[dict[str, ApiKey], dict[str, str]]:
-        """A key for each placed gemini task; the others wait (unplaced) with the reason."""
+    ) -> RoundKeys:
+        """A key reservation for each placed gemini task (which may move it to the node that
+        holds the key); the others are unplaced: they wait, or end, with the reason."""
         gemini = [t for t in ready if t.task_id in placements and t.spec.kind == TaskKind.GEMINI]
         if not gemini:
-            return {}, {}
+            return RoundKeys()
         await self._parking.look_at_keys(now=True)
-        keys: dict[str, ApiKey] = {}
-        no_key: dict[str, str] = {}
+        candidates = []
         for task in gemini:
-            picked = await self._pick_key(task.spec.user)
-            if isinstance(picked, ApiKey):
-                log_format.redact(picked.value)
-                keys[task.task_id] = picked
-                continue
-            no_key[task.task_id] = picked
-            agent = agents[placements.pop(task.task_id)]
-            agents[agent.agent_id] = replace(agent, running=agent.running - 1)
-        return keys, no_key
+            placed = placements[task.task_id]
+            others = [a.agent_id for a in free_agents(task.spec, agents.values())]
+            candidates.append(
+                Candidate(task.task_id, task.spec, [placed, *(a for a in others if a != placed)])
+            )
+        keys = await self._keys.reserve(candidates)
+
+        def take_slot(agent_id: str, change: int) -> None:
+            agent = agents[agent_id]
+            agents[agent_id] = replace(agent, running=agent.running + change)
+
+        for task_id in (*keys.waiting, *keys.rejected, *keys.failed):
+            take_slot(placements.pop(task_id), -1)
+        for task_id, node in keys.moved.items():
+            take_slot(placements[task_id], -1)
+            take_slot(node, +1)
+            placements[task_id] = node
+        return keys
 
     async def cancel_local(self, task_id: str) -> None:
         """A task we run was cancelled (here or on another replica): stop it on its node."""
@@ -298,7 +320,7 @@ class Dispatcher:
         await asyncio.gather(*self._attempts.values(), return_exceptions=True)
 
     async def _run_attempt(
-        self, attempt: StartedAttempt, agent: AgentSlot, key: ApiKey | None
+        self, attempt: StartedAttempt, agent: AgentSlot, key: Reserved | None
     ) -> None:
         try:
             await self._stream(attempt, agent, key)
@@ -310,6 +332,10 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await self._hand_back(attempt, "the scheduler failed while streaming it")
         finally:
+            if key is not None:
+                # What the task spent, beside its forecast (whatever became of the attempt).
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._keys.task_ended(attempt.task_id))
             # A superseded attempt must not forget a newer attempt of the same task.
             if self._attempt_numbers.get(attempt.task_id) == attempt.attempt:
                 for registry in (
@@ -322,7 +348,9 @@ class Dispatcher:
                 self._cancelling.discard(attempt.task_id)
             self.wake()  # a slot is free
 
-    async def _stream(self, attempt: StartedAttempt, agent: AgentSlot, key: ApiKey | None) -> None:
+    async def _stream(
+        self, attempt: StartedAttempt, agent: AgentSlot, key: Reserved | None
+    ) -> None:
         owner = self._settings.owner
         spec = attempt.spec
         if spec.kind == TaskKind.GEMINI:
@@ -334,9 +362,11 @@ class Dispatcher:
             task_id=attempt.task_id,
             attempt=attempt.attempt,
             spec=convert.spec_to_proto(spec),
-            api_key=key.value if key else "",
+            key_fingerprint=key.key.fingerprint if key else "",
+            token_budget=key.budget if key else 0,
         )
         received = 0
+        exhausted: ApiError | None = None
         writer = TraceWriter(
             lambda batch, after_seq: _with_retry(
                 functools.partial(
@@ -357,12 +387,19 @@ class Dispatcher:
                 received += 1
                 event = convert.event_from_proto(message)
                 payload = event.payload
-                if isinstance(payload, ApiError) and key is not None:
-                    await _with_retry(
-                        functools.partial(self._react_to_api_error, key, payload, attempt)
-                    )
+                if isinstance(payload, ApiError) and payload.kind is ApiErrorKind.QUOTA_EXHAUSTED:
+                    exhausted = payload  # the node's proxy found no key with capacity
                 if isinstance(payload, Result):
                     if not await writer.close():
+                        return
+                    if payload.state is TaskState.FAILED and exhausted is not None:
+                        # Not the task's fault: it waits for a key again, without an attempt.
+                        await self._hand_back(
+                            attempt,
+                            f"every API key was out of capacity ({exhausted.message})",
+                            backoff_seconds=0.0,
+                            counts=False,
+                        )
                         return
                     await _with_retry(
                         functools.partial(
@@ -482,30 +519,9 @@ class Dispatcher:
             )
         )
 
-    async def _pick_key(self, user: str) -> ApiKey | str:
-        """A key for the user's task, or why there is none (its waiting reason)."""
+    async def _key_signature(self) -> KeySignature:
         async with self._pool.acquire() as conn:
-            key = await pick_key(conn, user)
-            return key if key is not None else await key_shortage(conn, user)
-
-    async def _usable_keys(self) -> KeySignature:
-        async with self._pool.acquire() as conn:
-            return await usable_keys(conn)
-
-    async def _react_to_api_error(
-        self, key: ApiKey, error: ApiError, attempt: StartedAttempt
-    ) -> None:
-        fields = {"task_id": attempt.task_id, "attempt": attempt.attempt, "key": key.fingerprint}
-        async with self._pool.acquire() as conn:
-            if error.kind is ApiErrorKind.QUOTA_EXHAUSTED:
-                await cool_down(conn, key.id, max(error.retry_delay_seconds, 1.0))
-                log.warning(
-                    "API key cooling down",
-                    extra={**fields, "seconds": error.retry_delay_seconds},
-                )
-            elif error.kind is ApiErrorKind.INVALID_API_KEY:
-                await disable(conn, key.id)
-                log.warning("API key refused by the API: disabled", extra=fields)
+            return await quota.key_signature(conn)
 
 
 def never_reached(error: grpc.aio.AioRpcError, received: int) -> bool:

@@ -8,7 +8,10 @@ waits for changes, as this replica sees it:
 - the mesh: an agent registered, came back online (or out of draining), or changed what it
   can run (its executors, capabilities, names). Busy agents are not a reason to park: a
   freed slot must find the task in the window.
-- the keys: a key was added, came back from its cooldown, or was enabled again.
+- the keys: a key was added, enabled again, its cooldown or its use changed (quota given
+  back); and by itself when the time the pool gave for capacity to return comes (a key's
+  next per-minute slot, the end of a cooldown, the day's reset), or the task's throttle
+  tolerance runs out.
 A replica's first look unparks everything: what a stopped replica parked is decided anew.
 """
 
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 
 from agentmesh.scheduler import queries as q
 from agentmesh.scheduler.placement import AgentSlot
 from agentmesh.scheduler.store import TaskStore
 
-# What makes a key usable again: a new id, a new cooldown that has passed, a re-enabled key.
+# What may make a key usable again (see keys.quota.KEY_SIGNATURE).
 KeySignature = frozenset[tuple[object, ...]]
 
 
@@ -59,10 +63,17 @@ class ParkingLot:
         keys = await self._usable_keys()
         if self._keys is None or keys - self._keys:
             await self._store.unpark(q.PARKED_FOR_KEY)
+        else:
+            await self._store.unpark_due(q.PARKED_FOR_KEY)
         self._keys = keys
         self._keys_checked = self._clock()
 
-    async def park(self, for_agent: dict[str, str], for_key: dict[str, str]) -> int:
-        """Park tasks (id -> waiting reason) until the mesh, or the keys, change; how many."""
+    async def park(
+        self, for_agent: dict[str, str], for_key: dict[str, tuple[str, datetime | None]]
+    ) -> int:
+        """Park tasks (id -> waiting reason) until the mesh, or the keys, change (or, waiting
+        for a key, until the given time); how many."""
         parked = await self._store.park(for_agent, q.PARKED_FOR_AGENT)
-        return parked + await self._store.park(for_key, q.PARKED_FOR_KEY)
+        reasons = {task_id: reason for task_id, (reason, _) in for_key.items()}
+        until = {task_id: when for task_id, (_, when) in for_key.items()}
+        return parked + await self._store.park(reasons, q.PARKED_FOR_KEY, until)

@@ -78,6 +78,14 @@ def fitting(spec: TaskSpec, agents: Iterable[AgentSlot]) -> list[AgentSlot] | Wa
     return can_run
 
 
+def free_agents(spec: TaskSpec, agents: Iterable[AgentSlot]) -> list[AgentSlot]:
+    """The reachable agents that could run the task and have a free slot now."""
+    found = fitting(spec, agents)
+    if isinstance(found, Waiting):
+        return []
+    return [a for a in found if not a.unreachable and a.free > 0]
+
+
 def pick_agent(
     spec: TaskSpec, agents: Sequence[AgentSlot], sibling_hosts: Counter[str]
 ) -> AgentSlot | Waiting:

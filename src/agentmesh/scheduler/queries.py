@@ -105,17 +105,20 @@ PARKED_FOR_AGENT = "(parked: no agent fits)"
 PARKED_FOR_KEY = "(parked: no API key)"
 # Park rows with their waiting reasons; rows someone else holds (a claim, a cancel) are
 # skipped, never waited for.
+# A parked row's available_at is when it comes back by itself (a key's capacity returns, a
+# task's throttle tolerance runs out); 'infinity' when only a change can bring it back.
 PARK = """
 WITH p AS (
-    SELECT * FROM unnest($1::text[], $2::text[]) AS p(task_id, reason)
+    SELECT * FROM unnest($1::text[], $2::text[], $4::timestamptz[]) AS p(task_id, reason, until)
 ), locked AS (
-    SELECT q.id, p.task_id, p.reason
+    SELECT q.id, p.task_id, p.reason, p.until
     FROM p JOIN task_queue q ON q.task_id = p.task_id JOIN tasks t ON t.id = p.task_id
     WHERE NOT q.claimed AND t.state = 'submitted'
     FOR UPDATE OF q, t SKIP LOCKED
 ), parked AS (
     UPDATE task_queue q
-    SET claimed = true, claimed_by = $3, claimed_at = now(), available_at = 'infinity'
+    SET claimed = true, claimed_by = $3, claimed_at = now(),
+        available_at = coalesce(locked.until, 'infinity')
     FROM locked WHERE q.id = locked.id
     RETURNING q.id
 ), explained AS (
@@ -129,6 +132,15 @@ UNPARK = """
 UPDATE task_queue SET claimed = false, claimed_by = NULL, claimed_at = NULL, available_at = now()
 WHERE id IN (
     SELECT id FROM task_queue WHERE claimed AND claimed_by = ANY($1::text[])
+    FOR UPDATE SKIP LOCKED
+)
+"""
+# Parked rows whose time has come (see PARK).
+UNPARK_DUE = """
+UPDATE task_queue SET claimed = false, claimed_by = NULL, claimed_at = NULL, available_at = now()
+WHERE id IN (
+    SELECT id FROM task_queue
+    WHERE claimed AND claimed_by = ANY($1::text[]) AND available_at <= now()
     FOR UPDATE SKIP LOCKED
 )
 """
@@ -151,7 +163,7 @@ WITH s AS (
     SET state = 'working', assigned_agent = p.agent_id, attempt = t.attempt + 1,
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
         started_at = coalesce(t.started_at, now()), waiting_reason = '', updated_at = now(),
-        last_seq = t.last_seq + 1, api_key_id = p.key_id
+        last_seq = t.last_seq + 1, api_key_id = p.key_id, key_wait_since = NULL
     FROM unnest($1::text[], $2::text[], $5::bigint[]) AS p(task_id, agent_id, key_id)
     WHERE t.id = p.task_id AND t.state = 'submitted'
     RETURNING t.id, t.attempt, t.spec, t.user_name, t.parent_id, t.last_seq, p.agent_id

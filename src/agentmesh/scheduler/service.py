@@ -15,9 +15,15 @@ from typing import Any
 import asyncpg
 
 from agentmesh.config import Settings
-from agentmesh.db.connect import create_pool
+from agentmesh.db.connect import create_pool, data_dir
 from agentmesh.db.setup import migrated_database
+from agentmesh.keys import quota
+from agentmesh.keys.broker import KeyBroker
+from agentmesh.keys.forecast import Forecaster
 from agentmesh.keys.pool import load_key_file, read_key_file
+from agentmesh.keys.quota import Limits
+from agentmesh.keys.reservations import KeyReserver
+from agentmesh.keys.vault import Vault
 from agentmesh.rpc.server import RunningServer, split_host_port, start_server
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.dispatch import DATABASE_ERRORS, Channels, Dispatcher, DispatchSettings
@@ -26,6 +32,9 @@ from agentmesh.scheduler.servicer import SERVICE_NAME, SchedulerServicer, regist
 from agentmesh.scheduler.store import TaskStore
 
 log = logging.getLogger(__name__)
+
+# Lease maintenance runs about every second; orphaned key reservations are looked for less.
+ORPHAN_CHECK_ROUNDS = 30
 
 
 class Scheduler:
@@ -67,6 +76,8 @@ class Scheduler:
         key_file = None
         if settings.env.GEMINI_API_KEY_FILE is not None:
             key_file = read_key_file(settings.env.GEMINI_API_KEY_FILE)
+        secret_key = settings.env.AGENTMESH_SECRET_KEY
+        vault = Vault.open(secret_key.get_secret_value() if secret_key else None, data_dir(settings))
         target, _ = await migrated_database(settings)
         pool = await create_pool(target.dsn, min_size=2, max_size=20)
         if key_file is not None:
@@ -77,12 +88,22 @@ class Scheduler:
         store = TaskStore(pool, default_max_attempts=config.max_attempts)
         registry = AgentRegistry(pool, ttl_seconds=interval * config.heartbeat_ttl_intervals)
         channels = Channels(settings.token, settings.tls)
+        limits = Limits.of(settings.api_policy)
+        reserver = KeyReserver(
+            pool,
+            Forecaster(pool),
+            limits,
+            default_model=settings.agent_defaults.model,
+            default_tolerance_seconds=settings.api_policy.throttle_tolerance_seconds,
+        )
+        broker = KeyBroker(pool, vault, limits)
         dispatcher = Dispatcher(
             store,
             registry,
             pool,
             channels,
             DispatchSettings(owner=owner, lease_seconds=config.lease_seconds),
+            reserver,
         )
         signals = TaskSignals()
         background: list[asyncio.Task[None]] = []
@@ -186,12 +207,18 @@ async def _maintain(
     owner: str,
     lease_seconds: float,
 ) -> None:
-    """Renew our live leases, take over expired ones, and mark silent agents offline."""
+    """Renew our live leases, take over expired ones, mark silent agents offline, and now and
+    then give back key reservations a stopped scheduler left."""
+    rounds = 0
     while True:
         try:
             await store.renew_leases(owner, lease_seconds, dispatcher.live_attempts())
             await store.reap_expired_leases(backoff_seconds=0.5)
             await registry.mark_stale_offline()
+            if rounds % ORPHAN_CHECK_ROUNDS == 0:
+                async with pool.acquire() as conn:
+                    await quota.release_orphans(conn)
+            rounds += 1
         except DATABASE_ERRORS as exc:
             log.warning("lease maintenance skipped, database unavailable: %s", exc)
             await pool.expire_connections()

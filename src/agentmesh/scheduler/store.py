@@ -302,20 +302,43 @@ class TaskStore:
             for row in rows
         ]
 
-    async def park(self, reasons: dict[str, str], cause: str) -> int:
+    async def park(
+        self,
+        reasons: dict[str, str],
+        cause: str,
+        until: dict[str, datetime | None] | None = None,
+    ) -> int:
         """Keep these tasks out of the dispatch window, with their waiting reasons, until
-        `unpark(cause)`: nothing can place them before what they wait for changes.
+        `unpark(cause)`, or until their time in `until` (see `unpark_due`): nothing can
+        place them before what they wait for changes.
         Returns how many were parked (rows someone else holds are left as they are)."""
         if not reasons:
             return 0
+        times = [(until or {}).get(task_id) for task_id in reasons]
         async with self._pool.acquire() as conn:
-            parked = await conn.fetchval(q.PARK, list(reasons), list(reasons.values()), cause)
+            parked = await conn.fetchval(
+                q.PARK, list(reasons), list(reasons.values()), cause, times
+            )
         return int(parked)
 
     async def unpark(self, *causes: str) -> None:
         """Make tasks parked for any of these causes ready again (placement decides anew)."""
         async with self._pool.acquire() as conn:
             await conn.execute(q.UNPARK, list(causes))
+
+    async def unpark_due(self, *causes: str) -> None:
+        """Make ready the tasks parked for these causes whose time to look again has come."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(q.UNPARK_DUE, list(causes))
+
+    async def end_waiting(self, results: dict[str, Result]) -> None:
+        """End queued tasks that will never run (rejected, or waited too long)."""
+        for task_id, result in results.items():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(q.LOCK_TREE, task_id)
+                row = await conn.fetchrow(q.SELECT_TASK_FOR_UPDATE, task_id)
+                if row is not None and row["state"] == TaskState.SUBMITTED.value:
+                    await self._finish(conn, task_id, result)
 
     async def running_per_agent(self) -> dict[str, int]:
         async with self._pool.acquire() as conn:
