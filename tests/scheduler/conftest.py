@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ def mesh_settings(
             "AGENTMESH_DATA_DIR": str(tmp_path / "data"),
             "AGENTMESH_CONFIG": str(config),
             "GEMINI_CLI_COMMAND": GEMINI_CLI,
+            # The emulator fixture's: where the nodes' Gemini API proxies send requests.
+            **{k: v for k, v in os.environ.items() if k == "GOOGLE_GEMINI_BASE_URL"},
             **env,
         },
         cwd=tmp_path,
