@@ -1,5 +1,5 @@
 """gemini tasks through the scheduler: a key from the key file, outputs of subtasks in the
-prompt, and a 429 that cools the key down — with the key never in the trace."""
+prompt — with the key never in the trace (429s and the rest of the pool: test_key_pool)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from agentmesh.keys.pool import fingerprint
 from agentmesh.v1 import task_pb2
 from tests.scheduler.conftest import Mesh, run_to_end, start_gemini_mesh
-from tests.support.gemini_emulator import GeminiEmulator, quota_exhausted, text_reply
+from tests.support.gemini_emulator import GeminiEmulator, text_reply
 
 KEY = "AIzaSy-scheduler-test-key-000111"
 
@@ -41,34 +42,6 @@ async def test_parent_prompt_gets_the_subtask_outputs(
     assert KEY not in "".join(str(e) for e in events)
 
 
-async def test_quota_error_cools_the_key_down(
-    mesh: Mesh, emulator: GeminiEmulator, tmp_path: Path
-) -> None:
-    emulator.script(quota_exhausted("minute", retry_seconds=40))
-    stub = await start_gemini_mesh(mesh, KEY)
-
-    task, events = await run_to_end(
-        stub,
-        kind="gemini",
-        prompt="hello",
-        model="gemini-2.5-flash",
-    )
-
-    assert task.state == task_pb2.TASK_STATE_FAILED
-    errors = [e.api_error for e in events if e.WhichOneof("payload") == "api_error"]
-    assert errors[0].kind == task_pb2.API_ERROR_KIND_QUOTA_EXHAUSTED
-    conn = await asyncpg.connect(mesh.database_uri)
-    try:
-        seconds = await conn.fetchval(
-            "SELECT extract(epoch FROM cooldown_until - now()) FROM api_keys WHERE key_value = $1",
-            KEY,
-        )
-    finally:
-        await conn.close()
-    assert 20 < seconds <= 40
-    assert KEY not in "".join(str(e) for e in events)
-
-
 async def test_named_key_from_a_dotenv_key_file_reaches_the_api_alone(
     mesh: Mesh, emulator: GeminiEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -91,7 +64,9 @@ async def test_named_key_from_a_dotenv_key_file_reaches_the_api_alone(
     assert [r.api_key for r in emulator.generate_requests()] == [KEY]
     conn = await asyncpg.connect(mesh.database_uri)
     try:
-        row = await conn.fetchrow("SELECT id, name, source FROM api_keys WHERE key_value = $1", KEY)
+        row = await conn.fetchrow(
+            "SELECT id, name, source FROM api_keys WHERE fingerprint = $1", fingerprint(KEY)
+        )
         # The task records which key it ran with (the seed's tasks' key).
         used = await conn.fetchval("SELECT api_key_id FROM tasks WHERE id = $1", task.id)
     finally:

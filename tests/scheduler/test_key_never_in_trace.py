@@ -1,9 +1,10 @@
-"""The API key never reaches the stored trace, even when the CLI, a tool or the model prints it.
+"""The API key never reaches the stored trace, even when a tool or the model prints it.
 
 A gemini task runs through the scheduler on a node against the loopback emulator, whose
-scripted model makes the shell tool print the key and then says the key itself, or whose
-error body echoes the key. Whatever the database holds about the task (its events, output
-and error) shows `***` in its place; nothing is logged with it either.
+scripted model makes the shell tool print the CLI's key (which is only a credential for the
+node's proxy) and then says the key itself, or whose error body echoes the key. Whatever the
+database holds about the task (its events, output and error) shows `***` in its place;
+nothing is logged with it either.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ async def stored(database_uri: str, task_id: str) -> str:
     return "\n".join([*map(str, task.values()), *(f"{e['kind']}: {e['payload']}" for e in events)])
 
 
-async def test_a_key_printed_by_a_tool_and_said_by_the_model_is_stored_as_stars(
+async def test_a_key_said_by_the_model_is_stored_as_stars_and_no_tool_can_print_it(
     mesh: Mesh,
     emulator: GeminiEmulator,
     tmp_path: Path,
@@ -67,13 +68,13 @@ async def test_a_key_printed_by_a_tool_and_said_by_the_model_is_stored_as_stars(
     )
 
     assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
-    # The tool did print the key (the emulator got it back in the function response), and
-    # the model did say it: the test would prove nothing otherwise.
-    assert KEY in json.dumps(emulator.generate_requests()[-1].body)
-    trace = await stored(mesh.database_uri, task.id)
+    # The tool printed what the CLI has: a credential for the node's proxy, not the key.
     results = [e.tool_result for e in events if e.WhichOneof("payload") == "tool_result"]
-    assert [r.output.count("***") for r in results] == [2], results
+    assert len(results) == 1 and "again: " in results[0].output
+    assert KEY not in json.dumps(emulator.generate_requests()[-1].body)
+    # The model did say the key (scripted): it is stored as stars.
     assert task.output == "The key you asked for is ***."
+    trace = await stored(mesh.database_uri, task.id)
     assert KEY not in trace
     assert KEY not in "".join(str(e) for e in events)
     assert KEY not in caplog.text

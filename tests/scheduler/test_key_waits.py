@@ -25,11 +25,14 @@ async def execute(database_uri: str, statement: str, *args: object) -> None:
 
 
 async def add_key(database_uri: str, cooling_seconds: float = 0.0) -> None:
-    """Add a key to api_keys, as a user (or another tool) would, cooling down if asked."""
+    """Add a key to api_keys, as another tool would (in plaintext: the scheduler seals it),
+    cooling down for the model if asked."""
     await execute(
         database_uri,
-        "INSERT INTO api_keys (name, key_value, fingerprint, cooldown_until)"
-        " VALUES ('added-by-hand', $1, $2, now() + make_interval(secs => $3))",
+        "WITH k AS (INSERT INTO api_keys (name, key_value, fingerprint)"
+        " VALUES ('added-by-hand', $1, $2) RETURNING id)"
+        " INSERT INTO api_key_models (key_id, model, cooling_until)"
+        " SELECT id, 'gemini-2.5-flash', now() + make_interval(secs => $3) FROM k",
         KEY,
         fingerprint(KEY),
         cooling_seconds,
@@ -65,7 +68,7 @@ async def test_without_a_key_a_gemini_task_waits_and_runs_once_a_key_is_added(
     assert waiting.state == task_pb2.TASK_STATE_SUBMITTED
     assert waiting.attempt == 0, "an attempt was started (and handed back) without a key"
     assert waiting.last_seq == 1  # its "submitted" event, and nothing since
-    assert reason.startswith("no API key available: none in api_keys"), reason
+    assert reason.startswith("no API key: none in api_keys"), reason
     await add_key(mesh.database_uri)
     task, events = await run_to_end(stub, task_id)
     assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
@@ -86,9 +89,11 @@ async def test_a_gemini_task_waits_for_a_cooling_key_and_runs_when_it_is_back(
 
     reason = await waiting_reason(stub, task_id)
     # The cooldown is over (the hour passes at once).
-    await execute(mesh.database_uri, "UPDATE api_keys SET cooldown_until = now()")
+    await execute(mesh.database_uri, "UPDATE api_key_models SET cooling_until = now()")
     task, _ = await run_to_end(stub, task_id)
 
     assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
     assert task.attempt == 1, "attempts were started (and handed back) without a key"
-    assert reason.startswith("no API key available: the 1 key(s) are cooling down"), reason
+    assert reason.startswith(
+        "no API key has capacity: the key for gemini-2.5-flash is cooling down after a 429"
+    ), reason
