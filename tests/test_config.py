@@ -323,7 +323,9 @@ def test_example_config_file_names_every_key() -> None:
 
 
 @pytest.mark.parametrize("config", [{}, {"api_policy": {"rpm_soft_limit": 2}}, SEED_AGENT_CONFIG])
-def test_every_key_of_the_seeds_config_is_enforced(tmp_path: Path, config: dict[str, object]) -> None:
+def test_every_key_of_the_seeds_config_is_enforced(
+    tmp_path: Path, config: dict[str, object]
+) -> None:
     # The key pool enforces api_policy: a scheduler warns about nothing it would ignore.
     _write_config(tmp_path, config)
     settings = load_settings({}, cwd=tmp_path)

@@ -70,7 +70,8 @@ async def test_a_key_said_by_the_model_is_stored_as_stars_and_no_tool_can_print_
     assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
     # The tool printed what the CLI has: a credential for the node's proxy, not the key.
     results = [e.tool_result for e in events if e.WhichOneof("payload") == "tool_result"]
-    assert len(results) == 1 and "again: " in results[0].output
+    assert len(results) == 1
+    assert "again: " in results[0].output
     assert KEY not in json.dumps(emulator.generate_requests()[-1].body)
     # The model did say the key (scripted): it is stored as stars.
     assert task.output == "The key you asked for is ***."

@@ -124,7 +124,7 @@ async def test_with_every_key_exhausted_the_task_waits_without_an_attempt_and_ru
     stub = await mesh.start_scheduler()
     await mesh.start_node("llm")
 
-    task, events = await run_to_end(stub, kind="gemini", prompt="hello", model=MODEL)
+    task, _events = await run_to_end(stub, kind="gemini", prompt="hello", model=MODEL)
 
     assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
     assert task.output == "Later."
@@ -202,9 +202,7 @@ async def test_a_forecast_over_the_users_limit_is_rejected_before_any_key_is_spe
     finally:
         await conn.close()
 
-    task, _ = await run_to_end(
-        stub, kind="gemini", prompt="x" * 4000, model=MODEL, user="carol"
-    )
+    task, _ = await run_to_end(stub, kind="gemini", prompt="x" * 4000, model=MODEL, user="carol")
 
     assert task.state == task_pb2.TASK_STATE_REJECTED
     assert "1,000" in task.error and "50" in task.error, task.error

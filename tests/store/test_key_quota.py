@@ -4,6 +4,7 @@ more than a key allows, whoever asks at the same time."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -102,8 +103,10 @@ async def test_the_highest_priority_key_goes_first_and_the_users_own_before_it(
     alice, bob = (await new_tasks(store, 1, "alice"))[0], (await new_tasks(store, 1, "bob"))[0]
     picked_for_alice = await reserve(pool, alice, user="alice")
     picked_for_bob = await reserve(pool, bob, user="bob")
-    assert picked_for_alice is not None and picked_for_alice.label == "high"
-    assert picked_for_bob is not None and picked_for_bob.label == "bobs"
+    assert picked_for_alice is not None
+    assert picked_for_alice.label == "high"
+    assert picked_for_bob is not None
+    assert picked_for_bob.label == "bobs"
 
 
 async def test_rotating_keys_take_turns_and_a_non_rotating_key_is_used_until_it_runs_out(
@@ -138,7 +141,8 @@ async def test_a_reservation_holds_the_forecast_against_the_daily_quotas(
         why = await quota.shortage(
             conn, user="alice", nodes=[], model=MODEL, requests=1, tokens=1, limits=NO_LIMITS
         )
-    assert "daily quota" in why.reason and MODEL in why.reason
+    assert "daily quota" in why.reason
+    assert MODEL in why.reason
 
 
 async def test_requests_are_spaced_by_the_per_minute_limit(
@@ -150,14 +154,16 @@ async def test_requests_are_spaced_by_the_per_minute_limit(
     slots = [p.slot for p in picked if p is not None]
     # Only the slots within the horizon are handed out now.
     assert 1 < len(slots) <= quota.HORIZON_SECONDS / 1.02 + 1
-    gaps = [later - earlier for earlier, later in zip(slots, slots[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(slots)]
     assert all(gap >= timedelta(seconds=60 / 60) for gap in gaps)
     async with pool.acquire() as conn:
         why = await quota.shortage(
             conn, user="alice", nodes=[], model=MODEL, requests=1, tokens=1, limits=NO_LIMITS
         )
-    assert "the key for gemini-2.5-flash" in why.reason and "per-minute limit" in why.reason
-    assert "next capacity in" in why.reason and why.retry_at is not None
+    assert "the key for gemini-2.5-flash" in why.reason
+    assert "per-minute limit" in why.reason
+    assert "next capacity in" in why.reason
+    assert why.retry_at is not None
 
 
 async def test_the_policys_limits_apply_unless_a_key_has_its_own(
@@ -177,8 +183,10 @@ async def test_a_node_held_key_goes_only_to_its_node(pool: asyncpg.Pool, store: 
     first, second = await new_tasks(store, 2)
     on_a = await reserve(pool, first, nodes=("agent-a",))
     anywhere = await reserve(pool, second, nodes=("agent-a", "agent-b"))
-    assert on_a is not None and on_a.label == "central"
-    assert anywhere is not None and (anywhere.label, anywhere.node_id) == ("on-b", "agent-b")
+    assert on_a is not None
+    assert on_a.label == "central"
+    assert anywhere is not None
+    assert (anywhere.label, anywhere.node_id) == ("on-b", "agent-b")
     assert anywhere.sealed is None  # the scheduler never has a node's secret
 
 
@@ -190,7 +198,8 @@ async def test_a_cooling_or_disabled_key_is_skipped(pool: asyncpg.Pool, store: T
         await quota.cool(conn, hot, MODEL, 60, "429 per-minute quota")
         await quota.disable(conn, bad, "refused by the API: API_KEY_INVALID")
     picked = await reserve(pool, (await new_tasks(store, 1))[0])
-    assert picked is not None and picked.label == "spare"
+    assert picked is not None
+    assert picked.label == "spare"
     # Another model is not cooling.
     async with pool.acquire() as conn:
         await quota.ensure_rows(conn, "gemini-2.5-pro")
@@ -205,14 +214,16 @@ async def test_a_cooling_or_disabled_key_is_skipped(pool: asyncpg.Pool, store: T
             budget=0,
             limits=NO_LIMITS,
         )
-    assert other is not None and other.label == "hot"
+    assert other is not None
+    assert other.label == "hot"
 
 
 def test_a_daily_quota_cools_until_the_reset() -> None:
     assert quota.cooldown_seconds(26, "GenerateRequestsPerMinutePerProjectPerModel") == 26
     assert quota.cooldown_seconds(0, "") == 1.0
     daily = quota.cooldown_seconds(26, "GenerateRequestsPerDayPerProjectPerModel-FreeTier")
-    assert daily >= 26 and daily <= 25 * 3600
+    assert daily >= 26
+    assert daily <= 25 * 3600
     assert quota.cooldown_seconds(400, "") >= 400
 
 
@@ -223,7 +234,8 @@ async def test_leases_take_the_booked_slot_then_spend_exactly(
     other = await add_key(pool, "other", priority=1)
     (task,) = await new_tasks(store, 1)
     reserved = await reserve(pool, task, requests=3, tokens=900)
-    assert reserved is not None and reserved.key_id == own
+    assert reserved is not None
+    assert reserved.key_id == own
 
     async def lease(exclude: tuple[str, ...] = ()) -> quota.KeyChoice | None:
         async with pool.acquire() as conn:
@@ -240,7 +252,9 @@ async def test_leases_take_the_booked_slot_then_spend_exactly(
             )
 
     first = await lease()
-    assert first is not None and first.key_id == own and first.slot == reserved.slot
+    assert first is not None
+    assert first.key_id == own
+    assert first.slot == reserved.slot
     row = await usage(pool, own)
     assert (row["requests"], row["reserved_requests"]) == (1, 2)
     async with pool.acquire() as conn:
@@ -250,7 +264,8 @@ async def test_leases_take_the_booked_slot_then_spend_exactly(
     assert (row["tokens"], row["reserved_tokens"]) == (500, 400)
 
     moved = await lease(exclude=("sha256:own",))  # "own" answered 429: the request moves
-    assert moved is not None and moved.key_id == other
+    assert moved is not None
+    assert moved.key_id == other
     assert (await usage(pool, other))["requests"] == 1
 
     # The attempt ends: what the reservation still held goes back; what was spent stays.

@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from agentmesh.config import ApiPolicy
 from agentmesh.db.connect import Connection
 from agentmesh.node.executors.gemini_errors import seconds_until_daily_reset
@@ -303,15 +305,14 @@ WHERE k.provider = 'gemini'
 """
 
 
-def _choice(row: object) -> KeyChoice:
-    get = row.__getitem__  # type: ignore[attr-defined]
+def _choice(row: asyncpg.Record) -> KeyChoice:
     return KeyChoice(
-        key_id=get("id"),
-        label=get("name"),
-        fingerprint=get("fingerprint"),
-        node_id=get("node_id"),
-        sealed=get("key_value"),
-        slot=get("slot"),
+        key_id=row["id"],
+        label=row["name"],
+        fingerprint=row["fingerprint"],
+        node_id=row["node_id"],
+        sealed=row["key_value"],
+        slot=row["slot"],
     )
 
 

@@ -77,7 +77,9 @@ class Scheduler:
         if settings.env.GEMINI_API_KEY_FILE is not None:
             key_file = read_key_file(settings.env.GEMINI_API_KEY_FILE)
         secret_key = settings.env.AGENTMESH_SECRET_KEY
-        vault = Vault.open(secret_key.get_secret_value() if secret_key else None, data_dir(settings))
+        vault = Vault.open(
+            secret_key.get_secret_value() if secret_key else None, data_dir(settings)
+        )
         target, _ = await migrated_database(settings)
         pool = await create_pool(target.dsn, min_size=2, max_size=20)
         if key_file is not None:
