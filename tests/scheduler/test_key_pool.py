@@ -205,5 +205,6 @@ async def test_a_forecast_over_the_users_limit_is_rejected_before_any_key_is_spe
     task, _ = await run_to_end(stub, kind="gemini", prompt="x" * 4000, model=MODEL, user="carol")
 
     assert task.state == task_pb2.TASK_STATE_REJECTED
-    assert "1,000" in task.error and "50" in task.error, task.error
+    assert "1,000" in task.error, task.error  # the forecast: 4,000 characters
+    assert "50" in task.error, task.error  # carol's max_token_per_request
     assert emulator.generate_requests() == []
