@@ -133,8 +133,8 @@ SELECT CASE WHEN GROUPING(key_name) = 0 THEN 'key'
        count(*) AS tasks,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY ape) AS mdape,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY plain_ape) AS plain_mdape,
-       coalesce(sum(predicted), 0) AS predicted_tokens,
-       coalesce(sum(actual), 0) AS actual_tokens
+       coalesce(sum(predicted), 0)::bigint AS predicted_tokens,
+       coalesce(sum(actual), 0)::bigint AS actual_tokens
 FROM scored
 GROUP BY GROUPING SETS ((), (key_name), (username), (model))
 ORDER BY dimension, tasks DESC, name
