@@ -52,3 +52,9 @@ def test_tokens_report_refuses_a_wrong_days(days: str, capsys: pytest.CaptureFix
     # Refused before any connection is made: no scheduler runs here.
     assert main(["--scheduler", "127.0.0.1:1", "tokens", "report", "--days", days]) == 2
     assert "--days" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("requests", "tokens"), [(0, 10), (1, 0), (-1, -1)])
+def test_a_forecast_is_at_least_one_request_and_one_token(requests: int, tokens: int) -> None:
+    with pytest.raises(ValueError, match="at least 1 request and 1 token"):
+        Forecast(requests=requests, tokens=tokens, basis="test")

@@ -147,7 +147,15 @@ class Forecast:
 
     requests: int  # >= 1
     tokens: int  # >= 1
-    basis: str  # "plain rule (no history)", "learned from 37 tasks of alice on ..."
+    # "plain rule (no history)", "learned from 37 agentic tasks of alice on gemini-2.5-flash"
+    basis: str
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.tokens < 1:
+            raise ValueError(
+                f"a forecast is at least 1 request and 1 token (got {self.requests} requests,"
+                f" {self.tokens} tokens)"
+            )
 
 
 def plain_rule(prompt_chars: int) -> int:
@@ -177,10 +185,6 @@ class _History:
             tokens=max(1, round(statistics.median(replayed))),
             basis=basis,
         )
-
-
-def _learn(samples: Sequence[_Sample]) -> _History:
-    return _History(tuple(samples), _slope(samples))
 
 
 def _slope(samples: Sequence[_Sample]) -> float:
@@ -253,7 +257,8 @@ class Forecaster:
     async def forecast(
         self, *, user: str, model: str, agent_mode: str, prompt_chars: int
     ) -> Forecast:
-        """The task's requests and total tokens (its prompt and context are prompt_chars)."""
+        """The task's requests and total tokens; `prompt_chars` counts its prompt and the
+        context the CLI is given with it."""
         if prompt_chars < 0:
             raise InvalidArgument("prompt_chars", f"must not be negative (got {prompt_chars})")
         plain = plain_rule(prompt_chars)
@@ -284,7 +289,7 @@ class Forecaster:
             )
             for row in rows
         ]
-        history = _learn(samples) if len(samples) >= MIN_HISTORY else None
+        history = _History(tuple(samples), _slope(samples)) if len(samples) >= MIN_HISTORY else None
         if self._cache_seconds > 0:
             if len(self._cache) >= MAX_CACHED_GROUPS:
                 self._cache = {g: c for g, c in self._cache.items() if now < c[0]}
