@@ -18,12 +18,14 @@ from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.config import Settings
 from agentmesh.rpc.channel import open_channel
-from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from agentmesh.v1 import keys_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
-if TYPE_CHECKING:  # the async stub's type exists in the generated stubs only
+if TYPE_CHECKING:  # the async stubs' types exist in the generated stubs only
+    from agentmesh.v1.keys_pb2_grpc import KeyPoolAsyncStub
     from agentmesh.v1.scheduler_pb2_grpc import SchedulerAsyncStub
 
 Stub: TypeAlias = "SchedulerAsyncStub"
+KeyPoolStub: TypeAlias = "KeyPoolAsyncStub"
 
 # Exit codes of every command (README: "The command line").
 EXIT_OK = 0
@@ -65,6 +67,16 @@ async def scheduler_stub(settings: Settings, address: str) -> AsyncIterator[Stub
     async with open_channel(address, token=settings.token, tls=settings.tls) as channel:
         try:
             yield scheduler_pb2_grpc.SchedulerStub(channel)
+        except grpc.aio.AioRpcError as error:
+            raise describe_rpc_error(error, address, token_set=settings.token is not None) from None
+
+
+@contextlib.asynccontextmanager
+async def key_pool_stub(settings: Settings, address: str) -> AsyncIterator[KeyPoolStub]:
+    """The scheduler's KeyPool service, as `scheduler_stub` gives its Scheduler service."""
+    async with open_channel(address, token=settings.token, tls=settings.tls) as channel:
+        try:
+            yield keys_pb2_grpc.KeyPoolStub(channel)
         except grpc.aio.AioRpcError as error:
             raise describe_rpc_error(error, address, token_set=settings.token is not None) from None
 

@@ -25,7 +25,7 @@ import click
 from click.shell_completion import get_completion_class
 
 from agentmesh import __version__
-from agentmesh.cli import listing, mesh, tasks
+from agentmesh.cli import listing, mesh, tasks, tokens
 from agentmesh.cli.app import App
 from agentmesh.cli.client import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from agentmesh.cli.db import db
@@ -83,6 +83,7 @@ for command in (
     listing.task,
     mesh.agents,
     mesh.network,
+    tokens.tokens,
     demo,
     scheduler,
     node,
