@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -90,3 +91,20 @@ async def test_parked_tasks_leave_the_dispatch_window_until_unparked(pool: async
     assert [t.task_id for t in await store.ready(100)] == ids
     page = await store.ready(2, after=(await store.ready(100))[2].position)
     assert [t.task_id for t in page] == ids[3:5]
+
+
+async def test_a_task_parked_until_a_time_comes_back_then_and_not_before(
+    pool: asyncpg.Pool,
+) -> None:
+    store = TaskStore(pool, default_max_attempts=3)
+    soon, later, forever = [await store.submit(TaskSpec(kind="gemini", prompt=p)) for p in "abc"]
+    now = await pool.fetchval("SELECT now()")
+    until = {soon: now - timedelta(seconds=1), later: now + timedelta(hours=1), forever: None}
+
+    await store.park({t: "no API key has capacity" for t in until}, "key", until)
+    await store.unpark_due("key")
+
+    assert [t.task_id for t in await store.ready(100)] == [soon]
+    await store.unpark_due("agent")  # another cause's rows are not looked at
+    await store.unpark("key")
+    assert {t.task_id for t in await store.ready(100)} == {soon, later, forever}

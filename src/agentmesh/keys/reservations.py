@@ -117,7 +117,10 @@ class KeyReserver:
             user=spec.user, model=model, agent_mode=spec.agent_mode, prompt_chars=len(spec.prompt)
         )
         budget = min((n for n in (spec.max_tokens, user.max_tokens) if n > 0), default=0)
-        if budget and (reason := over_limit_reason(forecast, budget, spec.user)):
+        reason = over_limit_reason(
+            forecast, budget or None, user=spec.user, spec_max_tokens=spec.max_tokens
+        )
+        if reason:
             out.rejected[candidate.task_id] = reason
             return
         args = {

@@ -33,13 +33,13 @@ class ParkingLot:
     def __init__(
         self,
         store: TaskStore,
-        usable_keys: Callable[[], Awaitable[KeySignature]],
+        key_signature: Callable[[], Awaitable[KeySignature]],
         *,
         key_check_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
-        self._usable_keys = usable_keys
+        self._key_signature = key_signature
         self._key_check_seconds = key_check_seconds
         self._clock = clock
         self._mesh: frozenset[tuple[object, ...]] | None = None
@@ -60,7 +60,7 @@ class ParkingLot:
         is compared with the keys as they were when it found none)."""
         if not now and self._clock() - self._keys_checked < self._key_check_seconds:
             return
-        keys = await self._usable_keys()
+        keys = await self._key_signature()
         if self._keys is None or keys - self._keys:
             await self._store.unpark(q.PARKED_FOR_KEY)
         else:
