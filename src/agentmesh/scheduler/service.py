@@ -13,17 +13,22 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
+import grpc
 
+from agentmesh import errors
 from agentmesh.config import Settings
-from agentmesh.db.connect import create_pool
+from agentmesh.db.connect import create_pool, data_dir
 from agentmesh.db.setup import migrated_database
+from agentmesh.keys import servicer as key_servicer
 from agentmesh.keys.pool import load_key_file, read_key_file
+from agentmesh.keys.vault import Vault, seal_plaintext_keys
 from agentmesh.rpc.server import RunningServer, split_host_port, start_server
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.dispatch import DATABASE_ERRORS, Channels, Dispatcher, DispatchSettings
 from agentmesh.scheduler.notifications import Listener, TaskSignals
 from agentmesh.scheduler.servicer import SERVICE_NAME, SchedulerServicer, register
 from agentmesh.scheduler.store import TaskStore
+from agentmesh.v1 import keys_pb2
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +72,15 @@ class Scheduler:
         key_file = None
         if settings.env.GEMINI_API_KEY_FILE is not None:
             key_file = read_key_file(settings.env.GEMINI_API_KEY_FILE)
+        secret_key = settings.env.AGENTMESH_SECRET_KEY
+        vault = Vault.open(
+            secret_key.get_secret_value() if secret_key is not None else None, data_dir(settings)
+        )
         target, _ = await migrated_database(settings)
         pool = await create_pool(target.dsn, min_size=2, max_size=20)
+        await seal_plaintext_keys(pool, vault)
         if key_file is not None:
-            await load_key_file(pool, key_file)
+            await load_key_file(pool, key_file, vault)
         config = settings.scheduler
         interval = config.heartbeat_interval_seconds
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -119,8 +129,24 @@ class Scheduler:
             on_cancel=cancel_here,
             default_agent_mode=settings.agent_defaults.mode,
         )
+        keys = key_servicer.KeyPoolServicer(
+            pool,
+            vault,
+            settings.api_policy,
+            broker=_KeyLeasingNotWired(),
+            token_report=_token_report_not_wired,
+        )
+
+        def register_services(grpc_server: grpc.aio.Server) -> None:
+            register(servicer)(grpc_server)
+            key_servicer.register(keys)(grpc_server)
+
         server = await start_server(
-            listen, register(servicer), [SERVICE_NAME], token=settings.token, tls=settings.tls
+            listen,
+            register_services,
+            [SERVICE_NAME, key_servicer.SERVICE_NAME],
+            token=settings.token,
+            tls=settings.tls,
         )
         background += [
             asyncio.create_task(listener.run(), name="listener"),
@@ -163,6 +189,22 @@ class Scheduler:
             await self.store.release_owned(self.owner)
         await self._channels.close()
         await self.pool.close()
+
+
+class _KeyLeasingNotWired:
+    """TEMPORARY, until the key broker (keys/broker.py) is wired in: nodes' proxies are
+    told plainly that leasing is not available."""
+
+    async def lease(self, request: keys_pb2.LeaseKeyRequest) -> keys_pb2.KeyLease:
+        raise errors.Unimplemented("key leasing is not wired yet")
+
+    async def report(self, request: keys_pb2.ReportKeyUseRequest) -> keys_pb2.ReportKeyUseResponse:
+        raise errors.Unimplemented("key leasing is not wired yet")
+
+
+async def _token_report_not_wired(days: int) -> keys_pb2.TokenReportResponse:
+    """TEMPORARY, until the forecaster (keys/forecast.py) is wired in."""
+    raise errors.Unimplemented("the token report is not wired yet")
 
 
 async def _probe_unreachable(dispatcher: Dispatcher, interval_seconds: float) -> None:
