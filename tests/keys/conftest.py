@@ -56,9 +56,7 @@ class KeyMesh:
             max_concurrency=1,
             held_keys=[agent_pb2.HeldKey(label=label, fingerprint=fp) for label, fp in held],
         )
-        return await self.scheduler.Heartbeat(
-            scheduler_pb2.HeartbeatRequest(card=card), timeout=10
-        )
+        return await self.scheduler.Heartbeat(scheduler_pb2.HeartbeatRequest(card=card), timeout=10)
 
 
 @pytest.fixture

@@ -61,7 +61,8 @@ async def test_a_key_is_added_listed_changed_disabled_enabled_and_removed(
         requests_per_day=policy.max_requests_per_day,
         tokens_per_day=policy.max_tokens_per_key,
     )
-    assert added.HasField("created_at") and not added.HasField("last_used")
+    assert added.HasField("created_at")
+    assert not added.HasField("last_used")
     listed = await key_mesh.keys.ListKeys(keys_pb2.ListKeysRequest())
     assert [key.label for key in listed.keys] == ["primary", "spare"]  # priority first
     spare = listed.keys[1]
@@ -244,9 +245,7 @@ async def test_a_label_or_secret_is_stored_once(key_mesh: KeyMesh) -> None:
     assert same_label.details() == "an API key labelled 'first' exists already"
     same_secret = await refused(key_mesh.add("third", SECRET))
     assert same_secret.code() is grpc.StatusCode.ALREADY_EXISTS
-    assert same_secret.details() == (
-        "this secret is stored already, as the key labelled 'first'"
-    )
+    assert same_secret.details() == ("this secret is stored already, as the key labelled 'first'")
     renamed = await refused(
         key_mesh.keys.UpdateKey(
             keys_pb2.UpdateKeyRequest(ref=keys_pb2.KeyRef(key="second"), label="first")
