@@ -59,3 +59,7 @@ class FailedPrecondition(AgentmeshError):
 
 class Unauthenticated(AgentmeshError):
     """Missing or wrong credentials."""
+
+
+class Unimplemented(AgentmeshError):
+    """This server does not do that (yet)."""

@@ -62,23 +62,26 @@ def scheduler_address(settings: Settings, override: str | None = None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def scheduler_stub(settings: Settings, address: str) -> AsyncIterator[Stub]:
-    """A scheduler client for the length of a command; its RPC errors become CliErrors."""
+async def _scheduler_channel(settings: Settings, address: str) -> AsyncIterator[grpc.aio.Channel]:
     async with open_channel(address, token=settings.token, tls=settings.tls) as channel:
         try:
-            yield scheduler_pb2_grpc.SchedulerStub(channel)
+            yield channel
         except grpc.aio.AioRpcError as error:
             raise describe_rpc_error(error, address, token_set=settings.token is not None) from None
 
 
 @contextlib.asynccontextmanager
+async def scheduler_stub(settings: Settings, address: str) -> AsyncIterator[Stub]:
+    """A scheduler client for the length of a command; its RPC errors become CliErrors."""
+    async with _scheduler_channel(settings, address) as channel:
+        yield scheduler_pb2_grpc.SchedulerStub(channel)
+
+
+@contextlib.asynccontextmanager
 async def key_pool_stub(settings: Settings, address: str) -> AsyncIterator[KeyPoolStub]:
     """The scheduler's KeyPool service, as `scheduler_stub` gives its Scheduler service."""
-    async with open_channel(address, token=settings.token, tls=settings.tls) as channel:
-        try:
-            yield keys_pb2_grpc.KeyPoolStub(channel)
-        except grpc.aio.AioRpcError as error:
-            raise describe_rpc_error(error, address, token_set=settings.token is not None) from None
+    async with _scheduler_channel(settings, address) as channel:
+        yield keys_pb2_grpc.KeyPoolStub(channel)
 
 
 async def get_task(stub: Stub, task_id: str) -> task_pb2.Task:
@@ -118,7 +121,11 @@ def describe_rpc_error(error: grpc.aio.AioRpcError, address: str, *, token_set: 
         return CliError(f"the scheduler at {address} did not answer in time")
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         return CliError(f"invalid request: {_field_problem(error) or details}", EXIT_USAGE)
-    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+    if code in (
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+    ):
         return CliError(details or code.name.lower())
     return CliError(f"the scheduler answered {code.name}: {details}".rstrip(": "))
 

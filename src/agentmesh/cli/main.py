@@ -30,6 +30,7 @@ from agentmesh.cli.app import App
 from agentmesh.cli.client import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from agentmesh.cli.db import db
 from agentmesh.cli.demo import demo
+from agentmesh.cli.keys import keys
 from agentmesh.cli.node import node
 from agentmesh.cli.scheduler import scheduler
 from agentmesh.cli.up import up
@@ -84,6 +85,7 @@ for command in (
     mesh.agents,
     mesh.network,
     tokens.tokens,
+    keys,
     demo,
     scheduler,
     node,

@@ -153,4 +153,7 @@ def card_from_proto(message: agent_pb2.AgentCard) -> AgentCard:
         values[name] = tuple(values.get(name, ()))
     values["memory_bytes"] = int(values.get("memory_bytes", 0))
     values.setdefault("started_at", "")
+    # The keys a node holds are registered from the heartbeat (keys/held.py), not kept on
+    # the card.
+    values.pop("held_keys", None)
     return AgentCard(**values)

@@ -30,6 +30,7 @@ STATUS_CODES: dict[type[errors.AgentmeshError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 Servicer = TypeVar("Servicer")

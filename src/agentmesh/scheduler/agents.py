@@ -10,6 +10,7 @@ from typing import cast
 
 import asyncpg
 
+from agentmesh.keys.held import HeldKey, register_node_keys
 from agentmesh.node.card import AgentCard
 from agentmesh.scheduler.placement import AgentSlot
 from agentmesh.scheduler.queries import QUEUE_CHANNEL
@@ -125,8 +126,18 @@ class AgentRegistry:
     def __init__(self, pool: asyncpg.Pool, *, ttl_seconds: float) -> None:
         self._pool = pool
         self.ttl_seconds = ttl_seconds
+        # What each agent's keys were when this replica last registered them: a heartbeat
+        # writes them only when they change (and once after this replica starts).
+        self._held_keys: dict[str, tuple[str, frozenset[HeldKey]]] = {}
 
-    async def heartbeat(self, card: AgentCard, running_task_ids: tuple[str, ...]) -> None:
+    async def heartbeat(
+        self,
+        card: AgentCard,
+        running_task_ids: tuple[str, ...],
+        held_keys: tuple[HeldKey, ...] = (),
+    ) -> None:
+        held = (card.name, frozenset(held_keys))
+        register_keys = self._held_keys.get(card.agent_id) != held
         status = "draining" if card.draining else "online"
         address = _primary_address(card)
         async with self._pool.acquire() as conn, conn.transaction():
@@ -145,8 +156,12 @@ class AgentRegistry:
                 list(running_task_ids),
             )
             await conn.execute(UPSERT_HOST, card.hostname, address, list(card.capabilities))
+            if register_keys:
+                await register_node_keys(conn, card.agent_id, card.name, held_keys)
             # A new or returning agent may fit tasks that are waiting.
             await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
+        if register_keys:
+            self._held_keys[card.agent_id] = held
 
     async def online(self, running: dict[str, int]) -> list[AgentSlot]:
         async with self._pool.acquire() as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -13,23 +14,26 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
+import grpc
 
 from agentmesh.config import Settings
 from agentmesh.db.connect import create_pool, data_dir
 from agentmesh.db.setup import migrated_database
 from agentmesh.keys import quota
+from agentmesh.keys import servicer as key_servicer
 from agentmesh.keys.broker import KeyBroker
-from agentmesh.keys.forecast import Forecaster
+from agentmesh.keys.forecast import Forecaster, token_report
 from agentmesh.keys.pool import load_key_file, read_key_file
 from agentmesh.keys.quota import Limits
 from agentmesh.keys.reservations import KeyReserver
-from agentmesh.keys.vault import Vault
+from agentmesh.keys.vault import Vault, seal_plaintext_keys
 from agentmesh.rpc.server import RunningServer, split_host_port, start_server
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.dispatch import DATABASE_ERRORS, Channels, Dispatcher, DispatchSettings
 from agentmesh.scheduler.notifications import Listener, TaskSignals
 from agentmesh.scheduler.servicer import SERVICE_NAME, SchedulerServicer, register
 from agentmesh.scheduler.store import TaskStore
+from agentmesh.v1 import keys_pb2
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +82,13 @@ class Scheduler:
             key_file = read_key_file(settings.env.GEMINI_API_KEY_FILE)
         secret_key = settings.env.AGENTMESH_SECRET_KEY
         vault = Vault.open(
-            secret_key.get_secret_value() if secret_key else None, data_dir(settings)
+            secret_key.get_secret_value() if secret_key is not None else None, data_dir(settings)
         )
         target, _ = await migrated_database(settings)
         pool = await create_pool(target.dsn, min_size=2, max_size=20)
+        await seal_plaintext_keys(pool, vault)
         if key_file is not None:
-            await load_key_file(pool, key_file)
+            await load_key_file(pool, key_file, vault)
         config = settings.scheduler
         interval = config.heartbeat_interval_seconds
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -142,8 +147,24 @@ class Scheduler:
             on_cancel=cancel_here,
             default_agent_mode=settings.agent_defaults.mode,
         )
+        keys = key_servicer.KeyPoolServicer(
+            pool,
+            vault,
+            settings.api_policy,
+            broker=broker,
+            token_report=functools.partial(_token_report, pool),
+        )
+
+        def register_services(grpc_server: grpc.aio.Server) -> None:
+            register(servicer)(grpc_server)
+            key_servicer.register(keys)(grpc_server)
+
         server = await start_server(
-            listen, register(servicer), [SERVICE_NAME], token=settings.token, tls=settings.tls
+            listen,
+            register_services,
+            [SERVICE_NAME, key_servicer.SERVICE_NAME],
+            token=settings.token,
+            tls=settings.tls,
         )
         background += [
             asyncio.create_task(listener.run(), name="listener"),
@@ -186,6 +207,11 @@ class Scheduler:
             await self.store.release_owned(self.owner)
         await self._channels.close()
         await self.pool.close()
+
+
+async def _token_report(pool: asyncpg.Pool, days: int) -> keys_pb2.TokenReportResponse:
+    async with pool.acquire() as conn:
+        return await token_report(conn, days)
 
 
 async def _probe_unreachable(dispatcher: Dispatcher, interval_seconds: float) -> None:
