@@ -22,6 +22,7 @@ FILE_BOUNDS: list[tuple[str, Any, Any, str]] = [
     ("api_policy.max_tokens_per_key", 0, -1, "greater than or equal to 0"),
     ("api_policy.max_requests_per_day", 0, -1, "greater than or equal to 0"),
     ("api_policy.rpm_soft_limit", 0, -1, "greater than or equal to 0"),
+    ("api_policy.throttle_tolerance_seconds", 0, -1, "greater than or equal to 0"),
     ("agent_defaults.timeout_seconds", 1, 0, "greater than 0"),
     ("node.max_concurrency", 1, 0, "greater than 0"),
     ("node.max_concurrency", 1024, 1025, "less than or equal to 1024"),
