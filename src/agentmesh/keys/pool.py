@@ -1,12 +1,10 @@
-"""The key pool: API keys in `api_keys`, loaded from GEMINI_API_KEY_FILE, picked by priority.
+"""Key files: GEMINI_API_KEY_FILE read, and loaded into `api_keys` (picking: `quota`).
 
 The key file is the seed's `api_keys.env`: dotenv lines `NAME=key`, the name becoming the
 key's label (`api_keys.name`); a line that is a bare key is named by its fingerprint.
 Secrets are stored sealed by the vault (`fernet:...`); only a key's name or fingerprint (a
 short hash) is ever shown or logged, never the key. A key is its fingerprint: the same
 secret is never stored twice, and a name whose secret changed is a new key.
-This first version picks the highest-priority enabled key that is not cooling down after a
-429; the token-forecasting pool extends `pick_key` and `cool_down`.
 """
 
 from __future__ import annotations
@@ -48,47 +46,10 @@ UPDATE api_keys SET key_value = $2, fingerprint = $3, source = $4, node_id = NUL
 WHERE id = $1
 """
 CLEAR_COOLDOWNS = "DELETE FROM api_key_models WHERE key_id = $1"
-PICK_KEY = """
-SELECT id, key_value, fingerprint FROM api_keys
-WHERE enabled AND provider = 'gemini'
-  AND (cooldown_until IS NULL OR cooldown_until <= now())
-  AND (assigned_user IS NULL OR assigned_user = $1)
-ORDER BY (assigned_user IS NOT NULL) DESC, priority DESC, last_used_at NULLS FIRST, id
-LIMIT 1
-"""
-MARK_USED = "UPDATE api_keys SET last_used_at = now() WHERE id = $1"
-COOL_DOWN = """
-UPDATE api_keys SET cooldown_until = greatest(coalesce(cooldown_until, now()),
-                                              now() + make_interval(secs => $2))
-WHERE id = $1
-"""
-DISABLE = "UPDATE api_keys SET enabled = false WHERE id = $1"
-# Why PICK_KEY found nothing for a user: what exists, what is enabled, when one cools down.
-KEY_SHORTAGE = """
-SELECT count(*) AS total, count(*) FILTER (WHERE enabled) AS enabled,
-       min(cooldown_until) FILTER (WHERE enabled AND cooldown_until > now()) AS next_ready
-FROM api_keys
-WHERE provider = 'gemini' AND (assigned_user IS NULL OR assigned_user = $1)
-"""
-# The keys PICK_KEY could hand out now (to someone), with the end of their last cooldown:
-# when this set gains a member (a new key, or one back from a cooldown), tasks that waited
-# for a key may go.
-USABLE_KEYS = """
-SELECT id, cooldown_until FROM api_keys
-WHERE enabled AND provider = 'gemini' AND (cooldown_until IS NULL OR cooldown_until <= now())
-"""
-NO_KEY = "no API key available"
 
 
 class KeyFileError(ConfigError):
     """GEMINI_API_KEY_FILE cannot be used; the message never contains a key."""
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: int
-    fingerprint: str
-    value: str = field(repr=False)
 
 
 def fingerprint(key: str) -> str:
@@ -195,38 +156,3 @@ async def _load_file_key(conn: Connection, key: FileKey, source: str, vault: Vau
     else:
         await conn.execute(INSERT_FILE_KEY, key.name, sealed, key_fingerprint, source)
     return True
-
-
-async def pick_key(conn: Connection, user: str) -> ApiKey | None:
-    row = await conn.fetchrow(PICK_KEY, user)
-    if row is None:
-        return None
-    await conn.execute(MARK_USED, row["id"])
-    return ApiKey(id=row["id"], fingerprint=row["fingerprint"], value=row["key_value"])
-
-
-async def cool_down(conn: Connection, key_id: int, seconds: float) -> None:
-    await conn.execute(COOL_DOWN, key_id, float(seconds))
-
-
-async def disable(conn: Connection, key_id: int) -> None:
-    await conn.execute(DISABLE, key_id)
-
-
-async def key_shortage(conn: Connection, user: str) -> str:
-    """Why no key can be picked for the user now, in words (a task's waiting reason)."""
-    row = await conn.fetchrow(KEY_SHORTAGE, user)
-    assert row is not None  # an aggregate always returns a row
-    whose = f" for user {user}" if user else ""
-    if not row["total"]:
-        return f"{NO_KEY}: none in api_keys{whose} (add one to GEMINI_API_KEY_FILE)"
-    if not row["enabled"]:
-        return f"{NO_KEY}: the {row['total']} key(s){whose} were refused by the API (disabled)"
-    until = row["next_ready"]
-    when = f" until {until:%Y-%m-%d %H:%M:%S %Z}" if until is not None else ""
-    return f"{NO_KEY}: the {row['enabled']} key(s){whose} are cooling down after 429s{when}"
-
-
-async def usable_keys(conn: Connection) -> frozenset[tuple[object, ...]]:
-    """The usable keys as (id, end of last cooldown): comparable from one look to the next."""
-    return frozenset((row["id"], row["cooldown_until"]) for row in await conn.fetch(USABLE_KEYS))
