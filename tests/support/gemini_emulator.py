@@ -384,6 +384,9 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = False
     block_on_close = True
+    # socketserver's default backlog of 5 drops connections of a burst (clients then wait
+    # for SYN retries, seconds): the real API takes hundreds at once.
+    request_queue_size = 1024
 
     def __init__(self, emulator: GeminiEmulator, port: int) -> None:
         self.emulator = emulator
