@@ -361,6 +361,12 @@ def report(work: Workload, results: list[ArmResult], skipped: str | None) -> Non
         print(f"  agentmesh: skipped: {skipped}")
         return
     mesh = results[-1]
+    print(
+        f"  agentmesh: capacity used {mesh.capacity_used(work):.2f} (aim >= 0.95),"
+        f" {mesh.user_429s} 429s reached users (must be 0),"
+        f" at most {mesh.busiest_key_minute(work)} requests on a key in any minute"
+        f" (limit {work.rpm})"
+    )
     for baseline in results[:-1]:
         print(
             f"  agentmesh capacity used / {baseline.name}:"
@@ -384,6 +390,12 @@ async def main() -> None:
         key_file.write_text("".join(f"bench{i}={key}\n" for i, key in enumerate(keys)))
         key_file.chmod(0o600)
         work = Workload(keys, key_file, args.rpm, args.tasks)
+        print(
+            f"bench/keys.py: R = {work.rpm}, N = {work.tasks}; the agentmesh arm needs about"
+            f" {work.tasks / (KEYS * work.rpm):.1f} min",
+            file=sys.stderr,
+            flush=True,
+        )
         results = [await naive_arm(work), per_process_arm(work)]
         mesh = await agentmesh_arm(work, scratch)
         skipped = mesh if isinstance(mesh, str) else None
