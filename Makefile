@@ -60,6 +60,7 @@ demo: venv
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(BIN)/agentmesh demo
 
+# Every bench/*.py: node.py, dispatch.py, keys.py (bench/support/ holds their helpers).
 bench: venv gemini-cli
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

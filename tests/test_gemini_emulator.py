@@ -12,17 +12,23 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from agentmesh.node.executors.gemini import SETTINGS
+from agentmesh.node.executors.gemini_errors import classify_api_error
 from tests.support.gemini_emulator import (
+    STATS_PATH,
     GeminiEmulator,
     count_tokens,
     invalid_api_key,
@@ -31,6 +37,7 @@ from tests.support.gemini_emulator import (
     slow_reply,
     text_reply,
 )
+from tests.support.gemini_quota import KeyLimits, busiest_window, fetch_stats
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_GEMINI_CLI = REPO / ".cache/gemini-cli/node_modules/.bin/gemini"
@@ -410,3 +417,256 @@ def test_exit_interrupts_a_slow_reply() -> None:
     assert first.startswith(b"data: ")
     assert stopped < 5  # far less than the 50 s the reply would take
     assert rest.count(b"data: ") < 10
+
+
+# ----------------------------------------------------------------------------- quotas
+
+
+class FakeClock:
+    """Epoch seconds that move only when a test says so."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# 2025-01-15 12:00 in Los Angeles (PST, UTC-8).
+NOON_PACIFIC = datetime(2025, 1, 15, 20, 0, tzinfo=UTC).timestamp()
+
+
+def generate(emu: GeminiEmulator, key: str, model: str = MODEL) -> tuple[int, dict[str, Any]]:
+    """One streamGenerateContent request with ``key``; (status, error object or {})."""
+    status, raw = post(stream_url(emu, model), generate_body("hi"), {"x-goog-api-key": key})
+    return status, (json.loads(raw)["error"] if status != 200 else {})
+
+
+def violation(error: dict[str, Any]) -> dict[str, Any]:
+    """The QuotaFailure violation of a 429 error object."""
+    failure = next(d for d in error["details"] if d["@type"].endswith("QuotaFailure"))
+    result: dict[str, Any] = failure["violations"][0]
+    return result
+
+
+def retry_delay(error: dict[str, Any]) -> str:
+    """RetryInfo.retryDelay of a 429 error object."""
+    return str(next(d for d in error["details"] if d["@type"].endswith("RetryInfo"))["retryDelay"])
+
+
+def test_rpm_is_a_sliding_window_with_the_retry_delay_of_its_oldest_request() -> None:
+    t0 = NOON_PACIFIC
+    clock = FakeClock(t0)
+    with GeminiEmulator(key_limits={"k": KeyLimits(rpm=2)}, clock=clock) as emu:
+        statuses = []
+        errors = []
+        for at in (0, 10, 30.5, 60, 65, 70.5):
+            clock.now = t0 + at
+            status, error = generate(emu, "k")
+            statuses.append(status)
+            if error:
+                errors.append(error)
+        stats = emu.stats()
+
+    # t0 leaves the window at t0+60; the refusal at t0+30.5 never counted, so at t0+70.5
+    # only t0+60 is in the window.
+    assert statuses == [200, 200, 429, 200, 429, 200]
+    first, second = errors
+    assert first["status"] == "RESOURCE_EXHAUSTED"
+    assert violation(first)["quotaId"] == "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+    assert violation(first)["quotaValue"] == "2"
+    assert violation(first)["quotaDimensions"]["model"] == MODEL
+    assert first["message"].endswith("Please retry in 30s.")  # t0 + 60 - (t0 + 30.5), rounded up
+    assert retry_delay(first) == "30s"
+    assert second["message"].endswith("Please retry in 5s.")  # (t0 + 10) + 60 - (t0 + 65)
+    assert stats.accepted_times("k") == [t0, t0 + 10, t0 + 60, t0 + 70.5]
+    assert [(r.at, r.quota, r.limit, r.retry_seconds) for r in stats.rejected] == [
+        (t0 + 30.5, "rpm", 2, 30),
+        (t0 + 65, "rpm", 2, 5),
+    ]
+    assert stats.rejections() == {"k": 2}
+    assert stats.busiest_minute("k") == 2
+
+
+def test_limits_count_per_key_and_model() -> None:
+    clock = FakeClock(NOON_PACIFIC)
+    with GeminiEmulator(clock=clock) as emu:
+        emu.set_key_limits("a", rpm=1)
+        results = [
+            generate(emu, "a")[0],
+            generate(emu, "a", "gemini-2.5-pro")[0],
+            generate(emu, "a")[0],
+            generate(emu, "b")[0],
+            generate(emu, "b")[0],
+        ]
+        emu.set_key_limits("b", rpm=2)  # b's two requests so far count
+        b_limited = generate(emu, "b")[0]
+        emu.set_key_limits("a")  # no limits any more
+        a_free = generate(emu, "a")[0]
+        rejections = emu.rejections()
+
+    assert results == [200, 200, 429, 200, 200]
+    assert (b_limited, a_free) == (429, 200)
+    assert rejections == {"a": 1, "b": 1}
+
+
+def test_requests_per_day_end_until_midnight_pacific() -> None:
+    eleven_pm = datetime(2025, 1, 15, 23, 0, tzinfo=ZoneInfo("America/Los_Angeles")).timestamp()
+    clock = FakeClock(eleven_pm)
+    with GeminiEmulator(key_limits={"k": KeyLimits(rpd=2)}, clock=clock) as emu:
+        statuses = [generate(emu, "k")[0] for _ in range(2)]
+        clock.now += 120
+        day_status, day_error = generate(emu, "k")
+        other_model = generate(emu, "k", "gemini-2.5-pro")[0]
+        clock.now = eleven_pm + 3600 + 1  # 00:00:01 the next day
+        next_day = generate(emu, "k")[0]
+
+    assert statuses == [200, 200]
+    assert day_status == 429
+    assert violation(day_error)["quotaId"] == "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+    assert violation(day_error)["quotaValue"] == "2"
+    assert retry_delay(day_error) == f"{3600 - 120}s"
+    assert (other_model, next_day) == (200, 200)
+
+
+def test_tokens_per_day_count_the_usage_the_emulator_reported() -> None:
+    with GeminiEmulator(key_limits={"k": KeyLimits(tpd=150)}) as emu:
+        emu.script(
+            text_reply("first", prompt_tokens=60, candidates_tokens=40),
+            text_reply("second", prompt_tokens=60, candidates_tokens=40),
+        )
+        first, second = generate(emu, "k")[0], generate(emu, "k")[0]
+        status, error = generate(emu, "k")
+        tokens = emu.stats().tokens
+
+    # The second reply is served (100 < 150 when it arrived) and crosses the limit.
+    assert (first, second, status) == (200, 200, 429)
+    assert violation(error)["quotaId"] == "GenerateContentInputTokensPerModelPerDay-FreeTier"
+    assert violation(error)["quotaValue"] == "150"
+    assert tokens == {"k": {MODEL: 200}}
+
+
+def test_concurrent_requests_never_pass_the_limit_together() -> None:
+    with GeminiEmulator(key_limits={"k": KeyLimits(rpm=3)}, latency=0.2) as emu:
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(lambda _: generate(emu, "k")[0], range(12)))
+        stats = emu.stats()
+
+    assert sorted(statuses) == [200] * 3 + [429] * 9
+    assert len(stats.accepted) == 3
+    assert stats.rejections() == {"k": 9}
+    assert all(1 <= r.retry_seconds <= 60 for r in stats.rejected)
+
+
+def test_latency_delays_every_generate_reply() -> None:
+    with GeminiEmulator(latency=0.3, key_limits={"k": KeyLimits(rpm=1)}) as emu:
+        timings = []
+        for _ in range(2):
+            started = time.monotonic()
+            status, _ = generate(emu, "k")
+            timings.append((status, time.monotonic() - started))
+
+    assert [status for status, _ in timings] == [200, 429]
+    assert all(seconds >= 0.3 for _, seconds in timings)
+    with pytest.raises(ValueError, match="latency must be a finite number of seconds >= 0"):
+        GeminiEmulator(latency=-1)
+
+
+def test_stats_endpoint_serves_the_stats_as_json() -> None:
+    with GeminiEmulator(key_limits={"k": KeyLimits(rpm=1)}) as emu:
+        generate(emu, "k")
+        generate(emu, "k")
+        generate(emu, "other", "gemini-2.5-pro")
+        with _OPENER.open(f"{emu.base_url}{STATS_PATH}", timeout=10) as response:
+            body = json.loads(response.read())
+        fetched = fetch_stats(emu.base_url)
+        local = emu.stats()
+        recorded = [r.path for r in emu.requests]
+
+    assert fetched == local
+    assert body == local.to_json()
+    assert body["rejections"] == {"k": 1}
+    assert [(a["key"], a["model"]) for a in body["accepted"]] == [
+        ("k", MODEL),
+        ("other", "gemini-2.5-pro"),
+    ]
+    assert [(r["key"], r["quota"], r["limit"]) for r in body["rejected"]] == [("k", "rpm", 1)]
+    assert STATS_PATH not in recorded
+
+
+def test_busiest_window_counts_a_half_open_minute() -> None:
+    assert busiest_window([]) == 0
+    assert busiest_window([0, 10, 59.9, 60, 119.9]) == 3
+    assert busiest_window([0, 60, 120]) == 1
+    assert busiest_window([5, 5, 5, 64.9]) == 4
+
+
+def emulator_process(*args: str) -> subprocess.Popen[str]:
+    """``python -m tests.support.gemini_emulator ARGS`` from the repository root."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.gemini_emulator", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_emulator_runs_as_a_process_and_reports_its_stats() -> None:
+    limits = json.dumps({"k": {"rpm": 1}})
+    with emulator_process("--port", "0", "--key-limits", limits, "--latency", "0.05") as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            assert base_url.startswith("http://127.0.0.1:"), base_url
+            url = f"{base_url}/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"
+            statuses = [
+                post(url, generate_body("hi"), {"x-goog-api-key": "k"})[0] for _ in range(2)
+            ]
+            stats = fetch_stats(base_url)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            returncode = proc.wait(timeout=30)
+
+    assert statuses == [200, 429]
+    assert len(stats.accepted_times("k")) == 1
+    assert stats.rejections() == {"k": 1}
+    assert stats.rejected[0].retry_seconds == 60
+    assert returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--key-limits", '{"secret-key-1": {"rpm": 0}}'], "key #1: rpm must be a positive"),
+        (["--key-limits", '{"secret-key-1": {"rps": 5}}'], "key #1: unknown limit rps"),
+        (["--key-limits", '{"secret-key-1": 5}'], 'key #1: expected an object like {"rpm": 30}'),
+        (["--key-limits", "rpm=5"], "--key-limits: not JSON"),
+        (["--latency", "-1"], "latency must be a finite number of seconds >= 0"),
+        (["--port", "70000"], "expected a port number 0-65535"),
+    ],
+)
+def test_emulator_process_names_bad_arguments(args: list[str], expected: str) -> None:
+    with emulator_process(*args) as proc:
+        _, stderr = proc.communicate(timeout=30)
+
+    assert proc.returncode == 2
+    assert expected in stderr
+    assert "secret-key-1" not in stderr
+
+
+def test_cli_gets_the_enforced_429_and_agentmesh_reads_it(tmp_path: Path) -> None:
+    with GeminiEmulator(key_limits={"key-limited": KeyLimits(rpm=1)}) as emu:
+        first = run_cli(emu, tmp_path / "first", "say hello", api_key="key-limited")
+        second = run_cli(emu, tmp_path / "second", "say hello", api_key="key-limited")
+        rejections = emu.rejections()
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 429 % 256
+    message = error_message(second)
+    assert "Please retry in" in message
+    api_error = classify_api_error(f"{message}\n{second.stderr}")
+    assert api_error is not None
+    assert api_error.quota_scope == "per_minute"
+    assert 0 < api_error.retry_delay_seconds <= 60
+    assert rejections == {"key-limited": 1}

@@ -5,6 +5,12 @@ Stdlib only. Replies are scripted through a FIFO consumed one per generate reque
 (``streamGenerateContent`` or ``generateContent``); when the FIFO is empty a default
 reply echoes the last user text. Every request is recorded for assertions.
 
+Per-key quotas (``key_limits``, ``set_key_limits``) make it refuse generate requests with
+Google's free-tier 429 once a key's requests per minute or per day, or tokens per day, are
+spent, counted per key and model as Google does (see ``gemini_quota``); ``stats()`` (and
+``GET /emulator/stats``) tell what was accepted when and what was refused. ``latency`` makes
+every generate reply wait that long first, as the real API does.
+
 Example::
 
     with GeminiEmulator() as emu:
@@ -12,27 +18,39 @@ Example::
         emu.script(quota_exhausted("minute"))
         ...  # run the CLI with GOOGLE_GEMINI_BASE_URL=emu.base_url
         assert emu.generate_requests()[0].api_key == "k1"
+
+As a process of its own (prints its base URL, serves until SIGTERM or SIGINT)::
+
+    python -m tests.support.gemini_emulator --port 0 --key-limits '{"k1": {"rpm": 30}}' \
+        --latency 0.2
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
 import random
 import re
+import signal
+import sys
 import threading
+import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Literal, TypeAlias, cast
 from urllib.parse import parse_qs, urlsplit
 
+from tests.support.gemini_quota import EmulatorStats, KeyLimits, QuotaBook, Rejection
+
 __all__ = [
     "DEFAULT_EMBEDDING_DIMENSIONS",
+    "STATS_PATH",
     "ErrorReply",
     "FunctionCallReply",
     "GeminiEmulator",
@@ -56,6 +74,7 @@ __all__ = [
 JSONObject: TypeAlias = dict[str, object]
 
 DEFAULT_EMBEDDING_DIMENSIONS = 768
+STATS_PATH = "/emulator/stats"
 GENERATE_ACTIONS = frozenset({"streamGenerateContent", "generateContent"})
 _MODEL_PATH = re.compile(
     r"^/(?P<version>v1beta|v1alpha|v1)/models/(?P<model>[^/:]+):(?P<action>[A-Za-z]+)$"
@@ -194,21 +213,26 @@ def quota_exhausted(
     retry_seconds: int = 26,
     model: str = "gemini-2.5-flash",
     limit: int | None = None,
+    counting: Literal["requests", "input_tokens"] = "requests",
 ) -> ErrorReply:
     """A 429 RESOURCE_EXHAUSTED exactly as the Gemini API sends it for a free-tier key.
 
     ``per="minute"`` carries quotaId ``GenerateRequestsPerMinutePerProjectPerModel-FreeTier``,
-    ``per="day"`` carries ``GenerateRequestsPerDayPerProjectPerModel-FreeTier``. The message
+    ``per="day"`` carries ``GenerateRequestsPerDayPerProjectPerModel-FreeTier``; with
+    ``counting="input_tokens"`` the quota is the input-token one
+    (``GenerateContentInputTokensPerModelPerMinute-FreeTier``, or ``PerDay``). The message
     ends with ``Please retry in {retry_seconds}s.`` and RetryInfo.retryDelay is
     ``"{retry_seconds}s"``.
     """
-    quota_id = (
-        "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
-        if per == "minute"
-        else "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
-    )
-    value = limit if limit is not None else (10 if per == "minute" else 250)
-    metric = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+    period = "PerMinute" if per == "minute" else "PerDay"
+    if counting == "requests":
+        quota_id = f"GenerateRequests{period}PerProjectPerModel-FreeTier"
+        metric = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+        value = limit if limit is not None else (10 if per == "minute" else 250)
+    else:
+        quota_id = f"GenerateContentInputTokensPerModel{period}-FreeTier"
+        metric = "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count"
+        value = limit if limit is not None else 250_000
     message = (
         "You exceeded your current quota, please check your plan and billing details. "
         "For more information on this error, head to: "
@@ -360,10 +384,13 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = False
     block_on_close = True
+    # socketserver's default backlog of 5 drops connections of a burst (clients then wait
+    # for SYN retries, seconds): the real API takes hundreds at once.
+    request_queue_size = 1024
 
-    def __init__(self, emulator: GeminiEmulator) -> None:
+    def __init__(self, emulator: GeminiEmulator, port: int) -> None:
         self.emulator = emulator
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", port), _Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -393,16 +420,26 @@ class GeminiEmulator:
         *,
         key_behaviours: Mapping[str, ErrorReply] | None = None,
         model_version: str | None = None,
+        key_limits: Mapping[str, KeyLimits] | None = None,
+        latency: float = 0.0,
+        port: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``key_behaviours``: API key -> the error every request with that key gets.
 
         ``model_version``: the ``modelVersion`` reported in replies (default: the path's model).
+        ``key_limits``: API key -> its quotas (per model, see ``set_key_limits``).
+        ``latency``: seconds every generate request waits before its reply (or its error).
+        ``port``: where to listen (0: any free port). ``clock``: epoch seconds, for the quotas.
         """
         self._lock = threading.Lock()
         self._script: deque[Reply | ReplyFactory] = deque()
         self._records: list[RecordedRequest] = []
         self._keys: dict[str, ErrorReply] = dict(key_behaviours or {})
         self._model_version = model_version
+        self._quotas = QuotaBook(key_limits, clock)
+        self._latency = _check_latency(latency)
+        self._port = port
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -414,7 +451,7 @@ class GeminiEmulator:
         if self._server is not None:
             raise RuntimeError("GeminiEmulator is already running")
         self._stopping.clear()
-        self._server = _Server(self)
+        self._server = _Server(self, self._port)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="gemini-emulator", daemon=True
         )
@@ -474,7 +511,44 @@ class GeminiEmulator:
             else:
                 self._keys[api_key] = reply
 
+    def set_key_limits(
+        self,
+        api_key: str,
+        *,
+        rpm: int | None = None,
+        rpd: int | None = None,
+        tpd: int | None = None,
+    ) -> None:
+        """Limit ``api_key``, per model, to ``rpm`` generate requests in any 60 s, ``rpd`` a
+        (Pacific) day and ``tpd`` reported tokens a day; all None removes its limits.
+
+        Counts so far are kept. Over a limit a request gets ``quota_exhausted``: "minute"
+        with the seconds until the window has room, or "day".
+        """
+        limits = KeyLimits(rpm, rpd, tpd)
+        with self._lock:
+            self._quotas.set_limits(api_key, None if limits == KeyLimits() else limits)
+
+    def set_latency(self, seconds: float) -> None:
+        """Make every generate request wait ``seconds`` before its reply."""
+        self._latency = _check_latency(seconds)
+
     # recording -------------------------------------------------------------
+
+    def stats(self) -> EmulatorStats:
+        """Every generate request with a key that the quotas accepted (arrival times) or
+        refused, and the tokens reported per key and model."""
+        with self._lock:
+            return self._quotas.stats()
+
+    def rejections(self) -> dict[str, int]:
+        """API key -> how many 429s its quotas caused."""
+        return self.stats().rejections()
+
+    def clear_stats(self) -> None:
+        """Forget what the quotas counted (the limits stay)."""
+        with self._lock:
+            self._quotas.clear()
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -509,6 +583,9 @@ class GeminiEmulator:
                 )
                 return
             body = cast(JSONObject, parsed) if isinstance(parsed, dict) else {"_": parsed}
+        if h.command == "GET" and split.path == STATS_PATH:
+            self._send_json(h, 200, self.stats().to_json())
+            return
         match = _MODEL_PATH.match(split.path)
         api_key = h.headers.get("x-goog-api-key") or query.get("key")
         record = RecordedRequest(
@@ -528,12 +605,11 @@ class GeminiEmulator:
             msg = f"Method not found: {h.command} {split.path}"
             self._send_json(h, 404, error_body(404, "NOT_FOUND", msg))
             return
-        if forced is not None:
-            self._send_json(h, forced.http_status, forced.body)
-            return
         action = match["action"]
         if action in GENERATE_ACTIONS:
-            self._generate(h, record, stream=action == "streamGenerateContent")
+            self._answer_generate(h, record, forced)
+        elif forced is not None:
+            self._send_json(h, forced.http_status, forced.body)
         elif action == "countTokens":
             self._send_json(h, 200, {"totalTokens": count_tokens(body or {})})
         elif action == "embedContent":
@@ -547,6 +623,25 @@ class GeminiEmulator:
         else:
             msg = f"Method not found: {action}"
             self._send_json(h, 404, error_body(404, "NOT_FOUND", msg))
+
+    def _answer_generate(
+        self, h: _Handler, record: RecordedRequest, forced: ErrorReply | None
+    ) -> None:
+        """Count a generate request against its key's quotas, wait the latency, answer."""
+        rejection: Rejection | None = None
+        if forced is None and record.api_key is not None:
+            with self._lock:
+                rejection = self._quotas.admit(record.api_key, record.model or "")
+        if self._latency and self._stopping.wait(self._latency):
+            h.close_connection = True
+            return
+        if forced is not None:
+            self._send_json(h, forced.http_status, forced.body)
+        elif rejection is not None:
+            reply = _quota_reply(rejection)
+            self._send_json(h, reply.http_status, reply.body)
+        else:
+            self._generate(h, record, stream=record.action == "streamGenerateContent")
 
     @staticmethod
     def _embed(body: JSONObject) -> JSONObject:
@@ -574,7 +669,11 @@ class GeminiEmulator:
             return
         model = record.model or "gemini"
         response_id = uuid.uuid4().hex[:22]
-        chunks = self._chunks(reply, record, model, response_id)
+        usage = reply.usage or _estimated_usage(reply, record)
+        if record.api_key is not None:
+            with self._lock:
+                self._quotas.add_tokens(record.api_key, record.model or "", usage.total_tokens)
+        chunks = self._chunks(reply, usage, model, response_id)
         if not stream:
             self._send_json(h, 200, _merge(chunks))
             return
@@ -595,20 +694,16 @@ class GeminiEmulator:
             h.close_connection = True
 
     def _chunks(
-        self, reply: TextReply | FunctionCallReply, record: RecordedRequest, model: str, rid: str
+        self, reply: TextReply | FunctionCallReply, usage: Usage, model: str, rid: str
     ) -> list[JSONObject]:
         """The GenerateContentResponse objects of one streamed reply."""
         parts_list: list[list[JSONObject]]
         if isinstance(reply, TextReply):
             parts_list = [[{"text": piece}] for piece in _split(reply.text, reply.chunks)]
-            out_text = reply.text
         else:
             call: JSONObject = {"functionCall": {"name": reply.name, "args": dict(reply.args)}}
             parts_list = [[{"text": reply.text}]] if reply.text else []
             parts_list.append([call])
-            out_text = reply.text + json.dumps(dict(reply.args))
-        estimated = Usage(max(1, count_tokens(record.body or {})), max(1, count_tokens(out_text)))
-        usage = reply.usage or estimated
         version = self._model_version or model
         chunks: list[JSONObject] = []
         for i, parts in enumerate(parts_list):
@@ -641,6 +736,32 @@ class GeminiEmulator:
         h.close_connection = True
 
 
+def _estimated_usage(reply: TextReply | FunctionCallReply, record: RecordedRequest) -> Usage:
+    """About 4 characters a token of the request and of the reply."""
+    if isinstance(reply, TextReply):
+        out_text = reply.text
+    else:
+        out_text = reply.text + json.dumps(dict(reply.args))
+    return Usage(max(1, count_tokens(record.body or {})), max(1, count_tokens(out_text)))
+
+
+def _quota_reply(rejection: Rejection) -> ErrorReply:
+    """Google's free-tier 429 for a refused request."""
+    return quota_exhausted(
+        "minute" if rejection.quota == "rpm" else "day",
+        retry_seconds=rejection.retry_seconds,
+        model=rejection.model,
+        limit=rejection.limit,
+        counting="input_tokens" if rejection.quota == "tpd" else "requests",
+    )
+
+
+def _check_latency(seconds: float) -> float:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"latency must be a finite number of seconds >= 0, got {seconds!r}")
+    return float(seconds)
+
+
 def _merge(chunks: list[JSONObject]) -> JSONObject:
     """One non-streamed GenerateContentResponse from streamed chunks (text parts joined)."""
     parts: list[JSONObject] = []
@@ -657,3 +778,77 @@ def _merge(chunks: list[JSONObject]) -> JSONObject:
     last_candidate["content"] = {"parts": parts, "role": "model"}
     last["candidates"] = [last_candidate]
     return last
+
+
+# --------------------------------------------------------------------------- process
+
+
+def _key_limits_argument(text: str) -> dict[str, KeyLimits]:
+    """``--key-limits``: ``{"KEY": {"rpm": 30, "rpd": 1000, "tpd": 100000}, ...}``.
+
+    Errors name a key by its position only: keys are secrets, even in tests.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('expected an object {"KEY": {"rpm": N, ...}, ...}')
+    limits: dict[str, KeyLimits] = {}
+    for position, (key, entry) in enumerate(value.items(), start=1):
+        try:
+            limits[key] = KeyLimits.from_json(entry)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"key #{position}: {exc}") from None
+    return limits
+
+
+def _port_argument(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return port
+
+
+def _latency_argument(text: str) -> float:
+    try:
+        return _check_latency(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; the first stdout line is the base URL."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.gemini_emulator",
+        description="A loopback Gemini API emulator with per-key quotas.",
+    )
+    parser.add_argument(
+        "--port", type=_port_argument, default=0, help="port on 127.0.0.1 (0: any free one)"
+    )
+    parser.add_argument(
+        "--key-limits",
+        type=_key_limits_argument,
+        default={},
+        metavar="JSON",
+        help='per-key quotas, per model: {"KEY": {"rpm": 30, "rpd": 1000, "tpd": 100000}}',
+    )
+    parser.add_argument(
+        "--latency",
+        type=_latency_argument,
+        default=0.0,
+        metavar="S",
+        help="seconds each generate request waits before its reply",
+    )
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with GeminiEmulator(key_limits=args.key_limits, latency=args.latency, port=args.port) as emu:
+        print(emu.base_url, flush=True)
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
