@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -42,6 +43,8 @@ def mesh_settings(
             "AGENTMESH_DATA_DIR": str(tmp_path / "data"),
             "AGENTMESH_CONFIG": str(config),
             "GEMINI_CLI_COMMAND": GEMINI_CLI,
+            # Where the `emulator` fixture serves the Gemini API: the node proxy's upstream.
+            "GOOGLE_GEMINI_BASE_URL": os.environ.get("GOOGLE_GEMINI_BASE_URL", ""),
             **env,
         },
         cwd=tmp_path,

@@ -10,7 +10,7 @@ from typing import cast
 
 import asyncpg
 
-from agentmesh.node.card import AgentCard
+from agentmesh.node.card import AgentCard, held_keys_from
 from agentmesh.scheduler.placement import AgentSlot
 from agentmesh.scheduler.queries import QUEUE_CHANNEL
 
@@ -101,6 +101,7 @@ def card_from_json(values: dict[str, object]) -> AgentCard:
     data = {k: v for k, v in values.items() if k in fields}
     for name in ("ip_addresses", "executors", "models", "capabilities"):
         data[name] = tuple(cast(list[str], data.get(name) or []))
+    data["held_keys"] = held_keys_from(data.get("held_keys"))
     return AgentCard(**data)  # type: ignore[arg-type]
 
 
