@@ -23,10 +23,13 @@ StartNode = Callable[..., Coroutine[Any, Any, tuple[AgentNode, node_pb2_grpc.Age
 
 
 def node_settings(tmp_path: Path, env: dict[str, str] | None = None) -> Settings:
+    # The `emulator` fixture names the Gemini API in the environment: the proxy's upstream.
+    upstream = {"GOOGLE_GEMINI_BASE_URL": os.environ.get("GOOGLE_GEMINI_BASE_URL", "")}
     return load_settings(
         {
             "AGENTMESH_DATA_DIR": str(tmp_path / "data"),
             "GEMINI_CLI_COMMAND": GEMINI_CLI,
+            **upstream,
             **(env or {}),
         },
         cwd=tmp_path,

@@ -99,6 +99,7 @@ async def _mesh(settings: Settings, work: Path) -> AsyncIterator[tuple[str, list
                     heartbeat_interval_seconds=0.5,
                     workdir=work,
                 ),
+                hold_keys=False,
             )
             nodes.append(node)
         for node in nodes:

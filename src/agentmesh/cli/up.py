@@ -73,7 +73,8 @@ async def run_up(settings: Settings, listen: str | None, flags: Mapping[str, obj
             scheduler = await Scheduler.start(settings, address)
             stack.push_async_callback(scheduler.stop)
             options = node_settings(settings, {**flags, "scheduler": scheduler.address})
-            node = await AgentNode.start(settings, options)
+            # The scheduler loads GEMINI_API_KEY_FILE: its keys are the pool's, not the node's.
+            node = await AgentNode.start(settings, options, hold_keys=False)
             stack.push_async_callback(node.shutdown, options.shutdown_grace_seconds)
             assert node.registration is not None  # started with a scheduler
             await asyncio.wait_for(node.registration.registered.wait(), REGISTER_TIMEOUT_SECONDS)

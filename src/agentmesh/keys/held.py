@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import asyncpg
 
 from agentmesh.db.connect import Connection
 from agentmesh.errors import InvalidArgument
+from agentmesh.node.card import HeldKey
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,6 @@ DISABLE_NOT_HELD = """
 UPDATE api_keys SET enabled = false, disabled_reason = $2
 WHERE id = ANY($1::bigint[]) AND enabled
 """
-
-
-class HeldKey(NamedTuple):
-    """A key a node holds: its label in the node's key file, and its fingerprint."""
-
-    label: str
-    fingerprint: str
 
 
 def node_source(node_name: str) -> str:

@@ -28,6 +28,14 @@ NOTABLE_TOOLS = (
 
 
 @dataclass(frozen=True)
+class HeldKey:
+    """An API key the node holds in its own GEMINI_API_KEY_FILE: never its secret."""
+
+    label: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class AgentCard:
     """Mirrors `agentmesh.v1.AgentCard`; `running_tasks` and `draining` are filled per call."""
 
@@ -50,6 +58,19 @@ class AgentCard:
     gemini_cli_version: str = ""
     running_tasks: int = 0
     draining: bool = False
+    # The node's own API keys, for the scheduler to account and lease back to it by fingerprint.
+    held_keys: tuple[HeldKey, ...] = ()
+
+
+def held_keys_from(values: object) -> tuple[HeldKey, ...]:
+    """held_keys from their JSON form (a list of {label, fingerprint} objects)."""
+    if not isinstance(values, list | tuple):
+        return ()
+    return tuple(
+        HeldKey(str(item.get("label", "")), str(item.get("fingerprint", "")))
+        for item in values
+        if isinstance(item, dict)
+    )
 
 
 def stable_agent_id(data_dir: Path, name: str) -> str:
@@ -130,6 +151,7 @@ def build_card(
     permission_mode: str,
     endpoint: str,
     gemini_version: str | None,
+    held_keys: tuple[HeldKey, ...] = (),
 ) -> AgentCard:
     capabilities = tuple(dict.fromkeys((*configured_capabilities, *detected_capabilities())))
     return AgentCard(
@@ -150,4 +172,5 @@ def build_card(
         endpoint=endpoint,
         started_at=datetime.now(UTC).isoformat(),
         gemini_cli_version=gemini_version or "",
+        held_keys=held_keys,
     )

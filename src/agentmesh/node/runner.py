@@ -49,7 +49,11 @@ class ExecuteRequest:
     task_id: str
     attempt: int
     spec: TaskSpec
+    # gemini, run directly: a key for the node's Gemini API proxy (never given to the task).
     api_key: str = field(default="", repr=False)
+    # gemini: the key the scheduler reserved the forecast on, and the task's token budget.
+    key_fingerprint: str = ""
+    token_budget: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,8 @@ class TaskRunner:
                 timeout_seconds=timeout,
                 cancel=run.cancel,
                 api_key=request.api_key,
+                key_fingerprint=request.key_fingerprint,
+                token_budget=request.token_budget,
             )
             payloads = aiter(executor.run(job))
             result: Result | None = None

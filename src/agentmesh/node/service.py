@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 from collections.abc import Callable
 from dataclasses import replace
 
+from agentmesh import log_format
 from agentmesh.config import NodeSettings, Settings
 from agentmesh.db.embedded import default_data_dir
-from agentmesh.node.card import AgentCard, build_card, gemini_cli_version, stable_agent_id
+from agentmesh.node.card import (
+    AgentCard,
+    HeldKey,
+    build_card,
+    gemini_cli_version,
+    stable_agent_id,
+)
 from agentmesh.node.endpoint import advertised_endpoint
 from agentmesh.node.environment import child_environment
 from agentmesh.node.executors.base import Executor
 from agentmesh.node.executors.echo import EchoExecutor
 from agentmesh.node.executors.gemini import GeminiExecutor
 from agentmesh.node.executors.shell import ShellExecutor
+from agentmesh.node.gemini_proxy import GeminiProxy
+from agentmesh.node.key_source import KeySources, LocalKeys, SchedulerKeySource
 from agentmesh.node.registration import Registration
 from agentmesh.node.runner import RunnerLimits, TaskRunner
 from agentmesh.node.servicer import SERVICE_NAME, AgentNodeServicer, register
@@ -29,11 +39,19 @@ log = logging.getLogger(__name__)
 class AgentNode:
     """A started node: its runner, its card and its gRPC server."""
 
-    def __init__(self, runner: TaskRunner, card: AgentCard, server: RunningServer) -> None:
+    def __init__(
+        self,
+        runner: TaskRunner,
+        card: AgentCard,
+        server: RunningServer,
+        resources: contextlib.AsyncExitStack,
+    ) -> None:
         self.runner = runner
         # Its endpoint is the advertised one (see agentmesh.node.endpoint).
         self._card = card
         self.server = server
+        # What its tasks use and outlive them: the Gemini API proxy, the key pool's channel.
+        self._resources = resources
         self.registration: Registration | None = None
         self._heartbeats: asyncio.Task[None] | None = None
 
@@ -62,8 +80,32 @@ class AgentNode:
         )
 
     @classmethod
-    async def start(cls, settings: Settings, node: NodeSettings) -> AgentNode:
+    async def start(
+        cls, settings: Settings, node: NodeSettings, *, hold_keys: bool = True
+    ) -> AgentNode:
+        """Start a node. With `hold_keys` (not when a scheduler in the same process loads
+        the same GEMINI_API_KEY_FILE) it holds that file's keys as its own."""
+        resources = contextlib.AsyncExitStack()
+        try:
+            return await cls._start(settings, node, hold_keys, resources)
+        except BaseException:
+            await resources.aclose()
+            raise
+
+    @classmethod
+    async def _start(
+        cls,
+        settings: Settings,
+        node: NodeSettings,
+        hold_keys: bool,
+        resources: contextlib.AsyncExitStack,
+    ) -> AgentNode:
         name = node.name or socket.gethostname()
+        key_file = settings.env.GEMINI_API_KEY_FILE if hold_keys else None
+        # Read at start: a bad file stops the node here (KeyFileError, a ConfigError).
+        held = LocalKeys.from_file(key_file) if key_file is not None else None
+        held_secrets = tuple(key.secret for key in held.keys) if held else ()
+        log_format.redact(*held_secrets)
         data_dir = settings.env.AGENTMESH_DATA_DIR or default_data_dir()
         agent_id = stable_agent_id(data_dir, name)
         env = child_environment()
@@ -74,12 +116,26 @@ class AgentNode:
         }
         gemini_version = await gemini_cli_version(settings.env.GEMINI_CLI_COMMAND)
         if gemini_version is not None:
+            proxy = await GeminiProxy.start(settings.env.GOOGLE_GEMINI_BASE_URL)
+            resources.push_async_callback(proxy.stop)
+            scheduler_keys = None
+            if node.scheduler:
+                scheduler_keys = SchedulerKeySource.connect(
+                    node.scheduler,
+                    token=settings.token,
+                    tls=settings.tls,
+                    agent_id=agent_id,
+                    held=held,
+                )
+                resources.push_async_callback(scheduler_keys.close)
             executors["gemini"] = GeminiExecutor(
                 settings.env.GEMINI_CLI_COMMAND,
                 settings.permissions,
                 default_model=settings.agent_defaults.model,
                 env=env,
                 grace_seconds=grace,
+                proxy=proxy,
+                keys=KeySources(held, scheduler_keys),
             )
         limits = RunnerLimits(
             max_concurrency=node.max_concurrency,
@@ -89,12 +145,14 @@ class AgentNode:
             workdir=node.workdir,
         )
         token = settings.token
-        runner = TaskRunner(agent_id, executors, limits, secrets=(token,) if token else ())
+        secrets = (token,) if token else ()
+        runner = TaskRunner(agent_id, executors, limits, secrets=(*secrets, *held_secrets))
         holder: list[AgentNode] = []
         servicer = AgentNodeServicer(runner, lambda: holder[0].card())
         server = await start_server(
             node.listen, register(servicer), [SERVICE_NAME], token=token, tls=settings.tls
         )
+        resources.push_async_callback(server.stop, 1.0)
         endpoint = await asyncio.to_thread(
             advertised_endpoint, node.listen, node.advertise, node.scheduler, server.port
         )
@@ -108,8 +166,11 @@ class AgentNode:
             permission_mode=str(settings.agent_defaults.permissions),
             endpoint=endpoint,
             gemini_version=gemini_version,
+            held_keys=tuple(HeldKey(k.label, k.fingerprint) for k in held.keys)
+            if held and "gemini" in executors
+            else (),
         )
-        started = cls(runner, card, server)
+        started = cls(runner, card, server, resources)
         holder.append(started)
         if warning := settings.not_enforced_warning("node"):
             log.warning(warning)
@@ -130,7 +191,7 @@ class AgentNode:
             log.warning("grace period over: cancelling %d running task(s)", self.runner.running)
             self.runner.cancel_all()
             await self.runner.wait_idle(grace_seconds + 5)
-        await self.server.stop(1.0)
+        await self._resources.aclose()  # the server, the proxy, the key pool's channel
 
 
 async def run_node(

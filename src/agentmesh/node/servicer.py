@@ -36,11 +36,15 @@ class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
     ) -> AsyncIterator[task_pb2.TaskEvent]:
         if request.attempt < 0:
             raise InvalidArgument("attempt", "must not be negative")
+        if request.token_budget < 0:
+            raise InvalidArgument("token_budget", "must not be negative (0 = no limit)")
         execute = ExecuteRequest(
             task_id=request.task_id,
             attempt=request.attempt or 1,
             spec=convert.spec_from_proto(request.spec),
             api_key=request.api_key,
+            key_fingerprint=request.key_fingerprint,
+            token_budget=request.token_budget,
         )
         async for event in self._runner.execute(execute):
             yield convert.event_to_proto(event)

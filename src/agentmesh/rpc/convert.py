@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agentmesh.node.card import AgentCard
+from agentmesh.node.card import AgentCard, held_keys_from
 from agentmesh.tasks import events
 from agentmesh.tasks.model import TaskSpec, TaskState
 from agentmesh.v1 import agent_pb2, task_pb2
@@ -153,7 +153,5 @@ def card_from_proto(message: agent_pb2.AgentCard) -> AgentCard:
         values[name] = tuple(values.get(name, ()))
     values["memory_bytes"] = int(values.get("memory_bytes", 0))
     values.setdefault("started_at", "")
-    # The keys a node holds are registered from the heartbeat (keys/held.py), not kept on
-    # the card.
-    values.pop("held_keys", None)
+    values["held_keys"] = held_keys_from(values.get("held_keys"))
     return AgentCard(**values)

@@ -10,8 +10,8 @@ from typing import cast
 
 import asyncpg
 
-from agentmesh.keys.held import HeldKey, register_node_keys
-from agentmesh.node.card import AgentCard
+from agentmesh.keys.held import register_node_keys
+from agentmesh.node.card import AgentCard, HeldKey, held_keys_from
 from agentmesh.scheduler.placement import AgentSlot
 from agentmesh.scheduler.queries import QUEUE_CHANNEL
 
@@ -102,6 +102,7 @@ def card_from_json(values: dict[str, object]) -> AgentCard:
     data = {k: v for k, v in values.items() if k in fields}
     for name in ("ip_addresses", "executors", "models", "capabilities"):
         data[name] = tuple(cast(list[str], data.get(name) or []))
+    data["held_keys"] = held_keys_from(data.get("held_keys"))
     return AgentCard(**data)  # type: ignore[arg-type]
 
 
@@ -134,9 +135,9 @@ class AgentRegistry:
         self,
         card: AgentCard,
         running_task_ids: tuple[str, ...],
-        held_keys: tuple[HeldKey, ...] = (),
     ) -> None:
-        held = (card.name, frozenset(held_keys))
+        """Record a heartbeat; the keys the node holds are registered when they change."""
+        held = (card.name, frozenset(card.held_keys))
         register_keys = self._held_keys.get(card.agent_id) != held
         status = "draining" if card.draining else "online"
         address = _primary_address(card)
@@ -157,7 +158,7 @@ class AgentRegistry:
             )
             await conn.execute(UPSERT_HOST, card.hostname, address, list(card.capabilities))
             if register_keys:
-                await register_node_keys(conn, card.agent_id, card.name, held_keys)
+                await register_node_keys(conn, card.agent_id, card.name, card.held_keys)
             # A new or returning agent may fit tasks that are waiting.
             await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
         if register_keys:

@@ -10,7 +10,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentmesh.errors import InvalidArgument
-from agentmesh.keys.held import HeldKey, validate_held_keys
+from agentmesh.keys.held import validate_held_keys
 from agentmesh.rpc import convert
 from agentmesh.rpc.errors import streaming, unary
 from agentmesh.scheduler.agents import AgentRegistry, AgentView, HostEntry
@@ -201,9 +201,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if not request.card.endpoint:
             raise InvalidArgument("card.endpoint", "is required: where the scheduler dials")
         card = convert.card_from_proto(request.card)
-        held_keys = tuple(HeldKey(k.label, k.fingerprint) for k in request.card.held_keys)
-        validate_held_keys(held_keys)
-        await self._registry.heartbeat(card, tuple(request.running_task_ids), held_keys)
+        validate_held_keys(card.held_keys)
+        await self._registry.heartbeat(card, tuple(request.running_task_ids))
         return scheduler_pb2.HeartbeatResponse(interval_seconds=self._heartbeat_interval)
 
 

@@ -8,12 +8,14 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from agentmesh.config import PermissionMode
 from agentmesh.node.process import Chunk, ProcessGroup, StreamName
 from agentmesh.tasks.events import Payload
 from agentmesh.tasks.model import AgentMode, TaskKind, TaskSpec
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,13 @@ class Job:
     workdir: Path
     timeout_seconds: float
     cancel: asyncio.Event = field(repr=False)
-    # gemini: the key chosen by the scheduler. Never logged; scrubbed from every output.
+    # gemini, run directly: the key the request brought, for the node's Gemini API proxy
+    # (never given to the CLI). Never logged; scrubbed from every output.
     api_key: str = field(default="", repr=False)
+    # gemini: the key the scheduler reserved the task's forecast on (asked for first).
+    key_fingerprint: str = ""
+    # gemini: the most tokens the task may spend (0 = no limit).
+    token_budget: int = 0
 
 
 class Executor(Protocol):
@@ -117,3 +124,37 @@ async def supervise(
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await next_chunk
         await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def with_side_payloads(
+    items: AsyncIterator[T], side: asyncio.Queue[Payload]
+) -> AsyncIterator[T | Payload]:
+    """`items`, and between them each payload put in `side` as soon as it is put there (a
+    payload put while an item is also ready comes first)."""
+    source = aiter(items)
+    next_item: asyncio.Future[T] = asyncio.ensure_future(anext(source))
+    next_side: asyncio.Future[Payload] | None = None
+    try:
+        while True:
+            next_side = asyncio.ensure_future(side.get())
+            either: set[asyncio.Future[Any]] = {next_item, next_side}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if next_side.done():
+                yield next_side.result()
+                continue
+            next_side.cancel()
+            try:
+                item = next_item.result()
+            except StopAsyncIteration:
+                return
+            yield item
+            next_item = asyncio.ensure_future(anext(source))
+    finally:
+        if next_side is not None:
+            next_side.cancel()
+        # As in `supervise`: a pending read is ended before the source is closed.
+        if not next_item.done():
+            next_item.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await next_item
+        await source.aclose()  # type: ignore[attr-defined]

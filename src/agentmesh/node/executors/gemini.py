@@ -8,11 +8,15 @@ Each task runs `GEMINI_CLI_COMMAND -p PROMPT -o stream-json -m MODEL` with:
   permission mode: in agentic mode weak allows `run_shell_command` only for the allowlist's
   programs and superuser allows everything but the denylist's (in headless mode whatever no
   rule allows is denied); plain mode denies every tool, so the task is an answer only;
-- the API key in `GEMINI_API_KEY` of that process only, scrubbed from everything it prints.
+- no API key at all: `GEMINI_API_KEY` is a per-run credential of the node's Gemini API proxy
+  (`GOOGLE_GEMINI_BASE_URL`), which forwards each request with a real key from the run's key
+  source (see agentmesh.node.gemini_proxy). Nothing the agent runs can read a key; the keys
+  the node knows are still scrubbed from everything the CLI prints.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -25,8 +29,10 @@ from typing import Any
 
 from agentmesh.config import PermissionMode, Permissions
 from agentmesh.node.environment import Scrubber
-from agentmesh.node.executors.base import Exit, Job, supervise
+from agentmesh.node.executors.base import Exit, Job, Output, supervise, with_side_payloads
 from agentmesh.node.executors.gemini_errors import classify_api_error
+from agentmesh.node.gemini_proxy import GeminiProxy, ProxyRun
+from agentmesh.node.key_source import KeySources, NoApiKey, TaskRun
 from agentmesh.tasks.events import (
     ApiError,
     Diagnostic,
@@ -134,25 +140,38 @@ class GeminiExecutor:
         default_model: str,
         env: Mapping[str, str],
         grace_seconds: float,
+        proxy: GeminiProxy,
+        keys: KeySources,
     ) -> None:
         self._command = shlex.split(command)
         self._permissions = permissions
         self._default_model = default_model
         self._env = dict(env)
         self._grace = grace_seconds
+        self._proxy = proxy
+        self._keys = keys
 
     async def run(self, job: Job) -> AsyncIterator[Payload]:
-        if not job.api_key:
-            yield Result(TaskState.FAILED, error="no API key was given for this gemini task")
+        try:
+            source = self._keys.choose(job.api_key)
+        except NoApiKey as exc:
+            yield Result(TaskState.FAILED, error=str(exc))
             return
+        # What the proxy has to say about the run (a cooled key, the budget) joins its events.
+        side: asyncio.Queue[Payload] = asyncio.Queue()
+        task = TaskRun(job.task_id, job.attempt, job.key_fingerprint, job.token_budget)
+        run = self._proxy.register(task, source, side.put_nowait)
         home = Path(tempfile.mkdtemp(prefix="agentmesh-gemini-home-"))
         try:
-            async for payload in self._run_in(home, job):
+            async for payload in self._run_in(home, job, run, side):
                 yield payload
         finally:
+            self._proxy.unregister(run)
             shutil.rmtree(home, ignore_errors=True)
 
-    async def _run_in(self, home: Path, job: Job) -> AsyncIterator[Payload]:
+    async def _run_in(
+        self, home: Path, job: Job, run: ProxyRun, side: asyncio.Queue[Payload]
+    ) -> AsyncIterator[Payload]:
         config_dir = home / ".gemini"
         config_dir.mkdir()
         (home / "tmp").mkdir()
@@ -167,7 +186,9 @@ class GeminiExecutor:
         ]
         env = {
             **self._env,
-            "GEMINI_API_KEY": job.api_key,
+            # The proxy's credential for this run, not a key: it is worth nothing elsewhere.
+            "GEMINI_API_KEY": run.credential,
+            "GOOGLE_GEMINI_BASE_URL": self._proxy.url,
             "GEMINI_CLI_HOME": str(home),
             # A fresh home per task: a reused one stalls on the previous run's lock file.
             "HOME": str(home),
@@ -178,16 +199,22 @@ class GeminiExecutor:
             "GEMINI_CLI_NO_RELAUNCH": "true",
             "NO_COLOR": "1",
         }
-        scrub = Scrubber(job.api_key)
+        held = self._keys.held.keys if self._keys.held else ()
+        scrub = Scrubber(job.api_key, *(key.secret for key in held))
         parser = StreamJsonParser(model)
         stderr_tail = ""
         pending = ""
-        async for item in supervise(job, argv, env=env, grace_seconds=self._grace):
-            if isinstance(item, Exit):
+        process = supervise(job, argv, env=env, grace_seconds=self._grace)
+        async for item in with_side_payloads(process, side):
+            if not isinstance(item, Output | Exit):
+                yield item
+            elif isinstance(item, Exit):
                 if pending:
                     for payload in parser.feed_line(pending):
                         yield payload
-                for payload in parser.finish(item, scrub(stderr_tail)):
+                while not side.empty():
+                    yield side.get_nowait()
+                for payload in parser.finish(item, scrub(stderr_tail), stopped=run.stopped):
                     yield payload
             elif item.stream == "stderr":
                 stderr_tail = (stderr_tail + item.text)[-STDERR_TAIL_CHARS:]
@@ -250,13 +277,17 @@ class StreamJsonParser:
             self._result = event
         return []
 
-    def finish(self, exit: Exit, stderr: str) -> list[Payload]:
+    def finish(self, exit: Exit, stderr: str, *, stopped: str = "") -> list[Payload]:
+        """The run's Result (after an ApiError if the API failed it); `stopped`: why the
+        node's proxy refused the run's requests (its token budget), which fails it."""
         answer = "".join(self._answer)
         usage = self._usage()
         if exit.how == "canceled":
             return [Result(TaskState.CANCELED, exit.code, usage, answer, "canceled")]
         if exit.how == "timeout":
             return [Result(TaskState.FAILED, exit.code, usage, answer, "timed out")]
+        if stopped:
+            return [Result(TaskState.FAILED, exit.code, usage, answer, stopped)]
         result = self._result or {}
         if exit.code == 0 and result.get("status", "success") == "success" and self._result:
             return [Result(TaskState.COMPLETED, 0, usage, answer)]

@@ -3,12 +3,15 @@
 The CLI reports an API failure as text: the `result` event's error message ("... Please
 retry in 26s."), and on stderr the HTTP status, `retryDelayMs` and often the whole error body
 with its `QuotaFailure` and `RetryInfo` details. A quota whose id contains `PerDay` lasts
-until the daily reset, whatever the retry delay says.
+until the daily reset, whatever the retry delay says. The node's Gemini API proxy reads the
+same errors from the API's JSON bodies (`parse_error_body`).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -99,3 +102,85 @@ def _http_status(text: str) -> int:
 def _first(pattern: re.Pattern[str], text: str) -> str:
     match = pattern.search(text)
     return match[1] if match else ""
+
+
+# --------------------------------------------------------------- the API's error bodies
+
+# A 429 without a RetryInfo delay still cools its key: for this long.
+DEFAULT_COOLDOWN_SECONDS = 60.0
+# Gemini CLI treats a longer delay as terminal; so does the pool: the key is done for the day.
+LONGEST_MINUTE_DELAY_SECONDS = 300.0
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)s\s*$")
+
+
+@dataclass(frozen=True)
+class GoogleError:
+    """What an error response of the Gemini API says (`{"error": {...}}`)."""
+
+    http_status: int
+    status: str = ""  # RESOURCE_EXHAUSTED, INVALID_ARGUMENT, ...
+    message: str = ""
+    # ErrorInfo's reason, e.g. API_KEY_INVALID.
+    reason: str = ""
+    # RetryInfo's delay and the first QuotaFailure violation's quota id.
+    retry_delay_seconds: float = 0.0
+    quota_id: str = ""
+
+    @property
+    def refused_key(self) -> bool:
+        """The key itself was refused (invalid, expired, revoked, not allowed)."""
+        if self.http_status in (401, 403):
+            return True
+        return self.http_status == 400 and (
+            self.reason.startswith("API_KEY_") or bool(_INVALID_KEY.search(self.message))
+        )
+
+    @property
+    def daily(self) -> bool:
+        """A per-day quota: the key is done for the model until the daily reset."""
+        return "PerDay" in self.quota_id or self.retry_delay_seconds > LONGEST_MINUTE_DELAY_SECONDS
+
+
+def parse_error_body(http_status: int, body: bytes) -> GoogleError:
+    """The error an API response carries; a body that is not Google's JSON gives the status."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return GoogleError(http_status)
+    error = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(error, dict):
+        return GoogleError(http_status)
+    reason, delay, quota_id = "", 0.0, ""
+    details = error.get("details")
+    for detail in details if isinstance(details, list) else ():
+        if not isinstance(detail, dict):
+            continue
+        kind = detail.get("@type")
+        if kind == _ERROR_INFO and not reason:
+            reason = str(detail.get("reason", ""))
+        elif kind == _RETRY_INFO and (match := _DURATION.match(str(detail.get("retryDelay")))):
+            delay = float(match[1])
+        elif kind == _QUOTA_FAILURE and not quota_id:
+            violations = detail.get("violations")
+            if isinstance(violations, list) and violations and isinstance(violations[0], dict):
+                quota_id = str(violations[0].get("quotaId", ""))
+    return GoogleError(
+        http_status=http_status,
+        status=str(error.get("status", "")),
+        message=str(error.get("message", "")),
+        reason=reason,
+        retry_delay_seconds=delay,
+        quota_id=quota_id,
+    )
+
+
+def cooldown_seconds(error: GoogleError, now: datetime | None = None) -> float:
+    """How long a 429 keeps its key off the model: RetryInfo's delay, or until the daily
+    reset (midnight Pacific) for a per-day quota."""
+    delay = error.retry_delay_seconds or DEFAULT_COOLDOWN_SECONDS
+    if error.daily:
+        return max(delay, seconds_until_daily_reset(now or datetime.now(UTC)))
+    return delay
