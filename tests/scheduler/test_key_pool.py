@@ -129,8 +129,10 @@ async def test_with_every_key_exhausted_the_task_waits_without_an_attempt_and_ru
     assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
     assert task.output == "Later."
     # The exhausted attempt was handed back without using one of the task's attempts.
+    # (an attempt that is handed back raises the task's maximum by one: 2 attempts are
+    # left, as for any task that ran once)
     assert task.attempt == 2
-    assert task.max_attempts == 3
+    assert task.max_attempts - task.attempt == 2
     assert [r.api_key for r in emulator.generate_requests()] == [KEY_A, KEY_A]
 
 
@@ -149,7 +151,7 @@ async def test_a_key_held_by_a_node_is_used_there_and_never_leaves_it(
     assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
     (row,) = await fetch(
         mesh.database_uri,
-        "SELECT t.assigned_agent, a.name AS agent, k.source, k.key_value, k.fingerprint"
+        "SELECT t.assigned_agent, a.card->>'name' AS agent, k.source, k.key_value, k.fingerprint"
         " FROM tasks t JOIN agents a ON a.id = t.assigned_agent"
         " JOIN api_keys k ON k.id = t.api_key_id WHERE t.id = $1",
         task.id,
