@@ -16,6 +16,7 @@ from agentmesh.v1 import task_pb2
 from tests.scheduler.conftest import Mesh, run_to_end
 from tests.support.gemini_emulator import (
     GeminiEmulator,
+    Usage,
     invalid_api_key,
     quota_exhausted,
     shell_call,
@@ -210,3 +211,21 @@ async def test_a_forecast_over_the_users_limit_is_rejected_before_any_key_is_spe
     assert "1,000" in task.error, task.error  # the forecast: 4,000 characters
     assert "50" in task.error, task.error  # carol's max_token_per_request
     assert emulator.generate_requests() == []
+
+
+async def test_a_task_that_spends_more_than_its_budget_is_stopped(
+    mesh: Mesh, emulator: GeminiEmulator
+) -> None:
+    # The forecast fits the budget; what the API really charges for the first turn does not.
+    emulator.script(shell_call("date", usage=Usage(4_990, 10)), text_reply("never sent"))
+    mesh.configure(GEMINI_API_KEY_FILE=str(key_file(mesh.tmp_path, A=KEY_A)))
+    stub = await mesh.start_scheduler()
+    await mesh.start_node("llm")
+
+    task, _ = await run_to_end(
+        stub, kind="gemini", prompt="check the date", model=MODEL, max_tokens=3_000
+    )
+
+    assert task.state == task_pb2.TASK_STATE_FAILED
+    assert "token budget exceeded: 5000 of 3000 tokens" in task.error, task.error
+    assert len(emulator.generate_requests()) == 1
