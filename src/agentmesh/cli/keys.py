@@ -57,7 +57,9 @@ def keys() -> None:
     """
 
 
-@keys.command()
+# Extra words are refused here, not by click, whose message would repeat them: a key typed
+# on the command line must not be echoed back (it is in the shell's history already).
+@keys.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--label", required=True, help="the key's name: 1-64 of letters, digits, . _ : -")
 @click.option("--priority", type=INT32, default=0, show_default=True, help="higher goes first")
 @click.option("--user", default="", help="only this user's tasks may use it (default: anyone's)")
@@ -88,6 +90,7 @@ def add(
     as_json: bool,
 ) -> int:
     """Add an API key; the key itself comes from standard input or --secret-file."""
+    refuse_extra_words(click.get_current_context().args)
     secret = read_secret(secret_file)
     log_format.redact(secret)
     request = keys_pb2.AddKeyRequest(
@@ -229,6 +232,20 @@ def _run_on_key(
         return EXIT_OK
 
     return app.run(command)
+
+
+def refuse_extra_words(words: list[str]) -> None:
+    """`keys add` takes options only; an unknown option is named, any other word is not."""
+    options = [word.split("=", 1)[0] for word in words if word.startswith("-")]
+    if options:
+        raise CliError(f"no such option: {options[0]} (see agentmesh keys add --help)", EXIT_USAGE)
+    if words:
+        raise CliError(
+            "keys add takes no arguments (not repeated here): the key is read from standard"
+            " input or --secret-file, never from the command line, where ps and the shell's"
+            " history would keep it",
+            EXIT_USAGE,
+        )
 
 
 def read_secret(secret_file: Path | None) -> str:

@@ -41,6 +41,10 @@ MAX_REASON_CHARS = 500
 MAX_SECRET_CHARS = 4096
 INT32_MAX = 2**31 - 1
 CLI_SOURCE = "cli"
+KEY_GIVEN_AS_LABEL = (
+    "is an API key's secret: a label names a key, the secret goes in separately"
+    " (agentmesh keys add reads it from standard input or --secret-file)"
+)
 NODE_SOURCE_PREFIX = "node:"
 
 _KEY_COLUMNS = """
@@ -191,6 +195,8 @@ async def list_keys(conn: Connection, policy: ApiPolicy) -> list[KeyView]:
 
 async def add_key(conn: Connection, vault: Vault, new: NewKey, policy: ApiPolicy) -> KeyView:
     """Store a key (its secret sealed) with source 'cli'."""
+    if new.label == new.secret:
+        raise InvalidArgument("label", KEY_GIVEN_AS_LABEL)
     await _check_label(conn, "label", new.label)
     _check_secret(new.secret)
     _check_user("assigned_user", new.assigned_user)
@@ -315,11 +321,7 @@ async def _is_stored_secret(conn: Connection, text: str) -> bool:
 
 async def _check_label(conn: Connection, name: str, label: str) -> None:
     if GEMINI_KEY.fullmatch(label) or await _is_stored_secret(conn, label):
-        raise InvalidArgument(
-            name,
-            "is an API key's secret: a label names a key, the secret goes in separately"
-            " (agentmesh keys add reads it from standard input or --secret-file)",
-        )
+        raise InvalidArgument(name, KEY_GIVEN_AS_LABEL)
     if not LABEL.fullmatch(label):
         raise InvalidArgument(name, LABEL_RULE)
     if FINGERPRINT.fullmatch(label):
