@@ -4,13 +4,16 @@ the secret never shows in anything the command line prints."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 
 import asyncpg
 
 from agentmesh.keys.pool import fingerprint
 from tests.cli.conftest import Cli, Result
 from tests.scheduler.conftest import Mesh
+from tests.support.terminal import run_in_terminal
 
 SECRET = "AIzaSy-cli-key-secret-6a0f3b9d"
 FILE_SECRET = "AIzaSy-cli-file-secret-20c4e1"
@@ -150,3 +153,23 @@ async def stored_names(mesh: Mesh) -> list[str]:
         return [row["name"] for row in await conn.fetch("SELECT name FROM api_keys")]
     finally:
         await conn.close()
+
+
+async def test_on_a_terminal_the_key_is_asked_for_without_echo(
+    cli: Cli, mesh_with_token: Mesh
+) -> None:
+    argv = [sys.executable, "-m", "agentmesh.cli.main", "keys", "add", "--label", "typed"]
+    screen = await asyncio.to_thread(
+        run_in_terminal,
+        argv,
+        env=cli.env,
+        cwd=cli.cwd,
+        timeout=60,
+        answers=[("API key: ", SECRET + "\r")],
+    )
+
+    assert screen.returncode == 0, screen.text
+    assert "API key: " in screen.text
+    assert f"added typed ({FP})" in screen.text
+    assert SECRET not in screen.raw  # not echoed as it was typed
+    assert await stored_names(mesh_with_token) == ["typed"]
