@@ -84,6 +84,30 @@ async def test_keys_are_added_listed_changed_and_removed(cli: Cli, mesh_with_tok
     }
     assert isinstance(keys["primary"]["created_at"], str)
 
+    await execute(
+        mesh_with_token,
+        "INSERT INTO api_key_models (key_id, model, cooling_until, cooling_reason) VALUES"
+        " ($1, 'gemini-2.5-pro', now() + interval '90 minutes', 'per-day quota')",
+        keys["primary"]["id"],
+    )
+    await execute(
+        mesh_with_token,
+        "INSERT INTO api_key_usage (key_id, model, day, requests, tokens) VALUES"
+        " ($1, 'gemini-2.5-flash', (now() AT TIME ZONE 'America/Los_Angeles')::date, 7, 12345)",
+        keys["primary"]["id"],
+    )
+    busy = (await cli("keys", "list")).stdout.splitlines()[1]
+    assert "gemini-2.5-pro 1h29m (per-day quota)" in busy, busy
+    assert busy.endswith("gemini-2.5-flash 7/1.5k req 12.3k/1M tok"), busy
+    cooling = (await listed(cli))["primary"]
+    assert [(c["model"], c["reason"]) for c in cooling["cooldowns"]] == [
+        ("gemini-2.5-pro", "per-day quota")
+    ]
+    assert cooling["usage_today"] == [
+        {"model": "gemini-2.5-flash", "requests": 7, "tokens": 12345, "reserved_requests": 0,
+         "reserved_tokens": 0}
+    ]  # fmt: skip
+
     updated = await cli(
         "keys", "update", "primary", "--label", "main", "--priority", "1", "--user", "",
         "--rpm", "0", "--tpd", "5000", "--json",
@@ -173,3 +197,11 @@ async def test_on_a_terminal_the_key_is_asked_for_without_echo(
     assert f"added typed ({FP})" in screen.text
     assert SECRET not in screen.raw  # not echoed as it was typed
     assert await stored_names(mesh_with_token) == ["typed"]
+
+
+async def execute(mesh: Mesh, statement: str, *args: object) -> None:
+    conn = await asyncpg.connect(mesh.database_uri)
+    try:
+        await conn.execute(statement, *args)
+    finally:
+        await conn.close()
