@@ -157,6 +157,7 @@ async def test_a_cooldown_and_todays_usage_are_listed_per_model(key_mesh: KeyMes
         ({"label": "sha256:0123456789ab", "secret": SECRET}, "label"),
         ({"label": "0123456789ab", "secret": SECRET}, "label"),
         ({"label": GEMINI_SHAPED, "secret": SECRET}, "label"),
+        ({"label": "AIzaSy-its-own-key", "secret": "AIzaSy-its-own-key"}, "label"),
         ({"label": "ok", "secret": ""}, "secret"),
         ({"label": "ok", "secret": "AIzaSy two words"}, "secret"),
         ({"label": "ok", "secret": "AIzaSy-tab\tafter"}, "secret"),
@@ -174,7 +175,7 @@ async def test_a_wrong_key_names_its_field_and_stores_nothing(
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert field_of(error) == field
     assert (error.details() or "").startswith(f"{field}: ")
-    for secret in (SECRET, GEMINI_SHAPED, "AIzaSy two words"):
+    for secret in (SECRET, GEMINI_SHAPED, "AIzaSy two words", "AIzaSy-its-own-key"):
         assert secret not in (error.details() or "")
     assert await key_mesh.rows("SELECT * FROM api_keys") == []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,3 +129,49 @@ def empty_database_uri(pg_server: Server) -> Iterator[str]:
     asyncio.run(_execute(pg_server.admin_uri, f"CREATE DATABASE {quote_ident(name)}"))
     yield pg_server.uri(name)
     _drop(pg_server, name)
+
+
+def _pg_dump() -> Path | None:
+    """pgserver's pg_dump (16: it dumps the embedded server and older ones), else the PATH's."""
+    try:
+        from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:
+        bundled = Path(POSTGRES_BIN_PATH) / "pg_dump"
+        if bundled.exists():
+            return bundled
+    found = shutil.which("pg_dump")
+    return Path(found) if found else None
+
+
+async def database_text(uri: str) -> str:
+    """Everything a database holds, as text: a full `pg_dump`, or, without one, every row of
+    every table of every schema as PostgreSQL writes it."""
+    pg_dump = _pg_dump()
+    if pg_dump is not None:
+        process = await asyncio.create_subprocess_exec(
+            str(pg_dump),
+            "--no-owner",
+            "--dbname",
+            uri,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+        assert process.returncode == 0, err.decode(errors="replace")
+        return out.decode(errors="replace")
+    conn = await asyncpg.connect(uri, timeout=10)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_schema, table_name FROM information_schema.tables"
+            " WHERE table_type = 'BASE TABLE'"
+            " AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+        )
+        lines = []
+        for table in tables:
+            name = f"{quote_ident(table['table_schema'])}.{quote_ident(table['table_name'])}"
+            lines += [row[0] for row in await conn.fetch(f"SELECT t::text FROM {name} t")]
+    finally:
+        await conn.close()
+    return "\n".join(lines)

@@ -27,9 +27,16 @@ class Screen:
 
 
 def run_in_terminal(
-    argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout: float
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    timeout: float,
+    answers: Sequence[tuple[str, str]] = (),
 ) -> Screen:
-    """Run `argv` with stdin, stdout and stderr on one pseudo-terminal until it exits."""
+    """Run `argv` with stdin, stdout and stderr on one pseudo-terminal until it exits.
+
+    `answers` are typed in order, each once the screen shows its prompt: (prompt, text)."""
     master, slave = pty.openpty()
     try:
         process = subprocess.Popen(
@@ -44,6 +51,7 @@ def run_in_terminal(
     finally:
         os.close(slave)
     chunks = []
+    pending = list(answers)
     try:
         while True:
             try:
@@ -53,6 +61,8 @@ def run_in_terminal(
             if not chunk:
                 break
             chunks.append(chunk)
+            if pending and pending[0][0] in b"".join(chunks).decode(errors="replace"):
+                os.write(master, pending.pop(0)[1].encode())
         returncode = process.wait(timeout)
     finally:
         if process.poll() is None:

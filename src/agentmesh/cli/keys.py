@@ -9,15 +9,11 @@ its fingerprint (ID).
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import click
-from google.protobuf.timestamp_pb2 import Timestamp
-from rich.text import Text
 
 from agentmesh import log_format
 from agentmesh.cli.app import App, json_option, output_for, pass_app
@@ -29,8 +25,7 @@ from agentmesh.cli.client import (
     KeyPoolStub,
     key_pool_stub,
 )
-from agentmesh.cli.output import Cell, Output
-from agentmesh.cli.views import duration_text
+from agentmesh.cli.key_views import key_json, key_table
 from agentmesh.v1 import keys_pb2
 
 INT32 = click.IntRange(-(2**31), 2**31 - 1)
@@ -57,7 +52,9 @@ def keys() -> None:
     """
 
 
-@keys.command()
+# Extra words are refused here, not by click, whose message would repeat them: a key typed
+# on the command line must not be echoed back (it is in the shell's history already).
+@keys.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--label", required=True, help="the key's name: 1-64 of letters, digits, . _ : -")
 @click.option("--priority", type=INT32, default=0, show_default=True, help="higher goes first")
 @click.option("--user", default="", help="only this user's tasks may use it (default: anyone's)")
@@ -88,6 +85,7 @@ def add(
     as_json: bool,
 ) -> int:
     """Add an API key; the key itself comes from standard input or --secret-file."""
+    refuse_extra_words(click.get_current_context().args)
     secret = read_secret(secret_file)
     log_format.redact(secret)
     request = keys_pb2.AddKeyRequest(
@@ -118,7 +116,7 @@ def list_keys(app: App, as_json: bool) -> int:
         if output.json:
             output.data([key_json(key) for key in reply.keys])
         else:
-            _table(output, reply.keys)
+            key_table(output, reply.keys)
         return EXIT_OK
 
     return app.run(command)
@@ -231,6 +229,20 @@ def _run_on_key(
     return app.run(command)
 
 
+def refuse_extra_words(words: list[str]) -> None:
+    """`keys add` takes options only; an unknown option is named, any other word is not."""
+    options = [word.split("=", 1)[0] for word in words if word.startswith("-")]
+    if options:
+        raise CliError(f"no such option: {options[0]} (see agentmesh keys add --help)", EXIT_USAGE)
+    if words:
+        raise CliError(
+            "keys add takes no arguments (not repeated here): the key is read from standard"
+            " input or --secret-file, never from the command line, where ps and the shell's"
+            " history would keep it",
+            EXIT_USAGE,
+        )
+
+
 def read_secret(secret_file: Path | None) -> str:
     """The key from the file, the terminal (without echo) or standard input: one line."""
     if secret_file is not None:
@@ -256,125 +268,3 @@ def read_secret(secret_file: Path | None) -> str:
     if len(lines) > 1:
         raise CliError(f"{where} holds {len(lines)} lines: give one key", EXIT_USAGE)
     return lines[0]
-
-
-def _iso(stamp: Timestamp, present: bool) -> str | None:
-    return stamp.ToDatetime(tzinfo=UTC).isoformat() if present else None
-
-
-def _limits_json(limits: keys_pb2.KeyLimits) -> dict[str, int]:
-    return {
-        "requests_per_minute": limits.requests_per_minute,
-        "requests_per_day": limits.requests_per_day,
-        "tokens_per_day": limits.tokens_per_day,
-    }
-
-
-def key_json(key: keys_pb2.ApiKey) -> dict[str, Any]:
-    """A key as `keys list --json` prints it (the README lists the fields)."""
-    return {
-        "id": key.id,
-        "label": key.label,
-        "fingerprint": key.fingerprint,
-        "priority": key.priority,
-        "assigned_user": key.assigned_user,
-        "rotating": key.rotating,
-        "source": key.source,
-        "enabled": key.enabled,
-        "disabled_reason": key.disabled_reason,
-        # The key's own limits; 0: api_policy's.
-        "requests_per_minute": key.requests_per_minute,
-        "requests_per_day": key.requests_per_day,
-        "tokens_per_day": key.tokens_per_day,
-        # The limits in force; 0: none.
-        "limits": _limits_json(key.limits),
-        "cooldowns": [
-            {"model": c.model, "until": _iso(c.until, c.HasField("until")), "reason": c.reason}
-            for c in key.cooldowns
-        ],
-        "usage_today": [
-            {
-                "model": u.model,
-                "requests": u.requests,
-                "tokens": u.tokens,
-                "reserved_requests": u.reserved_requests,
-                "reserved_tokens": u.reserved_tokens,
-            }
-            for u in key.usage_today
-        ],
-        "last_used": _iso(key.last_used, key.HasField("last_used")),
-        "created_at": _iso(key.created_at, key.HasField("created_at")),
-        "node_id": key.node_id,
-    }
-
-
-def compact(number: int) -> str:
-    """1234 -> 1.2k, 1000000 -> 1M: a table's numbers at a glance."""
-    for unit, size in (("M", 1_000_000), ("k", 1_000)):
-        if abs(number) >= size:
-            text = f"{number / size:.1f}".removesuffix(".0")
-            return text + unit
-    return str(number)
-
-
-def _of(used: int, limit: int) -> str:
-    return f"{compact(used)}/{compact(limit)}" if limit else compact(used)
-
-
-def _state(key: keys_pb2.ApiKey) -> Text:
-    if key.enabled:
-        return Text("enabled", style="green")
-    return Text(key.disabled_reason or "disabled", style="red")
-
-
-def _cooling(key: keys_pb2.ApiKey) -> str:
-    now = time.time()
-    parts = []
-    for cooldown in key.cooldowns:
-        left = max(cooldown.until.ToMicroseconds() / 1e6 - now, 0)
-        reason = f" ({cooldown.reason})" if cooldown.reason else ""
-        parts.append(f"{cooldown.model} {duration_text(left)}{reason}")
-    return "; ".join(parts) or "-"
-
-
-def _today(key: keys_pb2.ApiKey) -> str:
-    limits = key.limits
-    parts = [
-        f"{u.model} {_of(u.requests, limits.requests_per_day)} req"
-        f" {_of(u.tokens, limits.tokens_per_day)} tok"
-        for u in key.usage_today
-    ]
-    return "; ".join(parts) or "-"
-
-
-def _limits(key: keys_pb2.ApiKey) -> str:
-    limits = key.limits
-    parts = [
-        f"{compact(limits.requests_per_minute)}/min" if limits.requests_per_minute else "",
-        f"{compact(limits.requests_per_day)}/day" if limits.requests_per_day else "",
-        f"{compact(limits.tokens_per_day)} tok/day" if limits.tokens_per_day else "",
-    ]
-    return " ".join(part for part in parts if part) or "none"
-
-
-def _table(output: Output, listed: Any) -> None:
-    rows: list[list[Cell]] = [
-        [
-            key.label,
-            key.fingerprint,
-            str(key.priority),
-            key.assigned_user or "-",
-            "yes" if key.rotating else "no",
-            key.source or "-",
-            _state(key),
-            _cooling(key),
-            _limits(key),
-            _today(key),
-        ]
-        for key in listed
-    ]
-    output.table(
-        ["LABEL", "FINGERPRINT", "PRIO", "USER", "ROTATING", "SOURCE", "STATE", "COOLING",
-         "LIMITS", "TODAY"],
-        rows,
-    )  # fmt: skip

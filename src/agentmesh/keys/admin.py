@@ -15,9 +15,6 @@ removal are managed here like any other key's.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass, field
-from datetime import datetime
 
 import asyncpg
 
@@ -25,23 +22,24 @@ from agentmesh import log_format
 from agentmesh.config import ApiPolicy
 from agentmesh.db.connect import Connection
 from agentmesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from agentmesh.keys import validation
 from agentmesh.keys.day import PACIFIC_TODAY_SQL
+from agentmesh.keys.model import (
+    NODE_SOURCE_PREFIX,
+    Cooldown,
+    KeyChanges,
+    KeyView,
+    Limits,
+    ModelUsage,
+    NewKey,
+    limits_in_force,
+)
 from agentmesh.keys.pool import fingerprint
 from agentmesh.keys.vault import Vault
 
 log = logging.getLogger(__name__)
 
-LABEL = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-LABEL_RULE = "must be 1-64 characters of letters, digits and . _ : -"
-FINGERPRINT = re.compile(r"(?:sha256:)?[0-9a-f]{12}")
-# A Gemini API key, as Google issues them: refused where a label or a reference belongs.
-GEMINI_KEY = re.compile(r"AIza[0-9A-Za-z_-]{35}")
-MAX_USER_CHARS = 1024
-MAX_REASON_CHARS = 500
-MAX_SECRET_CHARS = 4096
-INT32_MAX = 2**31 - 1
 CLI_SOURCE = "cli"
-NODE_SOURCE_PREFIX = "node:"
 
 _KEY_COLUMNS = """
 id, name, fingerprint, coalesce(priority, 0) AS priority, coalesce(assigned_user, '') AS
@@ -104,86 +102,6 @@ WHERE id = $1
 DELETE_KEY = "DELETE FROM api_keys WHERE id = $1"
 
 
-@dataclass(frozen=True)
-class Limits:
-    """A key's limits: per minute, per day, tokens per day. None (in a key's own limits):
-    api_policy's; 0 (in the limits in force): no limit."""
-
-    requests_per_minute: int | None = None
-    requests_per_day: int | None = None
-    tokens_per_day: int | None = None
-
-
-@dataclass(frozen=True)
-class Cooldown:
-    """A key cooling down for one model after a 429."""
-
-    model: str
-    until: datetime
-    reason: str
-
-
-@dataclass(frozen=True)
-class ModelUsage:
-    """What a key spent today on one model, and what running tasks hold of it."""
-
-    model: str
-    requests: int
-    tokens: int
-    reserved_requests: int
-    reserved_tokens: int
-
-
-@dataclass(frozen=True)
-class KeyView:
-    """A key as anyone may see it: never its secret."""
-
-    id: int
-    label: str
-    fingerprint: str
-    priority: int
-    assigned_user: str
-    rotating: bool
-    source: str
-    enabled: bool
-    disabled_reason: str
-    own_limits: Limits
-    limits: Limits
-    cooldowns: tuple[Cooldown, ...]
-    usage_today: tuple[ModelUsage, ...]
-    last_used: datetime | None
-    created_at: datetime
-    node_id: str
-
-    @property
-    def held_by_node(self) -> bool:
-        return self.source.startswith(NODE_SOURCE_PREFIX)
-
-
-@dataclass(frozen=True)
-class NewKey:
-    """AddKey's fields; a limit of None or 0 is api_policy's."""
-
-    label: str
-    secret: str = field(repr=False)
-    priority: int = 0
-    assigned_user: str = ""
-    rotating: bool = True
-    limits: Limits = Limits()
-
-
-@dataclass(frozen=True)
-class KeyChanges:
-    """UpdateKey's fields: None leaves a field as it is; "" clears the user; a limit of 0
-    hands it back to api_policy."""
-
-    label: str | None = None
-    priority: int | None = None
-    assigned_user: str | None = None
-    rotating: bool | None = None
-    limits: Limits = Limits()
-
-
 async def list_keys(conn: Connection, policy: ApiPolicy) -> list[KeyView]:
     """Every key, highest priority first, with its cooldowns and today's usage."""
     return await _views(conn, policy, None)
@@ -191,11 +109,13 @@ async def list_keys(conn: Connection, policy: ApiPolicy) -> list[KeyView]:
 
 async def add_key(conn: Connection, vault: Vault, new: NewKey, policy: ApiPolicy) -> KeyView:
     """Store a key (its secret sealed) with source 'cli'."""
+    if new.label == new.secret:
+        raise InvalidArgument("label", validation.KEY_GIVEN_AS_LABEL)
     await _check_label(conn, "label", new.label)
-    _check_secret(new.secret)
-    _check_user("assigned_user", new.assigned_user)
-    _check_priority("priority", new.priority)
-    _check_limits(new.limits)
+    validation.check_secret(new.secret)
+    validation.check_user("assigned_user", new.assigned_user)
+    validation.check_priority("priority", new.priority)
+    validation.check_limits(new.limits)
     log_format.redact(new.secret)  # the net under "never logged"
     if await conn.fetchval(SELECT_LABEL, new.label) is not None:
         raise AlreadyExists(f"an API key labelled {new.label!r} exists already")
@@ -230,10 +150,10 @@ async def update_key(conn: Connection, ref: str, changes: KeyChanges, policy: Ap
     if changes.label is not None:
         await _check_label(conn, "label", changes.label)
     if changes.assigned_user is not None:
-        _check_user("assigned_user", changes.assigned_user)
+        validation.check_user("assigned_user", changes.assigned_user)
     if changes.priority is not None:
-        _check_priority("priority", changes.priority)
-    _check_limits(changes.limits)
+        validation.check_priority("priority", changes.priority)
+    validation.check_limits(changes.limits)
     row = await _find(conn, ref)
     if changes.label is not None and changes.label != row["name"]:
         if (row["source"] or "").startswith(NODE_SOURCE_PREFIX):
@@ -267,10 +187,7 @@ async def set_key_enabled(
     conn: Connection, ref: str, enabled: bool, reason: str, policy: ApiPolicy
 ) -> KeyView:
     """Enable a key (its disabled reason goes) or disable it, saying why."""
-    if len(reason) > MAX_REASON_CHARS:
-        raise InvalidArgument("reason", f"is longer than {MAX_REASON_CHARS} characters")
-    if any(not c.isprintable() for c in reason):
-        raise InvalidArgument("reason", "must be one line of printable characters")
+    validation.check_reason(reason)
     row = await _find(conn, ref)
     why = f"disabled: {reason.strip()}" if reason.strip() else "disabled by request"
     await conn.execute(SET_ENABLED, row["id"], enabled, why)
@@ -298,7 +215,7 @@ async def _find(conn: Connection, ref: str) -> asyncpg.Record:
     row = await conn.fetchrow(FIND_KEY, ref)
     if row is not None:
         return row
-    if GEMINI_KEY.fullmatch(ref) or await _is_stored_secret(conn, ref):
+    if validation.looks_like_a_key(ref) or await _is_stored_secret(conn, ref):
         raise InvalidArgument(
             "ref.key",
             "is an API key's secret, not its label or fingerprint (the secret was not"
@@ -314,59 +231,7 @@ async def _is_stored_secret(conn: Connection, text: str) -> bool:
 
 
 async def _check_label(conn: Connection, name: str, label: str) -> None:
-    if GEMINI_KEY.fullmatch(label) or await _is_stored_secret(conn, label):
-        raise InvalidArgument(
-            name,
-            "is an API key's secret: a label names a key, the secret goes in separately"
-            " (agentmesh keys add reads it from standard input or --secret-file)",
-        )
-    if not LABEL.fullmatch(label):
-        raise InvalidArgument(name, LABEL_RULE)
-    if FINGERPRINT.fullmatch(label):
-        raise InvalidArgument(name, "must not look like a fingerprint (sha256:... or 12 hex)")
-
-
-def _check_secret(secret: str) -> None:
-    if not secret:
-        raise InvalidArgument("secret", "is required")
-    if any(c.isspace() for c in secret):
-        raise InvalidArgument("secret", "must not contain whitespace")
-    if any(not c.isprintable() for c in secret):
-        raise InvalidArgument("secret", "must hold printable characters only")
-    if len(secret) > MAX_SECRET_CHARS:
-        raise InvalidArgument("secret", f"is longer than {MAX_SECRET_CHARS} characters")
-
-
-def _check_user(name: str, user: str) -> None:
-    if len(user) > MAX_USER_CHARS:
-        raise InvalidArgument(name, f"is longer than {MAX_USER_CHARS} characters")
-    if user != user.strip() or any(not c.isprintable() for c in user):
-        raise InvalidArgument(name, "must be printable, without leading or trailing spaces")
-
-
-def _check_priority(name: str, priority: int) -> None:
-    if not -INT32_MAX - 1 <= priority <= INT32_MAX:
-        raise InvalidArgument(name, "must fit in 32 bits")
-
-
-def _check_limits(limits: Limits) -> None:
-    for name in ("requests_per_minute", "requests_per_day", "tokens_per_day"):
-        value = getattr(limits, name)
-        if value is not None and value < 0:
-            raise InvalidArgument(name, "must not be negative (0 = api_policy's)")
-
-
-def limits_in_force(own: Limits, policy: ApiPolicy) -> Limits:
-    """A key's own limits where it has them, api_policy's elsewhere."""
-    return Limits(
-        requests_per_minute=_first(own.requests_per_minute, policy.rpm_soft_limit),
-        requests_per_day=_first(own.requests_per_day, policy.max_requests_per_day),
-        tokens_per_day=_first(own.tokens_per_day, policy.max_tokens_per_key),
-    )
-
-
-def _first(own: int | None, policy: int) -> int:
-    return own if own is not None else policy
+    validation.check_label(name, label, is_stored_secret=await _is_stored_secret(conn, label))
 
 
 async def _view(conn: Connection, policy: ApiPolicy, key_id: int) -> KeyView:

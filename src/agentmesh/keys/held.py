@@ -119,8 +119,12 @@ async def register_node_keys(
                 key_id = await _register_one(
                     conn, agent_id, node_name, label, key_fingerprint, by_name, by_fingerprint
                 )
-        except asyncpg.UniqueViolationError:
-            log.warning("node key %s not registered: its label is taken", label, extra=fields)
+        except asyncpg.UniqueViolationError:  # another key took its label or secret meanwhile
+            log.warning(
+                "node key %s not registered: another key has its label or fingerprint",
+                label,
+                extra=fields,
+            )
             continue
         if key_id is not None:
             kept.add(key_id)

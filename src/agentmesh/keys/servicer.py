@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agentmesh.config import ApiPolicy
 from agentmesh.errors import InvalidArgument
 from agentmesh.keys import admin
-from agentmesh.keys.admin import KeyChanges, KeyView, Limits, NewKey
+from agentmesh.keys.model import KeyChanges, KeyView, Limits, NewKey
 from agentmesh.keys.vault import Vault
 from agentmesh.rpc.errors import unary
 from agentmesh.v1 import keys_pb2, keys_pb2_grpc
