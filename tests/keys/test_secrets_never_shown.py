@@ -5,6 +5,7 @@ scheduler's logs (it logs everything, `-v`), `ListKeys`, or a full dump of the d
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 from agentmesh.config import TlsSettings
 from agentmesh.keys.pool import fingerprint
 from agentmesh.rpc.channel import open_channel
-from agentmesh.v1 import agent_pb2, keys_pb2, keys_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from agentmesh.v1 import keys_pb2, keys_pb2_grpc
 from tests.cli.conftest import Cli, Result, cli_environment
+from tests.node.conftest import GEMINI_CLI
 from tests.support.databases import Server, database_text
 from tests.support.processes import ProcessHarness
 
@@ -53,7 +55,10 @@ async def test_no_secret_is_printed_logged_answered_or_stored_in_clear(
     node_keys.write_text(f"NODE_KEY={NODE_SECRET}\n")
     # A node with a key file of its own: it may advertise the key, never send it.
     await harness.start_node(
-        "desk", scheduler=scheduler.address, env={"GEMINI_API_KEY_FILE": str(node_keys)}
+        "desk",
+        scheduler=scheduler.address,
+        # (a node advertises its keys when it can run gemini tasks)
+        env={"GEMINI_API_KEY_FILE": str(node_keys), "GEMINI_CLI_COMMAND": GEMINI_CLI},
     )
     work = tmp_path / "cli"
     work.mkdir()
@@ -76,26 +81,18 @@ async def test_no_secret_is_printed_logged_answered_or_stored_in_clear(
     assert [r.returncode for r in results] == [0, 0, 1, 2, 2, 0, 0, 0, 2, 0, 0], results
     channel = open_channel(scheduler.address, token=TOKEN, tls=TlsSettings())
     try:
-        await scheduler_pb2_grpc.SchedulerStub(channel).Heartbeat(
-            scheduler_pb2.HeartbeatRequest(
-                card=agent_pb2.AgentCard(
-                    agent_id="closet-1",
-                    name="closet",
-                    endpoint="127.0.0.1:9",
-                    held_keys=[
-                        agent_pb2.HeldKey(label="NODE_KEY", fingerprint=fingerprint(NODE_SECRET))
-                    ],
-                )
-            ),
-            timeout=10,
-        )
-        listed = await keys_pb2_grpc.KeyPoolStub(channel).ListKeys(
-            keys_pb2.ListKeysRequest(), timeout=10
-        )
+        # The node registers its key with its heartbeats: by fingerprint and label only.
+        for _ in range(100):
+            listed = await keys_pb2_grpc.KeyPoolStub(channel).ListKeys(
+                keys_pb2.ListKeysRequest(), timeout=10
+            )
+            if any(key.label == "desk/NODE_KEY" for key in listed.keys):
+                break
+            await asyncio.sleep(0.1)
     finally:
         await channel.close()
     labels = {key.label for key in listed.keys}
-    assert labels == {"FROM_FILE", "stdin-key", "file-key", "closet/NODE_KEY"}
+    assert labels == {"FROM_FILE", "stdin-key", "file-key", "desk/NODE_KEY"}
     dump = await database_text(database_uri)
     logs = "\n".join(
         path.read_text(errors="replace") for path in sorted(harness.logs_dir.iterdir())
