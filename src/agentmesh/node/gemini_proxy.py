@@ -18,6 +18,7 @@ The secret goes to the API in `x-goog-api-key` and nowhere else: not to the CLI,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -34,7 +35,7 @@ from yarl import URL
 from agentmesh import log_format
 from agentmesh.config import ConfigError
 from agentmesh.node.executors.gemini_errors import GoogleError, cooldown_seconds, parse_error_body
-from agentmesh.node.gemini_usage import UsageReader
+from agentmesh.node.gemini_usage import TokenUsage, UsageReader
 from agentmesh.node.key_source import Budget, KeySource, KeySourceError, KeyUse, Lease, TaskRun
 from agentmesh.tasks.events import Diagnostic, Payload
 
@@ -250,22 +251,31 @@ class _Forwarding:
         )
         await response.prepare(self.request)
         reader = UsageReader(streamed=upstream.content_type == "text/event-stream")
+        complete = True
         try:
             async for chunk in upstream.content.iter_any():
                 reader.feed(chunk)
                 await response.write(chunk)
-            await response.write_eof()
         except (aiohttp.ClientError, ConnectionError) as exc:
             # The API broke off, or the CLI went away (its run was cancelled).
             log.info("response cut short: %s", exc.__class__.__name__, extra=self.fields)
-        usage = reader.finish()
+            complete = False
+        # Counted before the answer ends: the CLI's next request meets the budget's verdict.
+        await self._account(lease, upstream.status, reader.finish())
+        if complete:
+            with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+                await response.write_eof()
+        return response
+
+    async def _account(self, lease: Lease, http_status: int, usage: TokenUsage) -> None:
+        """Report a served request's usage; stop the run once it is over its budget."""
         if self.counted and usage.total_tokens:
             self.run.tokens += usage.total_tokens
         budget = await self._report(
             KeyUse(
                 lease.fingerprint,
                 self.model,
-                upstream.status,
+                http_status,
                 self.counted,
                 prompt_tokens=usage.prompt_tokens,
                 output_tokens=usage.output_tokens,
@@ -280,7 +290,6 @@ class _Forwarding:
             self.run.emit(
                 Diagnostic("error", f"{self.run.stopped}; further API requests are refused")
             )
-        return response
 
     async def _cooled(self, lease: Lease, error: GoogleError) -> None:
         await self._report(
