@@ -45,9 +45,11 @@ class ScriptedKeyPool(keys_pb2_grpc.KeyPoolServicer):
         self.token_budget = token_budget
         self.lease_requests: list[keys_pb2.LeaseKeyRequest] = []
         self.reports: list[keys_pb2.ReportKeyUseRequest] = []
+        self.leased = asyncio.Event()
 
     async def LeaseKey(self, request: keys_pb2.LeaseKeyRequest, context: Any) -> keys_pb2.KeyLease:
         self.lease_requests.append(request)
+        self.leased.set()
         return self.leases.pop(0)
 
     async def ReportKeyUse(
@@ -268,3 +270,35 @@ async def test_a_lease_that_says_wait_is_waited_for(
 
     assert status == 200
     assert took >= 0.5  # never sooner (a lower bound: not a timing race)
+
+
+async def test_a_request_waiting_for_its_key_is_dropped_when_the_run_ends(
+    proxy: GeminiProxy, emulator: GeminiEmulator
+) -> None:
+    spaced = central()
+    spaced.wait_seconds = 60
+    pool = ScriptedKeyPool(spaced)
+    server, address = await serve(pool)
+    source = SchedulerKeySource.connect(
+        address, token=None, tls=TlsSettings(), agent_id="node-7", held=None
+    )
+    run = proxy.register(TaskRun("t-10", 1), source, lambda payload: None)
+    try:
+        async with aiohttp.ClientSession() as session:
+            answer = asyncio.ensure_future(
+                session.post(
+                    proxy.url + STREAM, json=BODY, headers={"x-goog-api-key": run.credential}
+                )
+            )
+            await asyncio.wait_for(pool.leased.wait(), 10)
+            proxy.unregister(run)  # the CLI was cancelled while its request waited
+            response = await asyncio.wait_for(answer, 10)
+            status = response.status
+            response.release()
+    finally:
+        await source.close()
+        await server.stop(None)
+
+    assert status == 403
+    assert emulator.requests == []
+    assert [r.http_status for r in pool.reports] == [0]

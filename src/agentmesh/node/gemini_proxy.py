@@ -81,6 +81,8 @@ class ProxyRun:
     tokens: int = 0
     # Why the run's requests are refused from now on ("token budget exceeded: ..."); "" = not.
     stopped: str = ""
+    # Set when the run is unregistered: a request still waiting for its key is not sent.
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
 
 class GeminiProxy:
@@ -131,6 +133,7 @@ class GeminiProxy:
 
     def unregister(self, run: ProxyRun) -> None:
         self._runs.pop(run.credential, None)
+        run.ended.set()
 
     # ------------------------------------------------------------------------ serving
 
@@ -194,7 +197,12 @@ class _Forwarding:
             self._say_notes(f"the request moved to key {lease.shown}")
             log_format.redact(lease.secret)
             if lease.wait_seconds > 0:
-                await asyncio.sleep(lease.wait_seconds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.run.ended.wait(), lease.wait_seconds)
+            if self.run.ended.is_set():
+                # The CLI is gone (its run ended while this request waited): spend nothing.
+                await self._report(KeyUse(lease.fingerprint, self.model, 0, self.counted))
+                return google_error(403, "PERMISSION_DENIED", "the task's run has ended")
             response = await self._forward(lease)
             if response is not None:
                 return response
