@@ -229,7 +229,7 @@ class _Forwarding:
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._report(KeyUse(lease.fingerprint, self.model, 0, self.counted))
             message = f"the Gemini API did not answer: {exc.__class__.__name__}"
-            log.warning(message, extra={**self.fields, "key": lease.fingerprint})
+            log.warning("%s", message, extra={**self.fields, "key": lease.fingerprint})
             return google_error(502, "UNAVAILABLE", message)
         async with upstream:
             if upstream.status < 300:
@@ -294,7 +294,7 @@ class _Forwarding:
             self.run.stopped = (
                 f"token budget exceeded: {budget.task_tokens} of {budget.token_budget} tokens"
             )
-            log.warning(self.run.stopped, extra=self.fields)
+            log.warning("%s", self.run.stopped, extra=self.fields)
             self.run.emit(
                 Diagnostic("error", f"{self.run.stopped}; further API requests are refused")
             )
@@ -337,7 +337,7 @@ class _Forwarding:
         )
 
     def _leave(self, lease: Lease, note: str) -> None:
-        log.warning(note, extra={**self.fields, "key": lease.fingerprint})
+        log.warning("%s", note, extra={**self.fields, "key": lease.fingerprint})
         self.exclude.append(lease.fingerprint)
         self.notes.append(note)
 
