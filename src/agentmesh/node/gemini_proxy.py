@@ -49,6 +49,8 @@ MAX_REQUEST_BYTES = 64 << 20
 # A request moves on after a refused key at most this often (each move excludes a key).
 MAX_KEYS_PER_REQUEST = 32
 CONNECT_TIMEOUT_SECONDS = 30.0
+# An answer silent for this long is given up (a thinking model may pause, not for minutes).
+READ_TIMEOUT_SECONDS = 300.0
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
 # Not forwarded: hop-by-hop headers, the credential, and what aiohttp sets itself (it asks
 # for compression and decompresses, so the CLI gets the body plain).
@@ -104,7 +106,9 @@ class GeminiProxy:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
         session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECONDS)
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=READ_TIMEOUT_SECONDS
+            )
         )
         proxy = cls(upstream, runner, session)
         app.router.add_route("*", "/{path:.*}", proxy._handle)
@@ -141,7 +145,7 @@ class GeminiProxy:
         credential = request.headers.get("x-goog-api-key") or request.query.get("key", "")
         if not credential:
             return google_error(
-                401, "UNAUTHENTICATED", "no API key: send the task's in x-goog-api-key"
+                401, "UNAUTHENTICATED", "no API key: send the task's credential in x-goog-api-key"
             )
         run = self._runs.get(credential)
         if run is None:
@@ -248,7 +252,7 @@ class _Forwarding:
             )
             return web.Response(
                 status=upstream.status,
-                body=raw.replace(lease.secret.encode(), log_format.MASK.encode()),
+                body=_scrubbed(raw, lease.secret),
                 headers=_kept_headers(upstream.headers),
             )
 
@@ -381,6 +385,11 @@ def _kept_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         for name, value in headers.items()
         if name.lower() not in _DROPPED_RESPONSE_HEADERS
     )
+
+
+def _scrubbed(body: bytes, secret: str) -> bytes:
+    """An error body with the key masked, should the API echo it."""
+    return body.replace(secret.encode(), log_format.MASK.encode()) if secret else body
 
 
 def _duration(seconds: float) -> str:
