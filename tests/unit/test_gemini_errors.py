@@ -12,7 +12,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agentmesh.node.executors.gemini_errors import classify_api_error, seconds_until_daily_reset
+from agentmesh.node.executors.gemini_errors import (
+    DEFAULT_COOLDOWN_SECONDS,
+    GoogleError,
+    classify_api_error,
+    cooldown_seconds,
+    parse_error_body,
+    seconds_until_daily_reset,
+)
 from agentmesh.tasks.events import ApiError, ApiErrorKind
 from tests.support.gemini_emulator import invalid_api_key, quota_exhausted
 
@@ -243,3 +250,59 @@ def test_a_stack_trace_line_429_is_not_a_quota_error() -> None:
     )
 
     assert classify_api_error(stderr, NOON_PACIFIC) is None
+
+
+# ------------------------------------------------------------ the API's JSON error bodies
+
+
+def test_a_429_body_gives_its_delay_and_quota_id() -> None:
+    error = parse_error_body(429, google_body("minute", retry_seconds=26).encode())
+
+    assert error.status == "RESOURCE_EXHAUSTED"
+    assert error.retry_delay_seconds == 26
+    assert error.quota_id == "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+    assert not error.daily
+    assert not error.refused_key
+    assert cooldown_seconds(error, NOON_PACIFIC) == 26
+
+
+def test_a_daily_429_cools_until_midnight_pacific() -> None:
+    error = parse_error_body(429, google_body("day", retry_seconds=26).encode())
+
+    assert error.daily
+    assert cooldown_seconds(error, NOON_PACIFIC) == 12 * HOURS
+
+
+def test_a_delay_over_five_minutes_counts_as_daily() -> None:
+    error = parse_error_body(429, google_body("minute", retry_seconds=301).encode())
+
+    assert error.daily
+
+
+def test_a_429_without_details_still_cools_its_key() -> None:
+    error = parse_error_body(429, b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}')
+
+    assert cooldown_seconds(error, NOON_PACIFIC) == DEFAULT_COOLDOWN_SECONDS
+
+
+def test_an_invalid_key_body_is_a_refused_key() -> None:
+    error = parse_error_body(400, json.dumps(invalid_api_key().body).encode())
+
+    assert error.reason == "API_KEY_INVALID"
+    assert error.refused_key
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_unauthenticated_and_forbidden_are_refused_keys(status: int) -> None:
+    assert parse_error_body(status, b"<html>no</html>").refused_key
+
+
+@pytest.mark.parametrize("status", [400, 500, 503])
+def test_other_errors_do_not_touch_the_key(status: int) -> None:
+    body = b'{"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "bad request"}}'
+
+    assert not parse_error_body(status, body).refused_key
+
+
+def test_a_body_that_is_not_json_gives_the_status_only() -> None:
+    assert parse_error_body(502, b"Bad Gateway") == GoogleError(502)

@@ -18,6 +18,7 @@ The secret goes to the API in `x-goog-api-key` and nowhere else: not to the CLI,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -34,7 +35,7 @@ from yarl import URL
 from agentmesh import log_format
 from agentmesh.config import ConfigError
 from agentmesh.node.executors.gemini_errors import GoogleError, cooldown_seconds, parse_error_body
-from agentmesh.node.gemini_usage import UsageReader
+from agentmesh.node.gemini_usage import TokenUsage, UsageReader
 from agentmesh.node.key_source import Budget, KeySource, KeySourceError, KeyUse, Lease, TaskRun
 from agentmesh.tasks.events import Diagnostic, Payload
 
@@ -48,6 +49,8 @@ MAX_REQUEST_BYTES = 64 << 20
 # A request moves on after a refused key at most this often (each move excludes a key).
 MAX_KEYS_PER_REQUEST = 32
 CONNECT_TIMEOUT_SECONDS = 30.0
+# An answer silent for this long is given up (a thinking model may pause, not for minutes).
+READ_TIMEOUT_SECONDS = 300.0
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
 # Not forwarded: hop-by-hop headers, the credential, and what aiohttp sets itself (it asks
 # for compression and decompresses, so the CLI gets the body plain).
@@ -80,6 +83,8 @@ class ProxyRun:
     tokens: int = 0
     # Why the run's requests are refused from now on ("token budget exceeded: ..."); "" = not.
     stopped: str = ""
+    # Set when the run is unregistered: a request still waiting for its key is not sent.
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
 
 class GeminiProxy:
@@ -101,7 +106,9 @@ class GeminiProxy:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
         session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECONDS)
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=READ_TIMEOUT_SECONDS
+            )
         )
         proxy = cls(upstream, runner, session)
         app.router.add_route("*", "/{path:.*}", proxy._handle)
@@ -130,6 +137,7 @@ class GeminiProxy:
 
     def unregister(self, run: ProxyRun) -> None:
         self._runs.pop(run.credential, None)
+        run.ended.set()
 
     # ------------------------------------------------------------------------ serving
 
@@ -137,7 +145,7 @@ class GeminiProxy:
         credential = request.headers.get("x-goog-api-key") or request.query.get("key", "")
         if not credential:
             return google_error(
-                401, "UNAUTHENTICATED", "no API key: send the task's in x-goog-api-key"
+                401, "UNAUTHENTICATED", "no API key: send the task's credential in x-goog-api-key"
             )
         run = self._runs.get(credential)
         if run is None:
@@ -193,7 +201,12 @@ class _Forwarding:
             self._say_notes(f"the request moved to key {lease.shown}")
             log_format.redact(lease.secret)
             if lease.wait_seconds > 0:
-                await asyncio.sleep(lease.wait_seconds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.run.ended.wait(), lease.wait_seconds)
+            if self.run.ended.is_set():
+                # The CLI is gone (its run ended while this request waited): spend nothing.
+                await self._report(KeyUse(lease.fingerprint, self.model, 0, self.counted))
+                return google_error(403, "PERMISSION_DENIED", "the task's run has ended")
             response = await self._forward(lease)
             if response is not None:
                 return response
@@ -220,7 +233,7 @@ class _Forwarding:
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._report(KeyUse(lease.fingerprint, self.model, 0, self.counted))
             message = f"the Gemini API did not answer: {exc.__class__.__name__}"
-            log.warning(message, extra={**self.fields, "key": lease.fingerprint})
+            log.warning("%s", message, extra={**self.fields, "key": lease.fingerprint})
             return google_error(502, "UNAVAILABLE", message)
         async with upstream:
             if upstream.status < 300:
@@ -239,7 +252,7 @@ class _Forwarding:
             )
             return web.Response(
                 status=upstream.status,
-                body=raw.replace(lease.secret.encode(), log_format.MASK.encode()),
+                body=_scrubbed(raw, lease.secret),
                 headers=_kept_headers(upstream.headers),
             )
 
@@ -250,22 +263,31 @@ class _Forwarding:
         )
         await response.prepare(self.request)
         reader = UsageReader(streamed=upstream.content_type == "text/event-stream")
+        complete = True
         try:
             async for chunk in upstream.content.iter_any():
                 reader.feed(chunk)
                 await response.write(chunk)
-            await response.write_eof()
         except (aiohttp.ClientError, ConnectionError) as exc:
             # The API broke off, or the CLI went away (its run was cancelled).
             log.info("response cut short: %s", exc.__class__.__name__, extra=self.fields)
-        usage = reader.finish()
+            complete = False
+        # Counted before the answer ends: the CLI's next request meets the budget's verdict.
+        await self._account(lease, upstream.status, reader.finish())
+        if complete:
+            with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+                await response.write_eof()
+        return response
+
+    async def _account(self, lease: Lease, http_status: int, usage: TokenUsage) -> None:
+        """Report a served request's usage; stop the run once it is over its budget."""
         if self.counted and usage.total_tokens:
             self.run.tokens += usage.total_tokens
         budget = await self._report(
             KeyUse(
                 lease.fingerprint,
                 self.model,
-                upstream.status,
+                http_status,
                 self.counted,
                 prompt_tokens=usage.prompt_tokens,
                 output_tokens=usage.output_tokens,
@@ -276,11 +298,10 @@ class _Forwarding:
             self.run.stopped = (
                 f"token budget exceeded: {budget.task_tokens} of {budget.token_budget} tokens"
             )
-            log.warning(self.run.stopped, extra=self.fields)
+            log.warning("%s", self.run.stopped, extra=self.fields)
             self.run.emit(
                 Diagnostic("error", f"{self.run.stopped}; further API requests are refused")
             )
-        return response
 
     async def _cooled(self, lease: Lease, error: GoogleError) -> None:
         await self._report(
@@ -320,7 +341,7 @@ class _Forwarding:
         )
 
     def _leave(self, lease: Lease, note: str) -> None:
-        log.warning(note, extra={**self.fields, "key": lease.fingerprint})
+        log.warning("%s", note, extra={**self.fields, "key": lease.fingerprint})
         self.exclude.append(lease.fingerprint)
         self.notes.append(note)
 
@@ -364,6 +385,11 @@ def _kept_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         for name, value in headers.items()
         if name.lower() not in _DROPPED_RESPONSE_HEADERS
     )
+
+
+def _scrubbed(body: bytes, secret: str) -> bytes:
+    """An error body with the key masked, should the API echo it."""
+    return body.replace(secret.encode(), log_format.MASK.encode()) if secret else body
 
 
 def _duration(seconds: float) -> str:

@@ -347,6 +347,9 @@ class SchedulerKeySource:
                 return await method(request, timeout=RPC_TIMEOUT_SECONDS)
             except grpc.aio.AioRpcError as error:
                 if error.code() is grpc.StatusCode.UNAVAILABLE and delay is not None:
+                    log.warning(
+                        "%s: the scheduler is unavailable; asking again in %gs", name, delay
+                    )
                     await asyncio.sleep(delay)
                     continue
                 raise KeySourceError(

@@ -2,8 +2,8 @@
 
 Each task runs `GEMINI_CLI_COMMAND -p PROMPT -o stream-json -m MODEL` with:
 - its own `GEMINI_CLI_HOME`, whose settings select API-key auth, turn usage statistics,
-  telemetry and auto-update off, and make the CLI give up at the first API error (the mesh,
-  which knows the other keys, decides what to do about a 429);
+  telemetry and auto-update off, and make the CLI give up at the first API error (a 429
+  reaches it only when the node's proxy found no key with capacity);
 - a policy file for the CLI's policy engine, generated from the task's agent mode and
   permission mode: in agentic mode weak allows `run_shell_command` only for the allowlist's
   programs and superuser allows everything but the denylist's (in headless mode whatever no
