@@ -62,6 +62,19 @@ TARGETS: dict[str, Target] = {
         ),
         test_timeout=60.0,
     ),
+    "forecast": Target(
+        "src/agentmesh/keys/forecast.py",
+        (
+            "tests/unit/test_forecast.py",
+            "tests/store/test_forecast.py",
+            "tests/store/test_token_report.py",
+            # The unit tests and the embedded server's (EMBEDDED_ONLY would drop the former).
+            "-k",
+            "not system",
+        ),
+        note="needs PostgreSQL (the embedded server); its SQL is judged through the tests",
+        test_timeout=60.0,
+    ),
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
         (

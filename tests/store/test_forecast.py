@@ -14,6 +14,7 @@ import pytest
 
 from agentmesh.db.migrate import CREATE_MIGRATIONS_TABLE, INSERT_APPLIED, load_migrations, migrate
 from agentmesh.errors import InvalidArgument
+from agentmesh.keys import forecast as forecast_module
 from agentmesh.keys.forecast import (
     HISTORY,
     MIN_HISTORY,
@@ -45,13 +46,13 @@ async def add_history(
     model: str,
     mode: str,
     tokens: list[int],
-    requests: list[int] | None = None,
+    requests: list[int | None] | None = None,
     chars: int = 400,
     minutes_ago: int = 0,
     finished: bool = True,
 ) -> None:
     """Finished (or unfinished) tasks of a group, all with prompts of `chars` characters."""
-    requests = requests or [1] * len(tokens)
+    turns = requests or [1] * len(tokens)
     async with pool.acquire() as conn:
         await conn.executemany(
             """
@@ -62,7 +63,7 @@ async def add_history(
             """,
             [
                 (user, model, mode, chars, t if finished else None, r, minutes_ago)
-                for t, r in zip(tokens, requests, strict=True)
+                for t, r in zip(tokens, turns, strict=True)
             ],
         )
 
@@ -187,6 +188,7 @@ async def test_the_most_specific_group_with_enough_finished_tasks_is_used(
         2, 100, no_history
     )
     assert await forecast(forecaster, "alice", FLASH, "plain", 400) == Forecast(1, 100, no_history)
+    assert await forecast(forecaster, "alice", FLASH, "", 400) == Forecast(1, 100, no_history)
 
     # Other users' agentic tasks on flash: the (model, mode) group answers for alice.
     await add_history(
@@ -230,21 +232,33 @@ async def test_a_longer_prompt_is_charged_once_per_request(pool: asyncpg.Pool) -
 async def test_the_characters_a_token_are_learned_from_varied_prompts(
     pool: asyncpg.Pool,
 ) -> None:
-    # Code: 3 characters a token; a request costs 5,000 tokens beyond its prompt.
-    sizes = [400, 1_000, 4_000, 8_000, 20_000, 40_000, 80_000]
+    # Code: 3 characters a token; a request costs 5,000 tokens beyond its prompt. Five tasks
+    # whose prompts all differ enough: ten pairs, just enough to learn the slope from.
+    sizes, requests = [400, 4_000, 20_000, 40_000, 80_000], [1, 2, 1, 2, 1]
     async with pool.acquire() as conn:
         await conn.executemany(
             """
             INSERT INTO token_prediction_log (username, model, agent_mode, prompt_chars,
                 predicted_tokens, actual_tokens, actual_requests, request_timestamp)
-            VALUES ('carol', $1, 'plain', $2, 1, $3, 1, now() AT TIME ZONE 'UTC')
+            VALUES ('carol', $1, 'plain', $2, 1, $3, $4, now() AT TIME ZONE 'UTC')
             """,
-            [(FLASH, chars, 5_000 + chars // 3) for chars in sizes],
+            [
+                (FLASH, chars, turns * (5_000 + chars // 3), turns)
+                for chars, turns in zip(sizes, requests, strict=True)
+            ],
         )
     forecaster = Forecaster(pool, cache_seconds=0)
     learned = await forecast(forecaster, "carol", FLASH, "plain", 60_000)
     assert learned.tokens == pytest.approx(25_000, rel=0.01)
     assert learned.requests == 1
+
+
+async def test_older_rows_without_requests_count_one_request(pool: asyncpg.Pool) -> None:
+    await add_history(
+        pool, user="bob", model=FLASH, mode="plain", tokens=[6_000] * 5, requests=[None] * 5
+    )
+    learned = await forecast(Forecaster(pool, cache_seconds=0), "bob", FLASH, "plain", 800)
+    assert (learned.requests, learned.tokens) == (1, 6_000 + 100)
 
 
 async def test_only_the_most_recent_tasks_are_learned_from(pool: asyncpg.Pool) -> None:
@@ -258,17 +272,35 @@ async def test_only_the_most_recent_tasks_are_learned_from(pool: asyncpg.Pool) -
 
 async def test_a_groups_history_is_read_once_per_cache_period(pool: asyncpg.Pool) -> None:
     now = [1_000.0]
-    forecaster = Forecaster(pool, cache_seconds=5, clock=lambda: now[0])
+    forecaster = Forecaster(pool, clock=lambda: now[0])  # 5 seconds by default
     first = await forecast(forecaster, "alice", FLASH, "plain", 400)
     assert first.basis == "plain rule (no history)"
     await add_history(pool, user="alice", model=FLASH, mode="plain", tokens=[6_000] * MIN_HISTORY)
-    now[0] += 4.9
+    now[0] += 4
     assert await forecast(forecaster, "alice", FLASH, "plain", 400) == first
     # Another prompt of the same group: the cached history, with this prompt.
     assert (await forecast(forecaster, "alice", FLASH, "plain", 800)).tokens == 200
-    now[0] += 0.2
+    now[0] += 1
     learned = await forecast(forecaster, "alice", FLASH, "plain", 400)
     assert learned == Forecast(1, 6_000, "learned from 5 plain tasks of alice on gemini-2.5-flash")
+
+
+async def test_the_cache_forgets_expired_groups_when_it_is_full(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forecast_module, "MAX_CACHED_GROUPS", 6)
+    now = [0.0]
+    forecaster = Forecaster(pool, cache_seconds=10, clock=lambda: now[0])
+    await forecast(forecaster, "alice", FLASH, "plain", 400)  # 3 groups
+    now[0] = 5
+    await forecast(forecaster, "bob", FLASH, "agentic", 400)  # 3 more: full
+    now[0] = 12  # alice's have expired, bob's have not
+    await forecast(forecaster, "carol", PRO, "plain", 400)
+    cached = forecaster._cache  # memory, which no forecast shows
+    assert {(group.user, group.model, group.agent_mode) for group in cached} == {
+        ("bob", FLASH, "agentic"), (None, FLASH, "agentic"), (None, None, "agentic"),
+        ("carol", PRO, "plain"), (None, PRO, "plain"), (None, None, "plain"),
+    }  # fmt: skip
 
 
 async def test_without_a_cache_every_forecast_reads_the_newest_history(

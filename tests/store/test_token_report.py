@@ -95,11 +95,22 @@ async def test_the_period_is_chosen_in_days(pool: asyncpg.Pool) -> None:
     await fill(pool)
     async with pool.acquire() as conn:
         longer = await token_report(conn, days=60)
-        default = await token_report(conn, days=0)
         with pytest.raises(InvalidArgument, match="days"):
             await token_report(conn, days=-1)
+        # Either side of 30 days ago (the default period).
+        await conn.execute(
+            """
+            INSERT INTO token_prediction_log (username, model, prompt_chars, predicted_tokens,
+                                              actual_tokens, request_timestamp)
+            VALUES ('dan', $1, 4, 1, 1, now() AT TIME ZONE 'UTC' - interval '29 days 23 hours'),
+                   ('dan', $1, 4, 1, 1, now() AT TIME ZONE 'UTC' - interval '30 days 1 hour')
+            """,
+            FLASH,
+        )
+        default = await token_report(conn, days=0)
     assert figures(longer.overall) == ("", 6, 25.0, 70.0, 4_600, 5_700)
     assert [e.name for e in longer.by_user] == ["alice", "bob", "carol"]
+    assert default.overall.tasks == 6
     assert default == await _report(pool, 30)
 
 
@@ -110,7 +121,7 @@ async def _report(pool: asyncpg.Pool, days: int) -> keys_pb2.TokenReportResponse
 
 async def test_no_finished_tasks_make_an_empty_report(pool: asyncpg.Pool) -> None:
     report = await _report(pool, 30)
-    assert report.overall.tasks == 0
+    assert figures(report.overall) == ("", 0, 0.0, 0.0, 0, 0)
     assert (list(report.by_key), list(report.by_user), list(report.by_model)) == ([], [], [])
 
 

@@ -35,6 +35,15 @@ def test_a_limit_from_the_task_itself_is_named_as_its_max_tokens() -> None:
     assert reason.startswith("forecast 12,400 tokens exceeds the task's max_tokens of 5,000")
 
 
+def test_a_smaller_limit_of_the_user_is_named_as_the_users() -> None:
+    reason = over_limit_reason(LEARNED, 10_000, user="alice", spec_max_tokens=20_000)
+    assert reason is not None
+    assert reason.startswith("forecast 12,400 tokens exceeds alice's max_token_per_request of")
+    unnamed = over_limit_reason(LEARNED, 10_000)
+    assert unnamed is not None
+    assert unnamed.startswith("forecast 12,400 tokens exceeds the user's max_token_per_request")
+
+
 @pytest.mark.parametrize("limit", [None, 12_400, 50_000])
 def test_a_forecast_within_the_limit_is_not_refused(limit: int | None) -> None:
     assert over_limit_reason(LEARNED, limit, user="alice") is None
@@ -54,7 +63,8 @@ def test_tokens_report_refuses_a_wrong_days(days: str, capsys: pytest.CaptureFix
     assert "--days" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("requests", "tokens"), [(0, 10), (1, 0), (-1, -1)])
+@pytest.mark.parametrize(("requests", "tokens"), [(0, 10), (1, 0), (0, 0), (-1, -1)])
 def test_a_forecast_is_at_least_one_request_and_one_token(requests: int, tokens: int) -> None:
     with pytest.raises(ValueError, match="at least 1 request and 1 token"):
         Forecast(requests=requests, tokens=tokens, basis="test")
+    assert Forecast(requests=1, tokens=1, basis="test").tokens == 1

@@ -284,7 +284,7 @@ class Forecaster:
         samples = [
             _Sample(
                 plain=plain_rule(row["prompt_chars"]),
-                requests=max(1, row["actual_requests"] or 1),
+                requests=max(1, row["actual_requests"] or 0),  # NULL: an older row
                 tokens=row["actual_tokens"],
             )
             for row in rows
