@@ -273,12 +273,16 @@ async def test_a_disable_reason_is_one_printable_line(key_mesh: KeyMesh) -> None
     assert (await key_mesh.listed())["k"].enabled
 
 
-async def test_leasing_and_the_token_report_say_they_are_not_wired_yet(
+async def test_a_lease_for_a_task_that_does_not_run_there_and_a_bad_report_are_refused(
     key_mesh: KeyMesh,
 ) -> None:
-    lease = await refused(key_mesh.keys.LeaseKey(keys_pb2.LeaseKeyRequest(task_id="t-1")))
-    assert lease.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert lease.details() == "key leasing is not wired yet"
+    lease = await refused(
+        key_mesh.keys.LeaseKey(
+            keys_pb2.LeaseKeyRequest(task_id="t-1", attempt=1, agent_id="a-1", model="m")
+        )
+    )
+    assert lease.code() is grpc.StatusCode.NOT_FOUND
+    assert lease.details() == "no task t-1"
     report = await refused(key_mesh.keys.TokenReport(keys_pb2.TokenReportRequest(days=-1)))
     assert report.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert field_of(report) == "days"

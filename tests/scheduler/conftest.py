@@ -57,14 +57,21 @@ class Mesh:
     def __init__(self, tmp_path: Path, database_uri: str) -> None:
         self.tmp_path = tmp_path
         self.database_uri = database_uri
-        self.settings = mesh_settings(tmp_path, database_uri)
+        self._scheduler_options: Mapping[str, Any] | None = None
+        self._env: dict[str, str] = {}
         self.schedulers: list[Scheduler] = []
         self.nodes: list[AgentNode] = []
         self._channels: list[grpc.aio.Channel] = []
 
     def configure(self, scheduler: Mapping[str, Any] | None = None, **env: str) -> None:
         """Change the environment (and scheduler options) the next processes start with."""
-        self.settings = mesh_settings(self.tmp_path, self.database_uri, scheduler, **env)
+        self._scheduler_options, self._env = scheduler, env
+
+    @property
+    def settings(self) -> Settings:
+        """What the next process starts with (read when it starts: the emulator fixture may
+        have set GOOGLE_GEMINI_BASE_URL after this mesh was made)."""
+        return mesh_settings(self.tmp_path, self.database_uri, self._scheduler_options, **self._env)
 
     async def start_scheduler(self) -> scheduler_pb2_grpc.SchedulerAsyncStub:
         scheduler = await Scheduler.start(self.settings, "127.0.0.1:0")
