@@ -52,7 +52,6 @@ CREATE TABLE key_reservations (
     tokens              BIGINT NOT NULL DEFAULT 0 CHECK (tokens >= 0),
     -- The request slot booked with the reservation (the first request's, per-minute spacing).
     first_slot          TIMESTAMPTZ,
-    reserved_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
     predicted_requests  INT NOT NULL DEFAULT 0,
     predicted_tokens    BIGINT NOT NULL DEFAULT 0,
     used_requests       INT NOT NULL DEFAULT 0,

@@ -282,17 +282,6 @@ async def test_leases_take_the_booked_slot_then_spend_exactly(
         assert await quota.task_spent(conn, task) == (500, 2)
 
 
-async def test_an_orphaned_reservation_is_given_back(pool: asyncpg.Pool, store: TaskStore) -> None:
-    key = await add_key(pool, "k")
-    (task,) = await new_tasks(store, 1)
-    assert await reserve(pool, task, requests=2, tokens=50) is not None
-    async with pool.acquire() as conn:
-        assert await quota.release_orphans(conn, older_than_seconds=3600) == 0
-        assert await quota.release_orphans(conn, older_than_seconds=0) == 1
-    row = await usage(pool, key)
-    assert (row["reserved_requests"], row["reserved_tokens"]) == (0, 0)
-
-
 RESERVER = textwrap.dedent(
     """
     import asyncio, sys

@@ -33,7 +33,7 @@ from agentmesh.node.executors.gemini_errors import seconds_until_daily_reset
 PACIFIC_TODAY = "(now() AT TIME ZONE 'America/Los_Angeles')::date"
 # A key whose next request slot is at most this far away has capacity now: the task's CLI
 # starts meanwhile, and its proxy waits out the rest.
-HORIZON_SECONDS = 5.0
+HORIZON_SECONDS = 3.0
 # Requests are spaced 60 s / rpm apart, and 2 % more: the time a request takes from the
 # proxy to Google varies, and two that arrive closer than their slots must not make R + 1.
 SPACING_FACTOR = 1.02
@@ -142,22 +142,21 @@ WITH pick AS (
     UPDATE api_keys SET last_used_at = now() FROM pick WHERE api_keys.id = pick.id
 ), reserved AS (
     INSERT INTO key_reservations AS r (task_id, key_id, model, day, requests, tokens,
-        first_slot, predicted_requests, predicted_tokens, budget, reserved_at)
+        first_slot, predicted_requests, predicted_tokens, budget)
     SELECT $1, pick.id, $4, {PACIFIC_TODAY}, $5, $6, greatest(pick.next_request_at, now()),
-           $5, $6, $7, now()
+           $5, $6, $7
     FROM pick
     ON CONFLICT (task_id) DO UPDATE SET
         key_id = EXCLUDED.key_id, model = EXCLUDED.model, day = EXCLUDED.day,
         requests = EXCLUDED.requests, tokens = EXCLUDED.tokens, first_slot = EXCLUDED.first_slot,
         predicted_requests = EXCLUDED.predicted_requests,
-        predicted_tokens = EXCLUDED.predicted_tokens, budget = EXCLUDED.budget,
-        reserved_at = EXCLUDED.reserved_at
+        predicted_tokens = EXCLUDED.predicted_tokens, budget = EXCLUDED.budget
 )
 SELECT id, name, fingerprint, node_id, key_value, greatest(next_request_at, now()) AS slot
 FROM pick
 """
-# Give back what reservations still hold (tasks that were reserved but not started, or
-# whose reservation is taken again); the trigger on tasks does this when an attempt ends.
+# Give back what a task's reservation still holds before it reserves again (the trigger on
+# tasks does this when an attempt ends).
 RELEASE = """
 WITH r AS (
     SELECT task_id, key_id, model, day, requests, tokens FROM key_reservations
@@ -171,13 +170,6 @@ WITH r AS (
 )
 UPDATE key_reservations k SET requests = 0, tokens = 0, first_slot = NULL
 FROM r WHERE k.task_id = r.task_id
-"""
-# Reservations of tasks that are not running, held longer than a dispatch round takes: a
-# scheduler stopped between reserving and starting.
-ORPHANED = """
-SELECT r.task_id FROM key_reservations r JOIN tasks t ON t.id = r.task_id
-WHERE (r.requests > 0 OR r.tokens > 0 OR r.first_slot IS NOT NULL) AND t.state <> 'working'
-  AND r.reserved_at < now() - make_interval(secs => $1)
 """
 # A request's key: the slot the task's reservation booked, if its key is still usable.
 TAKE_BOOKED_SLOT = f"""
@@ -293,14 +285,12 @@ WHERE k.provider = 'gemini' AND (k.assigned_user IS NULL OR k.assigned_user = $1
 """
 
 
-# What decides whether waiting tasks might find a key now: a new or re-enabled key, a
-# cooldown that changed, quota given back. Any new row here is worth a look.
-KEY_SIGNATURE = f"""
-SELECT k.id, k.enabled, k.node_id, k.assigned_user, m.model, m.cooling_until,
-       u.requests + u.reserved_requests AS held_requests, u.tokens + u.reserved_tokens AS held
-FROM api_keys k
-LEFT JOIN api_key_models m ON m.key_id = k.id
-LEFT JOIN api_key_usage u ON u.key_id = k.id AND u.model = m.model AND u.day = {PACIFIC_TODAY}
+# What may let waiting tasks find a key, beyond time (a waiting task comes back by itself
+# when the pool said capacity returns): a new or re-enabled key, a changed cooldown or
+# assignment. Quota given back when a task ends is announced by its dispatcher instead.
+KEY_SIGNATURE = """
+SELECT k.id, k.enabled, k.node_id, k.assigned_user, k.priority, m.model, m.cooling_until
+FROM api_keys k LEFT JOIN api_key_models m ON m.key_id = k.id
 WHERE k.provider = 'gemini'
 """
 
@@ -354,13 +344,6 @@ async def reserve(
 async def release(conn: Connection, task_ids: list[str]) -> None:
     if task_ids:
         await conn.execute(RELEASE, task_ids)
-
-
-async def release_orphans(conn: Connection, older_than_seconds: float = 60.0) -> int:
-    """Give back reservations left by a scheduler that stopped before starting the task."""
-    orphans = [row["task_id"] for row in await conn.fetch(ORPHANED, older_than_seconds)]
-    await release(conn, orphans)
-    return len(orphans)
 
 
 async def lease(

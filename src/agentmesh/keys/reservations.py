@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from agentmesh.db.connect import Connection
 from agentmesh.keys import quota
 from agentmesh.keys.forecast import Forecast, Forecaster, over_limit_reason
 from agentmesh.keys.quota import KeyChoice, Limits
@@ -89,28 +90,33 @@ class KeyReserver:
     def model_of(self, spec: TaskSpec) -> str:
         return spec.model or self._default_model
 
-    async def reserve(self, candidates: Sequence[Candidate]) -> RoundKeys:
+    async def reserve(self, conn: Connection, candidates: Sequence[Candidate]) -> RoundKeys:
+        """Reserve keys for these tasks on `conn`, in the caller's transaction (the one that
+        starts their attempts: a reservation exists only for a task that started)."""
         out = RoundKeys()
         if not candidates:
             return out
-        async with self._pool.acquire() as conn:
-            users = await self._user_limits(conn, {c.spec.user for c in candidates})
-            for model in {self.model_of(c.spec) for c in candidates}:
-                await quota.ensure_rows(conn, model)
-            short: dict[str, quota.Shortage] = {}
-            for candidate in candidates:
-                await self._reserve_one(conn, candidate, users[candidate.spec.user], out, short)
-            if short:
-                await self._check_tolerance(conn, candidates, users, short, out)
+        users = await self._user_limits(conn, {c.spec.user for c in candidates})
+        for model in {self.model_of(c.spec) for c in candidates}:
+            await quota.ensure_rows(conn, model)
+        short: dict[str, quota.Shortage] = {}
+        # What found no key this round: a task of the same user, model and nodes that
+        # needs as much or more will find none either (no query for it).
+        failed: dict[tuple[object, ...], tuple[Forecast, quota.Shortage]] = {}
+        for candidate in candidates:
+            await self._reserve_one(conn, candidate, users[candidate.spec.user], out, short, failed)
+        if short:
+            await self._check_tolerance(conn, candidates, users, short, out)
         return out
 
     async def _reserve_one(
         self,
-        conn: asyncpg.pool.PoolConnectionProxy,
+        conn: Connection,
         candidate: Candidate,
         user: UserLimits,
         out: RoundKeys,
         short: dict[str, quota.Shortage],
+        failed: dict[tuple[object, ...], tuple[Forecast, quota.Shortage]],
     ) -> None:
         spec, model = candidate.spec, self.model_of(candidate.spec)
         forecast = await self._forecaster.forecast(
@@ -123,6 +129,10 @@ class KeyReserver:
         if reason:
             out.rejected[candidate.task_id] = reason
             return
+        group = (spec.user, model, frozenset(candidate.agent_ids))
+        if (seen := failed.get(group)) is not None and _covers(forecast, seen[0]):
+            short[candidate.task_id] = seen[1]
+            return
         args = {
             "user": spec.user,
             "nodes": list(candidate.agent_ids),
@@ -133,7 +143,10 @@ class KeyReserver:
         }
         choice = await quota.reserve(conn, task_id=candidate.task_id, budget=budget, **args)  # type: ignore[arg-type]
         if choice is None:
-            short[candidate.task_id] = await quota.shortage(conn, **args)  # type: ignore[arg-type]
+            shortage = await quota.shortage(conn, **args)  # type: ignore[arg-type]
+            short[candidate.task_id] = shortage
+            if (seen := failed.get(group)) is None or _covers(seen[0], forecast):
+                failed[group] = (forecast, shortage)
             return
         out.reserved[candidate.task_id] = Reserved(choice, forecast, budget)
         if choice.node_id is not None and choice.node_id != candidate.agent_ids[0]:
@@ -151,7 +164,7 @@ class KeyReserver:
 
     async def _check_tolerance(
         self,
-        conn: asyncpg.pool.PoolConnectionProxy,
+        conn: Connection,
         candidates: Sequence[Candidate],
         users: dict[str, UserLimits],
         short: dict[str, quota.Shortage],
@@ -175,9 +188,7 @@ class KeyReserver:
             until = min(shortage.retry_at, deadline) if shortage.retry_at else deadline
             out.waiting[task_id] = (shortage.reason, until)
 
-    async def _user_limits(
-        self, conn: asyncpg.pool.PoolConnectionProxy, names: set[str]
-    ) -> dict[str, UserLimits]:
+    async def _user_limits(self, conn: Connection, names: set[str]) -> dict[str, UserLimits]:
         rows = {r["username"]: r for r in await conn.fetch(USER_LIMITS, list(names))}
         limits = {}
         for name in names:
@@ -192,12 +203,6 @@ class KeyReserver:
             )
         return limits
 
-    async def release(self, task_ids: list[str]) -> None:
-        """Give back the reservations of tasks that were not started after all."""
-        if task_ids:
-            async with self._pool.acquire() as conn:
-                await quota.release(conn, task_ids)
-
     async def task_ended(self, task_id: str) -> None:
         """Write what the task spent beside its forecast."""
         async with self._pool.acquire() as conn:
@@ -206,3 +211,8 @@ class KeyReserver:
                 await self._forecaster.log_actual(
                     conn, task_id=task_id, actual_tokens=spent[0], actual_requests=spent[1]
                 )
+
+
+def _covers(needs: Forecast, than: Forecast) -> bool:
+    """Whether a forecast needs at least as much as another."""
+    return needs.requests >= than.requests and needs.tokens >= than.tokens

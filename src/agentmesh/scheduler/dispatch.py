@@ -26,6 +26,7 @@ import asyncpg
 import grpc
 
 from agentmesh.config import TlsSettings
+from agentmesh.db.connect import Connection
 from agentmesh.errors import Reason
 from agentmesh.keys import quota
 from agentmesh.keys.reservations import Candidate, KeyReserver, Reserved, RoundKeys
@@ -226,24 +227,33 @@ class Dispatcher:
             agents[choice.agent_id] = replace(choice, running=choice.running + 1)
             spread[choice.hostname] += 1
             spread[choice.agent_id] += 1
-        keys = await self._reserve_keys(ready, placements, agents)
-        await self._store.set_waiting_reasons(reasons)
-        parked = await self._parking.park(nobody_fits, keys.waiting)
-        ended = {
-            task_id: Result(TaskState.REJECTED, error=why) for task_id, why in keys.rejected.items()
+        gemini = {
+            t.task_id: t
+            for t in ready
+            if t.task_id in placements and t.spec.kind == TaskKind.GEMINI
         }
-        ended.update(
-            (task_id, Result(TaskState.FAILED, error=why)) for task_id, why in keys.failed.items()
-        )
-        await self._store.end_waiting(ended)
+        keys = RoundKeys()
+        if gemini:
+            await self._parking.look_at_keys(now=True)
+
+        async def reserve_keys(
+            conn: Connection, claimed: dict[str, str]
+        ) -> tuple[dict[str, str], dict[str, int]]:
+            nonlocal keys
+            keys = await self._reserve_keys(conn, gemini, claimed, agents)
+            return claimed, {task_id: held.key.key_id for task_id, held in keys.reserved.items()}
+
         started = await self._store.start_attempts(
             placements,
             self._settings.owner,
             self._settings.lease_seconds,
-            {task_id: held.key.key_id for task_id, held in keys.reserved.items()},
+            reserve_keys if gemini else None,
         )
-        started_ids = {attempt.task_id for attempt in started}
-        await self._keys.release([t for t in keys.reserved if t not in started_ids])
+        await self._store.set_waiting_reasons(reasons)
+        parked = await self._parking.park(nobody_fits, keys.waiting)
+        ended = {t: Result(TaskState.REJECTED, error=why) for t, why in keys.rejected.items()}
+        ended.update((t, Result(TaskState.FAILED, error=why)) for t, why in keys.failed.items())
+        await self._store.end_waiting(ended)
         for attempt in started:
             agent = agents[attempt.agent_id]
             self._endpoints[attempt.task_id] = agent.endpoint
@@ -256,33 +266,35 @@ class Dispatcher:
         return len(started) + parked + len(ended)
 
     async def _reserve_keys(
-        self, ready: list[ReadyTask], placements: dict[str, str], agents: dict[str, AgentSlot]
+        self,
+        conn: Connection,
+        gemini: dict[str, ReadyTask],
+        claimed: dict[str, str],
+        agents: dict[str, AgentSlot],
     ) -> RoundKeys:
-        """A key reservation for each placed gemini task (which may move it to the node that
-        holds the key); the others are unplaced: they wait, or end, with the reason."""
-        gemini = [t for t in ready if t.task_id in placements and t.spec.kind == TaskKind.GEMINI]
-        if not gemini:
-            return RoundKeys()
-        await self._parking.look_at_keys(now=True)
+        """A key reservation for each claimed gemini task (which may move it to the node
+        that holds the key); the others leave `claimed` (unplaced): they wait, or end, with
+        the reason. Runs in the transaction that starts the attempts."""
         candidates = []
-        for task in gemini:
-            placed = placements[task.task_id]
+        for task_id, placed in claimed.items():
+            if (task := gemini.get(task_id)) is None:
+                continue
             others = [a.agent_id for a in free_agents(task.spec, agents.values())]
             candidates.append(
-                Candidate(task.task_id, task.spec, [placed, *(a for a in others if a != placed)])
+                Candidate(task_id, task.spec, [placed, *(a for a in others if a != placed)])
             )
-        keys = await self._keys.reserve(candidates)
+        keys = await self._keys.reserve(conn, candidates)
 
         def take_slot(agent_id: str, change: int) -> None:
             agent = agents[agent_id]
             agents[agent_id] = replace(agent, running=agent.running + change)
 
         for task_id in (*keys.waiting, *keys.rejected, *keys.failed):
-            take_slot(placements.pop(task_id), -1)
+            take_slot(claimed.pop(task_id), -1)
         for task_id, node in keys.moved.items():
-            take_slot(placements[task_id], -1)
+            take_slot(claimed[task_id], -1)
             take_slot(node, +1)
-            placements[task_id] = node
+            claimed[task_id] = node
         return keys
 
     async def cancel_local(self, task_id: str) -> None:
@@ -336,6 +348,7 @@ class Dispatcher:
                 # What the task spent, beside its forecast (whatever became of the attempt).
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._keys.task_ended(attempt.task_id))
+                self._parking.keys_freed()
             # A superseded attempt must not forget a newer attempt of the same task.
             if self._attempt_numbers.get(attempt.task_id) == attempt.attempt:
                 for registry in (

@@ -68,6 +68,11 @@ class ParkingLot:
         self._keys = keys
         self._keys_checked = self._clock()
 
+    def keys_freed(self) -> None:
+        """Quota was given back (a task with a key reservation ended): the next look at the
+        keys unparks the tasks that waited for one."""
+        self._keys = None
+
     async def park(
         self, for_agent: dict[str, str], for_key: dict[str, tuple[str, datetime | None]]
     ) -> int:

@@ -19,7 +19,6 @@ import grpc
 from agentmesh.config import Settings
 from agentmesh.db.connect import create_pool, data_dir
 from agentmesh.db.setup import migrated_database
-from agentmesh.keys import quota
 from agentmesh.keys import servicer as key_servicer
 from agentmesh.keys.broker import KeyBroker
 from agentmesh.keys.forecast import Forecaster, token_report
@@ -36,9 +35,6 @@ from agentmesh.scheduler.store import TaskStore
 from agentmesh.v1 import keys_pb2
 
 log = logging.getLogger(__name__)
-
-# Lease maintenance runs about every second; orphaned key reservations are looked for less.
-ORPHAN_CHECK_ROUNDS = 30
 
 
 class Scheduler:
@@ -235,18 +231,12 @@ async def _maintain(
     owner: str,
     lease_seconds: float,
 ) -> None:
-    """Renew our live leases, take over expired ones, mark silent agents offline, and now and
-    then give back key reservations a stopped scheduler left."""
-    rounds = 0
+    """Renew our live leases, take over expired ones, and mark silent agents offline."""
     while True:
         try:
             await store.renew_leases(owner, lease_seconds, dispatcher.live_attempts())
             await store.reap_expired_leases(backoff_seconds=0.5)
             await registry.mark_stale_offline()
-            if rounds % ORPHAN_CHECK_ROUNDS == 0:
-                async with pool.acquire() as conn:
-                    await quota.release_orphans(conn)
-            rounds += 1
         except DATABASE_ERRORS as exc:
             log.warning("lease maintenance skipped, database unavailable: %s", exc)
             await pool.expire_connections()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,6 +65,11 @@ class ReadyTask:
     waiting_reason: str
     # Where its row is in the queue's order (priority first, then arrival).
     position: QueuePosition = (0, 0)
+
+
+# See TaskStore.start_attempts: (connection, claimed placements) -> (placements to start,
+# API key ids).
+Prepare = Callable[[Connection, dict[str, str]], Awaitable[tuple[dict[str, str], dict[str, int]]]]
 
 
 @dataclass(frozen=True)
@@ -356,18 +361,27 @@ class TaskStore:
         placements: dict[str, str],
         owner: str,
         lease_seconds: float,
-        key_ids: dict[str, int] | None = None,
+        prepare: Prepare | None = None,
     ) -> list[StartedAttempt]:
-        """Claim the placed tasks' queue rows and start their next attempts, in one go;
-        `key_ids` are the API keys picked for them (recorded as `tasks.api_key_id`)."""
+        """Claim the placed tasks' queue rows and start their next attempts, in one
+        transaction. `prepare` sees the claimed placements first, on the transaction's
+        connection: it returns those to start (it may move or drop some) and the API keys
+        reserved for them (recorded as `tasks.api_key_id`); what it did commits with the
+        start, or not at all."""
         if not placements:
             return []
         async with self._pool.acquire() as conn, conn.transaction():
             claimed = [r["task_id"] for r in await conn.fetch(q.CLAIM, list(placements), owner)]
             if not claimed:
                 return []
+            key_ids: dict[str, int] = {}
+            if prepare is not None:
+                placements, key_ids = await prepare(conn, {t: placements[t] for t in claimed})
+                dropped = [task_id for task_id in claimed if task_id not in placements]
+                await conn.execute(q.RELEASE_CLAIMS, dropped, owner)
+                claimed = [task_id for task_id in claimed if task_id in placements]
             agents = [placements[task_id] for task_id in claimed]
-            keys = [(key_ids or {}).get(task_id) for task_id in claimed]
+            keys = [key_ids.get(task_id) for task_id in claimed]
             rows = await conn.fetch(q.START_ATTEMPTS, claimed, agents, owner, lease_seconds, keys)
             started = [
                 StartedAttempt(
