@@ -148,12 +148,12 @@ async def test_a_reservation_holds_the_forecast_against_the_daily_quotas(
 async def test_requests_are_spaced_by_the_per_minute_limit(
     pool: asyncpg.Pool, store: TaskStore
 ) -> None:
-    await add_key(pool, "k", rpm=60)  # one request every 1.02 s
+    await add_key(pool, "k", rpm=60)  # one request every 1.03 s
     tasks = await new_tasks(store, 10)
     picked = [await reserve(pool, t) for t in tasks]
     slots = [p.slot for p in picked if p is not None]
     # Only the slots within the horizon are handed out now.
-    assert 1 < len(slots) <= quota.HORIZON_SECONDS / 1.02 + 1
+    assert 1 < len(slots) <= quota.HORIZON_SECONDS / quota.SPACING_FACTOR + 1
     gaps = [later - earlier for earlier, later in itertools.pairwise(slots)]
     assert all(gap >= timedelta(seconds=60 / 60) for gap in gaps)
     async with pool.acquire() as conn:
@@ -280,6 +280,35 @@ async def test_leases_take_the_booked_slot_then_spend_exactly(
     )
     async with pool.acquire() as conn:
         assert await quota.task_spent(conn, task) == (500, 2)
+
+
+async def test_a_booked_slot_used_late_is_given_up_for_a_new_one(
+    pool: asyncpg.Pool, store: TaskStore
+) -> None:
+    await add_key(pool, "k", rpm=60)
+    (task,) = await new_tasks(store, 1)
+    booked = await reserve(pool, task)
+    assert booked is not None
+    # The task's CLI asks a second late: sending now would come closer than 1 s to the
+    # request booked after it.
+    await pool.execute(
+        "UPDATE key_reservations SET first_slot = first_slot - interval '1 s' WHERE task_id = $1",
+        task,
+    )
+    async with pool.acquire() as conn:
+        leased = await quota.lease(
+            conn,
+            task_id=task,
+            user="alice",
+            agent_id="agent-a",
+            model=MODEL,
+            exclude=[],
+            counted=True,
+            longest_wait_seconds=60,
+            limits=NO_LIMITS,
+        )
+    assert leased is not None
+    assert leased.slot >= booked.slot + timedelta(seconds=quota.SPACING_FACTOR)
 
 
 RESERVER = textwrap.dedent(

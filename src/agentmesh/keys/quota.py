@@ -34,9 +34,12 @@ PACIFIC_TODAY = "(now() AT TIME ZONE 'America/Los_Angeles')::date"
 # A key whose next request slot is at most this far away has capacity now: the task's CLI
 # starts meanwhile, and its proxy waits out the rest.
 HORIZON_SECONDS = 3.0
-# Requests are spaced 60 s / rpm apart, and 2 % more: the time a request takes from the
-# proxy to Google varies, and two that arrive closer than their slots must not make R + 1.
-SPACING_FACTOR = 1.02
+# Requests are spaced 60 s / rpm apart, and 3 % more: a request reaches Google a little
+# after its slot (a late booked slot, the proxy's wake-up, the network), and R requests
+# spaced so are late by up to 1.8 s together before an R + 1st could fit in a minute.
+SPACING_FACTOR = 1.03
+# A booked slot used later than this is given up for a new one (see TAKE_BOOKED_SLOT).
+LATE_SLOT_SECONDS = 0.5
 # A quota that comes back later than this is treated as daily (Gemini CLI's own rule).
 DAILY_DELAY_SECONDS = 300.0
 
@@ -171,13 +174,16 @@ WITH r AS (
 UPDATE key_reservations k SET requests = 0, tokens = 0, first_slot = NULL
 FROM r WHERE k.task_id = r.task_id
 """
-# A request's key: the slot the task's reservation booked, if its key is still usable.
+# A request's key: the slot the task's reservation booked, if its key is still usable and
+# the slot has not passed by more than LATE_SLOT_SECONDS (a request sent later than its slot
+# comes closer to the requests booked after it: past that, it takes a new slot).
 TAKE_BOOKED_SLOT = f"""
 WITH r AS (
     SELECT r.task_id, r.key_id, r.first_slot FROM key_reservations r
     JOIN api_keys k ON k.id = r.key_id
     LEFT JOIN api_key_models m ON m.key_id = k.id AND m.model = r.model
     WHERE r.task_id = $1 AND r.model = $4 AND r.first_slot IS NOT NULL
+      AND r.first_slot >= now() - make_interval(secs => {LATE_SLOT_SECONDS})
       AND NOT k.fingerprint = ANY($5::text[]) AND {_USABLE}
     FOR UPDATE OF r
 ), taken AS (
