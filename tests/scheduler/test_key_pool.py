@@ -9,10 +9,11 @@ import logging
 from pathlib import Path
 
 import asyncpg
+import grpc
 import pytest
 
 from agentmesh.keys.pool import fingerprint
-from agentmesh.v1 import task_pb2
+from agentmesh.v1 import keys_pb2, keys_pb2_grpc, task_pb2
 from tests.scheduler.conftest import Mesh, run_to_end
 from tests.support.gemini_emulator import (
     GeminiEmulator,
@@ -229,3 +230,55 @@ async def test_a_task_that_spends_more_than_its_budget_is_stopped(
     assert task.state == task_pb2.TASK_STATE_FAILED
     assert "token budget exceeded: 5000 of 3000 tokens" in task.error, task.error
     assert len(emulator.generate_requests()) == 1
+
+
+async def test_every_gemini_task_logs_its_forecast_beside_what_it_spent(
+    mesh: Mesh, emulator: GeminiEmulator
+) -> None:
+    emulator.script(text_reply("Counted.", prompt_tokens=40, candidates_tokens=5))
+    mesh.configure(GEMINI_API_KEY_FILE=str(key_file(mesh.tmp_path, A=KEY_A)))
+    stub = await mesh.start_scheduler()
+    await mesh.start_node("llm")
+
+    task, _ = await run_to_end(stub, kind="gemini", prompt="count me", model=MODEL, user="dan")
+
+    assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
+    (row,) = await fetch(
+        mesh.database_uri,
+        "SELECT task_id, api_key, predicted_tokens, actual_tokens, delta, request_timestamp,"
+        " username, model FROM token_prediction_log",
+    )
+    assert (row["task_id"], row["api_key"], row["username"], row["model"]) == (
+        task.id,
+        fingerprint(KEY_A),
+        "dan",
+        MODEL,
+    )
+    assert row["actual_tokens"] == 45  # the API's usageMetadata, as the proxy counted it
+    assert row["delta"] == 45 - row["predicted_tokens"]
+    assert row["request_timestamp"] is not None
+    async with grpc.aio.insecure_channel(mesh.schedulers[0].address) as channel:
+        report = await keys_pb2_grpc.KeyPoolStub(channel).TokenReport(
+            keys_pb2.TokenReportRequest(days=1)
+        )
+    assert report.overall.tasks == 1
+    assert [(u.name, u.tasks) for u in report.by_user] == [("dan", 1)]
+
+
+async def test_a_task_waits_for_a_key_no_longer_than_its_user_tolerates(mesh: Mesh) -> None:
+    stub = await mesh.start_scheduler()  # no key at all
+    await mesh.start_node("llm")
+    conn = await asyncpg.connect(mesh.database_uri)
+    try:
+        await conn.execute(
+            "INSERT INTO user_profile (username, throttle_tolerance) VALUES ('erin', 1)"
+        )
+    finally:
+        await conn.close()
+
+    task, _ = await run_to_end(stub, kind="gemini", prompt="hello", model=MODEL, user="erin")
+
+    assert task.state == task_pb2.TASK_STATE_FAILED
+    assert task.attempt == 0
+    assert task.error.startswith("no API key: none in api_keys"), task.error
+    assert "the throttle tolerance is 1 s" in task.error, task.error
