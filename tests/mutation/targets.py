@@ -210,14 +210,6 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "code has at most two dialects (ANY_SHELL), so k is 0 or 1: >= 1 is == 1",
         ),
     ),
-    "auth": (
-        Equivalent(
-            "core/AddNot",
-            "if handler.response_streaming:",
-            "either refusal handler aborts with UNAUTHENTICATED before it answers anything, so"
-            " the caller of a streaming or a unary RPC sees the same refusal",
-        ),
-    ),
     "gemini_errors": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",
