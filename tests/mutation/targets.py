@@ -210,6 +210,43 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "code has at most two dialects (ANY_SHELL), so k is 0 or 1: >= 1 is == 1",
         ),
     ),
+    "config": (
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None"
+            " = None) -> Settings:",
+            "every caller passes environ by position and cwd by keyword: `/` or `*` alike",
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "def _read_config_file(path: Path, *, explicit: bool) -> FileSettings:",
+            _KEYWORD_ONLY,
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "exc: ValidationError, *, source: str, secret_keys: frozenset[str] = frozenset()",
+            _KEYWORD_ONLY,
+        ),
+        Equivalent(
+            "core/ReplaceFalseWithTrue",
+            "for error in exc.errors(include_url=False):",
+            "the message is built from each error's loc, type, msg and input; its url is"
+            " never read",
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            'model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)',
+            "validate_default=False: every default is valid as written (the defaults test and"
+            " the example file equal them), so validating it changes nothing; it guards"
+            " defaults edited later (frozen=False, the same operator on this line, is killed)",
+        ),
+        Equivalent(
+            "core/RemoveDecorator",
+            "@classmethod",
+            "pydantic makes a field validator whose first parameter is `cls` a classmethod itself",
+            after='@field_validator("DATABASE_URL")',
+        ),
+    ),
     "gemini_errors": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",
