@@ -97,21 +97,27 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "placement": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",
-            "if len(found) == 1:",
-            "found is never empty here (fitting() returns Waiting instead): <= 1 is == 1",
+            "if len(reachable) == 1:",
+            "reachable is never empty here (an empty one returned just above): <= 1 is == 1",
         ),
         Equivalent(
             "core/ReplaceComparisonOperator_Gt_NotEq",
-            "free = [a for a in found if a.free > 0]",
+            "free = [a for a in reachable if a.free > 0]",
             "`free` is max(..., 0), never negative: != 0 is > 0",
         ),
         Equivalent(
             "core/ReplaceUnaryOperator_USub_Invert", "-a.free,", "~x is -x - 1: the same order"
         ),
         Equivalent(
+            "core/ReplaceComparisonOperator_Gt_NotEq",
+            "f\"{', '.join(unreachable)} {'are' if len(unreachable) > 1 else 'is'} unreachable\"",
+            "the words are used only when some fitting agent is unreachable, so the count is"
+            " never 0: != 1 is > 1",
+        ),
+        Equivalent(
             "core/NumberReplacer",
-            'return Waiting(f"the only fitting agent ({found[0].name}) is busy")',
-            "found holds exactly one agent here: found[-1] is found[0]",
+            'reason = f"the only {qualifier}fitting agent ({reachable[0].name}) is busy"',
+            "reachable holds exactly one agent here: reachable[-1] is reachable[0]",
         ),
     ),
     "trace_writer": (
