@@ -22,6 +22,11 @@ class Target:
     # wake-up, an endless loop) is killed by this, so it should not be much longer than the
     # slowest of the module's tests.
     test_timeout: float = 20.0
+    # Its mutants signal processes: run its tests in a PID namespace of their own, where a
+    # mutant that signals the wrong group (or every process it finds) reaches only the
+    # tests' processes. Run as root without one, a process.py mutant once SIGTERMed every
+    # process on the machine, other people's included.
+    isolated: bool = False
 
 
 # The database tests run on the embedded server only: one server is enough to judge a mutant.
@@ -61,6 +66,7 @@ TARGETS: dict[str, Target] = {
             "cancel or dropped or stubborn or output or stream",
         ),
         test_timeout=60.0,
+        isolated=True,
     ),
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
