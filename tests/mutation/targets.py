@@ -52,7 +52,7 @@ TARGETS: dict[str, Target] = {
     ),
     "store": Target(
         "src/agentmesh/scheduler/store.py",
-        ("tests/store", *EMBEDDED_ONLY),
+        ("tests/store", "tests/scheduler/test_store.py", *EMBEDDED_ONLY),
         note="needs PostgreSQL (the embedded server); its SQL lives in queries.py as strings,"
         " which the tool does not mutate: the store tests judge the SQL through the store",
         test_timeout=60.0,
