@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from agentmesh.config import (
     DEFAULT_ALLOWLIST,
@@ -355,3 +356,159 @@ def test_env_example_says_what_each_variable_is() -> None:
             # A line of prose right above it (not another variable, not a blank line).
             assert above.startswith("# "), line
             assert not variable.match(above), line
+
+
+def test_every_problem_of_a_config_file_is_reported_at_once(tmp_path: Path) -> None:
+    path = _write_config(
+        tmp_path,
+        {
+            "api_policy": {"max_token_per_key": 5, "rpm_soft_limit": -1},
+            "node": {"max_concurrency": 0, "nmae": "node-1"},
+        },
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, cwd=tmp_path)
+
+    assert str(caught.value).splitlines() == [
+        f"{path}: api_policy.rpm_soft_limit: Input should be greater than or equal to 0 (got -1)",
+        f"{path}: api_policy.max_token_per_key: unknown key",
+        f"{path}: node.max_concurrency: Input should be greater than 0 (got 0)",
+        f"{path}: node.nmae: unknown key",
+    ]
+
+
+def test_every_problem_of_the_environment_is_reported_without_the_secrets(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                "DATABASE_URL": "mysql://agentmesh:hunter2-url@db/agentmesh",
+                "POSTGRES_PASSWORD": "hunter2-password",
+                "AGENTMESH_TOKEN": "hunter2-token",
+                "POSTGRES_PORT": "eighty",
+            },
+            cwd=tmp_path,
+        )
+
+    assert str(caught.value).splitlines() == [
+        "environment: POSTGRES_PORT: Input should be a valid integer, unable to parse string as"
+        " an integer (got 'eighty')",
+        "environment: DATABASE_URL: Value error, must be a postgresql:// URL",
+    ]
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["agent_config.json", "elsewhere.json"])
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(b'{"node": {"name": "caf\xe9"}}')
+    environ = {} if name == "agent_config.json" else {"AGENTMESH_CONFIG": name}
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ, cwd=tmp_path)
+
+    assert str(caught.value) == f"{tmp_path / name}: cannot read: UnicodeDecodeError"
+
+
+def test_a_config_path_that_is_a_directory_is_named(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"AGENTMESH_CONFIG": "configs"}, cwd=tmp_path)
+
+    assert str(caught.value) == f"{tmp_path / 'configs'}: cannot read: IsADirectoryError"
+
+
+def test_an_env_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"POSTGRES_PASSWORD=caf\xe9\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, cwd=tmp_path)
+
+    assert str(caught.value) == f"{tmp_path / '.env'}: cannot read: UnicodeDecodeError"
+
+
+# A file that exists but cannot be read, for root too (a chmod 000 file root still reads):
+# reading /proc/self/mem from its start fails with EIO.
+UNREADABLE = Path("/proc/self/mem")
+
+
+@pytest.mark.skipif(not UNREADABLE.exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("variable", ["AGENTMESH_ENV_FILE", "AGENTMESH_CONFIG"])
+def test_a_file_that_cannot_be_read_is_named(tmp_path: Path, variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({variable: str(UNREADABLE)}, cwd=tmp_path)
+
+    assert str(caught.value) == f"{UNREADABLE}: cannot read: OSError"
+
+
+def test_whitespace_around_capabilities_is_dropped(tmp_path: Path) -> None:
+    _write_config(tmp_path, {"node": {"capabilities": [" gpu ", "inventory\n", "\tlinux"]}})
+
+    assert load_settings({}, cwd=tmp_path).node.capabilities == ("gpu", "inventory", "linux")
+
+
+def test_scheduler_and_tls_sections_are_read(tmp_path: Path) -> None:
+    _write_config(
+        tmp_path,
+        {
+            "scheduler": {"max_attempts": 7, "lease_seconds": 12.5},
+            "tls": {"cert_file": "mesh.crt", "key_file": "mesh.key"},
+        },
+    )
+    settings = load_settings({}, cwd=tmp_path)
+
+    assert settings.scheduler.max_attempts == 7
+    assert settings.scheduler.lease_seconds == 12.5
+    assert settings.tls.cert_file == Path("mesh.crt")
+    assert settings.tls.enabled is True
+
+
+@pytest.mark.parametrize(
+    "tls", [{}, {"ca_file": "ca.crt"}, {"client_ca_file": "ca.crt", "key_file": "mesh.key"}]
+)
+def test_tls_is_enabled_only_by_a_certificate(tmp_path: Path, tls: dict[str, str]) -> None:
+    _write_config(tmp_path, {"tls": tls})
+
+    assert load_settings({}, cwd=tmp_path).tls.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("value", "token"), [(None, None), ("", None), ("mesh-t0ken", "mesh-t0ken")]
+)
+def test_the_mesh_token(tmp_path: Path, value: str | None, token: str | None) -> None:
+    environ = {} if value is None else {"AGENTMESH_TOKEN": value}
+
+    assert load_settings(environ, cwd=tmp_path).token == token
+
+
+def test_path_variables_are_read_and_empty_ones_are_unset(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"GEMINI_API_KEY_FILE": "keys.env", "AGENTMESH_DATA_DIR": "/var/lib/agentmesh"},
+        cwd=tmp_path,
+    )
+    empty = load_settings({"GEMINI_API_KEY_FILE": "", "AGENTMESH_DATA_DIR": ""}, cwd=tmp_path)
+
+    paths = (settings.env.GEMINI_API_KEY_FILE, settings.env.AGENTMESH_DATA_DIR)
+    assert paths == (Path("keys.env"), Path("/var/lib/agentmesh"))
+    assert empty.env.GEMINI_API_KEY_FILE is None
+    assert empty.env.AGENTMESH_DATA_DIR is None
+
+
+def test_an_empty_postgres_host_is_localhost(tmp_path: Path) -> None:
+    settings = load_settings({"POSTGRES_HOST": "", "POSTGRES_DB": "inventory"}, cwd=tmp_path)
+
+    assert settings.database_dsn() == "postgresql://agentmesh@localhost:5432/inventory"
+
+
+def test_the_settings_cannot_be_changed_after_validation(tmp_path: Path) -> None:
+    # Assignment is not validated: a settable field would let a bad value past the checks.
+    settings = load_settings({}, cwd=tmp_path)
+
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.node.max_concurrency = 0  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.env.POSTGRES_PORT = 0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.file = FileSettings()  # type: ignore[misc]
+    assert settings.node.max_concurrency == 4

@@ -163,7 +163,10 @@ class FileSettings(_Section):
 
 
 class EnvSettings(_Section):
-    """What the environment (and `.env`) sets, by the seed's variable names."""
+    """What the environment (and `.env`) sets, by the seed's variable names.
+
+    `load_settings` leaves empty variables out: `POSTGRES_HOST=` is unset, not "".
+    """
 
     POSTGRES_DB: str = "agentmesh"
     POSTGRES_USER: str = "agentmesh"
@@ -182,16 +185,6 @@ class EnvSettings(_Section):
     AGENTMESH_DATA_DIR: Path | None = None
     # Where the command line reaches the scheduler; default: scheduler.listen (the local one).
     AGENTMESH_SCHEDULER: HostPort | None = None
-
-    @field_validator("GEMINI_API_KEY_FILE", "AGENTMESH_DATA_DIR", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
-
-    @field_validator("DATABASE_URL", "AGENTMESH_TOKEN", "AGENTMESH_SECRET_KEY", mode="before")
-    @classmethod
-    def _empty_secret_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
 
     @field_validator("DATABASE_URL")
     @classmethod

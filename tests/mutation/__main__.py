@@ -124,6 +124,34 @@ def score(name: str, session: Path, module: Path) -> Score:
     return result
 
 
+# PID 1 of the namespace: runs the command and reaps every process orphaned inside (as
+# init would), so that a test waiting for a killed process to go sees it go; leaving ends
+# the namespace, and every process the tests left behind with it.
+_REAPER = """
+import os, subprocess, sys
+command = subprocess.Popen(sys.argv[1:])
+while True:
+    pid, status = os.wait()
+    if pid == command.pid:
+        sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
+def isolation() -> list[str]:
+    """The command prefix that runs a command in a PID namespace of its own."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise RuntimeError("needs unshare (util-linux) to run its tests in a PID namespace")
+    prefix = [unshare, "--pid", "--mount-proc", "--kill-child"]
+    if os.geteuid() != 0:
+        prefix.insert(1, "--map-root-user")
+    prefix += [sys.executable, "-c", _REAPER]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise RuntimeError(f"cannot make a PID namespace: {probe.stderr.strip()}")
+    return prefix
+
+
 def run_module(name: str, target: Target, timeout: float) -> Score:
     with tempfile.TemporaryDirectory(prefix=f"agentmesh-mutate-{name}-") as scratch:
         copy = Path(scratch) / "repo"
@@ -143,6 +171,12 @@ def run_module(name: str, target: Target, timeout: float) -> Score:
             sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
             f"--basetemp={scratch}/pytest", f"--timeout={target.test_timeout:g}", *target.tests,
         ]  # fmt: skip
+        if target.isolated:
+            try:
+                tests = [*isolation(), *tests]
+            except RuntimeError as exc:
+                print(f"{name}: {exc}")
+                return Score(name, error=str(exc))
         baseline = subprocess.run(tests, cwd=copy, env=env, capture_output=True, text=True)
         if baseline.returncode != 0:
             print(f"{name}: the tests fail before any mutation:\n{baseline.stdout[-3000:]}")

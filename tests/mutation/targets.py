@@ -22,6 +22,11 @@ class Target:
     # wake-up, an endless loop) is killed by this, so it should not be much longer than the
     # slowest of the module's tests.
     test_timeout: float = 20.0
+    # Its mutants signal processes: run its tests in a PID namespace of their own, where a
+    # mutant that signals the wrong group (or every process it finds) reaches only the
+    # tests' processes. Run as root without one, a process.py mutant once SIGTERMed every
+    # process on the machine, other people's included.
+    isolated: bool = False
 
 
 # The database tests run on the embedded server only: one server is enough to judge a mutant.
@@ -47,7 +52,7 @@ TARGETS: dict[str, Target] = {
     ),
     "store": Target(
         "src/agentmesh/scheduler/store.py",
-        ("tests/store", *EMBEDDED_ONLY),
+        ("tests/store", "tests/scheduler/test_store.py", *EMBEDDED_ONLY),
         note="needs PostgreSQL (the embedded server); its SQL lives in queries.py as strings,"
         " which the tool does not mutate: the store tests judge the SQL through the store",
         test_timeout=60.0,
@@ -61,6 +66,7 @@ TARGETS: dict[str, Target] = {
             "cancel or dropped or stubborn or output or stream",
         ),
         test_timeout=60.0,
+        isolated=True,
     ),
     "forecast": Target(
         "src/agentmesh/keys/forecast.py",
@@ -110,21 +116,27 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "placement": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",
-            "if len(found) == 1:",
-            "found is never empty here (fitting() returns Waiting instead): <= 1 is == 1",
+            "if len(reachable) == 1:",
+            "reachable is never empty here (an empty one returned just above): <= 1 is == 1",
         ),
         Equivalent(
             "core/ReplaceComparisonOperator_Gt_NotEq",
-            "free = [a for a in found if a.free > 0]",
+            "free = [a for a in reachable if a.free > 0]",
             "`free` is max(..., 0), never negative: != 0 is > 0",
         ),
         Equivalent(
             "core/ReplaceUnaryOperator_USub_Invert", "-a.free,", "~x is -x - 1: the same order"
         ),
         Equivalent(
+            "core/ReplaceComparisonOperator_Gt_NotEq",
+            "f\"{', '.join(unreachable)} {'are' if len(unreachable) > 1 else 'is'} unreachable\"",
+            "the words are used only when some fitting agent is unreachable, so the count is"
+            " never 0: != 1 is > 1",
+        ),
+        Equivalent(
             "core/NumberReplacer",
-            'return Waiting(f"the only fitting agent ({found[0].name}) is busy")',
-            "found holds exactly one agent here: found[-1] is found[0]",
+            'reason = f"the only {qualifier}fitting agent ({reachable[0].name}) is busy"',
+            "reachable holds exactly one agent here: reachable[-1] is reachable[0]",
         ),
     ),
     "trace_writer": (
@@ -223,12 +235,41 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "code has at most two dialects (ANY_SHELL), so k is 0 or 1: >= 1 is == 1",
         ),
     ),
-    "auth": (
+    "config": (
         Equivalent(
-            "core/AddNot",
-            "if handler.response_streaming:",
-            "either refusal handler aborts with UNAUTHENTICATED before it answers anything, so"
-            " the caller of a streaming or a unary RPC sees the same refusal",
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None"
+            " = None) -> Settings:",
+            "every caller passes environ by position and cwd by keyword: `/` or `*` alike",
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "def _read_config_file(path: Path, *, explicit: bool) -> FileSettings:",
+            _KEYWORD_ONLY,
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "exc: ValidationError, *, source: str, secret_keys: frozenset[str] = frozenset()",
+            _KEYWORD_ONLY,
+        ),
+        Equivalent(
+            "core/ReplaceFalseWithTrue",
+            "for error in exc.errors(include_url=False):",
+            "the message is built from each error's loc, type, msg and input; its url is"
+            " never read",
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            'model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)',
+            "validate_default=False: every default is valid as written (the defaults test and"
+            " the example file equal them), so validating it changes nothing; it guards"
+            " defaults edited later (frozen=False, the same operator on this line, is killed)",
+        ),
+        Equivalent(
+            "core/RemoveDecorator",
+            "@classmethod",
+            "pydantic makes a field validator whose first parameter is `cls` a classmethod itself",
+            after='@field_validator("DATABASE_URL")',
         ),
     ),
     "gemini_errors": (

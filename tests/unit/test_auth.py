@@ -7,7 +7,8 @@ mesh with the token is tested in tests/scheduler/test_auth.py; this file needs n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -90,16 +91,22 @@ def _requests() -> Iterator[bytes]:
     yield b"b"
 
 
-async def call(channel: grpc.aio.Channel, kind: str, metadata: Any = None) -> list[bytes]:
-    """Make one call of `kind`; the replies it got."""
+async def call(
+    channel: grpc.aio.Channel,
+    kind: str,
+    metadata: Any = None,
+    requests: Callable[[], Any] = _requests,
+) -> list[bytes]:
+    """Make one call of `kind` (its requests from `requests()`, if it streams them)."""
     method = f"/{SERVICE}/{kind}"
+    options: dict[str, Any] = {"metadata": metadata, "timeout": 10}
     if kind == "Unary":
-        return [await channel.unary_unary(method)(b"x", metadata=metadata)]
+        return [await channel.unary_unary(method)(b"x", **options)]
     if kind == "ServerStream":
-        return [r async for r in channel.unary_stream(method)(b"x", metadata=metadata)]
+        return [r async for r in channel.unary_stream(method)(b"x", **options)]
     if kind == "ClientStream":
-        return [await channel.stream_unary(method)(_requests(), metadata=metadata)]
-    return [r async for r in channel.stream_stream(method)(_requests(), metadata=metadata)]
+        return [await channel.stream_unary(method)(requests(), **options)]
+    return [r async for r in channel.stream_stream(method)(requests(), **options)]
 
 
 EXPECTED = {
@@ -135,12 +142,44 @@ async def test_calls_without_the_exact_token_are_refused_and_never_run(
 
     assert service.calls == []
     if kind in REQUEST_STREAMING:
-        # The refusal answers with a handler that reads one request, so a client still
-        # streaming may see INTERNAL instead. No mesh RPC streams requests (see
-        # tests/scheduler/test_auth.py); what matters is that the handler never ran.
+        # A client still writing its requests when the refusal ends the call may see
+        # INTERNAL instead: grpc.aio reports its failed write over the server's status
+        # (grpc/grpc#36066). A client not writing sees UNAUTHENTICATED (the test below).
         return
     assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert refused.value.details() == "missing or wrong bearer token"
+
+
+async def _no_requests() -> AsyncIterator[bytes]:
+    return
+    yield
+
+
+async def _requests_never_sent() -> AsyncIterator[bytes]:
+    await asyncio.Event().wait()  # a client that waits for something before its first request
+    yield b"never"
+
+
+@pytest.mark.parametrize("kind", REQUEST_STREAMING)
+@pytest.mark.parametrize(
+    "requests",
+    [_no_requests, _requests_never_sent],
+    ids=["none", "never-sent"],
+)
+async def test_a_refused_request_stream_is_unauthenticated_before_the_client_sends(
+    served: tuple[str, EchoService], kind: str, requests: Callable[[], Any]
+) -> None:
+    address, service = served
+    async with grpc.aio.insecure_channel(address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(channel, kind, requests=requests)
+        # The refusal leaves the channel usable for the next call.
+        replies = await call(channel, "Unary", (("authorization", f"Bearer {TOKEN}"),))
+
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.details() == "missing or wrong bearer token"
+    assert replies == [b"x"]
+    assert service.calls == ["Unary"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

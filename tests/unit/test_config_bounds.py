@@ -139,3 +139,14 @@ def test_every_numeric_bound_has_its_edge_case() -> None:
     covered = {f"{key}:{_kind(words)}" for key, words in cases}
 
     assert _bounded_fields(FileSettings) | _bounded_fields(EnvSettings) == covered
+
+
+def test_an_empty_model_name_is_refused_and_one_character_is_enough(tmp_path: Path) -> None:
+    assert load_with(tmp_path, nested("agent_defaults.model", "m")).agent_defaults.model == "m"
+    with pytest.raises(ConfigError) as refused:
+        load_with(tmp_path, nested("agent_defaults.model", ""))
+
+    assert str(refused.value) == (
+        f"{tmp_path / 'agent_config.json'}: agent_defaults.model: String should have at least"
+        " 1 character (got '')"
+    )

@@ -6,6 +6,7 @@ shows while it waits.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -45,10 +46,14 @@ def placed(spec: TaskSpec, agents: list[AgentSlot], siblings: Counter[str] = NO_
     return choice.name
 
 
-def waits(spec: TaskSpec, agents: list[AgentSlot]) -> str:
+def waiting(spec: TaskSpec, agents: list[AgentSlot]) -> Waiting:
     choice = pick_agent(spec, agents, NO_SIBLINGS)
     assert isinstance(choice, Waiting), f"placed on {choice.name}"
-    return choice.reason
+    return choice
+
+
+def waits(spec: TaskSpec, agents: list[AgentSlot]) -> str:
+    return waiting(spec, agents).reason
 
 
 # ----------------------------------------------------------------------------- capabilities
@@ -294,3 +299,109 @@ def test_placement_values_are_immutable() -> None:
         slot.running = 9  # type: ignore[misc]
     with pytest.raises(AttributeError):
         Waiting("x").reason = "y"  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- unreachable
+
+
+def cut_off(slot: AgentSlot) -> AgentSlot:
+    """The agent heartbeats, but the scheduler cannot dial it (or it refuses the token)."""
+    return dataclasses.replace(slot, unreachable=True)
+
+
+WHY = "(the scheduler cannot dial it, or it refuses the mesh token)"
+
+
+def test_an_unreachable_agent_gets_nothing() -> None:
+    spec = TaskSpec(kind="echo", prompt="hi")
+
+    assert placed(spec, [cut_off(agent("idle")), agent("busy", running=3)]) == "busy"
+
+
+def test_a_task_whose_only_fitting_agent_is_unreachable_says_so() -> None:
+    choice = waiting(TaskSpec(kind="echo", prompt="hi"), [cut_off(agent("desk"))])
+
+    assert choice == Waiting(f"every fitting agent is cut off: desk is unreachable {WHY}", True)
+
+
+def test_several_unreachable_agents_are_named_in_order() -> None:
+    agents = [cut_off(agent("nas")), cut_off(agent("desk"))]
+
+    choice = waiting(TaskSpec(kind="echo", prompt="hi"), agents)
+
+    assert choice == Waiting(
+        f"every fitting agent is cut off: desk, nas are unreachable {WHY}", True
+    )
+
+
+def test_a_busy_reachable_agent_and_an_unreachable_one() -> None:
+    agents = [agent("full", max_concurrency=1, running=1), cut_off(agent("desk"))]
+
+    choice = waiting(TaskSpec(kind="echo", prompt="hi"), agents)
+
+    assert choice == Waiting(
+        f"the only reachable fitting agent (full) is busy; desk is unreachable {WHY}"
+    )
+
+
+def test_busy_reachable_agents_and_unreachable_ones() -> None:
+    agents = [
+        agent("a", max_concurrency=1, running=1),
+        cut_off(agent("c")),
+        agent("b", max_concurrency=1, running=2),
+        cut_off(agent("d")),
+    ]
+
+    choice = waiting(TaskSpec(kind="echo", prompt="hi"), agents)
+
+    assert choice == Waiting(f"all 2 reachable fitting agents are busy; c, d are unreachable {WHY}")
+
+
+# ----------------------------------------------------------------------------- parking
+
+
+@pytest.mark.parametrize(
+    ("spec", "agents"),
+    [
+        (TaskSpec(kind="echo", prompt="hi"), []),
+        (TaskSpec(kind="echo", prompt="hi"), [agent("leaving", draining=True)]),
+        (TaskSpec(kind="echo", prompt="hi", target_host="nas"), [agent("desk")]),
+        (TaskSpec(kind="gemini", prompt="hi"), [agent("desk")]),
+        (TaskSpec(kind="echo", prompt="hi", required_capabilities=("gpu",)), [agent("desk")]),
+        (TaskSpec(kind="echo", prompt="hi"), [cut_off(agent("desk"))]),
+    ],
+    ids=["no-agents", "draining", "absent-host", "no-executor", "no-capability", "cut-off"],
+)
+def test_a_task_nobody_could_run_waits_for_a_change_in_the_mesh(
+    spec: TaskSpec, agents: list[AgentSlot]
+) -> None:
+    # nobody_fits parks the task until the mesh changes: a freed slot would not help it.
+    assert waiting(spec, agents).nobody_fits is True
+
+
+@pytest.mark.parametrize(
+    "agents",
+    [
+        [agent("full", max_concurrency=1, running=1)],
+        [agent("a", max_concurrency=1, running=1), agent("b", max_concurrency=1, running=1)],
+        [agent("full", max_concurrency=1, running=1), cut_off(agent("desk"))],
+    ],
+    ids=["one-busy", "all-busy", "busy-and-cut-off"],
+)
+def test_a_task_waiting_for_busy_agents_waits_for_a_free_slot(agents: list[AgentSlot]) -> None:
+    assert waiting(TaskSpec(kind="echo", prompt="hi"), agents).nobody_fits is False
+
+
+def test_what_an_agent_could_run_changes_with_its_abilities_not_its_load() -> None:
+    # Parked tasks are looked at again when this view of the mesh changes.
+    idle = agent("desk")
+
+    assert idle.placement_view == agent("desk", running=3, max_concurrency=9).placement_view
+    for changed in (
+        agent("desk", capabilities=("gpu",)),
+        agent("desk", executors=("echo",)),
+        agent("desk", hostname="other.lan"),
+        agent("laptop"),
+        cut_off(idle),
+    ):
+        assert changed.placement_view != idle.placement_view

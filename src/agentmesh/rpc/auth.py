@@ -30,6 +30,18 @@ async def _refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, An
     yield  # pragma: no cover - makes this an async generator, as streaming handlers are
 
 
+# The refusal for each call kind, by (request_streaming, response_streaming). It has the
+# refused RPC's kind and reads no request: a unary refusal of a request-streaming RPC waits
+# for exactly one request, so a client that sends none, or waits before its first, never
+# hears back, and one that sends several gets INTERNAL.
+_REFUSALS = {
+    (False, False): (grpc.unary_unary_rpc_method_handler, _refuse),
+    (False, True): (grpc.unary_stream_rpc_method_handler, _refuse_stream),
+    (True, False): (grpc.stream_unary_rpc_method_handler, _refuse),
+    (True, True): (grpc.stream_stream_rpc_method_handler, _refuse_stream),
+}
+
+
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without the right bearer token, compared in constant time."""
 
@@ -49,17 +61,13 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if bearer_matches(handler_call_details.invocation_metadata, self._token):
             return handler
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                _refuse_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            _refuse,
+        factory, refuse = _REFUSALS[handler.request_streaming, handler.response_streaming]
+        refusal: grpc.RpcMethodHandler[Any, Any] = factory(
+            refuse,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        return refusal
 
 
 def _with_token(
