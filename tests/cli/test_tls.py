@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agentmesh.config import load_settings
 from tests.cli.conftest import TOKEN, Cli, cli_environment
-from tests.node.conftest import GEMINI_CLI
 from tests.scheduler.conftest import HEARTBEAT, Mesh
 from tests.support.pki import make_pki
 
@@ -30,16 +28,7 @@ async def test_the_cli_reaches_a_scheduler_that_requires_tls_and_client_certific
             "ca_file": str(pki / "ca.crt"),
         },
     )
-    mesh.settings = load_settings(
-        {
-            "DATABASE_URL": database_uri,
-            "AGENTMESH_DATA_DIR": str(tmp_path / "data"),
-            "AGENTMESH_CONFIG": str(served),
-            "GEMINI_CLI_COMMAND": GEMINI_CLI,
-            "AGENTMESH_TOKEN": TOKEN,
-        },
-        cwd=tmp_path,
-    )
+    mesh.configure(AGENTMESH_CONFIG=str(served), AGENTMESH_TOKEN=TOKEN)
     await mesh.start_scheduler()
     await mesh.start_node("alpha")
     client = _config(
