@@ -289,10 +289,10 @@ async def test_a_booked_slot_used_late_is_given_up_for_a_new_one(
     (task,) = await new_tasks(store, 1)
     booked = await reserve(pool, task)
     assert booked is not None
-    # The task's CLI asks a second late: sending now would come closer than 1 s to the
+    # The task's CLI asks 2 s late: sending now would come closer than 1 s to the
     # request booked after it.
     await pool.execute(
-        "UPDATE key_reservations SET first_slot = first_slot - interval '1 s' WHERE task_id = $1",
+        "UPDATE key_reservations SET first_slot = now() - interval '2 s' WHERE task_id = $1",
         task,
     )
     async with pool.acquire() as conn:

@@ -29,8 +29,10 @@ LONGEST_WAIT_SECONDS = 60.0
 # When nothing says when capacity comes back, the CLI is told to retry after this long.
 DEFAULT_RETRY_SECONDS = 60.0
 RUNNING_TASK = "SELECT user_name, state, attempt, assigned_agent FROM tasks WHERE id = $1"
-# Statuses that mean the key itself was refused (invalid, revoked, not allowed).
-REFUSED = frozenset({401, 403})
+# What says the key itself was refused (invalid, expired, revoked): a 401, or the API's
+# reason. A 403 alone may be about a model or a region, not the key: no reason to disable it.
+REFUSED_STATUS = 401
+REFUSED_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"})
 
 
 class KeyBroker:
@@ -83,18 +85,21 @@ class KeyBroker:
                 raise FailedPrecondition(f"API key {choice.label} has no stored secret")
             secret = self._vault.open_secret(choice.sealed)
             log_format.redact(secret)
-        wait = (choice.slot - datetime.now(UTC)).total_seconds()
         return keys_pb2.KeyLease(
             fingerprint=choice.fingerprint,
             label=choice.label,
             secret=secret,
-            wait_seconds=max(wait, 0.0),
+            wait_seconds=max(choice.wait, 0.0),
         )
 
     async def report(self, request: keys_pb2.ReportKeyUseRequest) -> keys_pb2.ReportKeyUseResponse:
         status = request.http_status
         async with self._pool.acquire() as conn:
-            await self._running_user(conn, request.task_id, request.attempt, request.agent_id)
+            # What Google served counts even when the attempt ended meanwhile (a cancel while
+            # the answer streamed): the attempt that ran there may report it.
+            await self._running_user(
+                conn, request.task_id, request.attempt, request.agent_id, ended_too=True
+            )
             key = await conn.fetchrow(quota.KEY_BY_FINGERPRINT, request.fingerprint)
             if key is None:
                 raise NotFound(f"no API key with fingerprint {request.fingerprint}")
@@ -121,7 +126,7 @@ class KeyBroker:
                 )
                 await quota.cool(conn, key_id, request.model, seconds, reason)
                 log.warning("API key cooling down", extra={**fields, "seconds": round(seconds)})
-            elif status in REFUSED or request.error_reason == "API_KEY_INVALID":
+            elif status == REFUSED_STATUS or request.error_reason in REFUSED_REASONS:
                 why = request.error_reason or f"HTTP {status}"
                 await quota.disable(conn, key_id, f"refused by the API: {why}")
                 log.warning("API key refused by the API: disabled", extra={**fields, "why": why})
@@ -139,13 +144,16 @@ class KeyBroker:
         task_id: str,
         attempt: int,
         agent_id: str,
+        *,
+        ended_too: bool = False,
     ) -> str:
-        """The task's user, if this attempt of it runs on this agent now; else an error: a
-        key goes only to a node that runs a task now."""
+        """The task's user, if this attempt of it runs on this agent now (or, `ended_too`,
+        ran there last); else an error: a key goes only to a node that runs a task now."""
         row = await conn.fetchrow(RUNNING_TASK, task_id)
         if row is None:
             raise NotFound(f"no task {task_id}")
-        if row["state"] != "working" or row["attempt"] != attempt:
+        running = row["state"] == "working" or (ended_too and row["state"] != "submitted")
+        if not running or row["attempt"] != attempt:
             raise FailedPrecondition(
                 f"task {task_id} attempt {attempt} is not running (state {row['state']},"
                 f" attempt {row['attempt']})"

@@ -34,12 +34,16 @@ PACIFIC_TODAY = "(now() AT TIME ZONE 'America/Los_Angeles')::date"
 # A key whose next request slot is at most this far away has capacity now: the task's CLI
 # starts meanwhile, and its proxy waits out the rest.
 HORIZON_SECONDS = 3.0
-# Requests are spaced 60 s / rpm apart, and 3 % more: a request reaches Google a little
-# after its slot (a late booked slot, the proxy's wake-up, the network), and R requests
-# spaced so are late by up to 1.8 s together before an R + 1st could fit in a minute.
-SPACING_FACTOR = 1.03
-# A booked slot used later than this is given up for a new one (see TAKE_BOOKED_SLOT).
-LATE_SLOT_SECONDS = 0.5
+# Requests are spaced 60 s / rpm apart, and 3.5 % more: a request reaches Google a little
+# after its slot (a late booked slot, the proxy's wake-up, the network); R requests spaced
+# so may be late by 2.1 s together before an R + 1st could fit in a minute.
+SPACING_FACTOR = 1.035
+# A booked slot used later than this is given up for a new one (see TAKE_BOOKED_SLOT); the
+# rest of the 2.1 s is for the way from the proxy to Google.
+LATE_SLOT_SECONDS = 1.4
+# A task's first request comes when its CLI has started: its booked slot is at least this
+# far ahead, so that a CLI that starts in time meets it.
+FIRST_SLOT_LEAD_SECONDS = 1.0
 # A quota that comes back later than this is treated as daily (Gemini CLI's own rule).
 DAILY_DELAY_SECONDS = 300.0
 
@@ -72,6 +76,8 @@ class KeyChoice:
     sealed: str | None
     # When the request may go (reservations: the booked slot; leases: this request's slot).
     slot: datetime
+    # Seconds from now to the slot, by the database's clock (leases only).
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,9 @@ _ORDER = """
 # the reservation is exact whatever other replicas do at the same time.
 RESERVE = f"""
 WITH pick AS (
-    SELECT k.id, k.name, k.fingerprint, k.node_id, k.key_value, m.next_request_at,
+    SELECT k.id, k.name, k.fingerprint, k.node_id, k.key_value,
+           greatest(m.next_request_at,
+                    now() + make_interval(secs => {FIRST_SLOT_LEAD_SECONDS})) AS slot,
            {_SPACING} AS spacing
     FROM api_keys k {_limits(9)}
     JOIN api_key_usage u ON u.key_id = k.id AND u.model = $4 AND u.day = {PACIFIC_TODAY}
@@ -139,14 +147,14 @@ WITH pick AS (
     SET reserved_requests = u.reserved_requests + $5, reserved_tokens = u.reserved_tokens + $6
     FROM pick WHERE u.key_id = pick.id AND u.model = $4 AND u.day = {PACIFIC_TODAY}
 ), booked AS (
-    UPDATE api_key_models m SET next_request_at = greatest(m.next_request_at, now()) + pick.spacing
+    UPDATE api_key_models m SET next_request_at = pick.slot + pick.spacing
     FROM pick WHERE m.key_id = pick.id AND m.model = $4
 ), used AS (
     UPDATE api_keys SET last_used_at = now() FROM pick WHERE api_keys.id = pick.id
 ), reserved AS (
     INSERT INTO key_reservations AS r (task_id, key_id, model, day, requests, tokens,
         first_slot, predicted_requests, predicted_tokens, budget)
-    SELECT $1, pick.id, $4, {PACIFIC_TODAY}, $5, $6, greatest(pick.next_request_at, now()),
+    SELECT $1, pick.id, $4, {PACIFIC_TODAY}, $5, $6, pick.slot,
            $5, $6, $7
     FROM pick
     ON CONFLICT (task_id) DO UPDATE SET
@@ -155,8 +163,7 @@ WITH pick AS (
         predicted_requests = EXCLUDED.predicted_requests,
         predicted_tokens = EXCLUDED.predicted_tokens, budget = EXCLUDED.budget
 )
-SELECT id, name, fingerprint, node_id, key_value, greatest(next_request_at, now()) AS slot
-FROM pick
+SELECT id, name, fingerprint, node_id, key_value, slot FROM pick
 """
 # Give back what a task's reservation still holds before it reserves again (the trigger on
 # tasks does this when an attempt ends).
@@ -197,7 +204,8 @@ WITH r AS (
     WHERE kr.task_id = r.task_id AND u.key_id = kr.key_id AND u.model = kr.model
       AND u.day = kr.day
 )
-SELECT k.id, k.name, k.fingerprint, k.node_id, k.key_value, r.first_slot AS slot
+SELECT k.id, k.name, k.fingerprint, k.node_id, k.key_value, r.first_slot AS slot,
+       extract(epoch FROM r.first_slot - clock_timestamp())::float8 AS wait
 FROM r JOIN api_keys k ON k.id = r.key_id
 """
 # Any other key for one request: one with a slot now before one that must be waited for,
@@ -205,7 +213,9 @@ FROM r JOIN api_keys k ON k.id = r.key_id
 # $6 counted, $7 longest wait, $8-$10 limits.
 LEASE = f"""
 WITH own AS (
-    SELECT key_id, day, requests, tokens FROM key_reservations WHERE task_id = $1
+    SELECT key_id, day, requests, tokens FROM key_reservations
+    WHERE task_id = $1 AND model = $4
+    FOR UPDATE
 ), pick AS (
     SELECT k.id, k.name, k.fingerprint, k.node_id, k.key_value,
            greatest(m.next_request_at, now()) AS slot, {_SPACING} AS spacing,
@@ -239,10 +249,13 @@ WITH own AS (
 ), used AS (
     UPDATE api_keys SET last_used_at = now() FROM pick WHERE $6 AND api_keys.id = pick.id
 )
-SELECT id, name, fingerprint, node_id, key_value, slot FROM pick
+SELECT id, name, fingerprint, node_id, key_value, slot,
+       extract(epoch FROM slot - clock_timestamp())::float8 AS wait FROM pick
 """
 # The exact figures of a request replace what the task's reservation held for them.
-LOCK_RESERVATION = "SELECT key_id, day, tokens FROM key_reservations WHERE task_id = $1 FOR UPDATE"
+LOCK_RESERVATION = (
+    "SELECT key_id, model, day, tokens FROM key_reservations WHERE task_id = $1 FOR UPDATE"
+)
 ADD_TOKENS = f"""
 INSERT INTO api_key_usage AS u (key_id, model, day, tokens) VALUES ($1, $2, {PACIFIC_TODAY}, $3)
 ON CONFLICT (key_id, model, day) DO UPDATE SET tokens = u.tokens + EXCLUDED.tokens
@@ -309,6 +322,7 @@ def _choice(row: asyncpg.Record) -> KeyChoice:
         node_id=row["node_id"],
         sealed=row["key_value"],
         slot=row["slot"],
+        wait=row.get("wait", 0.0),
     )
 
 
@@ -394,7 +408,7 @@ async def spend_tokens(
         held = await conn.fetchrow(LOCK_RESERVATION, task_id)
         await conn.execute(ADD_TOKENS, key_id, model, tokens)
         freed = 0
-        if held is not None and held["key_id"] == key_id:
+        if held is not None and held["key_id"] == key_id and held["model"] == model:
             freed = min(held["tokens"], tokens)
             await conn.execute(FREE_RESERVED_TOKENS, key_id, model, held["day"], freed)
         row = await conn.fetchrow(SPENT_BY_TASK, task_id, tokens, freed)

@@ -414,6 +414,10 @@ class Dispatcher:
                             counts=False,
                         )
                         return
+                    if key is not None:
+                        # What it spent is known now (the proxy reports each request before
+                        # its answer ends): logged before the task is seen ended.
+                        await _with_retry(functools.partial(self._keys.task_ended, attempt.task_id))
                     await _with_retry(
                         functools.partial(
                             self._store.finish_attempt,

@@ -20,6 +20,7 @@ import asyncpg
 
 from agentmesh.db.connect import Connection
 from agentmesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from agentmesh.keys import quota
 from agentmesh.rpc.convert import payload_from_dict, payload_to_dict
 from agentmesh.scheduler import queries as q
 from agentmesh.tasks.events import Payload, Result, Status, TaskEvent, Usage
@@ -400,6 +401,8 @@ class TaskStore:
             if stale:  # finished or cancelled between the read and the claim
                 await conn.execute(q.DROP_STALE_QUEUE_ROWS, stale)
                 await conn.execute(q.RELEASE_CLAIMS, stale, owner)
+                if key_ids:  # what `prepare` reserved for them goes back
+                    await quota.release(conn, stale)
             children = [s for s in started if s.parent_id]
             if children:
                 await conn.execute(
