@@ -62,8 +62,9 @@ TARGETS: dict[str, Target] = {
         (
             "tests/node/test_cancel_stubborn.py",
             "tests/node/test_node.py",
+            "tests/node/test_process_groups.py",
             "-k",
-            "cancel or dropped or stubborn or output or stream",
+            "cancel or dropped or stubborn or output or stream or process_groups",
         ),
         test_timeout=60.0,
         isolated=True,
