@@ -195,14 +195,22 @@ class Scheduler:
         """Stop serving; hand our running attempts back to the queue for another replica."""
         await self.server.set_serving(False)
         await self.server.stop(grace_seconds)
-        for task in [*self._background, *self.side_tasks]:
-            task.cancel()
-        await asyncio.gather(*self._background, *self.side_tasks, return_exceptions=True)
+        await _cancel_all([*self._background, *self.side_tasks])
         await self.dispatcher.stop()
         with contextlib.suppress(*DATABASE_ERRORS):
             await self.store.release_owned(self.owner)
         await self._channels.close()
         await self.pool.close()
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel these tasks and wait for them, cancelling again any that caught it (a gRPC
+    call cancelled under a loop ends as an RpcError that an `except Exception` swallows)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
 
 
 async def _token_report(pool: asyncpg.Pool, days: int) -> keys_pb2.TokenReportResponse:
