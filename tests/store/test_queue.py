@@ -167,7 +167,10 @@ async def test_the_api_key_an_attempt_uses_is_recorded(
     gemini = await store.submit(TaskSpec(kind="gemini", prompt="hi"))
     echo = await store.submit(ECHO)
 
-    await store.start_attempts({gemini: AGENT, echo: AGENT}, OWNER, LEASE, {gemini: 42})
+    async def keys(conn: object, claimed: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+        return claimed, {gemini: 42}  # what the dispatcher's key reservation returns
+
+    await store.start_attempts({gemini: AGENT, echo: AGENT}, OWNER, LEASE, keys)
 
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT id, api_key_id FROM tasks")
