@@ -61,6 +61,15 @@ async def everything_stored(database_uri: str) -> str:
     return "\n".join(dumped)
 
 
+async def prefer(mesh: Mesh, label: str) -> None:
+    """Give a key the highest priority, so that it is the one tried first."""
+    conn = await asyncpg.connect(mesh.database_uri)
+    try:
+        await conn.execute("UPDATE api_keys SET priority = 10 WHERE name = $1", label)
+    finally:
+        await conn.close()
+
+
 def diagnostics(events: list[task_pb2.TaskEvent]) -> list[str]:
     return [e.diagnostic.message for e in events if e.WhichOneof("payload") == "diagnostic"]
 
@@ -72,6 +81,7 @@ async def test_a_429_cools_that_key_and_the_request_completes_on_another(
     emulator.script(quota_exhausted("minute", retry_seconds=40), text_reply("Done."))
     mesh.configure(GEMINI_API_KEY_FILE=str(key_file(mesh.tmp_path, A=KEY_A, B=KEY_B)))
     stub = await mesh.start_scheduler()
+    await prefer(mesh, "A")
     await mesh.start_node("llm")
 
     task, events = await run_to_end(stub, kind="gemini", prompt="hello", model=MODEL)
@@ -106,6 +116,7 @@ async def test_a_key_the_api_refuses_is_disabled_with_the_reason(
     emulator.script(text_reply("Fine."))
     mesh.configure(GEMINI_API_KEY_FILE=str(key_file(mesh.tmp_path, A=KEY_A, B=KEY_B)))
     stub = await mesh.start_scheduler()
+    await prefer(mesh, "A")
     await mesh.start_node("llm")
 
     task, _ = await run_to_end(stub, kind="gemini", prompt="hello", model=MODEL)

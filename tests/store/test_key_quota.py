@@ -311,6 +311,36 @@ async def test_a_booked_slot_used_late_is_given_up_for_a_new_one(
     assert leased.slot >= booked.slot + timedelta(seconds=quota.SPACING_FACTOR)
 
 
+async def test_a_late_booked_slot_still_goes_when_nothing_was_booked_after_it(
+    pool: asyncpg.Pool, store: TaskStore
+) -> None:
+    await add_key(pool, "k", rpm=60)
+    (task,) = await new_tasks(store, 1)
+    assert await reserve(pool, task) is not None
+    # Its CLI is 3 s late, and no other request was booked on the key since: it may go now,
+    # and the key's next slot moves on from now.
+    await pool.execute(
+        "UPDATE key_reservations SET first_slot = first_slot - interval '3 s';"
+        " UPDATE api_key_models SET next_request_at = next_request_at - interval '3 s'"
+    )
+    async with pool.acquire() as conn:
+        leased = await quota.lease(
+            conn,
+            task_id=task,
+            user="alice",
+            agent_id="agent-a",
+            model=MODEL,
+            exclude=[],
+            counted=True,
+            longest_wait_seconds=60,
+            limits=NO_LIMITS,
+        )
+        next_slot = await conn.fetchval("SELECT next_request_at - now() FROM api_key_models")
+    assert leased is not None
+    assert leased.wait < 0  # its slot, late: no waiting
+    assert next_slot >= timedelta(seconds=quota.SPACING_FACTOR - 0.1)  # from the lease's now
+
+
 RESERVER = textwrap.dedent(
     """
     import asyncio, sys

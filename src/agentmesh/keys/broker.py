@@ -79,6 +79,16 @@ class KeyBroker:
             return keys_pb2.KeyLease(
                 exhausted=True, retry_after_seconds=max(retry, 1.0), reason=short.reason
             )
+        log.debug(
+            "key leased",
+            extra={
+                "task_id": request.task_id,
+                "key": choice.label,
+                "model": request.model,
+                "counted": request.counted,
+                "wait": round(choice.wait, 3),
+            },
+        )
         secret = ""
         if choice.node_id is None:
             if choice.sealed is None:

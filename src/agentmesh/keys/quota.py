@@ -181,17 +181,21 @@ WITH r AS (
 UPDATE key_reservations k SET requests = 0, tokens = 0, first_slot = NULL
 FROM r WHERE k.task_id = r.task_id
 """
-# A request's key: the slot the task's reservation booked, if its key is still usable and
-# the slot has not passed by more than LATE_SLOT_SECONDS (a request sent later than its slot
-# comes closer to the requests booked after it: past that, it takes a new slot).
+# A request's key: the slot the task's reservation booked, if its key is still usable. A
+# request sent later than its slot comes closer to the requests booked after it: up to
+# LATE_SLOT_SECONDS late it may go (the spacing's margin covers that), later only if no
+# request was booked on the key after it (then the next slot moves on from now); otherwise
+# it takes a new slot. $1 task, $2 user, $3 nodes, $4 model, $5 exclude, $6-$8 limits.
 TAKE_BOOKED_SLOT = f"""
 WITH r AS (
-    SELECT r.task_id, r.key_id, r.first_slot FROM key_reservations r
-    JOIN api_keys k ON k.id = r.key_id
+    SELECT r.task_id, r.key_id, r.first_slot, {_SPACING} AS spacing
+    FROM key_reservations r
+    JOIN api_keys k ON k.id = r.key_id {_limits(6)}
     LEFT JOIN api_key_models m ON m.key_id = k.id AND m.model = r.model
     WHERE r.task_id = $1 AND r.model = $4 AND r.first_slot IS NOT NULL
-      AND r.first_slot >= now() - make_interval(secs => {LATE_SLOT_SECONDS})
       AND NOT k.fingerprint = ANY($5::text[]) AND {_USABLE}
+      AND (r.first_slot >= now() - make_interval(secs => {LATE_SLOT_SECONDS})
+           OR m.next_request_at <= r.first_slot + {_SPACING} + interval '1 ms')
     FOR UPDATE OF r
 ), taken AS (
     UPDATE key_reservations k SET first_slot = NULL, used_requests = k.used_requests + 1,
@@ -203,6 +207,9 @@ WITH r AS (
     FROM r, key_reservations kr
     WHERE kr.task_id = r.task_id AND u.key_id = kr.key_id AND u.model = kr.model
       AND u.day = kr.day
+), moved_on AS (
+    UPDATE api_key_models m SET next_request_at = greatest(m.next_request_at, now() + r.spacing)
+    FROM r WHERE m.key_id = r.key_id AND m.model = $4
 )
 SELECT k.id, k.name, k.fingerprint, k.node_id, k.key_value, r.first_slot AS slot,
        extract(epoch FROM r.first_slot - clock_timestamp())::float8 AS wait
@@ -383,7 +390,9 @@ async def lease(
     async with conn.transaction():
         await ensure_rows(conn, model)
         if counted:
-            row = await conn.fetchrow(TAKE_BOOKED_SLOT, task_id, user, [agent_id], model, exclude)
+            row = await conn.fetchrow(
+                TAKE_BOOKED_SLOT, task_id, user, [agent_id], model, exclude, *limits.args
+            )
             if row is not None:
                 return _choice(row)
         row = await conn.fetchrow(
