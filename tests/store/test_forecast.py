@@ -21,7 +21,6 @@ from agentmesh.keys.forecast import (
     Forecast,
     Forecaster,
     plain_rule,
-    token_limit,
     token_report,
 )
 from agentmesh.keys.pool import fingerprint
@@ -437,32 +436,6 @@ async def test_actuals_of_a_task_without_a_prediction_are_reported_not_stored(
 
 
 # ------------------------------------------------------------------ token limits
-
-
-@pytest.mark.parametrize(
-    ("profile_limit", "spec_max_tokens", "expected"),
-    [
-        (10_000, 0, 10_000),
-        (10_000, 5_000, 5_000),
-        (10_000, 20_000, 10_000),
-        (None, 5_000, 5_000),
-        (0, 5_000, 5_000),
-        (None, 0, None),
-        (0, 0, None),
-    ],
-)
-async def test_the_token_limit_is_the_smaller_of_the_task_and_the_user_limits(
-    pool: asyncpg.Pool, profile_limit: int | None, spec_max_tokens: int, expected: int | None
-) -> None:
-    async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO user_profile (username, max_token_per_request) VALUES ('alice', $1)",
-            profile_limit,
-        )
-        assert await token_limit(conn, "alice", spec_max_tokens) == expected
-        # Someone without a profile, or no user at all: the task's own limit.
-        assert await token_limit(conn, "bob", spec_max_tokens) == (spec_max_tokens or None)
-        assert await token_limit(conn, "", spec_max_tokens) == (spec_max_tokens or None)
 
 
 async def test_the_migration_keeps_the_newest_row_of_a_task_logged_twice(

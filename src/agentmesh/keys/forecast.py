@@ -107,7 +107,6 @@ SET actual_tokens = $2, actual_requests = $3, delta = $2 - predicted_tokens,
 WHERE task_id = $1
 RETURNING id
 """
-SELECT_USER_LIMIT = "SELECT max_token_per_request FROM user_profile WHERE username = $1"
 # Absolute percentage errors of the forecast and of the plain rule (ceil(chars / 4), at
 # least 1: plain_rule below) on the same finished tasks, their medians per grouping.
 FORECAST_ERRORS = """
@@ -359,14 +358,6 @@ def _check_fingerprint(fingerprint: str) -> None:
     the secret itself)."""
     if fingerprint and not _FINGERPRINT.match(fingerprint):
         raise InvalidArgument("fingerprint", "is not a key fingerprint (sha256: and 12 hex digits)")
-
-
-async def token_limit(conn: Connection, user: str, spec_max_tokens: int) -> int | None:
-    """The most tokens a task of the user may spend: the smaller of the task's max_tokens and
-    the user's max_token_per_request, where set (0 or none is no limit); None: no limit."""
-    profile_limit = await conn.fetchval(SELECT_USER_LIMIT, user) if user else None
-    limits = [n for n in (spec_max_tokens, profile_limit) if n is not None and n > 0]
-    return min(limits) if limits else None
 
 
 def over_limit_reason(

@@ -28,9 +28,10 @@ import asyncpg
 
 from agentmesh.config import ApiPolicy
 from agentmesh.db.connect import Connection
+from agentmesh.keys.day import PACIFIC_TODAY_SQL
 from agentmesh.node.executors.gemini_errors import seconds_until_daily_reset
 
-PACIFIC_TODAY = "(now() AT TIME ZONE 'America/Los_Angeles')::date"
+PACIFIC_TODAY = PACIFIC_TODAY_SQL
 # A key whose next request slot is at most this far away has capacity now: the task's CLI
 # starts meanwhile, and its proxy waits out the rest.
 HORIZON_SECONDS = 3.0
