@@ -249,8 +249,9 @@ async def test_every_grpcurl_example_works_as_written(mesh: Mesh) -> None:
     canceled = [answers[0] for verb, answers in results if verb.endswith("/CancelTask")]
     assert canceled, "the README has no CancelTask example"
     assert canceled[-1]["state"] == "TASK_STATE_CANCELED"
-    listed = [answers[0]["service"] for verb, answers in results if verb == "list"]
+    listed = [a["service"] for verb, answers in results if verb == "list" for a in answers]
     assert "agentmesh.v1.Scheduler" in listed
+    assert "agentmesh.v1.KeyPool" in listed
 
 
 @pytest.mark.parametrize(
