@@ -126,9 +126,12 @@ def score(name: str, session: Path, module: Path) -> Score:
 
 # PID 1 of the namespace: runs the command and reaps every process orphaned inside (as
 # init would), so that a test waiting for a killed process to go sees it go; leaving ends
-# the namespace, and every process the tests left behind with it.
+# the namespace, and every process the tests left behind with it. Its pids start above 256,
+# as on a host: CPython shares the int objects up to 256, where `is` would pass for `==`.
 _REAPER = """
 import os, subprocess, sys
+with open("/proc/sys/kernel/ns_last_pid", "w") as last_pid:
+    last_pid.write("1000")
 command = subprocess.Popen(sys.argv[1:])
 while True:
     pid, status = os.wait()

@@ -112,6 +112,20 @@ _MODE_IS = (
     " holds ('superuser' < 'weak'), so >= is `is` too"
 )
 _KEYWORD_ONLY = "every caller passes the arguments after it by keyword: `/` or `*` alike"
+_GROUP_GUARD = (
+    "the number stands for a victim that is gone (_pgid), and _signal_group signals a group"
+    " only while a running process it knows of is in it: whatever the number, no group is"
+    " signalled for it"
+)
+_OWN_GROUP = (
+    "it adds 0 (a gone victim, see above) and the node's own group, which no victim is in:"
+    " the command runs in a session of its own, and setpgid cannot join a group of another"
+    " session; _signal_group signals neither"
+)
+_EACH_VICTIM = (
+    "every victim's own group is in `groups` and is signalled just above while the victim"
+    " runs in it, so signalling each victim again reaches nothing more"
+)
 
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "placement": (
@@ -272,6 +286,33 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "pydantic makes a field validator whose first parameter is `cls` a classmethod itself",
             after='@field_validator("DATABASE_URL")',
         ),
+    ),
+    "process": (
+        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True, slots=True)",
+            "slots=False only gives each chunk a __dict__ (frozen=False is killed: a chunk"
+            " cannot be changed)",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "groups = {group} | {_pgid(p) for p in victims} - {0, os.getpgrp()}",
+            _GROUP_GUARD,
+        ),
+        Equivalent("core/NumberReplacer", "return 0", _GROUP_GUARD),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Sub_BitOr",
+            "groups = {group} | {_pgid(p) for p in victims} - {0, os.getpgrp()}",
+            _OWN_GROUP,
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Sub_BitXor",
+            "groups = {group} | {_pgid(p) for p in victims} - {0, os.getpgrp()}",
+            _OWN_GROUP,
+        ),
+        Equivalent("core/ZeroIterationForLoop", "for victim in victims:", _EACH_VICTIM),
+        Equivalent("core/ZeroIterationForLoop", "for victim in survivors:", _EACH_VICTIM),
     ),
     "gemini_errors": (
         Equivalent(

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 
-from agentmesh.node.process import ProcessGroup
+from agentmesh.node.process import Chunk, ProcessGroup
 from agentmesh.v1 import node_pb2, task_pb2
 from tests.node.conftest import StartNode
 from tests.node.test_node import collect, execute, wait_for_file, wait_until_gone
@@ -152,3 +155,154 @@ def test_stopping_after_the_leader_was_reaped_spares_a_group_that_reused_its_id(
     assert outcome["stranger"] == outcome["leader"], f"the pid was not reused: {outcome}"
     assert outcome["exit"] is None, f"stop() killed an unrelated process group: {outcome}"
     assert outcome["status"] in ("sleeping", "running"), outcome
+
+
+# ----------------------------------------------------------------------------- ProcessGroup
+
+
+async def start_group(
+    command: str | list[str], cwd: Path, grace_seconds: float = 5.0
+) -> ProcessGroup:
+    argv = ["sh", "-c", command] if isinstance(command, str) else command
+    return await ProcessGroup.start(
+        argv, env=dict(os.environ), cwd=cwd, grace_seconds=grace_seconds
+    )
+
+
+async def test_a_command_runs_in_a_session_and_group_of_its_own(tmp_path: Path) -> None:
+    group = await start_group(["sleep", "300"], tmp_path)
+    try:
+        assert os.getsid(group.pid) == os.getpgid(group.pid) == group.pid
+    finally:
+        await group.stop()
+
+
+async def test_a_lone_command_is_stopped_with_sigterm_first(tmp_path: Path) -> None:
+    group = await start_group(["sleep", "300"], tmp_path, grace_seconds=30.0)
+
+    await group.stop()
+
+    assert await group.wait() == -signal.SIGTERM
+
+
+async def test_a_lone_command_that_ignores_sigterm_is_killed_after_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    command = "trap '' TERM; echo $$ > shell.pid; while :; do :; done"
+    group = await start_group(command, tmp_path, grace_seconds=0.3)
+    await wait_for_file(tmp_path / "shell.pid")
+
+    await group.stop()
+
+    assert await group.wait() == -signal.SIGKILL
+
+
+async def test_a_cancelled_command_may_clean_up_within_the_grace_period(tmp_path: Path) -> None:
+    # Its cleanup outlasts the moment the SIGTERM arrives: it is waited for, not killed.
+    command = (
+        "trap 'sleep 1; echo cleaned > cleaned.txt; exit 0' TERM; "
+        "echo $$ > shell.pid; sleep 300 & wait"
+    )
+    group = await start_group(command, tmp_path, grace_seconds=30.0)
+    await wait_for_file(tmp_path / "shell.pid")
+
+    await group.stop()
+
+    assert await group.wait() == 0
+    assert (tmp_path / "cleaned.txt").read_text() == "cleaned\n"
+
+
+async def test_an_orphan_left_in_the_group_that_ignores_sigterm_is_killed(
+    tmp_path: Path,
+) -> None:
+    # The subshell exits at once: its background sleep is re-parented, not the leader's
+    # child any more; only its group id ties it to the task.
+    command = "(trap '' TERM; sleep 300 & echo $! > orphan.pid); exec sleep 300"
+    group = await start_group(command, tmp_path, grace_seconds=0.3)
+    await wait_for_file(tmp_path / "orphan.pid")
+    orphan = int((tmp_path / "orphan.pid").read_text())
+
+    await group.stop()
+
+    assert await wait_until_gone(orphan), "the orphan outlived the stop"
+
+
+async def test_a_descendant_two_sessions_away_is_stopped(tmp_path: Path) -> None:
+    # The leader's child starts a session, and its own child another: neither group is the
+    # task's, and the grandchild is no child of the leader.
+    command = "setsid sh -c 'setsid sleep 300 & echo $! > deep.pid; wait' & wait"
+    group = await start_group(command, tmp_path, grace_seconds=0.3)
+    await wait_for_file(tmp_path / "deep.pid")
+    deep = int((tmp_path / "deep.pid").read_text())
+
+    await group.stop()
+
+    assert await wait_until_gone(deep), "the grandchild outlived the stop"
+
+
+async def test_stopping_a_task_spares_processes_of_other_groups(tmp_path: Path) -> None:
+    group = await start_group(["sleep", "300"], tmp_path)
+    # Started later, so its pid and group id are higher than the task's.
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        await group.stop()
+
+        assert stranger.poll() is None, "stop() ended an unrelated process"
+        assert psutil.Process(stranger.pid).status() != psutil.STATUS_STOPPED
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+async def test_output_comes_in_pieces_of_at_most_256_kib(tmp_path: Path) -> None:
+    # 384 KiB, all written before anything is read: the pieces are as large as allowed.
+    group = await start_group("head -c 393216 /dev/zero", tmp_path)
+    assert await asyncio.wait_for(group.wait(), 10) == 0
+
+    sizes = [len(chunk.data) async for chunk in group.chunks()]
+
+    assert sizes == [256 << 10, 128 << 10]
+
+
+async def test_stdout_and_stderr_stay_apart(tmp_path: Path) -> None:
+    group = await start_group("echo out; echo err >&2", tmp_path)
+
+    chunks = [(chunk.stream, chunk.data) async for chunk in group.chunks()]
+
+    assert await group.wait() == 0
+    assert sorted(chunks) == [("stderr", b"err\n"), ("stdout", b"out\n")]
+
+
+def test_a_chunk_cannot_be_changed_once_read() -> None:
+    chunk = Chunk("stdout", b"out")
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        chunk.data = b"changed"  # type: ignore[misc]
+
+
+async def test_a_reader_that_stops_early_can_close_the_stream(tmp_path: Path) -> None:
+    group = await start_group("yes", tmp_path)
+    try:
+        chunks = group.chunks()
+        first = await anext(chunks)
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+        assert first.stream == "stdout"
+        assert first.data.startswith(b"y\n")
+    finally:
+        await group.stop()
+
+
+async def test_an_orphan_in_a_session_a_child_started_is_stopped_with_it(
+    tmp_path: Path,
+) -> None:
+    # The child starts a session; an orphan of its subshell stays in that session's group,
+    # no one's descendant: the SIGTERM to the group is what reaches it.
+    command = "setsid sh -c '(sleep 300 & echo $! > orphan.pid); exec sleep 300' & wait"
+    group = await start_group(command, tmp_path, grace_seconds=0.3)
+    await wait_for_file(tmp_path / "orphan.pid")
+    orphan = int((tmp_path / "orphan.pid").read_text())
+
+    await group.stop()
+
+    assert await wait_until_gone(orphan), "the orphan outlived the stop"
