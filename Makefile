@@ -10,7 +10,7 @@ LINTED := $(wildcard src tests bench protos)
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.cache/runtime
 export AGENTMESH_GEMINI_CLI := $(CURDIR)/$(GEMINI_CLI)
 
-.PHONY: all venv gemini-cli protos lint typecheck test unit mutate demo bench clean
+.PHONY: all venv gemini-cli sandbox-tools protos lint typecheck test unit mutate demo bench clean
 
 all: test
 
@@ -30,6 +30,15 @@ $(GEMINI_CLI):
 
 gemini-cli: $(GEMINI_CLI)
 
+# The OS sandbox nodes confine tasks with (Debian's bubblewrap): installed with apt when this
+# runs as root; otherwise the sandbox tests skip and say why.
+sandbox-tools:
+	@if command -v bwrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+		(apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null); \
+	else echo "bubblewrap is not installed and cannot be installed here: sandbox tests skip"; fi
+
 protos: venv
 	$(BIN)/python protos/generate.py
 
@@ -40,7 +49,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: venv gemini-cli lint typecheck
+test: venv gemini-cli sandbox-tools lint typecheck
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(BIN)/pytest
 
@@ -56,12 +65,12 @@ mutate: venv
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(BIN)/python -m tests.mutation $(MODULES)
 
-demo: venv
+demo: venv sandbox-tools
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	$(BIN)/agentmesh demo
 
 # Every bench/*.py: node.py, dispatch.py, keys.py (bench/support/ holds their helpers).
-bench: venv gemini-cli
+bench: venv gemini-cli sandbox-tools
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 

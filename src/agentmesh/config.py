@@ -75,15 +75,30 @@ DEFAULT_DENYLIST: tuple[str, ...] = (
 
 class WeakPermissions(_Section):
     allowlist: tuple[ProgramName, ...] = DEFAULT_ALLOWLIST
+    # Whether tasks in this mode reach the network (off: a sandboxed shell task has only
+    # its own loopback, a Gemini run only the node's API proxy).
+    network: bool = True
 
 
 class SuperuserPermissions(_Section):
     denylist: tuple[ProgramName, ...] = DEFAULT_DENYLIST
+    network: bool = True
 
 
 class Permissions(_Section):
     weak: WeakPermissions = WeakPermissions()
     superuser: SuperuserPermissions = SuperuserPermissions()
+
+    def network(self, mode: PermissionMode) -> bool:
+        return self.weak.network if mode is PermissionMode.WEAK else self.superuser.network
+
+
+class SandboxKind(StrEnum):
+    """How a node confines its tasks (see agentmesh.node.sandbox)."""
+
+    AUTO = "auto"  # bubblewrap where it works; without it, shell and gemini tasks are refused
+    BUBBLEWRAP = "bubblewrap"  # the node does not start without it
+    NONE = "none"  # no sandbox, explicitly: the card and every task's trace say so
 
 
 class ApiPolicy(_Section):
@@ -124,6 +139,7 @@ class NodeSettings(_Section):
     # Where tasks run; unset = a fresh temporary directory per task.
     workdir: Path | None = None
     cancel_grace_seconds: float = Field(default=3.0, ge=0)
+    sandbox: SandboxKind = SandboxKind.AUTO
 
 
 class SchedulerSettings(_Section):
@@ -225,6 +241,8 @@ class Settings:
     file: FileSettings
     env: EnvSettings
     config_path: Path | None
+    # The `.env` file read, if any (it may hold secrets: the sandbox hides it from tasks).
+    env_path: Path | None = None
 
     @property
     def permissions(self) -> Permissions:
@@ -308,6 +326,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None 
     """Read and validate the configuration; raise ConfigError naming what is wrong."""
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
+    env_path = cwd / environ.get("AGENTMESH_ENV_FILE", DEFAULT_ENV_FILE)
     merged = {**_read_env_file(environ, cwd), **environ}
     config_path = _config_path(merged, cwd)
     file_settings = _read_config_file(config_path, explicit="AGENTMESH_CONFIG" in merged)
@@ -321,7 +340,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, cwd: Path | None 
         ) from None
     exists = config_path is not None and config_path.exists()
     return Settings(
-        file=file_settings, env=env_settings, config_path=config_path if exists else None
+        file=file_settings,
+        env=env_settings,
+        config_path=config_path if exists else None,
+        env_path=env_path if env_path.exists() else None,
     )
 
 

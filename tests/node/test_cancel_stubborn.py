@@ -40,7 +40,7 @@ def ignores_sigterm(process: psutil.Process) -> bool:
 async def test_a_command_that_ignores_sigterm_is_still_cancelled(
     start_node: StartNode, tmp_path: Path
 ) -> None:
-    _, stub = await start_node(cancel_grace_seconds=0.5)
+    _, stub = await start_node(cancel_grace_seconds=0.5, sandbox="none")
     call = stub.ExecuteTask(
         execute("stubborn-1", kind="shell", command=STUBBORN, permission_mode="superuser")
     )
@@ -72,7 +72,7 @@ async def test_a_dropped_client_also_ends_processes_that_ignore_sigterm(
     start_node: StartNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    _, stub = await start_node(cancel_grace_seconds=0.5)
+    _, stub = await start_node(cancel_grace_seconds=0.5, sandbox="none")
     call = stub.ExecuteTask(
         execute("stubborn-2", kind="shell", command=STUBBORN, permission_mode="superuser")
     )

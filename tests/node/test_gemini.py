@@ -204,7 +204,7 @@ async def test_cancel_stops_the_tool_commands_the_cli_started(
     start_node: StartNode, emulator: GeminiEmulator, tmp_path: Path
 ) -> None:
     emulator.script(shell_call("sleep 300 & echo $! > child.pid; wait"), text_reply("never"))
-    _, stub = await start_node()
+    _, stub = await start_node(sandbox="none")  # host pids (tests/node/test_sandbox.py)
     call = stub.ExecuteTask(gemini("g-8", "sleep", permission_mode="superuser"))
     await call.read()
     await wait_for_file(tmp_path / "child.pid")

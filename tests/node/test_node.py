@@ -211,7 +211,7 @@ async def test_superuser_denylist_refuses_chained_command(
 
 
 async def test_cancel_stops_the_whole_process_group(start_node: StartNode, tmp_path: Path) -> None:
-    _, stub = await start_node()
+    _, stub = await start_node(sandbox="none")  # host pids (tests/node/test_sandbox.py)
     command = "sleep 300 & echo $! > child.pid; echo $$ > shell.pid; wait"
     call = stub.ExecuteTask(
         execute("long-1", kind="shell", command=command, permission_mode="superuser")
@@ -234,7 +234,7 @@ async def test_cancel_stops_the_whole_process_group(start_node: StartNode, tmp_p
 
 
 async def test_dropped_client_cancels_the_task(start_node: StartNode, tmp_path: Path) -> None:
-    agent, stub = await start_node()
+    agent, stub = await start_node(sandbox="none")
     command = "sleep 300 & echo $! > child.pid; wait"
     call = stub.ExecuteTask(
         execute("drop-1", kind="shell", command=command, permission_mode="superuser")

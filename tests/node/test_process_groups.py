@@ -25,7 +25,7 @@ from tests.node.test_node import collect, execute, wait_for_file, wait_until_gon
 async def test_a_command_that_ignores_sigterm_is_still_cancelled(
     start_node: StartNode, tmp_path: Path
 ) -> None:
-    _, stub = await start_node(cancel_grace_seconds=0.3)
+    _, stub = await start_node(cancel_grace_seconds=0.3, sandbox="none")
     command = "trap '' TERM; sleep 300 & echo $! > child.pid; echo $$ > shell.pid; wait"
     call = stub.ExecuteTask(
         execute("stubborn-1", kind="shell", command=command, permission_mode="superuser")
@@ -47,7 +47,7 @@ async def test_a_command_that_ignores_sigterm_is_still_cancelled(
 async def test_what_a_finished_command_left_in_its_group_is_stopped(
     start_node: StartNode, tmp_path: Path
 ) -> None:
-    _, stub = await start_node()
+    _, stub = await start_node(sandbox="none")
     command = "sleep 300 >/dev/null 2>&1 & echo $! > child.pid"
     events = await collect(
         stub.ExecuteTask(

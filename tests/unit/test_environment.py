@@ -1,68 +1,87 @@
 """What a node hands the processes it starts, and what it lets out of them.
 
-Children get the node's environment minus every credential; the scrubber replaces the
-secrets a node knows (the task's API key, the mesh token) in everything a task prints.
+A task's environment is built, not inherited: nothing the node has (its token, a database
+password, cloud credentials) reaches it; the scrubber replaces the secrets a node knows (the
+task's API key, the mesh token) in everything a task prints.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from agentmesh.node.environment import Scrubber, child_environment
+from agentmesh.node.environment import DEFAULT_PATH, Scrubber, task_environment
 
 SECRET_NAMES = [
     "GEMINI_API_KEY",
     "GOOGLE_API_KEY",
     "AGENTMESH_TOKEN",
+    "AGENTMESH_NODE_TOKEN",
     "POSTGRES_PASSWORD",
     "PGPASSWORD",
-    "MYSQL_ROOT_PASSWD",
     "AWS_SECRET_ACCESS_KEY",
     "GOOGLE_APPLICATION_CREDENTIALS",
-    "github_token",
-    "Api_Key",
     "DATABASE_URL",
+    "SSH_AUTH_SOCK",
+    "KUBECONFIG",
 ]
-PLAIN = {"HOME": "/home/u", "TERM": "xterm", "USER": "u", "DATABASE_URL_FILE": "/run/db"}
+HOME = Path("/work/task-1")
 
 
 @pytest.mark.parametrize("name", SECRET_NAMES)
-def test_a_child_never_gets_a_credential(name: str) -> None:
-    env = child_environment({**PLAIN, name: "s3cret-value"})
+def test_a_task_never_gets_what_the_node_has(name: str) -> None:
+    env = task_environment(HOME, source={"PATH": "/opt/bin", name: "s3cret-value"})
 
     assert name not in env
     assert "s3cret-value" not in env.values()
 
 
-def test_a_child_keeps_everything_else() -> None:
-    source = {**PLAIN, "PATH": "/opt/bin", "LANG": "de_DE.UTF-8", "GEMINI_API_KEY": "k" * 39}
+def test_a_task_gets_exactly_the_variables_a_program_needs() -> None:
+    source = {"PATH": "/opt/bin", "LANG": "de_DE.UTF-8", "TZ": "Europe/Berlin", "USER": "u"}
 
-    env = child_environment(source)
+    env = task_environment(HOME, source=source)
 
-    assert env == {**PLAIN, "PATH": "/opt/bin", "LANG": "de_DE.UTF-8"}
-    assert source["GEMINI_API_KEY"] == "k" * 39  # the node's own environment is untouched
+    assert env == {
+        "PATH": "/opt/bin",
+        "LANG": "de_DE.UTF-8",
+        "TZ": "Europe/Berlin",
+        "HOME": str(HOME),
+        "TMPDIR": "/tmp",
+        "TERM": "dumb",
+    }
 
 
-def test_a_child_always_has_a_path_and_a_locale() -> None:
-    env = child_environment({"HOME": "/root"})
+def test_a_task_always_has_a_path_a_locale_and_its_own_home() -> None:
+    env = task_environment(HOME, source={"HOME": "/root", "TERM": "xterm"})
 
-    assert env == {"HOME": "/root", "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    assert env == {
+        "PATH": DEFAULT_PATH,
+        "LANG": "C.UTF-8",
+        "HOME": str(HOME),
+        "TMPDIR": "/tmp",
+        "TERM": "dumb",
+    }
 
 
-def test_the_node_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGENTMESH_TEST_MARKER", "here")
+def test_a_gemini_run_gets_its_own_tmpdir() -> None:
+    env = task_environment(HOME, tmpdir=HOME / "tmp", source={})
+
+    assert env["TMPDIR"] == str(HOME / "tmp")
+
+
+def test_an_empty_variable_is_not_inherited() -> None:
+    assert task_environment(HOME, source={"PATH": "", "LANG": ""})["PATH"] == DEFAULT_PATH
+
+
+def test_the_node_environment_is_the_default_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
     monkeypatch.setenv("AGENTMESH_TOKEN", "mesh-token-123")
 
-    env = child_environment()
+    env = task_environment(HOME)
 
-    assert env["AGENTMESH_TEST_MARKER"] == "here"
-    assert "AGENTMESH_TOKEN" not in env
-
-
-def test_an_empty_source_is_not_the_node_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGENTMESH_TEST_MARKER", "here")
-
-    assert child_environment({}) == {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    assert env["TZ"] == "Asia/Tokyo"
+    assert "mesh-token-123" not in env.values()
 
 
 # ----------------------------------------------------------------------------- the scrubber

@@ -96,6 +96,7 @@ class GeminiProxy:
         self.session = session
         self._runs: dict[str, ProxyRun] = {}
         self.url = ""
+        self.port = 0
 
     @classmethod
     async def start(cls, upstream: str) -> GeminiProxy:
@@ -119,7 +120,7 @@ class GeminiProxy:
             await proxy.stop()
             raise
         host, port = runner.addresses[0][:2]
-        proxy.url = f"http://{host}:{port}"
+        proxy.url, proxy.port = f"http://{host}:{port}", port
         log.info("Gemini API proxy on %s, forwarding to %s", proxy.url, proxy._upstream)
         return proxy
 

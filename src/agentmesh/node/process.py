@@ -57,10 +57,17 @@ class ProcessGroup:
         env: Mapping[str, str],
         cwd: Path,
         grace_seconds: float,
+        user: int | None = None,
+        group: int | None = None,
     ) -> ProcessGroup:
+        """Start argv in a new session; as `user`/`group` (with no supplementary groups)
+        when given, which needs root."""
         creating = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
                 *argv,
+                user=user,
+                group=group,
+                extra_groups=[] if user is not None else None,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
+import shutil
 import signal
 import socket
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from agentmesh import log_format
 from agentmesh.config import NodeSettings, Settings
@@ -21,7 +24,6 @@ from agentmesh.node.card import (
     stable_agent_id,
 )
 from agentmesh.node.endpoint import advertised_endpoint
-from agentmesh.node.environment import child_environment
 from agentmesh.node.executors.base import Executor
 from agentmesh.node.executors.echo import EchoExecutor
 from agentmesh.node.executors.gemini import GeminiExecutor
@@ -30,6 +32,7 @@ from agentmesh.node.gemini_proxy import GeminiProxy
 from agentmesh.node.key_source import KeySources, LocalKeys, SchedulerKeySource
 from agentmesh.node.registration import Registration
 from agentmesh.node.runner import RunnerLimits, TaskRunner
+from agentmesh.node.sandbox import Sandbox, choose_sandbox
 from agentmesh.node.servicer import SERVICE_NAME, AgentNodeServicer, register
 from agentmesh.rpc.server import RunningServer, is_loopback, split_host_port, start_server
 
@@ -108,11 +111,12 @@ class AgentNode:
         log_format.redact(*held_secrets)
         data_dir = settings.env.AGENTMESH_DATA_DIR or default_data_dir()
         agent_id = stable_agent_id(data_dir, name)
-        env = child_environment()
+        sandbox = await asyncio.to_thread(_sandbox, settings, node, data_dir)
+        log.info("sandbox: %s", sandbox.describe())
         grace = node.cancel_grace_seconds
         executors: dict[str, Executor] = {
             "echo": EchoExecutor(),
-            "shell": ShellExecutor(settings.permissions, env=env, grace_seconds=grace),
+            "shell": ShellExecutor(settings.permissions, sandbox=sandbox, grace_seconds=grace),
         }
         gemini_version = await gemini_cli_version(settings.env.GEMINI_CLI_COMMAND)
         if gemini_version is not None:
@@ -132,7 +136,7 @@ class AgentNode:
                 settings.env.GEMINI_CLI_COMMAND,
                 settings.permissions,
                 default_model=settings.agent_defaults.model,
-                env=env,
+                sandbox=sandbox,
                 grace_seconds=grace,
                 proxy=proxy,
                 keys=KeySources(held, scheduler_keys),
@@ -166,6 +170,7 @@ class AgentNode:
             permission_mode=str(settings.agent_defaults.permissions),
             endpoint=endpoint,
             gemini_version=gemini_version,
+            sandbox=sandbox.describe(),
             held_keys=tuple(HeldKey(k.label, k.fingerprint) for k in held.keys)
             if held and "gemini" in executors
             else (),
@@ -194,6 +199,34 @@ class AgentNode:
         await self._resources.aclose()  # the server, the proxy, the key pool's channel
 
 
+def _sandbox(settings: Settings, node: NodeSettings, data_dir: Path) -> Sandbox:
+    """The node's sandbox, hiding from tasks the node's home, data directory and the files
+    that hold its secrets, and showing again what runs need from inside them."""
+    env = settings.env
+    hidden = [
+        Path.home(),
+        data_dir,
+        env.GEMINI_API_KEY_FILE,
+        settings.env_path,
+        settings.tls.key_file,
+    ]
+    cli = shutil.which(shlex.split(env.GEMINI_CLI_COMMAND or "gemini")[0])
+    shown = [*_install_roots(cli), *_install_roots(shutil.which("node"))]
+    return choose_sandbox(node.sandbox, settings.permissions, hidden=hidden, shown=shown)
+
+
+def _install_roots(program: str | None) -> list[Path]:
+    """The directories a program needs to run: its own, its real file's, and the package
+    trees (`node_modules`) they sit in."""
+    if program is None:
+        return []
+    roots = []
+    for path in (Path(program), Path(program).resolve()):
+        roots.append(path.parent)
+        roots += [p for p in path.parents if p.name == "node_modules"][-1:]
+    return roots
+
+
 async def run_node(
     settings: Settings, node: NodeSettings, *, announce: Callable[[str], None] = print
 ) -> int:
@@ -207,7 +240,7 @@ async def run_node(
         log.warning("serving without TLS: the token crosses the network in clear text")
     announce(
         f"agentmesh node {card.name} ({card.agent_id}) listening on {started.address};"
-        f" executors: {', '.join(card.executors)}"
+        f" executors: {', '.join(card.executors)}; sandbox: {card.sandbox}"
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from agentmesh.config import PermissionMode
 from agentmesh.node.process import Chunk, ProcessGroup, StreamName
+from agentmesh.node.sandbox import Launch
 from agentmesh.tasks.events import Payload
 from agentmesh.tasks.model import AgentMode, TaskKind, TaskSpec
 
@@ -63,17 +64,24 @@ class Exit:
 
 async def supervise(
     job: Job,
-    argv: Sequence[str],
+    launch: Launch,
     *,
     env: Mapping[str, str],
     grace_seconds: float,
 ) -> AsyncIterator[Output | Exit]:
-    """Run argv for the job: its output as decoded text, then how it ended.
+    """Run the job's (confined) command: its output as decoded text, then how it ended.
 
     The process group is stopped when the job is cancelled, when it runs past its timeout,
     and when the consumer stops iterating (a dropped client), so nothing outlives the job.
     """
-    group = await ProcessGroup.start(argv, env=env, cwd=job.workdir, grace_seconds=grace_seconds)
+    group = await ProcessGroup.start(
+        launch.argv,
+        env=env,
+        cwd=job.workdir,
+        grace_seconds=grace_seconds,
+        user=launch.user,
+        group=launch.group,
+    )
     decoders = {
         name: codecs.getincrementaldecoder("utf-8")(errors="replace")
         for name in ("stdout", "stderr")

@@ -23,16 +23,17 @@ import re
 import shlex
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from agentmesh.config import PermissionMode, Permissions
-from agentmesh.node.environment import Scrubber
+from agentmesh.node.environment import Scrubber, task_environment
 from agentmesh.node.executors.base import Exit, Job, Output, supervise, with_side_payloads
 from agentmesh.node.executors.gemini_errors import classify_api_error
 from agentmesh.node.gemini_proxy import GeminiProxy, ProxyRun
 from agentmesh.node.key_source import KeySources, NoApiKey, TaskRun
+from agentmesh.node.sandbox import Confinement, Sandbox, SandboxUnavailable
 from agentmesh.tasks.events import (
     ApiError,
     Diagnostic,
@@ -60,6 +61,9 @@ EXIT_REASONS = {
     130: "cancelled",
 }
 STDERR_TAIL_CHARS = 16 << 10
+# What a weak-mode run must be able to execute besides the CLI and the allowlist: Node.js
+# (the CLI's `#!/usr/bin/env node`) and the shell its shell tool runs commands with.
+WEAK_RUNTIME = ("env", "node", "bash", "sh")
 
 SETTINGS: dict[str, Any] = {
     "security": {"auth": {"selectedType": "gemini-api-key"}},
@@ -138,7 +142,7 @@ class GeminiExecutor:
         permissions: Permissions,
         *,
         default_model: str,
-        env: Mapping[str, str],
+        sandbox: Sandbox,
         grace_seconds: float,
         proxy: GeminiProxy,
         keys: KeySources,
@@ -146,7 +150,7 @@ class GeminiExecutor:
         self._command = shlex.split(command)
         self._permissions = permissions
         self._default_model = default_model
-        self._env = dict(env)
+        self._sandbox = sandbox
         self._grace = grace_seconds
         self._proxy = proxy
         self._keys = keys
@@ -184,16 +188,21 @@ class GeminiExecutor:
             *self._command,
             *("-p", job.spec.prompt, "-o", "stream-json", "-m", model, "--policy", str(policy)),
         ]
+        try:
+            launch = self._sandbox.launch(argv, self._confinement(job, home))
+        except SandboxUnavailable as exc:
+            yield Result(TaskState.REJECTED, error=str(exc))
+            return
+        if self._sandbox.name == "none":
+            yield Diagnostic("warning", f"not sandboxed: {self._sandbox.describe()}")
+        self._sandbox.give(home)
+        self._sandbox.give(job.workdir)
         env = {
-            **self._env,
+            **task_environment(home, tmpdir=home / "tmp"),
             # The proxy's credential for this run, not a key: it is worth nothing elsewhere.
             "GEMINI_API_KEY": run.credential,
             "GOOGLE_GEMINI_BASE_URL": self._proxy.url,
             "GEMINI_CLI_HOME": str(home),
-            # A fresh home per task: a reused one stalls on the previous run's lock file.
-            "HOME": str(home),
-            # Error reports (which contain the conversation) and tool scratch go here too.
-            "TMPDIR": str(home / "tmp"),
             "GEMINI_CLI_TRUST_WORKSPACE": "true",
             # One process instead of a relaunching wrapper: faster, and SIGTERM reaches it.
             "GEMINI_CLI_NO_RELAUNCH": "true",
@@ -204,7 +213,7 @@ class GeminiExecutor:
         parser = StreamJsonParser(model)
         stderr_tail = ""
         pending = ""
-        process = supervise(job, argv, env=env, grace_seconds=self._grace)
+        process = supervise(job, launch, env=env, grace_seconds=self._grace)
         async for item in with_side_payloads(process, side):
             if not isinstance(item, Output | Exit):
                 yield item
@@ -224,6 +233,29 @@ class GeminiExecutor:
                 for line in lines:
                     for payload in parser.feed_line(line):
                         yield payload
+
+    def _confinement(self, job: Job, home: Path) -> Confinement:
+        """The run writes its working directory and its CLI home (a fresh one per task: a
+        reused one stalls on the previous run's lock file; error reports, which contain the
+        conversation, and tool scratch go there too). In weak mode it may execute the CLI,
+        the shell its shell tool uses and the allowlist's programs, nothing else; with the
+        network off it reaches only the node's API proxy."""
+        network = self._permissions.network(job.permission_mode)
+        executables = None
+        if job.permission_mode is PermissionMode.WEAK:
+            executables = (
+                self._command[0],
+                *WEAK_RUNTIME,
+                *self._permissions.weak.allowlist,
+            )
+        return Confinement(
+            job.permission_mode,
+            job.workdir,
+            writable=(home,),
+            network=network,
+            executables=executables,
+            connect_ports=() if network else (self._proxy.port,),
+        )
 
 
 class StreamJsonParser:

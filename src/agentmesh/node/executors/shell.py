@@ -1,13 +1,20 @@
-"""`shell`: one command line, checked against the permission rules, streamed as it runs."""
+"""`shell`: one command line, checked against the permission rules, run in the node's
+sandbox, streamed as it runs.
+
+The checker gives a readable refusal before anything starts; the sandbox is what holds
+the line when the checker is wrong (see agentmesh.node.sandbox).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
-from agentmesh.config import Permissions
+from agentmesh.config import PermissionMode, Permissions
+from agentmesh.node.environment import task_environment
 from agentmesh.node.executors.base import Exit, Job, supervise
 from agentmesh.node.permissions import CommandRefused, plan_shell_command
-from agentmesh.tasks.events import Payload, Refusal, Result, Stderr, Stdout
+from agentmesh.node.sandbox import Confinement, Sandbox, SandboxUnavailable
+from agentmesh.tasks.events import Diagnostic, Payload, Refusal, Result, Stderr, Stdout
 from agentmesh.tasks.model import TaskKind, TaskState
 
 # The result keeps the end of the output; the whole of it is in the event stream.
@@ -17,11 +24,9 @@ RESULT_OUTPUT_CHARS = 16 << 10
 class ShellExecutor:
     kind = TaskKind.SHELL
 
-    def __init__(
-        self, permissions: Permissions, *, env: Mapping[str, str], grace_seconds: float
-    ) -> None:
+    def __init__(self, permissions: Permissions, *, sandbox: Sandbox, grace_seconds: float) -> None:
         self._permissions = permissions
-        self._env = dict(env)
+        self._sandbox = sandbox
         self._grace = grace_seconds
 
     async def run(self, job: Job) -> AsyncIterator[Payload]:
@@ -43,8 +48,25 @@ class ShellExecutor:
                 TaskState.REJECTED, error=f"refused in {refused.mode} mode: {refused.detail}"
             )
             return
+        weak = job.permission_mode is PermissionMode.WEAK
+        confinement = Confinement(
+            job.permission_mode,
+            job.workdir,
+            network=self._permissions.network(job.permission_mode),
+            # Weak mode: the kernel lets only the allowlist's programs run.
+            executables=self._permissions.weak.allowlist if weak else None,
+        )
+        try:
+            launch = self._sandbox.launch(plan.argv, confinement)
+        except SandboxUnavailable as exc:
+            yield Result(TaskState.REJECTED, error=str(exc))
+            return
+        if self._sandbox.name == "none":
+            yield Diagnostic("warning", f"not sandboxed: {self._sandbox.describe()}")
+        self._sandbox.give(job.workdir)
+        env = task_environment(job.workdir)
         tail = ""
-        async for item in supervise(job, plan.argv, env=self._env, grace_seconds=self._grace):
+        async for item in supervise(job, launch, env=env, grace_seconds=self._grace):
             if isinstance(item, Exit):
                 yield _result(item, tail)
             elif item.stream == "stdout":
