@@ -121,12 +121,26 @@ async def test_ip_vrf_exec_rm_through_a_real_node_leaves_the_canary(
     assert intact(target)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        "ip vrf exec default rm canary.txt",
+        "env rm canary.txt",
+        # The CLI itself must execute Node.js; the commands of its shell tool must not.
+        "env node -e \"require('fs').unlinkSync('canary.txt')\"",
+        "env bash -c 'rm canary.txt'",
+    ],
+)
 async def test_a_gemini_tool_that_runs_rm_in_weak_mode_leaves_the_canary(
-    start_node: StartNode, emulator: GeminiEmulator, tmp_path: Path
+    command: str, start_node: StartNode, emulator: GeminiEmulator, tmp_path: Path
 ) -> None:
-    # The CLI's own policy allows the `ip` prefix; the sandbox stops the `rm` it runs.
-    emulator.script(shell_call("ip vrf exec default rm canary.txt"), text_reply("done"))
-    _, stub = await start_node()
+    # The CLI's own policy allows the `ip` and `env` prefixes (a user added `env` to the
+    # allowlist); the sandbox stops what they run.
+    config = tmp_path / "agent_config.json"
+    allowlist = [*Permissions().weak.allowlist, "env"]
+    config.write_text(json.dumps({"permissions": {"weak": {"allowlist": allowlist}}}))
+    emulator.script(shell_call(command), text_reply("done"))
+    _, stub = await start_node(env={"AGENTMESH_CONFIG": str(config)})
     target = canary(tmp_path)
 
     events = await collect(stub.ExecuteTask(gemini("g-rm", "clean up", permission_mode="weak")))

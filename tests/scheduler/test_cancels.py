@@ -16,6 +16,7 @@ from agentmesh.scheduler import notifications
 from agentmesh.scheduler.store import TaskStore
 from agentmesh.v1 import node_pb2, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from tests.scheduler.conftest import Mesh
+from tests.support.sandboxed import host_pid
 
 WAIT_SECONDS = 30.0
 
@@ -38,7 +39,7 @@ async def start_long_task(
     pid_file = workdir / "running.pid"
     await until(lambda: node.runner.running == 1 and pid_file.exists(), "the task to run")
     await until(lambda: bool(pid_file.read_text().strip()), "its pid")
-    return task.id, int(pid_file.read_text())
+    return task.id, host_pid(int(pid_file.read_text()), workdir)
 
 
 def gone(pid: int) -> bool:

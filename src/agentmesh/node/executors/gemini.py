@@ -61,9 +61,9 @@ EXIT_REASONS = {
     130: "cancelled",
 }
 STDERR_TAIL_CHARS = 16 << 10
-# What a weak-mode run must be able to execute besides the CLI and the allowlist: Node.js
-# (the CLI's `#!/usr/bin/env node`) and the shell its shell tool runs commands with.
-WEAK_RUNTIME = ("env", "node", "bash", "sh")
+# What a weak-mode run must be able to execute besides the CLI: Node.js, which its
+# `#!/usr/bin/env node` line starts.
+CLI_RUNTIME = ("env", "node")
 
 SETTINGS: dict[str, Any] = {
     "security": {"auth": {"selectedType": "gemini-api-key"}},
@@ -188,8 +188,15 @@ class GeminiExecutor:
             *self._command,
             *("-p", job.spec.prompt, "-o", "stream-json", "-m", model, "--policy", str(policy)),
         ]
+        # Weak mode: the shell tool's commands run in a bash that executes only the
+        # allowlist (the CLI itself must be able to execute Node.js).
+        weak = job.permission_mode is PermissionMode.WEAK
+        shell = home / "bin"
+        confined = weak and self._sandbox.confined_shell(shell, self._permissions.weak.allowlist)
         try:
-            launch = self._sandbox.launch(argv, self._confinement(job, home))
+            launch = self._sandbox.launch(
+                argv, self._confinement(job, home, shell if confined else None)
+            )
         except SandboxUnavailable as exc:
             yield Result(TaskState.REJECTED, error=str(exc))
             return
@@ -197,9 +204,11 @@ class GeminiExecutor:
             yield Diagnostic("warning", f"not sandboxed: {self._sandbox.describe()}")
         self._sandbox.give(home)
         self._sandbox.give(job.workdir)
+        base = task_environment(home, tmpdir=home / "tmp")
+        if confined:
+            base["PATH"] = f"{shell}:{base['PATH']}"
         env = {
-            **task_environment(home, tmpdir=home / "tmp"),
-            # The proxy's credential for this run, not a key: it is worth nothing elsewhere.
+            **base,
             "GEMINI_API_KEY": run.credential,
             "GOOGLE_GEMINI_BASE_URL": self._proxy.url,
             "GEMINI_CLI_HOME": str(home),
@@ -234,24 +243,24 @@ class GeminiExecutor:
                     for payload in parser.feed_line(line):
                         yield payload
 
-    def _confinement(self, job: Job, home: Path) -> Confinement:
+    def _confinement(self, job: Job, home: Path, shell: Path | None) -> Confinement:
         """The run writes its working directory and its CLI home (a fresh one per task: a
         reused one stalls on the previous run's lock file; error reports, which contain the
-        conversation, and tool scratch go there too). In weak mode it may execute the CLI,
-        the shell its shell tool uses and the allowlist's programs, nothing else; with the
-        network off it reaches only the node's API proxy."""
+        conversation, and tool scratch go there too). In weak mode it may execute the CLI
+        and its Node.js, and its shell tool the confined shell (`shell`), nothing else; with
+        the network off it reaches only the node's API proxy."""
         network = self._permissions.network(job.permission_mode)
         executables = None
         if job.permission_mode is PermissionMode.WEAK:
-            executables = (
-                self._command[0],
-                *WEAK_RUNTIME,
-                *self._permissions.weak.allowlist,
+            tool_shell = (
+                (str(shell / "bash"),) if shell else ("bash", *self._permissions.weak.allowlist)
             )
+            executables = (self._command[0], *CLI_RUNTIME, *tool_shell)
         return Confinement(
             job.permission_mode,
             job.workdir,
             writable=(home,),
+            read_only=(shell,) if shell else (),
             network=network,
             executables=executables,
             connect_ports=() if network else (self._proxy.port,),

@@ -13,11 +13,13 @@ libraries live beside programs), so weak mode adds a Landlock ruleset inside the
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentmesh.node.environment import DEFAULT_PATH
 from agentmesh.node.sandbox.model import Confinement, Launch, SandboxUnavailable
 
 # The uid and gid tasks run as when the node runs as root.
@@ -107,6 +109,22 @@ class Bubblewrap:
         command += argv
         return Launch(tuple(command))
 
+    def confined_shell(self, directory: Path, executables: Sequence[str]) -> Path | None:
+        """Write `directory/bash`: bash under a Landlock ruleset that lets it execute only
+        `executables`; put `directory` first on PATH and mount it read-only."""
+        real = shutil.which("bash", path=DEFAULT_PATH)
+        if real is None or not self._landlock_abi:
+            return None
+        preset = [arg for name in (real, *executables) for arg in ("--exec", name)]
+        script = self._launcher.replace(
+            "\nPRESET: list[str] = []\n", f"\nPRESET: list[str] = {[*preset, '--', real]!r}\n"
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        wrapper = directory / "bash"
+        wrapper.write_text(f"#!{self._python} -IS\n{script}")
+        wrapper.chmod(0o755)
+        return directory
+
     def options(self, confinement: Confinement) -> list[str]:
         """bubblewrap's options for a confinement; later mounts cover earlier ones."""
         # Not root: an unprivileged user namespace, with no nested ones.
@@ -140,6 +158,8 @@ class Bubblewrap:
                 options += ["--ro-bind", "/dev/null", program]
         for path in (confinement.workdir, *confinement.writable):
             options += ["--bind", str(path), str(path)]
+        for path in confinement.read_only:  # over what the run may write
+            options += ["--ro-bind", str(path), str(path)]
         options += ["--chdir", str(confinement.workdir)]
         return options
 

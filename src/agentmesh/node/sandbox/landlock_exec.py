@@ -15,6 +15,11 @@ any wrapper (`ip vrf exec ... rm`, `xargs rm`, a copy in /tmp): execve fails wit
 The restriction is inherited by every process the program starts and cannot be lifted.
 With `--connect`, TCP connect() is allowed only to those ports and bind() to none.
 
+As a script (`confined_shell`), the arguments it always applies are in PRESET, and its
+own arguments follow them: the node writes such a script as the `bash` a Gemini CLI run's
+shell tool finds first on PATH, so every command of the model runs under a narrower ruleset
+than the CLI itself (which must be able to execute Node.js and this script).
+
 Exit codes: 126 when the ruleset cannot be applied (the kernel lacks Landlock or an ABI
 the request needs), 127 when the program cannot be executed.
 """
@@ -35,6 +40,9 @@ _ACCESS_NET_BIND_TCP = 1 << 0
 _ACCESS_NET_CONNECT_TCP = 1 << 1
 _RULE_PATH_BENEATH = 1
 _RULE_NET_PORT = 2
+# Arguments applied before the command line's own (see the docstring); one line, replaced
+# as a whole when the node writes the script.
+PRESET: list[str] = []
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -180,4 +188,4 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main([*PRESET, *sys.argv[1:]])

@@ -22,6 +22,8 @@ class Confinement:
     workdir: Path
     # Writable besides the working directory (a Gemini run's CLI home).
     writable: tuple[Path, ...] = ()
+    # Read-only even inside what is writable (the confined shell a Gemini run's tools use).
+    read_only: tuple[Path, ...] = ()
     network: bool = True
     # The only programs the run may execute (names looked up on PATH, or paths); None: any
     # program the mode's denylist does not mask.
@@ -57,6 +59,11 @@ class Sandbox(Protocol):
         """Make a directory the run writes in its own (owned by the sandbox's uid)."""
         ...
 
+    def confined_shell(self, directory: Path, executables: Sequence[str]) -> Path | None:
+        """Write a `bash` into `directory` that can execute only `executables` (for a
+        Gemini run's shell tool in weak mode); None where this sandbox cannot."""
+        ...
+
 
 class NoSandbox:
     """`node.sandbox: none`: runs are not confined, by the configuration's choice."""
@@ -70,6 +77,9 @@ class NoSandbox:
         return Launch(tuple(argv))
 
     def give(self, path: Path) -> None:
+        return None
+
+    def confined_shell(self, directory: Path, executables: Sequence[str]) -> Path | None:
         return None
 
 
@@ -92,4 +102,7 @@ class UnavailableSandbox:
         )
 
     def give(self, path: Path) -> None:
+        return None
+
+    def confined_shell(self, directory: Path, executables: Sequence[str]) -> Path | None:
         return None
