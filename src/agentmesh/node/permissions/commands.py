@@ -50,6 +50,9 @@ class Ctx:
     denylist: frozenset[str]
     programs: list[str] = field(default_factory=list)
     budget: int = _BUDGET
+    # speculative code already checked, as (text, posix): opaque wrappers in a row offer the
+    # same joined arguments again, and each is checked once
+    checked_code: set[tuple[str, bool]] = field(default_factory=set)
 
 
 def fold(name: str) -> str:
