@@ -65,27 +65,37 @@ class _Downloader:
     writes_short: str
     local_long: tuple[str, ...]
     local_short: str
-    valued_long: dict[str, Callable[[str], bool]]  # option -> does this value read a file?
+    valued_long: dict[str, Callable[[str], str | None]]  # option -> rule its value breaks
     valued_short: dict[str, str]  # letter -> long name in valued_long
     with_arg: str  # short letters that take an argument (the rest of the cluster or next word)
     long_with_arg: tuple[str, ...]  # other long options whose next word is not a URL
     url_options: tuple[str, ...] = ()
 
 
-def _at_file(value: str) -> bool:
-    return value.startswith("@")
+_LOCAL: Final = "local-access"
+_WRITES: Final = "writes-files"
 
 
-def _form_file(value: str) -> bool:
-    return "=@" in value or "=<" in value
+def _at_file(value: str) -> str | None:
+    return _LOCAL if value.startswith("@") else None
 
 
-def _cookie_file(value: str) -> bool:
-    return "=" not in value  # curl reads a cookie file when the value has no `=`
+def _any_at(value: str) -> str | None:
+    return _LOCAL if "@" in value else None
 
 
-def _write_out_file(value: str) -> bool:
-    return value.startswith("@") or "%output{" in value or "%{stderr}" in value
+def _form_file(value: str) -> str | None:
+    return _LOCAL if "=@" in value or "=<" in value else None
+
+
+def _cookie_file(value: str) -> str | None:
+    return _LOCAL if "=" not in value else None  # without `=` the value names a cookie file
+
+
+def _write_out_file(value: str) -> str | None:
+    if "%output{" in value:  # `-w '%output{FILE}...'` writes the rest to FILE
+        return _WRITES
+    return _at_file(value)
 
 
 _CURL: Final = _Downloader(
@@ -102,10 +112,9 @@ _CURL: Final = _Downloader(
     local_short="KT",
     valued_long={
         "data": _at_file, "data-ascii": _at_file, "data-binary": _at_file,
-        "data-urlencode": lambda v: "@" in v, "json": _at_file, "form": _form_file,
+        "data-urlencode": _any_at, "json": _at_file, "form": _form_file,
         "header": _at_file, "proxy-header": _at_file, "cookie": _cookie_file,
-        "write-out": _write_out_file, "variable": lambda v: "@" in v,
-        "url-query": lambda v: "@" in v,
+        "write-out": _write_out_file, "variable": _any_at, "url-query": _any_at,
     },
     valued_short={"d": "data", "F": "form", "H": "header", "b": "cookie", "w": "write-out"},
     with_arg="AbcCdDeEFHKmoPQrtTuUwxXyYz",
@@ -190,8 +199,8 @@ def _check_downloader(call: Call, spec: _Downloader, *, globbing: bool) -> None:
             if takes and not eq:
                 attached = args[i] if i < len(args) else ""
                 i += 1
-            if any(spec.valued_long[o](attached) for o in valued):
-                raise _local(call, f"{value} {attached}")
+            for option in valued:
+                _refuse_value(call, spec.valued_long[option](attached), f"{value} {attached}")
             if known(spec.url_options):
                 _check_url(call, attached, globbing=not globoff)
             continue
@@ -207,11 +216,19 @@ def _check_downloader(call: Call, spec: _Downloader, *, globbing: bool) -> None:
                         attached = args[i] if i < len(args) else ""
                         i += 1
                     long = spec.valued_short.get(letter)
-                    if long is not None and spec.valued_long[long](attached):
-                        raise _local(call, f"-{letter} {attached}")
+                    if long is not None:
+                        rule = spec.valued_long[long](attached)
+                        _refuse_value(call, rule, f"-{letter} {attached}")
                     break
             continue
         _check_url(call, value, globbing=not globoff)
+
+
+def _refuse_value(call: Call, rule: str | None, what: str) -> None:
+    if rule == _WRITES:
+        raise _writes(call, what)
+    if rule == _LOCAL:
+        raise _local(call, what)
 
 
 def _refuse_all(call: Call) -> None:

@@ -362,16 +362,16 @@ def _h_ip(call: Call, ctx: Ctx) -> list[Inner]:
     reads ip commands (`netns exec` among them) from a file and is refused."""
     args = call.args
     values = [call.require_static(w) for w in args]
-    for value in values:
-        option = value[1:] if value.startswith("--") else value
+    options = [v[1:] if v.startswith("--") else v for v in values if v.startswith("-")]
+    for option in options:
         if len(option) >= 2 and "-batch".startswith(option):
             raise Refusal(
                 call.text,
                 "unsupported",
-                f"`{call.name} {show(value, 20)}` reads commands from a file, which cannot be "
+                f"`{call.name} {show(option, 20)}` reads commands from a file, which cannot be "
                 "checked",
             )
-    every_netns = any(len(v) >= 2 and "-all".startswith(v.removeprefix("-")) for v in values)
+    every_netns = any(len(v) >= 2 and "-all".startswith(v) for v in options)
     found: list[Inner] = []
     for k, value in enumerate(values):
         if value in _IP_EXEC_WORDS:
