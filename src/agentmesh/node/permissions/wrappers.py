@@ -279,19 +279,27 @@ def _h_opaque(call: Call, ctx: Ctx) -> list[Inner]:
     args = call.args
     for word in args:
         call.require_static(word)
-    _check_environment_arguments(call, ctx)
     if call.speculative:
-        return []  # the enclosing opaque wrapper already checks every later position
+        return []  # the enclosing opaque wrapper already checks every later position and word
+    _check_environment_arguments(call, ctx)
     found: list[Inner] = [Exec(args[k:], speculative=True) for k in range(len(args))]
-    texts = {w.value for w in args if not _PLAIN_ARGUMENT.fullmatch(w.value)}
-    joined = [" ".join(w.value for w in args[k:]) for k in range(len(args) - 1)]
-    if sum(map(len, joined)) > _MAX_JOINED:
+    values = [w.value for w in args]
+    odd = [k for k, value in enumerate(values) if not _PLAIN_ARGUMENT.fullmatch(value)]
+    # A run of plain words joined with spaces reads as those same words, which the positions
+    # above already check; only a run that reaches an odd argument can read differently.
+    last = odd[-1] if odd else -1
+    starts = range(min(last + 1, len(values) - 1))
+    suffix_chars = [0] * (len(values) + 1)
+    for k in range(len(values) - 1, -1, -1):
+        suffix_chars[k] = suffix_chars[k + 1] + len(values[k]) + 1
+    ctx.speculative_chars -= sum(suffix_chars[k] for k in starts) + sum(len(values[k]) for k in odd)
+    if ctx.speculative_chars < 0:
         raise Refusal(
             call.text,
             "too-complex",
             f"`{call.name}` has too many arguments to check every way it could run them",
         )
-    texts.update(joined)
+    texts = {values[k] for k in odd} | {" ".join(values[k:]) for k in starts}
     # shortest first: a longer joined suffix then finds its own suffixes already checked
     ordered = sorted(texts, key=lambda text: (len(text), text))
     found += [Code(text, speculative=True, dialects=ANY_SHELL) for text in ordered]
@@ -301,7 +309,6 @@ def _h_opaque(call: Call, ctx: Ctx) -> list[Inner]:
 # An argument made only of these characters reads the same as shell code: no quotes, braces,
 # globs or operators, so it need not be re-parsed on its own.
 _PLAIN_ARGUMENT: Final = re.compile(r"[A-Za-z0-9_./:@%+,=-]*")
-_MAX_JOINED: Final = 200_000  # characters of joined argument suffixes re-parsed per wrapper
 _ASSIGNED_NAME: Final = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
 
 
