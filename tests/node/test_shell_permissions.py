@@ -19,7 +19,13 @@ from agentmesh.node.permissions import (
     ShellPlan,
     plan_shell_command,
 )
-from tests.node.shell_corpus import CASES, SUPERUSER_DENYLIST, WEAK_ALLOWLIST, Case
+from tests.node.shell_corpus import (
+    CASES,
+    SECRET_TEXT,
+    SUPERUSER_DENYLIST,
+    WEAK_ALLOWLIST,
+    Case,
+)
 
 CANARY_TEXT = "canary"
 RUN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -39,16 +45,27 @@ def refusal(command: str, mode: PermissionMode | str) -> CommandRefused:
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "canary.txt").write_text(CANARY_TEXT)
-    return tmp_path
+    """The task's directory, alone in its parent with the secret that no case may print."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "canary.txt").write_text(CANARY_TEXT)
+    (tmp_path / "secret.txt").write_text(SECRET_TEXT)
+    return work
 
 
-def assert_canary_intact(workdir: Path) -> None:
+def secret_path(workdir: Path) -> str:
+    return str(workdir.parent / "secret.txt")
+
+
+def assert_canary_intact(workdir: Path, output: str = "") -> None:
     canary = workdir / "canary.txt"
     assert canary.is_file()
     assert not canary.is_symlink()
     assert canary.read_text() == CANARY_TEXT
     assert not (workdir / "pwned.txt").exists()
+    assert sorted(p.name for p in workdir.parent.iterdir()) == ["secret.txt", "work"]
+    assert (workdir.parent / "secret.txt").read_text() == SECRET_TEXT
+    assert SECRET_TEXT not in output
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,16 +82,16 @@ def test_corpus_is_large_and_well_formed() -> None:
     assert {case.rule for case in CASES if case.rule is not None} <= RULES
 
 
-def try_plan(case: Case) -> ShellPlan | CommandRefused:
+def try_plan(case: Case, secret: str) -> ShellPlan | CommandRefused:
     try:
-        return plan(case.command, case.mode)
+        return plan(case.with_secret(secret), case.mode)
     except CommandRefused as refused:
         return refused
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_corpus_case(case: Case, workdir: Path) -> None:
-    outcome = try_plan(case)
+    outcome = try_plan(case, secret_path(workdir))
     if isinstance(outcome, CommandRefused):
         assert_canary_intact(workdir)
         assert case.expect == "refused", f"a legitimate command was refused: {outcome}"
@@ -83,8 +100,10 @@ def test_corpus_case(case: Case, workdir: Path) -> None:
         if case.rule is not None:
             assert outcome.rule == case.rule, str(outcome)
         return
+    # A case whose effect would reach the machine is never run, whatever the planner says.
+    assert case.runnable, f"a command that acts on the machine was planned: {outcome}"
     # Never trust the parser: run what it allowed and look at the canary.
-    subprocess.run(
+    finished = subprocess.run(
         outcome.argv,
         cwd=workdir,
         shell=False,
@@ -94,16 +113,18 @@ def test_corpus_case(case: Case, workdir: Path) -> None:
         capture_output=True,
         check=False,
     )
-    assert_canary_intact(workdir)
+    assert_canary_intact(workdir, (finished.stdout + finished.stderr).decode(errors="replace"))
     assert case.expect == "runs", f"a hostile command was planned: {outcome}"
 
 
-_IMPLIED = {"rm", "tee"}  # named by rules such as "`find -delete` acts like `rm`"
+# named by rules such as "`find -delete` acts like `rm`" or "`telinit 0` has the effect of
+# `poweroff`": the listed program that the command counts as
+_IMPLIED = {"rm", "tee", "mv", "mkfs", "poweroff", "reboot", "kill", "chown"}
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.expect == "refused"], ids=lambda c: c.id)
 def test_refusals_only_mention_the_command(case: Case) -> None:
-    refused = refusal(case.command, case.mode)
+    refused = refusal(case.with_secret("/nonexistent/secret.txt"), case.mode)
     named = set(re.findall(r"`([^`]*)`", refused.detail))
     for name in (WEAK_ALLOWLIST | SUPERUSER_DENYLIST) - _IMPLIED:
         if name not in case.command:

@@ -252,3 +252,17 @@ def test_nesting_too_deep_for_the_parser_is_refused_not_crashed() -> None:
 
     assert refused.rule == "too-complex"
     assert refused.detail == "the command nests too deeply to be checked"
+
+
+def test_opaque_wrappers_join_their_arguments_within_a_budget() -> None:
+    # An opaque wrapper may hand a shell its trailing arguments joined (`watch`), so runs that
+    # reach a quoted argument are re-parsed; past a budget of re-parsed text the command is
+    # refused as too complex instead of taking seconds to check.
+    joined = plan_shell_command(
+        "setsid " * 20 + "'x y'", PermissionMode.SUPERUSER, allowlist=(), denylist=("rm",)
+    )
+    refused = refusal("setsid " * 200 + "'x y'", PermissionMode.SUPERUSER)
+
+    assert joined.programs == ("setsid",)
+    assert refused.rule == "too-complex"
+    assert "too many arguments" in refused.detail

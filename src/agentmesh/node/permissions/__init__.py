@@ -3,7 +3,8 @@
 `plan_shell_command` either raises `CommandRefused` or returns a `ShellPlan` saying how to run
 the command.  It never runs anything itself; the only outside lookup is `shutil.which`.  The
 refusal carries the offending command text, a rule id (`RULES`) and one sentence; it never
-quotes the allowlist, the denylist or anything else from the node.
+quotes the allowlist, the denylist or anything else from the node, beyond naming the listed
+program a command counts as (`find -delete` as `rm`, `telinit 0` as `poweroff`).
 
 Weak mode (allowlist, no shell)
 -------------------------------
@@ -28,6 +29,16 @@ would mean to bash:
   input, `{}` and `-I` placeholders) means the program cannot be determined: refused.
   `find -delete` is checked as `rm`, `find -fprint*`/`-fls` as `tee`.  Wrappers whose option
   syntax is not modelled (`setsid`, `strace`, `watch`, ...) are refused.
+* `ip netns exec NAME CMD`, `ip vrf exec NAME CMD` and `ip -all netns exec CMD` run CMD, which
+  must pass in turn; ip takes any prefix of a word (`ip netn e`, `ip v e`), so every word that
+  may be `exec` starts a command.  `ip -batch FILE` is refused.
+* Allowlisted programs are allowed for what they usually do, not for options that write files
+  (`writes-files`: `curl -o/-O/-D/-c/--trace`, `wget` without `-O -`, `sort -o`,
+  `tcpdump -w`), read local files or sockets (`local-access`: `file:` and other non-web URLs,
+  curl URL patterns, `curl -d @FILE`, `-T`, `-K`, `--unix-socket`, `wget -i`) or change the
+  machine (`changes-system`: `ip link set`/`ip route del`/any prefix of a changing ip command,
+  `date -s`, `hostname NAME`, `sysctl -w`, `dmesg -C`).  `side_effects` holds the table;
+  options it does not know are read as flags, so their arguments are still checked.
 * `env` may only set locale/terminal variables (`LANG`, `LC_*`, `TZ`, `TERM`, ...).
 
 Superuser mode (denylist, full bash)
@@ -38,15 +49,31 @@ simple command and checks its program against the denylist by basename (`/usr/bi
 commands in pipelines, lists, subshells, groups, `if`/`while`/`until`/`for`/`select`/`case`
 bodies, function bodies, command substitutions (also inside double quotes, `${...}` and
 backticks, nested), process substitutions, here-strings and redirection targets.  Quote
-splicing is resolved first: `r''m`, `"r"m` and `\\rm` are all `rm`.
+splicing is resolved first: `r''m`, `"r"m` and `\\rm` are all `rm`.  Quoting is read as bash
+reads it: `$'...'` inside `${...}` is ANSI-C quoting too, `eval --` and `time -p --` end their
+options, and a backslash-newline that bash would join into another token (`$\\<newline>(`,
+`$\\<newline>'`, `&\\<newline>&`, `>\\<newline>>`) is refused.
+
+* The denylist means its programs' effect ("aliases by intent", `intent.INTENT_ALIASES`): a
+  program with the effect of a denylisted one counts as it.  `unlink`, `srm` count as `rm`;
+  `mkfs.*`, `mke2fs`, `mkswap`, `mkdosfs` as `mkfs`; `rename` as `mv`; `chgrp` as `chown`;
+  `sfdisk`, `gdisk`... as `fdisk`/`parted`; `systemctl poweroff|halt|reboot|kexec|soft-reboot`
+  (also as units, `systemctl start reboot.target`), `telinit`/`init 0|6`, `kexec` and D-Bus
+  `PowerOff`/`Reboot` calls as `poweroff`/`halt`/`reboot`/`shutdown`; `fuser -k`,
+  `killall5` as `kill`.  A node whose denylist leaves the original out may run the alias.
 
 * Wrappers are unwrapped as in weak mode.  `eval`, `trap`, `bash -c`, `sh -c`, `su -c`,
   `flock -c`, ... have their code re-parsed; code for a shell other than bash is read twice,
   as bash and as POSIX sh (dash reads `&>`, `[[` and `$'...'` differently), and both readings
   must pass.  Wrappers whose option syntax is not modelled (`setsid`, `strace`, `watch`,
-  `ld.so`, ...) must pass with the program at *every* position of their arguments.  Programs
-  that start an unchecked shell or read commands from input (`bash` without `-c`, `su`
-  without `-c`, `chroot`, `at`, `parallel`, ...) are refused.
+  `su`, `flock`, `ld.so`, ...) must pass every way they could run their arguments: the
+  program at *every* position, every argument that is not a plain word re-parsed as shell
+  code (`flock -c '{rm,x}'` is brace expansion), and every run of trailing arguments joined
+  with spaces (`watch "'" "' ; rm x ; '" "'"` hands a shell one line); no argument may name a
+  variable that changes what runs (`strace -E BASH_ENV=x`).  Programs that start an unchecked
+  shell, read commands from input, set variables from files or remap what a path runs
+  (`bash` without `-c`, `su` without `-c`, `chroot`, `at`, `parallel`, `envdir`, `bwrap`,
+  `systemd-run`, ...) are refused.
 * Redirections are allowed (`echo x > file` may write any file the node can write): the
   denylist is about programs, not files.
 * Fail closed: a program name that is not a literal word (`$x`, `${x}`, `$(...)`, globs, brace
@@ -57,8 +84,13 @@ splicing is resolved first: `r''m`, `"r"m` and `\\rm` are all `rm`.
 * Variables that change what runs may not be set (`PATH`, `LD_*`, `BASH_ENV`, `ENV`, `PS4`,
   `BASH_FUNC_*`, `GIT_*`, `PAGER`, ...): not as `VAR=x cmd`, not through `env`/`sudo`, and not
   through `export`, `declare`, `read`, `printf -v`, `for VAR in`, `getopts` or `${VAR:=x}`.
-* Options that make well-known tools run another program are refused (`git -c`,
-  `git config` writes, `git rebase -x`, `tar --to-command`/`-I`, `rsync -e`, `ssh -o`, ...).
+* Options that make well-known tools run another program are refused, in both modes, also
+  attached (`-xCMD`), in clusters (`-ix CMD`) and abbreviated (`--exe`): `git -c`,
+  `git config` writes (a read is `git config get|list` or a `--get*`/`--list` option, not a
+  `get` among the values), `git rebase -x`, `git clone -u/-c/--upload-pack`, `git grep -O`,
+  `tar --to-command`/`-I`, `rsync -e`, `ssh -o/-I`, `sftp`/`scp -D`, `zip -TT[=]CMD`,
+  `tcpdump -z`, `apt-get -o`, `wget -e/--use-askpass`, `xargs --process-slot-var=VAR` (as
+  setting VAR), ...
 
 The denylist is a guard rail, not a sandbox
 -------------------------------------------
@@ -87,13 +119,20 @@ A full shell can always reach a program the denylist does not name.  Known limit
 Rule ids: `empty`, `too-long`, `too-complex` (nesting or work limits), `unparseable`,
 `shell-syntax` (weak mode), `not-in-allowlist`, `path-program`, `denylisted`,
 `dynamic-command` (the program is only known at run time or cannot be determined),
-`env-assignment`, `exec-option`, `unsupported` (a construct these checks refuse to reason about).
+`env-assignment`, `exec-option`, `unsupported` (a construct these checks refuse to reason
+about), and in weak mode `writes-files`, `local-access` and `changes-system` (an allowlisted
+program's option that writes files, reads local files or sockets, or changes the machine).
+A program with a denylisted program's effect is refused as `denylisted`.
 
 Layout: `policy` runs the checks, `lexer` and `parser` read bash, `wrappers` unwraps programs
 that run programs (reading their options with `options`), `shell_builtins` guards builtins
 that set variables or shell options, `variables` says which variables may be set,
-`exec_options` knows tools' options that run programs, `commands` holds the shapes that pass
-between them and `errors` the refusals.
+`exec_options` knows tools' options that run programs, `intent` the programs that count as a
+denylisted one, `side_effects` the weak-mode options that write or reach further, `commands`
+holds the shapes that pass between them and `errors` the refusals.
+
+These checks are the first line, which explains a refusal before anything starts; the OS
+sandbox every task runs in is what holds the line when a command gets past them.
 """
 
 from agentmesh.config import PermissionMode

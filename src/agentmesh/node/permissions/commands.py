@@ -18,6 +18,7 @@ from agentmesh.config import PermissionMode
 from agentmesh.node.permissions.errors import Refusal, show
 
 _BUDGET: Final = 20_000  # program checks per command
+_SPECULATIVE_CHARS: Final = 60_000  # characters of guessed shell code re-parsed per command
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,10 @@ class Ctx:
     denylist: frozenset[str]
     programs: list[str] = field(default_factory=list)
     budget: int = _BUDGET
+    speculative_chars: int = _SPECULATIVE_CHARS
+    # speculative code already checked, as (text, posix): opaque wrappers in a row offer the
+    # same joined arguments again, and each is checked once
+    checked_code: set[tuple[str, bool]] = field(default_factory=set)
 
 
 def fold(name: str) -> str:

@@ -25,6 +25,9 @@ RULES: Final = frozenset(
         "env-assignment",
         "exec-option",
         "unsupported",
+        "writes-files",
+        "local-access",
+        "changes-system",
     }
 )
 """Every rule id that `CommandRefused.rule` can carry."""

@@ -32,6 +32,7 @@ class Token:
 
 
 _METACHARS: Final = frozenset(" \t\n;&|<>()")
+_JOINING: Final = frozenset(";&|<>()")  # operator characters that bash may read as one token
 _REDIR_OPS: Final = ("<<<", "<<-", "<<", "&>>", "&>", ">>", ">&", ">|", "<&", "<>", ">", "<")
 _CONTROL_OPS: Final = (";;&", ";;", ";&", ";", "&&", "&", "||", "|&", "|", "(", ")")
 # POSIX sh (dash): `&>` is `&` then `>`, `<<<` is a here-document, no `|&`, `;&`, `$'...'`, `<(`.
@@ -75,6 +76,24 @@ class Lexer(ABC):
     def _unsupported(self, what: str) -> Refusal:
         return Refusal(show(self.src.strip()), "unsupported", f"{what} is not supported")
 
+    def _check_continuation(self, pos: int) -> None:
+        """Refuse a backslash-newline at `pos` that joins two characters into one token.
+
+        Bash removes every backslash-newline outside single quotes before it reads tokens, so
+        `&\\<newline>&` is `&&` and `$\\<newline>(` is `$(`; this lexer reads the two sides
+        apart, so such a join is refused rather than read differently.
+        """
+        src = self.src
+        end = pos
+        while src.startswith("\\\n", end):
+            end += 2
+        before = src[pos - 1] if pos > 0 else " "
+        after = src[end] if end < len(src) else " "
+        if (before in _JOINING and after in _JOINING) or (after in "<>" and before not in " \t\n"):
+            raise self._unsupported(
+                f"a line continuation between `{before}` and `{after}` (bash joins them)"
+            )
+
     def _peek(self) -> Token:
         return self._token_at(self.pos)
 
@@ -97,6 +116,7 @@ class Lexer(ABC):
             if src[pos] in " \t":
                 pos += 1
             elif src.startswith("\\\n", pos):
+                self._check_continuation(pos)
                 pos += 2
             elif src[pos] == "#":
                 end = src.find("\n", pos)
@@ -145,6 +165,7 @@ class Lexer(ABC):
                 break
             if c == "\\":
                 if src.startswith("\n", pos + 1):
+                    self._check_continuation(pos)
                     pos += 2
                     continue
                 value.append(src[pos + 1 : pos + 2] or "\\")
@@ -237,6 +258,14 @@ class Lexer(ABC):
     def _lex_dollar(self, pos: int, subs: list[Simple], *, in_dquote: bool) -> tuple[int, bool]:
         """Lex the expansion starting at `$`; return (end, whether it is an expansion)."""
         src = self.src
+        if src.startswith("\\\n", pos + 1):
+            end = pos + 1
+            while src.startswith("\\\n", end):
+                end += 2
+            if end < len(src) and src[end] not in " \t\n":
+                # bash reads `$\\<newline>'...'` as `$'...'` and `$\\<newline>(` as `$(`
+                raise self._unsupported("a line continuation right after `$`")
+            return pos + 1, False
         if src.startswith("$((", pos):
             end = self._arith_end(pos + 3)
             if not _PURE_ARITH.fullmatch(src[pos + 3 : end - 2]):
@@ -313,6 +342,11 @@ class Lexer(ABC):
                 return pos + 1
             if c == "\\":
                 pos += 2
+            elif src.startswith("$'", pos) and not self.posix and not in_dquote:
+                # bash reads ANSI-C quoting here too: `${x:-$'\\''}` is one quote character
+                pos = self._ansi_c_end(pos + 2)
+            elif src.startswith('$"', pos) and not self.posix:
+                raise self._unsupported('the locale translation `$"..."` inside `${...}`')
             elif c == "'":
                 if in_dquote:
                     raise self._unsupported("a single quote inside a double-quoted `${...}`")

@@ -121,13 +121,14 @@ class Parser(Lexer):
             self._parse_pipeline()
 
     def _parse_pipeline(self) -> None:
-        if self._is_reserved(self._peek(), "time"):
+        # bash's grammar: any mix of `!` and `time`, each `time` optionally followed by `-p`
+        # and then `--` (`time -p -- cmd`), before the pipeline itself
+        while self._is_reserved(tok := self._peek(), "time", "!"):
             self._next()
-            tok = self._peek()
-            if tok.kind == "word" and tok.text in ("-p", "--"):
-                self._next()
-        while self._is_reserved(self._peek(), "!"):
-            self._next()
+            if tok.text == "time":
+                for option in ("-p", "--"):
+                    if (nxt := self._peek()).kind == "word" and nxt.text == option:
+                        self._next()
         self._parse_command()
         while (tok := self._peek()).kind == "op" and tok.text in ("|", "|&"):
             self._next()

@@ -13,8 +13,10 @@ from agentmesh.config import PermissionMode
 from agentmesh.node.permissions.commands import Call, Code, Ctx, Implied, Word, fold
 from agentmesh.node.permissions.errors import CommandRefused, ParseError, Refusal, show
 from agentmesh.node.permissions.exec_options import EXEC_OPTIONS, check_exec_options
+from agentmesh.node.permissions.intent import ARGUMENT_ALIASES, check_intent
 from agentmesh.node.permissions.parser import Parser
 from agentmesh.node.permissions.shell_builtins import BUILTINS
+from agentmesh.node.permissions.side_effects import WEAK_EFFECTS, check_weak_effects
 from agentmesh.node.permissions.variables import ASSIGNMENT, check_variable
 from agentmesh.node.permissions.wrappers import APPEND_SAFE_WRAPPERS, wrapper_for
 
@@ -219,16 +221,22 @@ def _check_argv(call: Call, ctx: Ctx) -> None:
         ctx.programs.append(head.value)
     key = call.base
     handler = BUILTINS.get(key) or wrapper_for(key)
-    if call.appended and (
-        (handler is not None and handler not in _APPEND_SAFE) or key in EXEC_OPTIONS
-    ):
+    weak = ctx.mode is PermissionMode.WEAK
+    reads_arguments = key in EXEC_OPTIONS or (
+        key in WEAK_EFFECTS if weak else key in ARGUMENT_ALIASES
+    )
+    if call.appended and ((handler is not None and handler not in _APPEND_SAFE) or reads_arguments):
         raise Refusal(
             call.text,
             "dynamic-command",
-            f"`{call.name}` gets arguments at run time, so what it runs cannot be determined",
+            f"`{call.name}` gets arguments at run time, so what it does cannot be determined",
         )
     if key in EXEC_OPTIONS:
         check_exec_options(call, key)
+    if weak:
+        check_weak_effects(call)
+    else:
+        check_intent(call, ctx)
     if handler is None:
         return
     for inner in handler(call, ctx):
@@ -247,7 +255,11 @@ def _check_argv(call: Call, ctx: Ctx) -> None:
                 for k, posix in enumerate(dialects):
                     if k == 1:  # later readings of the same text only check, never record
                         ctx.programs = []
+                    if inner.speculative and (inner.text, posix) in ctx.checked_code:
+                        continue
                     _check_code(inner.text, ctx, call.depth + 1, posix=posix)
+                    if inner.speculative:
+                        ctx.checked_code.add((inner.text, posix))
             else:
                 nested = Call(
                     words=inner.words,

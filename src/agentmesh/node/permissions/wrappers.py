@@ -27,7 +27,7 @@ from agentmesh.node.permissions.commands import (
 from agentmesh.node.permissions.errors import Refusal, show
 from agentmesh.node.permissions.options import Opts, parse_options, refused_option, unknown_option
 from agentmesh.node.permissions.shell_builtins import UNSAFE_SHELL_OPTIONS
-from agentmesh.node.permissions.variables import check_variable
+from agentmesh.node.permissions.variables import IDENT, check_variable, unsafe_to_set
 
 
 def _simple_wrapper(spec: Opts, *, operands: int = 0, assignments: bool = False) -> Handler:
@@ -138,7 +138,9 @@ def _h_xargs(call: Call, ctx: Ctx) -> list[Inner]:
     i, found = parse_options(call, spec)
     replace: str | None = None
     for option, arg in found:
-        if option == "-I":
+        if option == "--process-slot-var":  # xargs sets this variable in every command it runs
+            check_variable(call, ctx, arg)
+        elif option == "-I":
             replace = arg
         elif option in ("-i", "--replace"):
             replace = arg or "{}"
@@ -185,7 +187,10 @@ def _h_busybox(call: Call, ctx: Ctx) -> list[Inner]:
 
 
 def _h_eval(call: Call, ctx: Ctx) -> list[Inner]:
-    code = " ".join(call.require_static(w) for w in call.args)
+    args = call.args
+    if args and call.require_static(args[0]) == "--":  # bash's `eval` ends options at `--`
+        args = args[1:]
+    code = " ".join(call.require_static(w) for w in args)
     return [Code(code)] if code.strip() else []
 
 
@@ -262,7 +267,9 @@ def _h_shell(call: Call, ctx: Ctx) -> list[Inner]:
 
 
 def _h_opaque(call: Call, ctx: Ctx) -> list[Inner]:
-    """A wrapper whose option syntax is not modelled: every possible program position must pass."""
+    """A wrapper whose option syntax is not modelled: every way it could run its arguments must
+    pass.  It may exec them from any position, hand any one of them to a shell (`flock -c`,
+    `su -c`), or join the rest into one command line for a shell (`watch`, `ssh`)."""
     if ctx.mode is PermissionMode.WEAK:
         raise Refusal(
             call.text,
@@ -273,17 +280,55 @@ def _h_opaque(call: Call, ctx: Ctx) -> list[Inner]:
     for word in args:
         call.require_static(word)
     if call.speculative:
-        return []  # the enclosing opaque wrapper already checks every later position
+        return []  # the enclosing opaque wrapper already checks every later position and word
+    _check_environment_arguments(call, ctx)
     found: list[Inner] = [Exec(args[k:], speculative=True) for k in range(len(args))]
-    found += [
-        Code(w.value, speculative=True, dialects=ANY_SHELL)
-        for w in args
-        if any(c in _CODE_CHARS for c in w.value)
-    ]
+    values = [w.value for w in args]
+    odd = [k for k, value in enumerate(values) if not _PLAIN_ARGUMENT.fullmatch(value)]
+    # A run of plain words joined with spaces reads as those same words, which the positions
+    # above already check; only a run that reaches an odd argument can read differently.
+    last = odd[-1] if odd else -1
+    starts = range(min(last + 1, len(values) - 1))
+    suffix_chars = [0] * (len(values) + 1)
+    for k in range(len(values) - 1, -1, -1):
+        suffix_chars[k] = suffix_chars[k + 1] + len(values[k]) + 1
+    ctx.speculative_chars -= sum(suffix_chars[k] for k in starts) + sum(len(values[k]) for k in odd)
+    if ctx.speculative_chars < 0:
+        raise Refusal(
+            call.text,
+            "too-complex",
+            f"`{call.name}` has too many arguments to check every way it could run them",
+        )
+    texts = {values[k] for k in odd} | {" ".join(values[k:]) for k in starts}
+    # shortest first: a longer joined suffix then finds its own suffixes already checked
+    ordered = sorted(texts, key=lambda text: (len(text), text))
+    found += [Code(text, speculative=True, dialects=ANY_SHELL) for text in ordered]
     return found
 
 
-_CODE_CHARS: Final = frozenset(" \t\n;&|<>()$`")
+# An argument made only of these characters reads the same as shell code: no quotes, braces,
+# globs or operators, so it need not be re-parsed on its own.
+_PLAIN_ARGUMENT: Final = re.compile(r"[A-Za-z0-9_./:@%+,=-]*")
+_ASSIGNED_NAME: Final = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
+
+
+def _check_environment_arguments(call: Call, ctx: Ctx) -> None:
+    """Opaque wrappers may set variables from their options (`strace -E BASH_ENV=x`,
+    `bwrap --setenv PATH x`): no argument may name a variable that changes what runs."""
+    for word in call.args:
+        value = word.value
+        names = [value] if IDENT.fullmatch(value) else []
+        for match in _ASSIGNED_NAME.finditer(value):
+            name = match.group(1)  # `-EBASH_ENV=x`: any suffix may be the name
+            names += [name[i:] for i in range(len(name)) if IDENT.fullmatch(name[i:])]
+        for name in names:
+            if unsafe_to_set(name):
+                raise Refusal(
+                    call.text,
+                    "env-assignment",
+                    f"`{call.name}` may set `{show(name)}` from its arguments, which can "
+                    "change which program runs",
+                )
 
 
 def _h_login_shell(call: Call, ctx: Ctx) -> list[Inner]:
@@ -314,6 +359,36 @@ def _h_refuse(call: Call, ctx: Ctx) -> list[Inner]:
     )
 
 
+_IP_EXEC_WORDS: Final = frozenset({"e", "ex", "exe", "exec"})  # ip accepts any prefix
+
+
+def _h_ip(call: Call, ctx: Ctx) -> list[Inner]:
+    """`ip netns exec NAME CMD...`, `ip vrf exec NAME CMD...` and `ip -all netns exec CMD...`
+    run CMD.  ip reads abbreviations (`ip netn e`, `ip v e`) and options anywhere, so every
+    word that may be `exec` is taken to start a command, with and without a NAME; `ip -batch`
+    reads ip commands (`netns exec` among them) from a file and is refused."""
+    args = call.args
+    values = [call.require_static(w) for w in args]
+    options = [v[1:] if v.startswith("--") else v for v in values if v.startswith("-")]
+    for option in options:
+        if len(option) >= 2 and "-batch".startswith(option):
+            raise Refusal(
+                call.text,
+                "unsupported",
+                f"`{call.name} {show(option, 20)}` reads commands from a file, which cannot be "
+                "checked",
+            )
+    every_netns = any(len(v) >= 2 and "-all".startswith(v) for v in options)
+    found: list[Inner] = []
+    for k, value in enumerate(values):
+        if value in _IP_EXEC_WORDS:
+            if every_netns:  # `-all netns exec CMD...`, but `vrf exec NAME CMD...` may follow
+                found += [Exec(args[k + 1 :]), Exec(args[k + 2 :], speculative=True)]
+            else:
+                found.append(Exec(args[k + 2 :]))  # `netns exec NAME CMD...`
+    return found
+
+
 _LD_SO: Final = re.compile(r"ld(?:-linux)?(?:[-.][a-z0-9_.-]*)?\.so(?:\.[0-9]+)*")
 
 _WRAPPERS: Final[dict[str, Handler]] = {
@@ -337,6 +412,7 @@ _WRAPPERS: Final[dict[str, Handler]] = {
     "repeat": _h_repeat,
     "eval": _h_eval,
     "trap": _h_trap,
+    "ip": _h_ip,
     **dict.fromkeys(
         ("sh", "bash", "dash", "ash", "ksh", "ksh93", "mksh", "lksh", "oksh", "pdksh", "zsh",
          "rbash", "hush", "yash", "posh"),
@@ -346,11 +422,10 @@ _WRAPPERS: Final[dict[str, Handler]] = {
     **dict.fromkeys(
         ("setsid", "flock", "taskset", "chrt", "prlimit", "setpriv", "strace", "ltrace",
          "valgrind", "faketime", "catchsegv", "watch", "xvfb-run", "unbuffer", "rlwrap", "chpst",
-         "numactl", "cgexec", "systemd-run", "torsocks", "proxychains", "proxychains4", "tsocks",
-         "ld.so", "setarch", "linux32", "linux64", "i386", "x86_64", "bwrap", "runcon",
-         "daemonize", "start-stop-daemon", "entr", "tini", "dumb-init", "cpulimit", "trickle",
-         "nocache", "eatmydata", "fakechroot", "setuidgid", "envdir", "envuidgid", "softlimit",
-         "setlock", "sched"),
+         "numactl", "cgexec", "torsocks", "proxychains", "proxychains4", "tsocks", "ld.so",
+         "setarch", "linux32", "linux64", "i386", "x86_64", "runcon", "daemonize", "entr",
+         "tini", "dumb-init", "cpulimit", "trickle", "nocache", "eatmydata", "setuidgid",
+         "envuidgid", "softlimit", "setlock", "sched"),
         _h_opaque,
     ),
     **dict.fromkeys(
@@ -358,7 +433,11 @@ _WRAPPERS: Final[dict[str, Handler]] = {
          "chroot", "unshare", "nsenter", "fakeroot", "proot", "firejail", "newgrp", "login",
          "machinectl", "tmux", "screen", "byobu", "at", "batch", "crontab", "parallel", "pkexec",
          "dbus-run-session", "capsh", "autoload", "fish", "csh", "tcsh", "pwsh", "nu", "elvish",
-         "xonsh"),
+         "xonsh",
+         # they set variables from files, remap what a path runs, or hand the command to
+         # another process manager (outside this task)
+         "envdir", "s6-envdir", "chpst", "bwrap", "fakechroot", "start-stop-daemon",
+         "systemd-run", "systemd-nspawn", "run0"),
         _h_refuse,
     ),
 }  # fmt: skip
