@@ -16,28 +16,20 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from agentmesh.node.permissions.intent import INTENT_ALIASES, PREFIX_ALIASES
+
 # Where programs live on the hosts we run on (PATH may name fewer).
 PROGRAM_DIRS = (
     "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin",
     "/usr/libexec", "/usr/lib/klibc/bin",
 )  # fmt: skip
 
-# Programs with the same effect as a denylisted one, masked with it: the denylist names
-# intents ("no rm", "no mkfs"), and these are the other doors to the same room.
-SAME_EFFECT: dict[str, tuple[str, ...]] = {
-    "rm": ("unlink",),
-    "rmdir": ("unlink",),
-    "mkfs": ("mkfs.*", "mke2fs", "mkdosfs", "mkswap", "mkntfs"),
-    # systemctl and loginctl stay (status, restart...): the sandbox hides the sockets they
-    # would ask systemd through, and its uid has no right to ask.
-    "shutdown": ("telinit", "init"),
-    "poweroff": ("telinit", "init"),
-    "reboot": ("telinit", "init", "kexec"),
-    "halt": ("telinit", "init"),
-    "fdisk": ("sfdisk", "cfdisk", "gdisk", "sgdisk"),
-    "kill": ("killall5",),
-    "truncate": ("fallocate",),
-}
+# Programs that can only power off or restart the machine when asked (`telinit 0`): the
+# parser reads their arguments; the sandbox masks them whole. systemctl and loginctl stay
+# (status, restart...): the sandbox hides the sockets they would ask systemd through, and
+# its uid has no right to ask.
+POWER_PROGRAMS = ("telinit", "init")
+POWER_NAMES = frozenset({"poweroff", "halt", "shutdown", "reboot"})
 MULTI_CALL = ("busybox", "toybox")
 
 
@@ -47,8 +39,7 @@ def masked_programs(denylist: Iterable[str], dirs: Iterable[str] = PROGRAM_DIRS)
     provide one of them."""
     patterns = set()
     for name in denylist:
-        patterns.add(name)
-        patterns.update(SAME_EFFECT.get(name, ()))
+        patterns.update(same_effect(name))
     entries = list(_program_entries(dirs))
     targets: set[tuple[int, int]] = set()
     paths: set[str] = set()
@@ -61,6 +52,17 @@ def masked_programs(denylist: Iterable[str], dirs: Iterable[str] = PROGRAM_DIRS)
         if linked or (name in MULTI_CALL and _provides_any(path, patterns)):
             paths.add(os.path.realpath(path))
     return sorted(paths)
+
+
+def same_effect(name: str) -> set[str]:
+    """A denylisted name and the programs (as fnmatch patterns) that have its effect, from
+    the parser's intent table (agentmesh.node.permissions.intent)."""
+    patterns = {name}
+    patterns.update(alias for alias, names in INTENT_ALIASES.items() if name in names)
+    patterns.update(f"{prefix}*" for prefix, names in PREFIX_ALIASES if name in names)
+    if name in POWER_NAMES:
+        patterns.update(POWER_PROGRAMS)
+    return patterns
 
 
 def _program_entries(dirs: Iterable[str]) -> Iterable[tuple[str, str, os.stat_result]]:
