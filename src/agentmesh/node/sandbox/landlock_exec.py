@@ -29,7 +29,10 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from typing import Literal, NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing alone would double the launcher's start-up
+    from typing import Literal, NoReturn
 
 # Syscall numbers: the same in the generic table every architecture uses for new calls.
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
