@@ -212,7 +212,13 @@ def _sandbox(settings: Settings, node: NodeSettings, data_dir: Path) -> Sandbox:
     ]
     cli = shutil.which(shlex.split(env.GEMINI_CLI_COMMAND or "gemini")[0])
     shown = [*_install_roots(cli), *_install_roots(shutil.which("node"))]
-    return choose_sandbox(node.sandbox, settings.permissions, hidden=hidden, shown=shown)
+    return choose_sandbox(
+        node.sandbox,
+        settings.permissions,
+        hidden=hidden,
+        shown=shown,
+        build_dir=data_dir / "sandbox",
+    )
 
 
 def _install_roots(program: str | None) -> list[Path]:

@@ -66,6 +66,7 @@ class Bubblewrap:
         landlock_abi: int,
         setpriv: str = "setpriv",
         python: str = os.path.realpath(sys.executable),
+        compiled_launcher: Path | None = None,
     ) -> None:
         self._bwrap = bwrap
         self._view = view
@@ -73,6 +74,12 @@ class Bubblewrap:
         self._landlock_abi = landlock_abi
         self._python = python
         self._launcher = LAUNCHER_SOURCE.read_text()
+        # The C build where the node could compile it (a millisecond), else the Python one.
+        self._launch_landlock = (
+            [str(compiled_launcher)]
+            if compiled_launcher is not None
+            else [python, "-I", "-S", "-c", self._launcher]
+        )
         self._as_root = os.geteuid() == 0
         self._setpriv = setpriv
 
@@ -86,6 +93,8 @@ class Bubblewrap:
 
     def describe(self) -> str:
         landlock = f"Landlock ABI {self._landlock_abi}" if self._landlock_abi else "no Landlock"
+        if self._landlock_abi and len(self._launch_landlock) > 1:
+            landlock += ", Python launcher"
         user = "as nobody" if self._as_root else f"as uid {self.uid}"
         return f"bubblewrap ({landlock}; {user}; {len(self._masked)} denylisted paths masked)"
 
@@ -105,7 +114,7 @@ class Bubblewrap:
             command += [self._setpriv, *DROP_TO_NOBODY, "--"]
         landlock = self._landlock_args(confinement)
         if landlock:
-            command += [self._python, "-I", "-S", "-c", self._launcher, *landlock, "--"]
+            command += [*self._launch_landlock, *landlock, "--"]
         command += argv
         return Launch(tuple(command))
 
