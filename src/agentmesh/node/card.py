@@ -60,6 +60,8 @@ class AgentCard:
     draining: bool = False
     # The node's own API keys, for the scheduler to account and lease back to it by fingerprint.
     held_keys: tuple[HeldKey, ...] = ()
+    # The highest permission mode it runs (node.max_permission_mode).
+    max_permission_mode: str = "weak"
 
 
 def held_keys_from(values: object) -> tuple[HeldKey, ...]:
@@ -152,6 +154,7 @@ def build_card(
     endpoint: str,
     gemini_version: str | None,
     held_keys: tuple[HeldKey, ...] = (),
+    max_permission_mode: str = "weak",
 ) -> AgentCard:
     capabilities = tuple(dict.fromkeys((*configured_capabilities, *detected_capabilities())))
     return AgentCard(
@@ -173,4 +176,5 @@ def build_card(
         started_at=datetime.now(UTC).isoformat(),
         gemini_cli_version=gemini_version or "",
         held_keys=held_keys,
+        max_permission_mode=max_permission_mode,
     )
