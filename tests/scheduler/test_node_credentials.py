@@ -8,8 +8,6 @@ other is for: the user's cannot heartbeat or lease keys, a node's cannot submit.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import grpc
 import pytest
@@ -33,10 +31,10 @@ def pg_server(embedded_server: Server) -> Server:
 
 
 @pytest.fixture
-async def secured(mesh: Mesh) -> AsyncIterator[Mesh]:
+async def secured(mesh: Mesh) -> Mesh:
     mesh.configure(AGENTMESH_TOKEN=TOKEN)
     await mesh.start_scheduler()
-    yield mesh
+    return mesh
 
 
 async def _enroll(mesh: Mesh, name: str) -> str:
@@ -108,6 +106,7 @@ async def test_a_heartbeat_for_another_nodes_agent_id_is_refused_and_the_victim_
 async def test_a_revoked_node_credential_is_refused_and_its_node_gets_no_more_tasks(
     secured: Mesh,
 ) -> None:
+    await secured.start_node("stays")
     gone = await secured.start_node("gone")
     card = convert.card_to_proto(gone.card())
     async with secured.schedulers[0].pool.acquire() as conn:
@@ -120,10 +119,15 @@ async def test_a_revoked_node_credential_is_refused_and_its_node_gets_no_more_ta
         task = await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
         assert "gone is not online" in await waiting_reason(stub, task.id)
         still = await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task.id))
-    assert still.state == task_pb2.TASK_STATE_SUBMITTED and not still.assigned_agent
+        assert still.state == task_pb2.TASK_STATE_SUBMITTED
+        assert not still.assigned_agent
+        # The other node's credential is untouched: it still gets work.
+        spec = task_pb2.TaskSpec(kind="echo", prompt="for you", target_host="stays")
+        other = await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
+        done, _ = await run_to_end(stub, other.id)
+        assert done.state == COMPLETED, done.error
 
-    node_token = secured.settings.node_token  # the mesh's own settings carry none
-    assert node_token is None
+    # Its node's own heartbeats, under the revoked credential, are refused.
     assert gone.registration is not None
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await gone.registration.beat()
