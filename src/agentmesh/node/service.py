@@ -229,10 +229,13 @@ async def run_node(
     started = await AgentNode.start(settings, node)
     card = started.card()
     host, _ = split_host_port(node.listen)
-    if settings.token is None:
-        log.warning("no AGENTMESH_TOKEN set: serving on loopback only, without authentication")
+    if settings.token is None and settings.node_token is None:
+        log.warning(
+            "neither AGENTMESH_NODE_TOKEN nor AGENTMESH_TOKEN set: serving on loopback only,"
+            " without authentication"
+        )
     elif not is_loopback(host) and not settings.tls.enabled:
-        log.warning("serving without TLS: the token crosses the network in clear text")
+        log.warning("serving without TLS: credentials cross the network in clear text")
     announce(
         f"agentmesh node {card.name} ({card.agent_id}) listening on {started.address};"
         f" executors: {', '.join(card.executors)}; modes up to {card.max_permission_mode}"
