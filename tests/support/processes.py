@@ -144,6 +144,9 @@ class ProcessHarness:
     env: Mapping[str, str] = field(default_factory=dict)
     # Start every process with --verbose (debug logging).
     verbose: bool = False
+    # node.max_permission_mode unless the config sets it: tests run superuser tasks (the
+    # ceiling's own tests set it); None writes the config exactly as given.
+    node_ceiling: str | None = "superuser"
     processes: list[MeshProcess] = field(default_factory=list)
     # The node credential each node was started with (by node name), in a secured mesh.
     node_tokens: dict[str, str] = field(default_factory=dict)
@@ -154,9 +157,10 @@ class ProcessHarness:
         self.logs_dir = self.tmp_path / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.tmp_path / "agent_config.json"
-        # Tests run superuser tasks; the ceiling's own tests set node.max_permission_mode.
-        node = {"max_permission_mode": "superuser", **self.config.get("node", {})}
-        self.config_path.write_text(json.dumps({**self.config, "node": node}, indent=2))
+        config = dict(self.config)
+        if self.node_ceiling is not None:
+            config["node"] = {"max_permission_mode": self.node_ceiling, **config.get("node", {})}
+        self.config_path.write_text(json.dumps(config, indent=2))
 
     async def __aenter__(self) -> ProcessHarness:
         return self
