@@ -93,8 +93,17 @@ def test_every_variable_compose_uses_is_in_env_example() -> None:
 def test_agentmesh_services_set_only_variables_agentmesh_reads() -> None:
     for name, service in AGENTMESH.items():
         assert set(service["environment"]) <= set(EnvSettings.model_fields), name
-        # The token is required: compose refuses to start without it.
-        assert service["environment"]["AGENTMESH_TOKEN"].startswith("${AGENTMESH_TOKEN:?"), name
+        # Credentials are required: compose refuses to start without them. The scheduler
+        # holds the user credential, each node a node credential of its own.
+        if name == SCHEDULER:
+            token = service["environment"]["AGENTMESH_TOKEN"]
+            assert token.startswith("${AGENTMESH_TOKEN:?"), name
+        else:
+            assert "AGENTMESH_TOKEN" not in service["environment"], name
+            token = service["environment"]["AGENTMESH_NODE_TOKEN"]
+            assert token.startswith("${AGENTMESH_NODE_"), name
+    node_tokens = {AGENTMESH[node]["environment"]["AGENTMESH_NODE_TOKEN"] for node in NODES}
+    assert len(node_tokens) == len(NODES)  # one credential per node
     assert set(AGENTMESH[SCHEDULER]["environment"]) >= {"POSTGRES_HOST", "GEMINI_API_KEY_FILE"}
     for node in NODES:  # nodes never talk to the database
         assert not any(v.startswith("POSTGRES_") for v in AGENTMESH[node]["environment"])

@@ -2,9 +2,10 @@
 
 Four network namespaces on one bridge stand for four machines (tests/support/netns.py): the
 scheduler runs in one, a node in each of the others, all as `agentmesh` processes with
-AGENTMESH_TOKEN and TLS with client certificates, each host presenting a certificate for its
-own address. Two nodes listen on their namespace's address and advertise it; the third
-listens on 0.0.0.0 without --advertise and advertises its address on the route to the
+AGENTMESH_TOKEN (and each node with a node credential of its own, enrolled by the harness)
+and TLS with client certificates, each host presenting a certificate for its own address.
+Two nodes listen on their namespace's address and advertise it; the third listens on
+0.0.0.0 without --advertise and advertises its address on the route to the
 scheduler. The test process reaches them all through the bridge's address in the root
 namespace.
 
@@ -101,7 +102,12 @@ def pki(tmp_path: Path, network: VirtualNetwork) -> Path:
 def host_config(host: Host, pki: Path, workdir: Path) -> dict[str, Any]:
     """A host's agent_config.json: its own certificate, the mesh's CA, short timings."""
     return {
-        "node": {"heartbeat_interval_seconds": 0.3, "workdir": str(workdir)},
+        # The tree runs superuser tasks: every node admits them.
+        "node": {
+            "heartbeat_interval_seconds": 0.3,
+            "workdir": str(workdir),
+            "max_permission_mode": "superuser",
+        },
         "scheduler": {"lease_seconds": 3},
         "tls": {
             "cert_file": str(pki / f"{host.name}.crt"),

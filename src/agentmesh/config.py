@@ -13,6 +13,7 @@ one `ConfigError` naming the file, the key and the problem; secrets never appear
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -52,8 +53,15 @@ class ConfigError(Exception):
 
 
 class PermissionMode(StrEnum):
+    """Ordered: weak < superuser (a node's ceiling admits its mode and every lower one)."""
+
     WEAK = "weak"
     SUPERUSER = "superuser"
+
+    def exceeds(self, ceiling: PermissionMode) -> bool:
+        """Whether this mode is above `ceiling`."""
+        order = list(PermissionMode)
+        return order.index(self) > order.index(ceiling)
 
 
 class _Section(BaseModel):
@@ -140,6 +148,9 @@ class NodeSettings(_Section):
     workdir: Path | None = None
     cancel_grace_seconds: float = Field(default=3.0, ge=0)
     sandbox: SandboxKind = SandboxKind.AUTO
+    # The highest permission mode this node runs: a task asking for more is rejected before
+    # anything runs (and the scheduler places it only on nodes whose ceiling admits it).
+    max_permission_mode: PermissionMode = PermissionMode.WEAK
 
 
 class SchedulerSettings(_Section):
@@ -192,7 +203,10 @@ class EnvSettings(_Section):
     DATABASE_URL: SecretStr | None = None
     GEMINI_CLI_COMMAND: str = "gemini"
     GEMINI_API_KEY_FILE: Path | None = None
+    # The user credential: submit, watch, cancel, list, manage keys.
     AGENTMESH_TOKEN: SecretStr | None = None
+    # A node's own credential (`agentmesh nodes enroll`): heartbeat and lease keys.
+    AGENTMESH_NODE_TOKEN: SecretStr | None = None
     # The Fernet key that encrypts API keys at rest; unset = one generated into the data
     # directory (secret.key, mode 0600).
     AGENTMESH_SECRET_KEY: SecretStr | None = None
@@ -230,7 +244,13 @@ DATABASE_VARIABLES = frozenset(
      "POSTGRES_PASSWORD"}
 )  # fmt: skip
 _SECRET_ENV_NAMES = frozenset(
-    {"POSTGRES_PASSWORD", "DATABASE_URL", "AGENTMESH_TOKEN", "AGENTMESH_SECRET_KEY"}
+    {
+        "POSTGRES_PASSWORD",
+        "DATABASE_URL",
+        "AGENTMESH_TOKEN",
+        "AGENTMESH_NODE_TOKEN",
+        "AGENTMESH_SECRET_KEY",
+    }
 )
 
 
@@ -283,6 +303,17 @@ class Settings:
     @property
     def token(self) -> str | None:
         return self.env.AGENTMESH_TOKEN.get_secret_value() if self.env.AGENTMESH_TOKEN else None
+
+    @property
+    def node_token(self) -> str | None:
+        """This node's credential (AGENTMESH_NODE_TOKEN), if it has one."""
+        secret = self.env.AGENTMESH_NODE_TOKEN
+        return secret.get_secret_value() if secret else None
+
+    def with_node_token(self, token: str) -> Settings:
+        """These settings for a node that presents `token` (a mesh started in one process)."""
+        env = self.env.model_copy(update={"AGENTMESH_NODE_TOKEN": SecretStr(token)})
+        return dataclasses.replace(self, env=env)
 
     @property
     def uses_embedded_database(self) -> bool:

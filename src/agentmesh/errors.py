@@ -18,6 +18,10 @@ class Reason(StrEnum):
     DUPLICATE_ATTEMPT = "DUPLICATE_ATTEMPT"  # the node still runs a stream for this task
     NO_EXECUTOR = "NO_EXECUTOR"  # the node cannot run tasks of this kind
     BAD_SPEC = "BAD_SPEC"  # the task itself is wrong: no node will run it
+    # The task asks for a permission mode above the node's node.max_permission_mode.
+    MODE_ABOVE_CEILING = "MODE_ABOVE_CEILING"
+    # A heartbeat names an agent id its credential may not speak for.
+    AGENT_NOT_BOUND = "AGENT_NOT_BOUND"
 
 
 class AgentmeshError(Exception):
@@ -59,6 +63,10 @@ class FailedPrecondition(AgentmeshError):
 
 class Unauthenticated(AgentmeshError):
     """Missing or wrong credentials."""
+
+
+class PermissionDenied(AgentmeshError):
+    """The caller is known, but may not do this (a node's ceiling, another node's id)."""
 
 
 class Unimplemented(AgentmeshError):

@@ -50,6 +50,8 @@ async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
                 "listen": "127.0.0.1:0",
                 "name": f"node{len(started)}",
                 "workdir": str(tmp_path),
+                # Tests run superuser tasks; the ceiling's own tests set it lower.
+                "max_permission_mode": "superuser",
                 **node,
             }
         )

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from agentmesh.access.credentials import enroll_local_node
 from agentmesh.config import NodeSettings, Settings, load_settings
 from agentmesh.node.service import AgentNode
 from agentmesh.scheduler.service import Scheduler
@@ -81,11 +82,14 @@ class Mesh:
         return scheduler_pb2_grpc.SchedulerStub(channel)
 
     async def start_node(self, name: str, **options: Any) -> AgentNode:
+        """A node registered with the first scheduler; in a secured mesh (a token), with a
+        node credential of its own. Its ceiling is superuser unless `options` say."""
         assert self.schedulers, "start a scheduler first"
         workdir = self.tmp_path / name
         workdir.mkdir(exist_ok=True)
+        settings = await enroll_local_node(self.schedulers[0].pool, self.settings, name)
         node = await AgentNode.start(
-            self.settings,
+            settings,
             NodeSettings.model_validate(
                 {
                     "listen": "127.0.0.1:0",
@@ -93,6 +97,7 @@ class Mesh:
                     "scheduler": self.schedulers[0].address,
                     "heartbeat_interval_seconds": HEARTBEAT,
                     "workdir": str(workdir),
+                    "max_permission_mode": "superuser",
                     **options,
                 }
             ),

@@ -1,10 +1,12 @@
-"""The mesh token on every RPC of both services, through the channels the mesh itself uses.
+"""Credentials on every RPC of both services, through the channels the mesh itself uses.
 
 With `AGENTMESH_TOKEN` set, each RPC of `agentmesh.v1.AgentNode` and `agentmesh.v1.Scheduler`
-answers a client that opened its channel with `open_channel(token=...)`, and refuses one
-without the token or with a wrong one (UNAUTHENTICATED) without doing anything; health and
-reflection answer anyone. The RPCs are read from the service descriptors: an RPC added to
-a service without a case here fails these tests.
+refuses a client without a token or with a wrong one (UNAUTHENTICATED) without doing
+anything; health and reflection answer anyone. The user credential answers every RPC but
+the node-only Heartbeat (PERMISSION_DENIED); a node credential answers Heartbeat only
+(PERMISSION_DENIED on the scheduler's other RPCs; the node's own RPCs do not know it). The
+RPCs are read from the service descriptors: an RPC added to a service without a case here
+fails these tests.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from agentmesh.access import credentials
 from agentmesh.config import TlsSettings
 from agentmesh.node.card import build_card
 from agentmesh.node.registration import Registration
@@ -46,6 +49,7 @@ SERVICES = (
     scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"],
 )
 NO_PLACE = "capability-nobody-has"
+HEARTBEAT_RPC = "agentmesh.v1.Scheduler.Heartbeat"
 
 T = TypeVar("T")
 
@@ -246,6 +250,16 @@ async def _fetch_column(database_uri: str, query: str, *args: object) -> list[ob
         await conn.close()
 
 
+async def _enroll(database_uri: str, name: str) -> str:
+    """A fresh node credential, as `agentmesh nodes enroll` issues one."""
+    conn = await asyncpg.connect(database_uri, timeout=10)
+    try:
+        _, token = await credentials.enroll(conn, name)
+    finally:
+        await conn.close()
+    return token
+
+
 async def _first_listing(
     replies: AsyncIterable[reflection_pb2.ServerReflectionResponse],
 ) -> set[str]:
@@ -311,9 +325,32 @@ async def test_every_rpc_needs_the_token_and_health_and_reflection_do_not(
         open_channel(node_address, token=TOKEN, tls=plain) as node_channel,
         open_channel(scheduler_address, token=TOKEN, tls=plain) as scheduler_channel,
     ):
-        authorized = _clients(node_channel, scheduler_channel)
-        assert await _outcomes(authorized, targets) == dict.fromkeys(methods, "OK")
+        user = _clients(node_channel, scheduler_channel)
+        assert await _outcomes(user, targets) == {
+            **dict.fromkeys(methods, "OK"),
+            HEARTBEAT_RPC: "PERMISSION_DENIED",
+        }
+    assert not set(targets.heartbeat_ids) & set(
+        await _fetch_column(database_uri, "SELECT id FROM agents")
+    )
 
+    # A node credential: the one node-only RPC, and nothing a person does.
+    node_token = await _enroll(database_uri, "visitor")
+    tasks_before = await _fetch_column(database_uri, "SELECT id FROM tasks ORDER BY id")
+    async with (
+        open_channel(node_address, token=node_token, tls=plain) as node_channel,
+        open_channel(scheduler_address, token=node_token, tls=plain) as scheduler_channel,
+    ):
+        node = _clients(node_channel, scheduler_channel)
+        assert await _outcomes(node, targets) == {
+            **{m: "PERMISSION_DENIED" for m in methods if m.startswith("agentmesh.v1.Sch")},
+            **{m: "UNAUTHENTICATED" for m in methods if m.startswith("agentmesh.v1.AgentNode")},
+            HEARTBEAT_RPC: "OK",
+        }
+    assert await _fetch_column(database_uri, "SELECT id FROM tasks ORDER BY id") == tasks_before
+    assert await _fetch_column(
+        database_uri, "SELECT state FROM tasks WHERE id = $1", targets.waiting_task_id
+    ) == ["canceled"]  # by the user's CancelTask above, not the node's
     assert targets.heartbeat_ids[-1] in await _fetch_column(database_uri, "SELECT id FROM agents")
 
 
@@ -353,7 +390,12 @@ async def test_a_node_without_the_token_is_refused_and_not_registered(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await beat(token)
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    # The user credential is not a node's: it cannot register one.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await beat(TOKEN)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "AGENTMESH_NODE_TOKEN" in (refused.value.details() or "")
     assert card.agent_id not in await _fetch_column(database_uri, "SELECT id FROM agents")
 
-    await beat(TOKEN)
+    await beat(await _enroll(database_uri, "stranger"))
     assert await _fetch_column(database_uri, "SELECT id FROM agents") == [card.agent_id]

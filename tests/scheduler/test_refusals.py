@@ -81,7 +81,12 @@ async def test_a_node_still_streaming_the_task_refuses_it_without_using_an_attem
     holder = await AgentNode.start(
         mesh.settings,
         NodeSettings.model_validate(
-            {"listen": "127.0.0.1:0", "name": "holder", "workdir": str(workdir)}
+            {
+                "listen": "127.0.0.1:0",
+                "name": "holder",
+                "workdir": str(workdir),
+                "max_permission_mode": "superuser",
+            }
         ),
     )
     mesh.nodes.append(holder)

@@ -1,10 +1,11 @@
-"""The mesh as it is deployed beyond loopback: every process shares one AGENTMESH_TOKEN.
+"""The mesh as it is deployed beyond loopback: the scheduler and the people hold the user
+credential (AGENTMESH_TOKEN), each node only a node credential of its own.
 
-A scheduler and three nodes run as `agentmesh` processes, first with the token alone, then
-with TLS and required client certificates as well. A client submits and watches tasks
-through the generated stubs over `open_channel` with the token; every task completes on the
-node it was meant for, a client without the token (or without a certificate) is refused,
-and the token appears in no process's output nor in any task's.
+A scheduler and three nodes run as `agentmesh` processes, first with the credentials alone,
+then with TLS and required client certificates as well. A client submits and watches tasks
+through the generated stubs over `open_channel` with the user credential; every task
+completes on the node it was meant for, a client without it (or without a certificate) is
+refused, and no credential appears in any process's output nor in any task's.
 """
 
 from __future__ import annotations
@@ -130,7 +131,17 @@ async def test_a_mesh_with_a_token_runs_tasks_submitted_and_watched_with_it(
     mesh: ProcessHarness, transport: Transport
 ) -> None:
     scheduler = await mesh.start_scheduler()
-    nodes = {name: await mesh.start_node(name, scheduler=scheduler.address) for name in NODES}
+    node_tokens = {name: await mesh.enroll(f"test:{name}") for name in NODES}
+    # A node's host holds its own credential only, never the user's.
+    nodes = {
+        name: await mesh.start_node(
+            name,
+            scheduler=scheduler.address,
+            env={"AGENTMESH_TOKEN": "", "AGENTMESH_NODE_TOKEN": node_tokens[name]},
+        )
+        for name in NODES
+    }
+    secrets = [TOKEN, *node_tokens.values()]
     async with open_channel(scheduler.address, token=TOKEN, tls=transport.client) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         await mesh.wait_registered(stub, nodes.values())
@@ -158,12 +169,13 @@ async def test_a_mesh_with_a_token_runs_tasks_submitted_and_watched_with_it(
     for task, events in zip(submitted, traces, strict=True):
         assert events[-1].result.state == COMPLETED, events[-1]
         assert finals[task.id].state == COMPLETED, finals[task.id].error
-        assert TOKEN not in str(events)
+        assert not [secret for secret in secrets if secret in str(events)]
     for name, task in placed.items():
         final = finals[task.id]
         assert final.assigned_agent == nodes[name].identity
         assert "PATH=" in final.output
-        assert TOKEN not in final.output
+        assert not [secret for secret in secrets if secret in final.output]
+        assert "AGENTMESH_NODE_TOKEN" not in final.output  # not even its name
     assert "first leaf" in finals[tree.id].output
     assert "second leaf" in finals[tree.id].output
     assert "Linux" in finals[tree.id].output
@@ -191,4 +203,5 @@ async def test_a_mesh_with_a_token_runs_tasks_submitted_and_watched_with_it(
         assert await process.terminate() == 0, process.logs()
     logs = sorted(mesh.logs_dir.iterdir())
     assert len(logs) == 2 * (1 + len(NODES))
-    assert [log.name for log in logs if TOKEN in log.read_text(errors="replace")] == []
+    for secret in secrets:
+        assert [log.name for log in logs if secret in log.read_text(errors="replace")] == []

@@ -24,9 +24,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import asyncpg
 import grpc
 import psutil
 
+from agentmesh.access import credentials
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -142,7 +144,12 @@ class ProcessHarness:
     env: Mapping[str, str] = field(default_factory=dict)
     # Start every process with --verbose (debug logging).
     verbose: bool = False
+    # node.max_permission_mode unless the config sets it: tests run superuser tasks (the
+    # ceiling's own tests set it); None writes the config exactly as given.
+    node_ceiling: str | None = "superuser"
     processes: list[MeshProcess] = field(default_factory=list)
+    # The node credential each node was started with (by node name), in a secured mesh.
+    node_tokens: dict[str, str] = field(default_factory=dict)
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
     _serial: int = 0
 
@@ -150,7 +157,10 @@ class ProcessHarness:
         self.logs_dir = self.tmp_path / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.tmp_path / "agent_config.json"
-        self.config_path.write_text(json.dumps(self.config, indent=2))
+        config = dict(self.config)
+        if self.node_ceiling is not None:
+            config["node"] = {"max_permission_mode": self.node_ceiling, **config.get("node", {})}
+        self.config_path.write_text(json.dumps(config, indent=2))
 
     async def __aenter__(self) -> ProcessHarness:
         return self
@@ -208,7 +218,15 @@ class ProcessHarness:
         launcher: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> MeshProcess:
-        """A node registered with `scheduler`; `launcher` and `env` as for the scheduler."""
+        """A node registered with `scheduler`; `launcher` and `env` as for the scheduler.
+
+        In a secured mesh (AGENTMESH_TOKEN set) it is enrolled first and started with its
+        own AGENTMESH_NODE_TOKEN, unless `env` names one."""
+        environment = {**self.environment(), **(env or {})}
+        if environment.get("AGENTMESH_TOKEN") and "AGENTMESH_NODE_TOKEN" not in environment:
+            token = await self.enroll(f"test:{name}")
+            self.node_tokens[name] = token
+            env = {**(env or {}), "AGENTMESH_NODE_TOKEN": token}
         argv = [
             "node",
             "--listen",
@@ -228,6 +246,15 @@ class ProcessHarness:
         process.identity = match["agent_id"]
         process.address = match["address"]
         return process
+
+    async def enroll(self, name: str) -> str:
+        """A fresh node credential named `name` (replacing a live one of that name)."""
+        conn = await asyncpg.connect(self.database_uri, timeout=10)
+        try:
+            _, token = await credentials.enroll(conn, name, replace=True)
+        finally:
+            await conn.close()
+        return token
 
     def stub(self, process: MeshProcess) -> scheduler_pb2_grpc.SchedulerAsyncStub:
         """A client of a scheduler process, on a channel closed with the harness."""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentmesh/v1/agent.proto\x12\x0c\x61gentmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x03\n\tAgentCard\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x14\n\x0cip_addresses\x18\x04 \x03(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x11\n\texecutors\x18\x06 \x03(\t\x12\x0e\n\x06models\x18\x07 \x03(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x08 \x03(\t\x12\n\n\x02os\x18\t \x01(\t\x12\x0c\n\x04\x61rch\x18\n \x01(\t\x12\x11\n\tcpu_count\x18\x0b \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x0c \x01(\x03\x12\x17\n\x0fmax_concurrency\x18\r \x01(\x05\x12\x15\n\rrunning_tasks\x18\x0e \x01(\x05\x12\x17\n\x0fpermission_mode\x18\x0f \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x10 \x01(\t\x12\x10\n\x08\x64raining\x18\x11 \x01(\x08\x12.\n\nstarted_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12gemini_cli_version\x18\x13 \x01(\t\x12(\n\theld_keys\x18\x14 \x03(\x0b\x32\x15.agentmesh.v1.HeldKey\x12\x0f\n\x07sandbox\x18\x1e \x01(\t\"-\n\x07HeldKey\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentmesh/v1/agent.proto\x12\x0c\x61gentmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x03\n\tAgentCard\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x14\n\x0cip_addresses\x18\x04 \x03(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x11\n\texecutors\x18\x06 \x03(\t\x12\x0e\n\x06models\x18\x07 \x03(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x08 \x03(\t\x12\n\n\x02os\x18\t \x01(\t\x12\x0c\n\x04\x61rch\x18\n \x01(\t\x12\x11\n\tcpu_count\x18\x0b \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x0c \x01(\x03\x12\x17\n\x0fmax_concurrency\x18\r \x01(\x05\x12\x15\n\rrunning_tasks\x18\x0e \x01(\x05\x12\x17\n\x0fpermission_mode\x18\x0f \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x10 \x01(\t\x12\x10\n\x08\x64raining\x18\x11 \x01(\x08\x12.\n\nstarted_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12gemini_cli_version\x18\x13 \x01(\t\x12(\n\theld_keys\x18\x14 \x03(\x0b\x32\x15.agentmesh.v1.HeldKey\x12\x0f\n\x07sandbox\x18\x1e \x01(\t\x12\x1b\n\x13max_permission_mode\x18\x15 \x01(\t\"-\n\x07HeldKey\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.v1.agent_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTCARD']._serialized_start=76
-  _globals['_AGENTCARD']._serialized_end=544
-  _globals['_HELDKEY']._serialized_start=546
-  _globals['_HELDKEY']._serialized_end=591
+  _globals['_AGENTCARD']._serialized_end=573
+  _globals['_HELDKEY']._serialized_start=575
+  _globals['_HELDKEY']._serialized_end=620
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,7 @@ class AgentCard(_message.Message):
     GEMINI_CLI_VERSION_FIELD_NUMBER: _builtins.int
     HELD_KEYS_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
+    MAX_PERMISSION_MODE_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Stable across restarts (kept in the node's data directory)."""
     name: _builtins.str
@@ -69,6 +70,10 @@ class AgentCard(_message.Message):
     sandbox: _builtins.str
     """How the node confines shell and gemini tasks: "bubblewrap (...)", "none (...)" when its
     configuration turned the sandbox off, "unavailable (...)" when it refuses them.
+    """
+    max_permission_mode: _builtins.str
+    """The highest permission mode the node runs (`node.max_permission_mode`): "weak" or
+    "superuser". A task asking for more is rejected; empty (an older node) means "weak".
     """
     @_builtins.property
     def ip_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -114,10 +119,11 @@ class AgentCard(_message.Message):
         gemini_cli_version: _builtins.str = ...,
         held_keys: _abc.Iterable[Global___HeldKey] | None = ...,
         sandbox: _builtins.str = ...,
+        max_permission_mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "arch", b"arch", "capabilities", b"capabilities", "cpu_count", b"cpu_count", "draining", b"draining", "endpoint", b"endpoint", "executors", b"executors", "gemini_cli_version", b"gemini_cli_version", "held_keys", b"held_keys", "hostname", b"hostname", "ip_addresses", b"ip_addresses", "max_concurrency", b"max_concurrency", "memory_bytes", b"memory_bytes", "models", b"models", "name", b"name", "os", b"os", "permission_mode", b"permission_mode", "running_tasks", b"running_tasks", "sandbox", b"sandbox", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "arch", b"arch", "capabilities", b"capabilities", "cpu_count", b"cpu_count", "draining", b"draining", "endpoint", b"endpoint", "executors", b"executors", "gemini_cli_version", b"gemini_cli_version", "held_keys", b"held_keys", "hostname", b"hostname", "ip_addresses", b"ip_addresses", "max_concurrency", b"max_concurrency", "max_permission_mode", b"max_permission_mode", "memory_bytes", b"memory_bytes", "models", b"models", "name", b"name", "os", b"os", "permission_mode", b"permission_mode", "running_tasks", b"running_tasks", "sandbox", b"sandbox", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -126,7 +126,8 @@ class KeyPoolServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LeaseKey(self, request, context):
-        """A node's proxy asks for a key for one API request of a running task.
+        """A node's proxy asks for a key for one API request of a running task. Node-only, as is
+        ReportKeyUse: with a user token set, only a node credential bound to `agent_id` may.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,7 +47,9 @@ class KeyPoolStub:
     TokenReport: _grpc.UnaryUnaryMultiCallable[_keys_pb2.TokenReportRequest, _keys_pb2.TokenReportResponse]
     """How well tokens were forecast: median absolute percentage errors."""
     LeaseKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.LeaseKeyRequest, _keys_pb2.KeyLease]
-    """A node's proxy asks for a key for one API request of a running task."""
+    """A node's proxy asks for a key for one API request of a running task. Node-only, as is
+    ReportKeyUse: with a user token set, only a node credential bound to `agent_id` may.
+    """
     ReportKeyUse: _grpc.UnaryUnaryMultiCallable[_keys_pb2.ReportKeyUseRequest, _keys_pb2.ReportKeyUseResponse]
     """A node's proxy reports how an API request on a leased key went."""
 
@@ -70,7 +72,9 @@ class KeyPoolAsyncStub(KeyPoolStub):
     TokenReport: _aio.UnaryUnaryMultiCallable[_keys_pb2.TokenReportRequest, _keys_pb2.TokenReportResponse]  # type: ignore[assignment]
     """How well tokens were forecast: median absolute percentage errors."""
     LeaseKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.LeaseKeyRequest, _keys_pb2.KeyLease]  # type: ignore[assignment]
-    """A node's proxy asks for a key for one API request of a running task."""
+    """A node's proxy asks for a key for one API request of a running task. Node-only, as is
+    ReportKeyUse: with a user token set, only a node credential bound to `agent_id` may.
+    """
     ReportKeyUse: _aio.UnaryUnaryMultiCallable[_keys_pb2.ReportKeyUseRequest, _keys_pb2.ReportKeyUseResponse]  # type: ignore[assignment]
     """A node's proxy reports how an API request on a leased key went."""
 
@@ -132,7 +136,9 @@ class KeyPoolServicer(metaclass=_abc_1.ABCMeta):
         request: _keys_pb2.LeaseKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_keys_pb2.KeyLease, _abc.Awaitable[_keys_pb2.KeyLease]]:
-        """A node's proxy asks for a key for one API request of a running task."""
+        """A node's proxy asks for a key for one API request of a running task. Node-only, as is
+        ReportKeyUse: with a user token set, only a node credential bound to `agent_id` may.
+        """
 
     @_abc_1.abstractmethod
     def ReportKeyUse(

@@ -327,16 +327,23 @@ class HeartbeatResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    DISPATCH_SECRET_FIELD_NUMBER: _builtins.int
     interval_seconds: _builtins.float
     """How often the scheduler expects a heartbeat."""
+    dispatch_secret: _builtins.str
+    """What the scheduler presents (as its bearer token) when it calls this node's AgentNode
+    service; the node accepts ExecuteTask and CancelTask from no one else but holders of
+    the user credential. Empty in an open mesh (no token). A secret: never logged.
+    """
     def __init__(
         self,
         *,
         interval_seconds: _builtins.float = ...,
+        dispatch_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_seconds", b"interval_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_secret", b"dispatch_secret", "interval_seconds", b"interval_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -142,7 +142,8 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Nodes register their card and stay alive by calling this periodically.
+        """Nodes register their card and stay alive by calling this periodically. Node-only: it
+        needs a node credential (`agentmesh nodes enroll`) when the mesh has a user token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

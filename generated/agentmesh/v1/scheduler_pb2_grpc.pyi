@@ -49,7 +49,9 @@ class SchedulerStub:
     ListHosts: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListHostsRequest, _scheduler_pb2.ListHostsResponse]
     """The `home_network` inventory: every host the mesh knows, with its services."""
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.HeartbeatRequest, _scheduler_pb2.HeartbeatResponse]
-    """Nodes register their card and stay alive by calling this periodically."""
+    """Nodes register their card and stay alive by calling this periodically. Node-only: it
+    needs a node credential (`agentmesh nodes enroll`) when the mesh has a user token.
+    """
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -70,7 +72,9 @@ class SchedulerAsyncStub(SchedulerStub):
     ListHosts: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListHostsRequest, _scheduler_pb2.ListHostsResponse]  # type: ignore[assignment]
     """The `home_network` inventory: every host the mesh knows, with its services."""
     Heartbeat: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.HeartbeatRequest, _scheduler_pb2.HeartbeatResponse]  # type: ignore[assignment]
-    """Nodes register their card and stay alive by calling this periodically."""
+    """Nodes register their card and stay alive by calling this periodically. Node-only: it
+    needs a node credential (`agentmesh nodes enroll`) when the mesh has a user token.
+    """
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     """Scheduler stores tasks in PostgreSQL, places them on nodes and streams their events."""
@@ -142,6 +146,8 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.HeartbeatRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.HeartbeatResponse, _abc.Awaitable[_scheduler_pb2.HeartbeatResponse]]:
-        """Nodes register their card and stay alive by calling this periodically."""
+        """Nodes register their card and stay alive by calling this periodically. Node-only: it
+        needs a node credential (`agentmesh nodes enroll`) when the mesh has a user token.
+        """
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

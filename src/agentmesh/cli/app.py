@@ -104,7 +104,13 @@ def _secrets(settings: Settings) -> list[str | None]:
     if url:
         with contextlib.suppress(ValueError):
             password = urlsplit(url).password
-    return [settings.token, env.POSTGRES_PASSWORD.get_secret_value(), url, password]
+    return [
+        settings.token,
+        settings.node_token,
+        env.POSTGRES_PASSWORD.get_secret_value(),
+        url,
+        password,
+    ]
 
 
 pass_app = click.make_pass_decorator(App, ensure=True)

@@ -25,6 +25,7 @@ from rich.live import Live
 from rich.text import Text
 from rich.tree import Tree
 
+from agentmesh.access.credentials import enroll_local_node
 from agentmesh.cli.app import App, pass_app
 from agentmesh.cli.db import status_text
 from agentmesh.config import NodeSettings, Settings
@@ -90,7 +91,8 @@ async def _mesh(settings: Settings, work: Path) -> AsyncIterator[tuple[str, list
     try:
         for name, capabilities in NODES.items():
             node = await AgentNode.start(
-                settings,
+                # With a token, each node has a credential of its own, as in a deployed mesh.
+                await enroll_local_node(scheduler.pool, settings, name),
                 NodeSettings(
                     listen="127.0.0.1:0",
                     name=name,

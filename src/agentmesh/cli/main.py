@@ -32,6 +32,7 @@ from agentmesh.cli.db import db
 from agentmesh.cli.demo import demo
 from agentmesh.cli.keys import keys
 from agentmesh.cli.node import node
+from agentmesh.cli.nodes import nodes
 from agentmesh.cli.scheduler import scheduler
 from agentmesh.cli.up import up
 
@@ -86,6 +87,7 @@ for command in (
     mesh.network,
     tokens.tokens,
     keys,
+    nodes,
     demo,
     scheduler,
     node,

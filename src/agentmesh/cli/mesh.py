@@ -20,7 +20,7 @@ STATUS_STYLES = {"online": "green", "draining": "yellow", "offline": "dim"}
 @json_option
 @pass_app
 def agents(app: App, include_offline: bool, as_json: bool) -> int:
-    """List the agents (nodes): host, status, capabilities, load, last seen."""
+    """List the agents (nodes): host, status, capabilities, highest mode, load, last seen."""
 
     async def command() -> int:
         output = output_for(as_json)
@@ -45,12 +45,23 @@ def agents(app: App, include_offline: bool, as_json: bool) -> int:
                     card.endpoint,
                     ",".join(card.executors),
                     ",".join(configured) or "-",
+                    card.max_permission_mode or "weak",
                     f"{card.running_tasks}/{card.max_concurrency}",
                     ago(agent.last_heartbeat, agent.HasField("last_heartbeat")),
                 ]
             )
         output.table(
-            ["NAME", "HOST", "STATUS", "ADDRESS", "EXECUTORS", "CAPABILITIES", "LOAD", "SEEN"],
+            [
+                "NAME",
+                "HOST",
+                "STATUS",
+                "ADDRESS",
+                "EXECUTORS",
+                "CAPABILITIES",
+                "MAX MODE",
+                "LOAD",
+                "SEEN",
+            ],
             rows,
         )
         return EXIT_OK

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ import click
 from rich.live import Live
 from rich.text import Text
 
+from agentmesh.access.credentials import enroll_local_node
 from agentmesh.cli.app import App, pass_app
 from agentmesh.cli.node import node_settings
 from agentmesh.cli.output import Output
@@ -73,8 +75,11 @@ async def run_up(settings: Settings, listen: str | None, flags: Mapping[str, obj
             scheduler = await Scheduler.start(settings, address)
             stack.push_async_callback(scheduler.stop)
             options = node_settings(settings, {**flags, "scheduler": scheduler.address})
+            # With a token, the node gets a credential of its own, as every node does.
+            node_name = options.name or socket.gethostname()
+            node_env = await enroll_local_node(scheduler.pool, settings, node_name)
             # The scheduler loads GEMINI_API_KEY_FILE: its keys are the pool's, not the node's.
-            node = await AgentNode.start(settings, options, hold_keys=False)
+            node = await AgentNode.start(node_env, options, hold_keys=False)
             stack.push_async_callback(node.shutdown, options.shutdown_grace_seconds)
             assert node.registration is not None  # started with a scheduler
             await asyncio.wait_for(node.registration.registered.wait(), REGISTER_TIMEOUT_SECONDS)

@@ -14,11 +14,13 @@ import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agentmesh.access.credentials import NodeIdentity
 from agentmesh.config import ApiPolicy
-from agentmesh.errors import InvalidArgument
+from agentmesh.errors import InvalidArgument, PermissionDenied, Reason
 from agentmesh.keys import admin
 from agentmesh.keys.model import KeyChanges, KeyView, Limits, NewKey
 from agentmesh.keys.vault import Vault
+from agentmesh.rpc import auth
 from agentmesh.rpc.errors import unary
 from agentmesh.v1 import keys_pb2, keys_pb2_grpc
 
@@ -195,13 +197,26 @@ class KeyPoolServicer(keys_pb2_grpc.KeyPoolServicer):
     async def LeaseKey(
         self, request: keys_pb2.LeaseKeyRequest, context: Context
     ) -> keys_pb2.KeyLease:
+        _check_speaks_for(request.agent_id)
         return await self._broker.lease(request)
 
     @unary
     async def ReportKeyUse(
         self, request: keys_pb2.ReportKeyUseRequest, context: Context
     ) -> keys_pb2.ReportKeyUseResponse:
+        _check_speaks_for(request.agent_id)
         return await self._broker.report(request)
+
+
+def _check_speaks_for(agent_id: str) -> None:
+    """Under a node credential (a secured mesh), a node leases keys for its own tasks only."""
+    caller = auth.caller()
+    if isinstance(caller, NodeIdentity) and caller.agent_id != agent_id:
+        bound = caller.agent_id or "no agent yet (it has not heartbeated)"
+        raise PermissionDenied(
+            f"node credential {caller.name} speaks for {bound}, not agent {agent_id}",
+            reason=Reason.AGENT_NOT_BOUND,
+        )
 
 
 def register(servicer: KeyPoolServicer) -> Callable[[grpc.aio.Server], None]:

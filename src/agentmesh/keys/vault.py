@@ -8,6 +8,8 @@ which `seal_plaintext_keys` encrypts when the scheduler starts.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 from pathlib import Path
@@ -29,6 +31,7 @@ class VaultError(ConfigError):
 
 class Vault:
     def __init__(self, key: bytes) -> None:
+        self._key = key
         try:
             self._fernet = Fernet(key)
         except (ValueError, TypeError):
@@ -47,6 +50,12 @@ class Vault:
 
     def seal(self, plaintext: str) -> str:
         return PREFIX + self._fernet.encrypt(plaintext.encode()).decode()
+
+    def derive_secret(self, purpose: str) -> str:
+        """A secret for `purpose`, the same on every replica that shares this vault's key
+        (HMAC-SHA256 of it), and nothing anyone without the key can compute."""
+        digest = hmac.new(self._key, b"agentmesh\0" + purpose.encode(), hashlib.sha256)
+        return digest.hexdigest()
 
     def open_secret(self, stored: str) -> str:
         if not is_sealed(stored):

@@ -62,6 +62,8 @@ class AgentCard:
     held_keys: tuple[HeldKey, ...] = ()
     # How the node confines shell and gemini tasks (agentmesh.node.sandbox), in words.
     sandbox: str = ""
+    # The highest permission mode it runs (node.max_permission_mode).
+    max_permission_mode: str = "weak"
 
 
 def held_keys_from(values: object) -> tuple[HeldKey, ...]:
@@ -155,6 +157,7 @@ def build_card(
     gemini_version: str | None,
     held_keys: tuple[HeldKey, ...] = (),
     sandbox: str = "",
+    max_permission_mode: str = "weak",
 ) -> AgentCard:
     capabilities = tuple(dict.fromkeys((*configured_capabilities, *detected_capabilities())))
     return AgentCard(
@@ -177,4 +180,5 @@ def build_card(
         gemini_cli_version=gemini_version or "",
         held_keys=held_keys,
         sandbox=sandbox,
+        max_permission_mode=max_permission_mode,
     )

@@ -22,6 +22,7 @@ from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 # Bounds on an interval the scheduler asks for: never a busy loop, never silence.
 MIN_INTERVAL_SECONDS = 0.05
 MAX_INTERVAL_SECONDS = 300.0
@@ -37,11 +38,15 @@ class Registration:
         interval_seconds: float,
         token: str | None,
         tls: TlsSettings,
+        on_dispatch_secret: Callable[[str], None] | None = None,
     ) -> None:
+        """`token` is the node's credential; `on_dispatch_secret` hears what the scheduler
+        will present when it calls this node (each reply says it again)."""
         self._scheduler = scheduler
         self._card = card
         self._running = running
         self._interval = interval_seconds
+        self._on_dispatch_secret = on_dispatch_secret
         self._channel = open_channel(scheduler, token=token, tls=tls)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self.registered = asyncio.Event()
@@ -51,6 +56,8 @@ class Registration:
             card=convert.card_to_proto(self._card()), running_task_ids=self._running()
         )
         reply = await self._stub.Heartbeat(request, timeout=max(self._interval, 2.0))
+        if self._on_dispatch_secret is not None:
+            self._on_dispatch_secret(reply.dispatch_secret)
         if reply.interval_seconds > 0:
             interval = min(max(reply.interval_seconds, MIN_INTERVAL_SECONDS), MAX_INTERVAL_SECONDS)
             if interval != self._interval:
@@ -65,8 +72,13 @@ class Registration:
                 await self.beat()
             except grpc.aio.AioRpcError as error:
                 if self.registered.is_set() or backoff == self._interval:
+                    # A refused credential says why (its messages name no secret).
+                    why = error.details() if error.code() in REFUSED else ""
                     log.warning(
-                        "heartbeat to %s failed (%s); retrying", self._scheduler, error.code().name
+                        "heartbeat to %s failed (%s%s); retrying",
+                        self._scheduler,
+                        error.code().name,
+                        f": {why}" if why else "",
                     )
                 self.registered.clear()
                 await asyncio.sleep(backoff)

@@ -26,6 +26,7 @@ from agentmesh.errors import (
     FailedPrecondition,
     InvalidArgument,
     Overloaded,
+    PermissionDenied,
     Reason,
     Unavailable,
 )
@@ -65,6 +66,8 @@ class RunnerLimits:
     default_agent_mode: AgentMode = AgentMode.AGENTIC
     # Where tasks run; None = a fresh temporary directory per task.
     workdir: Path | None = None
+    # The highest mode it runs (node.max_permission_mode); the default mode is within it.
+    max_permission_mode: PermissionMode = PermissionMode.WEAK
 
 
 @dataclass
@@ -132,6 +135,13 @@ class TaskRunner:
             kind = validate_runnable(request.spec)
         except InvalidArgument as error:
             raise InvalidArgument(error.field, error.problem, reason=Reason.BAD_SPEC) from None
+        mode = PermissionMode(request.spec.permission_mode or self._limits.default_permission_mode)
+        if mode.exceeds(self._limits.max_permission_mode):
+            raise PermissionDenied(
+                f"this node runs at most {self._limits.max_permission_mode} tasks"
+                f" (node.max_permission_mode); the task asks for {mode}",
+                reason=Reason.MODE_ABOVE_CEILING,
+            )
         executor = self._executors.get(kind)
         if executor is None:
             raise FailedPrecondition(f"this node has no {kind} executor", reason=Reason.NO_EXECUTOR)

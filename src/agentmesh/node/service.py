@@ -14,7 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from agentmesh import log_format
-from agentmesh.config import NodeSettings, Settings
+from agentmesh.access.policies import NodeAccess
+from agentmesh.config import ConfigError, NodeSettings, Settings
 from agentmesh.db.embedded import default_data_dir
 from agentmesh.node.card import (
     AgentCard,
@@ -48,8 +49,11 @@ class AgentNode:
         card: AgentCard,
         server: RunningServer,
         resources: contextlib.AsyncExitStack,
+        access: NodeAccess | None = None,
     ) -> None:
         self.runner = runner
+        # Who may call it; it learns its scheduler's dispatch secret from heartbeat replies.
+        self._access = access
         # Its endpoint is the advertised one (see agentmesh.node.endpoint).
         self._card = card
         self.server = server
@@ -65,8 +69,9 @@ class AgentNode:
             self.card,
             self.runner.running_task_ids,
             interval_seconds=interval,
-            token=settings.token,
+            token=scheduler_credential(settings),
             tls=settings.tls,
+            on_dispatch_secret=self._access.accept_dispatch_secret if self._access else None,
         )
         self._heartbeats = asyncio.create_task(self.registration.run(), name="heartbeats")
 
@@ -104,6 +109,12 @@ class AgentNode:
         resources: contextlib.AsyncExitStack,
     ) -> AgentNode:
         name = node.name or socket.gethostname()
+        default_mode = settings.agent_defaults.permissions
+        if default_mode.exceeds(node.max_permission_mode):
+            raise ConfigError(
+                f"agent_defaults.permissions is {default_mode}, above node.max_permission_mode"
+                f" ({node.max_permission_mode}): raise the ceiling or lower the default"
+            )
         key_file = settings.env.GEMINI_API_KEY_FILE if hold_keys else None
         # Read at start: a bad file stops the node here (KeyFileError, a ConfigError).
         held = LocalKeys.from_file(key_file) if key_file is not None else None
@@ -126,7 +137,7 @@ class AgentNode:
             if node.scheduler:
                 scheduler_keys = SchedulerKeySource.connect(
                     node.scheduler,
-                    token=settings.token,
+                    token=scheduler_credential(settings),
                     tls=settings.tls,
                     agent_id=agent_id,
                     held=held,
@@ -147,14 +158,24 @@ class AgentNode:
             default_permission_mode=settings.agent_defaults.permissions,
             default_agent_mode=settings.agent_defaults.mode,
             workdir=node.workdir,
+            max_permission_mode=node.max_permission_mode,
         )
-        token = settings.token
-        secrets = (token,) if token else ()
+        token, node_token = settings.token, settings.node_token
+        secrets = tuple(secret for secret in (token, node_token) if secret)
+        log_format.redact(*secrets)
         runner = TaskRunner(agent_id, executors, limits, secrets=(*secrets, *held_secrets))
         holder: list[AgentNode] = []
         servicer = AgentNodeServicer(runner, lambda: holder[0].card())
+        # Secured by either credential: the user's lets its holders call the node directly,
+        # the node's makes its scheduler present a dispatch secret.
+        access = NodeAccess(token) if secrets else None
         server = await start_server(
-            node.listen, register(servicer), [SERVICE_NAME], token=token, tls=settings.tls
+            node.listen,
+            register(servicer),
+            [SERVICE_NAME],
+            policy=access,
+            tls=settings.tls,
+            credentials="AGENTMESH_NODE_TOKEN or AGENTMESH_TOKEN",
         )
         resources.push_async_callback(server.stop, 1.0)
         endpoint = await asyncio.to_thread(
@@ -174,8 +195,9 @@ class AgentNode:
             held_keys=tuple(HeldKey(k.label, k.fingerprint) for k in held.keys)
             if held and "gemini" in executors
             else (),
+            max_permission_mode=str(node.max_permission_mode),
         )
-        started = cls(runner, card, server, resources)
+        started = cls(runner, card, server, resources, access)
         holder.append(started)
         if warning := settings.not_enforced_warning("node"):
             log.warning(warning)
@@ -233,6 +255,12 @@ def _install_roots(program: str | None) -> list[Path]:
     return roots
 
 
+def scheduler_credential(settings: Settings) -> str | None:
+    """What the node presents to its scheduler: its node credential; else the user token,
+    which a secured scheduler refuses for heartbeats, saying a node credential is needed."""
+    return settings.node_token or settings.token
+
+
 async def run_node(
     settings: Settings, node: NodeSettings, *, announce: Callable[[str], None] = print
 ) -> int:
@@ -240,13 +268,17 @@ async def run_node(
     started = await AgentNode.start(settings, node)
     card = started.card()
     host, _ = split_host_port(node.listen)
-    if settings.token is None:
-        log.warning("no AGENTMESH_TOKEN set: serving on loopback only, without authentication")
+    if settings.token is None and settings.node_token is None:
+        log.warning(
+            "neither AGENTMESH_NODE_TOKEN nor AGENTMESH_TOKEN set: serving on loopback only,"
+            " without authentication"
+        )
     elif not is_loopback(host) and not settings.tls.enabled:
-        log.warning("serving without TLS: the token crosses the network in clear text")
+        log.warning("serving without TLS: credentials cross the network in clear text")
     announce(
         f"agentmesh node {card.name} ({card.agent_id}) listening on {started.address};"
         f" executors: {', '.join(card.executors)}; sandbox: {card.sandbox}"
+        f" executors: {', '.join(card.executors)}; modes up to {card.max_permission_mode}"
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -154,4 +154,6 @@ def card_from_proto(message: agent_pb2.AgentCard) -> AgentCard:
     values["memory_bytes"] = int(values.get("memory_bytes", 0))
     values.setdefault("started_at", "")
     values["held_keys"] = held_keys_from(values.get("held_keys"))
+    # An older node sends none: it runs what weak mode allows at most.
+    values["max_permission_mode"] = values.get("max_permission_mode") or "weak"
     return AgentCard(**values)

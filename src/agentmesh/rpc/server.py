@@ -1,4 +1,4 @@
-"""A grpc.aio server with health, reflection, the mesh token and optional TLS."""
+"""A grpc.aio server with health, reflection, a bearer-credential policy and optional TLS."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agentmesh.config import ConfigError, TlsSettings
-from agentmesh.rpc.auth import TokenAuthInterceptor
+from agentmesh.rpc.auth import BearerAuthInterceptor, Policy
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(listen: str, token: str | None) -> None:
-    """Without a token, serve only on loopback: anyone who can connect could run commands."""
+def check_exposure(listen: str, secured: bool, credentials: str = "AGENTMESH_TOKEN") -> None:
+    """Without credentials, serve only on loopback: anyone who can connect could run commands."""
     host, _ = split_host_port(listen)
-    if token is None and not is_loopback(host):
+    if not secured and not is_loopback(host):
         raise ConfigError(
-            f"refusing to listen on {listen} without AGENTMESH_TOKEN: set a token, or listen"
+            f"refusing to listen on {listen} without {credentials}: set a token, or listen"
             " on a loopback address such as 127.0.0.1"
         )
 
@@ -81,12 +81,16 @@ async def start_server(
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
     *,
-    token: str | None,
+    policy: Policy | None,
     tls: TlsSettings,
+    credentials: str = "AGENTMESH_TOKEN",
 ) -> RunningServer:
-    """Bind `listen` (port 0 picks a free one), register the services, start serving."""
-    check_exposure(listen, token)
-    interceptors = [TokenAuthInterceptor(token)] if token is not None else []
+    """Bind `listen` (port 0 picks a free one), register the services, start serving.
+
+    Without a `policy` (no credentials configured) every caller is served, on loopback only;
+    `credentials` names the settings that would give it one, for that refusal."""
+    check_exposure(listen, policy is not None, credentials)
+    interceptors = [BearerAuthInterceptor(policy)] if policy is not None else []
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -1,15 +1,25 @@
-"""The agents table: nodes register and heartbeat; the scheduler reads who is online."""
+"""The agents table: nodes register and heartbeat; the scheduler reads who is online.
+
+In a secured mesh (a user token is set) a heartbeat comes under a node credential, which it
+binds to its agent id in the same transaction that writes the agent's row, and the row
+remembers that credential: only agents whose row was written under their own live, bound
+credential are dialled, with the dispatch secret derived for that credential and agent.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
 import asyncpg
 
+from agentmesh.access import credentials
+from agentmesh.access.credentials import NodeIdentity
+from agentmesh.config import PermissionMode
 from agentmesh.keys.held import register_node_keys
 from agentmesh.node.card import AgentCard, HeldKey, held_keys_from
 from agentmesh.scheduler.placement import AgentSlot
@@ -17,9 +27,10 @@ from agentmesh.scheduler.queries import QUEUE_CHANNEL
 
 UPSERT_AGENT = """
 INSERT INTO agents (id, hostname, ip_address, endpoint, last_heartbeat, capabilities, card,
-                    current_task_id, running_tasks, max_concurrency, status)
-VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8, $9, $10)
+                    current_task_id, running_tasks, max_concurrency, status, credential_id)
+VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8, $9, $10, $12)
 ON CONFLICT (id) DO UPDATE SET
+    credential_id = EXCLUDED.credential_id,
     hostname = EXCLUDED.hostname, ip_address = EXCLUDED.ip_address,
     endpoint = EXCLUDED.endpoint, last_heartbeat = now(),
     capabilities = EXCLUDED.capabilities, card = EXCLUDED.card,
@@ -46,9 +57,21 @@ SELECT_HOSTS = """
 SELECT host_name, ip_address, service, tags, notes, last_seen FROM home_network
 ORDER BY host_name NULLS LAST, service NULLS LAST, id
 """
-SELECT_ONLINE = """
-SELECT id, card, status FROM agents
-WHERE status <> 'offline' AND last_heartbeat > now() - make_interval(secs => $1)
+# $2: secured; then an agent counts only if its row was written under its own live, bound
+# credential (a revoked one, or a row from an open mesh, is never dialled).
+_CREDENTIAL = """
+LEFT JOIN node_credentials c
+    ON c.id = a.credential_id AND c.agent_id = a.id AND c.revoked_at IS NULL
+"""
+SELECT_ONLINE = f"""
+SELECT a.id, a.card, a.status, c.id AS credential_id FROM agents a {_CREDENTIAL}
+WHERE a.status <> 'offline' AND a.last_heartbeat > now() - make_interval(secs => $1)
+  AND (c.id IS NOT NULL OR NOT $2)
+"""
+# Every agent that may come back (offline ones too): which ceilings the mesh has.
+SELECT_REGISTERED = f"""
+SELECT a.id, a.card, a.status, c.id AS credential_id FROM agents a {_CREDENTIAL}
+WHERE c.id IS NOT NULL OR NOT $1
 """
 SELECT_ALL = """
 SELECT id, card, status, last_heartbeat,
@@ -67,9 +90,10 @@ UPDATE agents SET status = 'unreachable' WHERE id = $1 AND status IN ('online', 
 MARK_REACHABLE = """
 UPDATE agents SET status = 'online' WHERE id = $1 AND status = 'unreachable' AND endpoint = $2
 """
-SELECT_UNREACHABLE = """
-SELECT id, endpoint FROM agents
-WHERE status = 'unreachable' AND last_heartbeat > now() - make_interval(secs => $1)
+SELECT_UNREACHABLE = f"""
+SELECT a.id, a.endpoint, c.id AS credential_id FROM agents a {_CREDENTIAL}
+WHERE a.status = 'unreachable' AND a.last_heartbeat > now() - make_interval(secs => $1)
+  AND (c.id IS NOT NULL OR NOT $2)
 """
 
 
@@ -123,25 +147,52 @@ def _is_ip(value: str) -> bool:
     return True
 
 
+# The dispatch secret of (credential id, agent id): what the scheduler presents to the node.
+DispatchSecrets = Callable[[str, str], str]
+
+
 class AgentRegistry:
-    def __init__(self, pool: asyncpg.Pool, *, ttl_seconds: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        ttl_seconds: float,
+        dispatch_secrets: DispatchSecrets | None = None,
+    ) -> None:
+        """With `dispatch_secrets` the mesh is secured: see the module's docstring."""
         self._pool = pool
         self.ttl_seconds = ttl_seconds
+        self._dispatch_secrets = dispatch_secrets
         # What each agent's keys were when this replica last registered them: a heartbeat
         # writes them only when they change (and once after this replica starts).
         self._held_keys: dict[str, tuple[str, frozenset[HeldKey]]] = {}
+
+    @property
+    def secured(self) -> bool:
+        return self._dispatch_secrets is not None
+
+    def _secret(self, credential_id: str | None, agent_id: str) -> str | None:
+        if self._dispatch_secrets is None or credential_id is None:
+            return None
+        return self._dispatch_secrets(credential_id, agent_id)
 
     async def heartbeat(
         self,
         card: AgentCard,
         running_task_ids: tuple[str, ...],
-    ) -> None:
-        """Record a heartbeat; the keys the node holds are registered when they change."""
+        identity: NodeIdentity | None = None,
+    ) -> str:
+        """Record a heartbeat (under `identity`'s credential, which it binds to the agent id,
+        or refuses with PermissionDenied); the keys the node holds are registered when they
+        change. Returns the dispatch secret the node is to expect ("" in an open mesh)."""
         held = (card.name, frozenset(card.held_keys))
         register_keys = self._held_keys.get(card.agent_id) != held
         status = "draining" if card.draining else "online"
         address = _primary_address(card)
+        credential_id = identity.credential_id if identity is not None else None
         async with self._pool.acquire() as conn, conn.transaction():
+            if identity is not None:
+                await credentials.bind(conn, identity, card.agent_id)
             await conn.fetchval(
                 UPSERT_AGENT,
                 card.agent_id,
@@ -155,6 +206,7 @@ class AgentRegistry:
                 card.max_concurrency,
                 status,
                 list(running_task_ids),
+                credential_id,
             )
             await conn.execute(UPSERT_HOST, card.hostname, address, list(card.capabilities))
             if register_keys:
@@ -163,28 +215,39 @@ class AgentRegistry:
             await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
         if register_keys:
             self._held_keys[card.agent_id] = held
+        return self._secret(credential_id, card.agent_id) or ""
 
     async def online(self, running: dict[str, int]) -> list[AgentSlot]:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(SELECT_ONLINE, self.ttl_seconds)
-        slots = []
-        for row in rows:
-            card = card_from_json(row["card"])
-            slots.append(
-                AgentSlot(
-                    agent_id=card.agent_id,
-                    name=card.name,
-                    hostname=card.hostname,
-                    endpoint=card.endpoint,
-                    capabilities=frozenset(card.capabilities),
-                    executors=frozenset(card.executors),
-                    max_concurrency=max(card.max_concurrency, 1),
-                    running=running.get(card.agent_id, 0),
-                    draining=row["status"] == "draining",
-                    unreachable=row["status"] == "unreachable",
-                )
-            )
-        return slots
+            rows = await conn.fetch(SELECT_ONLINE, self.ttl_seconds, self.secured)
+        return [self._slot(row, running) for row in rows]
+
+    async def registered(self) -> list[AgentSlot]:
+        """Every agent that may come back, online or not (placement reads their ceilings)."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SELECT_REGISTERED, self.secured)
+        return [self._slot(row, {}) for row in rows]
+
+    def _slot(self, row: asyncpg.Record, running: dict[str, int]) -> AgentSlot:
+        card = card_from_json(row["card"])
+        try:
+            ceiling = PermissionMode(card.max_permission_mode)
+        except ValueError:
+            ceiling = PermissionMode.WEAK
+        return AgentSlot(
+            agent_id=card.agent_id,
+            name=card.name,
+            hostname=card.hostname,
+            endpoint=card.endpoint,
+            capabilities=frozenset(card.capabilities),
+            executors=frozenset(card.executors),
+            max_concurrency=max(card.max_concurrency, 1),
+            running=running.get(card.agent_id, 0),
+            draining=row["status"] == "draining",
+            unreachable=row["status"] == "unreachable",
+            max_permission_mode=ceiling,
+            dispatch_secret=self._secret(row["credential_id"], card.agent_id),
+        )
 
     async def list_agents(self, *, include_offline: bool) -> list[AgentView]:
         async with self._pool.acquire() as conn:
@@ -233,11 +296,15 @@ class AgentRegistry:
             await conn.execute(MARK_REACHABLE, agent_id, endpoint)
             await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)  # tasks may wait
 
-    async def unreachable(self) -> list[tuple[str, str]]:
-        """(agent id, endpoint) of the heartbeating agents the scheduler could not dial."""
+    async def unreachable(self) -> list[tuple[str, str, str | None]]:
+        """(agent id, endpoint, dispatch secret) of the heartbeating agents the scheduler
+        could not dial."""
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(SELECT_UNREACHABLE, self.ttl_seconds)
-        return [(row["id"], row["endpoint"]) for row in rows]
+            rows = await conn.fetch(SELECT_UNREACHABLE, self.ttl_seconds, self.secured)
+        return [
+            (row["id"], row["endpoint"], self._secret(row["credential_id"], row["id"]))
+            for row in rows
+        ]
 
     async def mark_draining(self, agent_id: str) -> None:
         """A node that said it is shutting down gets no new work (its heartbeat agrees)."""

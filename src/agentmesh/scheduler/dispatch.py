@@ -35,7 +35,13 @@ from agentmesh.rpc.channel import open_channel
 from agentmesh.rpc.errors import reason_of
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.parking import KeySignature, ParkingLot
-from agentmesh.scheduler.placement import AgentSlot, Waiting, free_agents, pick_agent
+from agentmesh.scheduler.placement import (
+    AgentSlot,
+    Waiting,
+    ceiling_refusal,
+    free_agents,
+    pick_agent,
+)
 from agentmesh.scheduler.store import (
     QueuePosition,
     ReadyTask,
@@ -75,6 +81,10 @@ class Refusal(Enum):
 
     NOT_STARTED = "not started"  # handed back without using an attempt; try again soon
     BAD_SPEC = "bad spec"  # the task fails with the node's message
+    # The node's ceiling is below the task's mode: the card placement read was stale (the
+    # node restarted with a lower ceiling). Handed back, counted: placement decides anew
+    # from the next heartbeat's card, and a node that lies about its ceiling cannot loop.
+    ABOVE_CEILING = "above ceiling"
 
 
 # The one table from a node's reasons (google.rpc.ErrorInfo) to what becomes of the attempt.
@@ -85,6 +95,7 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.DUPLICATE_ATTEMPT: Refusal.NOT_STARTED,
     Reason.NO_EXECUTOR: Refusal.NOT_STARTED,
     Reason.BAD_SPEC: Refusal.BAD_SPEC,
+    Reason.MODE_ABOVE_CEILING: Refusal.ABOVE_CEILING,
 }
 
 
@@ -97,18 +108,20 @@ class DispatchSettings:
 
 
 class Channels:
-    """One gRPC channel per node endpoint, reused by every attempt."""
+    """One gRPC channel per node endpoint and dispatch secret, reused by every attempt.
 
-    def __init__(self, token: str | None, tls: TlsSettings) -> None:
-        self._token = token
+    The secret (see `AgentRegistry`) is the bearer token the node expects from its
+    scheduler; None in an open mesh."""
+
+    def __init__(self, tls: TlsSettings) -> None:
         self._tls = tls
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, str | None], grpc.aio.Channel] = {}
 
-    def stub(self, endpoint: str) -> node_pb2_grpc.AgentNodeAsyncStub:
-        channel = self._channels.get(endpoint)
+    def stub(self, endpoint: str, secret: str | None) -> node_pb2_grpc.AgentNodeAsyncStub:
+        channel = self._channels.get((endpoint, secret))
         if channel is None:
-            channel = open_channel(endpoint, token=self._token, tls=self._tls)
-            self._channels[endpoint] = channel
+            channel = open_channel(endpoint, token=secret, tls=self._tls)
+            self._channels[endpoint, secret] = channel
         return node_pb2_grpc.AgentNodeStub(channel)
 
     async def close(self) -> None:
@@ -140,7 +153,8 @@ class Dispatcher:
         # Where the last round stopped reading, past the head of the queue.
         self._resume: QueuePosition | None = None
         self._attempts: dict[str, asyncio.Task[None]] = {}
-        self._endpoints: dict[str, str] = {}
+        # Where each attempt's node is: its endpoint and dispatch secret.
+        self._endpoints: dict[str, tuple[str, str | None]] = {}
         self._agents: dict[str, str] = {}
         self._attempt_numbers: dict[str, int] = {}
         # Tasks whose cancel was sent: the servicer and the NOTIFY both ask, the node hears once.
@@ -214,10 +228,20 @@ class Dispatcher:
         placements: dict[str, str] = {}
         reasons: dict[str, str] = {}
         nobody_fits: dict[str, str] = {}
+        above_ceiling: dict[str, Result] = {}
+        registered: list[AgentSlot] | None = None
         for task in ready:
             spread = siblings.setdefault(task.parent_id, Counter()) if task.parent_id else Counter()
             choice = pick_agent(task.spec, list(agents.values()), spread)
             if isinstance(choice, Waiting):
+                if choice.nobody_fits and task.spec.permission_mode:
+                    # Rare (nobody online fits a task that names a mode): read the offline
+                    # agents too, once a round, to tell "wait" from "no node ever will".
+                    if registered is None:
+                        registered = await self._registry.registered()
+                    if refusal := ceiling_refusal(task.spec, registered):
+                        above_ceiling[task.task_id] = Result(TaskState.REJECTED, error=refusal)
+                        continue
                 if choice.nobody_fits:
                     nobody_fits[task.task_id] = choice.reason
                 elif choice.reason != task.waiting_reason:
@@ -252,11 +276,12 @@ class Dispatcher:
         await self._store.set_waiting_reasons(reasons)
         parked = await self._parking.park(nobody_fits, keys.waiting)
         ended = {t: Result(TaskState.REJECTED, error=why) for t, why in keys.rejected.items()}
+        ended.update(above_ceiling)
         ended.update((t, Result(TaskState.FAILED, error=why)) for t, why in keys.failed.items())
         await self._store.end_waiting(ended)
         for attempt in started:
             agent = agents[attempt.agent_id]
-            self._endpoints[attempt.task_id] = agent.endpoint
+            self._endpoints[attempt.task_id] = (agent.endpoint, agent.dispatch_secret)
             self._agents[attempt.task_id] = agent.agent_id
             self._attempt_numbers[attempt.task_id] = attempt.attempt
             self._attempts[attempt.task_id] = asyncio.create_task(
@@ -300,8 +325,8 @@ class Dispatcher:
     async def cancel_local(self, task_id: str) -> None:
         """A task we run was cancelled (here or on another replica): stop it on its node."""
         attempt = self._attempts.get(task_id)
-        endpoint = self._endpoints.get(task_id)
-        if attempt is None or endpoint is None or task_id in self._cancelling:
+        dial = self._endpoints.get(task_id)
+        if attempt is None or dial is None or task_id in self._cancelling:
             return
         self._cancelling.add(task_id)
         log.info(
@@ -313,7 +338,7 @@ class Dispatcher:
             },
         )
         with contextlib.suppress(grpc.aio.AioRpcError):
-            await self._channels.stub(endpoint).CancelTask(
+            await self._channels.stub(*dial).CancelTask(
                 node_pb2.CancelTaskRequest(task_id=task_id, reason="canceled"), timeout=5
             )
         attempt.cancel()  # dropping the stream also stops it on the node
@@ -394,7 +419,7 @@ class Dispatcher:
             ),
             attempt.last_seq,
         )
-        call = self._channels.stub(agent.endpoint).ExecuteTask(request)
+        call = self._channels.stub(agent.endpoint, agent.dispatch_secret).ExecuteTask(request)
         try:
             async for message in call:
                 received += 1
@@ -467,6 +492,9 @@ class Dispatcher:
             await self._hand_back(
                 attempt, f"{agent.name}: {detail}", backoff_seconds=0.5, counts=False
             )
+        elif refusal is Refusal.ABOVE_CEILING:
+            log.info("attempt refused: above the node's ceiling", extra=fields)
+            await self._hand_back(attempt, f"{agent.name}: {detail}")
         elif refusal is Refusal.BAD_SPEC:
             log.info("attempt refused: bad spec", extra=fields)
             await _with_retry(
@@ -497,9 +525,9 @@ class Dispatcher:
 
     async def probe_unreachable(self, timeout_seconds: float = 2.0) -> None:
         """Dial each agent marked unreachable; one that answers may get work again."""
-        for agent_id, endpoint in await self._registry.unreachable():
+        for agent_id, endpoint, secret in await self._registry.unreachable():
             try:
-                await self._channels.stub(endpoint).GetCapabilities(
+                await self._channels.stub(endpoint, secret).GetCapabilities(
                     node_pb2.GetCapabilitiesRequest(), timeout=timeout_seconds
                 )
             except grpc.aio.AioRpcError as error:

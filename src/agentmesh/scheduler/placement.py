@@ -1,11 +1,23 @@
-"""Placement: which agent runs a task, or why none can yet. Pure functions, no I/O."""
+"""Placement: which agent runs a task, or why none can yet. Pure functions, no I/O.
+
+A task's permission mode must be within an agent's ceiling (`node.max_permission_mode`).
+Capabilities and `target_host` make a task wait when no online agent has them: a node that
+has them may still register. The ceiling is treated the same way, with one difference:
+when agents that would otherwise fit *are registered* (online or offline) and not one of
+them admits the mode, the task is rejected (`ceiling_refusal`): raising a ceiling is a
+decision about a node's configuration, not something that happens while a task waits, and
+a user told "rejected: every fitting node runs at most weak" knows what to change. A task
+whose fitting ceiling-capable agent is only offline waits for it, as a target host does; a
+task no registered agent fits at all waits as it always did.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from agentmesh.config import PermissionMode
 from agentmesh.tasks.model import TaskSpec
 
 
@@ -24,6 +36,10 @@ class AgentSlot:
     draining: bool = False
     # It heartbeats, but the scheduler could not dial it (or it refused the token).
     unreachable: bool = False
+    # The highest permission mode it runs.
+    max_permission_mode: PermissionMode = PermissionMode.WEAK
+    # What the scheduler presents when it dials the agent (None in an open mesh).
+    dispatch_secret: str | None = field(default=None, repr=False)
 
     @property
     def free(self) -> int:
@@ -42,7 +58,14 @@ class AgentSlot:
             self.executors,
             self.capabilities,
             self.unreachable,
+            self.max_permission_mode,
         )
+
+    def admits(self, spec: TaskSpec) -> bool:
+        """Whether the task's permission mode is within the agent's ceiling (a task that
+        names none runs in the node's default mode, which never exceeds its ceiling)."""
+        mode = _mode(spec)
+        return mode is None or not mode.exceeds(self.max_permission_mode)
 
 
 @dataclass(frozen=True)
@@ -56,6 +79,36 @@ class Waiting:
 
     reason: str
     nobody_fits: bool = False
+
+
+def _mode(spec: TaskSpec) -> PermissionMode | None:
+    return PermissionMode(spec.permission_mode) if spec.permission_mode else None
+
+
+def _could_run(spec: TaskSpec, agent: AgentSlot) -> bool:
+    """Whether the agent has the task's host, executor and capabilities (not its ceiling)."""
+    return (
+        (not spec.target_host or agent.answers_to(spec.target_host))
+        and spec.kind in agent.executors
+        and all(capability in agent.capabilities for capability in spec.required_capabilities)
+    )
+
+
+def ceiling_refusal(spec: TaskSpec, registered: Iterable[AgentSlot]) -> str | None:
+    """Why the task is rejected, if agents that would run it are registered (online or not)
+    and every one's ceiling is below its mode; None while it may yet be placed."""
+    mode = _mode(spec)
+    if mode is None:
+        return None
+    could = [a for a in registered if _could_run(spec, a)]
+    if not could or any(a.admits(spec) for a in could):
+        return None
+    ceilings = sorted({str(a.max_permission_mode) for a in could})
+    names = ", ".join(sorted(a.name for a in could))
+    return (
+        f"no registered agent accepts {mode} tasks: {names} (the agents that could run it)"
+        f" run at most {' or '.join(ceilings)} (node.max_permission_mode)"
+    )
 
 
 def fitting(spec: TaskSpec, agents: Iterable[AgentSlot]) -> list[AgentSlot] | Waiting:
@@ -75,7 +128,13 @@ def fitting(spec: TaskSpec, agents: Iterable[AgentSlot]) -> list[AgentSlot] | Wa
         can_run = [a for a in can_run if capability in a.capabilities]
         if not can_run:
             return Waiting(f"no online agent has capability {capability}", nobody_fits=True)
-    return can_run
+    admitted = [a for a in can_run if a.admits(spec)]
+    if not admitted:
+        return Waiting(
+            f"no online agent accepts {spec.permission_mode} tasks (node.max_permission_mode)",
+            nobody_fits=True,
+        )
+    return admitted
 
 
 def free_agents(spec: TaskSpec, agents: Iterable[AgentSlot]) -> list[AgentSlot]:

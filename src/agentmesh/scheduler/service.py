@@ -16,6 +16,8 @@ from typing import Any
 import asyncpg
 import grpc
 
+from agentmesh.access import credentials
+from agentmesh.access.policies import SchedulerAccess
 from agentmesh.config import Settings
 from agentmesh.db.connect import create_pool, data_dir
 from agentmesh.db.setup import migrated_database
@@ -89,8 +91,19 @@ class Scheduler:
         interval = config.heartbeat_interval_seconds
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         store = TaskStore(pool, default_max_attempts=config.max_attempts)
-        registry = AgentRegistry(pool, ttl_seconds=interval * config.heartbeat_ttl_intervals)
-        channels = Channels(settings.token, settings.tls)
+        # A user token secures the mesh: nodes come with credentials of their own, and the
+        # scheduler dials each with a secret derived for its credential (see access).
+        token = settings.token
+        registry = AgentRegistry(
+            pool,
+            ttl_seconds=interval * config.heartbeat_ttl_intervals,
+            dispatch_secrets=(
+                (lambda credential, agent: vault.derive_secret(f"dispatch:{credential}:{agent}"))
+                if token is not None
+                else None
+            ),
+        )
+        channels = Channels(settings.tls)
         limits = Limits.of(settings.api_policy)
         reserver = KeyReserver(
             pool,
@@ -155,11 +168,15 @@ class Scheduler:
             register(servicer)(grpc_server)
             key_servicer.register(keys)(grpc_server)
 
+        async def verify(token: str) -> credentials.Verified | None:
+            async with pool.acquire() as conn:
+                return await credentials.verify(conn, token)
+
         server = await start_server(
             listen,
             register_services,
             [SERVICE_NAME, key_servicer.SERVICE_NAME],
-            token=settings.token,
+            policy=SchedulerAccess(token, verify) if token is not None else None,
             tls=settings.tls,
         )
         background += [

@@ -9,9 +9,11 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agentmesh.access.credentials import NodeIdentity
+from agentmesh.config import PermissionMode
 from agentmesh.errors import InvalidArgument
 from agentmesh.keys.held import validate_held_keys
-from agentmesh.rpc import convert
+from agentmesh.rpc import auth, convert
 from agentmesh.rpc.errors import streaming, unary
 from agentmesh.scheduler.agents import AgentRegistry, AgentView, HostEntry
 from agentmesh.scheduler.notifications import TaskSignals
@@ -200,10 +202,19 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             raise InvalidArgument("card.agent_id", "is required")
         if not request.card.endpoint:
             raise InvalidArgument("card.endpoint", "is required: where the scheduler dials")
+        if request.card.max_permission_mode not in ("", *PermissionMode):
+            raise InvalidArgument(
+                "card.max_permission_mode", f"must be one of {', '.join(PermissionMode)}"
+            )
         card = convert.card_from_proto(request.card)
         validate_held_keys(card.held_keys)
-        await self._registry.heartbeat(card, tuple(request.running_task_ids))
-        return scheduler_pb2.HeartbeatResponse(interval_seconds=self._heartbeat_interval)
+        # Under a node credential (a secured mesh; the access policy let only those in).
+        caller = auth.caller()
+        identity = caller if isinstance(caller, NodeIdentity) else None
+        secret = await self._registry.heartbeat(card, tuple(request.running_task_ids), identity)
+        return scheduler_pb2.HeartbeatResponse(
+            interval_seconds=self._heartbeat_interval, dispatch_secret=secret
+        )
 
 
 def register(servicer: SchedulerServicer) -> Callable[[grpc.aio.Server], None]:
