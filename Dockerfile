@@ -21,9 +21,11 @@ COPY --from=node /usr/local/lib/node_modules /usr/local/lib/node_modules
 RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
     && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx
 
-# What a node's inventory commands and the Gemini CLI's tools expect to find on a host.
+# What a node's inventory commands and the Gemini CLI's tools expect to find on a host,
+# bubblewrap for the sandbox every task runs in, and a C compiler for its Landlock launcher.
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends ca-certificates git iproute2 procps \
+        bubblewrap gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 RUN npm install --global --no-audit --no-fund "@google/gemini-cli@${GEMINI_CLI_VERSION}" \
