@@ -6,7 +6,9 @@ Prints, from one run on this machine:
 - echo: round-trip latency p50/p99 over a real gRPC connection;
 - shell streaming: MB/s of a large output through the node vs the same command read
   directly from a pipe, and their ratio;
-- the node's resident memory when idle and with 8 tasks streaming at once.
+- the node's resident memory when idle and with 8 tasks streaming at once;
+- the sandbox's cost: a shell task (weak and superuser) and a gemini task, median of 20,
+  through a node with `node.sandbox: auto` (bubblewrap) and one with `none`.
 
 The node runs as its own process (`agentmesh node`), as in production.
 """
@@ -43,6 +45,7 @@ MODEL = "gemini-2.5-flash"
 GEMINI_RUNS = 20
 ECHO_CALLS = 1000
 STREAM_BYTES = 200 << 20
+SANDBOX_RUNS = 20
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -50,15 +53,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_node(work: Path, base_url: str) -> tuple[subprocess.Popen[str], str]:
+def start_node(
+    work: Path, base_url: str, sandbox: str = "auto"
+) -> tuple[subprocess.Popen[str], str]:
     env = {
         **os.environ,
         "AGENTMESH_DATA_DIR": str(work / "data"),
         "GEMINI_CLI_COMMAND": GEMINI_CLI,
         "GOOGLE_GEMINI_BASE_URL": base_url,
     }
-    config = work / "agent_config.json"
-    config.write_text(json.dumps({"node": {"max_concurrency": 16, "workdir": str(work)}}))
+    config = work / f"agent_config.{sandbox}.json"
+    node = {"max_concurrency": 16, "workdir": str(work), "sandbox": sandbox}
+    config.write_text(json.dumps({"node": node}))
     env["AGENTMESH_CONFIG"] = str(config)
     process = subprocess.Popen(
         [sys.executable, "-m", "agentmesh.cli.main", "node", "--listen", "127.0.0.1:0"],
@@ -70,10 +76,12 @@ def start_node(work: Path, base_url: str) -> tuple[subprocess.Popen[str], str]:
     )
     assert process.stdout is not None
     line = process.stdout.readline()
-    match = re.search(r"listening on (\S+);", line)
+    match = re.search(r"listening on (\S+);.* sandbox: (\w+)", line)
     if not match:
         process.kill()
         raise SystemExit(f"the node did not start: {line!r}")
+    if sandbox == "auto" and match[2] != "bubblewrap":
+        print(f"  (no working sandbox here: {line.strip()})")
     return process, match[1]
 
 
@@ -133,6 +141,49 @@ def gemini_direct(work: Path, base_url: str, index: int) -> float:
     return elapsed
 
 
+async def median_ms(stub: node_pb2_grpc.AgentNodeStub, name: str, **spec: object) -> float:
+    times = []
+    for i in range(SANDBOX_RUNS):
+        started = time.perf_counter()
+        await run_task(stub, f"{name}-{i}", **spec)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+async def sandbox_costs(
+    work: Path, base_url: str, sandboxed_stub: node_pb2_grpc.AgentNodeStub
+) -> list[str]:
+    """The same tasks through the sandboxed node and through an unsandboxed one."""
+    plain, address = start_node(work, base_url, sandbox="none")
+    lines = []
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stubs = {"bubblewrap": sandboxed_stub, "none": node_pb2_grpc.AgentNodeStub(channel)}
+            await run_task(stubs["none"], "warmup", kind="echo", prompt="warm")
+            cases = {
+                "shell, weak (`uname -r`)": {"kind": "shell", "command": "uname -r"},
+                "shell, superuser (`echo hi | wc -c`)": {
+                    "kind": "shell", "command": "echo hi | wc -c", "permission_mode": "superuser"
+                },
+                "gemini (emulator)": {"kind": "gemini", "prompt": "bench", "model": MODEL},
+            }  # fmt: skip
+            for label, spec in cases.items():
+                medians = {
+                    name: await median_ms(stub, f"sb-{name}-{spec['kind']}", **spec)
+                    for name, stub in stubs.items()
+                }
+                boxed, bare = medians["bubblewrap"], medians["none"]
+                lines.append(
+                    f"  sandbox cost, {label}, median of {SANDBOX_RUNS}: sandboxed"
+                    f" {boxed:.1f} ms, unsandboxed {bare:.1f} ms, cost {boxed - bare:+.1f} ms"
+                    f" (ratio {boxed / bare:.2f})"
+                )
+    finally:
+        plain.terminate()
+        plain.wait(30)
+    return lines
+
+
 async def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="agentmesh-bench-node-"))
     big = work / "big.txt"
@@ -181,6 +232,7 @@ async def main() -> None:
                     peak = max(peak, rss.memory_info().rss)
                     await asyncio.sleep(0.05)
                 await asyncio.gather(*tasks)
+                sandbox_lines = await sandbox_costs(work, emulator.base_url, stub)
         finally:
             node.terminate()
             node.wait(30)
@@ -210,6 +262,8 @@ async def main() -> None:
         f"  node resident memory: idle {idle_rss / 2**20:.0f} MiB,"
         f" 8 tasks streaming {peak / 2**20:.0f} MiB"
     )
+    for sandbox_line in sandbox_lines:
+        print(sandbox_line)
 
 
 if __name__ == "__main__":
