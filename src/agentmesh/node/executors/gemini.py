@@ -202,8 +202,8 @@ class GeminiExecutor:
             return
         if self._sandbox.name == "none":
             yield Diagnostic("warning", f"not sandboxed: {self._sandbox.describe()}")
-        self._sandbox.give(home)
-        self._sandbox.give(job.workdir)
+        for writable in (home, config_dir, home / "tmp", job.workdir):
+            self._sandbox.give(writable)
         base = task_environment(home, tmpdir=home / "tmp")
         if confined:
             base["PATH"] = f"{shell}:{base['PATH']}"

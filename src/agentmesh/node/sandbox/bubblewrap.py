@@ -99,12 +99,10 @@ class Bubblewrap:
         return f"bubblewrap ({landlock}; {user}; {len(self._masked)} denylisted paths masked)"
 
     def give(self, path: Path) -> None:
-        if not self._as_root:
-            return
-        os.chown(path, NOBODY, NOBODY)
-        for root, dirs, files in os.walk(path):
-            for name in (*dirs, *files):
-                os.chown(os.path.join(root, name), NOBODY, NOBODY, follow_symlinks=False)
+        """The directory itself, not what is in it: a configured working directory may be
+        large, and what the user put there stays theirs (the task may still replace it)."""
+        if self._as_root:
+            os.chown(path, NOBODY, NOBODY)
 
     def launch(self, argv: Sequence[str], confinement: Confinement) -> Launch:
         command = [self._bwrap, *self.options(confinement), "--"]
