@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -282,9 +283,22 @@ async def run_tree(mesh: NetworkMesh, stub: scheduler_pb2_grpc.SchedulerAsyncStu
 async def kill_mid_task(mesh: NetworkMesh, stub: scheduler_pb2_grpc.SchedulerAsyncStub) -> None:
     """A task for any node; the node it starts on is killed (kill -9) mid-task, and the
     task completes on another host. The command waits for a gate file, opened once that
-    node is dead, so only a later attempt can finish."""
+    node is dead, so only a later attempt can finish. The gate is in /run: a sandboxed task
+    sees the host read-only, but a /tmp of its own."""
     nodes = {name: mesh.processes[name] for name in NODES}
-    gate = mesh.harness.tmp_path / "gate"
+    gate = Path("/run") / f"agentmesh-test-gate-{uuid.uuid4().hex}"
+    try:
+        await _kill_mid_task(mesh, stub, nodes, gate)
+    finally:
+        gate.unlink(missing_ok=True)
+
+
+async def _kill_mid_task(
+    mesh: NetworkMesh,
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub,
+    nodes: dict[str, Any],
+    gate: Path,
+) -> None:
     task = await stub.SubmitTask(
         scheduler_pb2.SubmitTaskRequest(
             spec=task_pb2.TaskSpec(

@@ -100,12 +100,12 @@ async def test_the_seed_configuration_runs_a_shell_and_a_gemini_task_with_a_toke
     tmp_path: Path,
 ) -> None:
     harness, stub = seed_mesh
-    # The seed's weak allowlist is ls, cat and curl.
-    notes = tmp_path / "inventory.txt"
-    notes.write_text("desk: 2 cores\n")
+    # The seed's weak allowlist is ls, cat and curl; the host is readable (its /tmp is not:
+    # every task has its own).
+    notes = Path("/etc/os-release")
     shell, _ = await _run(stub, task_pb2.TaskSpec(kind="shell", command=f"cat {notes}"))
     assert shell.state == COMPLETED, shell.error
-    assert shell.output == "desk: 2 cores\n"
+    assert shell.output == notes.read_text()
 
     # agentic (the seed's agent_defaults.mode): the model's `ls` call runs in weak mode.
     emulator.script(shell_call("ls /"), text_reply("The root has the usual directories."))

@@ -30,16 +30,18 @@ def pg_server(embedded_server: Server) -> Server:
     return embedded_server
 
 
-def canary(tmp_path: Path) -> Path:
-    path = tmp_path / "canary"
+def canary(workdir: Path) -> Path:
+    """A canary in a node's working directory (its tasks see nothing else they may write)."""
+    workdir.mkdir(exist_ok=True)
+    path = workdir / "canary"
     path.write_text("alive\n")
     return path
 
 
-def superuser_overwrite(path: Path, **fields: str) -> task_pb2.TaskSpec:
+def superuser_overwrite(**fields: str) -> task_pb2.TaskSpec:
     """What superuser mode runs and weak mode never would (shell syntax, a redirection)."""
     return task_pb2.TaskSpec(
-        kind="shell", command=f"echo gone > {path}", permission_mode="superuser", **fields
+        kind="shell", command="echo gone > canary", permission_mode="superuser", **fields
     )
 
 
@@ -49,10 +51,10 @@ async def test_a_task_above_every_nodes_ceiling_is_rejected_and_nothing_runs(
     stub = await mesh.start_scheduler()
     await mesh.start_node("careful", max_permission_mode="weak")
     await mesh.start_node("cautious")  # superuser, but not the host the task names
-    target = canary(tmp_path)
+    target = canary(mesh.tmp_path / "careful")
 
     submitted = await stub.SubmitTask(
-        scheduler_pb2.SubmitTaskRequest(spec=superuser_overwrite(target, target_host="careful"))
+        scheduler_pb2.SubmitTaskRequest(spec=superuser_overwrite(target_host="careful"))
     )
     task, events = await run_to_end(stub, submitted.id)
 
@@ -81,11 +83,11 @@ async def test_a_node_refuses_a_mode_above_its_ceiling_when_called_directly(
 ) -> None:
     await mesh.start_scheduler()
     node = await mesh.start_node("careful", max_permission_mode="weak")
-    target = canary(tmp_path)
+    target = canary(mesh.tmp_path / "careful")
 
     async with grpc.aio.insecure_channel(node.address) as channel:
         stub = node_pb2_grpc.AgentNodeStub(channel)
-        request = node_pb2.ExecuteTaskRequest(task_id="direct-1", spec=superuser_overwrite(target))
+        request = node_pb2.ExecuteTaskRequest(task_id="direct-1", spec=superuser_overwrite())
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             async for _ in stub.ExecuteTask(request):
                 pass
@@ -103,10 +105,10 @@ async def test_a_task_waits_while_its_ceiling_capable_node_is_offline(
     strong = await mesh.start_node("strong")
     await strong.shutdown(grace_seconds=1)
     mesh.nodes.remove(strong)
-    target = canary(tmp_path)
+    target = canary(mesh.tmp_path / "strong")
 
     submitted = await stub.SubmitTask(
-        scheduler_pb2.SubmitTaskRequest(spec=superuser_overwrite(target))
+        scheduler_pb2.SubmitTaskRequest(spec=superuser_overwrite())
     )
     reason = await waiting_reason(stub, submitted.id)
     assert "superuser" in reason
