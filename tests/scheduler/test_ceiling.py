@@ -35,6 +35,7 @@ def canary(workdir: Path) -> Path:
     workdir.mkdir(exist_ok=True)
     path = workdir / "canary"
     path.write_text("alive\n")
+    path.chmod(0o666)  # a task runs as the sandbox's user: the file is left writable to it
     return path
 
 

@@ -204,14 +204,30 @@ def _hide(path: Path) -> list[str]:
 
 
 def host_view(hidden: Iterable[Path | None], shown: Iterable[Path | None]) -> HostView:
-    """A view hiding `hidden` and showing `shown` again where it lies inside them."""
-    hidden_paths = tuple(dict.fromkeys(p.resolve() for p in hidden if p is not None and p.exists()))
-    covered = (*hidden_paths, *PRIVATE_DIRS)
-    shown_paths = tuple(
+    """A view hiding `hidden` and showing `shown` again where it lies inside them.
+
+    A shown path below a directory others may not enter (a Python under /root, mode 0700)
+    would stay out of the sandbox user's reach: that directory is hidden too (an empty one
+    in its place, which anyone may enter), and the path shown inside it."""
+    shown_paths = [p.resolve() for p in shown if p is not None and p.exists()]
+    closed = [_closed_ancestor(p) for p in shown_paths]
+    hidden_paths = tuple(
         dict.fromkeys(
-            p.resolve()
-            for p in shown
-            if p is not None and any(p.resolve().is_relative_to(h) for h in covered)
+            [p.resolve() for p in hidden if p is not None and p.exists()]
+            + [c for c in closed if c is not None]
         )
     )
-    return HostView(hidden_paths, shown_paths)
+    covered = (*hidden_paths, *PRIVATE_DIRS)
+    inside = [p for p in shown_paths if any(p.is_relative_to(h) for h in covered)]
+    return HostView(hidden_paths, tuple(dict.fromkeys(inside)))
+
+
+def _closed_ancestor(path: Path) -> Path | None:
+    """The outermost directory above `path` that others may not enter, if any."""
+    for ancestor in reversed(path.parents):
+        try:
+            if not os.stat(ancestor).st_mode & 0o001:
+                return ancestor
+        except OSError:
+            return None
+    return None
