@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from tests.support.databases import Server
 from tests.support.netns import Host, NetnsUnavailable, VirtualNetwork, unavailable_reason
 from tests.support.pki import make_pki
 from tests.support.processes import MeshProcess, ProcessHarness
+from tests.support.sandboxed import gate as host_gate
 
 pytestmark = [
     pytest.mark.slow,
@@ -283,14 +283,10 @@ async def run_tree(mesh: NetworkMesh, stub: scheduler_pb2_grpc.SchedulerAsyncStu
 async def kill_mid_task(mesh: NetworkMesh, stub: scheduler_pb2_grpc.SchedulerAsyncStub) -> None:
     """A task for any node; the node it starts on is killed (kill -9) mid-task, and the
     task completes on another host. The command waits for a gate file, opened once that
-    node is dead, so only a later attempt can finish. The gate is in /run: a sandboxed task
-    sees the host read-only, but a /tmp of its own."""
+    node is dead, so only a later attempt can finish."""
     nodes = {name: mesh.processes[name] for name in NODES}
-    gate = Path("/run") / f"agentmesh-test-gate-{uuid.uuid4().hex}"
-    try:
-        await _kill_mid_task(mesh, stub, nodes, gate)
-    finally:
-        gate.unlink(missing_ok=True)
+    with host_gate() as opened:
+        await _kill_mid_task(mesh, stub, nodes, opened)
 
 
 async def _kill_mid_task(

@@ -46,7 +46,7 @@ def gone(pid: int) -> bool:
     """Exited (a zombie waiting for its parent counts as gone)."""
     try:
         return " Z " in Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it went while being read
         return True
 
 

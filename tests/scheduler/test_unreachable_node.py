@@ -25,6 +25,7 @@ from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from tests.scheduler.conftest import Mesh
 from tests.support.databases import Server
 from tests.support.processes import ProcessHarness
+from tests.support.sandboxed import gate as host_gate
 
 pytestmark = [pytest.mark.slow]
 
@@ -58,8 +59,14 @@ async def collect(
         into.append(event)
 
 
+@pytest.fixture
+def gate() -> Iterator[Path]:
+    with host_gate() as path:
+        yield path
+
+
 async def test_a_task_is_not_placed_again_on_an_agent_that_could_not_be_dialled(
-    mesh: ProcessHarness,
+    mesh: ProcessHarness, gate: Path
 ) -> None:
     scheduler = await mesh.start_scheduler()
     stub = mesh.stub(scheduler)
@@ -69,7 +76,6 @@ async def test_a_task_is_not_placed_again_on_an_agent_that_could_not_be_dialled(
     await mesh.wait_registered(stub, [good, lost])
 
     # `good` is kept full until the gate opens, so the task can only go to `lost` first.
-    gate = mesh.tmp_path / "gate"
     holder = await stub.SubmitTask(
         scheduler_pb2.SubmitTaskRequest(
             spec=task_pb2.TaskSpec(

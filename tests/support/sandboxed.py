@@ -8,6 +8,9 @@ this finds the host pid by the namespace pid and the task's working directory.
 from __future__ import annotations
 
 import contextlib
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -27,3 +30,17 @@ def host_pid(printed: int, workdir: Path) -> int:
             if int(pids[-1]) == printed:
                 return process.pid
     raise LookupError(f"no process with pid {printed} in its namespace works in {workdir}")
+
+
+@contextlib.contextmanager
+def gate() -> Iterator[Path]:
+    """A path every task on this host can see, for a test to create when tasks may go on.
+
+    Not under /tmp, which a sandboxed task has to itself: under /run (or the data home when
+    /run is not writable), removed when the block ends."""
+    directory = Path("/run") if os.access("/run", os.W_OK) else Path.home()
+    path = directory / f"agentmesh-test-gate-{uuid.uuid4().hex}"
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
