@@ -108,9 +108,7 @@ async def test_a_task_waits_while_its_ceiling_capable_node_is_offline(
     mesh.nodes.remove(strong)
     target = canary(mesh.tmp_path / "strong")
 
-    submitted = await stub.SubmitTask(
-        scheduler_pb2.SubmitTaskRequest(spec=superuser_overwrite())
-    )
+    submitted = await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=superuser_overwrite()))
     reason = await waiting_reason(stub, submitted.id)
     assert "superuser" in reason
     assert "max_permission_mode" in reason
