@@ -150,6 +150,21 @@ async def test_a_gemini_tool_that_runs_rm_in_weak_mode_leaves_the_canary(
     assert intact(target)
 
 
+async def test_a_gemini_tool_runs_what_the_allowlist_names_in_weak_mode(
+    start_node: StartNode, emulator: GeminiEmulator, tmp_path: Path
+) -> None:
+    # The other side of the confined shell: what the allowlist names does run.
+    emulator.script(shell_call("ls"), text_reply("listed"))
+    _, stub = await start_node()
+    canary(tmp_path)
+
+    events = await collect(stub.ExecuteTask(gemini("g-ls", "list", permission_mode="weak")))
+
+    (result,) = payloads(events, "tool_result")
+    assert result.status == "success", result  # type: ignore[attr-defined]
+    assert "canary.txt" in result.output  # type: ignore[attr-defined]
+
+
 # --- what a task can see --------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from agentmesh.config import PermissionMode, Permissions
-from agentmesh.node.environment import Scrubber, task_environment
+from agentmesh.node.environment import DEFAULT_PATH, Scrubber, task_environment
 from agentmesh.node.executors.base import Exit, Job, Output, supervise, with_side_payloads
 from agentmesh.node.executors.gemini_errors import classify_api_error
 from agentmesh.node.gemini_proxy import GeminiProxy, ProxyRun
@@ -252,10 +252,11 @@ class GeminiExecutor:
         network = self._permissions.network(job.permission_mode)
         executables = None
         if job.permission_mode is PermissionMode.WEAK:
-            tool_shell = (
-                (str(shell / "bash"),) if shell else ("bash", *self._permissions.weak.allowlist)
-            )
-            executables = (self._command[0], *CLI_RUNTIME, *tool_shell)
+            # Landlock's layers stack: the run's own must allow what the confined shell runs.
+            tool_shell = (str(shell / "bash"),) if shell else ()
+            real_shell = shutil.which("bash", path=DEFAULT_PATH) or "bash"
+            allowlist = self._permissions.weak.allowlist
+            executables = (self._command[0], *CLI_RUNTIME, *tool_shell, real_shell, *allowlist)
         return Confinement(
             job.permission_mode,
             job.workdir,

@@ -12,7 +12,9 @@ libraries live beside programs), so weak mode adds a Landlock ruleset inside the
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
@@ -21,6 +23,8 @@ from pathlib import Path
 
 from agentmesh.node.environment import DEFAULT_PATH
 from agentmesh.node.sandbox.model import Confinement, Launch, SandboxUnavailable
+
+log = logging.getLogger(__name__)
 
 # The uid and gid tasks run as when the node runs as root.
 NOBODY = 65534
@@ -113,6 +117,7 @@ class Bubblewrap:
         landlock = self._landlock_args(confinement)
         if landlock:
             command += [*self._launch_landlock, *landlock, "--"]
+        log.debug("confined: %s", shlex.join(command))
         command += argv
         return Launch(tuple(command))
 
@@ -155,11 +160,19 @@ class Bubblewrap:
         if not confinement.network and not confinement.connect_ports:
             options.append("--unshare-net")
         hidden = (*PRIVATE_DIRS, *self._view.hidden, *map(Path, DAEMON_SOCKETS))
+        hidden_dirs = []
         for path in dict.fromkeys(p.resolve() for p in hidden):  # bwrap mounts real paths
             options += _hide(path)
+            if path.is_dir():
+                hidden_dirs.append(path)
         for path in self._view.shown:
-            if path.exists():
-                options += ["--ro-bind", str(path), str(path)]
+            # bubblewrap would make the directories leading to it as closed as the host's
+            # (a 0700 /root/.pyenv): open ones, so that the sandbox's user can reach it.
+            cover = next((h for h in hidden_dirs if path.is_relative_to(h)), None)
+            if cover is not None:
+                for between in reversed(path.relative_to(cover).parents[:-1]):
+                    options += ["--perms", "0755", "--dir", str(cover / between)]
+            options += ["--ro-bind", str(path), str(path)]
         if confinement.executables is None:
             for program in self._masked:
                 options += ["--ro-bind", "/dev/null", program]
