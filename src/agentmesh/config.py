@@ -124,6 +124,12 @@ class NodeSettings(_Section):
     # Where tasks run; unset = a fresh temporary directory per task.
     workdir: Path | None = None
     cancel_grace_seconds: float = Field(default=3.0, ge=0)
+    # A task's stdout and stderr together: past this, the node stops forwarding output,
+    # stops the task's processes and fails it (a `cat /dev/urandom` must end).
+    max_output_bytes: int = Field(default=16 << 20, ge=1024)
+    # How long the permission checker may take over one command (in a worker process, off
+    # the node's event loop); a command that takes longer is refused as too complex.
+    command_check_seconds: float = Field(default=5.0, gt=0)
 
 
 class SchedulerSettings(_Section):
@@ -136,6 +142,9 @@ class SchedulerSettings(_Section):
     max_attempts: int = Field(default=3, gt=0, le=100)
     lease_seconds: float = Field(default=30.0, gt=0)
     max_subtask_depth: int = Field(default=4, gt=0, le=32)
+    # The most a task's trace may grow by in one attempt, in characters of text (each event
+    # counts at least 256); past it the scheduler stops storing, stops the attempt, fails it.
+    max_trace_chars: int = Field(default=32 << 20, ge=64 << 10)
 
 
 class TlsSettings(_Section):

@@ -20,6 +20,7 @@ from agentmesh.node.card import (
     gemini_cli_version,
     stable_agent_id,
 )
+from agentmesh.node.command_check import CommandChecker
 from agentmesh.node.endpoint import advertised_endpoint
 from agentmesh.node.environment import child_environment
 from agentmesh.node.executors.base import Executor
@@ -110,9 +111,14 @@ class AgentNode:
         agent_id = stable_agent_id(data_dir, name)
         env = child_environment()
         grace = node.cancel_grace_seconds
+        checker = CommandChecker(
+            settings.permissions, time_limit_seconds=node.command_check_seconds
+        )
+        resources.push_async_callback(checker.close)
+        await checker.start()
         executors: dict[str, Executor] = {
             "echo": EchoExecutor(),
-            "shell": ShellExecutor(settings.permissions, env=env, grace_seconds=grace),
+            "shell": ShellExecutor(checker, env=env, grace_seconds=grace),
         }
         gemini_version = await gemini_cli_version(settings.env.GEMINI_CLI_COMMAND)
         if gemini_version is not None:
@@ -143,6 +149,7 @@ class AgentNode:
             default_permission_mode=settings.agent_defaults.permissions,
             default_agent_mode=settings.agent_defaults.mode,
             workdir=node.workdir,
+            max_output_bytes=node.max_output_bytes,
         )
         token = settings.token
         secrets = (token,) if token else ()
