@@ -45,7 +45,7 @@ from agentmesh.scheduler.store import (
 )
 from agentmesh.scheduler.trace_writer import TraceWriter, trace_cost
 from agentmesh.tasks.events import ApiError, ApiErrorKind, Diagnostic, Result
-from agentmesh.tasks.model import TaskKind, TaskState
+from agentmesh.tasks.model import TaskKind, TaskState, for_node
 from agentmesh.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -376,7 +376,7 @@ class Dispatcher:
         request = node_pb2.ExecuteTaskRequest(
             task_id=attempt.task_id,
             attempt=attempt.attempt,
-            spec=convert.spec_to_proto(spec),
+            spec=convert.spec_to_proto(for_node(spec)),
             key_fingerprint=key.key.fingerprint if key else "",
             token_budget=key.budget if key else 0,
         )
