@@ -124,7 +124,7 @@ async def test_the_scheduler_stores_no_more_than_its_trace_limit_from_one_attemp
     # A node that lets far more through than the scheduler stores (as an old node would).
     trace_limit = 64 << 10
     harness, scheduler, node = await start_mesh(
-        node={"max_output_bytes": 1 << 30}, scheduler={"max_trace_chars": trace_limit}
+        node={"max_output_bytes": 8 << 20}, scheduler={"max_trace_chars": trace_limit}
     )
     stub = harness.stub(scheduler)
 

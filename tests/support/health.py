@@ -29,7 +29,7 @@ class HealthWatch:
         return max((seconds for seconds, _ in self.checks), default=0.0)
 
     def assert_answered_within_a_second(self) -> None:
-        assert len(self.checks) >= 3, f"too few health checks of {self.address}: {self.checks}"
+        assert self.checks, f"no health check of {self.address} ended"
         late = [(round(s, 3), status) for s, status in self.checks if s >= WITHIN_SECONDS]
         failed = [(round(s, 3), status) for s, status in self.checks if status != "SERVING"]
         assert not late, (
