@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from agentmesh.errors import InvalidArgument
+from agentmesh.errors import InvalidArgument, Reason
 from agentmesh.node.card import AgentCard
 from agentmesh.node.runner import ExecuteRequest, TaskRunner
 from agentmesh.rpc import convert
@@ -60,7 +60,9 @@ class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
 
 
 # One task, and only the fields a node acts on: the rest is refused, not ignored.
-EXECUTE_SHAPE = SpecShape(max_tasks=1, max_depth=0, refused_fields=SCHEDULER_ONLY_FIELDS)
+EXECUTE_SHAPE = SpecShape(
+    max_tasks=1, max_depth=0, refused_fields=SCHEDULER_ONLY_FIELDS, reason=Reason.BAD_SPEC
+)
 
 
 def register(servicer: AgentNodeServicer) -> Callable[[grpc.aio.Server], None]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from agentmesh.errors import InvalidArgument
+from agentmesh.errors import InvalidArgument, Reason
 from agentmesh.tasks.model import MAX_CAPABILITIES
 from agentmesh.v1 import task_pb2
 
@@ -41,6 +41,8 @@ class SpecShape:
     max_depth: int
     # Fields the receiver does not act on, and what it says when one is sent anyway.
     refused_fields: Mapping[str, str] = field(default_factory=dict)
+    # The reason a refusal carries (a node's BAD_SPEC: the scheduler fails the task at once).
+    reason: Reason | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +144,7 @@ def checked(
         try:
             check_request(data, spec_field, shape)
         except InvalidArgument as error:
-            return RefusedRequest(error)
+            return RefusedRequest(InvalidArgument(error.field, error.problem, reason=shape.reason))
         return parse(data)
 
     return handler._replace(request_deserializer=deserialize)  # type: ignore[attr-defined,no-any-return]
