@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Collection
 from typing import Any
@@ -212,6 +213,9 @@ def check(
 
 def main() -> None:
     """The worker: one request a line on stdin, one answer a line on stdout, until EOF."""
+    # Ctrl-C in the node's terminal reaches its whole process group: the node ends its
+    # workers itself (EOF on stdin), and a node that dies leaves them EOF as well.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     print(READY, flush=True)
     for line in sys.stdin:
         request = json.loads(line)

@@ -115,12 +115,14 @@ class AgentNode:
             settings.permissions, time_limit_seconds=node.command_check_seconds
         )
         resources.push_async_callback(checker.close)
-        await checker.start()
         executors: dict[str, Executor] = {
             "echo": EchoExecutor(),
             "shell": ShellExecutor(checker, env=env, grace_seconds=grace),
         }
-        gemini_version = await gemini_cli_version(settings.env.GEMINI_CLI_COMMAND)
+        # Both start a process: the checker's first worker, and the CLI for its version.
+        _, gemini_version = await asyncio.gather(
+            checker.start(), gemini_cli_version(settings.env.GEMINI_CLI_COMMAND)
+        )
         if gemini_version is not None:
             proxy = await GeminiProxy.start(settings.env.GOOGLE_GEMINI_BASE_URL)
             resources.push_async_callback(proxy.stop)
