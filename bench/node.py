@@ -58,7 +58,9 @@ def start_node(work: Path, base_url: str) -> tuple[subprocess.Popen[str], str]:
         "GOOGLE_GEMINI_BASE_URL": base_url,
     }
     config = work / "agent_config.json"
-    config.write_text(json.dumps({"node": {"max_concurrency": 16, "workdir": str(work)}}))
+    # The streaming figure needs more output than a task may print by default.
+    node = {"max_concurrency": 16, "workdir": str(work), "max_output_bytes": 2 * STREAM_BYTES}
+    config.write_text(json.dumps({"node": node}))
     env["AGENTMESH_CONFIG"] = str(config)
     process = subprocess.Popen(
         [sys.executable, "-m", "agentmesh.cli.main", "node", "--listen", "127.0.0.1:0"],

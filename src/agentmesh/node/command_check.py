@@ -57,6 +57,9 @@ class _Worker:
         try:
             # Importing the checker is not part of the check's time.
             line = await asyncio.wait_for(worker._read_line(), START_TIMEOUT_SECONDS)
+        except TimeoutError:
+            await worker.kill()
+            raise CheckerUnavailable("the checker worker did not start in time") from None
         except BaseException:
             await worker.kill()
             raise
