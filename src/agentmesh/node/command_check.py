@@ -144,7 +144,10 @@ class CommandChecker:
         async with self._slots:
             worker = self._idle.pop() if self._idle else None
             try:
-                if worker is None or not worker.alive:
+                if worker is not None and not worker.alive:
+                    await worker.kill()  # reaps it
+                    worker = None
+                if worker is None:
                     worker = await _Worker.start()
                 answer = await asyncio.wait_for(worker.ask(request), self._time_limit)
             except TimeoutError:
