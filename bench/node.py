@@ -63,7 +63,13 @@ def start_node(
         "GOOGLE_GEMINI_BASE_URL": base_url,
     }
     config = work / f"agent_config.{sandbox}.json"
-    node = {"max_concurrency": 16, "workdir": str(work), "sandbox": sandbox}
+    # The streaming figure needs more output than a task may print by default.
+    node = {
+        "max_concurrency": 16,
+        "workdir": str(work),
+        "sandbox": sandbox,
+        "max_output_bytes": 2 * STREAM_BYTES,
+    }
     config.write_text(json.dumps({"node": node}))
     env["AGENTMESH_CONFIG"] = str(config)
     process = subprocess.Popen(

@@ -151,6 +151,12 @@ class NodeSettings(_Section):
     # The highest permission mode this node runs: a task asking for more is rejected before
     # anything runs (and the scheduler places it only on nodes whose ceiling admits it).
     max_permission_mode: PermissionMode = PermissionMode.WEAK
+    # A task's stdout and stderr together: past this, the node stops forwarding output,
+    # stops the task's processes and fails it (a `cat /dev/urandom` must end).
+    max_output_bytes: int = Field(default=16 << 20, ge=1024)
+    # How long the permission checker may take over one command (in a worker process, off
+    # the node's event loop); a command that takes longer is refused as too complex.
+    command_check_seconds: float = Field(default=5.0, gt=0)
 
 
 class SchedulerSettings(_Section):
@@ -163,6 +169,9 @@ class SchedulerSettings(_Section):
     max_attempts: int = Field(default=3, gt=0, le=100)
     lease_seconds: float = Field(default=30.0, gt=0)
     max_subtask_depth: int = Field(default=4, gt=0, le=32)
+    # The most a task's trace may grow by in one attempt, in characters of text (each event
+    # counts at least 256); past it the scheduler stops storing, stops the attempt, fails it.
+    max_trace_chars: int = Field(default=32 << 20, ge=64 << 10)
 
 
 class TlsSettings(_Section):

@@ -36,6 +36,9 @@ FILE_BOUNDS: list[tuple[str, Any, Any, str]] = [
     ("scheduler.lease_seconds", 0.001, 0, "greater than 0"),
     ("scheduler.max_subtask_depth", 1, 0, "greater than 0"),
     ("scheduler.max_subtask_depth", 32, 33, "less than or equal to 32"),
+    ("node.max_output_bytes", 1024, 1023, "greater than or equal to 1024"),
+    ("node.command_check_seconds", 0.001, 0, "greater than 0"),
+    ("scheduler.max_trace_chars", 65536, 65535, "greater than or equal to 65536"),
 ]
 ENV_BOUNDS: list[tuple[str, str, str, str]] = [
     ("POSTGRES_PORT", "1", "0", "greater than 0"),

@@ -10,8 +10,9 @@ import asyncio
 
 import pytest
 
-from agentmesh.scheduler.trace_writer import MAX_BACKLOG, TraceWriter
-from agentmesh.tasks.events import Payload, Stdout
+from agentmesh.scheduler.trace_writer import MAX_BACKLOG, MIN_EVENT_COST, TraceWriter, trace_cost
+from agentmesh.tasks.events import Payload, Refusal, Result, Stdout
+from agentmesh.tasks.model import TaskState
 
 
 class FakeTrace:
@@ -210,3 +211,19 @@ async def test_each_batch_follows_the_last_sequence_number_written() -> None:
     assert trace.batches == [["a"], ["b", "c"]]
     assert trace.after == [1, 2]
     assert writer.last_seq == 4
+
+
+def test_an_event_costs_the_characters_of_all_its_text() -> None:
+    refusal = Refusal(command="c" * 300, rule="r" * 10, mode="weak", detail="d" * 100)
+
+    assert trace_cost(Stdout("é" * 1000)) == 1000  # characters, not bytes
+    assert trace_cost(refusal) == 300 + 10 + 4 + 100
+
+
+def test_an_event_costs_at_least_a_rows_overhead() -> None:
+    assert MIN_EVENT_COST == 256
+    assert trace_cost(Stdout("")) == MIN_EVENT_COST
+    assert trace_cost(Stdout("x" * 256)) == 256
+    assert trace_cost(Stdout("x" * 257)) == 257
+    result = Result(TaskState.COMPLETED, output="o" * 500, error="e")
+    assert trace_cost(result) == 500 + 1 + len("completed")

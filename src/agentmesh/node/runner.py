@@ -31,7 +31,7 @@ from agentmesh.errors import (
     Unavailable,
 )
 from agentmesh.node.environment import Scrubber
-from agentmesh.node.executors.base import Executor, Job
+from agentmesh.node.executors.base import DEFAULT_MAX_OUTPUT_BYTES, Executor, Job
 from agentmesh.tasks.events import Diagnostic, Payload, Result, Status, TaskEvent
 from agentmesh.tasks.model import (
     AgentMode,
@@ -68,6 +68,8 @@ class RunnerLimits:
     workdir: Path | None = None
     # The highest mode it runs (node.max_permission_mode); the default mode is within it.
     max_permission_mode: PermissionMode = PermissionMode.WEAK
+    # A task's stdout and stderr together (node.max_output_bytes).
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
 
 
 @dataclass
@@ -210,6 +212,7 @@ class TaskRunner:
                 api_key=request.api_key,
                 key_fingerprint=request.key_fingerprint,
                 token_budget=request.token_budget,
+                max_output_bytes=self._limits.max_output_bytes,
             )
             payloads = aiter(executor.run(job))
             result: Result | None = None

@@ -24,6 +24,7 @@ from agentmesh.node.card import (
     gemini_cli_version,
     stable_agent_id,
 )
+from agentmesh.node.command_check import CommandChecker
 from agentmesh.node.endpoint import advertised_endpoint
 from agentmesh.node.executors.base import Executor
 from agentmesh.node.executors.echo import EchoExecutor
@@ -125,11 +126,20 @@ class AgentNode:
         sandbox = await asyncio.to_thread(_sandbox, settings, node, data_dir)
         log.info("sandbox: %s", sandbox.describe())
         grace = node.cancel_grace_seconds
+        checker = CommandChecker(
+            settings.permissions, time_limit_seconds=node.command_check_seconds
+        )
+        resources.push_async_callback(checker.close)
         executors: dict[str, Executor] = {
             "echo": EchoExecutor(),
-            "shell": ShellExecutor(settings.permissions, sandbox=sandbox, grace_seconds=grace),
+            "shell": ShellExecutor(
+                checker, settings.permissions, sandbox=sandbox, grace_seconds=grace
+            ),
         }
-        gemini_version = await gemini_cli_version(settings.env.GEMINI_CLI_COMMAND)
+        # Both start a process: the checker's first worker, and the CLI for its version.
+        _, gemini_version = await asyncio.gather(
+            checker.start(), gemini_cli_version(settings.env.GEMINI_CLI_COMMAND)
+        )
         if gemini_version is not None:
             proxy = await GeminiProxy.start(settings.env.GOOGLE_GEMINI_BASE_URL)
             resources.push_async_callback(proxy.stop)
@@ -159,6 +169,7 @@ class AgentNode:
             default_agent_mode=settings.agent_defaults.mode,
             workdir=node.workdir,
             max_permission_mode=node.max_permission_mode,
+            max_output_bytes=node.max_output_bytes,
         )
         token, node_token = settings.token, settings.node_token
         secrets = tuple(secret for secret in (token, node_token) if secret)

@@ -7,12 +7,13 @@ from typing import Any
 
 import grpc
 
-from agentmesh.errors import InvalidArgument
+from agentmesh.errors import InvalidArgument, Reason
 from agentmesh.node.card import AgentCard
 from agentmesh.node.runner import ExecuteRequest, TaskRunner
 from agentmesh.rpc import convert
 from agentmesh.rpc.errors import streaming, unary
-from agentmesh.tasks.model import validate_task_id
+from agentmesh.rpc.request_shape import SpecShape, add_checked
+from agentmesh.tasks.model import SCHEDULER_ONLY_FIELDS, validate_task_id
 from agentmesh.v1 import agent_pb2, node_pb2, node_pb2_grpc, task_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -58,5 +59,19 @@ class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
         return node_pb2.CancelTaskResponse(task_id=request.task_id, canceled=canceled)
 
 
+# One task, and only the fields a node acts on: the rest is refused, not ignored.
+EXECUTE_SHAPE = SpecShape(
+    max_tasks=1, max_depth=0, refused_fields=SCHEDULER_ONLY_FIELDS, reason=Reason.BAD_SPEC
+)
+
+
 def register(servicer: AgentNodeServicer) -> Callable[[grpc.aio.Server], None]:
-    return lambda server: node_pb2_grpc.add_AgentNodeServicer_to_server(servicer, server)
+    """Add the service; ExecuteTask's spec is checked on the wire before it is parsed."""
+    spec = node_pb2.ExecuteTaskRequest.DESCRIPTOR.fields_by_name["spec"].number
+    return lambda server: add_checked(
+        node_pb2_grpc.add_AgentNodeServicer_to_server,
+        servicer,
+        server,
+        SERVICE_NAME,
+        {"ExecuteTask": (spec, EXECUTE_SHAPE)},
+    )

@@ -16,6 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh import errors
+from agentmesh.rpc.request_shape import RefusedRequest
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,16 @@ async def _internal(context: grpc.aio.ServicerContext[Any, Any], method: str) ->
 def unary(
     method: Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]],
 ) -> Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
-    """Route a unary RPC's domain errors through the error table."""
+    """Route a unary RPC's domain errors through the error table (and a request refused on
+    the wire, see `request_shape`, as its INVALID_ARGUMENT)."""
 
     @functools.wraps(method)
     async def wrapper(
         self: Servicer, request: Request, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Response:
         try:
+            if isinstance(request, RefusedRequest):
+                raise request.error
             return await method(self, request, context)
         except errors.AgentmeshError as error:
             await abort(context, error)
@@ -121,13 +125,16 @@ def streaming(
         [Servicer, Request, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Response]
     ],
 ) -> Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Response]]:
-    """Route a server-streaming RPC's domain errors through the error table."""
+    """Route a server-streaming RPC's domain errors through the error table (and a request
+    refused on the wire, as for `unary`)."""
 
     @functools.wraps(method)
     async def wrapper(
         self: Servicer, request: Request, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Response]:
         try:
+            if isinstance(request, RefusedRequest):
+                raise request.error
             async for response in method(self, request, context):
                 yield response
         except errors.AgentmeshError as error:

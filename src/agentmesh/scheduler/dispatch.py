@@ -49,9 +49,9 @@ from agentmesh.scheduler.store import (
     TaskStore,
     summarize_children,
 )
-from agentmesh.scheduler.trace_writer import TraceWriter
-from agentmesh.tasks.events import ApiError, ApiErrorKind, Result
-from agentmesh.tasks.model import TaskKind, TaskState
+from agentmesh.scheduler.trace_writer import TraceWriter, trace_cost
+from agentmesh.tasks.events import ApiError, ApiErrorKind, Diagnostic, Result
+from agentmesh.tasks.model import TaskKind, TaskState, for_node
 from agentmesh.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,8 @@ class DispatchSettings:
     lease_seconds: float
     retry_backoff_seconds: float = 1.0
     poll_seconds: float = 1.0
+    # What one attempt may add to its task's trace (see trace_writer.trace_cost).
+    max_trace_chars: int = 32 << 20
 
 
 class Channels:
@@ -399,11 +401,14 @@ class Dispatcher:
         request = node_pb2.ExecuteTaskRequest(
             task_id=attempt.task_id,
             attempt=attempt.attempt,
-            spec=convert.spec_to_proto(spec),
+            spec=convert.spec_to_proto(for_node(spec)),
             key_fingerprint=key.key.fingerprint if key else "",
             token_budget=key.budget if key else 0,
         )
         received = 0
+        # What this attempt added to the trace: a node that streams without end (one that
+        # does not cap its tasks' output) is stopped here, and its task fails.
+        trace_chars = 0
         exhausted: ApiError | None = None
         writer = TraceWriter(
             lambda batch, after_seq: _with_retry(
@@ -455,6 +460,10 @@ class Dispatcher:
                         )
                     )
                     return
+                trace_chars += trace_cost(payload)
+                if trace_chars > self._settings.max_trace_chars:
+                    await self._trace_full(attempt, agent, writer)
+                    return
                 await writer.add(payload)
                 if writer.superseded:
                     log.info("attempt superseded", extra=_fields(attempt, agent))
@@ -472,6 +481,32 @@ class Dispatcher:
             call.cancel()
         await writer.close()
         await self._hand_back(attempt, f"{agent.name} ended the stream without a result")
+
+    async def _trace_full(
+        self, attempt: StartedAttempt, agent: AgentSlot, writer: TraceWriter
+    ) -> None:
+        """Stop storing the attempt's events: one diagnostic says why, and the task fails
+        (retrying would fill the trace again). Returning stops the node's work too."""
+        reason = (
+            f"the task's events passed the scheduler's limit of {self._settings.max_trace_chars}"
+            " characters in one attempt (scheduler.max_trace_chars): the rest was not stored"
+            " and the task was stopped"
+        )
+        log.warning("attempt stopped: its trace is full", extra=_fields(attempt, agent))
+        await writer.add(Diagnostic("error", reason))
+        if not await writer.close():
+            return
+        await _with_retry(
+            functools.partial(
+                self._store.finish_attempt,
+                attempt.task_id,
+                attempt.attempt,
+                self._settings.owner,
+                agent.agent_id,
+                Result(TaskState.FAILED, error=reason),
+                in_tree=bool(attempt.parent_id),
+            )
+        )
 
     async def _attempt_failed(
         self, attempt: StartedAttempt, agent: AgentSlot, error: grpc.aio.AioRpcError, received: int

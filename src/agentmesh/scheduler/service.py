@@ -118,7 +118,11 @@ class Scheduler:
             registry,
             pool,
             channels,
-            DispatchSettings(owner=owner, lease_seconds=config.lease_seconds),
+            DispatchSettings(
+                owner=owner,
+                lease_seconds=config.lease_seconds,
+                max_trace_chars=config.max_trace_chars,
+            ),
             reserver,
         )
         signals = TaskSignals()

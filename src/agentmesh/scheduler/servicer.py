@@ -15,10 +15,15 @@ from agentmesh.errors import InvalidArgument
 from agentmesh.keys.held import validate_held_keys
 from agentmesh.rpc import auth, convert
 from agentmesh.rpc.errors import streaming, unary
+from agentmesh.rpc.request_shape import SpecShape, add_checked
 from agentmesh.scheduler.agents import AgentRegistry, AgentView, HostEntry
 from agentmesh.scheduler.notifications import TaskSignals
 from agentmesh.scheduler.store import TaskRecord, TaskStore
-from agentmesh.scheduler.validation import validate_submission, with_defaults
+from agentmesh.scheduler.validation import (
+    MAX_TASKS_PER_SUBMISSION,
+    validate_submission,
+    with_defaults,
+)
 from agentmesh.scheduler.watch import watch
 from agentmesh.tasks.model import AgentMode, TaskSpec, validate_task_id
 from agentmesh.v1 import node_pb2, scheduler_pb2, scheduler_pb2_grpc, task_pb2
@@ -100,6 +105,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._heartbeat_interval = heartbeat_interval
         self._on_cancel = on_cancel
         self._default_agent_mode = default_agent_mode
+
+    @property
+    def max_depth(self) -> int:
+        return self._max_depth
 
     async def _submit(self, request: scheduler_pb2.SubmitTaskRequest) -> str:
         if not request.HasField("spec"):
@@ -218,4 +227,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
 
 def register(servicer: SchedulerServicer) -> Callable[[grpc.aio.Server], None]:
-    return lambda server: scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
+    """Add the service; a submission's tree is checked on the wire (how many tasks, how deep)
+    before it is parsed, so that no request size can keep the scheduler busy."""
+    shape = SpecShape(max_tasks=MAX_TASKS_PER_SUBMISSION, max_depth=servicer.max_depth)
+    spec = scheduler_pb2.SubmitTaskRequest.DESCRIPTOR.fields_by_name["spec"].number
+    checks = {"SubmitTask": (spec, shape), "RunTask": (spec, shape)}
+    return lambda server: add_checked(
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer, server, SERVICE_NAME, checks
+    )

@@ -15,6 +15,9 @@ from collections.abc import Awaitable, Callable
 from agentmesh.tasks.events import Payload
 
 MAX_BACKLOG = 256
+# What an event costs the trace at the least: a row's own overhead, so that a stream of
+# one-byte events runs out of budget too.
+MIN_EVENT_COST = 256
 
 
 # Writes a batch after the given sequence number; returns the new last one, or None if the
@@ -70,3 +73,11 @@ class TraceWriter:
                 self.last_seq = last_seq
             if self._closing:
                 return
+
+
+def trace_cost(payload: Payload) -> int:
+    """What storing `payload` counts against an attempt's `scheduler.max_trace_chars`: the
+    characters of its text, and at least `MIN_EVENT_COST`. (Characters, not bytes: a node
+    cuts output at a number of bytes, and decoded output never has more characters.)"""
+    text = sum(len(v) for name in payload.__slots__ if isinstance(v := getattr(payload, name), str))
+    return max(MIN_EVENT_COST, text)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from agentmesh.errors import InvalidArgument
 
 # A prompt travels as one argv element of the Gemini CLI, which Linux caps at 128 KiB.
 MAX_PROMPT_BYTES = 120 << 10
-MAX_COMMAND_BYTES = 64 << 10
+# What the permission checker reads at most (node.permissions' MAX_COMMAND_LENGTH, in
+# characters; a command within this many bytes is within that many characters).
+MAX_COMMAND_BYTES = 16 << 10
 MAX_ID_LENGTH = 128
 MAX_CAPABILITIES = 64
 
@@ -77,6 +79,30 @@ class TaskSpec:
     description: str = ""
     max_attempts: int = 0
     agent_mode: str = ""
+
+
+_EMPTY_SPEC = TaskSpec()
+
+
+# What a node does not act on: placement, queueing, retries, budgets and labels are the
+# scheduler's. The scheduler leaves them out of what it sends a node (`for_node`), and a
+# node refuses them rather than ignore them; each with what the node says.
+SCHEDULER_ONLY_FIELDS: dict[str, str] = {
+    "subtasks": "a node runs one task; a tree of subtasks is submitted to the scheduler",
+    "user": "is the scheduler's (keys and quotas are per user); a node runs no user's tasks",
+    "required_capabilities": "is for the scheduler's placement; a node does not check it",
+    "target_host": "is for the scheduler's placement; a node does not check it",
+    "priority": "orders the scheduler's queue; a node has none",
+    "max_tokens": "is the scheduler's; a node's limit is ExecuteTaskRequest.token_budget",
+    "idempotency_key": "is the scheduler's; a node does not deduplicate tasks",
+    "description": "is a label in the scheduler's listings; a node does not keep it",
+    "max_attempts": "is the scheduler's; a node runs the one attempt it is sent",
+}
+
+
+def for_node(spec: TaskSpec) -> TaskSpec:
+    """The spec as a node gets it: without the fields that only the scheduler acts on."""
+    return replace(spec, **{name: getattr(_EMPTY_SPEC, name) for name in SCHEDULER_ONLY_FIELDS})
 
 
 def validate_task_id(value: str, field_name: str = "task_id") -> str:

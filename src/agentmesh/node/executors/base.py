@@ -18,6 +18,8 @@ from agentmesh.tasks.model import AgentMode, TaskKind, TaskSpec
 
 T = TypeVar("T")
 
+DEFAULT_MAX_OUTPUT_BYTES = 16 << 20
+
 
 @dataclass(frozen=True)
 class Job:
@@ -40,6 +42,8 @@ class Job:
     key_fingerprint: str = ""
     # gemini: the most tokens the task may spend (0 = no limit).
     token_budget: int = 0
+    # stdout and stderr together; past this the process is stopped (see `supervise`).
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
 
 
 class Executor(Protocol):
@@ -56,10 +60,22 @@ class Output:
     text: str
 
 
+How = Literal["exited", "canceled", "timeout", "output_limit"]
+
+
 @dataclass(frozen=True, slots=True)
 class Exit:
     code: int
-    how: Literal["exited", "canceled", "timeout"]
+    how: How
+    # output_limit: how many bytes were forwarded (the job's max_output_bytes).
+    output_bytes: int = 0
+
+    def output_limit_note(self) -> str:
+        """What a task stopped for its output says, in its Diagnostic and its Result."""
+        return (
+            f"output passed the node's limit of {self.output_bytes} bytes"
+            " (node.max_output_bytes): the rest was discarded and the task was stopped"
+        )
 
 
 async def supervise(
@@ -72,6 +88,8 @@ async def supervise(
     """Run the job's (confined) command: its output as decoded text, then how it ended.
 
     The process group is stopped when the job is cancelled, when it runs past its timeout,
+    when its stdout and stderr together pass `job.max_output_bytes` (the output is cut at
+    exactly that many bytes: a flood must neither fill the trace nor run until its timeout),
     and when the consumer stops iterating (a dropped client), so nothing outlives the job.
     """
     group = await ProcessGroup.start(
@@ -86,7 +104,8 @@ async def supervise(
         name: codecs.getincrementaldecoder("utf-8")(errors="replace")
         for name in ("stdout", "stderr")
     }
-    how: Literal["exited", "canceled", "timeout"] = "exited"
+    how: How = "exited"
+    forwarded = 0
     chunks = aiter(group.chunks())
     cancelled = asyncio.ensure_future(job.cancel.wait())
     deadline = asyncio.get_running_loop().time() + job.timeout_seconds
@@ -110,18 +129,22 @@ async def supervise(
                 chunk = next_chunk.result()
             except StopAsyncIteration:
                 break
-            text = decoders[chunk.stream].decode(chunk.data)
+            data = chunk.data[: job.max_output_bytes - forwarded]
+            forwarded += len(data)
+            text = decoders[chunk.stream].decode(data)
             if text:
                 yield Output(chunk.stream, text)
-        if how == "exited":
+            if len(data) < len(chunk.data):
+                how = "output_limit"
+                break
+        if how != "exited":
+            await group.stop()
+        code = await group.wait()
+        if how in ("exited", "output_limit"):
             for name, decoder in decoders.items():
                 if tail := decoder.decode(b"", final=True):
                     yield Output(name, tail)  # type: ignore[arg-type]
-            code = await group.wait()
-        else:
-            await group.stop()
-            code = await group.wait()
-        yield Exit(code, how)
+        yield Exit(code, how, forwarded if how == "output_limit" else 0)
     finally:
         cancelled.cancel()
         await group.stop()

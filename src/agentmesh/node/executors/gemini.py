@@ -328,6 +328,12 @@ class StreamJsonParser:
             return [Result(TaskState.CANCELED, exit.code, usage, answer, "canceled")]
         if exit.how == "timeout":
             return [Result(TaskState.FAILED, exit.code, usage, answer, "timed out")]
+        if exit.how == "output_limit":
+            note = exit.output_limit_note()
+            return [
+                Diagnostic("error", note),
+                Result(TaskState.FAILED, exit.code, usage, answer, note),
+            ]
         if stopped:
             return [Result(TaskState.FAILED, exit.code, usage, answer, stopped)]
         result = self._result or {}

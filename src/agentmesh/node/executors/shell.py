@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from agentmesh.config import PermissionMode, Permissions
+from agentmesh.node.command_check import CommandChecker
 from agentmesh.node.environment import task_environment
 from agentmesh.node.executors.base import Exit, Job, supervise
-from agentmesh.node.permissions import CommandRefused, plan_shell_command
+from agentmesh.node.permissions import CommandRefused
 from agentmesh.node.sandbox import Confinement, Sandbox, SandboxUnavailable
 from agentmesh.tasks.events import Diagnostic, Payload, Refusal, Result, Stderr, Stdout
 from agentmesh.tasks.model import TaskKind, TaskState
@@ -24,19 +25,23 @@ RESULT_OUTPUT_CHARS = 16 << 10
 class ShellExecutor:
     kind = TaskKind.SHELL
 
-    def __init__(self, permissions: Permissions, *, sandbox: Sandbox, grace_seconds: float) -> None:
+    def __init__(
+        self,
+        checker: CommandChecker,
+        permissions: Permissions,
+        *,
+        sandbox: Sandbox,
+        grace_seconds: float,
+    ) -> None:
+        self._checker = checker
         self._permissions = permissions
         self._sandbox = sandbox
         self._grace = grace_seconds
 
     async def run(self, job: Job) -> AsyncIterator[Payload]:
         try:
-            plan = plan_shell_command(
-                job.spec.command,
-                job.permission_mode,
-                allowlist=self._permissions.weak.allowlist,
-                denylist=self._permissions.superuser.denylist,
-            )
+            # In a worker process with a time limit: never on the event loop.
+            plan = await self._checker.plan(job.spec.command, job.permission_mode)
         except CommandRefused as refused:
             yield Refusal(
                 command=refused.command,
@@ -68,6 +73,8 @@ class ShellExecutor:
         tail = ""
         async for item in supervise(job, launch, env=env, grace_seconds=self._grace):
             if isinstance(item, Exit):
+                if item.how == "output_limit":
+                    yield Diagnostic("error", item.output_limit_note())
                 yield _result(item, tail)
             elif item.stream == "stdout":
                 tail = (tail + item.text)[-RESULT_OUTPUT_CHARS:]
@@ -81,6 +88,9 @@ def _result(exit: Exit, tail: str) -> Result:
         return Result(TaskState.CANCELED, exit_code=exit.code, output=tail, error="canceled")
     if exit.how == "timeout":
         return Result(TaskState.FAILED, exit_code=exit.code, output=tail, error="timed out")
+    if exit.how == "output_limit":
+        error = exit.output_limit_note()
+        return Result(TaskState.FAILED, exit_code=exit.code, output=tail, error=error)
     if exit.code != 0:
         error = (
             f"exited with code {exit.code}" if exit.code > 0 else f"killed by signal {-exit.code}"

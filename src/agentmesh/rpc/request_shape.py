@@ -1,0 +1,184 @@
+"""Size and shape checks on a request's bytes, before protobuf parses them.
+
+Parsing is not free: a SubmitTask of 8 MiB can hold four million empty subtasks, which
+take protobuf seconds and a gigabyte to build, and the conversion to plain objects many
+seconds more, all on the event loop (health answers and heartbeats wait meanwhile). So
+the methods that carry a `TaskSpec` get a deserializer that first walks the wire format,
+with work bounded by the limits rather than by the message: how many tasks, how deep the
+subtasks nest, how many fields in all, and which fields the receiver accepts. A request
+past a limit is not parsed at all; the handler receives a `RefusedRequest` instead, and the
+error wrappers (`agentmesh.rpc.errors`) answer INVALID_ARGUMENT naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from agentmesh.errors import InvalidArgument, Reason
+from agentmesh.tasks.model import MAX_CAPABILITIES
+from agentmesh.v1 import task_pb2
+
+_SPEC_FIELDS = task_pb2.TaskSpec.DESCRIPTOR.fields_by_name
+SUBTASKS = _SPEC_FIELDS["subtasks"].number
+_FIELD_NAMES = {field.number: name for name, field in _SPEC_FIELDS.items()}
+# Fields a task may have: its own, each capability, and some slack for fields sent twice.
+_FIELDS_PER_TASK = len(_SPEC_FIELDS) + MAX_CAPABILITIES
+
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+
+
+@dataclass(frozen=True)
+class SpecShape:
+    """What a receiver accepts in a TaskSpec on the wire."""
+
+    # The most tasks in one request, the root included.
+    max_tasks: int
+    # How deep subtasks may nest (0: none at all).
+    max_depth: int
+    # Fields the receiver does not act on, and what it says when one is sent anyway.
+    refused_fields: Mapping[str, str] = field(default_factory=dict)
+    # The reason a refusal carries (a node's BAD_SPEC: the scheduler fails the task at once).
+    reason: Reason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRequest:
+    """What a checked deserializer hands the handler instead of a request past a limit."""
+
+    error: InvalidArgument
+
+
+class _Walk:
+    """One request's walk: the fields seen so far, against the budget."""
+
+    def __init__(self, data: bytes, shape: SpecShape) -> None:
+        self.data = data
+        self.shape = shape
+        self.tasks = 0
+        self.fields = 0
+        self.max_fields = shape.max_tasks * _FIELDS_PER_TASK
+
+    def fields_of(self, start: int, end: int, path: str) -> Iterator[tuple[int, int, int, int]]:
+        """(field number, wire type, value start, value end) of each field in data[start:end]."""
+        position = start
+        while position < end:
+            self.fields += 1
+            if self.fields > self.max_fields:
+                raise InvalidArgument(
+                    path or "(request)",
+                    f"has more than {self.max_fields} fields in all (the most a request of"
+                    f" {self.shape.max_tasks} tasks can need)",
+                )
+            key, position = self._varint(position, end, path)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == _VARINT:
+                _, value_end = self._varint(position, end, path)
+                yield number, wire_type, position, value_end
+            elif wire_type in (_FIXED64, _FIXED32):
+                value_end = position + (8 if wire_type == _FIXED64 else 4)
+                yield number, wire_type, position, value_end
+            elif wire_type == _LENGTH:
+                length, position = self._varint(position, end, path)
+                value_end = position + length
+                yield number, wire_type, position, value_end
+            else:
+                raise InvalidArgument(path or "(request)", "is not a valid protobuf message")
+            if value_end > end:
+                raise InvalidArgument(path or "(request)", "is not a valid protobuf message")
+            position = value_end
+
+    def _varint(self, position: int, end: int, path: str) -> tuple[int, int]:
+        value = shift = 0
+        while position < end and shift < 64:
+            byte = self.data[position]
+            position += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value, position
+            shift += 7
+        raise InvalidArgument(path or "(request)", "is not a valid protobuf message")
+
+    def spec(self, start: int, end: int, path: str, depth: int) -> None:
+        self.tasks += 1
+        if self.tasks > self.shape.max_tasks:
+            raise InvalidArgument(
+                "spec.subtasks",
+                f"more than {self.shape.max_tasks} tasks in one request; the limit is"
+                f" {self.shape.max_tasks}",
+            )
+        children = 0
+        for number, wire_type, value_start, value_end in self.fields_of(start, end, path):
+            name = _FIELD_NAMES.get(number)
+            if name is not None and name in self.shape.refused_fields:
+                raise InvalidArgument(f"{path}.{name}", self.shape.refused_fields[name])
+            if number != SUBTASKS or wire_type != _LENGTH:
+                continue
+            if depth >= self.shape.max_depth:
+                raise InvalidArgument(
+                    f"{path}.subtasks",
+                    f"subtasks are nested deeper than the limit of {self.shape.max_depth}",
+                )
+            self.spec(value_start, value_end, f"{path}.subtasks[{children}]", depth + 1)
+            children += 1
+
+
+def check_request(data: bytes, spec_field: int, shape: SpecShape) -> None:
+    """Raise InvalidArgument if the request's TaskSpec (field `spec_field`) breaks `shape`."""
+    walk = _Walk(data, shape)
+    for number, wire_type, start, end in walk.fields_of(0, len(data), ""):
+        if number == spec_field and wire_type == _LENGTH:
+            walk.spec(start, end, "spec", depth=0)
+
+
+def checked(
+    handler: grpc.RpcMethodHandler[Any, Any], spec_field: int, shape: SpecShape
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with a deserializer that checks the request's shape before parsing it."""
+    parse: Callable[[bytes], Any] = handler.request_deserializer  # type: ignore[assignment]
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            check_request(data, spec_field, shape)
+        except InvalidArgument as error:
+            return RefusedRequest(InvalidArgument(error.field, error.problem, reason=shape.reason))
+        return parse(data)
+
+    return handler._replace(request_deserializer=deserialize)  # type: ignore[attr-defined,no-any-return]
+
+
+class _Recorder:
+    """Stands in for a server to receive the handlers a generated `add_*_to_server` makes."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.handlers.update(handlers)
+
+
+def add_checked(
+    add_to_server: Callable[[Any, Any], None],
+    servicer: object,
+    server: grpc.aio.Server,
+    service: str,
+    checks: Mapping[str, tuple[int, SpecShape]],
+) -> None:
+    """Register `servicer` as the generated `add_to_server` does, with each method named in
+    `checks` (method name: the request's spec field number, its shape) checked first."""
+    recorder = _Recorder()
+    add_to_server(servicer, recorder)
+    handlers = {
+        name: checked(handler, *checks[name]) if name in checks else handler
+        for name, handler in recorder.handlers.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
