@@ -19,6 +19,7 @@ USAGE_FIELDS = {
 AGENT_FIELDS = {
     "agent_id", "name", "hostname", "endpoint", "ip_addresses", "status", "executors",
     "capabilities", "running_tasks", "max_concurrency", "version", "last_heartbeat",
+    "max_permission_mode", "sandbox",
 }  # fmt: skip
 HOST_FIELDS = {"host_name", "ip_address", "service", "tags", "notes", "last_seen"}
 

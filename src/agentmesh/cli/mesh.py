@@ -46,6 +46,8 @@ def agents(app: App, include_offline: bool, as_json: bool) -> int:
                     ",".join(card.executors),
                     ",".join(configured) or "-",
                     card.max_permission_mode or "weak",
+                    # "bubblewrap", "none" or "unavailable"; the details with --json.
+                    card.sandbox.split(" ", 1)[0] or "-",
                     f"{card.running_tasks}/{card.max_concurrency}",
                     ago(agent.last_heartbeat, agent.HasField("last_heartbeat")),
                 ]
@@ -59,6 +61,7 @@ def agents(app: App, include_offline: bool, as_json: bool) -> int:
                 "EXECUTORS",
                 "CAPABILITIES",
                 "MAX MODE",
+                "SANDBOX",
                 "LOAD",
                 "SEEN",
             ],

@@ -134,6 +134,7 @@ def agent_json(agent: scheduler_pb2.AgentStatus) -> dict[str, Any]:
         "running_tasks": card.running_tasks,
         "max_concurrency": card.max_concurrency,
         "max_permission_mode": card.max_permission_mode or "weak",
+        "sandbox": card.sandbox,
         "version": card.version,
         "last_heartbeat": _iso(agent.last_heartbeat, agent.HasField("last_heartbeat")),
     }
