@@ -95,6 +95,25 @@ def test_weak_mode_cannot_execute_what_the_allowlist_does_not_name(
     assert intact(target)
 
 
+def test_weak_mode_curl_cannot_write_outside_its_directory(tmp_path: Path) -> None:
+    # Past the parser (which refuses `-o` in weak mode): the host is read-only to the task.
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    outside = Path("/run") / f"agentmesh-test-{uuid.uuid4().hex}"  # read-only to the task
+    target = canary(outside)
+    try:
+        confinement = Confinement(PermissionMode.WEAK, workdir, executables=("curl",))
+        run_confined(["curl", "-s", "-o", str(target), "file:///etc/hostname"], confinement)
+        run_confined(["curl", "-s", "-o", "copy.txt", "file:///etc/hostname"], confinement)
+
+        assert intact(target)
+        assert (workdir / "copy.txt").read_text() == Path("/etc/hostname").read_text()
+    finally:
+        shutil.rmtree(outside)
+
+
 def test_weak_mode_runs_what_the_allowlist_names(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     canary(workdir)
