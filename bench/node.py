@@ -69,6 +69,7 @@ def start_node(
         "workdir": str(work),
         "sandbox": sandbox,
         "max_output_bytes": 2 * STREAM_BYTES,
+        "max_permission_mode": "superuser",  # the superuser shell case
     }
     config.write_text(json.dumps({"node": node}))
     env["AGENTMESH_CONFIG"] = str(config)
