@@ -82,6 +82,18 @@ TARGETS: dict[str, Target] = {
         note="needs PostgreSQL (the embedded server); its SQL is judged through the tests",
         test_timeout=60.0,
     ),
+    "reservations": Target(
+        "src/agentmesh/keys/reservations.py",
+        ("tests/store/test_key_reservations.py", *EMBEDDED_ONLY),
+        note="needs PostgreSQL (the embedded server)",
+        test_timeout=60.0,
+    ),
+    "broker": Target(
+        "src/agentmesh/keys/broker.py",
+        ("tests/store/test_key_broker.py", *EMBEDDED_ONLY),
+        note="needs PostgreSQL (the embedded server)",
+        test_timeout=60.0,
+    ),
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
         (
