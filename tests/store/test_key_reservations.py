@@ -130,7 +130,7 @@ async def test_a_task_gets_a_key_with_its_forecast_and_the_prediction_is_logged(
 @pytest.mark.parametrize(
     ("spec_max", "user_max", "budget"),
     [(0, None, 0), (3_000, None, 3_000), (0, 5_000, 5_000), (3_000, 5_000, 3_000),
-     (5_000, 3_000, 3_000), (0, -1, 0)],
+     (5_000, 3_000, 3_000), (0, -1, 0), (1, None, 1)],
 )  # fmt: skip
 async def test_the_budget_is_the_smaller_of_the_tasks_and_the_users_limits(
     pool: asyncpg.Pool, store: TaskStore, spec_max: int, user_max: int | None, budget: int
@@ -202,14 +202,16 @@ async def test_a_smaller_task_still_gets_the_key_a_larger_one_of_its_user_could_
     await add_key(pool, "small", tpd=1_000)
     large = await candidate(store, prompt="x" * 8_000)  # 2,000 tokens: more than the key has
     larger = await candidate(store, prompt="x" * 12_000)
+    middle = await candidate(store, prompt="x" * 4_800)  # 1,200 tokens
     small = await candidate(store, prompt="x" * 400)  # 100 tokens
     other_nodes = await candidate(store, prompt="x" * 8_000, agents=("agent-b",))
 
-    out = await reserve(pool, large, larger, small, other_nodes)
+    out = await reserve(pool, large, larger, middle, small, other_nodes)
 
     assert list(out.reserved) == [small.task_id]
-    assert set(out.waiting) == {large.task_id, larger.task_id, other_nodes.task_id}
-    for task in (large, larger, other_nodes):
+    waiting = {large.task_id, larger.task_id, middle.task_id, other_nodes.task_id}
+    assert set(out.waiting) == waiting
+    for task in (large, larger, middle, other_nodes):
         reason, _ = out.waiting[task.task_id]
         assert "without enough daily quota left for its forecast" in reason, reason
 
@@ -290,6 +292,18 @@ async def test_a_task_that_waited_longer_than_its_user_tolerates_fails_with_the_
     assert set(out.waiting) == {on_time.task_id, patient.task_id}
     since = await pool.fetchval("SELECT key_wait_since FROM tasks WHERE id = $1", on_time.task_id)
     assert since is not None  # its wait is counted from this round on
+
+
+async def test_a_user_who_tolerates_no_wait_has_a_task_without_a_key_fail_at_once(
+    pool: asyncpg.Pool, store: TaskStore
+) -> None:
+    await add_user(pool, "gina", tolerance=0)
+    task = await candidate(store, user="gina")
+
+    out = await reserve(pool, task)
+
+    assert out.failed[task.task_id].endswith("(waited 0 s, the throttle tolerance is 0 s)")
+    assert out.waiting == {}
 
 
 async def test_a_task_ending_logs_what_it_spent_beside_its_forecast(
