@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 from agentmesh import log_format
 from agentmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from agentmesh.keys import quota
-from agentmesh.keys.broker import DEFAULT_RETRY_SECONDS, KeyBroker
+from agentmesh.keys.broker import KeyBroker
 from agentmesh.keys.quota import Limits
 from agentmesh.keys.vault import Vault
 from agentmesh.scheduler.store import TaskStore
@@ -141,7 +141,7 @@ async def test_a_central_key_is_leased_with_its_secret_which_never_reaches_a_log
         SECRET,
     )
     assert not lease.exhausted
-    assert 0.0 <= lease.wait_seconds <= 1.0  # a reservation's first slot leads by a second
+    assert lease.wait_seconds == 0.0  # a key nobody used: its slot is now
     assert (await key_state(pool, "central"))["requests"] == 1
     logging.getLogger("agentmesh.test").warning("the proxy got %s", SECRET)
     assert SECRET not in log_format.scrub(caplog.records[-1].getMessage())
@@ -207,7 +207,7 @@ async def test_with_no_key_the_lease_says_exhausted_with_the_reason_and_when_to_
 
     assert lease.exhausted
     assert lease.reason.startswith("no API key: none in api_keys of user alice"), lease.reason
-    assert lease.retry_after_seconds == DEFAULT_RETRY_SECONDS
+    assert lease.retry_after_seconds == 60.0  # nothing says when: a minute
     assert lease.secret == lease.fingerprint == ""
 
 
@@ -247,6 +247,11 @@ async def test_a_successful_request_counts_its_tokens_for_the_task_and_the_key(
 
     assert (first.task_tokens, first.token_budget) == (700, 3_000)
     assert (second.task_tokens, second.token_budget) == (700, 3_000)  # a negative count: 0
+    for status in (199, 300):  # not a success: what usageMetadata it had is not counted
+        other = await broker.report(
+            report_request(task_id, attempt, "central", http_status=status, total_tokens=50)
+        )
+        assert other.task_tokens == 700
     assert (await key_state(pool, "central"))["tokens"] == 700
 
 
@@ -263,6 +268,7 @@ async def test_a_failed_request_is_not_counted_and_the_answer_is_what_the_task_s
     assert (await key_state(pool, "central"))["requests"] == 2
 
     answer = await broker.report(report_request(task_id, attempt, "central", http_status=500))
+    assert (await key_state(pool, "central"))["requests"] == 1
     uncounted = await broker.report(
         report_request(task_id, attempt, "central", http_status=0, counted=False)
     )
@@ -277,6 +283,98 @@ async def test_a_failed_request_is_not_counted_and_the_answer_is_what_the_task_s
         "SELECT used_requests FROM key_reservations WHERE task_id = $1", task_id
     )
     assert used == 1
+
+
+async def test_a_lease_takes_the_slot_its_reservation_booked(
+    pool: asyncpg.Pool, store: TaskStore, broker: KeyBroker, vault: Vault
+) -> None:
+    await add_key(pool, "central", vault.seal(SECRET))
+    task_id, attempt = await running_task(store)
+    await reserve_for(pool, task_id, tokens=1_000, budget=0)
+
+    lease = await broker.lease(lease_request(task_id, attempt))
+
+    assert 0.0 < lease.wait_seconds < 1.0  # a reservation's first slot leads by a second
+
+
+@pytest.mark.parametrize(
+    ("next_slot", "exhausted", "low", "high"),
+    [(59.5, False, 58.0, 59.5), (60.5, True, 56.0, 57.5)],
+)
+async def test_a_request_waits_up_to_a_minute_for_its_key_s_next_slot(
+    pool: asyncpg.Pool,
+    store: TaskStore,
+    broker: KeyBroker,
+    vault: Vault,
+    next_slot: float,
+    exhausted: bool,
+    low: float,
+    high: float,
+) -> None:
+    key = await add_key(pool, "central", vault.seal(SECRET))
+    async with pool.acquire() as conn:
+        await quota.ensure_rows(conn, MODEL)
+    await pool.execute(
+        "UPDATE api_key_models SET next_request_at = now() + make_interval(secs => $2)"
+        " WHERE key_id = $1",
+        key,
+        next_slot,
+    )
+    task_id, attempt = await running_task(store)
+
+    lease = await broker.lease(lease_request(task_id, attempt))
+
+    assert lease.exhausted is exhausted
+    if exhausted:  # the CLI retries when the slot is near enough (3 s ahead)
+        assert "at the per-minute limit" in lease.reason, lease.reason
+        assert low <= lease.retry_after_seconds <= high
+    else:
+        assert low <= lease.wait_seconds <= high
+
+
+@pytest.mark.parametrize(
+    ("limit", "spent_requests", "spent_tokens", "next_slot", "why"),
+    [
+        ("requests_per_day", 2, 0, 0.0, "without enough daily quota left for its forecast"),
+        ("tokens_per_day", 0, 2, 0.0, "without enough daily quota left for its forecast"),
+        ("requests_per_day", 1, 0, 120.0, "at the per-minute limit"),
+    ],
+)
+async def test_an_exhausted_lease_says_which_limit_the_key_is_at(
+    pool: asyncpg.Pool,
+    store: TaskStore,
+    broker: KeyBroker,
+    vault: Vault,
+    limit: str,
+    spent_requests: int,
+    spent_tokens: int,
+    next_slot: float,
+    why: str,
+) -> None:
+    # One request (and one token) is what a lease asks of a key's quotas.
+    key = await add_key(pool, "central", vault.seal(SECRET))
+    await pool.execute(f"UPDATE api_keys SET {limit} = 2 WHERE id = $1", key)
+    async with pool.acquire() as conn:
+        await quota.ensure_rows(conn, MODEL)
+    await pool.execute(
+        "UPDATE api_key_usage SET requests = $2, tokens = $3 WHERE key_id = $1",
+        key,
+        spent_requests,
+        spent_tokens,
+    )
+    await pool.execute(
+        "UPDATE api_key_models SET next_request_at = now() + make_interval(secs => $2)"
+        " WHERE key_id = $1",
+        key,
+        next_slot,
+    )
+    task_id, attempt = await running_task(store)
+
+    lease = await broker.lease(lease_request(task_id, attempt))
+
+    assert lease.exhausted
+    assert lease.reason.startswith(f"no API key has capacity: the key for {MODEL}"), lease.reason
+    assert why in lease.reason, lease.reason
 
 
 async def test_a_report_for_a_task_that_never_held_a_key_answers_zero(
@@ -296,6 +394,7 @@ async def test_a_report_for_a_task_that_never_held_a_key_answers_zero(
         (30.0, "GenerateRequestsPerMinutePerProjectPerModel",
          "429 per-minute quota (GenerateRequestsPerMinutePerProjectPerModel)", 25, 31),
         (0.0, "", "429 per-minute quota", 0, 1.1),
+        (300.0, "", "429 per-minute quota", 290, 301),
         (400.0, "", "429 daily quota", 390, 86_401),
         (10.0, "GenerateRequestsPerDayPerProjectPerModel",
          "429 daily quota (GenerateRequestsPerDayPerProjectPerModel)", 9, 86_401),
