@@ -332,5 +332,11 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             'return value / 1000 if match[2] == "ms" else value',
             'the regex captures only "ms" or "s", and "s" <= "ms" is false as "s" == "ms" is',
         ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True)",
+            "nothing hashes a GoogleError or changes one after parse_error_body made it (mypy"
+            " refuses an assignment to a frozen field): frozen=False is the same error",
+        ),
     ),
 }
