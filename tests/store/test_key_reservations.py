@@ -234,6 +234,22 @@ async def test_a_task_needing_fewer_tokens_but_more_requests_is_not_judged_by_a_
     assert list(out.waiting) == [large.task_id]
 
 
+async def test_a_task_needing_fewer_requests_but_more_tokens_is_not_judged_by_a_larger_one(
+    pool: asyncpg.Pool, store: TaskStore
+) -> None:
+    key = await add_key(pool, "last-request")
+    await pool.execute("UPDATE api_keys SET requests_per_day = 1 WHERE id = $1", key)
+    agentic = await candidate(store, prompt="x" * 400, agent_mode=AgentMode.AGENTIC)
+    plain = await candidate(store, prompt="x" * 8_000, agent_mode=AgentMode.PLAIN)
+
+    out = await reserve(pool, agentic, plain)
+
+    forecast = out.reserved[plain.task_id].forecast
+    assert (forecast.requests, forecast.tokens) == (1, 2_000)
+    reason, _ = out.waiting[agentic.task_id]
+    assert "without enough daily quota left for its forecast" in reason, reason
+
+
 async def test_without_a_key_a_task_waits_with_the_reason_until_its_tolerance_runs_out(
     pool: asyncpg.Pool, store: TaskStore
 ) -> None:
