@@ -341,7 +341,8 @@ def test_each_field_comes_from_its_own_detail_type_whatever_else_the_body_holds(
 
 
 @pytest.mark.parametrize(
-    "violations", [[], ["GenerateRequestsPerDay"], {"quotaId": "PerDay"}, None]
+    "violations",
+    [[], ["GenerateRequestsPerDay", {"quotaId": "PerDay"}], {"quotaId": "PerDay"}, None],
 )
 def test_a_quota_failure_without_a_violation_names_no_quota(violations: object) -> None:
     error = parse_error_body(429, body({"@type": QUOTA_FAILURE, "violations": violations}))
