@@ -139,6 +139,12 @@ _EACH_VICTIM = (
     " runs in it, so signalling each victim again reaches nothing more"
 )
 
+_STRICTER_COVER = (
+    "_covers only spares a task the query for a key when one of its round that needs no more"
+    " found none; a stricter test (equal figures only) spares fewer, and the query it makes"
+    " instead gives the same answer: no key"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "placement": (
         Equivalent(
@@ -325,6 +331,31 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         ),
         Equivalent("core/ZeroIterationForLoop", "for victim in victims:", _EACH_VICTIM),
         Equivalent("core/ZeroIterationForLoop", "for victim in survivors:", _EACH_VICTIM),
+    ),
+    "reservations": (
+        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True)",
+            "nothing hashes or changes a Candidate, a Reserved or a UserLimits once made (mypy"
+            " refuses an assignment to a frozen field): frozen=False is the same value",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Gt_NotEq",
+            "budget = min((n for n in (spec.max_tokens, user.max_tokens) if n > 0), default=0)",
+            "neither figure is ever negative (validation refuses a negative max_tokens, a"
+            " user's is read as max(..., 0)): != 0 is > 0",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Eq",
+            "return needs.requests >= than.requests and needs.tokens >= than.tokens",
+            _STRICTER_COVER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Is",
+            "return needs.requests >= than.requests and needs.tokens >= than.tokens",
+            _STRICTER_COVER,
+        ),
     ),
     "gemini_errors": (
         Equivalent(
