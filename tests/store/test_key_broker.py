@@ -286,15 +286,31 @@ async def test_a_failed_request_is_not_counted_and_the_answer_is_what_the_task_s
 
 
 async def test_a_lease_takes_the_slot_its_reservation_booked(
-    pool: asyncpg.Pool, store: TaskStore, broker: KeyBroker, vault: Vault
+    pool: asyncpg.Pool,
+    store: TaskStore,
+    broker: KeyBroker,
+    vault: Vault,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await add_key(pool, "central", vault.seal(SECRET))
     task_id, attempt = await running_task(store)
     await reserve_for(pool, task_id, tokens=1_000, budget=0)
 
+    caplog.set_level(logging.DEBUG, logger="agentmesh.keys.broker")
+
     lease = await broker.lease(lease_request(task_id, attempt))
 
     assert 0.0 < lease.wait_seconds < 1.0  # a reservation's first slot leads by a second
+    # Logged with its ids and the wait in milliseconds; the secret never.
+    (logged,) = [r for r in caplog.records if r.getMessage() == "key leased"]
+    assert (logged.task_id, logged.key, logged.model, logged.counted) == (
+        task_id,
+        "central",
+        MODEL,
+        True,
+    )
+    assert logged.wait == round(lease.wait_seconds, 3)
+    assert SECRET not in repr(vars(logged))
 
 
 @pytest.mark.parametrize(
@@ -338,6 +354,7 @@ async def test_a_request_waits_up_to_a_minute_for_its_key_s_next_slot(
         ("requests_per_day", 2, 0, 0.0, "without enough daily quota left for its forecast"),
         ("tokens_per_day", 0, 2, 0.0, "without enough daily quota left for its forecast"),
         ("requests_per_day", 1, 0, 120.0, "at the per-minute limit"),
+        ("tokens_per_day", 0, 1, 120.0, "at the per-minute limit"),
     ],
 )
 async def test_an_exhausted_lease_says_which_limit_the_key_is_at(
