@@ -158,6 +158,11 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "`free` is max(..., 0), never negative: != 0 is > 0",
         ),
         Equivalent(
+            "core/ReplaceComparisonOperator_Gt_NotEq",
+            "return [a for a in found if not a.unreachable and a.free > 0]",
+            "`free` is max(..., 0), never negative: != 0 is > 0",
+        ),
+        Equivalent(
             "core/ReplaceUnaryOperator_USub_Invert", "-a.free,", "~x is -x - 1: the same order"
         ),
         Equivalent(
