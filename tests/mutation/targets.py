@@ -140,9 +140,9 @@ _EACH_VICTIM = (
 )
 
 _STRICTER_COVER = (
-    "_covers only spares a task the query for a key when one of its round that needs no more"
-    " found none; a stricter test (equal figures only) spares fewer, and the query it makes"
-    " instead gives the same answer: no key"
+    "_covers only spares a task the query for a key when a task of its round (same user,"
+    " model and nodes) that needs no more found none; a stricter test (== or > for >=)"
+    " spares fewer, and the query each then makes gives the same answer: no key"
 )
 
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
@@ -358,6 +358,11 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         ),
         Equivalent(
             "core/ReplaceComparisonOperator_GtE_Is",
+            "return needs.requests >= than.requests and needs.tokens >= than.tokens",
+            _STRICTER_COVER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Gt",
             "return needs.requests >= than.requests and needs.tokens >= than.tokens",
             _STRICTER_COVER,
         ),

@@ -186,6 +186,17 @@ async def test_a_task_goes_to_the_node_that_holds_its_key_if_that_node_could_tak
     assert "held by a node that is busy, offline or cannot run it" in reason, reason
 
 
+async def test_a_task_moves_to_the_key_s_node_whichever_node_it_was_placed_on(
+    pool: asyncpg.Pool, store: TaskStore
+) -> None:
+    await add_key(pool, "on-a", node_id="agent-a")
+    task = await candidate(store, agents=("agent-b", "agent-a"))
+
+    out = await reserve(pool, task)
+
+    assert out.moved == {task.task_id: "agent-a"}
+
+
 async def test_a_central_key_moves_no_task(pool: asyncpg.Pool, store: TaskStore) -> None:
     await add_key(pool, "central")
     task = await candidate(store, agents=("agent-a", "agent-b"))
