@@ -352,6 +352,12 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             " user's is read as max(..., 0)): != 0 is > 0",
         ),
         Equivalent(
+            "core/NumberReplacer",
+            "max_tokens=max(int(max_tokens or 0), 0),",
+            "a user's max_tokens is read only by the budget, which takes positive figures"
+            " alone: a negative one reads as none, whether it is clamped to 0 or to -1",
+        ),
+        Equivalent(
             "core/ReplaceComparisonOperator_GtE_Eq",
             "return needs.requests >= than.requests and needs.tokens >= than.tokens",
             _STRICTER_COVER,
