@@ -355,7 +355,7 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "core/NumberReplacer",
             "max_tokens=max(int(max_tokens or 0), 0),",
             "a user's max_tokens is read only by the budget, which takes positive figures"
-            " alone: a negative one reads as none, whether it is clamped to 0 or to -1",
+            " alone: a missing or negative one reads as none, whether it becomes 0 or -1",
         ),
         Equivalent(
             "core/ReplaceComparisonOperator_GtE_Eq",
