@@ -373,6 +373,7 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             _STRICTER_COVER,
         ),
     ),
+    "broker": (Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),),
     "gemini_errors": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",
