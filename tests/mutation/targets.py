@@ -373,7 +373,15 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             _STRICTER_COVER,
         ),
     ),
-    "broker": (Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),),
+    "broker": (
+        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            'running = row["state"] == "working" or (ended_too and row["state"] != "submitted")',
+            "no task state sorts after 'working' (submitted, input_required, completed, failed,"
+            " canceled, rejected): >= is ==",
+        ),
+    ),
     "gemini_errors": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",

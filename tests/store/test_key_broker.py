@@ -243,16 +243,19 @@ async def test_a_successful_request_counts_its_tokens_for_the_task_and_the_key(
     first = await broker.report(report_request(task_id, attempt, "central", http_status=200,
                                                total_tokens=700))  # fmt: skip
     second = await broker.report(report_request(task_id, attempt, "central", http_status=299,
-                                                total_tokens=-5))  # fmt: skip
+                                                total_tokens=100))  # fmt: skip
+    third = await broker.report(report_request(task_id, attempt, "central", http_status=200,
+                                               total_tokens=-5))  # fmt: skip
 
     assert (first.task_tokens, first.token_budget) == (700, 3_000)
-    assert (second.task_tokens, second.token_budget) == (700, 3_000)  # a negative count: 0
+    assert (second.task_tokens, second.token_budget) == (800, 3_000)  # any 2xx counts
+    assert (third.task_tokens, third.token_budget) == (800, 3_000)  # a negative count: 0
     for status in (199, 300):  # not a success: what usageMetadata it had is not counted
         other = await broker.report(
             report_request(task_id, attempt, "central", http_status=status, total_tokens=50)
         )
-        assert other.task_tokens == 700
-    assert (await key_state(pool, "central"))["tokens"] == 700
+        assert other.task_tokens == 800
+    assert (await key_state(pool, "central"))["tokens"] == 800
 
 
 async def test_a_failed_request_is_not_counted_and_the_answer_is_what_the_task_spent(
