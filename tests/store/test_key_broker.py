@@ -296,24 +296,25 @@ async def test_a_lease_takes_the_slot_its_reservation_booked(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     await add_key(pool, "central", vault.seal(SECRET))
-    task_id, attempt = await running_task(store)
-    await reserve_for(pool, task_id, tokens=1_000, budget=0)
-
     caplog.set_level(logging.DEBUG, logger="agentmesh.keys.broker")
+    for _ in range(3):  # three waits: one of them has a third decimal that is not 0
+        task_id, attempt = await running_task(store)
+        await reserve_for(pool, task_id, tokens=1_000, budget=0)
+        caplog.clear()
 
-    lease = await broker.lease(lease_request(task_id, attempt))
+        lease = await broker.lease(lease_request(task_id, attempt))
 
-    assert 0.0 < lease.wait_seconds < 1.0  # a reservation's first slot leads by a second
-    # Logged with its ids and the wait in milliseconds; the secret never.
-    (logged,) = [r for r in caplog.records if r.getMessage() == "key leased"]
-    assert (logged.task_id, logged.key, logged.model, logged.counted) == (
-        task_id,
-        "central",
-        MODEL,
-        True,
-    )
-    assert logged.wait == round(lease.wait_seconds, 3)
-    assert SECRET not in repr(vars(logged))
+        assert 0.0 < lease.wait_seconds < 1.0  # a reservation's first slot leads by a second
+        # Logged with its ids and the wait in milliseconds; the secret never.
+        (logged,) = [r for r in caplog.records if r.getMessage() == "key leased"]
+        assert (logged.task_id, logged.key, logged.model, logged.counted) == (
+            task_id,
+            "central",
+            MODEL,
+            True,
+        )
+        assert logged.wait == round(lease.wait_seconds, 3)
+        assert SECRET not in repr(vars(logged))
 
 
 @pytest.mark.parametrize(
@@ -395,6 +396,42 @@ async def test_an_exhausted_lease_says_which_limit_the_key_is_at(
     assert lease.exhausted
     assert lease.reason.startswith(f"no API key has capacity: the key for {MODEL}"), lease.reason
     assert why in lease.reason, lease.reason
+
+
+async def test_a_task_on_a_late_attempt_still_gets_its_key(
+    pool: asyncpg.Pool, store: TaskStore, broker: KeyBroker, vault: Vault
+) -> None:
+    # Retries that do not count (a node lost, a scheduler gone) leave attempt numbers unbounded.
+    await add_key(pool, "central", vault.seal(SECRET))
+    task_id, _ = await running_task(store)
+    await pool.execute("UPDATE tasks SET attempt = 300 WHERE id = $1", task_id)
+
+    lease = await broker.lease(lease_request(task_id, 300))
+
+    assert lease.secret == SECRET
+    with pytest.raises(FailedPrecondition, match="attempt 299 is not running"):
+        await broker.lease(lease_request(task_id, 299))
+
+
+async def test_a_429_delay_just_over_five_minutes_is_daily_even_right_before_the_reset(
+    pool: asyncpg.Pool,
+    store: TaskStore,
+    broker: KeyBroker,
+    vault: Vault,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 100 s before midnight Pacific, a delay of 300.5 s outlasts the wait for the reset.
+    monkeypatch.setattr(quota, "seconds_until_daily_reset", lambda now: 100.0)
+    await add_key(pool, "central", vault.seal(SECRET))
+    task_id, attempt = await running_task(store)
+
+    await broker.report(
+        report_request(task_id, attempt, "central", http_status=429, retry_delay_seconds=300.5)
+    )
+
+    state = await key_state(pool, "central")
+    assert state["cooling_reason"] == "429 daily quota"
+    assert 295 <= state["cooling"].total_seconds() <= 300.5
 
 
 async def test_a_report_for_a_task_that_never_held_a_key_answers_zero(
