@@ -381,6 +381,12 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "no task state sorts after 'working' (submitted, input_required, completed, failed,"
             " canceled, rejected): >= is ==",
         ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_NotEq_Lt",
+            'running = row["state"] == "working" or (ended_too and row["state"] != "submitted")',
+            "the states it compares (all but working) other than submitted sort before it"
+            " (input_required, completed, failed, canceled, rejected): < 'submitted' is != here",
+        ),
     ),
     "gemini_errors": (
         Equivalent(

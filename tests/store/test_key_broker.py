@@ -190,8 +190,9 @@ async def test_a_key_goes_only_to_the_agent_that_runs_the_tasks_current_attempt(
         await broker.lease(lease_request(task_id, attempt + 1))
     with pytest.raises(FailedPrecondition, match="attempt 0 is not running"):
         await broker.lease(lease_request(queued, 0))
-    with pytest.raises(FailedPrecondition, match="does not run on agent agent-b"):
-        await broker.lease(lease_request(task_id, attempt, agent_id="agent-b"))
+    for other in ("agent-b", "agent-0"):
+        with pytest.raises(FailedPrecondition, match=f"does not run on agent {other}"):
+            await broker.lease(lease_request(task_id, attempt, agent_id=other))
     assert await store.finish_attempt(task_id, attempt, OWNER, AGENT, Result(TaskState.COMPLETED))
     with pytest.raises(FailedPrecondition, match="is not running"):
         await broker.lease(lease_request(task_id, attempt))
