@@ -388,14 +388,7 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             " (input_required, completed, failed, canceled, rejected): < 'submitted' is != here",
         ),
     ),
-    "forecast": (
-        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
-        Equivalent(
-            "core/NumberReplacer",
-            'requests=max(1, row["actual_requests"] or 0),  # NULL: an older row',
-            "a NULL (or 0) count reads as one request either way: max(1, 0) is max(1, 1)",
-        ),
-    ),
+    "forecast": (Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),),
     "gemini_errors": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",
