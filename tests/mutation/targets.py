@@ -82,6 +82,18 @@ TARGETS: dict[str, Target] = {
         note="needs PostgreSQL (the embedded server); its SQL is judged through the tests",
         test_timeout=60.0,
     ),
+    "reservations": Target(
+        "src/agentmesh/keys/reservations.py",
+        ("tests/store/test_key_reservations.py", *EMBEDDED_ONLY),
+        note="needs PostgreSQL (the embedded server)",
+        test_timeout=60.0,
+    ),
+    "broker": Target(
+        "src/agentmesh/keys/broker.py",
+        ("tests/store/test_key_broker.py", *EMBEDDED_ONLY),
+        note="needs PostgreSQL (the embedded server)",
+        test_timeout=60.0,
+    ),
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
         (
@@ -127,6 +139,12 @@ _EACH_VICTIM = (
     " runs in it, so signalling each victim again reaches nothing more"
 )
 
+_STRICTER_COVER = (
+    "_covers only spares a task the query for a key when a task of its round (same user,"
+    " model and nodes) that needs no more found none; a stricter test (== or > for >=)"
+    " spares fewer, and the query each then makes gives the same answer: no key"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "placement": (
         Equivalent(
@@ -137,6 +155,11 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         Equivalent(
             "core/ReplaceComparisonOperator_Gt_NotEq",
             "free = [a for a in reachable if a.free > 0]",
+            "`free` is max(..., 0), never negative: != 0 is > 0",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Gt_NotEq",
+            "return [a for a in found if not a.unreachable and a.free > 0]",
             "`free` is max(..., 0), never negative: != 0 is > 0",
         ),
         Equivalent(
@@ -314,11 +337,69 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         Equivalent("core/ZeroIterationForLoop", "for victim in victims:", _EACH_VICTIM),
         Equivalent("core/ZeroIterationForLoop", "for victim in survivors:", _EACH_VICTIM),
     ),
+    "reservations": (
+        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True)",
+            "nothing hashes or changes a Candidate, a Reserved or a UserLimits once made (mypy"
+            " refuses an assignment to a frozen field): frozen=False is the same value",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Gt_NotEq",
+            "budget = min((n for n in (spec.max_tokens, user.max_tokens) if n > 0), default=0)",
+            "neither figure is ever negative (validation refuses a negative max_tokens, a"
+            " user's is read as max(..., 0)): != 0 is > 0",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "max_tokens=max(int(max_tokens or 0), 0),",
+            "a user's max_tokens is read only by the budget, which takes positive figures"
+            " alone: a missing or negative one reads as none, whether it becomes 0 or -1",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Eq",
+            "return needs.requests >= than.requests and needs.tokens >= than.tokens",
+            _STRICTER_COVER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Is",
+            "return needs.requests >= than.requests and needs.tokens >= than.tokens",
+            _STRICTER_COVER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Gt",
+            "return needs.requests >= than.requests and needs.tokens >= than.tokens",
+            _STRICTER_COVER,
+        ),
+    ),
+    "broker": (
+        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            'running = row["state"] == "working" or (ended_too and row["state"] != "submitted")',
+            "no task state sorts after 'working' (submitted, input_required, completed, failed,"
+            " canceled, rejected): >= is ==",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_NotEq_Lt",
+            'running = row["state"] == "working" or (ended_too and row["state"] != "submitted")',
+            "the states it compares (all but working) other than submitted sort before it"
+            " (input_required, completed, failed, canceled, rejected): < 'submitted' is != here",
+        ),
+    ),
+    "forecast": (Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),),
     "gemini_errors": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",
             'return value / 1000 if match[2] == "ms" else value',
             'the regex captures only "ms" or "s", and "s" <= "ms" is false as "s" == "ms" is',
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True)",
+            "nothing hashes a GoogleError or changes one after parse_error_body made it (mypy"
+            " refuses an assignment to a frozen field): frozen=False is the same error",
         ),
     ),
 }

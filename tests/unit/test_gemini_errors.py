@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import pytest
 
 from agentmesh.node.executors.gemini_errors import (
-    DEFAULT_COOLDOWN_SECONDS,
     GoogleError,
     classify_api_error,
     cooldown_seconds,
@@ -282,7 +281,94 @@ def test_a_delay_over_five_minutes_counts_as_daily() -> None:
 def test_a_429_without_details_still_cools_its_key() -> None:
     error = parse_error_body(429, b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}')
 
-    assert cooldown_seconds(error, NOON_PACIFIC) == DEFAULT_COOLDOWN_SECONDS
+    assert cooldown_seconds(error, NOON_PACIFIC) == 60.0
+
+
+def test_a_429_that_is_not_google_s_json_still_cools_its_key_a_minute() -> None:
+    error = parse_error_body(429, b"<html>429 Too Many Requests</html>")  # a proxy's page
+
+    assert cooldown_seconds(error, NOON_PACIFIC) == 60.0
+
+
+def test_a_delay_of_five_minutes_is_still_per_minute() -> None:
+    error = parse_error_body(429, google_body("minute", retry_seconds=300).encode())
+
+    assert not error.daily
+    assert cooldown_seconds(error, NOON_PACIFIC) == 300
+
+
+def body(*details: object, status: str = "RESOURCE_EXHAUSTED", message: str = "") -> bytes:
+    return json.dumps(
+        {"error": {"code": 429, "status": status, "message": message, "details": list(details)}}
+    ).encode()
+
+
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+def test_each_field_comes_from_its_own_detail_type_whatever_else_the_body_holds() -> None:
+    # What the body's other details carry under the same names is not Google's word on it.
+    decoys = [
+        {"@type": kind, "reason": "API_KEY_INVALID", "retryDelay": "999s",
+         "violations": [{"quotaId": "GenerateRequestsPerDayPerProjectPerModel"}]}
+        for kind in ("type.googleapis.com/google.rpc.BadRequest",
+                     "type.googleapis.com/google.rpc.Help",
+                     "type.googleapis.com/google.rpc.context.AttributeContext")
+    ]  # fmt: skip
+    error = parse_error_body(
+        429,
+        body(
+            "not a detail",
+            *decoys,
+            {"@type": QUOTA_FAILURE, "violations": [{"quotaId": "first"}, {"quotaId": "second"}]},
+            {"@type": QUOTA_FAILURE, "violations": [{"quotaId": "later"}]},
+            {"@type": RETRY_INFO, "retryDelay": "12s"},
+            {"@type": ERROR_INFO, "reason": "RATE_LIMIT_EXCEEDED"},
+            {"@type": ERROR_INFO, "reason": "later"},
+            *decoys,
+        ),
+    )
+
+    assert (error.reason, error.retry_delay_seconds, error.quota_id) == (
+        "RATE_LIMIT_EXCEEDED",
+        12,
+        "first",
+    )
+    assert not error.daily
+    assert not error.refused_key
+
+
+@pytest.mark.parametrize(
+    "violations",
+    [[], ["GenerateRequestsPerDay", {"quotaId": "PerDay"}], {"quotaId": "PerDay"}, None],
+)
+def test_a_quota_failure_without_a_violation_names_no_quota(violations: object) -> None:
+    error = parse_error_body(429, body({"@type": QUOTA_FAILURE, "violations": violations}))
+
+    assert error.quota_id == ""
+    assert not error.daily
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "message", "refused"),
+    [
+        (400, "API_KEY_EXPIRED", "", True),
+        (400, "", "API key expired. Please renew the API key.", True),
+        (400, "", "Request contains an invalid argument.", False),
+        (500, "API_KEY_SERVICE_BLOCKED", "API key not valid", False),
+        (0, "API_KEY_INVALID", "API key not valid", False),
+    ],
+)
+def test_a_400_refuses_the_key_by_its_reason_or_its_message_alone(
+    status: int, reason: str, message: str, refused: bool
+) -> None:
+    # A 500 or a request that got no answer says nothing about the key, whatever it says.
+    details = [{"@type": ERROR_INFO, "reason": reason}] if reason else []
+    error = parse_error_body(status, body(*details, status="INVALID_ARGUMENT", message=message))
+
+    assert error.refused_key is refused
 
 
 def test_an_invalid_key_body_is_a_refused_key() -> None:

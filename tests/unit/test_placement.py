@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from agentmesh.scheduler.placement import AgentSlot, Waiting, fitting, pick_agent
+from agentmesh.scheduler.placement import AgentSlot, Waiting, fitting, free_agents, pick_agent
 from agentmesh.tasks.model import TaskSpec
 
 NO_SIBLINGS: Counter[str] = Counter()
@@ -405,3 +405,18 @@ def test_what_an_agent_could_run_changes_with_its_abilities_not_its_load() -> No
         cut_off(idle),
     ):
         assert changed.placement_view != idle.placement_view
+
+
+def test_a_gemini_task_s_key_may_move_it_only_to_a_reachable_fitting_agent_with_room() -> None:
+    # A key held by a node draws the task there if the node is among these (dispatch asks).
+    spec = TaskSpec(kind="echo", prompt="hi", required_capabilities=("gpu",))
+    agents = [
+        agent("room", capabilities=("gpu",), max_concurrency=2, running=1),
+        agent("full", capabilities=("gpu",), max_concurrency=1, running=1),
+        cut_off(agent("cut", capabilities=("gpu",))),
+        agent("no-gpu"),
+        agent("idle", capabilities=("gpu",)),
+    ]
+
+    assert [a.name for a in free_agents(spec, agents)] == ["room", "idle"]
+    assert free_agents(TaskSpec(kind="gemini", prompt="hi"), agents) == []  # nobody fits
