@@ -373,6 +373,21 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             _STRICTER_COVER,
         ),
     ),
+    "auth": (
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True)",
+            "nothing assigns to a Refusal (module constants and policy answers, read once):"
+            " frozen only forbids what no code does",
+        ),
+    ),
+    "environment": (
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "home: Path, *, tmpdir: Path | None = None, source: Mapping[str, str] | None = None",
+            _KEYWORD_ONLY,
+        ),
+    ),
     "broker": (
         Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
         Equivalent(

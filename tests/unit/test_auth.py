@@ -16,7 +16,14 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from agentmesh.rpc.auth import TokenAuthInterceptor, bearer_matches, client_interceptors
+from agentmesh.rpc.auth import (
+    BearerAuthInterceptor,
+    Refusal,
+    TokenAuthInterceptor,
+    bearer_matches,
+    caller,
+    client_interceptors,
+)
 
 TOKEN = "mesh-token-0f3a9c"
 SERVICE = "test.Echo"
@@ -257,3 +264,41 @@ async def test_an_unknown_method_is_unimplemented_with_or_without_the_token(
 )
 def test_bearer_matches(metadata: Any, matches: bool) -> None:
     assert bearer_matches(metadata, TOKEN) is matches
+
+
+class IdentityEcho(EchoService):
+    """Echoes, and remembers who `caller()` said was calling each unary call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callers: list[object] = []
+
+    async def unary(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        self.callers.append(caller())
+        return await super().unary(request, context)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_policy_s_identity_reaches_unary_handlers_and_every_kind_still_runs(
+    kind: str,
+) -> None:
+    # A node credential's policy names the node: unary handlers read it with caller();
+    # streaming RPCs (user RPCs) need none and run as they are.
+    async def policy(method: str, bearer: str | None) -> object:
+        return "node-7" if bearer == TOKEN else Refusal(grpc.StatusCode.UNAUTHENTICATED, "no")
+
+    service = IdentityEcho()
+    server = grpc.aio.server(interceptors=[BearerAuthInterceptor(policy)])
+    server.add_generic_rpc_handlers([service.handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            got = await call(channel, kind, (("authorization", f"Bearer {TOKEN}"),))
+    finally:
+        await server.stop(None)
+
+    assert got == EXPECTED[kind]
+    assert service.calls == [kind]
+    assert service.callers == (["node-7"] if kind == "Unary" else [])
+    assert caller() is None  # only inside the call
