@@ -169,9 +169,36 @@ def test_a_card_survives_the_wire() -> None:
         gemini_cli_version="0.61.0",
         running_tasks=2,
         draining=True,
+        max_permission_mode="superuser",
+        sandbox="bubblewrap (Landlock ABI 7; as nobody; 25 denylisted paths masked)",
     )
 
     assert convert.card_from_proto(convert.card_to_proto(card)) == card
+
+
+def test_a_card_from_an_older_node_has_the_weak_ceiling() -> None:
+    # A node from before `max_permission_mode` sends none: it runs weak tasks only.
+    card = AgentCard(
+        agent_id="a-3",
+        name="old",
+        hostname="old.lan",
+        ip_addresses=(),
+        version="0.0.9",
+        executors=("shell",),
+        models=(),
+        capabilities=(),
+        os="linux",
+        arch="x86_64",
+        cpu_count=1,
+        memory_bytes=1,
+        max_concurrency=1,
+        permission_mode="weak",
+        endpoint="old.lan:50051",
+        started_at="2025-01-15T20:00:00Z",
+        max_permission_mode="",
+    )
+
+    assert convert.card_from_proto(convert.card_to_proto(card)).max_permission_mode == "weak"
 
 
 def test_an_empty_card_survives_the_wire() -> None:
