@@ -145,6 +145,12 @@ _STRICTER_COVER = (
     " spares fewer, and the query each then makes gives the same answer: no key"
 )
 
+_SELF_PAIR = (
+    "i ** 1 and i * 1 are i: each point is also paired with itself, and that pair adds no"
+    " slope (its prompts differ by 0, less than SLOPE_SPREAD of them: plain-rule tokens are"
+    " at least 1)"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "placement": (
         Equivalent(
@@ -403,7 +409,15 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             " (input_required, completed, failed, canceled, rejected): < 'submitted' is != here",
         ),
     ),
-    "forecast": (Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),),
+    "forecast": (
+        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Add_Pow", "for x2, y2 in points[i + 1 :]", _SELF_PAIR
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Add_Mul", "for x2, y2 in points[i + 1 :]", _SELF_PAIR
+        ),
+    ),
     "gemini_errors": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",

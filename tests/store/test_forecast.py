@@ -316,6 +316,20 @@ async def test_a_negative_prompt_size_is_refused(pool: asyncpg.Pool) -> None:
         await forecast(Forecaster(pool), "alice", FLASH, "plain", -1)
     with pytest.raises(ValueError, match="cache_seconds"):
         Forecaster(pool, cache_seconds=-1)
+    await add_tasks(pool, "t-1")
+    async with pool.acquire() as conn:
+        for chars in (-1, -2):
+            with pytest.raises(InvalidArgument, match="prompt_chars"):
+                await Forecaster(pool).log_prediction(
+                    conn, task_id="t-1", fingerprint=KEY, user="alice", model=FLASH,
+                    agent_mode="plain", prompt_chars=chars, forecast=Forecast(1, 1, "test"),
+                )  # fmt: skip
+        # An empty prompt is logged (the context the CLI is given may still cost tokens).
+        await Forecaster(pool).log_prediction(
+            conn, task_id="t-1", fingerprint=KEY, user="alice", model=FLASH,
+            agent_mode="plain", prompt_chars=0, forecast=Forecast(1, 1, "test"),
+        )  # fmt: skip
+    assert await pool.fetchval("SELECT prompt_chars FROM token_prediction_log") == 0
 
 
 # ------------------------------------------------------------------ the log's rows
