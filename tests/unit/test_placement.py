@@ -11,7 +11,15 @@ from collections import Counter
 
 import pytest
 
-from agentmesh.scheduler.placement import AgentSlot, Waiting, fitting, free_agents, pick_agent
+from agentmesh.config import PermissionMode
+from agentmesh.scheduler.placement import (
+    AgentSlot,
+    Waiting,
+    ceiling_refusal,
+    fitting,
+    free_agents,
+    pick_agent,
+)
 from agentmesh.tasks.model import TaskSpec
 
 NO_SIBLINGS: Counter[str] = Counter()
@@ -26,6 +34,7 @@ def agent(
     running: int = 0,
     draining: bool = False,
     hostname: str | None = None,
+    ceiling: str = "weak",
 ) -> AgentSlot:
     return AgentSlot(
         agent_id=f"id-{name}",
@@ -37,6 +46,7 @@ def agent(
         max_concurrency=max_concurrency,
         running=running,
         draining=draining,
+        max_permission_mode=PermissionMode(ceiling),
     )
 
 
@@ -420,3 +430,80 @@ def test_a_gemini_task_s_key_may_move_it_only_to_a_reachable_fitting_agent_with_
 
     assert [a.name for a in free_agents(spec, agents)] == ["room", "idle"]
     assert free_agents(TaskSpec(kind="gemini", prompt="hi"), agents) == []  # nobody fits
+
+
+# ----------------------------------------------------------------------------- the ceiling
+
+SUPERUSER = TaskSpec(kind="shell", command="echo x > f", permission_mode="superuser")
+
+
+def test_a_task_goes_only_to_an_agent_whose_ceiling_admits_its_mode() -> None:
+    agents = [agent("careful"), agent("strong", ceiling="superuser", running=3)]
+
+    assert placed(SUPERUSER, agents) == "strong"
+    assert placed(dataclasses.replace(SUPERUSER, permission_mode="weak"), agents) == "careful"
+    # A task that names no mode runs in the node's default, which is within its ceiling.
+    assert placed(dataclasses.replace(SUPERUSER, permission_mode=""), agents) == "careful"
+
+
+def test_with_no_admitting_agent_online_the_task_waits_naming_the_ceiling() -> None:
+    found = waiting(SUPERUSER, [agent("careful"), agent("cautious")])
+
+    assert "superuser" in found.reason
+    assert "node.max_permission_mode" in found.reason
+    assert found.nobody_fits
+
+
+def test_a_task_above_every_fitting_agents_ceiling_is_refused_naming_them() -> None:
+    spec = dataclasses.replace(SUPERUSER, required_capabilities=("inventory",))
+    registered = [
+        agent("careful", capabilities=("inventory",)),
+        agent("gpu", ceiling="superuser", capabilities=("gpu",)),  # lacks the capability
+        agent("elsewhere", ceiling="superuser", executors=("echo",)),  # no shell executor
+    ]
+
+    refusal = ceiling_refusal(spec, registered)
+
+    assert refusal is not None
+    assert "careful" in refusal
+    assert "weak" in refusal
+    assert "gpu" not in refusal
+    assert "elsewhere" not in refusal
+
+
+@pytest.mark.parametrize(
+    ("spec", "registered"),
+    [
+        # One fitting agent admits it (online or not: it may come back).
+        (SUPERUSER, [agent("careful"), agent("strong", ceiling="superuser")]),
+        # Nobody could run it at all: it waits like any task for a capability.
+        (SUPERUSER, [agent("elsewhere", executors=("echo",))]),
+        (SUPERUSER, []),
+        # It names no mode, or a mode every agent admits.
+        (dataclasses.replace(SUPERUSER, permission_mode=""), [agent("careful")]),
+        (dataclasses.replace(SUPERUSER, permission_mode="weak"), [agent("careful")]),
+    ],
+    ids=["one-admits", "none-could", "no-agents", "no-mode", "weak"],
+)
+def test_a_task_is_not_refused_while_it_may_yet_be_placed(
+    spec: TaskSpec, registered: list[AgentSlot]
+) -> None:
+    assert ceiling_refusal(spec, registered) is None
+
+
+def test_the_ceiling_refusal_looks_only_at_the_host_the_task_names() -> None:
+    registered = [agent("careful"), agent("strong", ceiling="superuser")]
+    aimed = dataclasses.replace(SUPERUSER, target_host="careful")
+
+    refusal = ceiling_refusal(aimed, registered)
+
+    assert refusal is not None
+    assert "careful" in refusal
+    assert "strong" not in refusal
+    assert ceiling_refusal(dataclasses.replace(aimed, target_host="strong"), registered) is None
+
+
+def test_an_agent_s_dispatch_secret_never_shows_in_its_repr() -> None:
+    slot = dataclasses.replace(agent("careful"), dispatch_secret="dispatch-secret-123")
+
+    assert "dispatch-secret-123" not in repr(slot)
