@@ -31,13 +31,15 @@ $(GEMINI_CLI):
 gemini-cli: $(GEMINI_CLI)
 
 # The OS sandbox nodes confine tasks with (Debian's bubblewrap): installed with apt when this
-# runs as root; otherwise the sandbox tests skip and say why.
+# runs as root. Without it a node refuses shell and gemini tasks (node.sandbox: auto), so the
+# tests that run them fail, saying so; tests/node/test_sandbox.py skips.
 sandbox-tools:
 	@if command -v bwrap >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
 		(apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null); \
-	else echo "bubblewrap is not installed and cannot be installed here: sandbox tests skip"; fi
+	else echo "bubblewrap is not installed and cannot be installed here (not root):"\
+		"nodes will refuse shell and gemini tasks; install it (apt install bubblewrap)"; fi
 
 protos: venv
 	$(BIN)/python protos/generate.py
