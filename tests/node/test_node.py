@@ -349,6 +349,7 @@ async def test_without_token_only_loopback_is_served(tmp_path: Path) -> None:
     from tests.node.conftest import node_settings
 
     with pytest.raises(
-        ConfigError, match=r"refusing to listen on 0\.0\.0\.0:0 without AGENTMESH_TOKEN"
+        ConfigError,
+        match=r"refusing to listen on 0\.0\.0\.0:0 without AGENTMESH_NODE_TOKEN or AGENTMESH_TOKEN",
     ):
         await AgentNode.start(node_settings(tmp_path), NodeSettings(listen="0.0.0.0:0", name="n"))

@@ -26,7 +26,9 @@ from tests.node.test_node import collect, wait_for_file
 def node_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH")}
     env.update(AGENTMESH_DATA_DIR=str(tmp_path / "data"), GEMINI_CLI_COMMAND="/nonexistent")
-    (tmp_path / "agent_config.json").write_text(f'{{"node": {{"workdir": "{tmp_path}"}}}}')
+    (tmp_path / "agent_config.json").write_text(
+        f'{{"node": {{"workdir": "{tmp_path}", "max_permission_mode": "superuser"}}}}'
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "agentmesh.cli.main", "node", "--listen", "127.0.0.1:0"],
         env=env,
