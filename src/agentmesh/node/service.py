@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shlex
 import shutil
 import signal
@@ -250,8 +251,14 @@ def _sandbox(settings: Settings, node: NodeSettings, data_dir: Path) -> Sandbox:
         settings.permissions,
         hidden=hidden,
         shown=shown,
-        build_dir=data_dir / "sandbox",
+        build_dir=_cache_dir() / "sandbox",
     )
+
+
+def _cache_dir() -> Path:
+    """Where built artifacts are kept per host user (the C Landlock launcher, built once by
+    its source's hash, not once per node or data directory)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agentmesh"
 
 
 def _install_roots(program: str | None) -> list[Path]:
