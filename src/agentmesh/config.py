@@ -131,6 +131,9 @@ class AgentDefaults(_Section):
     permissions: PermissionMode = PermissionMode.WEAK
     model: str = Field(default="gemini-2.5-flash", min_length=1)
     timeout_seconds: int = Field(default=600, gt=0)
+    # How many subtasks a running agent may start through its mesh tools (`delegate`); 0
+    # turns delegation off (the tools then only list agents and read).
+    max_delegations: int = Field(default=8, ge=0, le=1000)
 
 
 class NodeSettings(_Section):

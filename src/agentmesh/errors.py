@@ -22,6 +22,13 @@ class Reason(StrEnum):
     MODE_ABOVE_CEILING = "MODE_ABOVE_CEILING"
     # A heartbeat names an agent id its credential may not speak for.
     AGENT_NOT_BOUND = "AGENT_NOT_BOUND"
+    # A running agent's delegation went past one of its limits (see scheduler.delegation).
+    DELEGATION_LIMIT = "DELEGATION_LIMIT"  # agent_defaults.max_delegations subtasks started
+    DEPTH_LIMIT = "DEPTH_LIMIT"  # scheduler.max_subtask_depth
+    MODE_ABOVE_PARENT = "MODE_ABOVE_PARENT"  # a subtask may not run in a higher mode
+    TOKEN_BUDGET = "TOKEN_BUDGET"  # noqa: S105 - more tokens than the parent has left
+    # The task a mesh credential was minted for is not running that attempt any more.
+    TASK_NOT_RUNNING = "TASK_NOT_RUNNING"
 
 
 class AgentmeshError(Exception):

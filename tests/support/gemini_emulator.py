@@ -64,7 +64,9 @@ __all__ = [
     "error_body",
     "function_call_reply",
     "invalid_api_key",
+    "last_function_response",
     "last_user_text",
+    "quoting_tool_result",
     "quota_exhausted",
     "shell_call",
     "slow_reply",
@@ -347,6 +349,31 @@ def last_user_text(body: object) -> str:
         if texts:
             return str(texts[-1])
     return ""
+
+
+def last_function_response(body: object) -> JSONObject | None:
+    """The ``response`` of the last ``functionResponse`` part of a generate request body:
+    what the CLI sends the model back after running a tool (None if there is none)."""
+    if not isinstance(body, dict) or not isinstance(body.get("contents"), list):
+        return None
+    for content in reversed(body["contents"]):
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for part in reversed(parts if isinstance(parts, list) else []):
+            call = part.get("functionResponse") if isinstance(part, dict) else None
+            if isinstance(call, dict) and isinstance(call.get("response"), dict):
+                return cast(JSONObject, call["response"])
+    return None
+
+
+def quoting_tool_result(template: str) -> ReplyFactory:
+    """A reply factory: a text answer that quotes the last tool result (``{result}`` in
+    ``template``, the response as JSON), as a model reporting what its tool found would."""
+
+    def reply(request: RecordedRequest) -> Reply:
+        response = last_function_response(request.body)
+        return text_reply(template.format(result=json.dumps(response)))
+
+    return reply
 
 
 # --------------------------------------------------------------------------- recording

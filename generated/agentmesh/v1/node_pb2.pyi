@@ -42,6 +42,7 @@ class ExecuteTaskRequest(_message.Message):
     API_KEY_FIELD_NUMBER: _builtins.int
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     TOKEN_BUDGET_FIELD_NUMBER: _builtins.int
+    MESH_CREDENTIAL_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     """The scheduler's attempt number (1 when run directly)."""
@@ -56,6 +57,12 @@ class ExecuteTaskRequest(_message.Message):
     """
     token_budget: _builtins.int
     """gemini: the most tokens the task may spend (0 = no limit); the proxy stops it beyond."""
+    mesh_credential: _builtins.str
+    """gemini, agentic: the attempt's mesh credential, which lets the agent's mesh tools (the
+    node's MCP server) act on the mesh as this task: start subtasks of it and read them.
+    Minted by the scheduler per attempt, dead once the attempt ends; never given to the
+    task itself, never logged.
+    """
     @_builtins.property
     def spec(self) -> _task_pb2.TaskSpec: ...
     def __init__(
@@ -67,10 +74,11 @@ class ExecuteTaskRequest(_message.Message):
         api_key: _builtins.str = ...,
         key_fingerprint: _builtins.str = ...,
         token_budget: _builtins.int = ...,
+        mesh_credential: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "attempt", b"attempt", "key_fingerprint", b"key_fingerprint", "spec", b"spec", "task_id", b"task_id", "token_budget", b"token_budget"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "attempt", b"attempt", "key_fingerprint", b"key_fingerprint", "mesh_credential", b"mesh_credential", "spec", b"spec", "task_id", b"task_id", "token_budget", b"token_budget"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,6 +22,43 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class DelegateTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    PARENT_TOKENS_SPENT_FIELD_NUMBER: _builtins.int
+    wait_seconds: _builtins.float
+    """Return when the subtask ends or after this many seconds, whichever is first (0 = at
+    once); the Task returned says which.
+    """
+    parent_tokens_spent: _builtins.int
+    """The tokens the parent's run has spent so far, as its node's API proxy counted them:
+    what the parent has left is its max_tokens minus this and its earlier children's.
+    """
+    @_builtins.property
+    def spec(self) -> _task_pb2.TaskSpec:
+        """The subtask: kind gemini (a prompt) or shell (a command), with optional capabilities,
+        target host, mode (at most the parent's) and max_tokens (at most what the parent has
+        left). It may not name another user, nor have subtasks of its own.
+        """
+
+    def __init__(
+        self,
+        *,
+        spec: _task_pb2.TaskSpec | None = ...,
+        wait_seconds: _builtins.float = ...,
+        parent_tokens_spent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent_tokens_spent", b"parent_tokens_spent", "spec", b"spec", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DelegateTaskRequest: _TypeAlias = DelegateTaskRequest  # noqa: Y015
+
+@_typing.final
 class SubmitTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -73,15 +110,19 @@ class GetTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    wait_seconds: _builtins.float
+    """Wait up to this many seconds for the task to end before answering (0 = at once)."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        wait_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

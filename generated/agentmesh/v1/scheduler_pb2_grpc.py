@@ -82,6 +82,11 @@ class SchedulerStub:
                 request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.DelegateTask = channel.unary_unary(
+                '/agentmesh.v1.Scheduler/DelegateTask',
+                request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.DelegateTaskRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_task__pb2.Task.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -149,6 +154,17 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DelegateTask(self, request, context):
+        """A running agent's mesh tools: starts a subtask of the caller's task (the task of the
+        mesh credential its node was given, presented as the bearer token) and, with
+        `wait_seconds`, waits for it to end. The child runs as the parent's user, at most in
+        its permission mode, within its token budget, depth and delegation limits; whatever
+        exceeds a limit is FAILED_PRECONDITION or PERMISSION_DENIED, saying which.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +212,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.HeartbeatRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_scheduler__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'DelegateTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.DelegateTask,
+                    request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.DelegateTaskRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_task__pb2.Task.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +463,33 @@ class Scheduler:
             '/agentmesh.v1.Scheduler/Heartbeat',
             agentmesh_dot_v1_dot_scheduler__pb2.HeartbeatRequest.SerializeToString,
             agentmesh_dot_v1_dot_scheduler__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DelegateTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.Scheduler/DelegateTask',
+            agentmesh_dot_v1_dot_scheduler__pb2.DelegateTaskRequest.SerializeToString,
+            agentmesh_dot_v1_dot_task__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,

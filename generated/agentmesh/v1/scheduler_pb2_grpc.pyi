@@ -52,6 +52,13 @@ class SchedulerStub:
     """Nodes register their card and stay alive by calling this periodically. Node-only: it
     needs a node credential (`agentmesh nodes enroll`) when the mesh has a user token.
     """
+    DelegateTask: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.DelegateTaskRequest, _task_pb2.Task]
+    """A running agent's mesh tools: starts a subtask of the caller's task (the task of the
+    mesh credential its node was given, presented as the bearer token) and, with
+    `wait_seconds`, waits for it to end. The child runs as the parent's user, at most in
+    its permission mode, within its token budget, depth and delegation limits; whatever
+    exceeds a limit is FAILED_PRECONDITION or PERMISSION_DENIED, saying which.
+    """
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -74,6 +81,13 @@ class SchedulerAsyncStub(SchedulerStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.HeartbeatRequest, _scheduler_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Nodes register their card and stay alive by calling this periodically. Node-only: it
     needs a node credential (`agentmesh nodes enroll`) when the mesh has a user token.
+    """
+    DelegateTask: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.DelegateTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
+    """A running agent's mesh tools: starts a subtask of the caller's task (the task of the
+    mesh credential its node was given, presented as the bearer token) and, with
+    `wait_seconds`, waits for it to end. The child runs as the parent's user, at most in
+    its permission mode, within its token budget, depth and delegation limits; whatever
+    exceeds a limit is FAILED_PRECONDITION or PERMISSION_DENIED, saying which.
     """
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
@@ -148,6 +162,19 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_pb2.HeartbeatResponse, _abc.Awaitable[_scheduler_pb2.HeartbeatResponse]]:
         """Nodes register their card and stay alive by calling this periodically. Node-only: it
         needs a node credential (`agentmesh nodes enroll`) when the mesh has a user token.
+        """
+
+    @_abc_1.abstractmethod
+    def DelegateTask(
+        self,
+        request: _scheduler_pb2.DelegateTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.Task, _abc.Awaitable[_task_pb2.Task]]:
+        """A running agent's mesh tools: starts a subtask of the caller's task (the task of the
+        mesh credential its node was given, presented as the bearer token) and, with
+        `wait_seconds`, waits for it to end. The child runs as the parent's user, at most in
+        its permission mode, within its token budget, depth and delegation limits; whatever
+        exceeds a limit is FAILED_PRECONDITION or PERMISSION_DENIED, saying which.
         """
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,7 +4,10 @@ The scheduler (`SchedulerAccess`) tells two kinds of caller apart:
 - the user credential (`AGENTMESH_TOKEN`): a person submits, watches, cancels, lists and
   manages keys; it may not call the node-only RPCs;
 - a node credential (`agentmesh nodes enroll`, `AGENTMESH_NODE_TOKEN` on the node): a node
-  heartbeats and leases keys (the node-only RPCs) and may call nothing else.
+  heartbeats and leases keys (the node-only RPCs) and may call nothing else;
+- a mesh credential (see `task_credentials`): a running agent's tools start subtasks of
+  its task, read them and list the agents (TASK_METHODS), and nothing else. It is checked
+  in an open mesh too (`OpenSchedulerAccess`): it is what names the parent of a delegation.
 A node (`NodeAccess`) answers its scheduler, which presents the dispatch secret it handed
 the node in its last heartbeat reply, and holders of the user credential if the node was
 given it (grpcurl users running a task directly, as they could through the scheduler).
@@ -18,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from agentmesh.access.credentials import Verified
+from agentmesh.access.task_credentials import TaskCredentials, is_task_credential
 from agentmesh.rpc.auth import WRONG_TOKEN, Refusal, same_secret
 
 # The node-only RPCs, by their full gRPC method names.
@@ -28,6 +32,19 @@ NODE_METHODS = frozenset(
         "/agentmesh.v1.KeyPool/ReportKeyUse",
     }
 )
+# What a mesh credential may call; the servicer limits GetTask to the task's own subtree.
+TASK_METHODS = frozenset(
+    {
+        "/agentmesh.v1.Scheduler/DelegateTask",
+        "/agentmesh.v1.Scheduler/GetTask",
+        "/agentmesh.v1.Scheduler/ListAgents",
+    }
+)
+# DelegateTask needs a mesh credential whatever else the caller holds.
+TASK_ONLY_METHODS = frozenset({"/agentmesh.v1.Scheduler/DelegateTask"})
+WRONG_TASK_CREDENTIAL = Refusal(
+    grpc.StatusCode.UNAUTHENTICATED, "this mesh credential is not one the scheduler minted"
+)
 REVOKED = Refusal(
     grpc.StatusCode.UNAUTHENTICATED, "this node credential was revoked (agentmesh nodes list)"
 )
@@ -37,19 +54,61 @@ def _rpc_name(method: str) -> str:
     return method.rsplit("/", 1)[-1]
 
 
+def _as_task(method: str, bearer: str, tasks: TaskCredentials) -> object:
+    """The policy for a mesh credential: its `TaskIdentity` for TASK_METHODS."""
+    identity = tasks.verify(bearer)
+    if identity is None:
+        return WRONG_TASK_CREDENTIAL
+    if method not in TASK_METHODS:
+        return Refusal(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"a mesh credential cannot call {_rpc_name(method)}: it starts and reads subtasks"
+            " of its own task, and lists agents",
+        )
+    return identity
+
+
+def _task_only(method: str) -> Refusal:
+    return Refusal(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"{_rpc_name(method)} is for running agents: it needs the mesh credential of the"
+        " task that delegates (its node's mesh tools present it)",
+    )
+
+
+class OpenSchedulerAccess:
+    """An open mesh's policy (no user token): everyone is served, but a mesh credential must
+    be one the scheduler minted, and DelegateTask needs one."""
+
+    def __init__(self, tasks: TaskCredentials) -> None:
+        self._tasks = tasks
+
+    async def __call__(self, method: str, bearer: str | None) -> object:
+        if bearer is not None and is_task_credential(bearer):
+            return _as_task(method, bearer, self._tasks)
+        return _task_only(method) if method in TASK_ONLY_METHODS else None
+
+
 class SchedulerAccess:
     """The scheduler's policy: a node-only RPC needs a live node credential (the caller is
-    its `NodeIdentity`); every other RPC needs the user credential."""
+    its `NodeIdentity`); the task methods a mesh credential (`TaskIdentity`); every other
+    RPC needs the user credential."""
 
     def __init__(
-        self, user_token: str, verify: Callable[[str], Awaitable[Verified | None]]
+        self,
+        user_token: str,
+        verify: Callable[[str], Awaitable[Verified | None]],
+        tasks: TaskCredentials,
     ) -> None:
         self._user_token = user_token
         self._verify = verify
+        self._tasks = tasks
 
     async def __call__(self, method: str, bearer: str | None) -> object:
         if bearer is None:
             return WRONG_TOKEN
+        if is_task_credential(bearer):
+            return _as_task(method, bearer, self._tasks)
         user = same_secret(bearer, self._user_token)
         if method in NODE_METHODS:
             if user:
@@ -64,7 +123,7 @@ class SchedulerAccess:
                 return WRONG_TOKEN
             return REVOKED if verified.revoked else verified.identity
         if user:
-            return None
+            return _task_only(method) if method in TASK_ONLY_METHODS else None
         verified = await self._verify(bearer)
         if verified is not None and not verified.revoked:
             return Refusal(

@@ -55,6 +55,8 @@ class ExecuteRequest:
     # gemini: the key the scheduler reserved the forecast on, and the task's token budget.
     key_fingerprint: str = ""
     token_budget: int = 0
+    # gemini, agentic: the attempt's mesh credential from the scheduler (its mesh tools').
+    mesh_credential: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ class TaskRunner:
     async def _run(
         self, request: ExecuteRequest, kind: TaskKind, executor: Executor, run: _Run
     ) -> AsyncIterator[TaskEvent]:
-        scrub = Scrubber(request.api_key, *self._secrets)
+        scrub = Scrubber(request.api_key, request.mesh_credential, *self._secrets)
         log_format.redact(request.api_key)
         seq = 0
 
@@ -213,6 +215,7 @@ class TaskRunner:
                 key_fingerprint=request.key_fingerprint,
                 token_budget=request.token_budget,
                 max_output_bytes=self._limits.max_output_bytes,
+                mesh_credential=request.mesh_credential,
             )
             payloads = aiter(executor.run(job))
             result: Result | None = None

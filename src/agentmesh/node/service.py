@@ -33,6 +33,7 @@ from agentmesh.node.executors.gemini import GeminiExecutor
 from agentmesh.node.executors.shell import ShellExecutor
 from agentmesh.node.gemini_proxy import GeminiProxy
 from agentmesh.node.key_source import KeySources, LocalKeys, SchedulerKeySource
+from agentmesh.node.mesh_tools import MeshTools
 from agentmesh.node.registration import Registration
 from agentmesh.node.runner import RunnerLimits, TaskRunner
 from agentmesh.node.sandbox import Sandbox, choose_sandbox
@@ -145,7 +146,11 @@ class AgentNode:
             proxy = await GeminiProxy.start(settings.env.GOOGLE_GEMINI_BASE_URL)
             resources.push_async_callback(proxy.stop)
             scheduler_keys = None
+            mesh_tools = None
             if node.scheduler:
+                # Its agents act on the mesh through it (see agentmesh.node.mesh_tools).
+                mesh_tools = await MeshTools.start(node.scheduler, settings.tls)
+                resources.push_async_callback(mesh_tools.stop)
                 scheduler_keys = SchedulerKeySource.connect(
                     node.scheduler,
                     token=scheduler_credential(settings),
@@ -162,6 +167,7 @@ class AgentNode:
                 grace_seconds=grace,
                 proxy=proxy,
                 keys=KeySources(held, scheduler_keys),
+                mesh_tools=mesh_tools,
             )
         limits = RunnerLimits(
             max_concurrency=node.max_concurrency,
@@ -295,8 +301,8 @@ async def run_node(
         log.warning("serving without TLS: credentials cross the network in clear text")
     announce(
         f"agentmesh node {card.name} ({card.agent_id}) listening on {started.address};"
-        f" executors: {', '.join(card.executors)}; sandbox: {card.sandbox}"
-        f" executors: {', '.join(card.executors)}; modes up to {card.max_permission_mode}"
+        f" executors: {', '.join(card.executors)}; sandbox: {card.sandbox};"
+        f" modes up to {card.max_permission_mode}"
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

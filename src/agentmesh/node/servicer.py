@@ -46,6 +46,7 @@ class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
             api_key=request.api_key,
             key_fingerprint=request.key_fingerprint,
             token_budget=request.token_budget,
+            mesh_credential=request.mesh_credential,
         )
         async for event in self._runner.execute(execute):
             yield convert.event_to_proto(event)

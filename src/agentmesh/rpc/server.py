@@ -84,12 +84,14 @@ async def start_server(
     policy: Policy | None,
     tls: TlsSettings,
     credentials: str = "AGENTMESH_TOKEN",
+    secured: bool | None = None,
 ) -> RunningServer:
     """Bind `listen` (port 0 picks a free one), register the services, start serving.
 
-    Without a `policy` (no credentials configured) every caller is served, on loopback only;
-    `credentials` names the settings that would give it one, for that refusal."""
-    check_exposure(listen, policy is not None, credentials)
+    Without credentials configured (`secured` false; by default: no `policy`) every caller
+    is served, on loopback only; `credentials` names the settings that would secure it, for
+    that refusal. An open server may still have a policy (for credentials of its own)."""
+    check_exposure(listen, policy is not None if secured is None else secured, credentials)
     interceptors = [BearerAuthInterceptor(policy)] if policy is not None else []
     server = grpc.aio.server(
         interceptors=interceptors,

@@ -25,6 +25,7 @@ from typing import TypeVar
 import asyncpg
 import grpc
 
+from agentmesh.access.task_credentials import TaskCredentials
 from agentmesh.config import TlsSettings
 from agentmesh.db.connect import Connection
 from agentmesh.errors import Reason
@@ -51,7 +52,7 @@ from agentmesh.scheduler.store import (
 )
 from agentmesh.scheduler.trace_writer import TraceWriter, trace_cost
 from agentmesh.tasks.events import ApiError, ApiErrorKind, Diagnostic, Result
-from agentmesh.tasks.model import TaskKind, TaskState, for_node
+from agentmesh.tasks.model import AgentMode, TaskKind, TaskState, for_node
 from agentmesh.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,11 @@ class Dispatcher:
         channels: Channels,
         settings: DispatchSettings,
         keys: KeyReserver,
+        mesh_credentials: TaskCredentials | None = None,
     ) -> None:
         self._store = store
+        # Mints each agentic gemini attempt's mesh credential (its agent's mesh tools).
+        self._mesh_credentials = mesh_credentials
         self._registry = registry
         self._pool = pool
         self._channels = channels
@@ -404,6 +408,7 @@ class Dispatcher:
             spec=convert.spec_to_proto(for_node(spec)),
             key_fingerprint=key.key.fingerprint if key else "",
             token_budget=key.budget if key else 0,
+            mesh_credential=self._mesh_credential(attempt),
         )
         received = 0
         # What this attempt added to the trace: a node that streams without end (one that
@@ -481,6 +486,15 @@ class Dispatcher:
             call.cancel()
         await writer.close()
         await self._hand_back(attempt, f"{agent.name} ended the stream without a result")
+
+    def _mesh_credential(self, attempt: StartedAttempt) -> str:
+        """An agentic gemini attempt acts on the mesh as its task (see access)."""
+        spec = attempt.spec
+        if self._mesh_credentials is None or spec.kind != TaskKind.GEMINI:
+            return ""
+        if spec.agent_mode != AgentMode.AGENTIC:
+            return ""
+        return self._mesh_credentials.mint(attempt.task_id, attempt.attempt)
 
     async def _trace_full(
         self, attempt: StartedAttempt, agent: AgentSlot, writer: TraceWriter

@@ -63,10 +63,11 @@ SELECT_TASK_FOR_UPDATE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UP
 SELECT_CHILD_IDS = """
 SELECT child_task_id FROM subtasks WHERE parent_task_id = $1 ORDER BY id
 """
+# The subtasks submitted up front (delegated ones are their agent's own business).
 SELECT_CHILD_RESULTS = """
 SELECT t.id, s.description, t.spec, t.state, t.output, t.error, t.assigned_agent
 FROM subtasks s JOIN tasks t ON t.id = s.child_task_id
-WHERE s.parent_task_id = $1 ORDER BY s.id
+WHERE s.parent_task_id = $1 AND NOT t.delegated ORDER BY s.id
 """
 SELECT_SUBTREE = """
 WITH RECURSIVE tree AS (
@@ -263,13 +264,16 @@ WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
 """
 
 # The end of a task that has no parent, in one statement (the common case); tasks in a
-# tree end in a transaction that locks the tree first.
+# tree end in a transaction that locks the tree first, and so does a task that delegated
+# (its children end with it): `delegations` is set under the tree lock, on this very row,
+# so this statement sees it even when a delegation committed while it waited.
 FINISH_ROOT_ATTEMPT = """
 WITH owned AS (
     UPDATE tasks SET state = $6, output = $7, error = $8, exit_code = $9, usage = $10,
         finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, waiting_reason = '',
         last_seq = last_seq + 1, updated_at = now()
     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
+      AND delegations = 0
     RETURNING id, last_seq
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
@@ -287,11 +291,11 @@ WITH ended AS (
         finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
         waiting_reason = ''
     WHERE id = $1 AND state NOT IN {TERMINAL}
-    RETURNING id, parent_id
+    RETURNING id, parent_id, delegated, delegations
 ), a AS (
     UPDATE agents SET current_task_id = NULL WHERE current_task_id IN (SELECT id FROM ended)
 )
-SELECT id, parent_id FROM ended
+SELECT id, parent_id, delegated, delegations FROM ended
 """
 DELETE_QUEUE_ROW = "DELETE FROM task_queue WHERE task_id = $1"
 FINISH_SUBTASK = """
@@ -334,7 +338,7 @@ FOR UPDATE SKIP LOCKED
 """
 SIBLINGS_NOT_COMPLETED = """
 SELECT count(*) FROM subtasks s JOIN tasks t ON t.id = s.child_task_id
-WHERE s.parent_task_id = $1 AND t.state <> 'completed'
+WHERE s.parent_task_id = $1 AND t.state <> 'completed' AND NOT t.delegated
 """
 # Of the attempts a replica streams, those that no longer own their task (it ended, was
 # cancelled, or another attempt took over) while the replica was not listening.
@@ -346,4 +350,41 @@ WHERE t.id IS NULL
 """
 RELEASE_OWNED = """
 SELECT id, attempt FROM tasks WHERE lease_owner = $1 AND state = 'working'
+"""
+
+# Delegation (see TaskStore.delegate): the parent as a delegation sees it, with its depth in
+# its tree (a root is 0) and the tokens its delegated gemini children were granted.
+SELECT_DELEGATING_PARENT = """
+WITH RECURSIVE up AS (
+    SELECT id, parent_id, 0 AS depth FROM tasks WHERE id = $1
+    UNION ALL
+    SELECT t.id, t.parent_id, up.depth + 1 FROM tasks t JOIN up ON t.id = up.parent_id
+)
+SELECT p.id, p.spec, p.state, p.attempt, p.user_name, p.root_id, p.delegations,
+       (SELECT max(depth) FROM up) AS depth,
+       (SELECT coalesce(sum((c.spec->>'max_tokens')::bigint), 0) FROM tasks c
+        WHERE c.parent_id = p.id AND c.delegated AND c.kind = 'gemini') AS tokens_granted
+FROM tasks p WHERE p.id = $1 FOR UPDATE OF p
+"""
+INSERT_DELEGATED = """
+INSERT INTO tasks (id, kind, spec, state, user_name, parent_id, priority, idempotency_key,
+                   max_attempts, waiting_reason, root_id, delegated)
+VALUES ($1, $2, $3, 'submitted', $4, $5, $6, $7, $8, '', $9, true)
+"""
+COUNT_DELEGATION = "UPDATE tasks SET delegations = delegations + 1 WHERE id = $1"
+# A task's delegated children still running: they end with their parent's attempt.
+SELECT_UNFINISHED_DELEGATED = f"""
+SELECT id FROM tasks WHERE parent_id = $1 AND delegated AND state NOT IN {TERMINAL}
+"""
+# Whether task $2 is task $1 or below it, and whether $1 still runs attempt $3: what a mesh
+# credential of ($1, $3) may read.
+MESH_REACH = """
+WITH RECURSIVE up AS (
+    SELECT id, parent_id FROM tasks WHERE id = $2
+    UNION ALL
+    SELECT t.id, t.parent_id FROM tasks t JOIN up ON t.id = up.parent_id
+)
+SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND state = 'working' AND attempt = $3)
+           AS running,
+       EXISTS (SELECT 1 FROM up WHERE id = $1) AS below
 """

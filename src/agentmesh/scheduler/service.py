@@ -17,7 +17,8 @@ import asyncpg
 import grpc
 
 from agentmesh.access import credentials
-from agentmesh.access.policies import SchedulerAccess
+from agentmesh.access.policies import OpenSchedulerAccess, SchedulerAccess
+from agentmesh.access.task_credentials import TaskCredentials
 from agentmesh.config import Settings
 from agentmesh.db.connect import create_pool, data_dir
 from agentmesh.db.setup import migrated_database
@@ -30,6 +31,7 @@ from agentmesh.keys.reservations import KeyReserver
 from agentmesh.keys.vault import Vault, seal_plaintext_keys
 from agentmesh.rpc.server import RunningServer, split_host_port, start_server
 from agentmesh.scheduler.agents import AgentRegistry
+from agentmesh.scheduler.delegation import DelegationLimits
 from agentmesh.scheduler.dispatch import DATABASE_ERRORS, Channels, Dispatcher, DispatchSettings
 from agentmesh.scheduler.notifications import Listener, TaskSignals
 from agentmesh.scheduler.servicer import SERVICE_NAME, SchedulerServicer, register
@@ -103,6 +105,8 @@ class Scheduler:
                 else None
             ),
         )
+        # Mesh credentials are minted per attempt under the vault's key (see access).
+        mesh_credentials = TaskCredentials(vault.derive_secret)
         channels = Channels(settings.tls)
         limits = Limits.of(settings.api_policy)
         reserver = KeyReserver(
@@ -124,6 +128,7 @@ class Scheduler:
                 max_trace_chars=config.max_trace_chars,
             ),
             reserver,
+            mesh_credentials,
         )
         signals = TaskSignals()
         background: list[asyncio.Task[None]] = []
@@ -159,6 +164,12 @@ class Scheduler:
             heartbeat_interval=interval,
             on_cancel=cancel_here,
             default_agent_mode=settings.agent_defaults.mode,
+            delegation=DelegationLimits(
+                max_depth=config.max_subtask_depth,
+                max_delegations=settings.agent_defaults.max_delegations,
+                default_mode=settings.agent_defaults.permissions,
+                default_agent_mode=settings.agent_defaults.mode,
+            ),
         )
         keys = key_servicer.KeyPoolServicer(
             pool,
@@ -180,8 +191,13 @@ class Scheduler:
             listen,
             register_services,
             [SERVICE_NAME, key_servicer.SERVICE_NAME],
-            policy=SchedulerAccess(token, verify) if token is not None else None,
+            policy=(
+                SchedulerAccess(token, verify, mesh_credentials)
+                if token is not None
+                else OpenSchedulerAccess(mesh_credentials)
+            ),
             tls=settings.tls,
+            secured=token is not None,
         )
         background += [
             asyncio.create_task(listener.run(), name="listener"),

@@ -10,13 +10,15 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentmesh.access.credentials import NodeIdentity
+from agentmesh.access.task_credentials import TaskIdentity
 from agentmesh.config import PermissionMode
-from agentmesh.errors import InvalidArgument
+from agentmesh.errors import InvalidArgument, PermissionDenied
 from agentmesh.keys.held import validate_held_keys
 from agentmesh.rpc import auth, convert
 from agentmesh.rpc.errors import streaming, unary
 from agentmesh.rpc.request_shape import SpecShape, add_checked
 from agentmesh.scheduler.agents import AgentRegistry, AgentView, HostEntry
+from agentmesh.scheduler.delegation import DelegationLimits, shape_delegation, validate_delegation
 from agentmesh.scheduler.notifications import TaskSignals
 from agentmesh.scheduler.store import TaskRecord, TaskStore
 from agentmesh.scheduler.validation import (
@@ -24,13 +26,15 @@ from agentmesh.scheduler.validation import (
     validate_submission,
     with_defaults,
 )
-from agentmesh.scheduler.watch import watch
+from agentmesh.scheduler.watch import wait_for_end, watch
 from agentmesh.tasks.model import AgentMode, TaskSpec, validate_task_id
 from agentmesh.v1 import node_pb2, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 MAX_PAGE_SIZE = 1000
+# The longest a GetTask or DelegateTask waits for a task to end, in one call.
+MAX_WAIT_SECONDS = 3600.0
 
 
 def _timestamp(value: Any) -> Timestamp | None:
@@ -97,6 +101,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         heartbeat_interval: float,
         on_cancel: Callable[[list[str]], None],
         default_agent_mode: AgentMode,
+        delegation: DelegationLimits,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -105,6 +110,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._heartbeat_interval = heartbeat_interval
         self._on_cancel = on_cancel
         self._default_agent_mode = default_agent_mode
+        self._delegation = delegation
 
     @property
     def max_depth(self) -> int:
@@ -151,7 +157,39 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.GetTaskRequest, context: Context
     ) -> task_pb2.Task:
         validate_task_id(request.task_id)
+        wait = _wait_seconds(request.wait_seconds)
+        if isinstance(task := auth.caller(), TaskIdentity):
+            await self._store.check_mesh_reach(task.task_id, task.attempt, request.task_id)
+        if wait:
+            await self._store.state(request.task_id)  # NotFound before any wait
+            await wait_for_end(self._store, self._signals, request.task_id, wait)
         return task_to_proto(await self._store.get(request.task_id))
+
+    @unary
+    async def DelegateTask(
+        self, request: scheduler_pb2.DelegateTaskRequest, context: Context
+    ) -> task_pb2.Task:
+        parent = auth.caller()
+        # The access policy lets only mesh credentials in; this is its second line.
+        if not isinstance(parent, TaskIdentity):
+            raise PermissionDenied("DelegateTask needs the mesh credential of a running task")
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec", "is required")
+        if request.parent_tokens_spent < 0:
+            raise InvalidArgument("parent_tokens_spent", "must not be negative")
+        wait = _wait_seconds(request.wait_seconds)
+        spec: TaskSpec = convert.spec_from_proto(request.spec)
+        validate_delegation(spec)
+        child_id = await self._store.delegate(
+            parent.task_id,
+            parent.attempt,
+            lambda row: shape_delegation(
+                row, spec, self._delegation, parent_tokens_spent=request.parent_tokens_spent
+            ),
+        )
+        if wait:
+            await wait_for_end(self._store, self._signals, child_id, wait)
+        return task_to_proto(await self._store.get(child_id))
 
     @unary
     async def ListTasks(
@@ -193,6 +231,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def ListAgents(
         self, request: scheduler_pb2.ListAgentsRequest, context: Context
     ) -> scheduler_pb2.ListAgentsResponse:
+        if isinstance(task := auth.caller(), TaskIdentity):
+            await self._store.check_mesh_reach(task.task_id, task.attempt, None)
         views = await self._registry.list_agents(include_offline=request.include_offline)
         return scheduler_pb2.ListAgentsResponse(agents=[agent_to_proto(v) for v in views])
 
@@ -226,12 +266,23 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         )
 
 
+def _wait_seconds(value: float) -> float:
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise InvalidArgument("wait_seconds", f"must be between 0 and {MAX_WAIT_SECONDS:g}")
+    return value
+
+
 def register(servicer: SchedulerServicer) -> Callable[[grpc.aio.Server], None]:
     """Add the service; a submission's tree is checked on the wire (how many tasks, how deep)
     before it is parsed, so that no request size can keep the scheduler busy."""
     shape = SpecShape(max_tasks=MAX_TASKS_PER_SUBMISSION, max_depth=servicer.max_depth)
     spec = scheduler_pb2.SubmitTaskRequest.DESCRIPTOR.fields_by_name["spec"].number
-    checks = {"SubmitTask": (spec, shape), "RunTask": (spec, shape)}
+    delegated = scheduler_pb2.DelegateTaskRequest.DESCRIPTOR.fields_by_name["spec"].number
+    checks = {
+        "SubmitTask": (spec, shape),
+        "RunTask": (spec, shape),
+        "DelegateTask": (delegated, SpecShape(max_tasks=1, max_depth=0)),
+    }
     return lambda server: add_checked(
         scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer, server, SERVICE_NAME, checks
     )

@@ -19,7 +19,13 @@ from typing import Any
 import asyncpg
 
 from agentmesh.db.connect import Connection
-from agentmesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from agentmesh.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Reason,
+)
 from agentmesh.keys import quota
 from agentmesh.rpc.convert import payload_from_dict, payload_to_dict
 from agentmesh.scheduler import queries as q
@@ -83,6 +89,25 @@ class StartedAttempt:
     parent_id: str = ""
     # The task's last event (where the attempt was placed): its trace continues after it.
     last_seq: int = 0
+
+
+@dataclass(frozen=True)
+class DelegatingParent:
+    """A running task as a delegation sees it (see TaskStore.delegate)."""
+
+    id: str
+    spec: TaskSpec
+    user: str
+    # Its depth in its tree: a root is 0, its subtasks 1, ...
+    depth: int
+    # How many subtasks it delegated so far (all attempts).
+    delegations: int
+    # The max_tokens its delegated gemini subtasks were granted together.
+    tokens_granted: int
+
+
+# See TaskStore.delegate: the parent -> the subtask to store (or a domain error: refused).
+ShapeDelegation = Callable[[DelegatingParent], TaskSpec]
 
 
 def new_task_id() -> str:
@@ -230,6 +255,81 @@ class TaskStore:
         else:
             await conn.execute(q.ENQUEUE, task_id, spec.priority, 0.0)
         return task_id
+
+    async def delegate(self, task_id: str, attempt: int, shape: ShapeDelegation) -> str:
+        """Store and queue a subtask that attempt `attempt` of the running task `task_id`
+        starts itself; `shape` checks the parent's limits and makes the child's spec.
+
+        Under the tree's lock, so that concurrent delegations count against the same limits
+        and none slips past the parent's end: a parent that ended, or runs another attempt,
+        delegates nothing (its credential died with the attempt)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.LOCK_TREE, task_id)
+            row = await conn.fetchrow(q.SELECT_DELEGATING_PARENT, task_id)
+            if row is None or row["state"] != TaskState.WORKING.value or row["attempt"] != attempt:
+                raise FailedPrecondition(
+                    f"task {task_id} is not running attempt {attempt} any more: its mesh"
+                    " credential ended with that attempt",
+                    reason=Reason.TASK_NOT_RUNNING,
+                )
+            parent = DelegatingParent(
+                id=task_id,
+                spec=spec_from_json(row["spec"]),
+                user=row["user_name"],
+                depth=row["depth"],
+                delegations=row["delegations"],
+                tokens_granted=row["tokens_granted"],
+            )
+            spec = shape(parent)
+            child_id = new_task_id()
+            await conn.execute(
+                q.INSERT_DELEGATED,
+                child_id,
+                spec.kind,
+                spec_to_json(spec),
+                spec.user,
+                task_id,
+                spec.priority,
+                spec.idempotency_key or None,
+                spec.max_attempts or self._default_max_attempts,
+                row["root_id"],
+            )
+            await self._scheduler_event(
+                conn,
+                child_id,
+                Status(
+                    TaskState.SUBMITTED, f"delegated by the agent of {task_id} (attempt {attempt})"
+                ),
+            )
+            await conn.execute(
+                q.INSERT_SUBTASK,
+                task_id,
+                child_id,
+                spec.description or spec.command or spec.prompt[:200],
+                spec.agent_mode or None,
+            )
+            await conn.execute(q.ENQUEUE, child_id, spec.priority, 0.0)
+            await conn.execute(q.COUNT_DELEGATION, task_id)
+            await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+        return child_id
+
+    async def check_mesh_reach(self, task_id: str, attempt: int, target: str | None) -> None:
+        """What a mesh credential of (`task_id`, `attempt`) may read: nothing once that
+        attempt ended; else `target` if it is that task or in its subtree (None: no task)."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(q.MESH_REACH, task_id, target or task_id, attempt)
+        assert row is not None
+        if not row["running"]:
+            raise FailedPrecondition(
+                f"task {task_id} is not running attempt {attempt} any more: its mesh"
+                " credential ended with that attempt",
+                reason=Reason.TASK_NOT_RUNNING,
+            )
+        if not row["below"]:
+            raise PermissionDenied(
+                f"task {target} is not a subtask of {task_id}: a mesh credential reads only"
+                " its own task's subtasks"
+            )
 
     async def get(self, task_id: str) -> TaskRecord:
         async with self._pool.acquire() as conn:
@@ -473,7 +573,9 @@ class TaskStore:
                     result.exit_code,
                     dataclasses.asdict(result.usage),
                 )
-            return row is not None
+            if row is not None:
+                return True
+            # Superseded, or it delegated: the tree's way tells which (and ends its children).
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(q.LOCK_TREE, task_id)
             if await conn.fetchrow(q.OWNED_ATTEMPT, task_id, attempt, owner) is None:
@@ -512,6 +614,8 @@ class TaskStore:
             owned = await conn.fetchrow(check, task_id, attempt, owner)
             if owned is None:
                 return None  # superseded, or (reaping) its lease was renewed meanwhile
+            # What the lost attempt delegated goes with it; the next attempt plans anew.
+            await self._end_delegated(conn, task_id, f"attempt {attempt} of its parent was lost")
             if counts and owned["attempt"] >= owned["max_attempts"]:
                 message = f"attempt {attempt} lost ({reason}); no attempts left"
                 await self._finish(conn, task_id, Result(TaskState.FAILED, error=message))
@@ -654,8 +758,19 @@ class TaskStore:
         await conn.execute(q.DELETE_QUEUE_ROW, task_id)
         await conn.execute(q.FINISH_SUBTASK, task_id, result.state.value)
         await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
-        if parent_id is not None and propagate:
+        if ended["delegations"]:
+            # A parent that ends leaves no running children behind.
+            await self._end_delegated(conn, task_id, f"its parent {task_id} ended")
+        # A delegated child's end is its agent's to read (through its tool), not an event
+        # of the parent's tree: the parent neither waits for it nor fails with it.
+        if parent_id is not None and propagate and not ended["delegated"]:
             await self._child_ended(conn, parent_id, task_id, result)
+
+    async def _end_delegated(self, conn: Connection, task_id: str, reason: str) -> None:
+        """Cancel the unfinished subtasks a task delegated (inside the caller's transaction,
+        which holds the tree's lock)."""
+        for row in await conn.fetch(q.SELECT_UNFINISHED_DELEGATED, task_id):
+            await self._cancel_subtree(conn, row["id"], reason, propagate=False)
 
     async def _child_ended(
         self, conn: Connection, parent_id: str, child_id: str, result: Result

@@ -46,3 +46,22 @@ async def watch(
                 await asyncio.wait_for(wake.wait(), POLL_SECONDS)
     finally:
         signals.unsubscribe(task_id, wake)
+
+
+async def wait_for_end(
+    store: TaskStore, signals: TaskSignals, task_id: str, seconds: float
+) -> None:
+    """Return once the task has ended, or after `seconds`, whichever comes first."""
+    wake = signals.subscribe(task_id)
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                wake.clear()
+                if (await store.state(task_id)).terminal:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+    except TimeoutError:
+        return
+    finally:
+        signals.unsubscribe(task_id, wake)

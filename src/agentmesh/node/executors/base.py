@@ -44,6 +44,9 @@ class Job:
     token_budget: int = 0
     # stdout and stderr together; past this the process is stopped (see `supervise`).
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    # gemini, agentic, from a scheduler: what lets its mesh tools act as this task (see
+    # agentmesh.node.mesh_tools). Never logged, never given to the task.
+    mesh_credential: str = field(default="", repr=False)
 
 
 class Executor(Protocol):

@@ -33,6 +33,7 @@ from agentmesh.node.executors.base import Exit, Job, Output, supervise, with_sid
 from agentmesh.node.executors.gemini_errors import classify_api_error
 from agentmesh.node.gemini_proxy import GeminiProxy, ProxyRun
 from agentmesh.node.key_source import KeySources, NoApiKey, TaskRun
+from agentmesh.node.mesh_tools import SERVER_NAME, MeshGrant, MeshTools
 from agentmesh.node.sandbox import Confinement, Sandbox, SandboxUnavailable
 from agentmesh.tasks.events import (
     ApiError,
@@ -89,13 +90,34 @@ PLAIN_POLICY = (
 )
 
 
+# The mesh tools (agentmesh.node.mesh_tools) are the node's own: the scheduler checks each
+# call against the task's limits, so the CLI's policy lets them all run.
+MESH_TOOLS_POLICY = (
+    "# agentmesh mesh tools: delegation, checked by the scheduler.\n"
+    "[[rule]]\n"
+    f"toolName = 'mcp_{SERVER_NAME}_*'\n"
+    f"mcpName = '{SERVER_NAME}'\n"
+    "decision = 'allow'\n"
+    "priority = 100\n"
+)
+
+
 def policy_toml(
-    mode: PermissionMode, permissions: Permissions, agent_mode: AgentMode = AgentMode.AGENTIC
+    mode: PermissionMode,
+    permissions: Permissions,
+    agent_mode: AgentMode = AgentMode.AGENTIC,
+    *,
+    mesh_tools: bool = False,
 ) -> str:
     """The CLI policy for an agent mode and a permission mode (TOML literal strings: no
-    escaping needed)."""
+    escaping needed), allowing the mesh tools when the run has them."""
     if agent_mode is AgentMode.PLAIN:
         return PLAIN_POLICY
+    shell = _shell_policy(mode, permissions)
+    return f"{shell}\n{MESH_TOOLS_POLICY}" if mesh_tools else shell
+
+
+def _shell_policy(mode: PermissionMode, permissions: Permissions) -> str:
     if mode is PermissionMode.WEAK:
         prefixes = ", ".join(f"'{name}'" for name in permissions.weak.allowlist)
         return (
@@ -146,8 +168,11 @@ class GeminiExecutor:
         grace_seconds: float,
         proxy: GeminiProxy,
         keys: KeySources,
+        mesh_tools: MeshTools | None = None,
     ) -> None:
         self._command = shlex.split(command)
+        # The node's MCP server for its agents' mesh tools (with a scheduler only).
+        self._mesh_tools = mesh_tools
         self._permissions = permissions
         self._default_model = default_model
         self._sandbox = sandbox
@@ -165,24 +190,44 @@ class GeminiExecutor:
         side: asyncio.Queue[Payload] = asyncio.Queue()
         task = TaskRun(job.task_id, job.attempt, job.key_fingerprint, job.token_budget)
         run = self._proxy.register(task, source, side.put_nowait)
+        grant = None
+        if self._mesh_tools and job.mesh_credential and job.agent_mode is AgentMode.AGENTIC:
+            grant = self._mesh_tools.grant(job.task_id, job.mesh_credential, lambda: run.tokens)
         home = Path(tempfile.mkdtemp(prefix="agentmesh-gemini-home-"))
         try:
-            async for payload in self._run_in(home, job, run, side):
+            async for payload in self._run_in(home, job, run, side, grant):
                 yield payload
         finally:
+            if grant is not None:
+                self._mesh_tools.revoke(grant)  # type: ignore[union-attr]
             self._proxy.unregister(run)
             shutil.rmtree(home, ignore_errors=True)
 
     async def _run_in(
-        self, home: Path, job: Job, run: ProxyRun, side: asyncio.Queue[Payload]
+        self,
+        home: Path,
+        job: Job,
+        run: ProxyRun,
+        side: asyncio.Queue[Payload],
+        grant: MeshGrant | None,
     ) -> AsyncIterator[Payload]:
         config_dir = home / ".gemini"
         config_dir.mkdir()
         (home / "tmp").mkdir()
-        (config_dir / "settings.json").write_text(json.dumps(SETTINGS, indent=2))
+        settings = dict(SETTINGS)
+        if grant is not None and self._mesh_tools is not None:
+            settings["mcpServers"] = self._mesh_tools.cli_settings(grant, job.timeout_seconds)
+        (config_dir / "settings.json").write_text(json.dumps(settings, indent=2))
         # --policy replaces the user's policy directory, so only this file applies.
         policy = home / "agentmesh-policy.toml"
-        policy.write_text(policy_toml(job.permission_mode, self._permissions, job.agent_mode))
+        policy.write_text(
+            policy_toml(
+                job.permission_mode,
+                self._permissions,
+                job.agent_mode,
+                mesh_tools=grant is not None,
+            )
+        )
         model = job.spec.model or self._default_model
         argv = [
             *self._command,
@@ -195,7 +240,7 @@ class GeminiExecutor:
         confined = weak and self._sandbox.confined_shell(shell, self._permissions.weak.allowlist)
         try:
             launch = self._sandbox.launch(
-                argv, self._confinement(job, home, shell if confined else None)
+                argv, self._confinement(job, home, shell if confined else None, grant)
             )
         except SandboxUnavailable as exc:
             yield Result(TaskState.REJECTED, error=str(exc))
@@ -243,12 +288,14 @@ class GeminiExecutor:
                     for payload in parser.feed_line(line):
                         yield payload
 
-    def _confinement(self, job: Job, home: Path, shell: Path | None) -> Confinement:
+    def _confinement(
+        self, job: Job, home: Path, shell: Path | None, grant: MeshGrant | None = None
+    ) -> Confinement:
         """The run writes its working directory and its CLI home (a fresh one per task: a
         reused one stalls on the previous run's lock file; error reports, which contain the
         conversation, and tool scratch go there too). In weak mode it may execute the CLI
         and its Node.js, and its shell tool the confined shell (`shell`), nothing else; with
-        the network off it reaches only the node's API proxy."""
+        the network off it reaches only the node's API proxy (and its mesh tools)."""
         network = self._permissions.network(job.permission_mode)
         executables = None
         if job.permission_mode is PermissionMode.WEAK:
@@ -264,8 +311,15 @@ class GeminiExecutor:
             read_only=(shell,) if shell else (),
             network=network,
             executables=executables,
-            connect_ports=() if network else (self._proxy.port,),
+            connect_ports=() if network else self._ports(grant),
         )
+
+    def _ports(self, grant: MeshGrant | None) -> tuple[int, ...]:
+        """What a run without the network reaches: the node's API proxy, and its mesh
+        tools if it has them."""
+        if grant is not None and self._mesh_tools is not None:
+            return (self._proxy.port, self._mesh_tools.port)
+        return (self._proxy.port,)
 
 
 class StreamJsonParser:
