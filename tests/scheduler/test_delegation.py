@@ -4,13 +4,10 @@ answers with calls to the tools by name (`mcp_mesh_<tool>`) as a model would."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from tests.scheduler.conftest import Mesh, run_to_end

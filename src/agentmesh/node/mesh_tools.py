@@ -79,6 +79,10 @@ class Subtask(BaseModel):
     permission_mode: str = Field(
         "", description="weak or superuser; at most this task's own mode (default: its mode)."
     )
+    max_tokens: int = Field(
+        0, description="For a Gemini agent: the most tokens it may spend (0: what is left)."
+    )
+    kind: str = Field("", description="shell, gemini or echo; implied by command or prompt.")
 
 
 class MeshTools:
@@ -190,6 +194,7 @@ class MeshTools:
             permission_mode: str = "",
             max_tokens: int = 0,
             timeout_seconds: float = DEFAULT_WAIT_SECONDS,
+            kind: str = "",
         ) -> str:
             """Run a subtask of this task on another machine of the mesh and wait for it.
             Give either a `command` (a shell command line) or a `prompt` (for a Gemini
@@ -197,16 +202,21 @@ class MeshTools:
             (hostname or agent id), choose where it runs. It runs as this task's user, at
             most in this task's permission mode. Returns the subtask's id, final state,
             the machine it ran on and its output; if it has not ended after
-            `timeout_seconds`, returns its state so far (ask again with task_status)."""
+            `timeout_seconds`, returns its state so far (ask again with task_status).
+            `kind` is implied (shell for a command, gemini for a prompt); `echo` sends the
+            prompt back, to check that a machine answers."""
             grant = self._granted(ctx)
             spec = _spec(
-                description,
-                prompt,
-                command,
-                capabilities or [],
-                target_host,
-                permission_mode,
-                max_tokens,
+                Subtask(
+                    description=description,
+                    prompt=prompt,
+                    command=command,
+                    capabilities=capabilities or [],
+                    target_host=target_host,
+                    permission_mode=permission_mode,
+                    max_tokens=max_tokens,
+                    kind=kind,
+                )
             )
             task = await self._delegate(grant, spec, timeout_seconds)
             return _json(_result(task))
@@ -219,18 +229,7 @@ class MeshTools:
             wait until all have ended, or `timeout_seconds`. Returns one result per
             subtask, in order; a subtask that could not start has an `error`."""
             grant = self._granted(ctx)
-            specs = [
-                _spec(
-                    s.description,
-                    s.prompt,
-                    s.command,
-                    s.capabilities,
-                    s.target_host,
-                    s.permission_mode,
-                    0,
-                )
-                for s in subtasks
-            ]
+            specs = [_spec(subtask) for subtask in subtasks]
 
             async def one(spec: task_pb2.TaskSpec) -> dict[str, Any]:
                 try:
@@ -301,26 +300,22 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def _spec(
-    description: str,
-    prompt: str,
-    command: str,
-    capabilities: list[str],
-    target_host: str,
-    permission_mode: str,
-    max_tokens: int,
-) -> task_pb2.TaskSpec:
-    if bool(prompt) == bool(command):
+def _spec(subtask: Subtask) -> task_pb2.TaskSpec:
+    if bool(subtask.prompt) == bool(subtask.command):
         raise ToolError("give either a command (shell) or a prompt (a Gemini agent), not both")
+    implied = "gemini" if subtask.prompt else "shell"
+    kind = subtask.kind
+    if kind not in ("", implied) and not (kind == "echo" and subtask.prompt):
+        raise ToolError(f"kind {kind!r} does not fit: a command is shell, a prompt gemini or echo")
     return task_pb2.TaskSpec(
-        kind="gemini" if prompt else "shell",
-        prompt=prompt,
-        command=command,
-        description=description,
-        required_capabilities=capabilities,
-        target_host=target_host,
-        permission_mode=permission_mode,
-        max_tokens=max_tokens,
+        kind=kind or implied,
+        prompt=subtask.prompt,
+        command=subtask.command,
+        description=subtask.description,
+        required_capabilities=subtask.capabilities,
+        target_host=subtask.target_host,
+        permission_mode=subtask.permission_mode,
+        max_tokens=subtask.max_tokens,
     )
 
 
