@@ -76,7 +76,8 @@ async def test_an_agent_delegates_a_command_only_another_machine_can_run(
     assert use.tool_name == "mcp_mesh_delegate"
     assert json.loads(use.parameters_json)["command"] == "pwd"
     result = tool_output(events)
-    assert result["state"] == "completed" and result["output"].strip() == vault_dir
+    assert result["state"] == "completed"
+    assert result["output"].strip() == vault_dir
     # The subtask: a child of the parent, on the machine with the capability, as its user
     # and in its mode.
     [child_id] = parent.child_ids
@@ -96,7 +97,8 @@ async def test_an_agent_delegates_a_command_only_another_machine_can_run(
     assert row["assigned_host"] == vault.card().hostname
     assert row["status"] == "completed"
     assert row["description"] == "where the vault works"
-    assert row["started_at"] is not None and row["completed_at"] is not None
+    assert row["started_at"] is not None
+    assert row["completed_at"] is not None
 
 
 async def test_list_agents_shows_the_mesh_to_the_agent(
