@@ -15,6 +15,7 @@ import pytest
 from agentmesh.access.credentials import enroll_local_node
 from agentmesh.config import NodeSettings, Settings, load_settings
 from agentmesh.node.service import AgentNode
+from agentmesh.rpc.channel import open_channel
 from agentmesh.scheduler.service import Scheduler
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from tests.node.conftest import GEMINI_CLI
@@ -23,8 +24,14 @@ HEARTBEAT = 0.3
 
 
 def mesh_settings(
-    tmp_path: Path, database_uri: str, scheduler: Mapping[str, Any] | None = None, **env: str
+    tmp_path: Path,
+    database_uri: str,
+    scheduler: Mapping[str, Any] | None = None,
+    sections: Mapping[str, Any] | None = None,
+    **env: str,
 ) -> Settings:
+    """Settings from an agent_config.json with fast heartbeats, the `scheduler` options and
+    any other `sections` (e.g. `agent_defaults`, `tls`)."""
     config = tmp_path / "agent_config.json"
     config.write_text(
         json.dumps(
@@ -35,6 +42,7 @@ def mesh_settings(
                     "lease_seconds": 3,
                     **(scheduler or {}),
                 },
+                **(sections or {}),
             }
         )
     )
@@ -59,25 +67,36 @@ class Mesh:
         self.tmp_path = tmp_path
         self.database_uri = database_uri
         self._scheduler_options: Mapping[str, Any] | None = None
+        self._sections: Mapping[str, Any] | None = None
         self._env: dict[str, str] = {}
         self.schedulers: list[Scheduler] = []
         self.nodes: list[AgentNode] = []
         self._channels: list[grpc.aio.Channel] = []
 
-    def configure(self, scheduler: Mapping[str, Any] | None = None, **env: str) -> None:
-        """Change the environment (and scheduler options) the next processes start with."""
-        self._scheduler_options, self._env = scheduler, env
+    def configure(
+        self,
+        scheduler: Mapping[str, Any] | None = None,
+        sections: Mapping[str, Any] | None = None,
+        **env: str,
+    ) -> None:
+        """Change the environment (scheduler options, other config sections) the next
+        processes start with."""
+        self._scheduler_options, self._sections, self._env = scheduler, sections, env
 
     @property
     def settings(self) -> Settings:
         """What the next process starts with (read when it starts: the emulator fixture may
         have set GOOGLE_GEMINI_BASE_URL after this mesh was made)."""
-        return mesh_settings(self.tmp_path, self.database_uri, self._scheduler_options, **self._env)
+        return mesh_settings(
+            self.tmp_path, self.database_uri, self._scheduler_options, self._sections, **self._env
+        )
 
     async def start_scheduler(self) -> scheduler_pb2_grpc.SchedulerAsyncStub:
-        scheduler = await Scheduler.start(self.settings, "127.0.0.1:0")
+        settings = self.settings
+        scheduler = await Scheduler.start(settings, "127.0.0.1:0")
         self.schedulers.append(scheduler)
-        channel = grpc.aio.insecure_channel(scheduler.address)
+        # As a person would call it: with the user credential and the TLS settings, if any.
+        channel = open_channel(scheduler.address, token=settings.token, tls=settings.tls)
         self._channels.append(channel)
         return scheduler_pb2_grpc.SchedulerStub(channel)
 

@@ -57,8 +57,11 @@ class Scheduler:
         side_tasks: set[asyncio.Task[None]],
         owner: str,
         listen_host: str,
+        mesh_credentials: TaskCredentials,
     ) -> None:
         self.pool = pool
+        # What running agents' mesh tools present (see access.task_credentials).
+        self.mesh_credentials = mesh_credentials
         self.store = store
         self.registry = registry
         self.dispatcher = dispatcher
@@ -226,6 +229,7 @@ class Scheduler:
             side_tasks=side_tasks,
             owner=owner,
             listen_host=host,
+            mesh_credentials=mesh_credentials,
         )
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
