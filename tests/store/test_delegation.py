@@ -1,0 +1,208 @@
+"""Delegation in the task store, against real PostgreSQL: a running attempt's subtasks are
+stored under its tree, counted, and end with the attempt that started them; their own end
+neither waits for nor fails the parent."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import asyncpg
+import pytest
+
+from agentmesh.errors import FailedPrecondition, Reason
+from agentmesh.scheduler.store import DelegatingParent, TaskStore
+from agentmesh.tasks.events import Result
+from agentmesh.tasks.model import TaskSpec, TaskState
+from tests.store.test_transitions import AGENT, OWNER, lose, start
+
+AGENT_TASK = TaskSpec(kind="gemini", prompt="plan", user="ada")
+CHILD = TaskSpec(kind="shell", command="uname", user="ada", description="kernel")
+
+
+def as_given(spec: TaskSpec = CHILD) -> object:
+    return lambda parent: spec
+
+
+async def running_parent(store: TaskStore, spec: TaskSpec = AGENT_TASK) -> tuple[str, int]:
+    task_id = await store.submit(spec)
+    attempt = await start(store, task_id)
+    return task_id, attempt.attempt
+
+
+async def test_a_delegated_subtask_is_a_queued_child_in_the_seeds_subtasks_table(
+    store: TaskStore, pool: asyncpg.Pool
+) -> None:
+    parent_id, attempt = await running_parent(store)
+    seen: list[DelegatingParent] = []
+
+    def shape(parent: DelegatingParent) -> TaskSpec:
+        seen.append(parent)
+        return CHILD
+
+    child_id = await store.delegate(parent_id, attempt, shape)
+
+    [parent] = seen
+    assert (parent.id, parent.user, parent.depth, parent.delegations) == (parent_id, "ada", 0, 0)
+    child = await store.get(child_id)
+    assert (child.state, child.parent_id, child.spec.command) == (
+        TaskState.SUBMITTED,
+        parent_id,
+        "uname",
+    )
+    assert (await store.get(parent_id)).child_ids == (child_id,)
+    assert [r.task_id for r in await store.ready(10)] == [child_id]
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM subtasks WHERE child_task_id = $1", child_id)
+        counted = await conn.fetchval("SELECT delegations FROM tasks WHERE id = $1", parent_id)
+    assert (row["parent_task_id"], row["description"], row["status"]) == (
+        parent_id,
+        "kernel",
+        "pending",
+    )
+    assert counted == 1
+    # Its child, delegating in turn, is one level deeper and sees its own count.
+    grandparent_view = await _view(store, child_id)
+    assert (grandparent_view.depth, grandparent_view.delegations) == (1, 0)
+
+
+async def _view(store: TaskStore, task_id: str) -> DelegatingParent:
+    attempt = await start(store, task_id)
+    seen: list[DelegatingParent] = []
+    await store.delegate(task_id, attempt.attempt, lambda p: seen.append(p) or CHILD)  # type: ignore[func-returns-value]
+    return seen[0]
+
+
+async def test_the_parent_sees_the_tokens_granted_to_its_gemini_subtasks(
+    store: TaskStore,
+) -> None:
+    parent_id, attempt = await running_parent(store)
+    for tokens in (100, 250):
+        agent = TaskSpec(kind="gemini", prompt="look", user="ada", max_tokens=tokens)
+        await store.delegate(parent_id, attempt, lambda p, agent=agent: agent)  # type: ignore[misc]
+    await store.delegate(parent_id, attempt, lambda p: dataclasses.replace(CHILD, max_tokens=999))
+    seen: list[DelegatingParent] = []
+    await store.delegate(parent_id, attempt, lambda p: seen.append(p) or CHILD)  # type: ignore[func-returns-value]
+    assert seen[0].tokens_granted == 350  # shell subtasks spend none
+    assert seen[0].delegations == 3
+
+
+async def test_a_refused_delegation_stores_nothing(store: TaskStore, pool: asyncpg.Pool) -> None:
+    parent_id, attempt = await running_parent(store)
+
+    def refuse(parent: DelegatingParent) -> TaskSpec:
+        raise FailedPrecondition("no", reason=Reason.DELEGATION_LIMIT)
+
+    with pytest.raises(FailedPrecondition):
+        await store.delegate(parent_id, attempt, refuse)
+    assert (await store.get(parent_id)).child_ids == ()
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT delegations FROM tasks WHERE id = $1", parent_id) == 0
+
+
+async def test_only_the_running_attempt_delegates(store: TaskStore) -> None:
+    parent_id, attempt = await running_parent(store)
+    with pytest.raises(FailedPrecondition) as stale:
+        await store.delegate(parent_id, attempt + 1, as_given())  # type: ignore[arg-type]
+    assert stale.value.reason is Reason.TASK_NOT_RUNNING
+    await store.finish_attempt(
+        parent_id, attempt, OWNER, AGENT, Result(TaskState.COMPLETED), in_tree=False
+    )
+    with pytest.raises(FailedPrecondition) as ended:
+        await store.delegate(parent_id, attempt, as_given())  # type: ignore[arg-type]
+    assert ended.value.reason is Reason.TASK_NOT_RUNNING
+
+
+async def test_concurrent_delegations_are_counted_one_by_one(store: TaskStore) -> None:
+    parent_id, attempt = await running_parent(store)
+    limit = 3
+
+    def within(parent: DelegatingParent) -> TaskSpec:
+        if parent.delegations >= limit:
+            raise FailedPrecondition("limit", reason=Reason.DELEGATION_LIMIT)
+        return CHILD
+
+    outcomes = await asyncio.gather(
+        *(store.delegate(parent_id, attempt, within) for _ in range(8)), return_exceptions=True
+    )
+    assert sum(isinstance(o, str) for o in outcomes) == limit
+    assert len((await store.get(parent_id)).child_ids) == limit
+
+
+@pytest.mark.parametrize("in_tree", [True, False], ids=["in-tree", "root-fast-path"])
+async def test_a_parent_that_ends_cancels_what_it_delegated(
+    store: TaskStore, in_tree: bool
+) -> None:
+    parent_id, attempt = await running_parent(store)
+    queued = await store.delegate(parent_id, attempt, as_given())  # type: ignore[arg-type]
+    running = await store.delegate(parent_id, attempt, as_given())  # type: ignore[arg-type]
+    done = await store.delegate(parent_id, attempt, as_given())  # type: ignore[arg-type]
+    for child in (running, done):
+        await start(store, child)
+    child_attempt = (await store.get(done)).attempt
+    await store.finish_attempt(done, child_attempt, OWNER, AGENT, Result(TaskState.COMPLETED))
+
+    finished = await store.finish_attempt(
+        parent_id, attempt, OWNER, AGENT, Result(TaskState.COMPLETED, output="planned"),
+        in_tree=in_tree,
+    )  # fmt: skip
+
+    assert finished
+    assert (await store.get(parent_id)).state is TaskState.COMPLETED
+    states = {child: (await store.get(child)).state for child in (queued, running, done)}
+    assert states == {
+        queued: TaskState.CANCELED,
+        running: TaskState.CANCELED,
+        done: TaskState.COMPLETED,
+    }
+    assert f"its parent {parent_id} ended" in (await store.get(running)).error
+    assert await store.ready(10) == []
+
+
+async def test_a_lost_attempt_takes_what_it_delegated_with_it(store: TaskStore) -> None:
+    parent_id, attempt = await running_parent(store)
+    child = await store.delegate(parent_id, attempt, as_given())  # type: ignore[arg-type]
+    first = (await store.get(parent_id)).attempt
+
+    assert await lose(store, await _attempt(store, parent_id)) is TaskState.SUBMITTED
+
+    assert (await store.get(child)).state is TaskState.CANCELED
+    assert f"attempt {first} of its parent was lost" in (await store.get(child)).error
+    assert [r.task_id for r in await store.ready(10)] == [parent_id]
+
+
+async def _attempt(store: TaskStore, task_id: str) -> object:
+    from agentmesh.scheduler.store import StartedAttempt
+
+    record = await store.get(task_id)
+    return StartedAttempt(task_id, record.attempt, AGENT, record.spec, record.spec.user)
+
+
+@pytest.mark.parametrize("ending", [TaskState.FAILED, TaskState.COMPLETED])
+async def test_a_delegated_subtasks_end_leaves_its_parent_running(
+    store: TaskStore, ending: TaskState
+) -> None:
+    parent_id, attempt = await running_parent(store)
+    child = await store.delegate(parent_id, attempt, as_given())  # type: ignore[arg-type]
+    child_attempt = await start(store, child)
+
+    await store.finish_attempt(
+        child, child_attempt.attempt, OWNER, AGENT, Result(ending, error="it broke")
+    )
+
+    parent = await store.get(parent_id)
+    assert (parent.state, parent.attempt) == (TaskState.WORKING, attempt)
+    assert await store.ready(10) == []
+
+
+async def test_cancelling_the_parent_cancels_its_delegated_subtree(store: TaskStore) -> None:
+    parent_id, attempt = await running_parent(store)
+    child = await store.delegate(parent_id, attempt, as_given(AGENT_TASK))  # type: ignore[arg-type]
+    child_attempt = await start(store, child)
+    grandchild = await store.delegate(child, child_attempt.attempt, as_given())  # type: ignore[arg-type]
+
+    running = await store.cancel(parent_id, "enough")
+
+    assert set(running) >= {parent_id, child}
+    for task_id in (parent_id, child, grandchild):
+        assert (await store.get(task_id)).state is TaskState.CANCELED
