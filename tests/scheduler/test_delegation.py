@@ -392,3 +392,20 @@ async def _until_state(
     async with asyncio.timeout(30):
         while (await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id))).state != state:
             await asyncio.sleep(0.05)
+
+
+async def test_an_agent_without_the_network_still_reaches_its_mesh_tools(
+    mesh: Mesh, emulator: GeminiEmulator
+) -> None:
+    # Network off: the run connects to its node's API proxy and mesh tools, nothing else.
+    stub = await start(mesh, sections={"permissions": {"weak": {"network": False}}})
+    await mesh.start_node("worker")
+    emulator.script(
+        function_call_reply("mcp_mesh_delegate", {"description": "who", "command": "whoami"}),
+        quoting_tool_result("It answered: {result}"),
+    )
+
+    parent, events = await run_to_end(stub, kind="gemini", prompt="Who runs tasks?")
+
+    assert parent.state == COMPLETED, parent.error
+    assert tool_output(events)["state"] == "completed"
