@@ -21,7 +21,7 @@ import json
 import logging
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -122,9 +122,15 @@ class MeshTools:
         sock.listen(128)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="on", log_config=None
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            log_config=None,
+            # A tool call still waiting for its subtask does not hold up the node's stop.
+            timeout_graceful_shutdown=2,
         )
-        self._server = uvicorn.Server(config)
+        self._server = _Server(config)
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="mesh tools")
         while not self._server.started:
             if self._serving.done():
@@ -294,6 +300,15 @@ class MeshTools:
             )
         except grpc.aio.AioRpcError as error:
             raise ToolError(f"{error.code().name}: {error.details()}") from None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, leaving the process's signals alone: the node (or whatever process hosts
+    it) handles SIGTERM and stops this server itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _digest(token: str) -> bytes:
