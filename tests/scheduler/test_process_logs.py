@@ -15,7 +15,7 @@ from agentmesh.config import TlsSettings
 from agentmesh.rpc.channel import open_channel
 from agentmesh.v1 import node_pb2, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from tests.node.conftest import GEMINI_CLI
-from tests.support.gemini_emulator import GeminiEmulator, text_reply
+from tests.support.gemini_emulator import GeminiEmulator, function_call_reply, text_reply
 from tests.support.processes import MeshProcess, ProcessHarness
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,14 @@ async def run(stub: scheduler_pb2_grpc.SchedulerAsyncStub, spec: task_pb2.TaskSp
 async def test_lines_about_tasks_name_them_and_no_secret_is_logged(
     mesh: VerboseHarness, emulator: GeminiEmulator
 ) -> None:
-    emulator.script(text_reply("All fine."))
+    # The agent delegates through its mesh tools: the scheduler's mesh credential travels to
+    # the node and back, and is written nowhere either.
+    emulator.script(
+        function_call_reply(
+            "mcp_mesh_delegate", {"description": "ping", "prompt": "ping", "kind": "echo"}
+        ),
+        text_reply("All fine."),
+    )
     scheduler = await mesh.start_scheduler()
     node = await mesh.start_node("alpha", scheduler=scheduler.address)
     channel = open_channel(scheduler.address, token=TOKEN, tls=TlsSettings())
@@ -101,6 +108,8 @@ async def test_lines_about_tasks_name_them_and_no_secret_is_logged(
     for log in (node_log, scheduler_log):
         assert TOKEN not in log
         assert KEY not in log
+        assert "amt_" not in log  # a mesh credential
+    assert "subtask delegated" in node_log
     assert f"task started task_id={gemini_id} attempt=1 agent={node.identity}" in node_log
     assert f"task_id={long.id} attempt=1 agent={node.identity}" in scheduler_log
 
