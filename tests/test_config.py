@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from dotenv import dotenv_values
 from pydantic import BaseModel, ValidationError
 
@@ -279,8 +280,13 @@ def test_a_server_that_does_not_answer_is_one_line_from_every_command(
     env_file = {**SEED_ENV, "GEMINI_API_KEY_FILE": str(tmp_path / "keys.env")}
     (tmp_path / ".env").write_text(dotenv_text(env_file))
     port = free_port()
+    # A vault key of its own: the scheduler would otherwise make one (saying so) in the
+    # default data directory on a machine where none was made yet.
+    vault_key = Fernet.generate_key().decode()
 
-    result = _run_cli(tmp_path, {"POSTGRES_PORT": str(port)}, *command)
+    result = _run_cli(
+        tmp_path, {"POSTGRES_PORT": str(port), "AGENTMESH_SECRET_KEY": vault_key}, *command
+    )
 
     assert result.returncode == 1
     assert result.stdout == ""

@@ -82,6 +82,7 @@ def test_services_have_their_fixed_full_names() -> None:
         "ListAgents",
         "ListHosts",
         "Heartbeat",
+        "DelegateTask",
     }
     streaming = {m.name for m in scheduler.methods if m.server_streaming}
     assert streaming == {"RunTask", "WatchTask"}

@@ -24,6 +24,8 @@ FILE_BOUNDS: list[tuple[str, Any, Any, str]] = [
     ("api_policy.rpm_soft_limit", 0, -1, "greater than or equal to 0"),
     ("api_policy.throttle_tolerance_seconds", 0, -1, "greater than or equal to 0"),
     ("agent_defaults.timeout_seconds", 1, 0, "greater than 0"),
+    ("agent_defaults.max_delegations", 0, -1, "greater than or equal to 0"),
+    ("agent_defaults.max_delegations", 1000, 1001, "less than or equal to 1000"),
     ("node.max_concurrency", 1, 0, "greater than 0"),
     ("node.max_concurrency", 1024, 1025, "less than or equal to 1024"),
     ("node.heartbeat_interval_seconds", 0.001, 0, "greater than 0"),
