@@ -8,7 +8,12 @@ Prints, from one run on this machine:
   directly from a pipe, and their ratio;
 - the node's resident memory when idle and with 8 tasks streaming at once;
 - the sandbox's cost: a shell task (weak and superuser) and a gemini task, median of 20,
-  through a node with `node.sandbox: auto` (bubblewrap) and one with `none`.
+  through a node with `node.sandbox: auto` (bubblewrap) and one with `none`;
+- delegation: the round trip of a running agent's `mcp_mesh_delegate` call for an echo
+  child (tool call to tool result, from the node's own timestamps of the two events in the
+  parent's trace), median of 20 calls in one gemini task, vs the same echo task submitted to
+  the scheduler directly and watched to its end, median of 20, and their ratio (a scheduler
+  process on the embedded PostgreSQL 16, and a node registered with it).
 
 The node runs as its own process (`agentmesh node`), as in production.
 """
@@ -33,9 +38,21 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agentmesh.db import embedded  # noqa: E402
+from agentmesh.db.connect import ensure_database  # noqa: E402
 from agentmesh.node.executors.gemini import SETTINGS  # noqa: E402
-from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2  # noqa: E402
-from tests.support.gemini_emulator import GeminiEmulator  # noqa: E402
+from agentmesh.v1 import (  # noqa: E402
+    node_pb2,
+    node_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    task_pb2,
+)
+from tests.support.gemini_emulator import (  # noqa: E402
+    GeminiEmulator,
+    function_call_reply,
+    text_reply,
+)
 
 GEMINI_CLI = os.environ.get(
     "AGENTMESH_GEMINI_CLI", str(REPO / ".cache/gemini-cli/node_modules/.bin/gemini")
@@ -46,11 +63,34 @@ GEMINI_RUNS = 20
 ECHO_CALLS = 1000
 STREAM_BYTES = 200 << 20
 SANDBOX_RUNS = 20
+DELEGATIONS = 20
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def spawn(
+    args: list[str], env: dict[str, str], work: Path, pattern: str, log: Path | None = None
+) -> tuple[subprocess.Popen[str], re.Match[str]]:
+    """Start `agentmesh ARGS`; return it and the match of `pattern` in its first line."""
+    with open(log or os.devnull, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agentmesh.cli.main", *args],
+            env=env,
+            cwd=work,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(pattern, line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"{args[0]} did not start: {line!r}")
+    return process, match
 
 
 def start_node(
@@ -73,22 +113,11 @@ def start_node(
     }
     config.write_text(json.dumps({"node": node}))
     env["AGENTMESH_CONFIG"] = str(config)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agentmesh.cli.main", "node", "--listen", "127.0.0.1:0"],
-        env=env,
-        cwd=work,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    process, match = spawn(
+        ["node", "--listen", "127.0.0.1:0"], env, work, r"listening on (\S+);.* sandbox: (\w+)"
     )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"listening on (\S+);.* sandbox: (\w+)", line)
-    if not match:
-        process.kill()
-        raise SystemExit(f"the node did not start: {line!r}")
     if sandbox == "auto" and match[2] != "bubblewrap":
-        print(f"  (no working sandbox here: {line.strip()})")
+        print(f"  (no working sandbox here: {match.string.strip()})")
     return process, match[1]
 
 
@@ -191,6 +220,130 @@ async def sandbox_costs(
     return lines
 
 
+async def watch_to_end(
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub, **spec: object
+) -> tuple[task_pb2.Task, list[task_pb2.TaskEvent]]:
+    """Submit a task to the scheduler and watch it to its end: the task and its trace."""
+    request = scheduler_pb2.SubmitTaskRequest(spec=task_pb2.TaskSpec(**spec))  # type: ignore[arg-type]
+    submitted = await stub.SubmitTask(request)
+    watch = scheduler_pb2.WatchTaskRequest(task_id=submitted.id)
+    events = [event async for event in stub.WatchTask(watch)]
+    task = await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=submitted.id))
+    if task.state != task_pb2.TASK_STATE_COMPLETED:
+        raise SystemExit(f"task {task.id} ({task.spec.kind}) did not complete: {task.error}")
+    return task, events
+
+
+def round_trips(events: list[task_pb2.TaskEvent]) -> list[float]:
+    """Seconds from each tool_use event to the tool_result of the same tool_id."""
+    called: dict[str, float] = {}
+    trips: list[float] = []
+    for event in events:
+        kind = event.WhichOneof("payload")
+        at = event.time.ToNanoseconds() / 1e9
+        if kind == "tool_use":
+            called[event.tool_use.tool_id] = at
+        elif kind == "tool_result":
+            if event.tool_result.status != "success":
+                raise SystemExit(f"a delegation failed: {event.tool_result.error_message}")
+            trips.append(at - called.pop(event.tool_result.tool_id))
+    return trips
+
+
+async def delegation_costs(work: Path, emulator: GeminiEmulator) -> str:
+    """An agent's delegation of an echo child against the same echo submitted directly."""
+    mesh = work / "mesh"
+    data = mesh / "data"
+    mesh.mkdir()
+    server = embedded.start(data)
+    await ensure_database(server, "agentmesh")
+    keys = mesh / "keys.txt"
+    keys.write_text(f"{API_KEY}\n")
+    config = mesh / "agent_config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "agent_defaults": {"max_delegations": DELEGATIONS},
+                # The parent asks the model DELEGATIONS + 1 times in a row: the default
+                # 15 requests a minute per key would space its turns out.
+                "api_policy": {"rpm_soft_limit": 0},
+                "node": {"heartbeat_interval_seconds": 1, "workdir": str(mesh)},
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": embedded.uri_for(server, "agentmesh"),
+        "AGENTMESH_DATA_DIR": str(data),
+        "AGENTMESH_CONFIG": str(config),
+        "GEMINI_CLI_COMMAND": GEMINI_CLI,
+        "GOOGLE_GEMINI_BASE_URL": emulator.base_url,
+    }
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        scheduler, match = spawn(
+            ["scheduler", "--listen", "127.0.0.1:0"],
+            {**env, "GEMINI_API_KEY_FILE": str(keys)},  # the scheduler leases the key
+            mesh,
+            r"listening on (\S+)",
+            mesh / "scheduler.log",
+        )
+        processes.append(scheduler)
+        address = match[1]
+        node, _ = spawn(
+            ["node", "--listen", "127.0.0.1:0", "--name", "bench", "--scheduler", address],
+            env,
+            mesh,
+            r"listening on (\S+);",
+            mesh / "node.log",
+        )
+        processes.append(node)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            while not (await stub.ListAgents(scheduler_pb2.ListAgentsRequest())).agents:
+                await asyncio.sleep(0.1)
+            await watch_to_end(stub, kind="echo", prompt="warm")
+
+            direct: list[float] = []
+            for i in range(DELEGATIONS):
+                started = time.perf_counter()
+                await watch_to_end(stub, kind="echo", prompt=f"ping {i}", description=f"echo {i}")
+                direct.append(time.perf_counter() - started)
+
+            emulator.script(
+                *(
+                    function_call_reply(
+                        "mcp_mesh_delegate",
+                        {"description": f"echo {i}", "prompt": f"ping {i}", "kind": "echo"},
+                    )
+                    for i in range(DELEGATIONS)
+                ),
+                text_reply("All the machines answered."),
+            )
+            prompt = f"Ping a machine of the mesh {DELEGATIONS} times."
+            parent, events = await watch_to_end(stub, kind="gemini", prompt=prompt, model=MODEL)
+            trips = round_trips(events)
+            if len(trips) != DELEGATIONS or len(parent.child_ids) != DELEGATIONS:
+                raise SystemExit(
+                    f"the agent delegated {len(parent.child_ids)} times, {len(trips)} results"
+                )
+    except SystemExit as failure:
+        raise SystemExit(f"{failure} (the scheduler's and the node's logs: {mesh})") from None
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+        embedded.stop(data)
+    trip = statistics.median(trips) * 1000
+    submitted = statistics.median(direct) * 1000
+    return (
+        f"  delegation of an echo child, median of {DELEGATIONS}: tool call to tool result"
+        f" {trip:.1f} ms, the same echo submitted to the scheduler {submitted:.1f} ms,"
+        f" ratio {trip / submitted:.2f} ({trip - submitted:+.1f} ms)"
+    )
+
+
 async def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="agentmesh-bench-node-"))
     big = work / "big.txt"
@@ -243,6 +396,7 @@ async def main() -> None:
         finally:
             node.terminate()
             node.wait(30)
+        delegation_line = await delegation_costs(work, emulator)
     shutil.rmtree(work, ignore_errors=True)
 
     direct_median = statistics.median(direct)
@@ -271,6 +425,7 @@ async def main() -> None:
     )
     for sandbox_line in sandbox_lines:
         print(sandbox_line)
+    print(delegation_line)
 
 
 if __name__ == "__main__":
