@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections import Counter
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import click
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.text import Text
-from rich.tree import Tree
 
 from agentmesh.cli.app import App, json_option, output_for, pass_app
 from agentmesh.cli.client import (
@@ -20,12 +15,11 @@ from agentmesh.cli.client import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
-    Stub,
     agent_names,
     scheduler_stub,
-    task_tree,
 )
 from agentmesh.cli.output import Cell, Output
+from agentmesh.cli.subtree import Subtree, read_subtree, show_subtree, subtree_document
 from agentmesh.cli.views import (
     STATE_STYLES,
     TERMINAL_STATES,
@@ -43,7 +37,6 @@ from agentmesh.v1 import scheduler_pb2, task_pb2
 STATES = ["submitted", "working", "input_required", "completed", "failed", "canceled", "rejected"]
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_PLACED = re.compile(r"^attempt (\d+) placed on (\S+)")
 
 
 def parse_since(value: str, now: datetime | None = None) -> datetime:
@@ -119,116 +112,33 @@ def tasks(
     return app.run(command)
 
 
-@dataclass(frozen=True)
-class Attempt:
-    number: int
-    agent: str
-    outcome: str
-
-
-@dataclass(frozen=True)
-class EventSummary:
-    count: int
-    by_type: dict[str, int]
-    attempts: list[Attempt]
-
-
-async def summarize_events(stub: Stub, task: task_pb2.Task, names: dict[str, str]) -> EventSummary:
-    """Its stored events, counted by type, and its attempts: where each ran, how it ended."""
-    kinds: Counter[str] = Counter()
-    agents: dict[int, str] = {}
-    outcomes: dict[int, str] = {}
-    call = stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task.id))
-    try:
-        async for event in call:  # every task has a first event: `submitted`
-            kind = event.WhichOneof("payload") or ""
-            kinds[kind] += 1
-            if event.attempt and event.agent_id:
-                agents.setdefault(event.attempt, event.agent_id)
-            if kind == "status":
-                placed = _PLACED.match(event.status.message)
-                if placed:
-                    agents.setdefault(int(placed[1]), placed[2])
-                if event.attempt:
-                    outcomes[event.attempt] = event.status.message
-            elif kind == "result" and event.attempt:
-                outcomes[event.attempt] = state_name(event.result.state)
-            if event.seq >= task.last_seq:
-                break  # what was stored when we looked; a running task goes on
-    finally:
-        call.cancel()
-    attempts = [
-        Attempt(number, names.get(agents.get(number, ""), agents.get(number, "")), outcomes[number])
-        for number in sorted(set(agents) | set(outcomes))
-        if number in outcomes
-    ]
-    return EventSummary(sum(kinds.values()), dict(kinds), attempts)
-
-
 @click.command()
 @click.argument("task_id", metavar="ID")
 @json_option
 @pass_app
 def task(app: App, task_id: str, as_json: bool) -> int:
-    """Show a task: its subtasks, attempts, placement, waiting reason, usage and events."""
+    """Show a task: its subtasks (those its agent delegated marked, with when), attempts,
+    placement, waiting reason, usage and events."""
 
     async def command() -> int:
         output = output_for(as_json)
         async with scheduler_stub(app.settings(), app.scheduler_address()) as stub:
-            tree = await task_tree(stub, task_id)
-            names = await agent_names(stub)
-            summaries = await asyncio.gather(*(summarize_events(stub, t, names) for t in tree))
-            agents = await stub.ListAgents(
-                scheduler_pb2.ListAgentsRequest(include_offline=True), timeout=CALL_TIMEOUT
-            )
-        endpoints = {a.card.agent_id: a.card.endpoint for a in agents.agents}
-        by_id = {t.id: (t, s) for t, s in zip(tree, summaries, strict=True)}
+            subtree = await read_subtree(stub, task_id)
         if output.json:
-            output.data(_task_document(task_id, by_id, names, endpoints))
+            output.data(subtree_document(subtree, task_id))
         else:
-            _show_task(output, by_id[task_id][0], by_id[task_id][1], names, endpoints)
-            if len(tree) > 1:
-                _show_tree(output, task_id, by_id, names)
+            _show_task(output, subtree)
+            if subtree.children(task_id):
+                output.line()
+                output.line("subtasks:")
+                show_subtree(output, subtree)
         return EXIT_OK
 
     return app.run(command)
 
 
-def _task_document(
-    task_id: str,
-    by_id: dict[str, tuple[task_pb2.Task, EventSummary]],
-    names: dict[str, str],
-    endpoints: dict[str, str],
-) -> dict[str, Any]:
-    """`task ID --json`: the task's fields, plus node, attempts, events and subtasks."""
-    item, summary = by_id[task_id]
-    document = task_json(item)
-    document["node"] = (
-        {
-            "agent_id": item.assigned_agent,
-            "name": names.get(item.assigned_agent, ""),
-            "endpoint": endpoints.get(item.assigned_agent, ""),
-        }
-        if item.assigned_agent
-        else None
-    )
-    document["attempts"] = [
-        {"attempt": a.number, "node": a.agent, "outcome": a.outcome} for a in summary.attempts
-    ]
-    document["events"] = {"count": summary.count, "by_type": summary.by_type}
-    document["subtasks"] = [
-        _task_document(child, by_id, names, endpoints) for child in item.child_ids
-    ]
-    return document
-
-
-def _show_task(
-    output: Output,
-    item: task_pb2.Task,
-    summary: EventSummary,
-    names: dict[str, str],
-    endpoints: dict[str, str],
-) -> None:
+def _show_task(output: Output, subtree: Subtree) -> None:
+    item, summary = subtree.tasks[subtree.root_id], subtree.summaries[subtree.root_id]
     state = state_name(item.state)
     output.line(
         Text.assemble(
@@ -246,12 +156,19 @@ def _show_task(
     if item.spec.user:
         facts.append(("user", item.spec.user))
     if item.parent_id:
-        facts.append(("parent", item.parent_id))
+        delegated = summary.delegated_by_attempt
+        facts.append(
+            (
+                "parent",
+                item.parent_id
+                + (f" (its agent delegated this task, attempt {delegated})" if delegated else ""),
+            )
+        )
     if item.replay_of:
         facts.append(("replay of", item.replay_of))
     if item.assigned_agent:
-        name = names.get(item.assigned_agent, item.assigned_agent)
-        where = endpoints.get(item.assigned_agent, "")
+        name = subtree.node_name(item)
+        where = subtree.endpoints.get(item.assigned_agent, "")
         facts.append(
             ("placement", f"{name} ({item.assigned_agent})" + (f" at {where}" if where else ""))
         )
@@ -273,6 +190,18 @@ def _show_task(
                 + (f", {usage.model}" if usage.model else ""),
             )
         )
+    children = subtree.children(item.id)
+    if children:
+        delegated_children = sum(
+            subtree.summaries[child].delegated_by_attempt is not None for child in children
+        )
+        facts.append(
+            (
+                "subtasks",
+                f"{len(children)}"
+                + (f" ({delegated_children} delegated by its agent)" if delegated_children else ""),
+            )
+        )
     counts = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.by_type.items()))
     facts.append(("events", f"{summary.count}" + (f" ({counts})" if counts else "")))
     if item.exit_code:
@@ -284,41 +213,3 @@ def _show_task(
     width = max(len(label) for label, _ in facts)
     for label, value in facts:
         output.line(f"  {label.ljust(width)}  {value}")
-
-
-def _tree_label(item: task_pb2.Task, names: dict[str, str]) -> Text:
-    state = state_name(item.state)
-    where = names.get(item.assigned_agent, item.assigned_agent)
-    return Text.assemble(
-        (state.ljust(9), STATE_STYLES.get(state, "")),
-        f" {item.id}  {title(item.spec, 40)}",
-        (f"  on {where}" if where else "", "dim"),
-        (f"  {duration_text(seconds(item))}", "dim"),
-    )
-
-
-def _show_tree(
-    output: Output,
-    root_id: str,
-    by_id: dict[str, tuple[task_pb2.Task, EventSummary]],
-    names: dict[str, str],
-) -> None:
-    output.line()
-    output.line("subtasks:")
-    if output.out_is_terminal:
-        tree = Tree(_tree_label(by_id[root_id][0], names))
-
-        def grow(branch: Tree, task_id: str) -> None:
-            for child in by_id[task_id][0].child_ids:
-                grow(branch.add(_tree_label(by_id[child][0], names)), child)
-
-        grow(tree, root_id)
-        output.out.print(tree)
-        return
-
-    def lines(task_id: str, depth: int) -> None:
-        output.line("  " * depth + str(_tree_label(by_id[task_id][0], names)))
-        for child in by_id[task_id][0].child_ids:
-            lines(child, depth + 1)
-
-    lines(root_id, 1)
