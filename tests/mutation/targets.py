@@ -94,6 +94,34 @@ TARGETS: dict[str, Target] = {
         note="needs PostgreSQL (the embedded server)",
         test_timeout=60.0,
     ),
+    "delegation": Target(
+        "src/agentmesh/scheduler/delegation.py", ("tests/unit/test_delegation.py",)
+    ),
+    "task_credentials": Target(
+        "src/agentmesh/access/task_credentials.py", ("tests/unit/test_delegation.py",)
+    ),
+    "access_policies": Target(
+        "src/agentmesh/access/policies.py",
+        (
+            "tests/unit/test_delegation.py",
+            # These two run on the embedded server only (their own pg_server fixture).
+            "tests/scheduler/test_auth.py",
+            "tests/scheduler/test_node_credentials.py",
+        ),
+        note="the node-credential half runs a mesh per mutant",
+        test_timeout=60.0,
+    ),
+    "request_shape": Target(
+        "src/agentmesh/rpc/request_shape.py",
+        ("tests/unit/test_request_shape.py", "tests/node/test_request_shape.py"),
+        test_timeout=60.0,
+    ),
+    "command_check": Target(
+        "src/agentmesh/node/command_check.py",
+        ("tests/node/test_command_check.py",),
+        note="starts checker worker processes per test",
+        test_timeout=60.0,
+    ),
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
         (
