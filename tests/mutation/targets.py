@@ -179,7 +179,22 @@ _SELF_PAIR = (
     " at least 1)"
 )
 
+_FROZEN = "nothing assigns to its fields after it is made: frozen only forbids what no code does"
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
+    "delegation": (
+        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
+        Equivalent("core/ReplaceTrueWithFalse", "@dataclass(frozen=True)", _FROZEN),
+        Equivalent(
+            "core/ReplaceComparisonOperator_LtE_Eq",
+            "if left <= 0 or max_tokens > left:",
+            "max_tokens is never negative (validated), so when left < 0 `max_tokens > left`"
+            " refuses anyway: == 0 refuses exactly what <= 0 does",
+        ),
+    ),
+    "task_credentials": (
+        Equivalent("core/ReplaceTrueWithFalse", "@dataclass(frozen=True)", _FROZEN),
+    ),
     "placement": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",

@@ -80,10 +80,20 @@ def test_a_mode_above_the_parents_is_refused() -> None:
     assert shape_delegation(PARENT, above, superuser_default).permission_mode == "superuser"
 
 
-def test_another_users_subtask_is_refused_the_parents_own_name_is_fine() -> None:
-    with pytest.raises(PermissionDenied, match="parent's user"):
-        shape_delegation(PARENT, dataclasses.replace(SHELL, user="eve"), LIMITS)
-    assert shape_delegation(PARENT, dataclasses.replace(SHELL, user="ada"), LIMITS).user == "ada"
+@pytest.mark.parametrize("user", ["eve", "abe"])  # sorting after the parent's name, and before
+def test_another_users_subtask_is_refused(user: str) -> None:
+    with pytest.raises(PermissionDenied) as refused:
+        shape_delegation(PARENT, dataclasses.replace(SHELL, user=user), LIMITS)
+    assert str(refused.value) == "spec.user: a delegated subtask runs as its parent's user (ada)"
+    nobody = parent(user="")
+    with pytest.raises(PermissionDenied) as refused:
+        shape_delegation(nobody, dataclasses.replace(SHELL, user=user), LIMITS)
+    assert str(refused.value).endswith("runs as its parent's user (none)")
+
+
+def test_the_parents_own_name_is_fine() -> None:
+    same = "".join(["a", "da"])  # equal to the parent's user, not the same object
+    assert shape_delegation(PARENT, dataclasses.replace(SHELL, user=same), LIMITS).user == "ada"
 
 
 @pytest.mark.parametrize(("done", "allowed"), [(3, True), (4, False), (9, False)])
@@ -101,9 +111,13 @@ def test_subtasks_nest_at_most_max_subtask_depth(depth: int, allowed: bool) -> N
     if allowed:
         shape_delegation(parent(depth=depth), SHELL, LIMITS)
         return
-    with pytest.raises(FailedPrecondition, match="max_subtask_depth") as refused:
+    with pytest.raises(FailedPrecondition) as refused:
         shape_delegation(parent(depth=depth), SHELL, LIMITS)
     assert refused.value.reason is Reason.DEPTH_LIMIT
+    assert str(refused.value) == (
+        f"a subtask of t-parent would be {depth + 1} levels deep, past the limit of 3"
+        " (scheduler.max_subtask_depth)"
+    )
 
 
 def test_a_gemini_subtask_gets_what_is_left_of_the_parents_budget() -> None:
@@ -119,22 +133,43 @@ def test_a_gemini_subtask_gets_what_is_left_of_the_parents_budget() -> None:
 
 
 @pytest.mark.parametrize(
-    ("asked", "spent", "granted"), [(501, 200, 300), (0, 700, 300), (0, 0, 1000), (1, 999, 1)]
+    ("asked", "spent", "granted", "message"),
+    [
+        (501, 200, 300, "the subtask asks for 501; its parent has 500 of its 1000 tokens left"),
+        (0, 700, 300, "its parent has 0 of its 1000 tokens left"),
+        (0, 0, 1000, "its parent has 0 of its 1000 tokens left"),
+        (2, 999, 0, "the subtask asks for 2; its parent has 1 of its 1000 tokens left"),
+        (0, 1200, 0, "its parent has 0 of its 1000 tokens left"),
+    ],
 )
 def test_more_tokens_than_the_parent_has_left_are_refused(
-    asked: int, spent: int, granted: int
+    asked: int, spent: int, granted: int, message: str
 ) -> None:
     agent = TaskSpec(kind="gemini", prompt="look", max_tokens=asked)
-    with pytest.raises(FailedPrecondition, match="tokens left") as refused:
+    with pytest.raises(FailedPrecondition) as refused:
         shape_delegation(budgeted(1000, granted), agent, LIMITS, parent_tokens_spent=spent)
     assert refused.value.reason is Reason.TOKEN_BUDGET
+    assert str(refused.value) == (
+        f"spec.max_tokens: {message} ({spent} spent, {granted} granted to earlier subtasks)"
+    )
+
+
+def test_the_last_token_left_can_still_be_given() -> None:
+    agent = TaskSpec(kind="gemini", prompt="look")
+    assert shape_delegation(budgeted(1000), agent, LIMITS, parent_tokens_spent=999).max_tokens == 1
+    # Without a count of what it spent, the parent has spent nothing.
+    assert shape_delegation(budgeted(1000), agent, LIMITS).max_tokens == 1000
 
 
 def test_without_a_parent_budget_there_is_none_to_share_and_shell_spends_none() -> None:
     agent = TaskSpec(kind="gemini", prompt="look", max_tokens=70)
     assert shape_delegation(PARENT, agent, LIMITS, parent_tokens_spent=10**9).max_tokens == 70
-    # A shell subtask spends no tokens: a spent budget does not stop it.
+    # A shell or echo subtask spends no tokens: a spent budget neither stops it nor is
+    # shared with it.
     assert shape_delegation(budgeted(10, 10), SHELL, LIMITS, parent_tokens_spent=10).command
+    echo = TaskSpec(kind="echo", prompt="ping")
+    assert shape_delegation(budgeted(10), echo, LIMITS).max_tokens == 0
+    assert shape_delegation(budgeted(10, 10), echo, LIMITS, parent_tokens_spent=10).prompt
 
 
 @pytest.mark.parametrize(

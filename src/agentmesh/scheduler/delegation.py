@@ -78,9 +78,9 @@ def shape_delegation(
     if spec.kind == TaskKind.GEMINI and parent.spec.max_tokens:
         left = parent.spec.max_tokens - parent_tokens_spent - parent.tokens_granted
         if left <= 0 or max_tokens > left:
-            asked = f"asks for {max_tokens}; " if max_tokens else ""
+            asked = f"the subtask asks for {max_tokens}; " if max_tokens else ""
             raise FailedPrecondition(
-                f"spec.max_tokens: the subtask {asked}its parent has {max(left, 0)} of its"
+                f"spec.max_tokens: {asked}its parent has {max(left, 0)} of its"
                 f" {parent.spec.max_tokens} tokens left ({parent_tokens_spent} spent,"
                 f" {parent.tokens_granted} granted to earlier subtasks)",
                 reason=Reason.TOKEN_BUDGET,
