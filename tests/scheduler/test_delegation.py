@@ -15,12 +15,14 @@ import grpc
 import pytest
 
 from agentmesh.config import TlsSettings
+from agentmesh.node.service import AgentNode
 from agentmesh.rpc.channel import open_channel
 from agentmesh.v1 import node_pb2, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from tests.scheduler.conftest import Mesh, run_to_end
 from tests.support.gemini_emulator import (
     GeminiEmulator,
     RecordedRequest,
+    TextReply,
     function_call_reply,
     last_function_response,
     quoting_tool_result,
@@ -228,19 +230,23 @@ async def test_a_delegated_agent_cannot_delegate_past_the_depth_limit(
     assert "scheduler.max_subtask_depth" in parent.output
 
 
-async def test_cancelling_the_parent_stops_what_it_delegated_on_its_node(
-    mesh: Mesh, emulator: GeminiEmulator
-) -> None:
+async def long_job_mesh(
+    mesh: Mesh, emulator: GeminiEmulator, options: dict[str, Any], answer: TextReply
+) -> tuple[scheduler_pb2_grpc.SchedulerAsyncStub, AgentNode]:
+    """Nodes "planner" and "far"; the agent delegates `sleep 300` to "far" (with `options`),
+    then gives `answer`. Returns the stub and the far node."""
     stub = await start(mesh)
     await mesh.start_node("planner")
     far = await mesh.start_node("far", capabilities=["far"])
-    emulator.script(
-        function_call_reply(
-            "mcp_mesh_delegate",
-            {"description": "long", "command": "sleep 300", "capabilities": ["far"]},
-        ),
-        text_reply("never reached"),
-    )
+    job = {"description": "long", "command": "sleep 300", "capabilities": ["far"], **options}
+    emulator.script(function_call_reply("mcp_mesh_delegate", job), answer)
+    return stub, far
+
+
+async def test_cancelling_the_parent_stops_what_it_delegated_on_its_node(
+    mesh: Mesh, emulator: GeminiEmulator
+) -> None:
+    stub, far = await long_job_mesh(mesh, emulator, {}, text_reply("never reached"))
     parent = await stub.SubmitTask(
         scheduler_pb2.SubmitTaskRequest(
             spec=task_pb2.TaskSpec(
@@ -266,22 +272,9 @@ async def test_cancelling_the_parent_stops_what_it_delegated_on_its_node(
 async def test_a_parent_that_ends_leaves_no_running_children(
     mesh: Mesh, emulator: GeminiEmulator
 ) -> None:
-    stub = await start(mesh)
-    await mesh.start_node("planner")
-    far = await mesh.start_node("far", capabilities=["far"])
-    emulator.script(
-        # The agent gives up waiting after a second and answers.
-        function_call_reply(
-            "mcp_mesh_delegate",
-            {
-                "description": "long",
-                "command": "sleep 300",
-                "capabilities": ["far"],
-                "timeout_seconds": 1,
-            },
-        ),
-        text_reply("It is still running; I am done."),
-    )
+    # The agent gives up waiting after a second and answers.
+    answer = text_reply("It is still running; I am done.")
+    stub, far = await long_job_mesh(mesh, emulator, {"timeout_seconds": 1}, answer)
 
     parent, events = await run_to_end(
         stub, kind="gemini", prompt="Start the long job.", permission_mode="superuser"
