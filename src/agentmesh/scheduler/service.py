@@ -29,6 +29,11 @@ from agentmesh.keys.pool import load_key_file, read_key_file
 from agentmesh.keys.quota import Limits
 from agentmesh.keys.reservations import KeyReserver
 from agentmesh.keys.vault import Vault, seal_plaintext_keys
+from agentmesh.memory import servicer as memory_servicer
+from agentmesh.memory.knowledge import KnowledgeStore
+from agentmesh.memory.network import HomeNetwork
+from agentmesh.memory.profiles import Profiles
+from agentmesh.memory.servicer import MemoryServicer
 from agentmesh.rpc.server import RunningServer, split_host_port, start_server
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.delegation import DelegationLimits
@@ -182,9 +187,12 @@ class Scheduler:
             token_report=functools.partial(_token_report, pool),
         )
 
+        memory = MemoryServicer(Profiles(pool), KnowledgeStore(pool), HomeNetwork(pool))
+
         def register_services(grpc_server: grpc.aio.Server) -> None:
             register(servicer)(grpc_server)
             key_servicer.register(keys)(grpc_server)
+            memory_servicer.register(memory)(grpc_server)
 
         async def verify(token: str) -> credentials.Verified | None:
             async with pool.acquire() as conn:
@@ -193,7 +201,7 @@ class Scheduler:
         server = await start_server(
             listen,
             register_services,
-            [SERVICE_NAME, key_servicer.SERVICE_NAME],
+            [SERVICE_NAME, key_servicer.SERVICE_NAME, memory_servicer.SERVICE_NAME],
             policy=(
                 SchedulerAccess(token, verify, mesh_credentials)
                 if token is not None
