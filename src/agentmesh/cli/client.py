@@ -18,14 +18,22 @@ from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.config import Settings
 from agentmesh.rpc.channel import open_channel
-from agentmesh.v1 import keys_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from agentmesh.v1 import (
+    keys_pb2_grpc,
+    memory_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    task_pb2,
+)
 
 if TYPE_CHECKING:  # the async stubs' types exist in the generated stubs only
     from agentmesh.v1.keys_pb2_grpc import KeyPoolAsyncStub
+    from agentmesh.v1.memory_pb2_grpc import MemoryAsyncStub
     from agentmesh.v1.scheduler_pb2_grpc import SchedulerAsyncStub
 
 Stub: TypeAlias = "SchedulerAsyncStub"
 KeyPoolStub: TypeAlias = "KeyPoolAsyncStub"
+MemoryStub: TypeAlias = "MemoryAsyncStub"
 
 # Exit codes of every command (README: "The command line").
 EXIT_OK = 0
@@ -82,6 +90,13 @@ async def key_pool_stub(settings: Settings, address: str) -> AsyncIterator[KeyPo
     """The scheduler's KeyPool service, as `scheduler_stub` gives its Scheduler service."""
     async with _scheduler_channel(settings, address) as channel:
         yield keys_pb2_grpc.KeyPoolStub(channel)
+
+
+@contextlib.asynccontextmanager
+async def memory_stub(settings: Settings, address: str) -> AsyncIterator[MemoryStub]:
+    """The scheduler's Memory service (profiles, knowledge, the home network)."""
+    async with _scheduler_channel(settings, address) as channel:
+        yield memory_pb2_grpc.MemoryStub(channel)
 
 
 async def get_task(stub: Stub, task_id: str) -> task_pb2.Task:
