@@ -279,6 +279,8 @@ def parse_command_line(argv: list[str]) -> click.Command:
     while isinstance(command, click.Group):
         # click keeps the subcommand's name apart from its arguments.
         args = [*context._protected_args, *context.args]
+        if not args and command.invoke_without_command:
+            break  # a group that is a command of its own too (`agentmesh network`)
         name, subcommand, rest = command.resolve_command(context, args)
         assert subcommand is not None, argv
         assert name is not None, argv

@@ -31,8 +31,10 @@ from agentmesh.cli.client import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from agentmesh.cli.db import db
 from agentmesh.cli.demo import demo
 from agentmesh.cli.keys import keys
+from agentmesh.cli.network import network
 from agentmesh.cli.node import node
 from agentmesh.cli.nodes import nodes
+from agentmesh.cli.profile import profile
 from agentmesh.cli.scheduler import scheduler
 from agentmesh.cli.up import up
 
@@ -84,7 +86,8 @@ for command in (
     listing.tasks,
     listing.task,
     mesh.agents,
-    mesh.network,
+    network,
+    profile,
     tokens.tokens,
     keys,
     nodes,

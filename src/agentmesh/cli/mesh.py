@@ -1,5 +1,4 @@
-"""`agentmesh agents` and `agentmesh network`: the nodes the scheduler knows, and the
-`home_network` inventory of the hosts they run on."""
+"""`agentmesh agents`: the nodes the scheduler knows (`agentmesh network`: the hosts)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from rich.text import Text
 from agentmesh.cli.app import App, json_option, output_for, pass_app
 from agentmesh.cli.client import CALL_TIMEOUT, EXIT_OK, scheduler_stub
 from agentmesh.cli.output import Cell
-from agentmesh.cli.views import agent_json, ago, host_json
+from agentmesh.cli.views import agent_json, ago
 from agentmesh.v1 import scheduler_pb2
 
 STATUS_STYLES = {"online": "green", "draining": "yellow", "offline": "dim"}
@@ -67,36 +66,6 @@ def agents(app: App, include_offline: bool, as_json: bool) -> int:
             ],
             rows,
         )
-        return EXIT_OK
-
-    return app.run(command)
-
-
-@click.command()
-@json_option
-@pass_app
-def network(app: App, as_json: bool) -> int:
-    """List the home_network inventory: hosts, addresses, services, tags."""
-
-    async def command() -> int:
-        output = output_for(as_json)
-        async with scheduler_stub(app.settings(), app.scheduler_address()) as stub:
-            reply = await stub.ListHosts(scheduler_pb2.ListHostsRequest(), timeout=CALL_TIMEOUT)
-        if output.json:
-            output.data([host_json(host) for host in reply.hosts])
-            return EXIT_OK
-        rows = [
-            [
-                host.host_name or "-",
-                host.ip_address or "-",
-                host.service or "-",
-                ",".join(host.tags) or "-",
-                ago(host.last_seen, host.HasField("last_seen")),
-                host.notes or "",
-            ]
-            for host in reply.hosts
-        ]
-        output.table(["HOST", "ADDRESS", "SERVICE", "TAGS", "SEEN", "NOTES"], rows)
         return EXIT_OK
 
     return app.run(command)

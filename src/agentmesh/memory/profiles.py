@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import asyncpg
 
 from agentmesh.config import PermissionMode
@@ -10,6 +12,10 @@ from agentmesh.memory.model import PROFILE_FIELDS, Profile, validate_username
 
 COLUMNS = "username, " + ", ".join(PROFILE_FIELDS)
 SELECT_PROFILE = f"SELECT {COLUMNS} FROM user_profile WHERE username = $1"
+SELECT_DEFAULT_MODES = """
+SELECT username, default_permissions FROM user_profile
+WHERE username = ANY($1::text[]) AND default_permissions IS NOT NULL
+"""
 SELECT_PROFILES = f"SELECT {COLUMNS} FROM user_profile ORDER BY username NULLS LAST, id"
 
 
@@ -57,6 +63,12 @@ class Profiles:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(SELECT_PROFILE, username)
         return _profile(row) if row is not None else None
+
+    async def default_modes(self, usernames: Iterable[str]) -> dict[str, str]:
+        """The `default_permissions` of those of these users who have one."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SELECT_DEFAULT_MODES, list(usernames))
+        return {row["username"]: row["default_permissions"] for row in rows}
 
     async def set(self, username: str, change: dict[str, object | None]) -> Profile:
         """Write these (checked: see model.profile_change) fields, creating the profile."""

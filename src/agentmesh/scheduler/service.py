@@ -178,6 +178,7 @@ class Scheduler:
                 default_mode=settings.agent_defaults.permissions,
                 default_agent_mode=settings.agent_defaults.mode,
             ),
+            profiles=Profiles(pool),
         )
         keys = key_servicer.KeyPoolServicer(
             pool,

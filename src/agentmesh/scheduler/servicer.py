@@ -14,6 +14,7 @@ from agentmesh.access.task_credentials import TaskIdentity
 from agentmesh.config import PermissionMode
 from agentmesh.errors import InvalidArgument, PermissionDenied
 from agentmesh.keys.held import validate_held_keys
+from agentmesh.memory.profiles import Profiles
 from agentmesh.rpc import auth, convert
 from agentmesh.rpc.errors import streaming, unary
 from agentmesh.rpc.request_shape import SpecShape, add_checked
@@ -23,8 +24,10 @@ from agentmesh.scheduler.notifications import TaskSignals
 from agentmesh.scheduler.store import TaskRecord, TaskStore
 from agentmesh.scheduler.validation import (
     MAX_TASKS_PER_SUBMISSION,
+    users_of,
     validate_submission,
     with_defaults,
+    with_user_modes,
 )
 from agentmesh.scheduler.watch import wait_for_end, watch
 from agentmesh.tasks.model import AgentMode, TaskSpec, validate_task_id
@@ -102,6 +105,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         on_cancel: Callable[[list[str]], None],
         default_agent_mode: AgentMode,
         delegation: DelegationLimits,
+        profiles: Profiles | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -111,6 +115,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._on_cancel = on_cancel
         self._default_agent_mode = default_agent_mode
         self._delegation = delegation
+        # Users' profiles: a task without a permission mode runs in its user's default.
+        self._profiles = profiles
 
     @property
     def max_depth(self) -> int:
@@ -123,9 +129,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         validate_submission(spec, max_depth=self._max_depth)
         if request.replay_of:
             validate_task_id(request.replay_of, "replay_of")
-        return await self._store.submit(
-            with_defaults(spec, agent_mode=self._default_agent_mode), replay_of=request.replay_of
-        )
+        spec = with_defaults(spec, agent_mode=self._default_agent_mode)
+        if self._profiles is not None and (users := users_of(spec)):
+            modes = await self._profiles.default_modes(users)
+            spec = with_user_modes(spec, modes)
+        return await self._store.submit(spec, replay_of=request.replay_of)
 
     @unary
     async def SubmitTask(

@@ -4,6 +4,7 @@ and the defaults it fills in, so that the stored spec says what runs."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from agentmesh.errors import InvalidArgument
 from agentmesh.tasks.model import (
@@ -54,3 +55,21 @@ def with_defaults(spec: TaskSpec, *, agent_mode: AgentMode) -> TaskSpec:
         children = tuple(with_defaults(child, agent_mode=agent_mode) for child in spec.subtasks)
         filled = dataclasses.replace(filled, subtasks=children)
     return filled
+
+
+def with_user_modes(spec: TaskSpec, modes: Mapping[str, str], inherited_user: str = "") -> TaskSpec:
+    """The spec with each task that names no permission mode given its user's
+    `default_permissions` (`modes`, by user); a subtask without a user is its parent's."""
+    user = spec.user or inherited_user
+    filled = spec
+    if not spec.permission_mode and (mode := modes.get(user)):
+        filled = dataclasses.replace(filled, permission_mode=mode)
+    if spec.subtasks:
+        children = tuple(with_user_modes(child, modes, user) for child in spec.subtasks)
+        filled = dataclasses.replace(filled, subtasks=children)
+    return filled
+
+
+def users_of(spec: TaskSpec) -> set[str]:
+    """Every user a submission names."""
+    return {spec.user, *(user for child in spec.subtasks for user in users_of(child))} - {""}
