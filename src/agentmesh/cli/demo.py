@@ -1,18 +1,21 @@
 """`agentmesh demo`: the mesh at work on this machine, with nothing prepared.
 
 Starts the embedded PostgreSQL (unless a server is configured), a scheduler and three nodes
-on loopback with different capabilities, submits an inventory of every node's host whose
-subtasks fan out over them, and a command that weak mode refuses; prints where each part
-ran, its state, its time and its output's first line as the tree finishes (on a terminal:
-a live tree of the subtasks on their nodes); then stops everything it started.
-`AGENTMESH_TOKEN` and the `tls` settings apply to every part of it, as they do to a
-deployed mesh.
+on loopback with different capabilities, then an inventory of every node's host. With a
+Gemini API key (and the Gemini CLI), an agent plans it: it lists the machines and delegates
+a command to each (see agentmesh.cli.demo_agent). Without one, the inventory is a fixed
+tree whose subtasks fan out over the nodes, and the demo says how to add a key; it prints
+where each part ran, its state, its time and its output's first line as the tree finishes
+(on a terminal: a live tree of the subtasks on their nodes). Last, a command that weak mode
+refuses; then it stops everything it started. `AGENTMESH_TOKEN` and the `tls` settings
+apply to every part of it, as they do to a deployed mesh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +31,7 @@ from rich.tree import Tree
 from agentmesh.access.credentials import enroll_local_node
 from agentmesh.cli.app import App, pass_app
 from agentmesh.cli.db import status_text
+from agentmesh.cli.demo_agent import run_planned_inventory, usable_keys, with_gemini_cli
 from agentmesh.config import NodeSettings, Settings
 from agentmesh.db import embedded
 from agentmesh.db.connect import data_dir
@@ -51,13 +55,25 @@ INVENTORY = [
     ("uptime", "uptime"),
 ]
 REFUSED = "rm -rf /tmp/agentmesh-demo-scratch"
+NO_KEY = (
+    "no Gemini API key: the inventory is a fixed tree. To see an agent plan it itself, put"
+    " GEMINI_API_KEY_FILE=/path/to/a/file/with/your/key in .env and run the demo again."
+)
+NO_CLI = (
+    "a Gemini API key is configured, but the nodes found no Gemini CLI (GEMINI_CLI_COMMAND):"
+    " the inventory is a fixed tree. To see an agent plan it itself, run `make gemini-cli`"
+    " (`make demo` then uses it) or set GEMINI_CLI_COMMAND."
+)
 
 
 @click.command()
 @pass_app
 def demo(app: App) -> int:
-    """Run the mesh on this machine and show it at work."""
-    return app.run(lambda: run_demo(app.settings()))
+    """Run the mesh on this machine and show it at work (with a Gemini API key, an agent
+    plans the inventory itself)."""
+    # `make demo` names the Gemini CLI that `make gemini-cli` installs.
+    installed_cli = os.environ.get("AGENTMESH_GEMINI_CLI")
+    return app.run(lambda: run_demo(app.settings(), installed_cli=installed_cli))
 
 
 def inventory_spec() -> task_pb2.TaskSpec:
@@ -82,17 +98,23 @@ def inventory_spec() -> task_pb2.TaskSpec:
 
 
 @contextlib.asynccontextmanager
-async def _mesh(settings: Settings, work: Path) -> AsyncIterator[tuple[str, list[AgentNode]]]:
+async def _mesh(
+    settings: Settings, work: Path, installed_cli: str | None
+) -> AsyncIterator[tuple[str, list[AgentNode], int]]:
+    """The scheduler and the nodes, and how many keys the scheduler may lease to the demo
+    (with some, the nodes look for the installed Gemini CLI too)."""
     from agentmesh.node.service import AgentNode
     from agentmesh.scheduler.service import Scheduler
 
     scheduler = await Scheduler.start(settings, "127.0.0.1:0")
     nodes: list[AgentNode] = []
     try:
+        keys = await usable_keys(settings, scheduler.address)
+        node_settings = with_gemini_cli(settings, installed_cli) if keys else settings
         for name, capabilities in NODES.items():
             node = await AgentNode.start(
                 # With a token, each node has a credential of its own, as in a deployed mesh.
-                await enroll_local_node(scheduler.pool, settings, name),
+                await enroll_local_node(scheduler.pool, node_settings, name),
                 NodeSettings(
                     listen="127.0.0.1:0",
                     name=name,
@@ -107,7 +129,7 @@ async def _mesh(settings: Settings, work: Path) -> AsyncIterator[tuple[str, list
         for node in nodes:
             assert node.registration is not None
             await asyncio.wait_for(node.registration.registered.wait(), 15)
-        yield scheduler.address, nodes
+        yield scheduler.address, nodes, keys
     finally:
         for node in nodes:
             await node.shutdown(grace_seconds=2)
@@ -205,7 +227,7 @@ async def _print_tree(
         await _print_tree(stub, child, names, depth + 1)
 
 
-async def run_demo(settings: Settings) -> int:
+async def run_demo(settings: Settings, *, installed_cli: str | None = None) -> int:
     started_database = settings.uses_embedded_database and not embedded.is_running(
         data_dir(settings)
     )
@@ -214,7 +236,7 @@ async def run_demo(settings: Settings) -> int:
     print()
     try:
         with tempfile.TemporaryDirectory(prefix="agentmesh-demo-") as work:
-            async with _mesh(settings, Path(work)) as (address, nodes):
+            async with _mesh(settings, Path(work), installed_cli) as (address, nodes, keys):
                 names = {node.card().agent_id: node.card().name for node in nodes}
                 print(f"scheduler on {address}; nodes:")
                 for node in nodes:
@@ -224,7 +246,15 @@ async def run_demo(settings: Settings) -> int:
                 print()
                 async with open_channel(address, token=settings.token, tls=settings.tls) as channel:
                     stub = scheduler_pb2_grpc.SchedulerStub(channel)
-                    await _run_inventory(stub, names)
+                    agents_run_gemini = any("gemini" in node.card().executors for node in nodes)
+                    if keys and agents_run_gemini:
+                        await run_planned_inventory(
+                            stub, names, lambda: usable_keys(settings, address)
+                        )
+                    else:
+                        print(NO_CLI if keys else NO_KEY)
+                        print()
+                        await _run_inventory(stub, names)
                     await _run_refused(stub, names)
     finally:
         if started_database:
