@@ -102,8 +102,8 @@ class Subtree:
     endpoints: dict[str, str]
 
     def children(self, task_id: str) -> list[str]:
-        """Its subtasks, in the order they were created (read after it: none is missing)."""
-        return [child for child in self.tasks[task_id].child_ids if child in self.tasks]
+        """Its subtasks, in the order they were created."""
+        return list(self.tasks[task_id].child_ids)
 
     def node_name(self, task: task_pb2.Task) -> str:
         return self.names.get(task.assigned_agent, task.assigned_agent)
