@@ -1,8 +1,9 @@
 """gemini tasks through the scheduler: a key from the key file, outputs of subtasks in the
-prompt — with the key never in the trace (429s and the rest of the pool: test_key_pool)."""
+context — with the key never in the trace (429s and the rest of the pool: test_key_pool)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -36,9 +37,11 @@ async def test_parent_prompt_gets_the_subtask_outputs(
     assert task.usage.total_tokens == 45
     request = emulator.generate_requests()[0]
     assert request.api_key == KEY
-    assert "Summarize the inventory." in request.user_text
-    assert "### kernel" in request.user_text
-    assert "Linux" in request.user_text
+    # The prompt stays the user's; the subtasks' results come as the CLI's context.
+    assert request.user_text == "Summarize the inventory."
+    context = json.dumps(request.body)
+    assert "### kernel (on " in context
+    assert "Linux" in context
     assert KEY not in "".join(str(e) for e in events)
 
 

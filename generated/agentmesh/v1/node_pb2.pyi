@@ -43,6 +43,7 @@ class ExecuteTaskRequest(_message.Message):
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     TOKEN_BUDGET_FIELD_NUMBER: _builtins.int
     MESH_CREDENTIAL_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     """The scheduler's attempt number (1 when run directly)."""
@@ -63,6 +64,11 @@ class ExecuteTaskRequest(_message.Message):
     Minted by the scheduler per attempt, dead once the attempt ends; never given to the
     task itself, never logged.
     """
+    context: _builtins.str
+    """gemini: what the scheduler tells the agent besides its prompt (the user's profile,
+    knowledge, hosts, subtask results), as Markdown; the node gives it to the CLI as its
+    GEMINI.md context file.
+    """
     @_builtins.property
     def spec(self) -> _task_pb2.TaskSpec: ...
     def __init__(
@@ -75,10 +81,11 @@ class ExecuteTaskRequest(_message.Message):
         key_fingerprint: _builtins.str = ...,
         token_budget: _builtins.int = ...,
         mesh_credential: _builtins.str = ...,
+        context: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "attempt", b"attempt", "key_fingerprint", b"key_fingerprint", "mesh_credential", b"mesh_credential", "spec", b"spec", "task_id", b"task_id", "token_budget", b"token_budget"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "attempt", b"attempt", "context", b"context", "key_fingerprint", b"key_fingerprint", "mesh_credential", b"mesh_credential", "spec", b"spec", "task_id", b"task_id", "token_budget", b"token_budget"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -157,6 +157,12 @@ class Forecast:
             )
 
 
+COUNT_CONTEXT = """
+UPDATE token_prediction_log SET prompt_chars = prompt_chars + $2
+WHERE task_id = $1 AND actual_tokens IS NULL
+"""
+
+
 def plain_rule(prompt_chars: int) -> int:
     """Google's rule of thumb: about 4 characters a token (at least 1)."""
     return max(1, math.ceil(prompt_chars / CHARS_PER_TOKEN))
@@ -294,6 +300,12 @@ class Forecaster:
                 self._cache = {g: c for g, c in self._cache.items() if now < c[0]}
             self._cache[group] = (now + self._cache_seconds, history)
         return history
+
+    async def count_context(self, task_id: str, chars: int) -> None:
+        """Add the context a task was given (chars) to its logged prompt: the history then
+        relates what the model was sent to what it spent."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(COUNT_CONTEXT, task_id, chars)
 
     async def log_prediction(
         self,

@@ -203,6 +203,10 @@ class KeyReserver:
             )
         return limits
 
+    async def count_context(self, task_id: str, chars: int) -> None:
+        """The task's prompt came with `chars` of context: its prediction counts them."""
+        await self._forecaster.count_context(task_id, chars)
+
     async def task_ended(self, task_id: str) -> None:
         """Write what the task spent beside its forecast."""
         async with self._pool.acquire() as conn:

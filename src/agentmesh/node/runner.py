@@ -57,6 +57,8 @@ class ExecuteRequest:
     token_budget: int = 0
     # gemini, agentic: the attempt's mesh credential from the scheduler (its mesh tools').
     mesh_credential: str = field(default="", repr=False)
+    # gemini: the context the scheduler assembled for the agent (its GEMINI.md).
+    context: str = ""
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,7 @@ class TaskRunner:
                 token_budget=request.token_budget,
                 max_output_bytes=self._limits.max_output_bytes,
                 mesh_credential=request.mesh_credential,
+                context=request.context,
             )
             payloads = aiter(executor.run(job))
             result: Result | None = None

@@ -18,6 +18,8 @@ from agentmesh.v1 import agent_pb2, node_pb2, node_pb2_grpc, task_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["AgentNode"].full_name
+# A gemini task's context (its GEMINI.md); the scheduler's is a few thousand tokens.
+MAX_CONTEXT_CHARS = 1 << 20
 
 
 class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
@@ -39,6 +41,10 @@ class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
             raise InvalidArgument("attempt", "must not be negative")
         if request.token_budget < 0:
             raise InvalidArgument("token_budget", "must not be negative (0 = no limit)")
+        if len(request.context) > MAX_CONTEXT_CHARS:
+            raise InvalidArgument(
+                "context", f"must be at most {MAX_CONTEXT_CHARS} characters", reason=Reason.BAD_SPEC
+            )
         execute = ExecuteRequest(
             task_id=request.task_id,
             attempt=request.attempt or 1,
@@ -47,6 +53,7 @@ class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
             key_fingerprint=request.key_fingerprint,
             token_budget=request.token_budget,
             mesh_credential=request.mesh_credential,
+            context=request.context,
         )
         async for event in self._runner.execute(execute):
             yield convert.event_to_proto(event)

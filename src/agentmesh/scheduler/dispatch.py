@@ -31,6 +31,7 @@ from agentmesh.db.connect import Connection
 from agentmesh.errors import Reason
 from agentmesh.keys import quota
 from agentmesh.keys.reservations import Candidate, KeyReserver, Reserved, RoundKeys
+from agentmesh.memory.context import ChildResult, ContextBuilder, TaskContext
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
 from agentmesh.rpc.errors import reason_of
@@ -143,10 +144,13 @@ class Dispatcher:
         settings: DispatchSettings,
         keys: KeyReserver,
         mesh_credentials: TaskCredentials | None = None,
+        context: ContextBuilder | None = None,
     ) -> None:
         self._store = store
         # Mints each agentic gemini attempt's mesh credential (its agent's mesh tools).
         self._mesh_credentials = mesh_credentials
+        # Assembles each gemini attempt's context from the memory (see memory.context).
+        self._context = context
         self._registry = registry
         self._pool = pool
         self._channels = channels
@@ -397,11 +401,7 @@ class Dispatcher:
     ) -> None:
         owner = self._settings.owner
         spec = attempt.spec
-        if spec.kind == TaskKind.GEMINI:
-            children = await self._store.child_results(attempt.task_id)
-            if children:
-                context = summarize_children(children)
-                spec = replace(spec, prompt=f"{spec.prompt}\n\nResults of the subtasks:\n{context}")
+        context = await self._task_context(attempt) if spec.kind == TaskKind.GEMINI else None
         request = node_pb2.ExecuteTaskRequest(
             task_id=attempt.task_id,
             attempt=attempt.attempt,
@@ -409,6 +409,7 @@ class Dispatcher:
             key_fingerprint=key.key.fingerprint if key else "",
             token_budget=key.budget if key else 0,
             mesh_credential=self._mesh_credential(attempt),
+            context=context.text if context is not None else "",
         )
         received = 0
         # What this attempt added to the trace: a node that streams without end (one that
@@ -429,6 +430,9 @@ class Dispatcher:
             ),
             attempt.last_seq,
         )
+        if context is not None and not context.empty:
+            # What the agent was told besides its prompt, and why: first in its trace.
+            await writer.add(Diagnostic("info", f"context given: {context.summary}"))
         call = self._channels.stub(agent.endpoint, agent.dispatch_secret).ExecuteTask(request)
         try:
             async for message in call:
@@ -486,6 +490,33 @@ class Dispatcher:
             call.cancel()
         await writer.close()
         await self._hand_back(attempt, f"{agent.name} ended the stream without a result")
+
+    async def _task_context(self, attempt: StartedAttempt) -> TaskContext | None:
+        """The attempt's context from the memory; None if it cannot be had (the task runs
+        without: its memory is help, not a condition)."""
+        rows = await _with_retry(lambda: self._store.child_results(attempt.task_id))
+        if self._context is None:
+            text = summarize_children(rows) if rows else ""
+            return TaskContext(text, f"{len(rows)} subtask results", 0) if text else None
+        children = [
+            ChildResult(
+                title=row["description"] or row["id"],
+                agent=row["assigned_agent"] or "",
+                state=row["state"],
+                output=row["output"],
+            )
+            for row in rows
+        ]
+        try:
+            context = await self._context.build(attempt.spec.prompt, attempt.user, children)
+        except Exception:
+            log.exception("no context for the attempt", extra={"task_id": attempt.task_id})
+            return None
+        if not context.empty:
+            # The forecasts learn from what the model was given: prompt and context.
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await self._keys.count_context(attempt.task_id, len(context.text))
+        return context
 
     def _mesh_credential(self, attempt: StartedAttempt) -> str:
         """An agentic gemini attempt acts on the mesh as its task (see access)."""

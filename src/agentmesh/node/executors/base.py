@@ -47,6 +47,8 @@ class Job:
     # gemini, agentic, from a scheduler: what lets its mesh tools act as this task (see
     # agentmesh.node.mesh_tools). Never logged, never given to the task.
     mesh_credential: str = field(default="", repr=False)
+    # gemini: the context the scheduler assembled (Markdown), the CLI's GEMINI.md.
+    context: str = ""
 
 
 class Executor(Protocol):

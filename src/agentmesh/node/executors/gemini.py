@@ -218,6 +218,10 @@ class GeminiExecutor:
         if grant is not None and self._mesh_tools is not None:
             settings["mcpServers"] = self._mesh_tools.cli_settings(grant, job.timeout_seconds)
         (config_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+        if job.context:
+            # The CLI's own context file, in the run's home (its global GEMINI.md): a shared
+            # node.workdir would mix the contexts of tasks running at once.
+            (config_dir / "GEMINI.md").write_text(job.context)
         # --policy replaces the user's policy directory, so only this file applies.
         policy = home / "agentmesh-policy.toml"
         policy.write_text(
