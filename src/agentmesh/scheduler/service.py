@@ -30,6 +30,7 @@ from agentmesh.keys.quota import Limits
 from agentmesh.keys.reservations import KeyReserver
 from agentmesh.keys.vault import Vault, seal_plaintext_keys
 from agentmesh.memory import servicer as memory_servicer
+from agentmesh.memory.embedding import scheduler_embedder
 from agentmesh.memory.knowledge import KnowledgeStore
 from agentmesh.memory.network import HomeNetwork
 from agentmesh.memory.profiles import Profiles
@@ -188,7 +189,9 @@ class Scheduler:
             token_report=functools.partial(_token_report, pool),
         )
 
-        memory = MemoryServicer(Profiles(pool), KnowledgeStore(pool), HomeNetwork(pool))
+        knowledge = KnowledgeStore(pool, scheduler_embedder(pool, vault, settings))
+        memory = MemoryServicer(Profiles(pool), knowledge, HomeNetwork(pool))
+        knowledge.start_embedding(on_the_side)
 
         def register_services(grpc_server: grpc.aio.Server) -> None:
             register(servicer)(grpc_server)
