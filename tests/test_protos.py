@@ -56,7 +56,7 @@ def test_editing_a_proto_without_regenerating_is_caught(tmp_path: Path) -> None:
     task_proto = protos / "agentmesh" / "v1" / "task.proto"
     task_proto.write_text(
         task_proto.read_text().replace(
-            "  int32 max_attempts = 15;\n}", "  int32 max_attempts = 15;\n  string extra = 99;\n}"
+            "  string remember_as = 17;\n}", "  string remember_as = 17;\n  string extra = 99;\n}"
         )
     )
     out = tmp_path / "out"

@@ -24,6 +24,7 @@ SCHEDULER_ONLY_VALUES: dict[str, object] = {
     "idempotency_key": "once",
     "description": "a label",
     "max_attempts": 2,
+    "remember_as": "a label",
 }
 
 

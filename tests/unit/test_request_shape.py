@@ -6,7 +6,7 @@ import pytest
 
 from agentmesh.errors import InvalidArgument
 from agentmesh.rpc.request_shape import SpecShape, check_request
-from agentmesh.tasks.model import SCHEDULER_ONLY_FIELDS
+from agentmesh.tasks.model import MAX_CAPABILITIES, SCHEDULER_ONLY_FIELDS
 from agentmesh.v1 import node_pb2, scheduler_pb2, task_pb2
 
 SUBMISSION = SpecShape(max_tasks=1000, max_depth=4)
@@ -63,8 +63,11 @@ def test_nesting_one_level_past_the_limit_names_the_path() -> None:
 def test_millions_of_repeated_fields_are_refused_by_the_field_budget() -> None:
     spec = task_pb2.TaskSpec(kind="echo", prompt="x", required_capabilities=[""] * 100_000)
 
+    # Each task may carry every TaskSpec field once and MAX_CAPABILITIES capabilities.
+    per_task = len(task_pb2.TaskSpec.DESCRIPTOR.fields) + MAX_CAPABILITIES
     assert refusal(submission(spec)) == (
-        "spec: has more than 80000 fields in all (the most a request of 1000 tasks can need)"
+        f"spec: has more than {1000 * per_task} fields in all (the most a request of 1000"
+        " tasks can need)"
     )
 
 
@@ -89,6 +92,7 @@ def test_a_node_refuses_each_scheduler_only_field(name: str) -> None:
         "target_host": "desk",
         "idempotency_key": "k",
         "description": "d",
+        "remember_as": "label",
     }
     spec = task_pb2.TaskSpec(kind="echo", prompt="x", **{name: values.get(name, 3)})  # type: ignore[arg-type]
     request = node_pb2.ExecuteTaskRequest(task_id="t-1", spec=spec).SerializeToString()

@@ -109,6 +109,7 @@ class TaskSpec(_message.Message):
     SUBTASKS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REMEMBER_AS_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """The executor: "gemini", "shell" or "echo"."""
     prompt: _builtins.str
@@ -140,6 +141,11 @@ class TaskSpec(_message.Message):
     """A short human description (shown in listings and the subtasks table)."""
     max_attempts: _builtins.int
     """How many times a lost attempt is retried in all; 0 = the configured default."""
+    remember_as: _builtins.str
+    """Save the task's output as knowledge under this label when it completes (a
+    `custom_knowledge` row whose task_id and source point at the task; private to its user,
+    shared when it has none).
+    """
     @_builtins.property
     def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every one of these must be among the node's capabilities."""
@@ -167,10 +173,11 @@ class TaskSpec(_message.Message):
         subtasks: _abc.Iterable[Global___TaskSpec] | None = ...,
         description: _builtins.str = ...,
         max_attempts: _builtins.int = ...,
+        remember_as: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_mode", b"agent_mode", "command", b"command", "description", b"description", "idempotency_key", b"idempotency_key", "kind", b"kind", "max_attempts", b"max_attempts", "max_tokens", b"max_tokens", "model", b"model", "permission_mode", b"permission_mode", "priority", b"priority", "prompt", b"prompt", "required_capabilities", b"required_capabilities", "subtasks", b"subtasks", "target_host", b"target_host", "timeout_seconds", b"timeout_seconds", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_mode", b"agent_mode", "command", b"command", "description", b"description", "idempotency_key", b"idempotency_key", "kind", b"kind", "max_attempts", b"max_attempts", "max_tokens", b"max_tokens", "model", b"model", "permission_mode", b"permission_mode", "priority", b"priority", "prompt", b"prompt", "remember_as", b"remember_as", "required_capabilities", b"required_capabilities", "subtasks", b"subtasks", "target_host", b"target_host", "timeout_seconds", b"timeout_seconds", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

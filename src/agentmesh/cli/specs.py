@@ -39,6 +39,7 @@ class SpecFlags:
     max_attempts: int | None = None
     idempotency_key: str | None = None
     description: str | None = None
+    remember_as: str | None = None
 
     def given(self) -> bool:
         return any(value not in (None, ()) for value in vars(self).values())
@@ -59,6 +60,7 @@ _FIELDS = {
     "max_attempts": "max_attempts",
     "idempotency_key": "idempotency_key",
     "description": "description",
+    "remember_as": "remember_as",
 }
 
 

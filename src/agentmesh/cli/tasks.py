@@ -91,6 +91,11 @@ def spec_options(function: Any) -> Any:
         click.option("--max-attempts", type=click.IntRange(min=1), metavar="N"),
         click.option("--idempotency-key", metavar="KEY", help="the same key returns the same task"),
         click.option("--description", help="a few words shown in listings"),
+        click.option(
+            "--remember-as",
+            metavar="LABEL",
+            help="keep the task's output as knowledge under this label when it completes",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -113,6 +118,7 @@ def _flags(values: dict[str, Any]) -> SpecFlags:
         max_attempts=values["max_attempts"],
         idempotency_key=values["idempotency_key"],
         description=values["description"],
+        remember_as=values["remember_as"],
     )
 
 

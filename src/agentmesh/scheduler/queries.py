@@ -263,18 +263,29 @@ SELECT task_id, seq, attempt, agent_id, kind, payload, created_at FROM task_even
 WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
 """
 
+# A completed task with `remember_as` keeps its output as knowledge, in the statement that
+# ends it (`{ended}`: the CTE of the ended row, with its state, spec, user and output).
+REMEMBER = """
+    INSERT INTO custom_knowledge (task_id, label, value, source, tags, visibility, user_name)
+    SELECT e.id, e.spec->>'remember_as', e.output, 'task:' || e.id, '{{}}',
+           CASE WHEN coalesce(e.user_name, '') = '' THEN 'shared' ELSE 'private' END,
+           coalesce(e.user_name, '')
+    FROM {ended} e
+    WHERE e.state = 'completed' AND coalesce(e.spec->>'remember_as', '') <> ''
+"""
+
 # The end of a task that has no parent, in one statement (the common case); tasks in a
 # tree end in a transaction that locks the tree first, and so does a task that delegated
 # (its children end with it): `delegations` is set under the tree lock, on this very row,
 # so this statement sees it even when a delegation committed while it waited.
-FINISH_ROOT_ATTEMPT = """
+FINISH_ROOT_ATTEMPT = f"""
 WITH owned AS (
     UPDATE tasks SET state = $6, output = $7, error = $8, exit_code = $9, usage = $10,
         finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, waiting_reason = '',
         last_seq = last_seq + 1, updated_at = now()
     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
       AND delegations = 0
-    RETURNING id, last_seq
+    RETURNING id, last_seq, state, spec, user_name, output
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
     SELECT id, last_seq, $2, $4, 'result', $5 FROM owned
@@ -282,6 +293,8 @@ WITH owned AS (
     DELETE FROM task_queue WHERE task_id IN (SELECT id FROM owned)
 ), a AS (
     UPDATE agents SET current_task_id = NULL WHERE current_task_id IN (SELECT id FROM owned)
+), k AS (
+    {REMEMBER.format(ended="owned")}
 )
 SELECT pg_notify('agentmesh_events', id), pg_notify('agentmesh_queue', '') FROM owned
 """
@@ -291,9 +304,11 @@ WITH ended AS (
         finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
         waiting_reason = ''
     WHERE id = $1 AND state NOT IN {TERMINAL}
-    RETURNING id, parent_id, delegated, delegations
+    RETURNING id, parent_id, delegated, delegations, state, spec, user_name, output
 ), a AS (
     UPDATE agents SET current_task_id = NULL WHERE current_task_id IN (SELECT id FROM ended)
+), k AS (
+    {REMEMBER.format(ended="ended")}
 )
 SELECT id, parent_id, delegated, delegations FROM ended
 """

@@ -79,6 +79,7 @@ class TaskSpec:
     description: str = ""
     max_attempts: int = 0
     agent_mode: str = ""
+    remember_as: str = ""
 
 
 _EMPTY_SPEC = TaskSpec()
@@ -97,6 +98,7 @@ SCHEDULER_ONLY_FIELDS: dict[str, str] = {
     "idempotency_key": "is the scheduler's; a node does not deduplicate tasks",
     "description": "is a label in the scheduler's listings; a node does not keep it",
     "max_attempts": "is the scheduler's; a node runs the one attempt it is sent",
+    "remember_as": "is the scheduler's (it keeps the output as knowledge); a node keeps none",
 }
 
 
@@ -154,6 +156,12 @@ def validate_common(spec: TaskSpec, prefix: str = "spec") -> None:
             )
     if spec.timeout_seconds < 0:
         raise InvalidArgument(f"{prefix}.timeout_seconds", "must not be negative")
+    if spec.remember_as and (len(spec.remember_as) > 255 or not spec.remember_as.isprintable()):
+        raise InvalidArgument(f"{prefix}.remember_as", "must be at most 255 printable characters")
+    if spec.remember_as and not spec.kind:
+        raise InvalidArgument(
+            f"{prefix}.remember_as", "needs a task that runs (a kind): its output is kept"
+        )
     if spec.max_tokens < 0:
         raise InvalidArgument(f"{prefix}.max_tokens", "must not be negative")
     if spec.max_attempts < 0:
