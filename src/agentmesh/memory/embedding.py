@@ -47,6 +47,10 @@ EMBEDDING_TASK = "agentmesh:knowledge-embedding"
 # How many keys one embedding tries before it gives up (each 429 moves to another key).
 MAX_KEYS_PER_REQUEST = 8
 REQUEST_TIMEOUT_SECONDS = 30.0
+# How long a request may wait for a key's next slot (the per-minute spacing): a stored row
+# can wait; a search query is not worth booking a slot it would not wait for.
+DOCUMENT_WAIT_SECONDS = 10.0
+QUERY_WAIT_SECONDS = 1.0
 # Google's rule of thumb for counting a request's tokens when the answer does not say.
 CHARS_PER_TOKEN = 4
 
@@ -95,7 +99,7 @@ class GeminiEmbedder:
         *,
         base_url: str,
         model: str = DEFAULT_MODEL,
-        longest_wait_seconds: float = 10.0,
+        longest_wait_seconds: float = DOCUMENT_WAIT_SECONDS,
     ) -> None:
         self._pool = pool
         self._vault = vault
@@ -115,10 +119,11 @@ class GeminiEmbedder:
             "outputDimensionality": DIMENSIONS,
         }
         tried: list[str] = []
+        wait = self._longest_wait if purpose == "document" else QUERY_WAIT_SECONDS
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while len(tried) < MAX_KEYS_PER_REQUEST:
-                key = await self._lease(user, tried)
+                key = await self._lease(user, tried, wait)
                 tried.append(key.fingerprint)
                 if key.wait > 0:
                     await asyncio.sleep(key.wait)
@@ -153,7 +158,7 @@ class GeminiEmbedder:
             f"{len(tried)} API keys tried, each refused or out of quota", no_capacity=True
         )
 
-    async def _lease(self, user: str, exclude: list[str]) -> KeyChoice:
+    async def _lease(self, user: str, exclude: list[str], wait: float) -> KeyChoice:
         async with self._pool.acquire() as conn:
             choice = await quota.lease(
                 conn,
@@ -164,7 +169,7 @@ class GeminiEmbedder:
                 model=self._model,
                 exclude=exclude,
                 counted=True,
-                longest_wait_seconds=self._longest_wait,
+                longest_wait_seconds=wait,
                 limits=self._limits,
             )
             if choice is None or choice.sealed is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC
 from typing import Any
@@ -38,6 +39,9 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
 # A query waits this long for its embedding, then searches by keyword alone.
 QUERY_EMBEDDING_SECONDS = 3.0
+# The embeddings of this many recent queries are kept (a task's context asks again at
+# each attempt): each new one spends an API request.
+QUERY_CACHE_SIZE = 256
 # Each ranking contributes this many candidates per hit asked for (at least the minimum).
 CANDIDATES_PER_HIT = 4
 MIN_CANDIDATES = 40
@@ -165,6 +169,7 @@ class KnowledgeStore:
         self._pool = pool
         self._embedder = embedder
         self._spawn: Spawn | None = None
+        self._query_vectors: OrderedDict[str, Sequence[float]] = OrderedDict()
         self._pgvector: bool | None = None
         # What was said in the log about embeddings that cannot be made (said once, until
         # one can again).
@@ -246,6 +251,9 @@ class KnowledgeStore:
     async def _query_vector(self, query: str, user: str) -> Sequence[float] | None:
         if self._embedder is None:
             return None
+        if (known := self._query_vectors.get(query)) is not None:
+            self._query_vectors.move_to_end(query)
+            return known
         try:
             async with asyncio.timeout(QUERY_EMBEDDING_SECONDS):
                 vector = await self._embedder.embed(query, user=user, purpose="query")
@@ -260,6 +268,9 @@ class KnowledgeStore:
                 log.debug("knowledge search by keyword only: %s", why)
             return None
         self._said_keyword_only = False
+        self._query_vectors[query] = vector
+        if len(self._query_vectors) > QUERY_CACHE_SIZE:
+            self._query_vectors.popitem(last=False)
         return vector
 
     # ---------------------------------------------------------------------- embedding
