@@ -61,7 +61,14 @@ async def test_only_a_live_runs_token_is_answered(tools: MeshTools) -> None:
     status, reply = await post(tools, LIST_TOOLS, grant.token)
     assert status == 200
     names = {tool["name"] for tool in reply["result"]["tools"]}
-    assert names == {"list_agents", "delegate", "delegate_many", "task_status"}
+    assert names == {
+        "list_agents",
+        "delegate",
+        "delegate_many",
+        "task_status",
+        "search_knowledge",
+        "remember",
+    }
 
     tools.revoke(grant)
     status, _ = await post(tools, LIST_TOOLS, grant.token)

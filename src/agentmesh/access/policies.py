@@ -38,6 +38,9 @@ TASK_METHODS = frozenset(
         "/agentmesh.v1.Scheduler/DelegateTask",
         "/agentmesh.v1.Scheduler/GetTask",
         "/agentmesh.v1.Scheduler/ListAgents",
+        # As its task's user: the memory servicer sees to that.
+        "/agentmesh.v1.Memory/SearchKnowledge",
+        "/agentmesh.v1.Memory/AddKnowledge",
     }
 )
 # DelegateTask needs a mesh credential whatever else the caller holds.
@@ -63,7 +66,7 @@ def _as_task(method: str, bearer: str, tasks: TaskCredentials) -> object:
         return Refusal(
             grpc.StatusCode.PERMISSION_DENIED,
             f"a mesh credential cannot call {_rpc_name(method)}: it starts and reads subtasks"
-            " of its own task, and lists agents",
+            " of its own task, lists agents, and searches and adds knowledge as its user",
         )
     return identity
 

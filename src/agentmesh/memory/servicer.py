@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agentmesh.errors import InvalidArgument
+from agentmesh.access.task_credentials import TaskIdentity
+from agentmesh.errors import InvalidArgument, PermissionDenied
 from agentmesh.memory.model import (
     MAX_TEXT,
     PROFILE_FIELDS,
@@ -21,6 +23,7 @@ from agentmesh.memory.model import (
 )
 from agentmesh.memory.network import HomeNetwork
 from agentmesh.memory.profiles import Profiles
+from agentmesh.rpc import auth
 from agentmesh.rpc.errors import unary
 from agentmesh.scheduler.servicer import host_to_proto
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc, scheduler_pb2
@@ -90,10 +93,27 @@ def new_knowledge(request: memory_pb2.AddKnowledgeRequest) -> NewKnowledge:
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServicer):
-    def __init__(self, profiles: Profiles, knowledge: KnowledgeBase, network: HomeNetwork) -> None:
+    def __init__(
+        self,
+        profiles: Profiles,
+        knowledge: KnowledgeBase,
+        network: HomeNetwork,
+        task_user: Callable[[TaskIdentity], Awaitable[str]] | None = None,
+    ) -> None:
         self._profiles = profiles
         self._knowledge = knowledge
         self._network = network
+        # A running agent (a mesh credential) searches and remembers as its task's user.
+        self._task_user = task_user
+
+    async def _as_task(self) -> tuple[TaskIdentity, str] | None:
+        """The task and user a mesh credential speaks for (None for a person)."""
+        task = auth.caller()
+        if not isinstance(task, TaskIdentity):
+            return None
+        if self._task_user is None:
+            raise PermissionDenied("this scheduler takes no knowledge calls from agents")
+        return task, await self._task_user(task)
 
     @unary
     async def GetProfile(
@@ -125,6 +145,13 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     async def AddKnowledge(
         self, request: memory_pb2.AddKnowledgeRequest, context: Context
     ) -> memory_pb2.Knowledge:
+        if (agent := await self._as_task()) is not None:
+            task, user = agent
+            request.user = user
+            request.source = f"agent:{task.task_id}"
+            request.visibility = request.visibility or ("private" if user else "shared")
+            new = dataclasses.replace(new_knowledge(request), task_id=task.task_id)
+            return knowledge_to_proto(await self._knowledge.add(new))
         return knowledge_to_proto(await self._knowledge.add(new_knowledge(request)))
 
     @unary
@@ -148,6 +175,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
             raise InvalidArgument("query", f"must be at most {MAX_TEXT} characters")
         if not 0 <= request.k <= MAX_HITS:
             raise InvalidArgument("k", f"must be between 0 and {MAX_HITS}")
+        if (agent := await self._as_task()) is not None:
+            request.user = agent[1]  # what its user may see, and no more
         if request.user:
             validate_username(request.user, "user")
         result = await self._knowledge.search(request.query, request.user, request.k or 5)

@@ -6,10 +6,11 @@ own, written into its fresh CLI home's `mcpServers` settings, which the CLI pres
 every call. The token is worth nothing off this node and dies with the run; the server
 answers no call without a live one. Behind a grant is the run's mesh credential from the
 scheduler (never written where the run can read it), with which the tools call the
-scheduler as that task: `list_agents`, `delegate`, `delegate_many` and `task_status`. The
-scheduler enforces every limit (mode, depth, count, budget, user); a refusal comes back to
-the agent as its tool's error, with the reason. Each call and its result are in the
-parent's trace, as the CLI's tool_use and tool_result events.
+scheduler as that task: `list_agents`, `delegate`, `delegate_many`, `task_status`, and
+`search_knowledge` and `remember` in the task's user's knowledge base. The scheduler
+enforces every limit (mode, depth, count, budget, user); a refusal comes back to the agent
+as its tool's error, with the reason. Each call and its result are in the parent's trace,
+as the CLI's tool_use and tool_result events.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ from pydantic import BaseModel, Field
 from agentmesh.config import TlsSettings
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
-from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from agentmesh.v1 import (
+    memory_pb2,
+    memory_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    task_pb2,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +98,7 @@ class MeshTools:
     def __init__(self, scheduler: str, tls: TlsSettings) -> None:
         self._channel = open_channel(scheduler, token=None, tls=tls)
         self._scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
+        self._memory = memory_pb2_grpc.MemoryStub(self._channel)
         # By the SHA-256 of their tokens: a lookup that reveals nothing by its timing.
         self._grants: dict[bytes, MeshGrant] = {}
         self._server: uvicorn.Server | None = None
@@ -257,6 +265,51 @@ class MeshTools:
                 timeout=wait_seconds + 30,
             )
             return _json(_result(task))
+
+        @server.tool()
+        async def search_knowledge(ctx: Context, query: str, k: int = 5) -> str:
+            """Search the user's knowledge base (facts remembered earlier, by people and by
+            agents) for what bears on `query`, by meaning and by keyword; returns the best
+            `k` facts with their labels, values and scores."""
+            grant = self._granted(ctx)
+            reply = await self._call(
+                grant,
+                self._memory.SearchKnowledge,
+                memory_pb2.SearchKnowledgeRequest(query=query, k=k),
+            )
+            return _json(
+                [
+                    {
+                        "id": hit.row.id,
+                        "label": hit.row.label,
+                        "value": hit.row.value,
+                        "tags": list(hit.row.tags),
+                        "score": round(hit.score, 4),
+                    }
+                    for hit in reply.hits
+                ]
+            )
+
+        @server.tool()
+        async def remember(
+            ctx: Context,
+            label: str,
+            value: str,
+            tags: list[str] | None = None,
+            visibility: str = "",
+        ) -> str:
+            """Save a fact learned during this task in the user's knowledge base, so that
+            later tasks find it: a short `label` and the `value`. `visibility` is private
+            (the user's alone, the default) or shared (everyone's)."""
+            grant = self._granted(ctx)
+            row = await self._call(
+                grant,
+                self._memory.AddKnowledge,
+                memory_pb2.AddKnowledgeRequest(
+                    label=label, value=value, tags=tags or [], visibility=visibility
+                ),
+            )
+            return _json({"id": row.id, "label": row.label, "visibility": row.visibility})
 
         return server
 

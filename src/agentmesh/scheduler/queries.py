@@ -59,6 +59,7 @@ SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
 SET_REPLAY_OF = "UPDATE tasks SET replay_of = $2 WHERE id = $1"
 SELECT_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
 SELECT_STATE = "SELECT state FROM tasks WHERE id = $1"
+SELECT_USER = "SELECT user_name FROM tasks WHERE id = $1"
 SELECT_TASK_FOR_UPDATE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"
 SELECT_CHILD_IDS = """
 SELECT child_task_id FROM subtasks WHERE parent_task_id = $1 ORDER BY id

@@ -30,6 +30,7 @@ from agentmesh.keys.quota import Limits
 from agentmesh.keys.reservations import KeyReserver
 from agentmesh.keys.vault import Vault, seal_plaintext_keys
 from agentmesh.memory import servicer as memory_servicer
+from agentmesh.memory.context import ContextBuilder
 from agentmesh.memory.embedding import scheduler_embedder
 from agentmesh.memory.knowledge import KnowledgeStore
 from agentmesh.memory.network import HomeNetwork
@@ -126,6 +127,11 @@ class Scheduler:
             default_tolerance_seconds=settings.api_policy.throttle_tolerance_seconds,
         )
         broker = KeyBroker(pool, vault, limits)
+        # The memory: profiles, knowledge and the home network, which every gemini attempt's
+        # context is assembled from (see memory.context).
+        profiles = Profiles(pool)
+        knowledge = KnowledgeStore(pool, scheduler_embedder(pool, vault, settings))
+        context = ContextBuilder(profiles.find, knowledge, registry.list_hosts)
         dispatcher = Dispatcher(
             store,
             registry,
@@ -138,6 +144,7 @@ class Scheduler:
             ),
             reserver,
             mesh_credentials,
+            context,
         )
         signals = TaskSignals()
         background: list[asyncio.Task[None]] = []
@@ -179,7 +186,7 @@ class Scheduler:
                 default_mode=settings.agent_defaults.permissions,
                 default_agent_mode=settings.agent_defaults.mode,
             ),
-            profiles=Profiles(pool),
+            profiles=profiles,
         )
         keys = key_servicer.KeyPoolServicer(
             pool,
@@ -189,8 +196,12 @@ class Scheduler:
             token_report=functools.partial(_token_report, pool),
         )
 
-        knowledge = KnowledgeStore(pool, scheduler_embedder(pool, vault, settings))
-        memory = MemoryServicer(Profiles(pool), knowledge, HomeNetwork(pool))
+        memory = MemoryServicer(
+            profiles,
+            knowledge,
+            HomeNetwork(pool),
+            lambda task: store.running_task_user(task.task_id, task.attempt),
+        )
         knowledge.start_embedding(on_the_side)
 
         def register_services(grpc_server: grpc.aio.Server) -> None:

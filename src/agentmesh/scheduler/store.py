@@ -331,6 +331,13 @@ class TaskStore:
                 " its own task's subtasks"
             )
 
+    async def running_task_user(self, task_id: str, attempt: int) -> str:
+        """The user of a task that still runs this attempt (what its mesh credential may
+        act as); FailedPrecondition once the attempt ended."""
+        await self.check_mesh_reach(task_id, attempt, None)
+        async with self._pool.acquire() as conn:
+            return str(await conn.fetchval(q.SELECT_USER, task_id) or "")
+
     async def get(self, task_id: str) -> TaskRecord:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(q.SELECT_TASK, task_id)
