@@ -31,6 +31,7 @@ from agentmesh.cli.client import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from agentmesh.cli.db import db
 from agentmesh.cli.demo import demo
 from agentmesh.cli.keys import keys
+from agentmesh.cli.knowledge import knowledge
 from agentmesh.cli.network import network
 from agentmesh.cli.node import node
 from agentmesh.cli.nodes import nodes
@@ -88,6 +89,7 @@ for command in (
     mesh.agents,
     network,
     profile,
+    knowledge,
     tokens.tokens,
     keys,
     nodes,
