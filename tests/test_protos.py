@@ -56,7 +56,7 @@ def test_editing_a_proto_without_regenerating_is_caught(tmp_path: Path) -> None:
     task_proto = protos / "agentmesh" / "v1" / "task.proto"
     task_proto.write_text(
         task_proto.read_text().replace(
-            "  string remember_as = 17;\n}", "  string remember_as = 17;\n  string extra = 99;\n}"
+            "  string on_refusal = 18;\n}", "  string on_refusal = 18;\n  string extra = 99;\n}"
         )
     )
     out = tmp_path / "out"
@@ -83,6 +83,10 @@ def test_services_have_their_fixed_full_names() -> None:
         "ListHosts",
         "Heartbeat",
         "DelegateTask",
+        "ListApprovals",
+        "ApproveTask",
+        "DenyTask",
+        "ForgetApproval",
     }
     streaming = {m.name for m in scheduler.methods if m.server_streaming}
     assert streaming == {"RunTask", "WatchTask"}

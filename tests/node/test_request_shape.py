@@ -25,6 +25,7 @@ SCHEDULER_ONLY_VALUES: dict[str, object] = {
     "description": "a label",
     "max_attempts": 2,
     "remember_as": "a label",
+    "on_refusal": "ask",
 }
 
 

@@ -93,6 +93,7 @@ def test_a_node_refuses_each_scheduler_only_field(name: str) -> None:
         "idempotency_key": "k",
         "description": "d",
         "remember_as": "label",
+        "on_refusal": "ask",
     }
     spec = task_pb2.TaskSpec(kind="echo", prompt="x", **{name: values.get(name, 3)})  # type: ignore[arg-type]
     request = node_pb2.ExecuteTaskRequest(task_id="t-1", spec=spec).SerializeToString()

@@ -4,8 +4,10 @@ isort:skip_file
 The service every host of the mesh runs."""
 
 from agentmesh.v1 import task_pb2 as _task_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -44,6 +46,7 @@ class ExecuteTaskRequest(_message.Message):
     TOKEN_BUDGET_FIELD_NUMBER: _builtins.int
     MESH_CREDENTIAL_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     """The scheduler's attempt number (1 when run directly)."""
@@ -71,6 +74,12 @@ class ExecuteTaskRequest(_message.Message):
     """
     @_builtins.property
     def spec(self) -> _task_pb2.TaskSpec: ...
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.CommandApproval]:
+        """shell, weak mode: commands its user approved (for this task, or remembered): a refused
+        command that one of these permits runs, if superuser mode would allow it.
+        """
+
     def __init__(
         self,
         *,
@@ -82,10 +91,11 @@ class ExecuteTaskRequest(_message.Message):
         token_budget: _builtins.int = ...,
         mesh_credential: _builtins.str = ...,
         context: _builtins.str = ...,
+        approvals: _abc.Iterable[_task_pb2.CommandApproval] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "attempt", b"attempt", "context", b"context", "key_fingerprint", b"key_fingerprint", "mesh_credential", b"mesh_credential", "spec", b"spec", "task_id", b"task_id", "token_budget", b"token_budget"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "approvals", b"approvals", "attempt", b"attempt", "context", b"context", "key_fingerprint", b"key_fingerprint", "mesh_credential", b"mesh_credential", "spec", b"spec", "task_id", b"task_id", "token_budget", b"token_budget"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,6 +87,26 @@ class SchedulerStub:
                 request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.DelegateTaskRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_task__pb2.Task.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/agentmesh.v1.Scheduler/ListApprovals',
+                request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.ApproveTask = channel.unary_unary(
+                '/agentmesh.v1.Scheduler/ApproveTask',
+                request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.ApproveTaskRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_task__pb2.Task.FromString,
+                _registered_method=True)
+        self.DenyTask = channel.unary_unary(
+                '/agentmesh.v1.Scheduler/DenyTask',
+                request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.DenyTaskRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_task__pb2.Task.FromString,
+                _registered_method=True)
+        self.ForgetApproval = channel.unary_unary(
+                '/agentmesh.v1.Scheduler/ForgetApproval',
+                request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.ForgetApprovalRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.Approval.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -165,6 +185,36 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApprovals(self, request, context):
+        """Approvals: tasks waiting for their user's answer (TaskSpec.on_refusal = "ask"), and the
+        approvals remembered in `permissions_profile`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveTask(self, request, context):
+        """Runs a waiting task again with its refused command permitted; with `always`, the user's
+        later tasks may run it too without asking. FAILED_PRECONDITION if it is not waiting.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyTask(self, request, context):
+        """Ends a waiting task rejected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetApproval(self, request, context):
+        """Forgets a remembered approval: its command is asked about again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +267,26 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.DelegateTask,
                     request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.DelegateTaskRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_task__pb2.Task.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_scheduler__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'ApproveTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveTask,
+                    request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.ApproveTaskRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_task__pb2.Task.SerializeToString,
+            ),
+            'DenyTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyTask,
+                    request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.DenyTaskRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_task__pb2.Task.SerializeToString,
+            ),
+            'ForgetApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetApproval,
+                    request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.ForgetApprovalRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_scheduler__pb2.Approval.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +560,114 @@ class Scheduler:
             '/agentmesh.v1.Scheduler/DelegateTask',
             agentmesh_dot_v1_dot_scheduler__pb2.DelegateTaskRequest.SerializeToString,
             agentmesh_dot_v1_dot_task__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.Scheduler/ListApprovals',
+            agentmesh_dot_v1_dot_scheduler__pb2.ListApprovalsRequest.SerializeToString,
+            agentmesh_dot_v1_dot_scheduler__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.Scheduler/ApproveTask',
+            agentmesh_dot_v1_dot_scheduler__pb2.ApproveTaskRequest.SerializeToString,
+            agentmesh_dot_v1_dot_task__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.Scheduler/DenyTask',
+            agentmesh_dot_v1_dot_scheduler__pb2.DenyTaskRequest.SerializeToString,
+            agentmesh_dot_v1_dot_task__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.Scheduler/ForgetApproval',
+            agentmesh_dot_v1_dot_scheduler__pb2.ForgetApprovalRequest.SerializeToString,
+            agentmesh_dot_v1_dot_scheduler__pb2.Approval.FromString,
             options,
             channel_credentials,
             insecure,

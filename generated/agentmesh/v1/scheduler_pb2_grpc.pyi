@@ -59,6 +59,18 @@ class SchedulerStub:
     its permission mode, within its token budget, depth and delegation limits; whatever
     exceeds a limit is FAILED_PRECONDITION or PERMISSION_DENIED, saying which.
     """
+    ListApprovals: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListApprovalsRequest, _scheduler_pb2.ListApprovalsResponse]
+    """Approvals: tasks waiting for their user's answer (TaskSpec.on_refusal = "ask"), and the
+    approvals remembered in `permissions_profile`.
+    """
+    ApproveTask: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ApproveTaskRequest, _task_pb2.Task]
+    """Runs a waiting task again with its refused command permitted; with `always`, the user's
+    later tasks may run it too without asking. FAILED_PRECONDITION if it is not waiting.
+    """
+    DenyTask: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.DenyTaskRequest, _task_pb2.Task]
+    """Ends a waiting task rejected."""
+    ForgetApproval: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ForgetApprovalRequest, _scheduler_pb2.Approval]
+    """Forgets a remembered approval: its command is asked about again."""
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -89,6 +101,18 @@ class SchedulerAsyncStub(SchedulerStub):
     its permission mode, within its token budget, depth and delegation limits; whatever
     exceeds a limit is FAILED_PRECONDITION or PERMISSION_DENIED, saying which.
     """
+    ListApprovals: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListApprovalsRequest, _scheduler_pb2.ListApprovalsResponse]  # type: ignore[assignment]
+    """Approvals: tasks waiting for their user's answer (TaskSpec.on_refusal = "ask"), and the
+    approvals remembered in `permissions_profile`.
+    """
+    ApproveTask: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ApproveTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
+    """Runs a waiting task again with its refused command permitted; with `always`, the user's
+    later tasks may run it too without asking. FAILED_PRECONDITION if it is not waiting.
+    """
+    DenyTask: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.DenyTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
+    """Ends a waiting task rejected."""
+    ForgetApproval: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ForgetApprovalRequest, _scheduler_pb2.Approval]  # type: ignore[assignment]
+    """Forgets a remembered approval: its command is asked about again."""
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     """Scheduler stores tasks in PostgreSQL, places them on nodes and streams their events."""
@@ -176,5 +200,41 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         its permission mode, within its token budget, depth and delegation limits; whatever
         exceeds a limit is FAILED_PRECONDITION or PERMISSION_DENIED, saying which.
         """
+
+    @_abc_1.abstractmethod
+    def ListApprovals(
+        self,
+        request: _scheduler_pb2.ListApprovalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListApprovalsResponse, _abc.Awaitable[_scheduler_pb2.ListApprovalsResponse]]:
+        """Approvals: tasks waiting for their user's answer (TaskSpec.on_refusal = "ask"), and the
+        approvals remembered in `permissions_profile`.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveTask(
+        self,
+        request: _scheduler_pb2.ApproveTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.Task, _abc.Awaitable[_task_pb2.Task]]:
+        """Runs a waiting task again with its refused command permitted; with `always`, the user's
+        later tasks may run it too without asking. FAILED_PRECONDITION if it is not waiting.
+        """
+
+    @_abc_1.abstractmethod
+    def DenyTask(
+        self,
+        request: _scheduler_pb2.DenyTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.Task, _abc.Awaitable[_task_pb2.Task]]:
+        """Ends a waiting task rejected."""
+
+    @_abc_1.abstractmethod
+    def ForgetApproval(
+        self,
+        request: _scheduler_pb2.ForgetApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.Approval, _abc.Awaitable[_scheduler_pb2.Approval]]:
+        """Forgets a remembered approval: its command is asked about again."""
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -110,6 +110,7 @@ class TaskSpec(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     REMEMBER_AS_FIELD_NUMBER: _builtins.int
+    ON_REFUSAL_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """The executor: "gemini", "shell" or "echo"."""
     prompt: _builtins.str
@@ -146,6 +147,11 @@ class TaskSpec(_message.Message):
     `custom_knowledge` row whose task_id and source point at the task; private to its user,
     shared when it has none).
     """
+    on_refusal: _builtins.str
+    """What a refused command does: "reject" (the default: the task ends rejected, so scripts
+    never hang) or "ask" (it waits in TASK_STATE_INPUT_REQUIRED for `agentmesh approve` or
+    `agentmesh deny`).
+    """
     @_builtins.property
     def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every one of these must be among the node's capabilities."""
@@ -174,10 +180,11 @@ class TaskSpec(_message.Message):
         description: _builtins.str = ...,
         max_attempts: _builtins.int = ...,
         remember_as: _builtins.str = ...,
+        on_refusal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_mode", b"agent_mode", "command", b"command", "description", b"description", "idempotency_key", b"idempotency_key", "kind", b"kind", "max_attempts", b"max_attempts", "max_tokens", b"max_tokens", "model", b"model", "permission_mode", b"permission_mode", "priority", b"priority", "prompt", b"prompt", "remember_as", b"remember_as", "required_capabilities", b"required_capabilities", "subtasks", b"subtasks", "target_host", b"target_host", "timeout_seconds", b"timeout_seconds", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_mode", b"agent_mode", "command", b"command", "description", b"description", "idempotency_key", b"idempotency_key", "kind", b"kind", "max_attempts", b"max_attempts", "max_tokens", b"max_tokens", "model", b"model", "on_refusal", b"on_refusal", "permission_mode", b"permission_mode", "priority", b"priority", "prompt", b"prompt", "remember_as", b"remember_as", "required_capabilities", b"required_capabilities", "subtasks", b"subtasks", "target_host", b"target_host", "timeout_seconds", b"timeout_seconds", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -552,6 +559,7 @@ class CommandRefusal(_message.Message):
     RULE_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    APPROVABLE_FIELD_NUMBER: _builtins.int
     command: _builtins.str
     """The command (or the part of it) that was refused."""
     rule: _builtins.str
@@ -560,6 +568,11 @@ class CommandRefusal(_message.Message):
     """The permission mode in force: "weak" or "superuser"."""
     detail: _builtins.str
     """One sentence for a human."""
+    approvable: _builtins.bool
+    """Whether a user may approve the whole command (`agentmesh approve`): a weak-mode refusal
+    of a plain command line that superuser mode would allow. The superuser denylist is never
+    approved.
+    """
     def __init__(
         self,
         *,
@@ -567,14 +580,40 @@ class CommandRefusal(_message.Message):
         rule: _builtins.str = ...,
         mode: _builtins.str = ...,
         detail: _builtins.str = ...,
+        approvable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "detail", b"detail", "mode", b"mode", "rule", b"rule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvable", b"approvable", "command", b"command", "detail", b"detail", "mode", b"mode", "rule", b"rule"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommandRefusal: _TypeAlias = CommandRefusal  # noqa: Y015
+
+@_typing.final
+class CommandApproval(_message.Message):
+    """A command a user approved for a task (ExecuteTaskRequest.approvals)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    command: _builtins.str
+    """The command line, or (with `prefix`) what a command must begin with, word for word."""
+    prefix: _builtins.bool
+    def __init__(
+        self,
+        *,
+        command: _builtins.str = ...,
+        prefix: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandApproval: _TypeAlias = CommandApproval  # noqa: Y015
 
 @_typing.final
 class ApiError(_message.Message):

@@ -27,6 +27,7 @@ from click.shell_completion import get_completion_class
 from agentmesh import __version__
 from agentmesh.cli import listing, mesh, tasks, tokens
 from agentmesh.cli.app import App
+from agentmesh.cli.approvals import approvals, approve, deny
 from agentmesh.cli.client import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from agentmesh.cli.db import db
 from agentmesh.cli.demo import demo
@@ -89,6 +90,9 @@ for command in (
     mesh.agents,
     network,
     profile,
+    approvals,
+    approve,
+    deny,
     knowledge,
     tokens.tokens,
     keys,

@@ -40,6 +40,7 @@ class SpecFlags:
     idempotency_key: str | None = None
     description: str | None = None
     remember_as: str | None = None
+    on_refusal: str | None = None
 
     def given(self) -> bool:
         return any(value not in (None, ()) for value in vars(self).values())
@@ -61,6 +62,7 @@ _FIELDS = {
     "idempotency_key": "idempotency_key",
     "description": "description",
     "remember_as": "remember_as",
+    "on_refusal": "on_refusal",
 }
 
 

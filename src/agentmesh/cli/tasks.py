@@ -92,6 +92,11 @@ def spec_options(function: Any) -> Any:
         click.option("--idempotency-key", metavar="KEY", help="the same key returns the same task"),
         click.option("--description", help="a few words shown in listings"),
         click.option(
+            "--on-refusal",
+            type=click.Choice(["reject", "ask"]),
+            help="a refused command ends the task (reject, the default) or asks its user (ask)",
+        ),
+        click.option(
             "--remember-as",
             metavar="LABEL",
             help="keep the task's output as knowledge under this label when it completes",
@@ -119,6 +124,7 @@ def _flags(values: dict[str, Any]) -> SpecFlags:
         idempotency_key=values["idempotency_key"],
         description=values["description"],
         remember_as=values["remember_as"],
+        on_refusal=values["on_refusal"],
     )
 
 

@@ -32,6 +32,7 @@ from agentmesh.errors import (
 )
 from agentmesh.node.environment import Scrubber
 from agentmesh.node.executors.base import DEFAULT_MAX_OUTPUT_BYTES, Executor, Job
+from agentmesh.node.permissions.approvals import Approval
 from agentmesh.tasks.events import Diagnostic, Payload, Result, Status, TaskEvent
 from agentmesh.tasks.model import (
     AgentMode,
@@ -59,6 +60,8 @@ class ExecuteRequest:
     mesh_credential: str = field(default="", repr=False)
     # gemini: the context the scheduler assembled for the agent (its GEMINI.md).
     context: str = ""
+    # shell, weak mode: commands the task's user approved.
+    approvals: tuple[Approval, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,7 @@ class TaskRunner:
                 max_output_bytes=self._limits.max_output_bytes,
                 mesh_credential=request.mesh_credential,
                 context=request.context,
+                approvals=request.approvals,
             )
             payloads = aiter(executor.run(job))
             result: Result | None = None

@@ -9,6 +9,7 @@ import grpc
 
 from agentmesh.errors import InvalidArgument, Reason
 from agentmesh.node.card import AgentCard
+from agentmesh.node.permissions.approvals import Approval
 from agentmesh.node.runner import ExecuteRequest, TaskRunner
 from agentmesh.rpc import convert
 from agentmesh.rpc.errors import streaming, unary
@@ -54,6 +55,7 @@ class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
             token_budget=request.token_budget,
             mesh_credential=request.mesh_credential,
             context=request.context,
+            approvals=tuple(Approval(a.command, a.prefix) for a in request.approvals),
         )
         async for event in self._runner.execute(execute):
             yield convert.event_to_proto(event)

@@ -39,6 +39,7 @@ def spec_from_proto(message: task_pb2.TaskSpec) -> TaskSpec:
         max_attempts=message.max_attempts,
         agent_mode=message.agent_mode,
         remember_as=message.remember_as,
+        on_refusal=message.on_refusal,
     )
 
 

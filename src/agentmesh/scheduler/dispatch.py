@@ -32,6 +32,7 @@ from agentmesh.errors import Reason
 from agentmesh.keys import quota
 from agentmesh.keys.reservations import Candidate, KeyReserver, Reserved, RoundKeys
 from agentmesh.memory.context import ChildResult, ContextBuilder, TaskContext
+from agentmesh.node.permissions.approvals import Approval
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
 from agentmesh.rpc.errors import reason_of
@@ -52,9 +53,10 @@ from agentmesh.scheduler.store import (
     summarize_children,
 )
 from agentmesh.scheduler.trace_writer import TraceWriter, trace_cost
+from agentmesh.tasks import events
 from agentmesh.tasks.events import ApiError, ApiErrorKind, Diagnostic, Result
-from agentmesh.tasks.model import AgentMode, TaskKind, TaskState, for_node
-from agentmesh.v1 import node_pb2, node_pb2_grpc
+from agentmesh.tasks.model import AgentMode, TaskKind, TaskSpec, TaskState, for_node
+from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
 
 log = logging.getLogger(__name__)
 
@@ -410,12 +412,17 @@ class Dispatcher:
             token_budget=key.budget if key else 0,
             mesh_credential=self._mesh_credential(attempt),
             context=context.text if context is not None else "",
+            approvals=[
+                task_pb2.CommandApproval(command=a.command, prefix=a.prefix)
+                for a in await self._approvals_for(attempt)
+            ],
         )
         received = 0
         # What this attempt added to the trace: a node that streams without end (one that
         # does not cap its tasks' output) is stopped here, and its task fails.
         trace_chars = 0
         exhausted: ApiError | None = None
+        refusal: events.Refusal | None = None
         writer = TraceWriter(
             lambda batch, after_seq: _with_retry(
                 functools.partial(
@@ -441,8 +448,23 @@ class Dispatcher:
                 payload = event.payload
                 if isinstance(payload, ApiError) and payload.kind is ApiErrorKind.QUOTA_EXHAUSTED:
                     exhausted = payload  # the node's proxy found no key with capacity
+                if isinstance(payload, events.Refusal):
+                    refusal = payload
                 if isinstance(payload, Result):
                     if not await writer.close():
+                        return
+                    if _asks(spec, payload, refusal):
+                        assert refusal is not None
+                        # Not the end: the task waits for its user's answer.
+                        await _with_retry(
+                            functools.partial(
+                                self._store.await_approval,
+                                attempt.task_id,
+                                attempt.attempt,
+                                owner,
+                                refusal,
+                            )
+                        )
                         return
                     if payload.state is TaskState.FAILED and exhausted is not None:
                         # Not the task's fault: it waits for a key again, without an attempt.
@@ -517,6 +539,16 @@ class Dispatcher:
             with contextlib.suppress(*DATABASE_ERRORS):
                 await self._keys.count_context(attempt.task_id, len(context.text))
         return context
+
+    async def _approvals_for(self, attempt: StartedAttempt) -> list[Approval]:
+        """What the user approved that a weak-mode shell attempt may run (see
+        node.permissions.approvals); nothing for other tasks."""
+        spec = attempt.spec
+        if spec.kind != TaskKind.SHELL or spec.permission_mode == "superuser":
+            return []
+        return await _with_retry(
+            lambda: self._store.approvals_for(attempt.task_id, attempt.user, spec.command)
+        )
 
     def _mesh_credential(self, attempt: StartedAttempt) -> str:
         """An agentic gemini attempt acts on the mesh as its task (see access)."""
@@ -647,6 +679,16 @@ class Dispatcher:
     async def _key_signature(self) -> KeySignature:
         async with self._pool.acquire() as conn:
             return await quota.key_signature(conn)
+
+
+def _asks(spec: TaskSpec, result: Result, refusal: events.Refusal | None) -> bool:
+    """Whether a refused attempt asks its user rather than ends the task (on_refusal)."""
+    return (
+        spec.on_refusal == "ask"
+        and result.state is TaskState.REJECTED
+        and refusal is not None
+        and refusal.approvable
+    )
 
 
 def never_reached(error: grpc.aio.AioRpcError, received: int) -> bool:

@@ -404,3 +404,57 @@ SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND state = 'working' AND attem
            AS running,
        EXISTS (SELECT 1 FROM up WHERE id = $1) AS below
 """
+
+# Approvals (TaskSpec.on_refusal = 'ask'): the refused attempt leaves the task waiting for
+# its user, with one pending question.
+AWAIT_APPROVAL = """
+UPDATE tasks SET state = 'input_required', lease_owner = NULL, lease_expires_at = NULL,
+    assigned_agent = NULL, waiting_reason = $4, updated_at = now()
+WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
+RETURNING user_name
+"""
+INSERT_APPROVAL_REQUEST = """
+INSERT INTO approval_requests (task_id, attempt, user_id, command, rule, mode, detail)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+SELECT_PENDING_REQUEST = """
+SELECT r.id, r.command, r.rule, r.mode, t.user_name, t.priority
+FROM approval_requests r JOIN tasks t ON t.id = r.task_id
+WHERE r.task_id = $1 AND r.answer IS NULL AND t.state = 'input_required'
+FOR UPDATE OF r, t
+"""
+ANSWER_REQUEST = """
+UPDATE approval_requests SET answer = $2, answered_at = now(), permitted = $3, prefix = $4
+WHERE id = $1
+"""
+# A remembered approval: NULL mode and host (every mode, every host), so the unique
+# constraint (whose NULLs are distinct) cannot merge them: update, else insert.
+REMEMBER_APPROVAL = """
+WITH updated AS (
+    UPDATE permissions_profile SET allow_by_default = true, notes = $4
+    WHERE user_id = $1 AND command = $2 AND prefix = $3 AND mode IS NULL AND host_name IS NULL
+    RETURNING id
+)
+INSERT INTO permissions_profile
+    (user_id, mode, command, host_name, approved_by, allow_by_default, notes, prefix)
+SELECT $1, NULL, $2, NULL, $1, true, $4, $3
+WHERE NOT EXISTS (SELECT 1 FROM updated)
+"""
+RESUME_APPROVED = """
+UPDATE tasks SET state = 'submitted', max_attempts = max_attempts + 1, waiting_reason = '',
+    updated_at = now()
+WHERE id = $1 AND state = 'input_required'
+"""
+# What a task's next attempt may run besides the rules: what its user approved for it, and
+# the user's remembered approvals (each with whether it is remembered, to mark its use).
+SELECT_APPROVALS_FOR = """
+SELECT NULL::int AS remembered_id, permitted AS command, prefix FROM approval_requests
+WHERE task_id = $1 AND answer = 'approved'
+UNION ALL
+SELECT id, command, prefix FROM permissions_profile
+WHERE user_id = $2 AND allow_by_default AND command IS NOT NULL
+  AND (expires_at IS NULL OR expires_at > now())
+"""
+MARK_APPROVALS_USED = """
+UPDATE permissions_profile SET last_used = (now() AT TIME ZONE 'UTC') WHERE id = ANY($1::int[])
+"""

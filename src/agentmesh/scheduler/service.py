@@ -38,6 +38,7 @@ from agentmesh.memory.profiles import Profiles
 from agentmesh.memory.servicer import MemoryServicer
 from agentmesh.rpc.server import RunningServer, split_host_port, start_server
 from agentmesh.scheduler.agents import AgentRegistry
+from agentmesh.scheduler.approvals import ApprovalBook
 from agentmesh.scheduler.delegation import DelegationLimits
 from agentmesh.scheduler.dispatch import DATABASE_ERRORS, Channels, Dispatcher, DispatchSettings
 from agentmesh.scheduler.notifications import Listener, TaskSignals
@@ -187,6 +188,7 @@ class Scheduler:
                 default_agent_mode=settings.agent_defaults.mode,
             ),
             profiles=profiles,
+            approvals=ApprovalBook(pool),
         )
         keys = key_servicer.KeyPoolServicer(
             pool,

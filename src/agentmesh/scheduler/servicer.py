@@ -15,10 +15,12 @@ from agentmesh.config import PermissionMode
 from agentmesh.errors import InvalidArgument, PermissionDenied
 from agentmesh.keys.held import validate_held_keys
 from agentmesh.memory.profiles import Profiles
+from agentmesh.node.permissions.approvals import words
 from agentmesh.rpc import auth, convert
 from agentmesh.rpc.errors import streaming, unary
 from agentmesh.rpc.request_shape import SpecShape, add_checked
 from agentmesh.scheduler.agents import AgentRegistry, AgentView, HostEntry
+from agentmesh.scheduler.approvals import ApprovalBook, ApprovalView
 from agentmesh.scheduler.delegation import DelegationLimits, shape_delegation, validate_delegation
 from agentmesh.scheduler.notifications import TaskSignals
 from agentmesh.scheduler.store import TaskRecord, TaskStore
@@ -106,6 +108,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         default_agent_mode: AgentMode,
         delegation: DelegationLimits,
         profiles: Profiles | None = None,
+        approvals: ApprovalBook | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -117,6 +120,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self._delegation = delegation
         # Users' profiles: a task without a permission mode runs in its user's default.
         self._profiles = profiles
+        self._approvals = approvals
 
     @property
     def max_depth(self) -> int:
@@ -236,6 +240,45 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return task_to_proto(await self._store.get(request.task_id))
 
     @unary
+    async def ListApprovals(
+        self, request: scheduler_pb2.ListApprovalsRequest, context: Context
+    ) -> scheduler_pb2.ListApprovalsResponse:
+        book = self._approval_book()
+        views = await (book.remembered if request.remembered else book.pending)(request.user)
+        return scheduler_pb2.ListApprovalsResponse(approvals=[approval_to_proto(v) for v in views])
+
+    @unary
+    async def ApproveTask(
+        self, request: scheduler_pb2.ApproveTaskRequest, context: Context
+    ) -> task_pb2.Task:
+        validate_task_id(request.task_id)
+        if request.prefix and not words(request.prefix):
+            raise InvalidArgument("prefix", "must be plain words (no shell syntax)")
+        await self._store.approve(request.task_id, always=request.always, prefix=request.prefix)
+        return task_to_proto(await self._store.get(request.task_id))
+
+    @unary
+    async def DenyTask(
+        self, request: scheduler_pb2.DenyTaskRequest, context: Context
+    ) -> task_pb2.Task:
+        validate_task_id(request.task_id)
+        await self._store.deny(request.task_id, request.reason[:500])
+        return task_to_proto(await self._store.get(request.task_id))
+
+    @unary
+    async def ForgetApproval(
+        self, request: scheduler_pb2.ForgetApprovalRequest, context: Context
+    ) -> scheduler_pb2.Approval:
+        if request.id <= 0:
+            raise InvalidArgument("id", "must be a remembered approval's id")
+        return approval_to_proto(await self._approval_book().forget(request.id))
+
+    def _approval_book(self) -> ApprovalBook:
+        if self._approvals is None:
+            raise PermissionDenied("this scheduler keeps no approvals")
+        return self._approvals
+
+    @unary
     async def ListAgents(
         self, request: scheduler_pb2.ListAgentsRequest, context: Context
     ) -> scheduler_pb2.ListAgentsResponse:
@@ -272,6 +315,24 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.HeartbeatResponse(
             interval_seconds=self._heartbeat_interval, dispatch_secret=secret
         )
+
+
+def approval_to_proto(view: ApprovalView) -> scheduler_pb2.Approval:
+    message = scheduler_pb2.Approval(
+        id=view.id,
+        task_id=view.task_id,
+        user=view.user,
+        command=view.command,
+        prefix=view.prefix,
+        rule=view.rule,
+        mode=view.mode,
+        detail=view.detail,
+    )
+    for name in ("created_at", "last_used"):
+        stamp = _timestamp(getattr(view, name))
+        if stamp is not None:
+            getattr(message, name).CopyFrom(stamp)
+    return message
 
 
 def _wait_seconds(value: float) -> float:

@@ -27,9 +27,10 @@ from agentmesh.errors import (
     Reason,
 )
 from agentmesh.keys import quota
+from agentmesh.node.permissions.approvals import Approval, permits
 from agentmesh.rpc.convert import payload_from_dict, payload_to_dict
 from agentmesh.scheduler import queries as q
-from agentmesh.tasks.events import Payload, Result, Status, TaskEvent, Usage
+from agentmesh.tasks.events import Payload, Refusal, Result, Status, TaskEvent, Usage
 from agentmesh.tasks.model import TaskSpec, TaskState
 
 log = logging.getLogger(__name__)
@@ -698,6 +699,99 @@ class TaskStore:
             )
             reaped += state is not None
         return reaped
+
+    # ----------------------------------------------------------------- approvals
+
+    async def await_approval(
+        self, task_id: str, attempt: int, owner: str, refusal: Refusal
+    ) -> bool:
+        """The attempt's command was refused and the task asks its user (on_refusal = ask):
+        it waits in input_required with a pending question. False if superseded."""
+        waiting = f"waiting for its user to approve `{refusal.command}`"
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.LOCK_TREE, task_id)
+            row = await conn.fetchrow(q.AWAIT_APPROVAL, task_id, attempt, owner, waiting)
+            if row is None:
+                return False
+            await conn.execute(
+                q.INSERT_APPROVAL_REQUEST,
+                task_id,
+                attempt,
+                row["user_name"] or "",
+                refusal.command,
+                refusal.rule,
+                refusal.mode,
+                refusal.detail,
+            )
+            message = (
+                f"{waiting}, refused by rule {refusal.rule} in {refusal.mode} mode:"
+                f" agentmesh approve {task_id} [--always], or agentmesh deny {task_id}"
+            )
+            await self._scheduler_event(conn, task_id, Status(TaskState.INPUT_REQUIRED, message))
+        return True
+
+    async def approve(self, task_id: str, *, always: bool, prefix: str) -> str:
+        """Answer a waiting task's question yes: it runs again with the command (or every
+        command beginning with `prefix`) permitted; `always` remembers that for its user.
+        Returns what was permitted."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.LOCK_TREE, task_id)
+            request = await self._pending(conn, task_id)
+            command = request["command"]
+            if prefix and not permits(Approval(prefix, prefix=True), command):
+                raise InvalidArgument(
+                    "prefix", f"{prefix!r} does not begin the refused command `{command}`"
+                )
+            permitted = prefix or command
+            await conn.execute(q.ANSWER_REQUEST, request["id"], "approved", permitted, bool(prefix))
+            user = request["user_name"] or ""
+            if always:
+                note = f"approved for task {task_id}"
+                await conn.execute(q.REMEMBER_APPROVAL, user, permitted, bool(prefix), note)
+            await conn.execute(q.RESUME_APPROVED, task_id)
+            what = f"every command beginning `{prefix}`" if prefix else f"`{command}`"
+            kept = " (remembered for its user's later tasks)" if always else ""
+            await self._scheduler_event(
+                conn,
+                task_id,
+                Status(TaskState.SUBMITTED, f"its user approved {what}{kept}; queued again"),
+            )
+            await conn.execute(q.ENQUEUE, task_id, request["priority"], 0.0)
+            await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+        return permitted
+
+    async def deny(self, task_id: str, reason: str) -> None:
+        """Answer a waiting task's question no: it ends rejected."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.LOCK_TREE, task_id)
+            request = await self._pending(conn, task_id)
+            await conn.execute(q.ANSWER_REQUEST, request["id"], "denied", None, False)
+            error = f"its user denied `{request['command']}`" + (f": {reason}" if reason else "")
+            await self._finish(conn, task_id, Result(TaskState.REJECTED, error=error))
+
+    async def _pending(self, conn: Connection, task_id: str) -> asyncpg.Record:
+        request = await conn.fetchrow(q.SELECT_PENDING_REQUEST, task_id)
+        if request is not None:
+            return request
+        state = await conn.fetchval(q.SELECT_STATE, task_id)
+        if state is None:
+            raise NotFound(f"no task {task_id}")
+        raise FailedPrecondition(f"task {task_id} is not waiting for an approval ({state})")
+
+    async def approvals_for(self, task_id: str, user: str, command: str) -> list[Approval]:
+        """What the task's next attempt may run by approval: what its user approved for it,
+        and their remembered approvals that cover `command` (marked as used now)."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(q.SELECT_APPROVALS_FOR, task_id, user)
+            approvals = [Approval(row["command"], row["prefix"]) for row in rows]
+            used = [
+                row["remembered_id"]
+                for row, approval in zip(rows, approvals, strict=True)
+                if row["remembered_id"] is not None and permits(approval, command)
+            ]
+            if used:
+                await conn.execute(q.MARK_APPROVALS_USED, used)
+        return [a for a in approvals if permits(a, command)]
 
     # ----------------------------------------------------------------- cancel
 

@@ -82,6 +82,8 @@ class Refusal:
     rule: str
     mode: str
     detail: str
+    # Whether its user may approve the command (see agentmesh.node.permissions.approvals).
+    approvable: bool = False
 
 
 class ApiErrorKind(StrEnum):

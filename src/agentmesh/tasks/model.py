@@ -80,6 +80,7 @@ class TaskSpec:
     max_attempts: int = 0
     agent_mode: str = ""
     remember_as: str = ""
+    on_refusal: str = ""
 
 
 _EMPTY_SPEC = TaskSpec()
@@ -99,6 +100,7 @@ SCHEDULER_ONLY_FIELDS: dict[str, str] = {
     "description": "is a label in the scheduler's listings; a node does not keep it",
     "max_attempts": "is the scheduler's; a node runs the one attempt it is sent",
     "remember_as": "is the scheduler's (it keeps the output as knowledge); a node keeps none",
+    "on_refusal": "is the scheduler's (it asks the user); a node reports the refusal",
 }
 
 
@@ -158,6 +160,10 @@ def validate_common(spec: TaskSpec, prefix: str = "spec") -> None:
         raise InvalidArgument(f"{prefix}.timeout_seconds", "must not be negative")
     if spec.remember_as and (len(spec.remember_as) > 255 or not spec.remember_as.isprintable()):
         raise InvalidArgument(f"{prefix}.remember_as", "must be at most 255 printable characters")
+    if spec.on_refusal not in ("", "reject", "ask"):
+        raise InvalidArgument(
+            f"{prefix}.on_refusal", f"must be reject, ask or empty (got {spec.on_refusal[:40]!r})"
+        )
     if spec.remember_as and not spec.kind:
         raise InvalidArgument(
             f"{prefix}.remember_as", "needs a task that runs (a kind): its output is kept"

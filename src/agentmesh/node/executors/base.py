@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from agentmesh.config import PermissionMode
+from agentmesh.node.permissions.approvals import Approval
 from agentmesh.node.process import Chunk, ProcessGroup, StreamName
 from agentmesh.node.sandbox import Launch
 from agentmesh.tasks.events import Payload
@@ -49,6 +50,8 @@ class Job:
     mesh_credential: str = field(default="", repr=False)
     # gemini: the context the scheduler assembled (Markdown), the CLI's GEMINI.md.
     context: str = ""
+    # shell, weak mode: commands the task's user approved (see permissions.approvals).
+    approvals: tuple[Approval, ...] = ()
 
 
 class Executor(Protocol):

@@ -14,6 +14,8 @@ from agentmesh.node.command_check import CommandChecker
 from agentmesh.node.environment import task_environment
 from agentmesh.node.executors.base import Exit, Job, supervise
 from agentmesh.node.permissions import CommandRefused
+from agentmesh.node.permissions.approvals import permitted, words
+from agentmesh.node.permissions.policy import ShellPlan
 from agentmesh.node.sandbox import Confinement, Sandbox, SandboxUnavailable
 from agentmesh.tasks.events import Diagnostic, Payload, Refusal, Result, Stderr, Stdout
 from agentmesh.tasks.model import TaskKind, TaskState
@@ -39,27 +41,39 @@ class ShellExecutor:
         self._grace = grace_seconds
 
     async def run(self, job: Job) -> AsyncIterator[Payload]:
+        command = job.spec.command
         try:
             # In a worker process with a time limit: never on the event loop.
-            plan = await self._checker.plan(job.spec.command, job.permission_mode)
+            plan = await self._checker.plan(command, job.permission_mode)
         except CommandRefused as refused:
-            yield Refusal(
-                command=refused.command,
-                rule=refused.rule,
-                mode=str(refused.mode),
-                detail=refused.detail,
+            approvable = await self._approvable(command, refused)
+            approved = permitted(command, job.approvals) if approvable else None
+            if approved is None:
+                yield Refusal(
+                    command=refused.command,
+                    rule=refused.rule,
+                    mode=str(refused.mode),
+                    detail=refused.detail,
+                    approvable=approvable,
+                )
+                yield Result(
+                    TaskState.REJECTED, error=f"refused in {refused.mode} mode: {refused.detail}"
+                )
+                return
+            yield Diagnostic(
+                "info",
+                f"runs by its user's approval: weak mode refused it ({refused.rule}:"
+                f" {refused.detail})",
             )
-            yield Result(
-                TaskState.REJECTED, error=f"refused in {refused.mode} mode: {refused.detail}"
-            )
-            return
+            plan = ShellPlan(argv=tuple(approved), use_shell=False, programs=(approved[0],))
         weak = job.permission_mode is PermissionMode.WEAK
         confinement = Confinement(
             job.permission_mode,
             job.workdir,
             network=self._permissions.network(job.permission_mode),
-            # Weak mode: the kernel lets only the allowlist's programs run.
-            executables=self._permissions.weak.allowlist if weak else None,
+            # Weak mode: the kernel lets only the allowlist's programs run (and an approved
+            # command's).
+            executables=(*self._permissions.weak.allowlist, *plan.programs) if weak else None,
         )
         try:
             launch = self._sandbox.launch(plan.argv, confinement)
@@ -81,6 +95,17 @@ class ShellExecutor:
                 yield Stdout(item.text)
             else:
                 yield Stderr(item.text)
+
+    async def _approvable(self, command: str, refused: CommandRefused) -> bool:
+        """Whether a user may approve the refused command: a plain command line that weak
+        mode refused and superuser mode would allow (the denylist is never approved)."""
+        if refused.mode is not PermissionMode.WEAK or words(command) is None:
+            return False
+        try:
+            await self._checker.plan(command, PermissionMode.SUPERUSER)
+        except CommandRefused:
+            return False
+        return True
 
 
 def _result(exit: Exit, tail: str) -> Result:

@@ -99,6 +99,12 @@ def _precheck(command: str, mode: PermissionMode) -> None:
             )
 
 
+def shell_syntax(command: str) -> str | None:
+    """The shell syntax in a command line (what weak mode refuses), or None: a plain one
+    runs as the words it splits into."""
+    return _weak_syntax(command)
+
+
 def _weak_syntax(command: str) -> str | None:
     """Describe the first unquoted piece of shell syntax in `command`, or None."""
     quote = ""
