@@ -168,6 +168,7 @@ class AgentNode:
                 proxy=proxy,
                 keys=KeySources(held, scheduler_keys),
                 mesh_tools=mesh_tools,
+                checker=checker,
             )
         limits = RunnerLimits(
             max_concurrency=node.max_concurrency,

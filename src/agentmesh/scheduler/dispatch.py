@@ -450,21 +450,19 @@ class Dispatcher:
                     exhausted = payload  # the node's proxy found no key with capacity
                 if isinstance(payload, events.Refusal):
                     refusal = payload
+                    if spec.kind == TaskKind.GEMINI and _asks_about(spec, refusal):
+                        # The agent's command waits for its user: this run stops here.
+                        await writer.add(payload)
+                        if await writer.close():
+                            await self._await_approval(attempt, refusal)
+                        return
                 if isinstance(payload, Result):
                     if not await writer.close():
                         return
-                    if _asks(spec, payload, refusal):
-                        assert refusal is not None
+                    rejected = payload.state is TaskState.REJECTED
+                    if rejected and refusal is not None and _asks_about(spec, refusal):
                         # Not the end: the task waits for its user's answer.
-                        await _with_retry(
-                            functools.partial(
-                                self._store.await_approval,
-                                attempt.task_id,
-                                attempt.attempt,
-                                owner,
-                                refusal,
-                            )
-                        )
+                        await self._await_approval(attempt, refusal)
                         return
                     if payload.state is TaskState.FAILED and exhausted is not None:
                         # Not the task's fault: it waits for a key again, without an attempt.
@@ -541,13 +539,26 @@ class Dispatcher:
         return context
 
     async def _approvals_for(self, attempt: StartedAttempt) -> list[Approval]:
-        """What the user approved that a weak-mode shell attempt may run (see
-        node.permissions.approvals); nothing for other tasks."""
+        """What the user approved that a weak-mode attempt may run (see
+        node.permissions.approvals): for a shell task, what covers its command; for a gemini
+        task, all of it (its agent's commands are not known before it runs them)."""
         spec = attempt.spec
-        if spec.kind != TaskKind.SHELL or spec.permission_mode == "superuser":
+        if spec.permission_mode == "superuser" or spec.kind == TaskKind.ECHO:
             return []
+        command = spec.command if spec.kind == TaskKind.SHELL else None
         return await _with_retry(
-            lambda: self._store.approvals_for(attempt.task_id, attempt.user, spec.command)
+            lambda: self._store.approvals_for(attempt.task_id, attempt.user, command)
+        )
+
+    async def _await_approval(self, attempt: StartedAttempt, refusal: events.Refusal) -> None:
+        await _with_retry(
+            functools.partial(
+                self._store.await_approval,
+                attempt.task_id,
+                attempt.attempt,
+                self._settings.owner,
+                refusal,
+            )
         )
 
     def _mesh_credential(self, attempt: StartedAttempt) -> str:
@@ -681,14 +692,9 @@ class Dispatcher:
             return await quota.key_signature(conn)
 
 
-def _asks(spec: TaskSpec, result: Result, refusal: events.Refusal | None) -> bool:
-    """Whether a refused attempt asks its user rather than ends the task (on_refusal)."""
-    return (
-        spec.on_refusal == "ask"
-        and result.state is TaskState.REJECTED
-        and refusal is not None
-        and refusal.approvable
-    )
+def _asks_about(spec: TaskSpec, refusal: events.Refusal) -> bool:
+    """Whether a refused command makes the task ask its user rather than end (on_refusal)."""
+    return spec.on_refusal == "ask" and refusal.approvable
 
 
 def never_reached(error: grpc.aio.AioRpcError, received: int) -> bool:

@@ -778,12 +778,15 @@ class TaskStore:
             raise NotFound(f"no task {task_id}")
         raise FailedPrecondition(f"task {task_id} is not waiting for an approval ({state})")
 
-    async def approvals_for(self, task_id: str, user: str, command: str) -> list[Approval]:
+    async def approvals_for(self, task_id: str, user: str, command: str | None) -> list[Approval]:
         """What the task's next attempt may run by approval: what its user approved for it,
-        and their remembered approvals that cover `command` (marked as used now)."""
+        and their remembered approvals that cover `command` (marked as used now); with no
+        command (an agent's, not known yet), all of them."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(q.SELECT_APPROVALS_FOR, task_id, user)
             approvals = [Approval(row["command"], row["prefix"]) for row in rows]
+            if command is None:
+                return approvals
             used = [
                 row["remembered_id"]
                 for row, approval in zip(rows, approvals, strict=True)

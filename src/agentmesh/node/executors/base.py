@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -167,7 +167,7 @@ async def supervise(
 
 async def with_side_payloads(
     items: AsyncIterator[T], side: asyncio.Queue[Payload]
-) -> AsyncIterator[T | Payload]:
+) -> AsyncGenerator[T | Payload, None]:
     """`items`, and between them each payload put in `side` as soon as it is put there (a
     payload put while an item is also ready comes first)."""
     source = aiter(items)

@@ -17,28 +17,33 @@ Each task runs `GEMINI_CLI_COMMAND -p PROMPT -o stream-json -m MODEL` with:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import shlex
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from agentmesh.config import PermissionMode, Permissions
+from agentmesh.node.command_check import CommandChecker
 from agentmesh.node.environment import DEFAULT_PATH, Scrubber, task_environment
 from agentmesh.node.executors.base import Exit, Job, Output, supervise, with_side_payloads
 from agentmesh.node.executors.gemini_errors import classify_api_error
 from agentmesh.node.gemini_proxy import GeminiProxy, ProxyRun
 from agentmesh.node.key_source import KeySources, NoApiKey, TaskRun
 from agentmesh.node.mesh_tools import SERVER_NAME, MeshGrant, MeshTools
+from agentmesh.node.permissions import CommandRefused
+from agentmesh.node.permissions.approvals import Approval, words
 from agentmesh.node.sandbox import Confinement, Sandbox, SandboxUnavailable
 from agentmesh.tasks.events import (
     ApiError,
     Diagnostic,
     Payload,
+    Refusal,
     Result,
     Text,
     ToolResult,
@@ -62,6 +67,8 @@ EXIT_REASONS = {
     130: "cancelled",
 }
 STDERR_TAIL_CHARS = 16 << 10
+# What a JavaScript regex gives meaning to (escaped in approval rules).
+_JS_SPECIAL = re.compile(r"[\\^$.*+?()[\]{}|/]")
 # What a weak-mode run must be able to execute besides the CLI: Node.js, which its
 # `#!/usr/bin/env node` line starts.
 CLI_RUNTIME = ("env", "node")
@@ -108,13 +115,40 @@ def policy_toml(
     agent_mode: AgentMode = AgentMode.AGENTIC,
     *,
     mesh_tools: bool = False,
+    approvals: Sequence[Approval] = (),
 ) -> str:
     """The CLI policy for an agent mode and a permission mode (TOML literal strings: no
-    escaping needed), allowing the mesh tools when the run has them."""
+    escaping needed), allowing the mesh tools when the run has them, and in weak mode the
+    commands its user approved."""
     if agent_mode is AgentMode.PLAIN:
         return PLAIN_POLICY
-    shell = _shell_policy(mode, permissions)
-    return f"{shell}\n{MESH_TOOLS_POLICY}" if mesh_tools else shell
+    parts = [_shell_policy(mode, permissions)]
+    if mode is PermissionMode.WEAK and approvals:
+        parts.append(approval_rules(approvals))
+    if mesh_tools:
+        parts.append(MESH_TOOLS_POLICY)
+    return "\n".join(parts)
+
+
+def approval_rules(approvals: Sequence[Approval]) -> str:
+    """Allow rules for approved commands: exactly or by prefix (whole words). TOML basic
+    strings, escaped as JSON escapes them.
+
+    The CLI matches a `commandRegex` against the call's arguments as JSON, after
+    `"command":"`: an exact rule is the command's JSON text, escaped for a JavaScript
+    regex, and the closing quote."""
+    rules = ["# agentmesh: commands the task's user approved."]
+    for approval in approvals:
+        if approval.prefix:
+            match = f"commandPrefix = [{json.dumps(approval.command)}]"
+        else:
+            exact = _JS_SPECIAL.sub(r"\\\g<0>", json.dumps(approval.command)[1:-1]) + '"'
+            match = f"commandRegex = {json.dumps(exact)}"
+        rules.append(
+            f"[[rule]]\ntoolName = 'run_shell_command'\n{match}\ndecision = 'allow'\n"
+            "priority = 200\n"
+        )
+    return "\n".join(rules)
 
 
 def _shell_policy(mode: PermissionMode, permissions: Permissions) -> str:
@@ -169,10 +203,13 @@ class GeminiExecutor:
         proxy: GeminiProxy,
         keys: KeySources,
         mesh_tools: MeshTools | None = None,
+        checker: CommandChecker | None = None,
     ) -> None:
         self._command = shlex.split(command)
         # The node's MCP server for its agents' mesh tools (with a scheduler only).
         self._mesh_tools = mesh_tools
+        # Tells whether a command the CLI's policy refused may be approved (see approvals).
+        self._checker = checker
         self._permissions = permissions
         self._default_model = default_model
         self._sandbox = sandbox
@@ -230,6 +267,7 @@ class GeminiExecutor:
                 self._permissions,
                 job.agent_mode,
                 mesh_tools=grant is not None,
+                approvals=job.approvals,
             )
         )
         model = job.spec.model or self._default_model
@@ -241,7 +279,8 @@ class GeminiExecutor:
         # allowlist (the CLI itself must be able to execute Node.js).
         weak = job.permission_mode is PermissionMode.WEAK
         shell = home / "bin"
-        confined = weak and self._sandbox.confined_shell(shell, self._permissions.weak.allowlist)
+        allowed = (*self._permissions.weak.allowlist, *approved_programs(job.approvals))
+        confined = weak and self._sandbox.confined_shell(shell, allowed)
         try:
             launch = self._sandbox.launch(
                 argv, self._confinement(job, home, shell if confined else None, grant)
@@ -269,28 +308,33 @@ class GeminiExecutor:
         held = self._keys.held.keys if self._keys.held else ()
         scrub = Scrubber(job.api_key, *(key.secret for key in held))
         parser = StreamJsonParser(model)
+        refusals = PolicyRefusals(job.permission_mode, self._approvable)
         stderr_tail = ""
         pending = ""
         process = supervise(job, launch, env=env, grace_seconds=self._grace)
-        async for item in with_side_payloads(process, side):
-            if not isinstance(item, Output | Exit):
-                yield item
-            elif isinstance(item, Exit):
-                if pending:
-                    for payload in parser.feed_line(pending):
+        # Closed with the run, however it ends: its pending read must not outlive it.
+        async with contextlib.aclosing(with_side_payloads(process, side)) as items:
+            async for item in items:
+                if not isinstance(item, Output | Exit):
+                    yield item
+                elif isinstance(item, Exit):
+                    if pending:
+                        for payload in parser.feed_line(pending):
+                            yield payload
+                    while not side.empty():
+                        yield side.get_nowait()
+                    for payload in parser.finish(item, scrub(stderr_tail), stopped=run.stopped):
                         yield payload
-                while not side.empty():
-                    yield side.get_nowait()
-                for payload in parser.finish(item, scrub(stderr_tail), stopped=run.stopped):
-                    yield payload
-            elif item.stream == "stderr":
-                stderr_tail = (stderr_tail + item.text)[-STDERR_TAIL_CHARS:]
-            else:
-                pending += item.text
-                *lines, pending = pending.split("\n")
-                for line in lines:
-                    for payload in parser.feed_line(line):
-                        yield payload
+                elif item.stream == "stderr":
+                    stderr_tail = (stderr_tail + item.text)[-STDERR_TAIL_CHARS:]
+                else:
+                    pending += item.text
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        for payload in parser.feed_line(line):
+                            yield payload
+                            if (refusal := await refusals.of(payload)) is not None:
+                                yield refusal
 
     def _confinement(
         self, job: Job, home: Path, shell: Path | None, grant: MeshGrant | None = None
@@ -306,7 +350,7 @@ class GeminiExecutor:
             # Landlock's layers stack: the run's own must allow what the confined shell runs.
             tool_shell = (str(shell / "bash"),) if shell else ()
             real_shell = shutil.which("bash", path=DEFAULT_PATH) or "bash"
-            allowlist = self._permissions.weak.allowlist
+            allowlist = (*self._permissions.weak.allowlist, *approved_programs(job.approvals))
             executables = (self._command[0], *CLI_RUNTIME, *tool_shell, real_shell, *allowlist)
         return Confinement(
             job.permission_mode,
@@ -318,12 +362,59 @@ class GeminiExecutor:
             connect_ports=() if network else self._ports(grant),
         )
 
+    async def _approvable(self, command: str) -> bool:
+        """Whether its user may approve a command the CLI's policy refused in weak mode: a
+        plain command line that superuser mode would allow."""
+        if self._checker is None or words(command) is None:
+            return False
+        try:
+            await self._checker.plan(command, PermissionMode.SUPERUSER)
+        except CommandRefused:
+            return False
+        return True
+
     def _ports(self, grant: MeshGrant | None) -> tuple[int, ...]:
         """What a run without the network reaches: the node's API proxy, and its mesh
         tools if it has them."""
         if grant is not None and self._mesh_tools is not None:
             return (self._proxy.port, self._mesh_tools.port)
         return (self._proxy.port,)
+
+
+def approved_programs(approvals: Sequence[Approval]) -> list[str]:
+    """The programs approved commands run (their first words)."""
+    return [found[0] for approval in approvals if (found := words(approval.command))]
+
+
+class PolicyRefusals:
+    """Turns the shell commands the CLI's policy refused into `Refusal` events (which the
+    scheduler may ask the task's user about), from the run's tool calls and results."""
+
+    def __init__(self, mode: PermissionMode, approvable: Callable[[str], Awaitable[bool]]) -> None:
+        self._mode = mode
+        self._approvable = approvable
+        self._commands: dict[str, str] = {}
+
+    async def of(self, payload: Payload) -> Refusal | None:
+        if isinstance(payload, ToolUse) and payload.tool_name == "run_shell_command":
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                command = json.loads(payload.parameters_json).get("command")
+                if isinstance(command, str):
+                    self._commands[payload.tool_id] = command
+            return None
+        if not isinstance(payload, ToolResult) or payload.error_type != "policy_violation":
+            return None
+        command = self._commands.pop(payload.tool_id, None)
+        if command is None:
+            return None
+        approvable = self._mode is PermissionMode.WEAK and await self._approvable(command)
+        return Refusal(
+            command=command,
+            rule="gemini-policy",
+            mode=str(self._mode),
+            detail=payload.error_message or "the CLI's policy refused the tool call",
+            approvable=approvable,
+        )
 
 
 class StreamJsonParser:
