@@ -4,9 +4,9 @@
 -- * `knowledge_document` is the text search document of a row (label, value and tags, in
 --   the 'english' configuration: stemmed, and without stop words, which would otherwise
 --   match nearly every row and crowd the full-text ranking of a hybrid search with rows
---   unrelated to the query). It is IMMUTABLE, as an index expression must be
---   (array_to_string is only STABLE in general, but not for text[]); queries call the
---   same function so that the index serves them.
+--   unrelated to the query). It is IMMUTABLE, as a generated column's expression must be
+--   (array_to_string is only STABLE in general, but not for text[]). `search_document`, a
+--   column of agentmesh's own, holds it: the seed has no place for a search document.
 -- * A row has at most one embedding (the unique index); deleting a row, or changing what
 --   it says, removes its embedding (the trigger), so that a search never finds a stale one;
 --   the scheduler embeds a changed row again.
@@ -19,8 +19,10 @@ RETURN to_tsvector(
         || coalesce(array_to_string(tags, ' '), '')
 );
 
-CREATE INDEX custom_knowledge_document_idx
-    ON custom_knowledge USING gin (knowledge_document(label, value, tags));
+-- Stored, so that ranking a match reads its document instead of parsing the row again.
+ALTER TABLE custom_knowledge ADD COLUMN search_document tsvector
+    GENERATED ALWAYS AS (knowledge_document(label, value, tags)) STORED;
+CREATE INDEX custom_knowledge_document_idx ON custom_knowledge USING gin (search_document);
 CREATE INDEX custom_knowledge_recent_idx ON custom_knowledge (inserted_at DESC, id DESC);
 
 CREATE UNIQUE INDEX vector_knowledge_knowledge_idx

@@ -94,6 +94,15 @@ async def status_document(settings: Settings) -> dict[str, Any]:
     }
 
 
+# What each vector mode means for knowledge search (`agentmesh knowledge search`).
+VECTOR_MODES = {
+    "pgvector": " (knowledge search: nearest rows through the HNSW index)",
+    "real[] fallback": (
+        " (no pgvector: knowledge search compares every row's embedding, exact and slower)"
+    ),
+}
+
+
 async def status_text(settings: Settings) -> str:
     target = await resolve_database(settings)
     conn = await connect(target.dsn)
@@ -105,7 +114,7 @@ async def status_text(settings: Settings) -> str:
     lines = [
         f"database:    {target.display}",
         f"server:      PostgreSQL {status.server_version}, {where}",
-        f"vector mode: {status.vector_mode}",
+        f"vector mode: {status.vector_mode}{VECTOR_MODES.get(status.vector_mode, '')}",
         f"migrations:  {len(status.applied)} applied, {len(status.pending)} pending",
     ]
     lines += [f"  [x] {m.version:04d}_{m.name}  ({m.applied_at})" for m in status.applied]

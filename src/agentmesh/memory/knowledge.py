@@ -60,8 +60,8 @@ COLUMNS = (
 )
 # What a user may see: their own rows, and the shared ones ($1: the user).
 VISIBLE = "(k.visibility = 'shared' OR (k.user_name = $1 AND $1 <> ''))"
-# The same expression as the GIN index of migration 0011, so that the index serves it.
-DOCUMENT = "knowledge_document(k.label, k.value, k.tags)"
+# The row's full-text document (migration 0011: label, value and tags, GIN-indexed).
+DOCUMENT = "k.search_document"
 EMBEDDING_OF_K = "v.metadata ? 'knowledge_id' AND v.metadata->>'knowledge_id' = k.id::text"
 EMBEDDED = f"EXISTS (SELECT 1 FROM vector_knowledge v WHERE {EMBEDDING_OF_K}) AS embedded"
 
