@@ -220,18 +220,11 @@ class KnowledgeStore:
         candidates = max(k * CANDIDATES_PER_HIT, MIN_CANDIDATES)
         vector = await self._query_vector(query, user)
         pgvector = await self.has_pgvector()
-        async with self._pool.acquire() as conn:
-            by_text = await conn.fetch(KEYWORD_SEARCH, user, query, candidates)
-            by_vector: Sequence[asyncpg.Record] = ()
-            if vector is not None and pgvector:
-                breadth = max(EF_SEARCH, candidates)
-                sql = VECTOR_SEARCH.format(pool=breadth, columns=COLUMNS, visible=VISIBLE)
-                async with conn.transaction():
-                    # SET LOCAL takes no parameters: `breadth` is an int of ours.
-                    await conn.execute(f"SET LOCAL hnsw.ef_search = {int(breadth)}")
-                    by_vector = await conn.fetch(sql, user, vector, candidates)
-            elif vector is not None:
-                by_vector = await conn.fetch(EXACT_SEARCH, user, vector, candidates)
+        # The two rankings at once, on two connections.
+        by_text, by_vector = await asyncio.gather(
+            self._by_text(query, user, candidates),
+            self._by_vector(vector, user, candidates, pgvector=pgvector),
+        )
         hits = fuse(
             [Ranked(knowledge_row(r), float(r["similarity"] or 0.0)) for r in by_vector],
             [Ranked(knowledge_row(r), float(r["rank"])) for r in by_text],
@@ -239,6 +232,25 @@ class KnowledgeStore:
         )
         method = "keyword" if vector is None else "vector" if pgvector else "exact"
         return SearchResult(hits, method=method)
+
+    async def _by_text(self, query: str, user: str, candidates: int) -> Sequence[asyncpg.Record]:
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(KEYWORD_SEARCH, user, query, candidates)
+
+    async def _by_vector(
+        self, vector: Sequence[float] | None, user: str, candidates: int, *, pgvector: bool
+    ) -> Sequence[asyncpg.Record]:
+        if vector is None:
+            return ()
+        async with self._pool.acquire() as conn:
+            if not pgvector:
+                return await conn.fetch(EXACT_SEARCH, user, vector, candidates)
+            breadth = max(EF_SEARCH, candidates)
+            sql = VECTOR_SEARCH.format(pool=breadth, columns=COLUMNS, visible=VISIBLE)
+            async with conn.transaction():
+                # SET LOCAL takes no parameters: `breadth` is an int of ours.
+                await conn.execute(f"SET LOCAL hnsw.ef_search = {int(breadth)}")
+                return await conn.fetch(sql, user, vector, candidates)
 
     async def has_pgvector(self) -> bool:
         """Whether `vector_knowledge.embedding` is pgvector's VECTOR (else REAL[])."""
