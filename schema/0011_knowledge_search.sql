@@ -29,6 +29,19 @@ CREATE UNIQUE INDEX vector_knowledge_knowledge_idx
     ON vector_knowledge ((metadata->>'knowledge_id'))
     WHERE metadata ? 'knowledge_id';
 
+-- The HNSW index of 0004 again, built wider: ef_construction 128 instead of pgvector's 64.
+-- Measured by bench/memory.py on 100,000 768-dimension vectors: recall@10 0.96 at
+-- ef_search 200 with 64, 0.998 with 128, for twice the build time.
+DO $$
+BEGIN
+    IF to_regclass('vector_knowledge_embedding_idx') IS NOT NULL THEN
+        DROP INDEX vector_knowledge_embedding_idx;
+        CREATE INDEX vector_knowledge_embedding_idx ON vector_knowledge
+            USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 128);
+    END IF;
+END
+$$;
+
 CREATE FUNCTION custom_knowledge_forget_embedding() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
