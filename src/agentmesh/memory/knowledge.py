@@ -177,12 +177,11 @@ class KnowledgeStore:
         self._said_keyword_only = False
 
     def start_embedding(self, spawn: Spawn) -> None:
-        """Embed rows in the background from now on: each as it is added, and the rows that
-        missed it by `keep_embedded`'s periodic pass (both through `spawn`)."""
+        """Embed each row as it is added from now on, in a short task of its own (through
+        `spawn`); the rows that missed it are `keep_embedded`'s, which the owner runs."""
         if self._embedder is None:
             return
         self._spawn = spawn
-        spawn(self.keep_embedded(), "knowledge embedding pass")
 
     async def add(self, new: NewKnowledge) -> KnowledgeRow:
         async with self._pool.acquire() as conn:

@@ -228,6 +228,8 @@ class Scheduler:
             secured=token is not None,
         )
         background += [
+            # The rows whose embedding was missed (a restart, no key, a 429 on every key).
+            asyncio.create_task(knowledge.keep_embedded(), name="knowledge embedding pass"),
             asyncio.create_task(listener.run(), name="listener"),
             asyncio.create_task(dispatcher.run(), name="dispatcher"),
             asyncio.create_task(
