@@ -23,6 +23,7 @@ graph index. Uniformly random vectors would be a third, unlike any embedding mod
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
 import struct
@@ -403,6 +404,7 @@ async def run(dsn: str) -> None:
     )
     assert "ef_construction='128'" in migrated, f"not the migrations' index: {migrated}"
     rng = random.Random(SEED)
+    load_before = os.getloadavg()[0]
     lines = []
     hybrid_line = ""
     for corpus_type in (TopicCorpus, ClusterCorpus):
@@ -424,6 +426,10 @@ async def run(dsn: str) -> None:
     )
     for line in lines:
         print(line)
+    print(
+        f"  load average (1 min) on {os.cpu_count()} cores: {load_before:.1f} before,"
+        f" {os.getloadavg()[0]:.1f} after (other work on the machine slows every figure)"
+    )
     print("  aim: recall@10 >= 0.95 with p99 <= 20 ms")
 
 
