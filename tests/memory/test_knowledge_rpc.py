@@ -147,7 +147,11 @@ async def wait_embedded(database_uri: str, rows: int) -> list[asyncpg.Record]:
 
 
 async def test_a_row_is_embedded_through_the_key_pool_moving_on_after_a_429(
-    mesh: Mesh, database_uri: str, emulator: GeminiEmulator, tmp_path: Path
+    mesh: Mesh,
+    database_uri: str,
+    emulator: GeminiEmulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     keys = tmp_path / "api_keys.env"
     keys.write_text(f"first={KEY_A}\nsecond={KEY_B}\n")
@@ -209,3 +213,8 @@ async def test_a_row_is_embedded_through_the_key_pool_moving_on_after_a_429(
 
         await memory.DeleteKnowledge(memory_pb2.DeleteKnowledgeRequest(id=added.id), timeout=10)
         assert await count(database_uri, "vector_knowledge") == 0
+    # The cooled key is named in the log by its label; no secret is ever logged.
+    cooled = [r for r in caplog.records if "cooling down" in r.getMessage()]
+    assert [getattr(r, "key", None) for r in cooled] == ["first"]
+    for secret in (KEY_A, KEY_B):
+        assert secret not in caplog.text
