@@ -26,3 +26,7 @@ CREATE UNIQUE INDEX approval_requests_pending_idx ON approval_requests (task_id)
 -- A remembered approval (`approve --always`) matches its command exactly, or by prefix when
 -- the user approved one explicitly (`--prefix "git status"`).
 ALTER TABLE permissions_profile ADD COLUMN prefix BOOLEAN NOT NULL DEFAULT false;
+-- One per user, command and prefix among those for every mode and host (the table's unique
+-- constraint has NULLs in it, which never conflict).
+CREATE UNIQUE INDEX permissions_profile_everywhere_idx ON permissions_profile
+    (user_id, command, prefix) WHERE mode IS NULL AND host_name IS NULL;

@@ -12,7 +12,7 @@ import pytest
 
 from agentmesh.errors import FailedPrecondition, Reason
 from agentmesh.scheduler.store import DelegatingParent, TaskStore
-from agentmesh.tasks.events import Result
+from agentmesh.tasks.events import Refusal, Result, Usage
 from agentmesh.tasks.model import TaskSpec, TaskState
 from tests.store.test_transitions import AGENT, OWNER, lose, start
 
@@ -206,3 +206,43 @@ async def test_cancelling_the_parent_cancels_its_delegated_subtree(store: TaskSt
     assert set(running) >= {parent_id, child}
     for task_id in (parent_id, child, grandchild):
         assert (await store.get(task_id)).state is TaskState.CANCELED
+
+
+async def test_an_ended_gemini_subtask_holds_what_it_spent_not_its_grant(
+    store: TaskStore,
+) -> None:
+    parent_id, attempt = await running_parent(store)
+    spent_child = await store.delegate(
+        parent_id,
+        attempt,
+        lambda p: TaskSpec(kind="gemini", prompt="a", user="ada", max_tokens=100),
+    )
+    await store.delegate(
+        parent_id,
+        attempt,
+        lambda p: TaskSpec(kind="gemini", prompt="b", user="ada", max_tokens=250),
+    )
+    child_attempt = await start(store, spent_child)
+    await store.finish_attempt(
+        spent_child,
+        child_attempt.attempt,
+        OWNER,
+        AGENT,
+        Result(TaskState.COMPLETED, usage=Usage(total_tokens=40)),
+    )
+    seen: list[DelegatingParent] = []
+    await store.delegate(parent_id, attempt, lambda p: seen.append(p) or CHILD)  # type: ignore[func-returns-value]
+    assert seen[0].tokens_granted == 40 + 250
+
+
+async def test_a_parent_waiting_for_approval_leaves_no_delegated_subtask_running(
+    store: TaskStore,
+) -> None:
+    parent_id, attempt = await running_parent(store)
+    child = await store.delegate(parent_id, attempt, as_given())  # type: ignore[arg-type]
+
+    refusal = Refusal("mkdir x", "gemini-policy", "weak", "refused", approvable=True)
+    assert await store.await_approval(parent_id, attempt, OWNER, refusal)
+
+    assert (await store.get(parent_id)).state is TaskState.INPUT_REQUIRED
+    assert (await store.get(child)).state is TaskState.CANCELED

@@ -14,7 +14,6 @@ import pytest
 from agentmesh.access.credentials import NodeIdentity, Verified
 from agentmesh.access.policies import OpenSchedulerAccess, SchedulerAccess
 from agentmesh.access.task_credentials import TaskCredentials, TaskIdentity
-from agentmesh.config import PermissionMode
 from agentmesh.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -30,7 +29,7 @@ from agentmesh.scheduler.delegation import (
 from agentmesh.scheduler.store import DelegatingParent
 from agentmesh.tasks.model import AgentMode, TaskSpec
 
-LIMITS = DelegationLimits(max_depth=3, max_delegations=4, default_mode=PermissionMode.WEAK)
+LIMITS = DelegationLimits(max_depth=3, max_delegations=4)
 PARENT = DelegatingParent(
     id="t-parent",
     spec=TaskSpec(kind="gemini", prompt="plan", user="ada", priority=5),
@@ -75,9 +74,18 @@ def test_a_mode_above_the_parents_is_refused() -> None:
     with pytest.raises(PermissionDenied) as refused:
         shape_delegation(PARENT, above, LIMITS)
     assert refused.value.reason is Reason.MODE_ABOVE_PARENT
-    # The default mode counts as the parent's mode when it names none.
-    superuser_default = dataclasses.replace(LIMITS, default_mode=PermissionMode.SUPERUSER)
-    assert shape_delegation(PARENT, above, superuser_default).permission_mode == "superuser"
+    assert str(refused.value) == (
+        "spec.permission_mode: superuser is above the parent's mode (weak); a delegated"
+        " subtask runs at most in its parent's mode"
+    )
+
+
+def test_a_parent_that_names_no_mode_counts_as_weak() -> None:
+    # It ran in its node's default, which the scheduler cannot see: the least is assumed.
+    assert PARENT.spec.permission_mode == ""
+    assert shape_delegation(PARENT, SHELL, LIMITS).permission_mode == "weak"
+    with pytest.raises(PermissionDenied):
+        shape_delegation(PARENT, dataclasses.replace(SHELL, permission_mode="superuser"), LIMITS)
 
 
 @pytest.mark.parametrize("user", ["eve", "abe"])  # sorting after the parent's name, and before
@@ -123,7 +131,7 @@ def test_subtasks_nest_at_most_max_subtask_depth(depth: int, allowed: bool) -> N
 def test_a_gemini_subtask_gets_what_is_left_of_the_parents_budget() -> None:
     agent = TaskSpec(kind="gemini", prompt="look")
     child = shape_delegation(budgeted(1000, granted=300), agent, LIMITS, parent_tokens_spent=200)
-    assert child.max_tokens == 500
+    assert child.max_tokens == 250  # half of what is left: siblings get theirs
     assert child.agent_mode == AgentMode.AGENTIC.value
     asked = dataclasses.replace(agent, max_tokens=500)
     assert (
@@ -157,8 +165,9 @@ def test_more_tokens_than_the_parent_has_left_are_refused(
 def test_the_last_token_left_can_still_be_given() -> None:
     agent = TaskSpec(kind="gemini", prompt="look")
     assert shape_delegation(budgeted(1000), agent, LIMITS, parent_tokens_spent=999).max_tokens == 1
+    assert shape_delegation(budgeted(1000), agent, LIMITS, parent_tokens_spent=996).max_tokens == 2
     # Without a count of what it spent, the parent has spent nothing.
-    assert shape_delegation(budgeted(1000), agent, LIMITS).max_tokens == 1000
+    assert shape_delegation(budgeted(1000), agent, LIMITS).max_tokens == 500
 
 
 def test_without_a_parent_budget_there_is_none_to_share_and_shell_spends_none() -> None:

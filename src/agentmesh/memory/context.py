@@ -25,6 +25,9 @@ CHARS_PER_TOKEN = 4
 # the profile, hosts and subtask outputs leave).
 DEFAULT_BUDGET_TOKENS = 2000
 DEFAULT_KNOWLEDGE_ROWS = 5
+# A row found only by meaning is given when it is at least this close to the prompt (a
+# search always returns its k nearest rows, related or not); one that matches its words is.
+MIN_SIMILARITY = 0.6
 HEADER = "# Context from agentmesh\n\nWhat the mesh knows that bears on this task.\n"
 
 
@@ -136,6 +139,8 @@ class ContextBuilder:
         shown: list[str] = []
         spent = tokens_of("## What you remember\n\n")
         for hit in result.hits:
+            if hit.text_rank <= 0 and hit.similarity < MIN_SIMILARITY:
+                continue  # near only because something must be nearest
             row = hit.row
             tags = f" (tags: {', '.join(row.tags)})" if row.tags else ""
             line = f"- **{row.label}**: {row.value}{tags}"

@@ -68,7 +68,13 @@ class Profiles:
         """The `default_permissions` of those of these users who have one."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(SELECT_DEFAULT_MODES, list(usernames))
-        return {row["username"]: row["default_permissions"] for row in rows}
+        modes = tuple(PermissionMode)
+        # A value written around the API (by hand, by SQL) that is no mode is no default.
+        return {
+            row["username"]: row["default_permissions"]
+            for row in rows
+            if row["default_permissions"] in modes
+        }
 
     async def set(self, username: str, change: dict[str, object | None]) -> Profile:
         """Write these (checked: see model.profile_change) fields, creating the profile."""

@@ -149,7 +149,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
             task, user = agent
             request.user = user
             request.source = f"agent:{task.task_id}"
-            request.visibility = request.visibility or ("private" if user else "shared")
+            # An agent's facts are its user's: one that read something hostile must not
+            # reach other users' agents (only a task without a user writes shared rows).
+            request.visibility = "private" if user else "shared"
             new = dataclasses.replace(new_knowledge(request), task_id=task.task_id)
             return knowledge_to_proto(await self._knowledge.add(new))
         return knowledge_to_proto(await self._knowledge.add(new_knowledge(request)))

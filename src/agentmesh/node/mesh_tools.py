@@ -296,18 +296,14 @@ class MeshTools:
             label: str,
             value: str,
             tags: list[str] | None = None,
-            visibility: str = "",
         ) -> str:
             """Save a fact learned during this task in the user's knowledge base, so that
-            later tasks find it: a short `label` and the `value`. `visibility` is private
-            (the user's alone, the default) or shared (everyone's)."""
+            the user's later tasks find it: a short `label` and the `value`."""
             grant = self._granted(ctx)
             row = await self._call(
                 grant,
                 self._memory.AddKnowledge,
-                memory_pb2.AddKnowledgeRequest(
-                    label=label, value=value, tags=tags or [], visibility=visibility
-                ),
+                memory_pb2.AddKnowledgeRequest(label=label, value=value, tags=tags or []),
             )
             return _json({"id": row.id, "label": row.label, "visibility": row.visibility})
 

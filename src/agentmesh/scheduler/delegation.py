@@ -24,8 +24,6 @@ from agentmesh.tasks.model import AgentMode, TaskKind, TaskSpec, validate_runnab
 class DelegationLimits:
     max_depth: int  # scheduler.max_subtask_depth
     max_delegations: int  # agent_defaults.max_delegations
-    # The mode of a task that names none (agent_defaults.permissions): its parent's mode.
-    default_mode: PermissionMode
     default_agent_mode: AgentMode = AgentMode.AGENTIC
 
 
@@ -66,7 +64,9 @@ def shape_delegation(
         raise PermissionDenied(
             f"spec.user: a delegated subtask runs as its parent's user ({parent.user or 'none'})"
         )
-    parent_mode = PermissionMode(parent.spec.permission_mode or limits.default_mode)
+    # A parent that names no mode ran in its node's default, which the scheduler cannot see:
+    # it counts as the least mode, so a child never runs above what its parent did.
+    parent_mode = PermissionMode(parent.spec.permission_mode or PermissionMode.WEAK)
     mode = PermissionMode(spec.permission_mode or parent_mode)
     if mode.exceeds(parent_mode):
         raise PermissionDenied(
@@ -85,7 +85,8 @@ def shape_delegation(
                 f" {parent.tokens_granted} granted to earlier subtasks)",
                 reason=Reason.TOKEN_BUDGET,
             )
-        max_tokens = max_tokens or left
+        # By default half of what is left: a first child does not starve its siblings.
+        max_tokens = max_tokens or max(left // 2, 1)
     child = dataclasses.replace(
         spec,
         user=parent.user,

@@ -369,8 +369,9 @@ SELECT id, attempt FROM tasks WHERE lease_owner = $1 AND state = 'working'
 """
 
 # Delegation (see TaskStore.delegate): the parent as a delegation sees it, with its depth in
-# its tree (a root is 0) and the tokens its delegated gemini children were granted.
-SELECT_DELEGATING_PARENT = """
+# its tree (a root is 0) and the tokens its delegated gemini children hold: what a running
+# one was granted, what an ended one spent.
+SELECT_DELEGATING_PARENT = f"""
 WITH RECURSIVE up AS (
     SELECT id, parent_id, 0 AS depth FROM tasks WHERE id = $1
     UNION ALL
@@ -378,7 +379,10 @@ WITH RECURSIVE up AS (
 )
 SELECT p.id, p.spec, p.state, p.attempt, p.user_name, p.root_id, p.delegations,
        (SELECT max(depth) FROM up) AS depth,
-       (SELECT coalesce(sum((c.spec->>'max_tokens')::bigint), 0) FROM tasks c
+       (SELECT coalesce(sum(CASE WHEN c.state IN {TERMINAL}
+                                 THEN coalesce((c.usage->>'total_tokens')::bigint, 0)
+                                 ELSE (c.spec->>'max_tokens')::bigint END), 0)
+        FROM tasks c
         WHERE c.parent_id = p.id AND c.delegated AND c.kind = 'gemini') AS tokens_granted
 FROM tasks p WHERE p.id = $1 FOR UPDATE OF p
 """
@@ -427,18 +431,14 @@ ANSWER_REQUEST = """
 UPDATE approval_requests SET answer = $2, answered_at = now(), permitted = $3, prefix = $4
 WHERE id = $1
 """
-# A remembered approval: NULL mode and host (every mode, every host), so the unique
-# constraint (whose NULLs are distinct) cannot merge them: update, else insert.
+# A remembered approval: NULL mode and host (every mode, every host), one per user,
+# command and prefix (a partial unique index: the table's own constraint has NULLs in it).
 REMEMBER_APPROVAL = """
-WITH updated AS (
-    UPDATE permissions_profile SET allow_by_default = true, notes = $4
-    WHERE user_id = $1 AND command = $2 AND prefix = $3 AND mode IS NULL AND host_name IS NULL
-    RETURNING id
-)
 INSERT INTO permissions_profile
     (user_id, mode, command, host_name, approved_by, allow_by_default, notes, prefix)
-SELECT $1, NULL, $2, NULL, $1, true, $4, $3
-WHERE NOT EXISTS (SELECT 1 FROM updated)
+VALUES ($1, NULL, $2, NULL, $1, true, $4, $3)
+ON CONFLICT (user_id, command, prefix) WHERE mode IS NULL AND host_name IS NULL
+DO UPDATE SET allow_by_default = true, notes = EXCLUDED.notes
 """
 RESUME_APPROVED = """
 UPDATE tasks SET state = 'submitted', max_attempts = max_attempts + 1, waiting_reason = '',
@@ -454,6 +454,9 @@ UNION ALL
 SELECT id, command, prefix FROM permissions_profile
 WHERE user_id = $2 AND allow_by_default AND command IS NOT NULL
   AND (expires_at IS NULL OR expires_at > now())
+  -- Approvals let weak mode run more; one narrowed to a mode or a host applies there only
+  -- (a host is not known before placement: those are not given).
+  AND (mode IS NULL OR mode = 'weak') AND host_name IS NULL
 """
 MARK_APPROVALS_USED = """
 UPDATE permissions_profile SET last_used = (now() AT TIME ZONE 'UTC') WHERE id = ANY($1::int[])

@@ -184,7 +184,6 @@ class Scheduler:
             delegation=DelegationLimits(
                 max_depth=config.max_subtask_depth,
                 max_delegations=settings.agent_defaults.max_delegations,
-                default_mode=settings.agent_defaults.permissions,
                 default_agent_mode=settings.agent_defaults.mode,
             ),
             profiles=profiles,

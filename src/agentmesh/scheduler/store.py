@@ -713,6 +713,8 @@ class TaskStore:
             row = await conn.fetchrow(q.AWAIT_APPROVAL, task_id, attempt, owner, waiting)
             if row is None:
                 return False
+            # The attempt is over: what it delegated goes with it (its next one plans anew).
+            await self._end_delegated(conn, task_id, f"attempt {attempt} of its parent ended")
             await conn.execute(
                 q.INSERT_APPROVAL_REQUEST,
                 task_id,

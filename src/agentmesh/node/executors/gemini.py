@@ -125,6 +125,8 @@ def policy_toml(
     parts = [_shell_policy(mode, permissions)]
     if mode is PermissionMode.WEAK and approvals:
         parts.append(approval_rules(approvals))
+        # An approval never overrides the denylist (a prefix of `env` must not run `env rm`).
+        parts.append("\n\n".join(denylist_rules(permissions.superuser.denylist)) + "\n")
     if mesh_tools:
         parts.append(MESH_TOOLS_POLICY)
     return "\n".join(parts)
@@ -140,10 +142,12 @@ def approval_rules(approvals: Sequence[Approval]) -> str:
     rules = ["# agentmesh: commands the task's user approved."]
     for approval in approvals:
         if approval.prefix:
-            match = f"commandPrefix = [{json.dumps(approval.command)}]"
+            match = f"commandPrefix = [{json.dumps(approval.command, ensure_ascii=False)}]"
         else:
-            exact = _JS_SPECIAL.sub(r"\\\g<0>", json.dumps(approval.command)[1:-1]) + '"'
-            match = f"commandRegex = {json.dumps(exact)}"
+            # The CLI's JSON of the arguments keeps non-ASCII characters as they are.
+            text = json.dumps(approval.command, ensure_ascii=False)[1:-1]
+            exact = _JS_SPECIAL.sub(r"\\\g<0>", text) + '"'
+            match = f"commandRegex = {json.dumps(exact, ensure_ascii=False)}"
         rules.append(
             f"[[rule]]\ntoolName = 'run_shell_command'\n{match}\ndecision = 'allow'\n"
             "priority = 200\n"
@@ -169,24 +173,31 @@ def _shell_policy(mode: PermissionMode, permissions: Permissions) -> str:
         "[[rule]]\ntoolName = 'run_shell_command'\ndecision = 'allow'\npriority = 10\n"
         "allowRedirection = true",
     ]
-    if names:
-        # The CLI checks every sub-command of a command line on its own. A program is
-        # denied by name (commandPrefix matches whole words) and by path (`/bin/rm`).
-        # The CLI drops regexes with nested quantifiers, so these have none.
-        prefixes = ", ".join(f"'{name}'" for name in names)
+    rules += denylist_rules(names)
+    return "\n\n".join(rules) + "\n"
+
+
+def denylist_rules(names: Sequence[str]) -> list[str]:
+    """Rules that deny the denylist's programs above every allow rule (priority 900)."""
+    if not names:
+        return []
+    # The CLI checks every sub-command of a command line on its own. A program is denied
+    # by name (commandPrefix matches whole words) and by path (`/bin/rm`). The CLI drops
+    # regexes with nested quantifiers, so these have none.
+    prefixes = ", ".join(f"'{name}'" for name in names)
+    rules = [
+        "[[rule]]\ntoolName = 'run_shell_command'\n"
+        f"commandPrefix = [{prefixes}]\ndecision = 'deny'\npriority = 900\n"
+        "denyMessage = 'the program is on the superuser denylist'"
+    ]
+    for name in names:
         rules.append(
             "[[rule]]\ntoolName = 'run_shell_command'\n"
-            f"commandPrefix = [{prefixes}]\ndecision = 'deny'\npriority = 900\n"
-            "denyMessage = 'the program is on the superuser denylist'"
+            f"commandRegex = '[^\\s\"]*/{re.escape(name)}[\\s\"\\\\]'\n"
+            "decision = 'deny'\npriority = 900\n"
+            f"denyMessage = '{name} is on the superuser denylist'"
         )
-        for name in names:
-            rules.append(
-                "[[rule]]\ntoolName = 'run_shell_command'\n"
-                f"commandRegex = '[^\\s\"]*/{re.escape(name)}[\\s\"\\\\]'\n"
-                "decision = 'deny'\npriority = 900\n"
-                f"denyMessage = '{name} is on the superuser denylist'"
-            )
-    return "\n\n".join(rules) + "\n"
+    return rules
 
 
 class GeminiExecutor:
@@ -228,17 +239,19 @@ class GeminiExecutor:
         task = TaskRun(job.task_id, job.attempt, job.key_fingerprint, job.token_budget)
         run = self._proxy.register(task, source, side.put_nowait)
         grant = None
-        if self._mesh_tools and job.mesh_credential and job.agent_mode is AgentMode.AGENTIC:
-            grant = self._mesh_tools.grant(job.task_id, job.mesh_credential, lambda: run.tokens)
-        home = Path(tempfile.mkdtemp(prefix="agentmesh-gemini-home-"))
+        home: Path | None = None
         try:
+            if self._mesh_tools and job.mesh_credential and job.agent_mode is AgentMode.AGENTIC:
+                grant = self._mesh_tools.grant(job.task_id, job.mesh_credential, lambda: run.tokens)
+            home = Path(tempfile.mkdtemp(prefix="agentmesh-gemini-home-"))
             async for payload in self._run_in(home, job, run, side, grant):
                 yield payload
         finally:
             if grant is not None:
                 self._mesh_tools.revoke(grant)  # type: ignore[union-attr]
             self._proxy.unregister(run)
-            shutil.rmtree(home, ignore_errors=True)
+            if home is not None:
+                shutil.rmtree(home, ignore_errors=True)
 
     async def _run_in(
         self,
@@ -306,7 +319,8 @@ class GeminiExecutor:
             "NO_COLOR": "1",
         }
         held = self._keys.held.keys if self._keys.held else ()
-        scrub = Scrubber(job.api_key, *(key.secret for key in held))
+        mesh_token = grant.token if grant is not None else ""
+        scrub = Scrubber(job.api_key, mesh_token, *(key.secret for key in held))
         parser = StreamJsonParser(model)
         refusals = PolicyRefusals(job.permission_mode, self._approvable)
         stderr_tail = ""
