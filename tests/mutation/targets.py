@@ -181,7 +181,151 @@ _SELF_PAIR = (
 
 _FROZEN = "nothing assigns to its fields after it is made: frozen only forbids what no code does"
 
+_SMALL_INT = (
+    "wire types (key & 7) and the field numbers it is compared with (1, 3, 13) are below 257,"
+    " where CPython keeps one int object per value: `is` is =="
+)
+_WALK_STOPS_AT_END = (
+    "a position never passes the end: a field whose value would end past it is refused, and a"
+    " varint stops at it, so the walk meets the end exactly: != is <"
+)
+_SHIFT = (
+    "a varint's shift is a multiple of 7 (63, then 70): < 65 and <= 64 stop where < 64 does;"
+    " this entry also matches the other mutant of each operator on the line, which tests kill:"
+    " `shift < 63` (a ten-byte varint passes) and `position <= end` (a varint cut off)"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
+    "command_check": (
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "self, permissions: Permissions, *, time_limit_seconds: float, workers: int = 2",
+            "every caller passes permissions by position and the rest by keyword: `/` or `*` alike",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_LtE",
+            'if __name__ == "__main__":',
+            "imported, __name__ is agentmesh.node.command_check, which sorts after '__main__'"
+            " ('a' > '_'): <= holds only when run as the worker, as == does",
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "await asyncio.gather(*(worker.close() for worker in idle), return_exceptions=True)",
+            "a worker's close raises nothing (it catches its own timeout, and kill suppresses"
+            " ProcessLookupError), so there is no exception to return or raise",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "MAX_ANSWER_BYTES = 1 << 20",
+            "the checker refuses a command over 16 KiB (too-long) before planning it and"
+            " expands nothing, so a worker's answer is a few times that at most: a limit of"
+            " 512 KiB, 1 MiB or 2 MiB passes every answer a worker can give (0 << 20 is killed)",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "START_TIMEOUT_SECONDS = 30.0",
+            "a worker starts in well under a second; 29 or 31 s differ from 30 only on the wall"
+            " clock, which the suite does not assert (the path past the limit is tested with the"
+            " limit patched to 0.5 s)",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "await asyncio.wait_for(self._process.wait(), 2.0)",
+            "a worker ends at once on EOF; a grace of 1 or 3 s instead of 2 differs only on the"
+            " wall clock, which the suite does not assert (a worker that does not end is killed"
+            " after it either way: tested)",
+        ),
+    ),
+    "request_shape": (
+        Equivalent(
+            "core/ReplaceBinaryOperator_Add_BitOr",
+            "_FIELDS_PER_TASK = len(_SPEC_FIELDS) + MAX_CAPABILITIES",
+            "TaskSpec's 18 fields (0b10010) and MAX_CAPABILITIES (64) share no bit: | is +"
+            " (the field budget's edge test kills it once they do)",
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Add_BitXor",
+            "_FIELDS_PER_TASK = len(_SPEC_FIELDS) + MAX_CAPABILITIES",
+            "TaskSpec's 18 fields (0b10010) and MAX_CAPABILITIES (64) share no bit: ^ is +"
+            " (the field budget's edge test kills it once they do)",
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_BitAnd_FloorDiv",
+            "if not byte & 0x80:",
+            "a byte is below 256, so byte // 0x80 is 1 exactly when its top bit is set",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_LtE",
+            "if wire_type == _VARINT:",
+            "key & 7 is never negative: <= 0 is == 0",
+        ),
+        Equivalent("core/ReplaceComparisonOperator_Eq_Is", "if wire_type == _VARINT:", _SMALL_INT),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_LtE",
+            "value_end = position + (8 if wire_type == _FIXED64 else 4)",
+            "the wire type here is 1 or 5: <= 1 is == 1",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_Is",
+            "value_end = position + (8 if wire_type == _FIXED64 else 4)",
+            _SMALL_INT,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_LtE",
+            "elif wire_type == _LENGTH:",
+            "the wire type here is not 0, 1 or 5 (taken above): <= 2 is == 2",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_Is", "elif wire_type == _LENGTH:", _SMALL_INT
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_Is",
+            "if number == spec_field and wire_type == _LENGTH:",
+            _SMALL_INT,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_NotEq_IsNot",
+            "if number != SUBTASKS or wire_type != _LENGTH:",
+            _SMALL_INT,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Lt_NotEq", "while position < end:", _WALK_STOPS_AT_END
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Lt_NotEq",
+            "while position < end and shift < 64:",
+            f"{_WALK_STOPS_AT_END}; the other mutant of this operator on the line (`shift !="
+            " 64`) is killed by an 11-byte varint, which this entry also matches",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Lt_LtE", "while position < end and shift < 64:", _SHIFT
+        ),
+        Equivalent("core/NumberReplacer", "while position < end and shift < 64:", _SHIFT),
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Eq",
+            "if depth >= self.shape.max_depth:",
+            "depth starts at 0 and grows by one only below max_depth, which is never negative"
+            " (scheduler.max_subtask_depth is 1 to 32, a node's and DelegateTask's 0): == is >=",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Is",
+            "if depth >= self.shape.max_depth:",
+            "as for ==, and max_depth is at most 32, where CPython keeps one int object per"
+            " value: `is` is ==",
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True)",
+            "nothing assigns to a SpecShape or hashes one (each is made once, at registration):"
+            " frozen only forbids what no code does",
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True, slots=True)",
+            "nothing assigns to a RefusedRequest, hashes one or reads its __dict__ (the error"
+            " wrappers read `error` once): frozen and slots only forbid what no code does",
+        ),
+    ),
     "delegation": (
         Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
         Equivalent("core/ReplaceTrueWithFalse", "@dataclass(frozen=True)", _FROZEN),
