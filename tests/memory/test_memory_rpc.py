@@ -105,3 +105,18 @@ async def test_unknown_names_and_ids_are_not_found(stubs: tuple[Any, Any]) -> No
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(request, timeout=10)
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND, request
+
+
+async def test_the_memory_needs_the_user_token_in_a_secured_mesh(mesh: Mesh) -> None:
+    mesh.configure(AGENTMESH_TOKEN="memory-mesh-token-55")
+    await mesh.start_scheduler()
+    address = mesh.schedulers[0].address
+    request = memory_pb2.ListProfilesRequest()
+    for token, expected in ((None, "UNAUTHENTICATED"), ("wrong-token-000", "UNAUTHENTICATED")):
+        async with open_channel(address, token=token, tls=TlsSettings()) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await memory_pb2_grpc.MemoryStub(channel).ListProfiles(request, timeout=10)
+            assert refused.value.code().name == expected
+    async with open_channel(address, token="memory-mesh-token-55", tls=TlsSettings()) as channel:
+        reply = await memory_pb2_grpc.MemoryStub(channel).ListProfiles(request, timeout=10)
+    assert not reply.profiles

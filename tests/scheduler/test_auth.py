@@ -50,6 +50,8 @@ SERVICES = (
 )
 NO_PLACE = "capability-nobody-has"
 HEARTBEAT_RPC = "agentmesh.v1.Scheduler.Heartbeat"
+# Only a running agent's mesh credential delegates (tests/scheduler/test_delegation.py).
+DELEGATE_RPC = "agentmesh.v1.Scheduler.DelegateTask"
 
 T = TypeVar("T")
 
@@ -174,6 +176,43 @@ async def _heartbeat(clients: Clients, targets: Targets) -> None:
     assert reply.interval_seconds > 0
 
 
+async def _reached(call: Awaitable[object], expected: grpc.StatusCode) -> None:
+    """The call reached its handler, which answered `expected` (the target does not fit it:
+    the point is who may call at all)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        if error.code() is not expected:
+            raise
+        return
+    raise AssertionError(f"expected {expected.name}")
+
+
+async def _delegate_task(clients: Clients, targets: Targets) -> None:
+    request = scheduler_pb2.DelegateTaskRequest(spec=_echo("child"))
+    await clients.scheduler.DelegateTask(request)
+
+
+async def _list_approvals(clients: Clients, targets: Targets) -> None:
+    reply = await clients.scheduler.ListApprovals(scheduler_pb2.ListApprovalsRequest())
+    assert not reply.approvals
+
+
+async def _approve_task(clients: Clients, targets: Targets) -> None:
+    request = scheduler_pb2.ApproveTaskRequest(task_id=targets.finished_task_id)
+    await _reached(clients.scheduler.ApproveTask(request), grpc.StatusCode.FAILED_PRECONDITION)
+
+
+async def _deny_task(clients: Clients, targets: Targets) -> None:
+    request = scheduler_pb2.DenyTaskRequest(task_id=targets.finished_task_id)
+    await _reached(clients.scheduler.DenyTask(request), grpc.StatusCode.FAILED_PRECONDITION)
+
+
+async def _forget_approval(clients: Clients, targets: Targets) -> None:
+    request = scheduler_pb2.ForgetApprovalRequest(id=987654)
+    await _reached(clients.scheduler.ForgetApproval(request), grpc.StatusCode.NOT_FOUND)
+
+
 CASES: dict[str, Case] = {
     "agentmesh.v1.AgentNode.GetCapabilities": _node_get_capabilities,
     "agentmesh.v1.AgentNode.ExecuteTask": _node_execute_task,
@@ -187,6 +226,11 @@ CASES: dict[str, Case] = {
     "agentmesh.v1.Scheduler.ListAgents": _list_agents,
     "agentmesh.v1.Scheduler.ListHosts": _list_hosts,
     "agentmesh.v1.Scheduler.Heartbeat": _heartbeat,
+    DELEGATE_RPC: _delegate_task,
+    "agentmesh.v1.Scheduler.ListApprovals": _list_approvals,
+    "agentmesh.v1.Scheduler.ApproveTask": _approve_task,
+    "agentmesh.v1.Scheduler.DenyTask": _deny_task,
+    "agentmesh.v1.Scheduler.ForgetApproval": _forget_approval,
 }
 
 
@@ -329,6 +373,7 @@ async def test_every_rpc_needs_the_token_and_health_and_reflection_do_not(
         assert await _outcomes(user, targets) == {
             **dict.fromkeys(methods, "OK"),
             HEARTBEAT_RPC: "PERMISSION_DENIED",
+            DELEGATE_RPC: "PERMISSION_DENIED",
         }
     assert not set(targets.heartbeat_ids) & set(
         await _fetch_column(database_uri, "SELECT id FROM agents")
