@@ -108,6 +108,9 @@ async def test_ctrl_c_stops_following_and_the_task_goes_on(cli: Cli) -> None:
         sys.executable, "-m", "agentmesh.cli.main", "run", "--command", "uname",
         "--capability", "gpu",
         cwd=cli.cwd, env=cli.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        # As from a terminal: a test run started in the background (`pytest &` in a script)
+        # ignores SIGINT, and its children would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert process.stderr is not None
     first = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
