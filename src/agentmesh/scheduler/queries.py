@@ -38,13 +38,14 @@ SET claimed = false, claimed_by = NULL, claimed_at = NULL, available_at = EXCLUD
 LOCK_TREE = """
 SELECT r.id FROM tasks t JOIN tasks r ON r.id = t.root_id WHERE t.id = $1 FOR UPDATE OF r
 """
-# A task without subtasks in one statement: the row, its first event and its queue entry.
-SUBMIT_LEAF = """
+# A task without subtasks in one statement: the row, its first event and its queue entry;
+# returns the row as stored.
+SUBMIT_LEAF = f"""
 WITH t AS (
     INSERT INTO tasks (id, kind, spec, state, user_name, parent_id, priority, idempotency_key,
                        max_attempts, waiting_reason, root_id, last_seq)
     VALUES ($1, $2, $3, 'submitted', $4, NULL, $5, $6, $7, '', $1, 1)
-    RETURNING id
+    RETURNING {TASK_COLUMNS}
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, kind, payload)
     SELECT id, 1, 0, 'status', $8 FROM t
@@ -52,7 +53,7 @@ WITH t AS (
     INSERT INTO task_queue (task_id, priority, target_host, payload)
     SELECT id, $5, nullif($3::jsonb->>'target_host', ''), $3 FROM t
 )
-SELECT pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', $1)
+SELECT t.*, pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', $1) FROM t
 """
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
 # A replay names the task it runs again (set in the transaction that submits it).
