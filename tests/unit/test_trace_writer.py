@@ -227,3 +227,39 @@ def test_an_event_costs_at_least_a_rows_overhead() -> None:
     assert trace_cost(Stdout("x" * 257)) == 257
     result = Result(TaskState.COMPLETED, output="o" * 500, error="e")
     assert trace_cost(result) == 500 + 1 + len("completed")
+
+
+async def test_a_lingering_event_is_written_with_the_next_one() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many, last_seq=1)
+
+    await writer.add(Stdout("running"), linger=3600)
+    await settle()
+    assert trace.batches == []  # waiting for company
+    await writer.add(Stdout("output"))
+    await settle()
+
+    assert trace.batches == [["running", "output"]]
+    assert await writer.close()
+
+
+async def test_the_close_ends_a_linger() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many, last_seq=1)
+
+    await writer.add(Stdout("running"), linger=3600)
+
+    assert await writer.close()  # not an hour later: the per-test timeout would fail it
+    assert trace.batches == [["running"]]
+
+
+async def test_a_lingering_event_alone_is_written_when_its_linger_ends() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many, last_seq=1)
+
+    await writer.add(Stdout("running"), linger=0.001)
+    await trace.entered.wait()
+    await writer.add(Stdout("later"))
+    assert await writer.close()
+
+    assert trace.batches == [["running"], ["later"]]

@@ -76,6 +76,9 @@ DATABASE_ERRORS = (
 )
 WINDOW = 500
 MIN_WINDOW = 32
+# How long a node's first event may wait for the next one to share its write (see
+# TraceWriter.add).
+START_LINGER_SECONDS = 0.02
 # Pages of the queue a round reads at most (the head, then on from where the last stopped).
 MAX_PAGES = 4
 
@@ -493,7 +496,9 @@ class Dispatcher:
                 if trace_chars > self._settings.max_trace_chars:
                     await self._trace_full(attempt, agent, writer)
                     return
-                await writer.add(payload)
+                # The node's "running on" waits a moment for the first output (a short
+                # task's whole output): one round trip for both.
+                await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)
                 if writer.superseded:
                     log.info("attempt superseded", extra=_fields(attempt, agent))
                     return

@@ -2,7 +2,10 @@
 
 Events are written in arrival order; whatever arrived while the previous batch was being
 written goes in the next one, so a quiet stream writes each event at once and a busy one
-writes many per round trip. A bounded backlog slows the stream instead of growing memory.
+writes many per round trip. An event added with a `linger` waits that long for company
+(the next event, or the close) before it is written: a node's "running on" status and a
+short task's output then share one round trip. A bounded backlog slows the stream instead
+of growing memory.
 Each batch names the sequence number it follows, so a batch sent again after a lost reply
 is recognised by the store instead of being written twice.
 """
@@ -10,6 +13,7 @@ is recognised by the store instead of being written twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from agentmesh.tasks.events import Payload
@@ -34,15 +38,21 @@ class TraceWriter:
         self._room = asyncio.Event()
         self._room.set()
         self._closing = False
+        # How long the pending batch may wait for company (see `add`).
+        self._linger = 0.0
         self.superseded = False
         self._task = asyncio.create_task(self._run(), name="trace writer")
 
-    async def add(self, payload: Payload) -> None:
-        """Queue an event; waits while the backlog is full. Raises if the writer died."""
+    async def add(self, payload: Payload, *, linger: float = 0.0) -> None:
+        """Queue an event; waits while the backlog is full. Raises if the writer died.
+
+        With `linger`, an event that would be written alone waits up to that many seconds
+        for the next event or the close, and goes in their batch."""
         if self._task.done():
             self._task.result()  # re-raise the writer's error, if any
             return
         await self._room.wait()
+        self._linger = linger if not self._pending else 0.0
         self._pending.append(payload)
         if len(self._pending) >= MAX_BACKLOG:
             self._room.clear()
@@ -62,8 +72,13 @@ class TraceWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if (linger := self._linger) and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(linger):
+                        await self._wake.wait()  # the next event, or the close
             while self._pending:
                 batch, self._pending = self._pending, []
+                self._linger = 0.0
                 self._room.set()
                 last_seq = await self._append_many(batch, self.last_seq)
                 if last_seq is None:
