@@ -460,21 +460,26 @@ class Dispatcher:
                             await self._await_approval(attempt, refusal)
                         return
                 if isinstance(payload, Result):
-                    if not await writer.close():
-                        return
                     rejected = payload.state is TaskState.REJECTED
                     if rejected and refusal is not None and _asks_about(spec, refusal):
                         # Not the end: the task waits for its user's answer.
-                        await self._await_approval(attempt, refusal)
+                        if await writer.close():
+                            await self._await_approval(attempt, refusal)
                         return
                     if payload.state is TaskState.FAILED and exhausted is not None:
                         # Not the task's fault: it waits for a key again, without an attempt.
-                        await self._hand_back(
-                            attempt,
-                            f"every API key was out of capacity ({exhausted.message})",
-                            backoff_seconds=0.0,
-                            counts=False,
-                        )
+                        if await writer.close():
+                            await self._hand_back(
+                                attempt,
+                                f"every API key was out of capacity ({exhausted.message})",
+                                backoff_seconds=0.0,
+                                counts=False,
+                            )
+                        return
+                    # What the writer has not written yet goes in the statement that ends
+                    # the task (for a short task: its whole trace in one round trip).
+                    trail = await writer.take_rest()
+                    if trail is None:
                         return
                     if key is not None:
                         # What it spent is known now (the proxy reports each request before
@@ -489,6 +494,8 @@ class Dispatcher:
                             agent.agent_id,
                             payload,
                             in_tree=bool(attempt.parent_id),
+                            trail=trail,
+                            after_seq=writer.last_seq,
                         )
                     )
                     return

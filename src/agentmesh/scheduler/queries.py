@@ -280,14 +280,20 @@ REMEMBER = """
 # tree end in a transaction that locks the tree first, and so does a task that delegated
 # (its children end with it): `delegations` is set under the tree lock, on this very row,
 # so this statement sees it even when a delegation committed while it waited.
+# The attempt's events not written yet ($11 kinds, $12 payloads) go before the result,
+# after event $13 (the statement does nothing if the trace moved on meanwhile).
 FINISH_ROOT_ATTEMPT = f"""
 WITH owned AS (
     UPDATE tasks SET state = $6, output = $7, error = $8, exit_code = $9, usage = $10,
         finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, waiting_reason = '',
-        last_seq = last_seq + 1, updated_at = now()
+        last_seq = last_seq + cardinality($11::text[]) + 1, updated_at = now()
     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
-      AND delegations = 0
+      AND delegations = 0 AND ($13::bigint IS NULL OR last_seq = $13)
     RETURNING id, last_seq, state, spec, user_name, output
+), trail AS (
+    INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
+    SELECT id, $13 + b.n, $2, $4, b.kind, b.payload
+    FROM owned, unnest($11::text[], $12::jsonb[]) WITH ORDINALITY AS b(kind, payload, n)
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
     SELECT id, last_seq, $2, $4, 'result', $5 FROM owned

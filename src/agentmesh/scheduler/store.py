@@ -578,8 +578,13 @@ class TaskStore:
         result: Result,
         *,
         in_tree: bool = True,
+        trail: Sequence[Payload] = (),
+        after_seq: int | None = None,
     ) -> bool:
-        """Record an attempt's result as the task's end; False if it was superseded."""
+        """Record an attempt's result as the task's end; False if it was superseded.
+
+        `trail`: the attempt's events not written yet, stored before the result (after
+        event `after_seq`, the last one its trace writer wrote), in the same transaction."""
         if not in_tree:
             async with self._pool.acquire() as conn:
                 row = await conn.fetchrow(
@@ -594,6 +599,9 @@ class TaskStore:
                     storable(result.error),
                     result.exit_code,
                     dataclasses.asdict(result.usage),
+                    [p.KIND for p in trail],
+                    [payload_to_dict(p) for p in trail],
+                    after_seq if trail else None,
                 )
             if row is not None:
                 return True
@@ -602,6 +610,16 @@ class TaskStore:
             await conn.execute(q.LOCK_TREE, task_id)
             if await conn.fetchrow(q.OWNED_ATTEMPT, task_id, attempt, owner) is None:
                 return False
+            for payload in trail:
+                await conn.fetchrow(
+                    q.APPEND_EVENT,
+                    task_id,
+                    attempt,
+                    owner,
+                    agent_id,
+                    payload.KIND,
+                    payload_to_dict(payload),
+                )
             await conn.fetchrow(
                 q.APPEND_EVENT,
                 task_id,
