@@ -89,6 +89,25 @@ async def test_a_replay_names_the_task_it_runs_again(store: TaskStore) -> None:
     assert {t.task_id for t in await store.ready(100)} >= {original, replay}
 
 
+async def test_what_submit_answers_is_what_a_read_gives(store: TaskStore) -> None:
+    """SubmitTask's reply: a leaf comes back from the statement that stored it, the rest
+    read back; either way it is the task as GetTask would show it."""
+    original = await store.submit(ECHO)
+    keyed = TaskSpec(kind="echo", prompt="k", idempotency_key="key-1", user="ana", priority=2)
+    submissions = [
+        (ECHO, ""),
+        (keyed, ""),
+        (keyed, ""),  # the same key: the task stored the first time
+        (TaskSpec(subtasks=(ECHO, ECHO)), ""),
+        (ECHO, original),
+    ]
+    for spec, replay_of in submissions:
+        answered = await store.submit_and_get(spec, replay_of=replay_of)
+
+        assert answered == await store.get(answered.id)
+    assert (await store.submit_and_get(keyed)).id == (await store.submit_and_get(keyed)).id
+
+
 async def test_a_replay_of_an_unknown_task_is_refused_and_stores_nothing(
     store: TaskStore,
 ) -> None:

@@ -81,6 +81,75 @@ async def lose(store: TaskStore, attempt: StartedAttempt, *, counts: bool = True
 
 
 @pytest.mark.parametrize("in_tree", [True, False], ids=["in-tree", "root-fast-path"])
+@pytest.mark.parametrize("written_before", [0, 1], ids=["trail-only", "after-a-batch"])
+async def test_the_events_not_written_yet_go_in_before_the_result(
+    store: TaskStore, in_tree: bool, written_before: int
+) -> None:
+    task_id = await store.submit(ECHO)
+    attempt = await start(store, task_id)
+    last_seq = attempt.last_seq
+    if written_before:
+        last_seq = await store.append_many(
+            task_id, attempt.attempt, OWNER, AGENT, [Stdout("early")], after_seq=last_seq
+        )
+        assert last_seq is not None
+    done = Result(TaskState.COMPLETED, output="hi")
+
+    finished = await store.finish_attempt(
+        task_id, attempt.attempt, OWNER, AGENT, done, in_tree=in_tree,
+        trail=[Stdout("one"), Stdout("two")], after_seq=last_seq,
+    )  # fmt: skip
+
+    assert finished
+    events = await trace(store, task_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.payload for e in events[attempt.last_seq :]] == [
+        *([Stdout("early")] if written_before else []),
+        Stdout("one"),
+        Stdout("two"),
+        done,
+    ]
+    assert (await store.get(task_id)).last_seq == events[-1].seq
+
+
+async def test_a_trail_behind_the_trace_is_still_stored_in_order(store: TaskStore) -> None:
+    """A trace that moved past what the writer last saw: the tree's way stores the trail
+    after it, once."""
+    task_id = await store.submit(ECHO)
+    attempt = await start(store, task_id)
+    moved = await store.append_many(
+        task_id, attempt.attempt, OWNER, AGENT, [Stdout("early")], after_seq=attempt.last_seq
+    )
+    assert moved is not None
+
+    finished = await store.finish_attempt(
+        task_id, attempt.attempt, OWNER, AGENT, DONE, in_tree=False,
+        trail=[Stdout("one")], after_seq=attempt.last_seq,
+    )  # fmt: skip
+
+    assert finished
+    events = await trace(store, task_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.payload for e in events[attempt.last_seq :]] == [Stdout("early"), Stdout("one"), DONE]
+
+
+async def test_a_superseded_attempt_s_trail_is_not_stored(store: TaskStore) -> None:
+    task_id = await store.submit(ECHO)
+    first = await start(store, task_id)
+    await lose(store, first)
+    await start(store, task_id)
+    before = await snapshot(store, task_id)
+
+    finished = await store.finish_attempt(
+        task_id, first.attempt, OWNER, AGENT, DONE, in_tree=False,
+        trail=[Stdout("late")], after_seq=first.last_seq,
+    )  # fmt: skip
+
+    assert not finished
+    assert await snapshot(store, task_id) == before
+
+
+@pytest.mark.parametrize("in_tree", [True, False], ids=["in-tree", "root-fast-path"])
 async def test_the_current_attempt_finishes_the_task(store: TaskStore, in_tree: bool) -> None:
     task_id = await store.submit(ECHO)
     attempt = await start(store, task_id)

@@ -227,3 +227,62 @@ def test_an_event_costs_at_least_a_rows_overhead() -> None:
     assert trace_cost(Stdout("x" * 257)) == 257
     result = Result(TaskState.COMPLETED, output="o" * 500, error="e")
     assert trace_cost(result) == 500 + 1 + len("completed")
+
+
+async def test_what_arrives_during_a_linger_joins_its_batch() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many, last_seq=1)
+
+    await writer.add(Stdout("running"), linger=3600)
+    await writer.add(Stdout("output"))
+    await settle()
+    assert trace.batches == []  # held
+
+    assert await writer.close()
+    assert trace.batches == [["running", "output"]]
+
+
+async def test_the_rest_of_a_lingering_batch_is_handed_back_unwritten() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many, last_seq=1)
+
+    await writer.add(Stdout("running"), linger=3600)
+    await writer.add(Stdout("output"))
+
+    assert await writer.take_rest() == [Stdout("running"), Stdout("output")]
+    assert trace.batches == []
+    assert writer.last_seq == 1
+
+
+async def test_a_full_backlog_ends_a_linger() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many, last_seq=1)
+
+    await writer.add(Stdout("first"), linger=3600)
+    for payload in lines(MAX_BACKLOG):  # the last add waits for room: the linger ended
+        await writer.add(payload)
+
+    assert await writer.close()
+    assert trace.written == ["first", *(p.text for p in lines(MAX_BACKLOG))]
+
+
+async def test_the_close_ends_a_linger() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many, last_seq=1)
+
+    await writer.add(Stdout("running"), linger=3600)
+
+    assert await writer.close()  # not an hour later: the per-test timeout would fail it
+    assert trace.batches == [["running"]]
+
+
+async def test_a_lingering_event_alone_is_written_when_its_linger_ends() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many, last_seq=1)
+
+    await writer.add(Stdout("running"), linger=0.001)
+    await trace.entered.wait()
+    await writer.add(Stdout("later"))
+    assert await writer.close()
+
+    assert trace.batches == [["running"], ["later"]]

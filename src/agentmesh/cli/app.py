@@ -56,17 +56,20 @@ class App:
         *,
         service: bool = False,
         on_interrupt: Callable[[], str | None] | None = None,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
     ) -> int:
         """Run an async command; every error ends as one line on stderr and an exit code.
 
-        `on_interrupt` says what to tell the user on Ctrl-C (e.g. the task goes on)."""
+        `on_interrupt` says what to tell the user on Ctrl-C (e.g. the task goes on);
+        `loop_factory` makes the event loop (the standard one by default)."""
         # Services log what they do; one-shot commands only what went wrong.
         quiet = logging.INFO if service else logging.WARNING
         log_format.install(logging.DEBUG if self.verbose else quiet)
         logging.getLogger("pgserver").setLevel(logging.DEBUG if self.verbose else logging.WARNING)
         try:
             log_format.redact(*_secrets(self.settings()))
-            return asyncio.run(command())
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                return runner.run(command())
         except ConfigError as exc:
             return self._fail(f"configuration error: {exc}", EXIT_USAGE)
         except (DatabaseUnavailable, MigrationError) as exc:

@@ -14,11 +14,17 @@ from agentmesh.config import ConfigError, SchedulerSettings, Settings, describe_
 @pass_app
 def scheduler(app: App, listen: str | None) -> int:
     """Serve the scheduler."""
+    import uvloop
+
     from agentmesh.scheduler.service import run_scheduler  # a slow import: not for --help
 
+    # uvloop: the scheduler is CPU-bound in its event loop under load (see bench/dispatch.py).
+    # Nodes keep the standard loop: uvloop's subprocess_exec refuses `user`, `group` and
+    # `extra_groups`, which a node needs to run a task as its sandbox user.
     return app.run(
         lambda: run_scheduler(app.settings(), scheduler_listen(app.settings(), listen)),
         service=True,
+        loop_factory=uvloop.new_event_loop,
     )
 
 

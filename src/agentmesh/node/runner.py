@@ -205,7 +205,7 @@ class TaskRunner:
         fields = {"task_id": request.task_id, "attempt": request.attempt, "agent": self.agent_id}
         log.info("task started", extra={**fields, "kind": kind})
         yield event(Status(TaskState.WORKING, f"running on {self.agent_id}"))
-        with _workdir(self._limits.workdir, request.task_id) as workdir:
+        with _workdir(self._limits.workdir, request.task_id, executor.needs_workdir) as workdir:
             job = Job(
                 task_id=request.task_id,
                 attempt=request.attempt,
@@ -251,9 +251,13 @@ class TaskRunner:
 
 
 @contextlib.contextmanager
-def _workdir(configured: Path | None, task_id: str) -> Iterator[Path]:
+def _workdir(configured: Path | None, task_id: str, needed: bool) -> Iterator[Path]:
     if configured is not None:
         yield configured
+        return
+    if not needed:
+        # Making and removing a directory costs more than a whole echo task.
+        yield Path(tempfile.gettempdir())
         return
     path = Path(tempfile.mkdtemp(prefix=f"agentmesh-{task_id[:40]}-"))
     try:

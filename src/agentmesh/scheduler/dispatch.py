@@ -76,6 +76,9 @@ DATABASE_ERRORS = (
 )
 WINDOW = 500
 MIN_WINDOW = 32
+# How long a node's first event may wait for the next one to share its write (see
+# TraceWriter.add).
+START_LINGER_SECONDS = 0.02
 # Pages of the queue a round reads at most (the head, then on from where the last stopped).
 MAX_PAGES = 4
 
@@ -457,21 +460,26 @@ class Dispatcher:
                             await self._await_approval(attempt, refusal)
                         return
                 if isinstance(payload, Result):
-                    if not await writer.close():
-                        return
                     rejected = payload.state is TaskState.REJECTED
                     if rejected and refusal is not None and _asks_about(spec, refusal):
                         # Not the end: the task waits for its user's answer.
-                        await self._await_approval(attempt, refusal)
+                        if await writer.close():
+                            await self._await_approval(attempt, refusal)
                         return
                     if payload.state is TaskState.FAILED and exhausted is not None:
                         # Not the task's fault: it waits for a key again, without an attempt.
-                        await self._hand_back(
-                            attempt,
-                            f"every API key was out of capacity ({exhausted.message})",
-                            backoff_seconds=0.0,
-                            counts=False,
-                        )
+                        if await writer.close():
+                            await self._hand_back(
+                                attempt,
+                                f"every API key was out of capacity ({exhausted.message})",
+                                backoff_seconds=0.0,
+                                counts=False,
+                            )
+                        return
+                    # What the writer has not written yet goes in the statement that ends
+                    # the task (for a short task: its whole trace in one round trip).
+                    trail = await writer.take_rest()
+                    if trail is None:
                         return
                     if key is not None:
                         # What it spent is known now (the proxy reports each request before
@@ -486,6 +494,8 @@ class Dispatcher:
                             agent.agent_id,
                             payload,
                             in_tree=bool(attempt.parent_id),
+                            trail=trail,
+                            after_seq=writer.last_seq,
                         )
                     )
                     return
@@ -493,7 +503,9 @@ class Dispatcher:
                 if trace_chars > self._settings.max_trace_chars:
                     await self._trace_full(attempt, agent, writer)
                     return
-                await writer.add(payload)
+                # The node's "running on" waits a moment for the first output (a short
+                # task's whole output): one round trip for both.
+                await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)
                 if writer.superseded:
                     log.info("attempt superseded", extra=_fields(attempt, agent))
                     return

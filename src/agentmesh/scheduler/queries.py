@@ -38,13 +38,14 @@ SET claimed = false, claimed_by = NULL, claimed_at = NULL, available_at = EXCLUD
 LOCK_TREE = """
 SELECT r.id FROM tasks t JOIN tasks r ON r.id = t.root_id WHERE t.id = $1 FOR UPDATE OF r
 """
-# A task without subtasks in one statement: the row, its first event and its queue entry.
-SUBMIT_LEAF = """
+# A task without subtasks in one statement: the row, its first event and its queue entry;
+# returns the row as stored.
+SUBMIT_LEAF = f"""
 WITH t AS (
     INSERT INTO tasks (id, kind, spec, state, user_name, parent_id, priority, idempotency_key,
                        max_attempts, waiting_reason, root_id, last_seq)
     VALUES ($1, $2, $3, 'submitted', $4, NULL, $5, $6, $7, '', $1, 1)
-    RETURNING id
+    RETURNING {TASK_COLUMNS}
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, kind, payload)
     SELECT id, 1, 0, 'status', $8 FROM t
@@ -52,7 +53,7 @@ WITH t AS (
     INSERT INTO task_queue (task_id, priority, target_host, payload)
     SELECT id, $5, nullif($3::jsonb->>'target_host', ''), $3 FROM t
 )
-SELECT pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', $1)
+SELECT t.*, pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', $1) FROM t
 """
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
 # A replay names the task it runs again (set in the transaction that submits it).
@@ -279,14 +280,20 @@ REMEMBER = """
 # tree end in a transaction that locks the tree first, and so does a task that delegated
 # (its children end with it): `delegations` is set under the tree lock, on this very row,
 # so this statement sees it even when a delegation committed while it waited.
+# The attempt's events not written yet ($11 kinds, $12 payloads) go before the result,
+# after event $13 (the statement does nothing if the trace moved on meanwhile).
 FINISH_ROOT_ATTEMPT = f"""
 WITH owned AS (
     UPDATE tasks SET state = $6, output = $7, error = $8, exit_code = $9, usage = $10,
         finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, waiting_reason = '',
-        last_seq = last_seq + 1, updated_at = now()
+        last_seq = last_seq + cardinality($11::text[]) + 1, updated_at = now()
     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
-      AND delegations = 0
+      AND delegations = 0 AND ($13::bigint IS NULL OR last_seq = $13)
     RETURNING id, last_seq, state, spec, user_name, output
+), trail AS (
+    INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
+    SELECT id, $13 + b.n, $2, $4, b.kind, b.payload
+    FROM owned, unnest($11::text[], $12::jsonb[]) WITH ORDINALITY AS b(kind, payload, n)
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
     SELECT id, last_seq, $2, $4, 'result', $5 FROM owned

@@ -126,7 +126,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def max_depth(self) -> int:
         return self._max_depth
 
-    async def _submit(self, request: scheduler_pb2.SubmitTaskRequest) -> str:
+    async def _submit(self, request: scheduler_pb2.SubmitTaskRequest) -> TaskRecord:
         if not request.HasField("spec"):
             raise InvalidArgument("spec", "is required")
         spec: TaskSpec = convert.spec_from_proto(request.spec)
@@ -137,21 +137,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if self._profiles is not None and (users := users_of(spec)):
             modes = await self._profiles.default_modes(users)
             spec = with_user_modes(spec, modes)
-        return await self._store.submit(spec, replay_of=request.replay_of)
+        return await self._store.submit_and_get(spec, replay_of=request.replay_of)
 
     @unary
     async def SubmitTask(
         self, request: scheduler_pb2.SubmitTaskRequest, context: Context
     ) -> task_pb2.Task:
-        task_id = await self._submit(request)
-        return task_to_proto(await self._store.get(task_id))
+        return task_to_proto(await self._submit(request))
 
     @streaming
     async def RunTask(
         self, request: scheduler_pb2.SubmitTaskRequest, context: Context
     ) -> AsyncIterator[task_pb2.TaskEvent]:
-        task_id = await self._submit(request)
-        async for event in watch(self._store, self._signals, task_id, 0):
+        task = await self._submit(request)
+        async for event in watch(self._store, self._signals, task.id, 0):
             yield convert.event_to_proto(event)
 
     @streaming

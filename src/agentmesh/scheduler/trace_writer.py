@@ -2,7 +2,10 @@
 
 Events are written in arrival order; whatever arrived while the previous batch was being
 written goes in the next one, so a quiet stream writes each event at once and a busy one
-writes many per round trip. A bounded backlog slows the stream instead of growing memory.
+writes many per round trip. An event added with a `linger` is held that long, with what
+arrives meanwhile, unless the writer closes or its backlog fills first: a short task's
+whole trace then goes with its result (see `take_rest`). A bounded backlog slows the stream
+instead of growing memory.
 Each batch names the sequence number it follows, so a batch sent again after a lost reply
 is recognised by the store instead of being written twice.
 """
@@ -10,6 +13,7 @@ is recognised by the store instead of being written twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from agentmesh.tasks.events import Payload
@@ -33,27 +37,54 @@ class TraceWriter:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        # Ends a linger: the close, or a full backlog.
+        self._flush = asyncio.Event()
         self._closing = False
+        # Set by `take_rest`: what is pending is handed back, not written.
+        self._handing_back = False
+        # How long the pending batch may wait for company (see `add`).
+        self._linger = 0.0
         self.superseded = False
         self._task = asyncio.create_task(self._run(), name="trace writer")
 
-    async def add(self, payload: Payload) -> None:
-        """Queue an event; waits while the backlog is full. Raises if the writer died."""
+    async def add(self, payload: Payload, *, linger: float = 0.0) -> None:
+        """Queue an event; waits while the backlog is full. Raises if the writer died.
+
+        With `linger`, an event that would start a batch holds it up to that many seconds
+        (what arrives meanwhile joins it), unless the writer closes or its backlog fills."""
         if self._task.done():
             self._task.result()  # re-raise the writer's error, if any
             return
         await self._room.wait()
+        if not self._pending:
+            self._linger = linger
         self._pending.append(payload)
         if len(self._pending) >= MAX_BACKLOG:
             self._room.clear()
+            self._flush.set()
         self._wake.set()
 
     async def close(self) -> bool:
         """Write what is left; False if the attempt was superseded meanwhile."""
         self._closing = True
+        self._flush.set()
         self._wake.set()
         await self._task
         return not self.superseded
+
+    async def take_rest(self) -> list[Payload] | None:
+        """Stop writing: wait for the batch being written, and hand back the events not
+        written yet (they follow `last_seq`), for the caller to write with what ends the
+        attempt; None if the attempt was superseded meanwhile."""
+        self._closing = True
+        self._handing_back = True
+        self._flush.set()
+        self._wake.set()
+        await self._task
+        if self.superseded:
+            return None
+        rest, self._pending = self._pending, []
+        return rest
 
     def cancel(self) -> None:
         self._task.cancel()
@@ -62,8 +93,13 @@ class TraceWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            if (linger := self._linger) and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(linger):
+                        await self._flush.wait()
+            while self._pending and not self._handing_back:
                 batch, self._pending = self._pending, []
+                self._linger = 0.0
                 self._room.set()
                 last_seq = await self._append_many(batch, self.last_seq)
                 if last_seq is None:

@@ -33,6 +33,8 @@ class Job:
     permission_mode: PermissionMode
     # gemini: with its tools (agentic) or an answer only (plain).
     agent_mode: AgentMode
+    # Where it runs (see Executor.needs_workdir: an executor that needs none is given the
+    # system's temporary directory, and must not write there).
     workdir: Path
     timeout_seconds: float
     cancel: asyncio.Event = field(repr=False)
@@ -58,6 +60,9 @@ class Executor(Protocol):
     """Runs a job and yields its event payloads; the last one is always a `Result`."""
 
     kind: TaskKind
+    # Whether its jobs run in a directory of their own (a fresh one unless node.workdir is
+    # set); one that touches no files (echo) is spared making and removing it.
+    needs_workdir: bool
 
     def run(self, job: Job) -> AsyncIterator[Payload]: ...
 

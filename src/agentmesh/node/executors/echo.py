@@ -13,6 +13,7 @@ CHUNK_CHARS = 16 << 10
 
 class EchoExecutor:
     kind = TaskKind.ECHO
+    needs_workdir = False
 
     async def run(self, job: Job) -> AsyncIterator[Payload]:
         prompt = job.spec.prompt

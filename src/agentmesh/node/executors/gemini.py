@@ -202,6 +202,7 @@ def denylist_rules(names: Sequence[str]) -> list[str]:
 
 class GeminiExecutor:
     kind = TaskKind.GEMINI
+    needs_workdir = True
 
     def __init__(
         self,

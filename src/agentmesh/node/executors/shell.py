@@ -26,6 +26,7 @@ RESULT_OUTPUT_CHARS = 16 << 10
 
 class ShellExecutor:
     kind = TaskKind.SHELL
+    needs_workdir = True
 
     def __init__(
         self,
