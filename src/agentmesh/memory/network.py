@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from datetime import UTC
 
 import asyncpg
 
 from agentmesh.errors import InvalidArgument, NotFound
-from agentmesh.scheduler.agents import HostEntry
+from agentmesh.scheduler.agents import HostEntry, host_entry
 
 MAX_FIELD = 255
 COLUMNS = "host_name, ip_address, service, tags, notes, last_seen"
@@ -34,17 +33,6 @@ RETURNING {COLUMNS}
 REMOVE_HOST = """
 DELETE FROM home_network WHERE host_name = $1 AND ($2::text IS NULL OR service = $2)
 """
-
-
-def host_entry(row: asyncpg.Record) -> HostEntry:
-    return HostEntry(
-        host_name=row["host_name"] or "",
-        ip_address=row["ip_address"] or "",
-        service=row["service"] or "",
-        tags=tuple(row["tags"] or ()),
-        notes=row["notes"] or "",
-        last_seen=row["last_seen"].replace(tzinfo=UTC) if row["last_seen"] else None,
-    )
 
 
 def _name(value: str, field_name: str) -> str:

@@ -110,6 +110,18 @@ class HostEntry:
     last_seen: datetime | None
 
 
+def host_entry(row: asyncpg.Record) -> HostEntry:
+    """A `home_network` row as a HostEntry."""
+    return HostEntry(
+        host_name=row["host_name"] or "",
+        ip_address=row["ip_address"] or "",
+        service=row["service"] or "",
+        tags=tuple(row["tags"] or ()),
+        notes=row["notes"] or "",
+        last_seen=row["last_seen"].replace(tzinfo=UTC) if row["last_seen"] else None,
+    )
+
+
 @dataclass(frozen=True)
 class AgentView:
     card: AgentCard
@@ -264,17 +276,7 @@ class AgentRegistry:
         """The `home_network` inventory, by host name."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(SELECT_HOSTS)
-        return [
-            HostEntry(
-                host_name=row["host_name"] or "",
-                ip_address=row["ip_address"] or "",
-                service=row["service"] or "",
-                tags=tuple(row["tags"] or ()),
-                notes=row["notes"] or "",
-                last_seen=row["last_seen"].replace(tzinfo=UTC) if row["last_seen"] else None,
-            )
-            for row in rows
-        ]
+        return [host_entry(row) for row in rows]
 
     async def mark_stale_offline(self) -> None:
         async with self._pool.acquire() as conn:
