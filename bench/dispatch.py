@@ -7,7 +7,10 @@ node processes on loopback):
   `created_at` and `started_at`);
 - the scheduler's resident memory before and after;
 - a raw asyncpg baseline in the same run, on the same server: insert the same number of
-  rows, claim each with FOR UPDATE SKIP LOCKED and complete it with 8 workers; and the ratio.
+  rows, claim each with FOR UPDATE SKIP LOCKED and complete it with 8 workers; and the ratio;
+- CPU time per task of the scheduler, the nodes and PostgreSQL over the throughput run: on
+  a shared machine the steadier measure of what a change bought (wall-clock figures swing
+  with whatever else runs).
 """
 
 from __future__ import annotations
@@ -62,6 +65,25 @@ def spawn(
         process.kill()
         raise SystemExit(f"{args[0]} did not start: {line!r}")
     return process, match[1]
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User and system CPU time of these processes (gone ones count nothing)."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def postgres_processes(data: Path) -> list[psutil.Process]:
+    """The embedded server and its backends."""
+    pid = int((embedded.pgdata_dir(data) / "postmaster.pid").read_text().split("\n", 1)[0])
+    postmaster = psutil.Process(pid)
+    return [postmaster, *postmaster.children(recursive=True)]
 
 
 async def count_completed(conn: asyncpg.Connection) -> int:
@@ -174,10 +196,21 @@ async def main() -> None:
             await wait_completed(conn, 50)
             rss_before = memory.memory_info().rss
 
+            groups = {
+                "scheduler": [memory],
+                "nodes": [psutil.Process(p.pid) for p in processes[1:]],
+                "PostgreSQL": postgres_processes(data),
+            }
+            cpu_before = {name: cpu_seconds(group) for name, group in groups.items()}
             started = time.perf_counter()
             await submit_all(stub, TASKS, "bench")
             await wait_completed(conn, 50 + TASKS)
             throughput = TASKS / (time.perf_counter() - started)
+            # Backends that ended during the run took their time with them: read it now.
+            cpu_per_task = {
+                name: (cpu_seconds(group) - cpu_before[name]) / TASKS * 1000
+                for name, group in groups.items()
+            }
             rss_after = memory.memory_info().rss
 
             steady_start = await conn.fetchval("SELECT now()")
@@ -220,6 +253,11 @@ async def main() -> None:
     print(
         f"  raw asyncpg baseline (insert + SKIP LOCKED claim + complete, {BASELINE_WORKERS}"
         f" workers): {raw:.0f} jobs/s; ratio {throughput / raw:.2f}"
+    )
+    print(
+        "  CPU per task: "
+        + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu_per_task.items())
+        + f"; all {sum(cpu_per_task.values()):.2f} ms"
     )
     print(
         f"  submit-to-start at {STEADY_RATE} tasks/s ({STEADY_TASKS} tasks):"

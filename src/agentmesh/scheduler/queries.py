@@ -40,20 +40,26 @@ SELECT r.id FROM tasks t JOIN tasks r ON r.id = t.root_id WHERE t.id = $1 FOR UP
 """
 # A task without subtasks in one statement: the row, its first event and its queue entry;
 # returns the row as stored.
-SUBMIT_LEAF = f"""
+# New tasks without subtasks, many in one statement (see TaskStore's group commit): $1..$6
+# one entry per task, $7 the status event every one starts with.
+SUBMIT_LEAVES = f"""
 WITH t AS (
     INSERT INTO tasks (id, kind, spec, state, user_name, parent_id, priority, idempotency_key,
                        max_attempts, waiting_reason, root_id, last_seq)
-    VALUES ($1, $2, $3, 'submitted', $4, NULL, $5, $6, $7, '', $1, 1)
+    SELECT i.id, i.kind, i.spec, 'submitted', i.user_name, NULL, i.priority, i.idempotency_key,
+           i.max_attempts, '', i.id, 1
+    FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[],
+                $8::text[])
+         AS i(id, kind, spec, user_name, priority, max_attempts, idempotency_key)
     RETURNING {TASK_COLUMNS}
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, kind, payload)
-    SELECT id, 1, 0, 'status', $8 FROM t
+    SELECT id, 1, 0, 'status', $7 FROM t
 ), q AS (
     INSERT INTO task_queue (task_id, priority, target_host, payload)
-    SELECT id, $5, nullif($3::jsonb->>'target_host', ''), $3 FROM t
+    SELECT id, priority, nullif(spec->>'target_host', ''), spec FROM t
 )
-SELECT t.*, pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', $1) FROM t
+SELECT t.*, pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', t.id) FROM t
 """
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
 # A replay names the task it runs again (set in the transaction that submits it).
@@ -276,27 +282,38 @@ REMEMBER = """
     WHERE e.state = 'completed' AND coalesce(e.spec->>'remember_as', '') <> ''
 """
 
-# The end of a task that has no parent, in one statement (the common case); tasks in a
-# tree end in a transaction that locks the tree first, and so does a task that delegated
-# (its children end with it): `delegations` is set under the tree lock, on this very row,
-# so this statement sees it even when a delegation committed while it waited.
-# The attempt's events not written yet ($11 kinds, $12 payloads) go before the result,
-# after event $13 (the statement does nothing if the trace moved on meanwhile).
-FINISH_ROOT_ATTEMPT = f"""
-WITH owned AS (
-    UPDATE tasks SET state = $6, output = $7, error = $8, exit_code = $9, usage = $10,
-        finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, waiting_reason = '',
-        last_seq = last_seq + cardinality($11::text[]) + 1, updated_at = now()
-    WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
-      AND delegations = 0 AND ($13::bigint IS NULL OR last_seq = $13)
-    RETURNING id, last_seq, state, spec, user_name, output
+# The end of tasks that have no parent, many in one statement (the common case; see
+# TaskStore's group commit); tasks in a tree end in a transaction that locks the tree first,
+# and so does a task that delegated (its children end with it): `delegations` is set under
+# the tree lock, on this very row, so this statement sees it even when a delegation
+# committed while it waited. $1 is the owner; $2.. hold one entry per attempt. Each
+# attempt's events not written yet ($11: {"events": [{kind, payload}, ...]}) go before its
+# result, after its event $12 (nothing is done for an attempt whose trace moved on
+# meanwhile). What comes back: the tasks that ended.
+FINISH_ROOT_ATTEMPTS = f"""
+WITH ending AS (
+    SELECT * FROM unnest($2::text[], $3::int[], $4::text[], $5::jsonb[], $6::text[],
+                         $7::text[], $8::text[], $9::int[], $10::jsonb[], $11::jsonb[],
+                         $12::bigint[])
+        AS i(id, attempt, agent_id, result, state, output, error, exit_code, usage, trail,
+             after_seq)
+), owned AS (
+    UPDATE tasks t SET state = i.state, output = i.output, error = i.error,
+        exit_code = i.exit_code, usage = i.usage, finished_at = now(), lease_owner = NULL,
+        lease_expires_at = NULL, waiting_reason = '',
+        last_seq = t.last_seq + jsonb_array_length(i.trail->'events') + 1, updated_at = now()
+    FROM ending i
+    WHERE t.id = i.id AND t.attempt = i.attempt AND t.lease_owner = $1 AND t.state = 'working'
+      AND t.delegations = 0 AND (i.after_seq IS NULL OR t.last_seq = i.after_seq)
+    RETURNING t.id, t.last_seq, t.state, t.spec, t.user_name, t.output, i.attempt,
+              i.agent_id, i.result, i.trail, i.after_seq
 ), trail AS (
     INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
-    SELECT id, $13 + b.n, $2, $4, b.kind, b.payload
-    FROM owned, unnest($11::text[], $12::jsonb[]) WITH ORDINALITY AS b(kind, payload, n)
+    SELECT o.id, o.after_seq + b.n, o.attempt, o.agent_id, b.event->>'kind', b.event->'payload'
+    FROM owned o, jsonb_array_elements(o.trail->'events') WITH ORDINALITY AS b(event, n)
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, agent_id, kind, payload)
-    SELECT id, last_seq, $2, $4, 'result', $5 FROM owned
+    SELECT id, last_seq, attempt, agent_id, 'result', result FROM owned
 ), d AS (
     DELETE FROM task_queue WHERE task_id IN (SELECT id FROM owned)
 ), a AS (
@@ -304,7 +321,7 @@ WITH owned AS (
 ), k AS (
     {REMEMBER.format(ended="owned")}
 )
-SELECT pg_notify('agentmesh_events', id), pg_notify('agentmesh_queue', '') FROM owned
+SELECT id, pg_notify('agentmesh_events', id), pg_notify('agentmesh_queue', '') FROM owned
 """
 FINISH_TASK = f"""
 WITH ended AS (

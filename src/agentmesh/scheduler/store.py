@@ -30,6 +30,7 @@ from agentmesh.keys import quota
 from agentmesh.node.permissions.approvals import Approval, permits
 from agentmesh.rpc.convert import payload_from_dict, payload_to_dict
 from agentmesh.scheduler import queries as q
+from agentmesh.scheduler.group_commit import GroupCommit
 from agentmesh.tasks.events import Payload, Refusal, Result, Status, TaskEvent, Usage
 from agentmesh.tasks.model import TaskSpec, TaskState
 
@@ -162,10 +163,29 @@ def _event(row: asyncpg.Record) -> TaskEvent:
     )
 
 
+@dataclass(frozen=True)
+class AttemptEnd:
+    """An attempt's result, to be recorded as its task's end (see TaskStore.finish_attempt)."""
+
+    task_id: str
+    attempt: int
+    owner: str
+    agent_id: str
+    result: Result
+    # Its events not written yet, stored before the result, after event `after_seq`.
+    trail: Sequence[Payload] = ()
+    after_seq: int | None = None
+
+
 class TaskStore:
+    """The tasks' states and traces. The two writes every task makes, its submit and its
+    end, go through group commits: concurrent ones share a statement."""
+
     def __init__(self, pool: asyncpg.Pool, *, default_max_attempts: int) -> None:
         self._pool = pool
         self._default_max_attempts = default_max_attempts
+        self._submit_leaves = GroupCommit(self._insert_leaves)
+        self._finish_roots = GroupCommit(self._finish_root_attempts)
 
     # ----------------------------------------------------------------- submit and read
 
@@ -184,6 +204,11 @@ class TaskStore:
 
     async def _submit(self, spec: TaskSpec, replay_of: str) -> tuple[str, asyncpg.Record | None]:
         """The task's id, and its row as stored when it is a new task without subtasks."""
+        leaf = not spec.subtasks and not replay_of
+        if leaf and not spec.idempotency_key:
+            # The common case: it shares its statement with what is submitted meanwhile.
+            row = await self._submit_leaves(spec)
+            return row["id"], row
         async with self._pool.acquire() as conn:
             if spec.idempotency_key:
                 existing = await conn.fetchval(q.SELECT_BY_IDEMPOTENCY_KEY, spec.idempotency_key)
@@ -192,15 +217,16 @@ class TaskStore:
             if replay_of and await conn.fetchval(q.SELECT_STATE, replay_of) is None:
                 raise NotFound(f"no task {replay_of}")
             try:
-                if not spec.subtasks and not replay_of:
-                    row = await self._submit_leaf(conn, spec)
+                if leaf:
+                    # Alone: a concurrent submit with the same key must not fail others.
+                    row = (await self._insert_leaves([spec], conn))[0]
                     return row["id"], row
                 async with conn.transaction():
                     if spec.subtasks:
                         task_id = await self._insert_tree(conn, spec, parent_id=None)
                         await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
                     else:
-                        task_id = (await self._submit_leaf(conn, spec))["id"]
+                        task_id = (await self._insert_leaves([spec], conn))[0]["id"]
                     if replay_of:
                         await conn.execute(q.SET_REPLAY_OF, task_id, replay_of)
             except asyncpg.UniqueViolationError:
@@ -211,22 +237,29 @@ class TaskStore:
                 return str(existing), None
         return task_id, None
 
-    async def _submit_leaf(self, conn: Connection, spec: TaskSpec) -> asyncpg.Record:
-        """Store a task without subtasks; its row as stored."""
-        task_id = new_task_id()
-        row = await conn.fetchrow(
-            q.SUBMIT_LEAF,
-            task_id,
-            spec.kind,
-            spec_to_json(spec),
-            spec.user,
-            spec.priority,
-            spec.idempotency_key or None,
-            spec.max_attempts or self._default_max_attempts,
+    async def _insert_leaves(
+        self, specs: Sequence[TaskSpec], conn: Connection | None = None
+    ) -> list[asyncpg.Record]:
+        """Store tasks without subtasks, in one statement; their rows as stored, in order."""
+        ids = [new_task_id() for _ in specs]
+        arguments = (
+            q.SUBMIT_LEAVES,
+            ids,
+            [spec.kind for spec in specs],
+            [spec_to_json(spec) for spec in specs],
+            [spec.user for spec in specs],
+            [spec.priority for spec in specs],
+            [spec.max_attempts or self._default_max_attempts for spec in specs],
             payload_to_dict(Status(TaskState.SUBMITTED, "submitted")),
+            [spec.idempotency_key or None for spec in specs],
         )
-        assert row is not None  # the INSERT returns its row or raises
-        return row
+        if conn is None:
+            async with self._pool.acquire() as own:
+                rows = await own.fetch(*arguments)
+        else:
+            rows = await conn.fetch(*arguments)
+        by_id = {row["id"]: row for row in rows}
+        return [by_id[task_id] for task_id in ids]
 
     async def _insert_tree(
         self, conn: Connection, spec: TaskSpec, parent_id: str | None, root_id: str | None = None
@@ -584,26 +617,20 @@ class TaskStore:
         """Record an attempt's result as the task's end; False if it was superseded.
 
         `trail`: the attempt's events not written yet, stored before the result (after
-        event `after_seq`, the last one its trace writer wrote), in the same transaction."""
+        event `after_seq`, the last one its trace writer wrote), in the same transaction.
+        A task without a parent ends in one statement, shared with the other attempts that
+        end meanwhile (see GroupCommit)."""
         if not in_tree:
-            async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(
-                    q.FINISH_ROOT_ATTEMPT,
-                    task_id,
-                    attempt,
-                    owner,
-                    agent_id,
-                    payload_to_dict(result),
-                    result.state.value,
-                    storable(result.output[-OUTPUT_LIMIT:]),
-                    storable(result.error),
-                    result.exit_code,
-                    dataclasses.asdict(result.usage),
-                    [p.KIND for p in trail],
-                    [payload_to_dict(p) for p in trail],
-                    after_seq if trail else None,
-                )
-            if row is not None:
+            end = AttemptEnd(
+                task_id,
+                attempt,
+                owner,
+                agent_id,
+                result,
+                tuple(trail),
+                after_seq if trail else None,
+            )
+            if await self._finish_roots(end):
                 return True
             # Superseded, or it delegated: the tree's way tells which (and ends its children).
         async with self._pool.acquire() as conn, conn.transaction():
@@ -631,6 +658,40 @@ class TaskStore:
             )
             await self._finish(conn, task_id, result, with_event=False)
         return True
+
+    async def _finish_root_attempts(self, ends: Sequence[AttemptEnd]) -> list[bool]:
+        """End the tasks of these attempts, which have no parent, in one statement per
+        owner; for each, whether it ended (not if superseded, or if it delegated)."""
+        ended: set[tuple[str, int]] = set()
+        async with self._pool.acquire() as conn:
+            for owner in {end.owner for end in ends}:
+                mine = [end for end in ends if end.owner == owner]
+                rows = await conn.fetch(
+                    q.FINISH_ROOT_ATTEMPTS,
+                    owner,
+                    [end.task_id for end in mine],
+                    [end.attempt for end in mine],
+                    [end.agent_id for end in mine],
+                    [payload_to_dict(end.result) for end in mine],
+                    [end.result.state.value for end in mine],
+                    [storable(end.result.output[-OUTPUT_LIMIT:]) for end in mine],
+                    [storable(end.result.error) for end in mine],
+                    [end.result.exit_code for end in mine],
+                    [dataclasses.asdict(end.result.usage) for end in mine],
+                    # Objects, not lists: a list in a list would be read as a 2-D array.
+                    [
+                        {
+                            "events": [
+                                {"kind": p.KIND, "payload": payload_to_dict(p)} for p in end.trail
+                            ]
+                        }
+                        for end in mine
+                    ],
+                    [end.after_seq for end in mine],
+                )
+                attempts = {end.task_id: end.attempt for end in mine}
+                ended.update((row["id"], attempts[row["id"]]) for row in rows)
+        return [(end.task_id, end.attempt) in ended for end in ends]
 
     async def retry_attempt(
         self,
