@@ -7,6 +7,7 @@ from collections import Counter
 import grpc
 
 from agentmesh.scheduler.dispatch import never_reached
+from agentmesh.scheduler.node_link import CallError
 from agentmesh.scheduler.placement import AgentSlot, Waiting, pick_agent
 from agentmesh.tasks.model import TaskSpec
 
@@ -58,8 +59,10 @@ def test_without_unreachable_agents_the_busy_reason_is_unchanged() -> None:
     assert choice == Waiting("the only fitting agent (desk) is busy")
 
 
-def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+def _error(code: grpc.StatusCode, details: str) -> CallError:
+    return CallError.of_rpc(
+        grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    )
 
 
 def test_a_refused_dial_or_token_before_any_event_never_reached_the_node() -> None:

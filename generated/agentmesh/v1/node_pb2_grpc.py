@@ -52,6 +52,11 @@ class AgentNodeStub:
                 request_serializer=agentmesh_dot_v1_dot_node__pb2.CancelTaskRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_node__pb2.CancelTaskResponse.FromString,
                 _registered_method=True)
+        self.Work = channel.stream_stream(
+                '/agentmesh.v1.AgentNode/Work',
+                request_serializer=agentmesh_dot_v1_dot_node__pb2.WorkRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_node__pb2.WorkUpdate.FromString,
+                _registered_method=True)
 
 
 class AgentNodeServicer:
@@ -79,6 +84,18 @@ class AgentNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Work(self, request_iterator, context):
+        """Many attempts over one stream: the scheduler's way to run tasks on its nodes, which
+        spares each task a call of its own (ExecuteTask is the way for one task, by hand).
+        Each request starts and stops attempts; each update carries events of any of them,
+        each attempt's in order. An attempt the node does not start (or that breaks) gets an
+        AttemptError with the status ExecuteTask would have ended with. Ending or dropping the
+        stream stops every attempt started on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +113,11 @@ def add_AgentNodeServicer_to_server(servicer, server):
                     servicer.CancelTask,
                     request_deserializer=agentmesh_dot_v1_dot_node__pb2.CancelTaskRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_node__pb2.CancelTaskResponse.SerializeToString,
+            ),
+            'Work': grpc.stream_stream_rpc_method_handler(
+                    servicer.Work,
+                    request_deserializer=agentmesh_dot_v1_dot_node__pb2.WorkRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_node__pb2.WorkUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +202,33 @@ class AgentNode:
             '/agentmesh.v1.AgentNode/CancelTask',
             agentmesh_dot_v1_dot_node__pb2.CancelTaskRequest.SerializeToString,
             agentmesh_dot_v1_dot_node__pb2.CancelTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Work(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/agentmesh.v1.AgentNode/Work',
+            agentmesh_dot_v1_dot_node__pb2.WorkRequest.SerializeToString,
+            agentmesh_dot_v1_dot_node__pb2.WorkUpdate.FromString,
             options,
             channel_credentials,
             insecure,

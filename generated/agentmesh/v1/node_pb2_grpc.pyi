@@ -41,6 +41,14 @@ class AgentNodeStub:
     """Runs one task and streams its events until it ends; dropping the stream cancels it."""
     CancelTask: _grpc.UnaryUnaryMultiCallable[_node_pb2.CancelTaskRequest, _node_pb2.CancelTaskResponse]
     """Stops a running task's whole process group."""
+    Work: _grpc.StreamStreamMultiCallable[_node_pb2.WorkRequest, _node_pb2.WorkUpdate]
+    """Many attempts over one stream: the scheduler's way to run tasks on its nodes, which
+    spares each task a call of its own (ExecuteTask is the way for one task, by hand).
+    Each request starts and stops attempts; each update carries events of any of them,
+    each attempt's in order. An attempt the node does not start (or that breaks) gets an
+    AttemptError with the status ExecuteTask would have ended with. Ending or dropping the
+    stream stops every attempt started on it.
+    """
 
 @_typing.type_check_only
 class AgentNodeAsyncStub(AgentNodeStub):
@@ -53,6 +61,14 @@ class AgentNodeAsyncStub(AgentNodeStub):
     """Runs one task and streams its events until it ends; dropping the stream cancels it."""
     CancelTask: _aio.UnaryUnaryMultiCallable[_node_pb2.CancelTaskRequest, _node_pb2.CancelTaskResponse]  # type: ignore[assignment]
     """Stops a running task's whole process group."""
+    Work: _aio.StreamStreamMultiCallable[_node_pb2.WorkRequest, _node_pb2.WorkUpdate]  # type: ignore[assignment]
+    """Many attempts over one stream: the scheduler's way to run tasks on its nodes, which
+    spares each task a call of its own (ExecuteTask is the way for one task, by hand).
+    Each request starts and stops attempts; each update carries events of any of them,
+    each attempt's in order. An attempt the node does not start (or that breaks) gets an
+    AttemptError with the status ExecuteTask would have ended with. Ending or dropping the
+    stream stops every attempt started on it.
+    """
 
 class AgentNodeServicer(metaclass=_abc_1.ABCMeta):
     """AgentNode runs tasks on its host and streams what happens, as it happens."""
@@ -80,5 +96,19 @@ class AgentNodeServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.CancelTaskResponse, _abc.Awaitable[_node_pb2.CancelTaskResponse]]:
         """Stops a running task's whole process group."""
+
+    @_abc_1.abstractmethod
+    def Work(
+        self,
+        request_iterator: _MaybeAsyncIterator[_node_pb2.WorkRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.WorkUpdate], _abc.AsyncIterator[_node_pb2.WorkUpdate]]:
+        """Many attempts over one stream: the scheduler's way to run tasks on its nodes, which
+        spares each task a call of its own (ExecuteTask is the way for one task, by hand).
+        Each request starts and stops attempts; each update carries events of any of them,
+        each attempt's in order. An attempt the node does not start (or that breaks) gets an
+        AttemptError with the status ExecuteTask would have ended with. Ending or dropping the
+        stream stops every attempt started on it.
+        """
 
 def add_AgentNodeServicer_to_server(servicer: AgentNodeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

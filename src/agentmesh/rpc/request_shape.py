@@ -77,18 +77,17 @@ class _Walk:
             number, wire_type = key >> 3, key & 7
             if wire_type == _VARINT:
                 _, value_end = self._varint(position, end, path)
-                yield number, wire_type, position, value_end
             elif wire_type in (_FIXED64, _FIXED32):
                 value_end = position + (8 if wire_type == _FIXED64 else 4)
-                yield number, wire_type, position, value_end
             elif wire_type == _LENGTH:
                 length, position = self._varint(position, end, path)
                 value_end = position + length
-                yield number, wire_type, position, value_end
             else:
                 raise InvalidArgument(path or "(request)", "is not a valid protobuf message")
+            # Checked before the field is handed on: nothing reads past its message.
             if value_end > end:
                 raise InvalidArgument(path or "(request)", "is not a valid protobuf message")
+            yield number, wire_type, position, value_end
             position = value_end
 
     def _varint(self, position: int, end: int, path: str) -> tuple[int, int]:
@@ -134,6 +133,112 @@ def check_request(data: bytes, spec_field: int, shape: SpecShape) -> None:
             walk.spec(start, end, "spec", depth=0)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkShape:
+    """Where a stream's request (AgentNode.Work's) carries its tasks: each `start_field`
+    is a request of its own, with its id in `id_field`, attempt in `attempt_field` and
+    spec in `spec_field`, checked against `shape`, at most `max_starts` per request."""
+
+    start_field: int
+    id_field: int
+    attempt_field: int
+    spec_field: int
+    shape: SpecShape
+    max_starts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedWork:
+    """A Work request as its handler receives it: the starts that passed their checks, in
+    `request`, and the ones that did not, by task and attempt, with why."""
+
+    request: Any
+    refused: tuple[tuple[str, int, InvalidArgument], ...]
+
+
+def split_work(
+    data: bytes, work: WorkShape
+) -> tuple[bytes, list[tuple[str, int, InvalidArgument]]]:
+    """The request without the starts that break their shape (a valid message of the same
+    type: its other fields re-encoded as they were), and those starts' ids with why. A
+    request that is not valid protobuf at its top level raises InvalidArgument."""
+    top = _Walk(data, SpecShape(max_tasks=work.max_starts, max_depth=0))
+    kept = bytearray()
+    refused: list[tuple[str, int, InvalidArgument]] = []
+    starts = 0
+    for number, wire_type, start, end in top.fields_of(0, len(data), ""):
+        if wire_type != _LENGTH:
+            continue  # no field of such a request is a number: an unknown one, dropped
+        if number == work.start_field:
+            starts += 1
+            try:
+                if starts > work.max_starts:
+                    raise InvalidArgument(
+                        "start", f"more than {work.max_starts} attempts in one request"
+                    )
+                entry = _Walk(data, work.shape)
+                for inner, inner_type, value_start, value_end in entry.fields_of(start, end, ""):
+                    if inner == work.spec_field and inner_type == _LENGTH:
+                        entry.spec(value_start, value_end, "spec", depth=0)
+            except InvalidArgument as error:
+                task_id, attempt = _ids(data, start, end, work)
+                refused.append(
+                    (
+                        task_id,
+                        attempt,
+                        InvalidArgument(error.field, error.problem, reason=work.shape.reason),
+                    )
+                )
+                continue
+        kept += _varint_bytes(number << 3 | _LENGTH) + _varint_bytes(end - start) + data[start:end]
+    return bytes(kept), refused
+
+
+def _ids(data: bytes, start: int, end: int, work: WorkShape) -> tuple[str, int]:
+    """A refused start's task id and attempt, as far as its bytes tell (empty and 0 else)."""
+    task_id, attempt = "", 0
+    walk = _Walk(data, SpecShape(max_tasks=1, max_depth=0))
+    try:
+        for number, wire_type, value_start, value_end in walk.fields_of(start, end, ""):
+            if number == work.id_field and wire_type == _LENGTH:
+                task_id = data[value_start : min(value_end, value_start + 200)].decode(
+                    "utf-8", "replace"
+                )
+            elif number == work.attempt_field and wire_type == _VARINT:
+                attempt = walk._varint(value_start, value_end, "")[0] & 0x7FFFFFFF
+    except InvalidArgument:
+        pass  # what was read so far is all there is
+    return task_id, attempt
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def work_checked(
+    handler: grpc.RpcMethodHandler[Any, Any], work: WorkShape
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` (a stream of requests) with a deserializer that drops each start that
+    breaks its shape before parsing, and hands the handler a CheckedWork."""
+    parse: Callable[[bytes], Any] = handler.request_deserializer  # type: ignore[assignment]
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            kept, refused = split_work(data, work)
+        except InvalidArgument as error:
+            return RefusedRequest(
+                InvalidArgument(error.field, error.problem, reason=work.shape.reason)
+            )
+        return CheckedWork(parse(kept), tuple(refused))
+
+    return handler._replace(request_deserializer=deserialize)  # type: ignore[attr-defined,no-any-return]
+
+
 def checked(
     handler: grpc.RpcMethodHandler[Any, Any], spec_field: int, shape: SpecShape
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -170,15 +275,21 @@ def add_checked(
     servicer: object,
     server: grpc.aio.Server,
     service: str,
-    checks: Mapping[str, tuple[int, SpecShape]],
+    checks: Mapping[str, tuple[int, SpecShape] | WorkShape],
 ) -> None:
     """Register `servicer` as the generated `add_to_server` does, with each method named in
-    `checks` (method name: the request's spec field number, its shape) checked first."""
+    `checks` (method name: the request's spec field number and its shape, or a stream's
+    WorkShape) checked first."""
     recorder = _Recorder()
     add_to_server(servicer, recorder)
-    handlers = {
-        name: checked(handler, *checks[name]) if name in checks else handler
-        for name, handler in recorder.handlers.items()
-    }
+    handlers = {}
+    for name, handler in recorder.handlers.items():
+        check = checks.get(name)
+        if isinstance(check, WorkShape):
+            handlers[name] = work_checked(handler, check)
+        elif check is not None:
+            handlers[name] = checked(handler, *check)
+        else:
+            handlers[name] = handler
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)

@@ -35,8 +35,8 @@ from agentmesh.memory.context import ChildResult, ContextBuilder, TaskContext
 from agentmesh.node.permissions.approvals import Approval
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
-from agentmesh.rpc.errors import reason_of
 from agentmesh.scheduler.agents import AgentRegistry
+from agentmesh.scheduler.node_link import CallError, NodeLink
 from agentmesh.scheduler.parking import KeySignature, ParkingLot
 from agentmesh.scheduler.placement import (
     AgentSlot,
@@ -117,7 +117,8 @@ class DispatchSettings:
 
 
 class Channels:
-    """One gRPC channel per node endpoint and dispatch secret, reused by every attempt.
+    """One gRPC channel per node endpoint and dispatch secret, reused by every attempt,
+    and on it one work stream (see node_link) that carries the attempts.
 
     The secret (see `AgentRegistry`) is the bearer token the node expects from its
     scheduler; None in an open mesh."""
@@ -125,6 +126,14 @@ class Channels:
     def __init__(self, tls: TlsSettings) -> None:
         self._tls = tls
         self._channels: dict[tuple[str, str | None], grpc.aio.Channel] = {}
+        self._links: dict[tuple[str, str | None], NodeLink] = {}
+
+    def link(self, endpoint: str, secret: str | None) -> NodeLink:
+        link = self._links.get((endpoint, secret))
+        if link is None:
+            link = NodeLink(self.stub(endpoint, secret), endpoint)
+            self._links[endpoint, secret] = link
+        return link
 
     def stub(self, endpoint: str, secret: str | None) -> node_pb2_grpc.AgentNodeAsyncStub:
         channel = self._channels.get((endpoint, secret))
@@ -134,6 +143,9 @@ class Channels:
         return node_pb2_grpc.AgentNodeStub(channel)
 
     async def close(self) -> None:
+        for link in self._links.values():
+            await link.close()
+        self._links.clear()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
@@ -204,11 +216,9 @@ class Dispatcher:
                 self._wake.set()
 
     async def round(self) -> None:
-        running = await self._store.running_per_agent()
         # Our own attempts count even if their rows are not visible yet.
-        for agent_id, count in Counter(self._agents.values()).items():
-            running[agent_id] = max(running.get(agent_id, 0), count)
-        agents = {a.agent_id: a for a in await self._registry.online(running)}
+        own = Counter(self._agents.values())
+        agents = {a.agent_id: a for a in await self._registry.online(own)}
         await self._parking.look_at_mesh(agents.values())
         await self._parking.look_at_keys()
         # Read (and parse) only as much of a long queue as the free slots could take, plus
@@ -443,9 +453,9 @@ class Dispatcher:
         if context is not None and not context.empty:
             # What the agent was told besides its prompt, and why: first in its trace.
             await writer.add(Diagnostic("info", f"context given: {context.summary}"))
-        call = self._channels.stub(agent.endpoint, agent.dispatch_secret).ExecuteTask(request)
+        stream = self._channels.link(agent.endpoint, agent.dispatch_secret).run(request)
         try:
-            async for message in call:
+            async for message in stream:
                 received += 1
                 event = convert.event_from_proto(message)
                 payload = event.payload
@@ -509,7 +519,7 @@ class Dispatcher:
                 if writer.superseded:
                     log.info("attempt superseded", extra=_fields(attempt, agent))
                     return
-        except grpc.aio.AioRpcError as error:
+        except CallError as error:
             await writer.close()
             await self._attempt_failed(attempt, agent, error, received)
             return
@@ -517,9 +527,9 @@ class Dispatcher:
             writer.cancel()
             raise
         finally:
-            # Whoever stops reading (a result, a superseded attempt, a cancel) stops the
-            # node's work too: a dropped stream cancels the task there.
-            call.cancel()
+            # Whoever stops reading before the result (a superseded attempt, a cancel)
+            # stops the node's work too (see NodeLink.run).
+            await stream.aclose()  # type: ignore[attr-defined]
         await writer.close()
         await self._hand_back(attempt, f"{agent.name} ended the stream without a result")
 
@@ -609,12 +619,12 @@ class Dispatcher:
         )
 
     async def _attempt_failed(
-        self, attempt: StartedAttempt, agent: AgentSlot, error: grpc.aio.AioRpcError, received: int
+        self, attempt: StartedAttempt, agent: AgentSlot, error: CallError, received: int
     ) -> None:
         owner = self._settings.owner
-        code = error.code()
-        detail = error.details() or code.name
-        reason = reason_of(error)
+        code = error.code
+        detail = error.details
+        reason = error.reason
         fields = {**_fields(attempt, agent), "code": code.name}
         if reason is not None:
             fields["reason"] = reason.value
@@ -709,15 +719,16 @@ def _asks_about(spec: TaskSpec, refusal: events.Refusal) -> bool:
     return spec.on_refusal == "ask" and refusal.approvable
 
 
-def never_reached(error: grpc.aio.AioRpcError, received: int) -> bool:
-    """True when an ExecuteTask call failed before the node could run anything."""
+def never_reached(error: CallError, received: int) -> bool:
+    """True when an attempt's call failed before the node could run anything."""
     if received:
         return False
-    if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+    if error.code is grpc.StatusCode.UNAUTHENTICATED:
         return True  # the node refused our token: the mesh's tokens differ
     # gRPC's own words when no connection could be made at all.
-    details = (error.details() or "").lower()
-    return error.code() is grpc.StatusCode.UNAVAILABLE and "failed to connect" in details
+    return (
+        error.code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in error.details.lower()
+    )
 
 
 T = TypeVar("T")

@@ -1,0 +1,231 @@
+"""A scheduler's way to one node: many attempts over one `AgentNode.Work` stream.
+
+A call per task costs both sides more than the task itself when the task is short (an
+`echo`): the link keeps one stream open per node and endpoint secret, sends the attempts
+a round starts there in one message, and hands each attempt its own events as if it had a
+call of its own. The stream breaking breaks every attempt on it, with the call's status;
+the next attempt opens a new stream. A node that does not know `Work` (an older version)
+gets one ExecuteTask call per attempt instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from agentmesh.errors import Reason
+from agentmesh.rpc.errors import reason_of
+from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
+
+log = logging.getLogger(__name__)
+
+# Events an attempt may have waiting before the link stops reading the stream (and the
+# node, by flow control, stops sending): a slow consumer holds the others back, but memory
+# stays bounded.
+MAX_WAITING_EVENTS = 1024
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class CallError(Exception):
+    """How an attempt's call (its own, or the stream it shared) ended, if not with a result."""
+
+    code: grpc.StatusCode
+    details: str
+    reason: Reason | None = None
+
+    @classmethod
+    def of_rpc(cls, error: grpc.aio.AioRpcError) -> CallError:
+        return cls(error.code(), error.details() or error.code().name, reason_of(error))
+
+    @classmethod
+    def of_attempt(cls, error: node_pb2.AttemptError) -> CallError:
+        try:
+            reason = Reason(error.reason) if error.reason else None
+        except ValueError:
+            reason = None  # a reason from a newer version: treat as none
+        return cls(_CODES.get(error.code, grpc.StatusCode.UNKNOWN), error.message, reason)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.details}"
+
+
+class _Attempt:
+    """One attempt's share of a stream: its events as they come, then how it ended."""
+
+    def __init__(self, key: tuple[str, int]) -> None:
+        self.key = key
+        self.events: collections.deque[task_pb2.TaskEvent] = collections.deque()
+        self.ready = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.broken: CallError | None = None
+        self.ended = False  # its result came
+        self.call: object = None  # the stream it was sent on
+
+    def put(self, event: task_pb2.TaskEvent) -> None:
+        self.events.append(event)
+        if event.HasField("result"):
+            self.ended = True
+        if len(self.events) >= MAX_WAITING_EVENTS:
+            self.room.clear()
+        self.ready.set()
+
+    def break_with(self, error: CallError) -> None:
+        if self.broken is None and not self.ended:
+            self.broken = error
+        self.ready.set()
+        self.room.set()
+
+    async def get(self) -> task_pb2.TaskEvent | None:
+        """The next event; None after the result; CallError if the call broke first."""
+        while not self.events:
+            if self.ended:
+                return None
+            if self.broken is not None:
+                raise self.broken
+            self.ready.clear()
+            await self.ready.wait()
+        event = self.events.popleft()
+        if len(self.events) < MAX_WAITING_EVENTS // 2:
+            self.room.set()
+        return event
+
+
+class NodeLink:
+    """The Work stream to one node (endpoint and secret), opened when first needed."""
+
+    def __init__(self, stub: node_pb2_grpc.AgentNodeAsyncStub, name: str) -> None:
+        self._stub = stub
+        self._name = name
+        self._call: grpc.aio.StreamStreamCall[node_pb2.WorkRequest, node_pb2.WorkUpdate] | None = (
+            None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._attempts: dict[tuple[str, int], _Attempt] = {}
+        self._starts: list[node_pb2.ExecuteTaskRequest] = []
+        self._stops: list[node_pb2.AttemptRef] = []
+        self._outgoing = asyncio.Event()
+        # The node answered Work with UNIMPLEMENTED: one ExecuteTask call per attempt.
+        self._legacy = False
+
+    async def run(self, request: node_pb2.ExecuteTaskRequest) -> AsyncIterator[task_pb2.TaskEvent]:
+        """The attempt's events until its result; CallError if its call breaks first. An
+        attempt left before its result is stopped on the node."""
+        if self._legacy:
+            async for event in self._execute_task(request):
+                yield event
+            return
+        key = (request.task_id, request.attempt)
+        attempt = _Attempt(key)
+        self._attempts[key] = attempt
+        attempt.call = self._ensure_call()
+        self._starts.append(request)
+        self._outgoing.set()
+        received = 0
+        try:
+            while (next_event := await attempt.get()) is not None:
+                received += 1
+                yield next_event
+        except CallError as error:
+            if error.code is not grpc.StatusCode.UNIMPLEMENTED or received:
+                raise
+            # An older node: this attempt, and the link's next ones, go call by call.
+            self._legacy = True
+            async for event in self._execute_task(request):
+                yield event
+        finally:
+            if self._attempts.get(key) is attempt:
+                del self._attempts[key]
+            if not attempt.ended and attempt.broken is None and attempt.call is self._call:
+                self._stops.append(node_pb2.AttemptRef(task_id=key[0], attempt=key[1]))
+                self._outgoing.set()
+
+    async def _execute_task(
+        self, request: node_pb2.ExecuteTaskRequest
+    ) -> AsyncIterator[task_pb2.TaskEvent]:
+        call = self._stub.ExecuteTask(request)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as error:
+            raise CallError.of_rpc(error) from None
+        finally:
+            call.cancel()  # an attempt left early is stopped on the node
+
+    def _ensure_call(self) -> object:
+        if self._call is None:
+            call = self._stub.Work()
+            self._call = call
+            self._tasks = [
+                asyncio.create_task(self._write(call), name=f"work to {self._name}"),
+                asyncio.create_task(self._read(call), name=f"work from {self._name}"),
+            ]
+        return self._call
+
+    async def _write(
+        self, call: grpc.aio.StreamStreamCall[node_pb2.WorkRequest, node_pb2.WorkUpdate]
+    ) -> None:
+        """Send what the attempts asked for, all of it in one message each time."""
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            while True:
+                await self._outgoing.wait()
+                self._outgoing.clear()
+                starts, self._starts = self._starts, []
+                stops, self._stops = self._stops, []
+                if starts or stops:
+                    await call.write(node_pb2.WorkRequest(start=starts, stop=stops))
+
+    async def _read(
+        self, call: grpc.aio.StreamStreamCall[node_pb2.WorkRequest, node_pb2.WorkUpdate]
+    ) -> None:
+        """Hand each update's events and errors to their attempts; when the stream ends,
+        break every attempt still on it."""
+        error = CallError(grpc.StatusCode.UNAVAILABLE, f"{self._name} ended the work stream")
+        try:
+            async for update in call:
+                for event in update.events:
+                    attempt = self._attempts.get((event.task_id, event.attempt))
+                    if attempt is None:
+                        continue  # an attempt already left (stopped): its last events
+                    attempt.put(event)
+                    if not attempt.room.is_set():
+                        await attempt.room.wait()
+                for failure in update.errors:
+                    attempt = self._attempts.get((failure.task_id, failure.attempt))
+                    if attempt is not None:
+                        attempt.break_with(CallError.of_attempt(failure))
+        except grpc.aio.AioRpcError as rpc_error:
+            error = CallError.of_rpc(rpc_error)
+        except asyncio.CancelledError:
+            error = CallError(grpc.StatusCode.CANCELLED, "the scheduler closed the link")
+            raise
+        finally:
+            if self._call is call:
+                self._call = None
+                for task in self._tasks:
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                self._starts.clear()
+                self._stops.clear()
+            for attempt in list(self._attempts.values()):
+                if attempt.call is call:
+                    attempt.break_with(error)
+            if error.code is not grpc.StatusCode.CANCELLED:
+                log.info("work stream to %s ended: %s", self._name, error)
+
+    async def close(self) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
