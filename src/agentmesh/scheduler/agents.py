@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
@@ -63,8 +63,15 @@ _CREDENTIAL = """
 LEFT JOIN node_credentials c
     ON c.id = a.credential_id AND c.agent_id = a.id AND c.revoked_at IS NULL
 """
+# With how many attempts each runs now, by any scheduler.
 SELECT_ONLINE = f"""
-SELECT a.id, a.card, a.status, c.id AS credential_id FROM agents a {_CREDENTIAL}
+SELECT a.id, a.card, a.status, c.id AS credential_id, coalesce(w.running, 0) AS running
+FROM agents a {_CREDENTIAL}
+LEFT JOIN (
+    SELECT assigned_agent, count(*) AS running FROM tasks
+    WHERE state = 'working' AND lease_owner IS NOT NULL AND assigned_agent IS NOT NULL
+    GROUP BY assigned_agent
+) w ON w.assigned_agent = a.id
 WHERE a.status <> 'offline' AND a.last_heartbeat > now() - make_interval(secs => $1)
   AND (c.id IS NOT NULL OR NOT $2)
 """
@@ -229,10 +236,15 @@ class AgentRegistry:
             self._held_keys[card.agent_id] = held
         return self._secret(credential_id, card.agent_id) or ""
 
-    async def online(self, running: dict[str, int]) -> list[AgentSlot]:
+    async def online(self, own: Mapping[str, int]) -> list[AgentSlot]:
+        """The agents that may get work, each with its running attempts: as the database
+        counts them, or as `own` does (this scheduler's attempts, whose rows may not be
+        visible yet), whichever is more."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(SELECT_ONLINE, self.ttl_seconds, self.secured)
-        return [self._slot(row, running) for row in rows]
+        return [
+            self._slot(row, {row["id"]: max(row["running"], own.get(row["id"], 0))}) for row in rows
+        ]
 
     async def registered(self) -> list[AgentSlot]:
         """Every agent that may come back, online or not (placement reads their ceilings)."""

@@ -166,14 +166,13 @@ RETURNING task_id
 """
 # Start the next attempt of each placed task and record where it was placed (and, for a
 # gemini task, with which API key), in one go.
-START_ATTEMPTS = """
-WITH s AS (
+_START = """
     UPDATE tasks t
     SET state = 'working', assigned_agent = p.agent_id, attempt = t.attempt + 1,
         lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
         started_at = coalesce(t.started_at, now()), waiting_reason = '', updated_at = now(),
         last_seq = t.last_seq + 1, api_key_id = p.key_id, key_wait_since = NULL
-    FROM unnest($1::text[], $2::text[], $5::bigint[]) AS p(task_id, agent_id, key_id)
+    FROM {placed}
     WHERE t.id = p.task_id AND t.state = 'submitted'
     RETURNING t.id, t.attempt, t.spec, t.user_name, t.parent_id, t.last_seq, p.agent_id
 ), e AS (
@@ -187,6 +186,39 @@ WITH s AS (
     UPDATE agents SET current_task_id = c.id
     FROM (SELECT DISTINCT ON (agent_id) agent_id, id FROM s ORDER BY agent_id, id) AS c
     WHERE agents.id = c.agent_id
+)"""
+START_ATTEMPTS = f"""
+WITH s AS ({
+    _START.format(
+        placed="unnest($1::text[], $2::text[], $5::bigint[]) AS p(task_id, agent_id, key_id)"
+    )
+}
+SELECT id, attempt, spec, user_name, parent_id, last_seq, pg_notify('agentmesh_events', id) FROM s
+"""
+# A round without gemini tasks (nothing to reserve between the claim and the start): claim
+# the placed tasks' queue rows, start their attempts and mark the subtasks among them
+# started, in one statement. Only rows whose task is still waiting are claimed, under the
+# lock of both rows, so each claimed task starts.
+CLAIM_AND_START = f"""
+WITH claimed AS (
+    UPDATE task_queue SET claimed = true, claimed_by = $3, claimed_at = now()
+    WHERE id IN (
+        SELECT q.id FROM task_queue q JOIN tasks t ON t.id = q.task_id
+        WHERE q.task_id = ANY($1::text[]) AND NOT q.claimed AND t.state = 'submitted'
+        FOR UPDATE OF q, t SKIP LOCKED
+    )
+    RETURNING task_id
+), s AS ({
+    _START.format(
+        placed="(SELECT u.task_id, u.agent_id, NULL::bigint AS key_id"
+        " FROM unnest($1::text[], $2::text[]) AS u(task_id, agent_id)"
+        " JOIN claimed c ON c.task_id = u.task_id) AS p"
+    )
+}, st AS (
+    UPDATE subtasks SET status = 'working', started_at = coalesce(subtasks.started_at, now()),
+        assigned_host = coalesce(ag.hostname, s.agent_id)
+    FROM s LEFT JOIN agents ag ON ag.id = s.agent_id
+    WHERE s.parent_id IS NOT NULL AND subtasks.child_task_id = s.id
 )
 SELECT id, attempt, spec, user_name, parent_id, last_seq, pg_notify('agentmesh_events', id) FROM s
 """

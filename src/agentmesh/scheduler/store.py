@@ -152,6 +152,18 @@ def _record(row: asyncpg.Record, child_ids: Sequence[str] = ()) -> TaskRecord:
     )
 
 
+def _started(row: asyncpg.Record, agent_id: str) -> StartedAttempt:
+    return StartedAttempt(
+        task_id=row["id"],
+        attempt=row["attempt"],
+        agent_id=agent_id,
+        spec=spec_from_json(row["spec"]),
+        user=row["user_name"],
+        parent_id=row["parent_id"] or "",
+        last_seq=row["last_seq"],
+    )
+
+
 def _event(row: asyncpg.Record) -> TaskEvent:
     return TaskEvent(
         task_id=row["task_id"],
@@ -526,6 +538,8 @@ class TaskStore:
         start, or not at all."""
         if not placements:
             return []
+        if prepare is None:
+            return await self._claim_and_start(placements, owner, lease_seconds)
         async with self._pool.acquire() as conn, conn.transaction():
             claimed = [r["task_id"] for r in await conn.fetch(q.CLAIM, list(placements), owner)]
             if not claimed:
@@ -539,18 +553,7 @@ class TaskStore:
             agents = [placements[task_id] for task_id in claimed]
             keys = [key_ids.get(task_id) for task_id in claimed]
             rows = await conn.fetch(q.START_ATTEMPTS, claimed, agents, owner, lease_seconds, keys)
-            started = [
-                StartedAttempt(
-                    task_id=row["id"],
-                    attempt=row["attempt"],
-                    agent_id=placements[row["id"]],
-                    spec=spec_from_json(row["spec"]),
-                    user=row["user_name"],
-                    parent_id=row["parent_id"] or "",
-                    last_seq=row["last_seq"],
-                )
-                for row in rows
-            ]
+            started = [_started(row, placements[row["id"]]) for row in rows]
             started_ids = {s.task_id for s in started}
             stale = [task_id for task_id in claimed if task_id not in started_ids]
             if stale:  # finished or cancelled between the read and the claim
@@ -565,6 +568,22 @@ class TaskStore:
                     [s.task_id for s in children],
                     [s.agent_id for s in children],
                 )
+        return started
+
+    async def _claim_and_start(
+        self, placements: dict[str, str], owner: str, lease_seconds: float
+    ) -> list[StartedAttempt]:
+        """`start_attempts` without a `prepare` step: one statement (see CLAIM_AND_START)."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                q.CLAIM_AND_START, list(placements), list(placements.values()), owner, lease_seconds
+            )
+            started = [_started(row, placements[row["id"]]) for row in rows]
+            if len(started) < len(placements):
+                # Rows of tasks that ended between the read and the claim: gone for good.
+                started_ids = {s.task_id for s in started}
+                rest = [task_id for task_id in placements if task_id not in started_ids]
+                await conn.execute(q.DROP_STALE_QUEUE_ROWS, rest)
         return started
 
     async def append_many(
