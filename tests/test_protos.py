@@ -70,7 +70,7 @@ def test_services_have_their_fixed_full_names() -> None:
     scheduler = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"]
 
     assert node.full_name == "agentmesh.v1.AgentNode"
-    assert set(node.methods_by_name) == {"GetCapabilities", "ExecuteTask", "CancelTask"}
+    assert set(node.methods_by_name) == {"GetCapabilities", "ExecuteTask", "CancelTask", "Work"}
     assert scheduler.full_name == "agentmesh.v1.Scheduler"
     assert set(scheduler.methods_by_name) == {
         "SubmitTask",
@@ -90,7 +90,8 @@ def test_services_have_their_fixed_full_names() -> None:
     }
     streaming = {m.name for m in scheduler.methods if m.server_streaming}
     assert streaming == {"RunTask", "WatchTask"}
-    assert [m.name for m in node.methods if m.server_streaming] == ["ExecuteTask"]
+    assert [m.name for m in node.methods if m.server_streaming] == ["ExecuteTask", "Work"]
+    assert [m.name for m in node.methods if m.client_streaming] == ["Work"]
 
 
 def test_task_states_follow_a2a_names() -> None:

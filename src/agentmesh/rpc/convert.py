@@ -1,7 +1,7 @@
 """Conversions between the generated protobuf messages and agentmesh's plain objects.
 
-Payload dataclasses use the proto field names, so conversion is generic: a dict of the
-dataclass goes through `json_format`, with the two enums translated by prefix.
+Payload dataclasses use the proto field names, so conversion is generic: field by field,
+with the two enums translated by prefix (events are the hot path: no `json_format` there).
 """
 
 from __future__ import annotations
@@ -64,10 +64,16 @@ def payload_to_dict(payload: events.Payload) -> dict[str, Any]:
     """The payload as the trace stores it (plain JSON values, enum values lower-case).
 
     NUL characters become U+FFFD: PostgreSQL's jsonb cannot hold them."""
-    return {
-        name: value.replace("\x00", "\ufffd") if isinstance(value, str) else value
-        for name, value in dataclasses.asdict(payload).items()
-    }
+    values: dict[str, Any] = {}
+    # Field by field (dataclasses.asdict deep-copies): every event a task writes comes here.
+    for field in dataclasses.fields(payload):
+        value = getattr(payload, field.name)
+        if isinstance(value, str):
+            value = value.replace("\x00", "\ufffd")
+        elif isinstance(value, events.Usage):
+            value = dataclasses.asdict(value)
+        values[field.name] = value
+    return values
 
 
 def payload_from_dict(kind: str, values: dict[str, Any]) -> events.Payload:
@@ -107,18 +113,18 @@ def event_from_proto(message: task_pb2.TaskEvent) -> events.TaskEvent:
     kind = message.WhichOneof("payload")
     if kind is None:
         raise ValueError(f"event {message.seq} of task {message.task_id} has no payload")
-    values = json_format.MessageToDict(
-        getattr(message, kind),
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-        use_integers_for_enums=False,
-    )
-    for field, prefix in _ENUM_PREFIXES.items():
-        if field in values:
-            values[field] = values[field].removeprefix(prefix).lower()
-    if kind == "result":
-        values["usage"] = {k: _int_or_str(v) for k, v in values.get("usage", {}).items()}
-        values["exit_code"] = int(values.get("exit_code", 0))
+    source = getattr(message, kind)
+    # Read field by field (not through json_format): this is the scheduler's hot path.
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(events.PAYLOAD_TYPES[kind]):
+        value = getattr(source, field.name)
+        if field.name in _ENUM_PREFIXES:
+            enum = source.DESCRIPTOR.fields_by_name[field.name].enum_type.values_by_number
+            name = enum[value].name if value in enum else str(value)
+            value = name.removeprefix(_ENUM_PREFIXES[field.name]).lower()
+        elif field.name == "usage":
+            value = {f.name: getattr(value, f.name) for f in value.DESCRIPTOR.fields}
+        values[field.name] = value
     return events.TaskEvent(
         task_id=message.task_id,
         seq=message.seq,
@@ -127,11 +133,6 @@ def event_from_proto(message: task_pb2.TaskEvent) -> events.TaskEvent:
         agent_id=message.agent_id,
         payload=payload_from_dict(kind, values),
     )
-
-
-def _int_or_str(value: Any) -> Any:
-    # proto3 JSON writes int64 as strings.
-    return int(value) if isinstance(value, str) and value.lstrip("-").isdigit() else value
 
 
 def _timestamp(seconds: float) -> Timestamp:
