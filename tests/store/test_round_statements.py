@@ -1,0 +1,146 @@
+"""A dispatch round issues a bounded number of statements, however many tasks it starts.
+
+The round reads the agents (with their running counts) and the ready window, claims and
+starts everything it placed in one statement, and records the waiting reasons of what it
+could not place in one more. A change that made any of these per task (a claim per row, a
+start per attempt, a read per agent) would make the count grow with the tasks: this test
+counts the statements of one round at 10 and at 150 ready tasks, on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import asyncpg
+import pytest
+
+from agentmesh.config import ApiPolicy, TlsSettings
+from agentmesh.keys.forecast import Forecaster
+from agentmesh.keys.quota import Limits
+from agentmesh.keys.reservations import KeyReserver
+from agentmesh.node.card import AgentCard
+from agentmesh.scheduler.agents import AgentRegistry
+from agentmesh.scheduler.dispatch import Channels, Dispatcher, DispatchSettings
+from agentmesh.scheduler.store import TaskStore
+from agentmesh.tasks.model import TaskSpec
+
+AGENTS = 4
+SLOTS = 16
+COUNTED = ("fetch", "fetchrow", "fetchval", "execute", "executemany")
+
+
+class CountingPool:
+    """A pool that records which asyncio task issued each statement."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.statements: list[tuple[asyncio.Task[Any] | None, str]] = []
+
+    def acquire(self) -> _Acquire:
+        return _Acquire(self)
+
+    def record(self, query: str) -> None:
+        self.statements.append((asyncio.current_task(), query))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+class _Acquire:
+    def __init__(self, counting: CountingPool) -> None:
+        self._counting = counting
+        self._context: Any = None
+
+    async def __aenter__(self) -> _Connection:
+        self._context = self._counting._pool.acquire()
+        return _Connection(await self._context.__aenter__(), self._counting)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._context.__aexit__(*exc)
+
+
+class _Connection:
+    def __init__(self, conn: Any, counting: CountingPool) -> None:
+        self._conn = conn
+        self._counting = counting
+
+    def transaction(self) -> Any:
+        self._counting.record("BEGIN ... COMMIT")
+        return self._conn.transaction()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._conn, name)
+        if name not in COUNTED:
+            return attribute
+
+        async def counted(query: str, *args: Any, **kwargs: Any) -> Any:
+            self._counting.record(query)
+            return await attribute(query, *args, **kwargs)
+
+        return counted
+
+
+def card(n: int) -> AgentCard:
+    return AgentCard(
+        agent_id=f"agent-{n}",
+        name=f"node{n}",
+        hostname=f"host{n}.lan",
+        ip_addresses=("127.0.0.1",),
+        version="test",
+        executors=("echo", "shell"),
+        models=(),
+        capabilities=(),
+        os="linux",
+        arch="x86_64",
+        cpu_count=2,
+        memory_bytes=1 << 30,
+        max_concurrency=SLOTS,
+        permission_mode="weak",
+        # Nothing listens there: the attempts started never reach a node (and this test
+        # stops them before they try).
+        endpoint="127.0.0.1:9",
+        started_at="2026-12-01T00:00:00Z",
+    )
+
+
+async def statements_of_one_round(pool: asyncpg.Pool, tasks: int) -> list[str]:
+    counting = CountingPool(pool)
+    shared = cast(asyncpg.Pool, counting)
+    store = TaskStore(shared, default_max_attempts=3)
+    registry = AgentRegistry(shared, ttl_seconds=60)
+    for n in range(AGENTS):
+        await registry.heartbeat(card(n), ())
+    keys = KeyReserver(
+        shared,
+        Forecaster(shared),
+        Limits.of(ApiPolicy()),
+        default_model="gemini-2.5-flash",
+        default_tolerance_seconds=30,
+    )
+    channels = Channels(TlsSettings())
+    dispatcher = Dispatcher(
+        store, registry, shared, channels, DispatchSettings(owner="counter", lease_seconds=30), keys
+    )
+    await dispatcher.round()  # the first look at the mesh and the keys
+    await asyncio.gather(
+        *(store.submit(TaskSpec(kind="echo", prompt=f"t {n}")) for n in range(tasks))
+    )
+    counting.statements.clear()
+    this_round = asyncio.create_task(dispatcher.round())
+    await this_round
+    await dispatcher.stop()
+    await channels.close()
+    return [query for task, query in counting.statements if task is this_round]
+
+
+@pytest.mark.parametrize("tasks", [10, 150])
+async def test_a_round_issues_the_same_few_statements_for_10_or_150_tasks(
+    pool: asyncpg.Pool, tasks: int
+) -> None:
+    statements = await statements_of_one_round(pool, tasks)
+
+    started = await pool.fetchval("SELECT count(*) FROM tasks WHERE state = 'working'")
+    assert started == min(tasks, AGENTS * SLOTS)
+    # Agents, the window, claim-and-start; at 150 also the waiting reasons of the rest.
+    assert len(statements) <= 4, "\n".join(" ".join(q.split())[:120] for q in statements)
