@@ -233,3 +233,33 @@ async def test_a_request_that_is_not_protobuf_ends_the_stream_with_invalid_argum
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call.read()
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_node_shutting_down_ends_its_streams_once_their_attempts_end(
+    start_node: StartNode,
+) -> None:
+    """The attempt running finishes and its result arrives; then the stream ends cleanly
+    (not cut off at the server's stop), and a start sent meanwhile is refused as draining."""
+    agent, call = await open_work(start_node, sandbox="none")
+    command = "sleep 0.5; echo done"
+    await call.write(
+        node_pb2.WorkRequest(
+            start=[execute("last-1", kind="shell", command=command, permission_mode="superuser")]
+        )
+    )
+    first = await call.read()
+    assert first.events[0].task_id == "last-1"
+    shutdown = asyncio.create_task(agent.shutdown(grace_seconds=30))  # type: ignore[attr-defined]
+    await asyncio.sleep(0)
+    await call.write(node_pb2.WorkRequest(start=[execute("late-1", kind="echo", prompt="x")]))
+    updates = []
+    while (update := await asyncio.wait_for(call.read(), 30)) is not grpc.aio.EOF:
+        updates.append(update)
+
+    events = [e for u in updates for e in u.events]
+    errors = {e.task_id: e for u in updates for e in u.errors}
+    assert stdout_of([first.events[0], *events]) == "done\n"
+    assert events[-1].result.state == COMPLETED
+    assert errors["late-1"].reason == "NODE_DRAINING"
+    assert await call.code() is grpc.StatusCode.OK
+    await shutdown

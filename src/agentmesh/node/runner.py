@@ -101,6 +101,8 @@ class TaskRunner:
         self._secrets = secrets
         self._runs: dict[str, _Run] = {}
         self._draining = False
+        # Set when draining starts: long-lived streams end once their tasks have.
+        self.stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -118,6 +120,7 @@ class TaskRunner:
     def drain(self) -> None:
         """Accept no new tasks from now on."""
         self._draining = True
+        self.stopping.set()
 
     async def wait_idle(self, within_seconds: float) -> bool:
         try:

@@ -63,7 +63,7 @@ class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
         self, requests: AsyncIterator[CheckedWork | RefusedRequest], context: Context
     ) -> AsyncIterator[node_pb2.WorkUpdate]:
         """Run the attempts the requests start, until the stream ends and they have."""
-        work = _WorkStream(self._execute)
+        work = _WorkStream(self._execute, self._runner.stopping)
         try:
             async for update in work.serve(requests):
                 yield update
@@ -109,9 +109,14 @@ class _WorkStream:
     """One Work call: its attempts, each in a task of its own, and the updates they send."""
 
     def __init__(
-        self, execute: Callable[[node_pb2.ExecuteTaskRequest], AsyncIterator[task_pb2.TaskEvent]]
+        self,
+        execute: Callable[[node_pb2.ExecuteTaskRequest], AsyncIterator[task_pb2.TaskEvent]],
+        stopping: asyncio.Event,
     ) -> None:
         self._execute = execute
+        # The node is shutting down: the stream ends once its attempts have (it would
+        # otherwise hold the server's stop for its whole grace period).
+        self._stopping = stopping
         self._runs: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._outbox: asyncio.Queue[task_pb2.TaskEvent | node_pb2.AttemptError] = asyncio.Queue(
             OUTBOX_ITEMS
@@ -124,12 +129,16 @@ class _WorkStream:
     ) -> AsyncIterator[node_pb2.WorkUpdate]:
         reader = asyncio.create_task(self._read(requests), name="work requests")
         try:
-            while not (self._requests_ended and not self._runs and self._outbox.empty()):
+            while not (self._ended() and self._outbox.empty()):
                 if self._outbox.empty():
                     got = asyncio.ensure_future(self._outbox.get())
                     woke = asyncio.ensure_future(self._wake.wait())
-                    await asyncio.wait((got, woke), return_when=asyncio.FIRST_COMPLETED)
-                    woke.cancel()
+                    waits = [got, woke]
+                    if not self._stopping.is_set():
+                        waits.append(asyncio.ensure_future(self._stopping.wait()))
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    for wait in waits[1:]:
+                        wait.cancel()
                     self._wake.clear()
                     if not got.done():
                         got.cancel()
@@ -152,6 +161,10 @@ class _WorkStream:
                 run.cancel()  # the stream is gone: so are the attempts it started
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(reader, *runs, return_exceptions=True)
+
+    def _ended(self) -> bool:
+        """Nothing runs, and nothing more will start (the scheduler is done, or the node)."""
+        return not self._runs and (self._requests_ended or self._stopping.is_set())
 
     async def _read(self, requests: AsyncIterator[CheckedWork | RefusedRequest]) -> None:
         try:

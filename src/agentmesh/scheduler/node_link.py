@@ -188,7 +188,13 @@ class NodeLink:
     ) -> None:
         """Hand each update's events and errors to their attempts; when the stream ends,
         break every attempt still on it."""
-        error = CallError(grpc.StatusCode.UNAVAILABLE, f"{self._name} ended the work stream")
+        # A node ends its stream itself only when it shuts down, and only once every attempt
+        # it started on it has ended: one still waiting here was never started.
+        error = CallError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{self._name} is shutting down and ended its work stream",
+            Reason.NODE_DRAINING,
+        )
         try:
             async for update in call:
                 for event in update.events:
