@@ -395,10 +395,9 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "a class is equal only to itself",
         ),
         Equivalent(
-            "core/NumberReplacer",
-            'values["exit_code"] = int(values.get("exit_code", 0))',
-            "always_print_fields_with_no_presence=True always puts exit_code in the dict:"
-            " the default is never used",
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            'elif field.name == "usage":',
+            "no payload has a field whose name sorts after usage",
         ),
         Equivalent(
             "core/NumberReplacer",
