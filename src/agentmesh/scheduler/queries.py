@@ -184,8 +184,10 @@ _START = """
 ), a AS (
     -- The seed's agents.current_task_id: the task an agent started last.
     UPDATE agents SET current_task_id = c.id
-    FROM (SELECT DISTINCT ON (agent_id) agent_id, id FROM s ORDER BY agent_id, id) AS c
-    WHERE agents.id = c.agent_id
+    FROM (SELECT DISTINCT ON (agent_id) agent_id, id FROM s ORDER BY agent_id, id) AS c,
+         (SELECT id FROM agents WHERE id IN (SELECT agent_id FROM s)
+          ORDER BY id FOR UPDATE) AS held
+    WHERE agents.id = c.agent_id AND held.id = c.agent_id
 )"""
 START_ATTEMPTS = f"""
 WITH s AS ({
@@ -334,7 +336,10 @@ WITH ending AS (
         exit_code = i.exit_code, usage = i.usage, finished_at = now(), lease_owner = NULL,
         lease_expires_at = NULL, waiting_reason = '',
         last_seq = t.last_seq + jsonb_array_length(i.trail->'events') + 1, updated_at = now()
-    FROM ending i
+    FROM (
+        SELECT ending.* FROM ending JOIN tasks mine ON mine.id = ending.id
+        ORDER BY ending.id FOR UPDATE OF mine
+    ) AS i
     WHERE t.id = i.id AND t.attempt = i.attempt AND t.lease_owner = $1 AND t.state = 'working'
       AND t.delegations = 0 AND (i.after_seq IS NULL OR t.last_seq = i.after_seq)
     RETURNING t.id, t.last_seq, t.state, t.spec, t.user_name, t.output, i.attempt,
@@ -349,7 +354,10 @@ WITH ending AS (
 ), d AS (
     DELETE FROM task_queue WHERE task_id IN (SELECT id FROM owned)
 ), a AS (
-    UPDATE agents SET current_task_id = NULL WHERE current_task_id IN (SELECT id FROM owned)
+    UPDATE agents SET current_task_id = NULL
+    FROM (SELECT id FROM agents WHERE current_task_id IN (SELECT id FROM owned)
+          ORDER BY id FOR UPDATE) AS held
+    WHERE agents.id = held.id
 ), k AS (
     {REMEMBER.format(ended="owned")}
 )
@@ -397,10 +405,19 @@ WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
   AND lease_expires_at < now()
 FOR UPDATE
 """
+# Statements that change many rows of `tasks` or `agents` lock them in id order (a
+# subquery ORDER BY id FOR UPDATE): two of them at once then wait for each other, never
+# deadlock (which PostgreSQL would notice only after deadlock_timeout, a second).
 RENEW_LEASES = """
 UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $2)
-FROM unnest($3::text[], $4::int[]) AS live(id, attempt)
-WHERE t.id = live.id AND t.attempt = live.attempt AND t.lease_owner = $1 AND t.state = 'working'
+FROM (
+    SELECT mine.id FROM tasks mine
+    JOIN unnest($3::text[], $4::int[]) AS live(id, attempt)
+        ON mine.id = live.id AND mine.attempt = live.attempt
+    WHERE mine.lease_owner = $1 AND mine.state = 'working'
+    ORDER BY mine.id FOR UPDATE OF mine
+) AS held
+WHERE t.id = held.id AND t.lease_owner = $1 AND t.state = 'working'
 """
 EXPIRED_LEASES = """
 SELECT id, attempt, lease_owner FROM tasks
