@@ -226,6 +226,17 @@ async def test_an_old_tree_a_running_replay_points_at_stays(
 
 
 async def test_batches_take_every_old_tree_in_turn(store: TaskStore, pool: asyncpg.Pool) -> None:
+    # The oldest two completed roots are not eligible (a live child each): the first batch
+    # reads them and takes nothing, the next ones read on past them.
+    held = [await delegated_child(store) for _ in range(2)]
+    for root, _ in held:
+        await backdate(pool, root)
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE tasks SET state = 'completed', lease_owner = NULL,"
+                " finished_at = now() - interval '40 days' WHERE id = $1",
+                root,
+            )
     roots = [await ended_leaf(store) for _ in range(5)] + [await ended_tree(store)]
     for root in roots:
         await backdate(pool, root)
@@ -233,11 +244,14 @@ async def test_batches_take_every_old_tree_in_turn(store: TaskStore, pool: async
 
     report = await prune(pool, batch_size=2)
 
-    # 5 completed leaves in batches of 2, 2, 1; the canceled tree in 1.
+    # The completed: a batch that takes nothing, then the 5 leaves in 2, 2, 1; the canceled
+    # tree in 1.
     assert (report.trees, report.tasks, report.batches) == (6, 8, 4)
     for root in roots:
         assert await tree_ids(pool, root) == []
     assert await tree_ids(pool, keep) == [keep]
+    for root, child in held:
+        assert await tree_ids(pool, root) == sorted([root, child])
 
 
 async def test_a_dry_run_counts_and_deletes_nothing(store: TaskStore, pool: asyncpg.Pool) -> None:

@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -79,7 +79,7 @@ async def prune(
         return PruneReport(cutoff, row["trees"], row["tasks"], row["events"], 0, dry_run=True)
     trees = tasks = events = batches = 0
     for state in (s for s in TaskState if s.terminal):
-        after: tuple[datetime | None, str | None] = (None, None)
+        after: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")
         while True:
             row = await conn.fetchrow(rq.PRUNE_BATCH, cutoff, batch_size, state.value, *after)
             assert row is not None
@@ -92,8 +92,8 @@ async def prune(
                     "pruned a batch of ended task trees",
                     extra={"trees": row["trees"], "tasks": row["tasks"], "events": row["events"]},
                 )
-            if not row["trees"]:
-                break  # no eligible root left after the last one taken, in this state
+            if row["candidates"] < batch_size:
+                break  # the last roots in this state that ended before the cutoff were read
             after = (row["last_created_at"], row["last_id"])
     return PruneReport(cutoff, trees, tasks, events, batches, dry_run=False)
 

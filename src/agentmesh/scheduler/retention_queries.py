@@ -31,22 +31,26 @@ _ELIGIBLE = f"""
   )
 """
 
-# One batch, in one statement (its own transaction): the next $2 eligible trees whose root
-# is in state $3, in the order of tasks_state_created_idx after the root at ($4, $5) (the
-# last one the previous batch took: a prune reads that index once, never again over the
-# rows it deleted); their events deleted by key, then their tasks. The foreign keys take
-# the rest with them (subtasks, queue rows, approval_requests and key_reservations
-# cascade) and unlink what stays (custom_knowledge, token_prediction_log, a later replay's
-# replay_of: SET NULL). Returns how many trees, tasks and events went, and where the
-# batch stopped (NULL when no tree was left).
+# One batch, in one statement (its own transaction): the next $2 roots in state $3 that
+# ended before the cutoff, in the order of tasks_state_created_idx after the root at
+# ($4, $5) (the last one the previous batch read; '-infinity' and '' at first): a prune
+# reads that index once, a bounded slice a batch, never again over the rows it deleted.
+# Of those, the eligible trees (locked; any another transaction holds is skipped) go: their
+# events by key, then their tasks. The foreign keys take the rest with them (subtasks, queue
+# rows, approval_requests and key_reservations cascade) and unlink what stays
+# (custom_knowledge, token_prediction_log, a later replay's replay_of: SET NULL).
+# Returns how many candidates were read, how many trees, tasks and events went, and the
+# last candidate (where the next batch starts).
 PRUNE_BATCH = f"""
-WITH roots AS (
-    SELECT r.id, r.created_at FROM tasks r
-    WHERE r.state = $3 AND r.created_at < $1
-      AND ($4::timestamptz IS NULL OR (r.created_at, r.id) > ($4, $5))
-      {_ELIGIBLE}
-    ORDER BY r.created_at, r.id
+WITH candidates AS (
+    SELECT id, created_at FROM tasks
+    WHERE state = $3 AND created_at < $1 AND (created_at, id) > ($4::timestamptz, $5::text)
+    ORDER BY created_at, id
     LIMIT $2
+), roots AS (
+    SELECT r.id FROM tasks r
+    WHERE r.id IN (SELECT id FROM candidates) AND r.state = $3
+      {_ELIGIBLE}
     FOR UPDATE OF r SKIP LOCKED
 ), members AS (
     SELECT id FROM roots
@@ -57,10 +61,10 @@ WITH roots AS (
 ), gone AS (
     DELETE FROM tasks WHERE id = ANY (ARRAY(SELECT id FROM members)) RETURNING 1
 ), last AS (
-    SELECT created_at, id FROM roots ORDER BY created_at DESC, id DESC LIMIT 1
+    SELECT created_at, id FROM candidates ORDER BY created_at DESC, id DESC LIMIT 1
 )
-SELECT (SELECT count(*) FROM roots) AS trees, (SELECT count(*) FROM gone) AS tasks,
-       (SELECT count(*) FROM events) AS events,
+SELECT (SELECT count(*) FROM candidates) AS candidates, (SELECT count(*) FROM roots) AS trees,
+       (SELECT count(*) FROM gone) AS tasks, (SELECT count(*) FROM events) AS events,
        (SELECT created_at FROM last) AS last_created_at, (SELECT id FROM last) AS last_id
 """
 
