@@ -31,12 +31,12 @@ _ELIGIBLE = f"""
   )
 """
 
-# One batch, in one statement (its own transaction): the next $2 roots in state $3 that
-# ended before the cutoff, in the order of tasks_state_created_idx after the root at
-# ($4, $5) (the last one the previous batch read; '-infinity' and '' at first): a prune
-# reads that index once, a bounded slice a batch, never again over the rows it deleted.
-# Of those, the eligible trees (locked; any another transaction holds is skipped) go: their
-# events by key, then their tasks. The foreign keys take the rest with them (subtasks, queue
+# One batch, in one statement (its own transaction): the next $2 tasks in state $3 created
+# before the cutoff, in the order of tasks_state_created_idx after the one at ($4, $5) (the
+# last one the previous batch read; the earliest time and '' at first): a prune reads that
+# index once, a bounded slice a batch, never again over the rows it deleted. Of those, the
+# eligible trees' roots (locked; one another transaction holds is skipped) go, with their
+# trees: events by key, then tasks. The foreign keys take the rest with them (subtasks, queue
 # rows, approval_requests and key_reservations cascade) and unlink what stays
 # (custom_knowledge, token_prediction_log, a later replay's replay_of: SET NULL).
 # Returns how many candidates were read, how many trees, tasks and events went, and the
