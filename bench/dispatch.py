@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,35 +35,14 @@ sys.path.insert(0, str(REPO))
 from agentmesh.db import embedded  # noqa: E402
 from agentmesh.db.connect import ensure_database  # noqa: E402
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2  # noqa: E402
+from bench.support.mesh import spawn, submit_all  # noqa: E402
 
 TASKS = 5_000
 NODES = 4
 SLOTS_PER_NODE = 16
 STEADY_RATE = 200
 STEADY_TASKS = 1_000
-SUBMITTERS = 32
 BASELINE_WORKERS = 8
-
-
-def spawn(
-    args: list[str], env: dict[str, str], work: Path, pattern: str
-) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agentmesh.cli.main", *args],
-        env=env,
-        cwd=work,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(pattern, line)
-    if not match:
-        process.kill()
-        raise SystemExit(f"{args[0]} did not start: {line!r}")
-    return process, match[1]
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -88,20 +66,6 @@ def postgres_processes(data: Path) -> list[psutil.Process]:
 
 async def count_completed(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM tasks WHERE state = 'completed'"))
-
-
-async def submit_all(stub: scheduler_pb2_grpc.SchedulerAsyncStub, count: int, prefix: str) -> None:
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(count):
-        queue.put_nowait(i)
-
-    async def submitter() -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            spec = task_pb2.TaskSpec(kind="echo", prompt=f"{prefix} {i}")
-            await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
-
-    await asyncio.gather(*(submitter() for _ in range(SUBMITTERS)))
 
 
 async def wait_completed(conn: asyncpg.Connection, target: int) -> None:

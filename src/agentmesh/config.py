@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +35,7 @@ from pydantic import (
     field_validator,
 )
 
+from agentmesh.durations import DURATION_FORMS, parse_duration
 from agentmesh.tasks.model import AgentMode
 
 DEFAULT_CONFIG_FILE = "agent_config.json"
@@ -175,6 +177,19 @@ class SchedulerSettings(_Section):
     # The most a task's trace may grow by in one attempt, in characters of text (each event
     # counts at least 256); past it the scheduler stops storing, stops the attempt, fails it.
     max_trace_chars: int = Field(default=32 << 20, ge=64 << 10)
+    # Retention: when set ("90d", "12h"), the scheduler deletes every hour the task trees
+    # that ended longer ago than this, with their traces (as `agentmesh db prune
+    # --older-than` does); unset, it keeps them all.
+    retention: timedelta | None = None
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_duration(value)
+        if value is not None:
+            raise ValueError(f"{value!r} is not a duration: use {DURATION_FORMS}")
+        return value
 
 
 class TlsSettings(_Section):

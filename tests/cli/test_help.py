@@ -39,7 +39,7 @@ async def test_every_command_has_help_and_completion_works() -> None:
     assert expected <= set(commands)
     helps = await asyncio.gather(*(_help(command) for command in commands))
     groups = {c: _commands(text) for c, text in zip(commands, helps, strict=True)}
-    assert groups["db"] == ["migrate", "status", "stop", "url"]
+    assert groups["db"] == ["migrate", "prune", "status", "stop", "url"]
     await asyncio.gather(*(_help(g, sub) for g, subs in groups.items() for sub in subs))
     assert "Exit codes: 0 ok" in top
 

@@ -7,17 +7,20 @@ from typing import Any
 import click
 
 from agentmesh.cli.app import App, json_option, pass_app
+from agentmesh.cli.client import EXIT_USAGE, CliError
 from agentmesh.cli.output import Output
 from agentmesh.config import Settings
 from agentmesh.db import embedded
 from agentmesh.db.connect import connect, data_dir, resolve_database
 from agentmesh.db.migrate import schema_status
 from agentmesh.db.setup import migrated_database
+from agentmesh.durations import parse_duration
+from agentmesh.scheduler import retention
 
 
 @click.group()
 def db() -> None:
-    """The database: migrate, status, url, stop."""
+    """The database: migrate, status, url, prune, stop."""
 
 
 @db.command()
@@ -41,6 +44,32 @@ def status(app: App, as_json: bool) -> int:
 def url(app: App, as_json: bool) -> int:
     """Print the database URL (password hidden)."""
     return app.run(lambda: run_url(app.settings(), as_json=as_json))
+
+
+@db.command()
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="DURATION",
+    help="delete task trees that ended more than this long ago: 12h, 30d, 2w",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=retention.DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="trees per batch (each batch is one transaction)",
+)
+@click.option("--dry-run", is_flag=True, help="count what would be deleted; delete nothing")
+@json_option
+@pass_app
+def prune(app: App, older_than: str, batch_size: int, dry_run: bool, as_json: bool) -> int:
+    """Delete ended task trees older than DURATION, with their events (never a live tree)."""
+    return app.run(
+        lambda: run_prune(
+            app.settings(), older_than, batch_size=batch_size, dry_run=dry_run, as_json=as_json
+        )
+    )
 
 
 @db.command()
@@ -128,6 +157,45 @@ async def run_url(settings: Settings, *, as_json: bool = False) -> int:
         Output(json=True).data({"url": target.display, "embedded": target.embedded})
     else:
         print(target.display)
+    return 0
+
+
+async def run_prune(
+    settings: Settings, older_than: str, *, batch_size: int, dry_run: bool, as_json: bool
+) -> int:
+    """`db prune --json`: `dry_run`, `cutoff` (ISO 8601, UTC), `trees`, `tasks` and `events`
+    removed (or that would be), and `batches` (each one transaction)."""
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        raise CliError(f"--older-than {exc}", EXIT_USAGE) from None
+    target = await resolve_database(settings)
+    conn = await connect(target.dsn)
+    try:
+        if (await schema_status(conn)).pending:
+            raise CliError("the database has pending migrations: run `agentmesh db migrate`")
+        cutoff = await retention.cutoff_before(conn, age)
+        report = await retention.prune(conn, cutoff, batch_size=batch_size, dry_run=dry_run)
+    finally:
+        await conn.close()
+    if as_json:
+        Output(json=True).data(
+            {
+                "dry_run": report.dry_run,
+                "cutoff": report.cutoff.isoformat(),
+                "trees": report.trees,
+                "tasks": report.tasks,
+                "events": report.events,
+                "batches": report.batches,
+            }
+        )
+        return 0
+    what = f"{report.trees} task trees ({report.tasks} tasks, {report.events} events)"
+    when = f"that ended before {report.cutoff:%Y-%m-%d %H:%M:%S} UTC"
+    if report.dry_run:
+        print(f"would remove {what} {when}; nothing was deleted (--dry-run)")
+    else:
+        print(f"removed {what} {when}, in {report.batches} batches")
     return 0
 
 

@@ -37,6 +37,7 @@ from agentmesh.memory.network import HomeNetwork
 from agentmesh.memory.profiles import Profiles
 from agentmesh.memory.servicer import MemoryServicer
 from agentmesh.rpc.server import RunningServer, split_host_port, start_server
+from agentmesh.scheduler import retention
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.approvals import ApprovalBook
 from agentmesh.scheduler.delegation import DelegationLimits
@@ -240,6 +241,9 @@ class Scheduler:
                 name="probe unreachable agents",
             ),
         ]
+        if config.retention is not None:
+            pruning = retention.keep_pruning(pool, config.retention)
+            background.append(asyncio.create_task(pruning, name="retention"))
         host, _ = split_host_port(listen)
         log.info("scheduler %s serving on %s:%s", owner, host, server.port)
         if warning := settings.not_enforced_warning("scheduler"):
