@@ -15,11 +15,13 @@ Prints, from one run on this machine:
   the scheduler directly and watched to its end, median of 20, and their ratio (a scheduler
   process on the embedded PostgreSQL 16, and a node registered with it).
 
-The node runs as its own process (`agentmesh node`), as in production.
+The node runs as its own process (`agentmesh node`), as in production. `--only SECTION`
+(repeatable) runs some of them: gemini, echo, stream, memory, sandbox, delegation.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -41,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from agentmesh.db import embedded  # noqa: E402
 from agentmesh.db.connect import ensure_database  # noqa: E402
 from agentmesh.node.executors.gemini import SETTINGS  # noqa: E402
+from agentmesh.node.process import CHUNK_BYTES  # noqa: E402
 from agentmesh.v1 import (  # noqa: E402
     node_pb2,
     node_pb2_grpc,
@@ -143,7 +146,7 @@ def read_pipe(argv: list[str]) -> int:
     total = 0
     with subprocess.Popen(argv, stdout=subprocess.PIPE) as process:
         assert process.stdout is not None
-        while chunk := process.stdout.read1(256 << 10):
+        while chunk := process.stdout.read1(CHUNK_BYTES):
             total += len(chunk)
     return total
 
@@ -344,12 +347,16 @@ async def delegation_costs(work: Path, emulator: GeminiEmulator) -> str:
     )
 
 
-async def main() -> None:
+SECTIONS = ("gemini", "echo", "stream", "memory", "sandbox", "delegation")
+
+
+async def main(sections: frozenset[str]) -> None:
     work = Path(tempfile.mkdtemp(prefix="agentmesh-bench-node-"))
     big = work / "big.txt"
     line = "agentmesh streams shell output as it comes, chunk by chunk\n"
-    big.write_text(line * (STREAM_BYTES // len(line)))
-    size_mb = big.stat().st_size / 1e6
+    if sections & {"stream", "memory"}:
+        big.write_text(line * (STREAM_BYTES // len(line)))
+    lines = ["AgentNode benchmark (one run, this machine)"]
     with GeminiEmulator() as emulator:
         node, address = start_node(work, emulator.base_url)
         rss = psutil.Process(node.pid)
@@ -358,75 +365,98 @@ async def main() -> None:
                 stub = node_pb2_grpc.AgentNodeStub(channel)
                 await run_task(stub, "warmup", kind="echo", prompt="warm")
                 idle_rss = rss.memory_info().rss
-
-                direct = [gemini_direct(work, emulator.base_url, i) for i in range(GEMINI_RUNS)]
-                through: list[float] = []
-                for i in range(GEMINI_RUNS):
-                    started = time.perf_counter()
-                    await run_task(stub, f"g-{i}", kind="gemini", prompt=f"bench {i}", model=MODEL)
-                    through.append(time.perf_counter() - started)
-
-                latencies = []
-                for i in range(ECHO_CALLS):
-                    started = time.perf_counter()
-                    await run_task(stub, f"e-{i}", kind="echo", prompt="ping")
-                    latencies.append(time.perf_counter() - started)
-
-                started = time.perf_counter()
-                direct_bytes = read_pipe(["cat", str(big)])
-                direct_seconds = time.perf_counter() - started
-                assert direct_bytes == big.stat().st_size
-                started = time.perf_counter()
-                received = await run_task(stub, "stream", kind="shell", command=f"cat {big}")
-                node_seconds = time.perf_counter() - started
-                assert received == big.stat().st_size, (received, big.stat().st_size)
-
-                peak = 0
-                tasks = [
-                    asyncio.create_task(
-                        run_task(stub, f"many-{i}", kind="shell", command=f"cat {big}")
-                    )
-                    for i in range(8)
-                ]
-                while not all(t.done() for t in tasks):
-                    peak = max(peak, rss.memory_info().rss)
-                    await asyncio.sleep(0.05)
-                await asyncio.gather(*tasks)
-                sandbox_lines = await sandbox_costs(work, emulator.base_url, stub)
+                if "gemini" in sections:
+                    lines.append(await gemini_costs(work, emulator.base_url, stub))
+                if "echo" in sections:
+                    lines.append(await echo_latency(stub))
+                if "stream" in sections:
+                    lines.append(await streaming_rate(stub, big))
+                if "memory" in sections:
+                    lines.append(await streaming_memory(stub, big, rss, idle_rss))
+                if "sandbox" in sections:
+                    lines += await sandbox_costs(work, emulator.base_url, stub)
         finally:
             node.terminate()
             node.wait(30)
-        delegation_line = await delegation_costs(work, emulator)
+        if "delegation" in sections:
+            lines.append(await delegation_costs(work, emulator))
     shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(lines))
 
+
+async def gemini_costs(work: Path, base_url: str, stub: node_pb2_grpc.AgentNodeStub) -> str:
+    direct = [gemini_direct(work, base_url, i) for i in range(GEMINI_RUNS)]
+    through: list[float] = []
+    for i in range(GEMINI_RUNS):
+        started = time.perf_counter()
+        await run_task(stub, f"g-{i}", kind="gemini", prompt=f"bench {i}", model=MODEL)
+        through.append(time.perf_counter() - started)
     direct_median = statistics.median(direct)
     node_median = statistics.median(through)
-    print("AgentNode benchmark (one run, this machine)")
-    print(
+    return (
         f"  gemini run, median of {GEMINI_RUNS}: direct {direct_median * 1000:.0f} ms,"
         f" through the node {node_median * 1000:.0f} ms,"
         f" ratio {node_median / direct_median:.2f}"
         f" ({(node_median - direct_median) * 1000:+.0f} ms)"
     )
+
+
+async def echo_latency(stub: node_pb2_grpc.AgentNodeStub) -> str:
+    latencies = []
+    for i in range(ECHO_CALLS):
+        started = time.perf_counter()
+        await run_task(stub, f"e-{i}", kind="echo", prompt="ping")
+        latencies.append(time.perf_counter() - started)
     p50 = percentile(latencies, 0.5) * 1000
-    print(
+    return (
         f"  echo round trip over {ECHO_CALLS} calls: p50 {p50:.2f} ms,"
         f" p99 {percentile(latencies, 0.99) * 1000:.2f} ms"
     )
-    direct_rate = size_mb / direct_seconds
-    node_rate = size_mb / node_seconds
-    print(
-        f"  shell streaming of {size_mb:.0f} MB: direct pipe {direct_rate:.0f} MB/s,"
+
+
+async def streaming_rate(stub: node_pb2_grpc.AgentNodeStub, big: Path) -> str:
+    size = big.stat().st_size
+    started = time.perf_counter()
+    direct_bytes = read_pipe(["cat", str(big)])
+    direct_seconds = time.perf_counter() - started
+    assert direct_bytes == size
+    started = time.perf_counter()
+    received = await run_task(stub, "stream", kind="shell", command=f"cat {big}")
+    node_seconds = time.perf_counter() - started
+    assert received == size, (received, size)
+    direct_rate = size / 1e6 / direct_seconds
+    node_rate = size / 1e6 / node_seconds
+    return (
+        f"  shell streaming of {size / 1e6:.0f} MB: direct pipe {direct_rate:.0f} MB/s,"
         f" through the node {node_rate:.0f} MB/s, ratio {node_rate / direct_rate:.2f}"
     )
-    print(
+
+
+async def streaming_memory(
+    stub: node_pb2_grpc.AgentNodeStub, big: Path, rss: psutil.Process, idle_rss: int
+) -> str:
+    peak = 0
+    tasks = [
+        asyncio.create_task(run_task(stub, f"many-{i}", kind="shell", command=f"cat {big}"))
+        for i in range(8)
+    ]
+    while not all(t.done() for t in tasks):
+        peak = max(peak, rss.memory_info().rss)
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*tasks)
+    return (
         f"  node resident memory: idle {idle_rss / 2**20:.0f} MiB,"
         f" 8 tasks streaming {peak / 2**20:.0f} MiB"
     )
-    for sandbox_line in sandbox_lines:
-        print(sandbox_line)
-    print(delegation_line)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run this section only (repeatable); default: every section",
+    )
+    arguments = parser.parse_args()
+    asyncio.run(main(frozenset(arguments.only or SECTIONS)))

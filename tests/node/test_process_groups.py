@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agentmesh.node.process import Chunk, ProcessGroup
+from agentmesh.node.process import CHUNK_BYTES, Chunk, ProcessGroup
 from agentmesh.v1 import node_pb2, task_pb2
 from tests.node.conftest import StartNode
 from tests.node.test_node import collect, execute, wait_for_file, wait_until_gone
@@ -254,14 +254,21 @@ async def test_stopping_a_task_spares_processes_of_other_groups(tmp_path: Path) 
         stranger.wait()
 
 
-async def test_output_comes_in_pieces_of_at_most_256_kib(tmp_path: Path) -> None:
-    # 384 KiB, all written before anything is read: the pieces are as large as allowed.
-    group = await start_group("head -c 393216 /dev/zero", tmp_path)
-    assert await asyncio.wait_for(group.wait(), 10) == 0
+async def test_output_waiting_in_the_pipe_is_read_in_pieces_of_at_most_1_mib(
+    tmp_path: Path,
+) -> None:
+    # 1 MiB fills the pipe before anything is read (`full` says so), then 512 KiB more.
+    command = "head -c 1048576 /dev/zero; echo full > full; head -c 524288 /dev/zero"
+    group = await start_group(command, tmp_path)
+    try:
+        await wait_for_file(tmp_path / "full")
+        sizes = [len(chunk.data) async for chunk in group.chunks()]
+    finally:
+        await group.stop()
 
-    sizes = [len(chunk.data) async for chunk in group.chunks()]
-
-    assert sizes == [256 << 10, 128 << 10]
+    assert sizes[0] == CHUNK_BYTES == 1 << 20
+    assert max(sizes) == CHUNK_BYTES
+    assert sum(sizes) == 3 << 19
 
 
 async def test_stdout_and_stderr_stay_apart(tmp_path: Path) -> None:

@@ -3,12 +3,19 @@
 Every command a node runs starts a new session, so that cancelling a task stops everything
 it started (a shell's children, the Gemini CLI's tool processes): SIGTERM to the group,
 then SIGKILL after a grace period.
+
+Output is read straight from the pipes, as the consumer asks for it: the kernel's pipe is
+the only buffer. While the consumer is busy (a slow client), output gathers in the pipe
+and the next read takes all of it at once, up to `CHUNK_BYTES`: fast output comes in few
+large chunks, slow output as soon as it is written, and a full pipe slows the process, not
+the node's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -21,7 +28,11 @@ import psutil
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 256 << 10
+# The most one read takes, and what the kernel may hold in each pipe meanwhile (Linux's
+# default is 64 KiB; 1 MiB is the most an unprivileged process may ask for by default,
+# /proc/sys/fs/pipe-max-size). Large chunks make few events: each costs a protobuf
+# message, an HTTP/2 frame and a trace row, whatever its size.
+CHUNK_BYTES = 1 << 20
 
 StreamName = Literal["stdout", "stderr"]
 
@@ -35,8 +46,11 @@ class Chunk:
 class ProcessGroup:
     """One started child process and its process group."""
 
-    def __init__(self, process: asyncio.subprocess.Process, grace_seconds: float) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, output: _Output, grace_seconds: float
+    ) -> None:
         self._process = process
+        self._output = output
         self._grace = grace_seconds
         # A handle that knows the leader's start time, so that a reused pid is not taken
         # for the leader (None if it was gone before we looked).
@@ -62,6 +76,14 @@ class ProcessGroup:
     ) -> ProcessGroup:
         """Start argv in a new session; as `user`/`group` (with no supplementary groups)
         when given, which needs root."""
+        stdout, stdout_end = _pipe()
+        try:
+            stderr, stderr_end = _pipe()
+        except OSError:  # out of file descriptors
+            os.close(stdout)
+            os.close(stdout_end)
+            raise
+        output = _Output(stdout, stderr)
         creating = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
                 *argv,
@@ -69,12 +91,11 @@ class ProcessGroup:
                 group=group,
                 extra_groups=[] if user is not None else None,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdout=stdout_end,
+                stderr=stderr_end,
                 env=dict(env),
                 cwd=cwd,
                 start_new_session=True,
-                limit=CHUNK_BYTES,
             )
         )
         try:
@@ -84,32 +105,22 @@ class ProcessGroup:
             # already, and may have started others. Stop its whole group before giving up;
             # asyncio alone would kill the leader and leave the rest.
             with contextlib.suppress(Exception):
-                await cls(await asyncio.shield(creating), grace_seconds).stop()
+                await cls(await asyncio.shield(creating), output, grace_seconds).stop()
+            output.close()
             raise
-        return cls(process, grace_seconds)
-
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        """stdout and stderr as they come, interleaved, until both close."""
-        # A short queue: a slow client slows the process, not the node's memory.
-        queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=4)
-        assert self._process.stdout is not None
-        assert self._process.stderr is not None
-        readers = [
-            asyncio.create_task(_pump(self._process.stdout, "stdout", queue)),
-            asyncio.create_task(_pump(self._process.stderr, "stderr", queue)),
-        ]
-        open_streams = len(readers)
-        try:
-            while open_streams:
-                chunk = await queue.get()
-                if chunk is None:
-                    open_streams -= 1
-                else:
-                    yield chunk
+        except BaseException:
+            output.close()
+            raise
         finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            # The child has its own copies (or never started): ours would keep the pipes
+            # open, and the reads from ending, after it exits.
+            os.close(stdout_end)
+            os.close(stderr_end)
+        return cls(process, output, grace_seconds)
+
+    def chunks(self) -> AsyncIterator[Chunk]:
+        """stdout and stderr as they come, interleaved, until both close."""
+        return self._output.chunks()
 
     async def wait(self) -> int:
         return await self._process.wait()
@@ -160,6 +171,7 @@ class ProcessGroup:
                 victim.kill()  # psutil refuses to signal a pid that was reused
         if self._process.returncode is None:
             await self._process.wait()
+        self._output.close()  # whatever is left unread: nothing will ask for it now
 
     def _descendants(self, members: list[psutil.Process]) -> list[psutil.Process]:
         """The group's members and everything they and the leader started, in any session."""
@@ -226,12 +238,80 @@ def _wait_for(processes: list[psutil.Process], seconds: float) -> list[psutil.Pr
     return list(alive)
 
 
-async def _pump(
-    stream: asyncio.StreamReader, name: StreamName, queue: asyncio.Queue[Chunk | None]
-) -> None:
-    try:
-        while data := await stream.read(CHUNK_BYTES):
-            await queue.put(Chunk(name, data))
-    except (OSError, ValueError) as exc:  # a broken pipe ends the stream like EOF does
-        log.debug("reading %s failed: %s", name, exc)
-    await queue.put(None)
+def _pipe() -> tuple[int, int]:
+    """A pipe for a child's output: the read end ours (non-blocking), the write end its."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    # As large as allowed: past an unprivileged user's share of pipe memory the kernel
+    # refuses, and the default size does.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, CHUNK_BYTES)
+    os.set_blocking(read_end, False)
+    return read_end, write_end
+
+
+class _Output:
+    """The read ends of a child's stdout and stderr, read when the consumer asks.
+
+    The loop watches a pipe only while the consumer waits for it: told that it is readable,
+    it stops watching (a pipe stays readable until read, which would wake the loop without
+    end while the consumer is busy elsewhere)."""
+
+    def __init__(self, stdout: int, stderr: int) -> None:
+        self._open: dict[int, StreamName] = {stdout: "stdout", stderr: "stderr"}
+        self._watched: set[int] = set()
+        # Pipes the loop found readable, in the order it did (output of both streams is
+        # read in the order it was written, as far as the kernel tells).
+        self._ready: dict[int, None] = {}
+        self._wakeup: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        self._loop = loop = asyncio.get_running_loop()
+        try:
+            while self._open:
+                if not self._ready:
+                    for fd in self._open.keys() - self._watched:
+                        loop.add_reader(fd, self._readable, fd)
+                        self._watched.add(fd)
+                    self._wakeup = loop.create_future()
+                    await self._wakeup
+                    continue
+                fd = next(iter(self._ready))
+                del self._ready[fd]
+                try:
+                    data = os.read(fd, CHUNK_BYTES)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:  # a broken pipe ends the stream like EOF does
+                    log.debug("reading %s failed: %s", self._open[fd], exc)
+                    data = b""
+                if data:
+                    yield Chunk(self._open[fd], data)
+                else:
+                    self._close(fd)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading and close both pipes (again: nothing happens)."""
+        for fd in list(self._open):
+            self._close(fd)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _readable(self, fd: int) -> None:
+        self._unwatch(fd)
+        self._ready[fd] = None
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _unwatch(self, fd: int) -> None:
+        if fd in self._watched and self._loop is not None:
+            self._watched.discard(fd)
+            self._loop.remove_reader(fd)
+
+    def _close(self, fd: int) -> None:
+        self._unwatch(fd)  # before the number can be another file's
+        self._ready.pop(fd, None)
+        del self._open[fd]
+        os.close(fd)

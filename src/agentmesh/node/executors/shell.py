@@ -92,7 +92,8 @@ class ShellExecutor:
                     yield Diagnostic("error", item.output_limit_note())
                 yield _result(item, tail)
             elif item.stream == "stdout":
-                tail = (tail + item.text)[-RESULT_OUTPUT_CHARS:]
+                # Only the end of a chunk can reach the tail: no copy of the whole of it.
+                tail = (tail + item.text[-RESULT_OUTPUT_CHARS:])[-RESULT_OUTPUT_CHARS:]
                 yield Stdout(item.text)
             else:
                 yield Stderr(item.text)
