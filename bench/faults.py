@@ -281,6 +281,8 @@ class Verdict:
     given_back: int = 0  # an attempt was handed back before it started (not counted)
     ran_twice: int = 0  # the node reported running it more than once
     lease_expired: int = 0
+    # Why attempts were lost or handed back, node names and numbers left out: how many.
+    reasons: dict[str, int] = field(default_factory=dict)
 
     def broken(self, what: str, rows: list[str]) -> None:
         if rows:
@@ -297,9 +299,19 @@ async def verify(dsn: str) -> Verdict:
             "SELECT count(*) FROM task_events WHERE kind = 'status' AND agent_id IS NULL"
             " AND payload->>'message' LIKE '%lease of scheduler % expired%'"
         )
+        messages = await conn.fetch(
+            "SELECT payload->>'message' FROM task_events WHERE kind = 'status'"
+            " AND agent_id IS NULL AND (payload->>'message' LIKE 'attempt % lost%'"
+            " OR payload->>'message' LIKE 'not started:%')"
+        )
     finally:
         await conn.close()
     verdict = Verdict(tasks=len(rows), lease_expired=int(lease_expired))
+    for (message,) in messages:
+        reason = re.sub(r"\bn\d+\b", "nX", message)
+        reason = re.sub(r"(127\.0\.0\.1:)\d+", r"\1P", reason)
+        reason = re.sub(r"\d+", "N", reason)[:150]
+        verdict.reasons[reason] = verdict.reasons.get(reason, 0) + 1
     verdict.broken(
         "not completed", [f"{r['id']} {r['state']}" for r in rows if r["state"] != "completed"]
     )
@@ -453,6 +465,8 @@ async def main() -> int:
             f" handed back unstarted: {verdict.given_back}; ran on a node twice or more:"
             f" {verdict.ran_twice}; reaped by lease expiry: {verdict.lease_expired}"
         )
+        for reason, count in sorted(verdict.reasons.items(), key=lambda item: -item[1]):
+            print(f"    {count} x {reason}")
         for problem in verdict.problems:
             print(f"  FAIL ({name}): {problem}")
             failed = True
