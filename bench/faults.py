@@ -14,10 +14,17 @@ node processes on loopback, each phase on a fresh database):
   tasks were retried after a kill, or ran on a node more than once.
 Exits non-zero, saying which task broke which invariant, if any does.
 
-Echo tasks, not shell ones: the benchmark is about dispatch, and a shell task spawns a
-sandbox and a shell per run, which on a small machine measures process creation instead.
-With 4 x 16 slots always full, a kill still finds attempts open on the node (see the
-per-kill lines: "lost").
+Echo tasks, not shell ones: the benchmark is about dispatch (the aim is stated for echo), and
+a shell task spawns a sandbox and a shell per run (30 ms or more of CPU each): on 2 cores,
+300 `sleep 0.2` tasks a second would measure process creation instead. Echo tasks are open
+on their node for milliseconds only, yet with the 4 x 16 slots always full about half the
+kills find attempts open there (0 to 16 a kill, 20 to 75 a run: the per-kill lines say
+"lost"); every kill also meets the attempts placed on the node before the scheduler knows it
+is gone ("dials refused"). tests/scheduler/test_recovery.py kills nodes under `sleep` tasks.
+
+Kills are sequential: the next one waits for the last node to be back, so when a restart
+takes longer than 10 s (a loaded machine) kills come that much less often, and one node in
+four is down or restarting nearly all the time.
 """
 
 from __future__ import annotations
