@@ -30,6 +30,7 @@ four is down or restarting nearly all the time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -217,12 +218,15 @@ async def wait_ended(conn: asyncpg.Connection, target: int) -> None:
         await asyncio.sleep(0.05)
 
 
-async def keep_killing(mesh: Mesh, begin: float, kills: list[Kill]) -> None:
-    """Every KILL_EVERY_SECONDS from `begin`, kill the next node and restart it."""
+async def keep_killing(mesh: Mesh, begin: float, kills: list[Kill], stop: asyncio.Event) -> None:
+    """Every KILL_EVERY_SECONDS from `begin`, kill the next node and restart it, until
+    `stop` (a restart under way is finished, and its kill recorded)."""
     for number in range(1_000_000):
         delay = begin + (number + 1) * KILL_EVERY_SECONDS - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(delay, 0.0))
+        if stop.is_set():
+            return
         kills.append(await mesh.kill_and_restart(f"n{number % NODES}"))
 
 
@@ -245,16 +249,18 @@ async def run_phase(
             await submit_all(stub, WARMUP, "warmup")
             await wait_ended(conn, WARMUP)
             started = time.monotonic()
-            killer = asyncio.create_task(keep_killing(mesh, started, kills)) if faults else None
+            stop = asyncio.Event()
+            killer = (
+                asyncio.create_task(keep_killing(mesh, started, kills, stop)) if faults else None
+            )
             try:
                 await submit_all(stub, TASKS, name)
                 await wait_ended(conn, WARMUP + TASKS)
                 seconds = time.monotonic() - started
             finally:
+                stop.set()
                 if killer is not None:
-                    # Not in the middle of a restart: let one finish, then stop.
-                    killer.cancel()
-                    await asyncio.gather(killer, return_exceptions=True)
+                    await killer
         await conn.close()
     finally:
         await asyncio.to_thread(mesh.stop)
@@ -398,6 +404,40 @@ async def kill_costs(dsn: str, kills: list[Kill]) -> list[KillCost]:
     return costs
 
 
+async def stray_losses(dsn: str, kills: list[Kill]) -> list[str]:
+    """Lost attempts and refused dials that no kill explains (not on the node killed last,
+    or more than KILL_EVERY_SECONDS after it): each with its time since the last kill."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT extract(epoch FROM created_at)::float8 AS at, task_id,"
+            "       payload->>'message' AS message"
+            " FROM task_events WHERE kind = 'status' AND agent_id IS NULL"
+            "   AND (payload->>'message' LIKE 'attempt % lost%'"
+            "        OR payload->>'message' LIKE 'not started:%')"
+            " ORDER BY created_at"
+        )
+    finally:
+        await conn.close()
+    strays = []
+    for row in rows:
+        before = [k for k in kills if k.killed_at <= row["at"]]
+        last = before[-1] if before else None
+        explained = (
+            last is not None
+            and row["at"] - last.killed_at < KILL_EVERY_SECONDS
+            and re.search(rf"\b{last.node}\b", row["message"]) is not None
+        )
+        if not explained:
+            since = (
+                f"{row['at'] - last.killed_at:.1f} s after killing {last.node}"
+                if last
+                else "before any kill"
+            )
+            strays.append(f"{since}: {row['task_id']}: {row['message'][:160]}")
+    return strays
+
+
 def report_kills(costs: list[KillCost]) -> None:
     for cost in costs:
         kill = cost.kill
@@ -454,6 +494,7 @@ async def main() -> int:
         faulted = await run_phase(server, work, env, "faults", faults=True)
         verdicts = {phase.name: await verify(phase.dsn) for phase in (baseline, faulted)}
         costs = await kill_costs(faulted.dsn, faulted.kills)
+        strays = await stray_losses(faulted.dsn, faulted.kills)
     finally:
         embedded.stop(data)
 
@@ -465,6 +506,10 @@ async def main() -> int:
         f" ratio {faulted.throughput / baseline.throughput:.2f} (aim: >= 0.80)"
     )
     report_kills(costs)
+    if strays:
+        print(f"    {len(strays)} lost or refused attempts that no kill explains, such as:")
+        for stray in strays[:8]:
+            print(f"      {stray}")
     failed = False
     for name, verdict in verdicts.items():
         print(
