@@ -8,6 +8,8 @@ task ends completed, on a node that fits it, with exactly one result in its trac
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -332,6 +334,44 @@ async def test_a_killed_node_s_task_completes_on_the_other_node(mesh: ProcessHar
     assert len(lost) == 1, [e.status.message for e in events if e.WhichOneof("payload") == "status"]
     assert [e.WhichOneof("payload") for e in events].count("result") == 1
     assert events[-1].result.state == COMPLETED
+    assert_each_completed_once([task_id], await traces(mesh.database_uri), mesh)
+
+
+async def test_a_frozen_node_s_task_completes_on_the_other_node(mesh: ProcessHarness) -> None:
+    # A node that stops answering without closing its connections (a host that froze or
+    # lost its network; here SIGSTOP: the kernel still acknowledges TCP, nobody answers):
+    # its stream never breaks by itself, and the scheduler would renew the attempt's lease
+    # for ever. Keepalive pings find it dead and the task runs elsewhere.
+    scheduler = await mesh.start_scheduler()
+    stub = mesh.stub(scheduler)
+    nodes = [await mesh.start_node(name, scheduler=scheduler.address) for name in ("one", "two")]
+    await mesh.wait_registered(stub, nodes)
+    task_id = await submit(
+        stub,
+        task_pb2.TaskSpec(kind="shell", command="sleep 2; echo done", permission_mode="superuser"),
+    )
+
+    async def running_on() -> MeshProcess | None:
+        rows = await _fetch(
+            mesh.database_uri,
+            "SELECT agent_id FROM task_events"
+            " WHERE task_id = $1 AND attempt = 1 AND agent_id IS NOT NULL",
+            task_id,
+        )
+        agents = {row["agent_id"] for row in rows}
+        return next((node for node in nodes if node.identity in agents), None)
+
+    first = await mesh.wait_until(running_on, "the task to start on a node", timeout=30)
+    (other,) = [node for node in nodes if node is not first]
+    os.killpg(first.pid, signal.SIGSTOP)
+
+    events = await watch(stub, task_id)
+
+    task = await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id))
+    assert task.state == COMPLETED, f"{task.error}\n{mesh.describe()}"
+    assert task.assigned_agent == other.identity
+    assert task.output.strip() == "done"
+    assert [e.WhichOneof("payload") for e in events].count("result") == 1
     assert_each_completed_once([task_id], await traces(mesh.database_uri), mesh)
 
 

@@ -6,7 +6,11 @@ import grpc
 
 from agentmesh.config import ConfigError, TlsSettings
 from agentmesh.rpc.auth import client_interceptors
-from agentmesh.rpc.server import MAX_MESSAGE_BYTES
+from agentmesh.rpc.server import (
+    KEEPALIVE_SECONDS,
+    KEEPALIVE_TIMEOUT_SECONDS,
+    MAX_MESSAGE_BYTES,
+)
 
 
 def open_channel(target: str, *, token: str | None, tls: TlsSettings) -> grpc.aio.Channel:
@@ -14,6 +18,12 @@ def open_channel(target: str, *, token: str | None, tls: TlsSettings) -> grpc.ai
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 0),
+        # A peer that stopped answering is found out by pings (see rpc.server), also while
+        # a call waits for its next message, and while no call is open.
+        ("grpc.keepalive_time_ms", KEEPALIVE_SECONDS * 1000),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_SECONDS * 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
     ]
     interceptors = client_interceptors(token)
     if not tls.enabled and tls.ca_file is None:

@@ -17,6 +17,13 @@ from agentmesh.rpc.auth import BearerAuthInterceptor, Policy
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 8 << 20
+# Keepalive: clients ping each connection every KEEPALIVE_SECONDS, and close one whose peer
+# does not answer within KEEPALIVE_TIMEOUT_SECONDS, failing its calls UNAVAILABLE. A peer
+# that stops answering without closing its connections (a frozen host, a cable pulled) is
+# otherwise never noticed: a scheduler would stream its attempts there, and renew their
+# leases, for ever. Servers accept pings this often, even on a connection with no call.
+KEEPALIVE_SECONDS = 10
+KEEPALIVE_TIMEOUT_SECONDS = 5
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -99,6 +106,10 @@ async def start_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            # Clients ping every KEEPALIVE_SECONDS (see agentmesh.rpc.channel); by default
+            # a server would answer pings that often with a GOAWAY, breaking its streams.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_SECONDS * 1000 // 2),
         ],
     )
     register(server)
