@@ -179,6 +179,11 @@ _SELF_PAIR = (
     " at least 1)"
 )
 
+_TWO_PARTS = (
+    "a method is a full gRPC name, /package.Service/Method: split once from the right it is"
+    " two parts, so [1] is [-1]"
+)
+
 _FROZEN = "nothing assigns to its fields after it is made: frozen only forbids what no code does"
 
 _SMALL_INT = (
@@ -338,6 +343,21 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     ),
     "task_credentials": (
         Equivalent("core/ReplaceTrueWithFalse", "@dataclass(frozen=True)", _FROZEN),
+    ),
+    "access_policies": (
+        Equivalent(
+            "core/ReplaceUnaryOperator_USub_UAdd", 'return method.rsplit("/", 1)[-1]', _TWO_PARTS
+        ),
+        Equivalent(
+            "core/ReplaceUnaryOperator_Delete_USub", 'return method.rsplit("/", 1)[-1]', _TWO_PARTS
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'return method.rsplit("/", 1)[-1]',
+            "a full gRPC name has two slashes, and its last part is the same whether it is split"
+            " once or twice from the right; this entry also matches the line's other numbers"
+            " (split 0 times, [-0], [-2]), which the refusals' words kill",
+        ),
     ),
     "placement": (
         Equivalent(
