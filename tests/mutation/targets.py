@@ -179,6 +179,12 @@ _SELF_PAIR = (
     " at least 1)"
 )
 
+_ONE_TURN = (
+    "it makes the trace writer linger 0 or -1 s, which asyncio.timeout ends on the event"
+    " loop's next turn: no event is held for any time, and all that could change is whether"
+    " an event added within that one turn joins the batch, which the writer does not promise"
+    " (order, content and sequence numbers are the same)"
+)
 _TWO_PARTS = (
     "a method is a full gRPC name, /package.Service/Method: split once from the right it is"
     " two parts, so [1] is [-1]"
@@ -401,6 +407,37 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "core/ReplaceComparisonOperator_GtE_Is",
             "if len(self._pending) >= MAX_BACKLOG:",
             "as for ==, and CPython keeps one int object per value up to 256: `is` is ==",
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "async def add(self, payload: Payload, *, linger: float = 0.0) -> None:",
+            _KEYWORD_ONLY,
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "self._linger = 0.0",
+            "the first value is never read: the writer reads it only when woken, and the first"
+            " wake-up comes from an add, which finds nothing pending and sets it, or from a"
+            " close, which skips the linger",
+            after="# How long the pending batch may wait for company (see `add`).",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "self._linger = 0.0",
+            f"{_ONE_TURN}; this entry also matches 1.0 there, which the test of a quiet stream"
+            " after a busy write kills",
+            after="batch, self._pending = self._pending, []",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "async def add(self, payload: Payload, *, linger: float = 0.0) -> None:",
+            f"{_ONE_TURN}; 1.0 there is killed (a quiet stream's events are written at once)",
+        ),
+        Equivalent(
+            "core/ReplaceAndWithOr",
+            "if (linger := self._linger) and not self._closing:",
+            f"{_ONE_TURN}; closing, the linger ends at once anyway: close and take_rest set the"
+            " flush before they wake the writer",
         ),
     ),
     "convert": (
