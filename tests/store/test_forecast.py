@@ -302,6 +302,26 @@ async def test_the_cache_forgets_expired_groups_when_it_is_full(
     }  # fmt: skip
 
 
+async def test_the_cache_forgets_expired_groups_past_a_few_hundred_groups(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bound like the real one (4096): above 256, where Python's small ints end.
+    monkeypatch.setattr(forecast_module, "MAX_CACHED_GROUPS", 300)
+    now = [0.0]
+    forecaster = Forecaster(pool, cache_seconds=10, clock=lambda: now[0])
+    for n in range(298):  # one group per user, and the model's and the mode's: full
+        await forecast(forecaster, f"user-{n}", FLASH, "plain", 400)
+    cached = forecaster._cache  # memory, which no forecast shows
+    assert len(cached) == 300
+    now[0] = 12  # every group has expired
+
+    await forecast(forecaster, "late", FLASH, "plain", 400)
+
+    assert {(group.user, group.model) for group in forecaster._cache} == {
+        ("late", FLASH), (None, FLASH), (None, None),
+    }  # fmt: skip
+
+
 async def test_without_a_cache_every_forecast_reads_the_newest_history(
     pool: asyncpg.Pool,
 ) -> None:
