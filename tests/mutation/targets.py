@@ -173,6 +173,12 @@ _STRICTER_COVER = (
     " spares fewer, and the query each then makes gives the same answer: no key"
 )
 
+_ZERO_CACHE = (
+    "with cache_seconds 0 an entry also goes into the cache, expiring when it is made: a"
+    " lookup sees it expired (now < expiry is false), so every forecast reads the database as"
+    " without a cache, and the pruning removes such entries (the clock is monotonic)"
+)
+
 _SELF_PAIR = (
     "i ** 1 and i * 1 are i: each point is also paired with itself, and that pair adds no"
     " slope (its prompts differ by 0, less than SLOPE_SPREAD of them: plain-rule tokens are"
@@ -660,6 +666,43 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         ),
         Equivalent(
             "core/ReplaceBinaryOperator_Add_Mul", "for x2, y2 in points[i + 1 :]", _SELF_PAIR
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True)",
+            "nothing assigns to a Forecast, a _Sample or a _History after it is made, and none"
+            " is hashed (a Forecast is a dict value in the key reserver, a _History a cache"
+            " value); a _Group is a dict key, so frozen=False there is killed",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'requests=max(1, row["actual_requests"] or 0),  # NULL: an older row',
+            "`or 0` becomes `or 1` or `or -1` inside max(1, ...): a NULL still counts 1"
+            " request; this entry also matches the 1 of max(1, ...), which the older rows' test"
+            " kills (0: a division by zero, 2: two requests)",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Gt_GtE",
+            "if self._cache_seconds > 0:",
+            _ZERO_CACHE,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Gt_NotEq",
+            "if self._cache_seconds > 0:",
+            "cache_seconds is never negative (the constructor refuses it): != 0 is > 0",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "if self._cache_seconds > 0:",
+            f"> -1 is >= 0: {_ZERO_CACHE}; this entry also matches > 1, which the test of a"
+            " half-second cache kills",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "MAX_CACHED_GROUPS = 4096",
+            "the bound is how much memory the cache may hold: one group more or less than"
+            " 4096 changes no forecast, and the pruning it starts is tested with the bound"
+            " patched to 6 and to 300",
         ),
     ),
     "gemini_errors": (
