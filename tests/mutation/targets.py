@@ -565,6 +565,16 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "pydantic makes a field validator whose first parameter is `cls` a classmethod itself",
             after='@field_validator("DATABASE_URL")',
         ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq",
+            "return self.weak.network if mode is PermissionMode.WEAK else self.superuser.network",
+            _MODE_IS,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_GtE",
+            "return self.weak.network if mode is PermissionMode.WEAK else self.superuser.network",
+            _MODE_IS,
+        ),
     ),
     "process": (
         Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
