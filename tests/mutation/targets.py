@@ -678,6 +678,13 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "core/ReplaceBinaryOperator_Add_Mul", "for x2, y2 in points[i + 1 :]", _SELF_PAIR
         ),
         Equivalent(
+            "core/ReplaceBinaryOperator_Add_BitOr",
+            "for x2, y2 in points[i + 1 :]",
+            "i | 1 is i + 1 for an even i and i for an odd one, where the one pair more is the"
+            " point with itself, which adds no slope (its prompts differ by 0, less than"
+            " SLOPE_SPREAD of them: plain-rule tokens are at least 1)",
+        ),
+        Equivalent(
             "core/ReplaceTrueWithFalse",
             "@dataclass(frozen=True)",
             "nothing assigns to a Forecast, a _Sample or a _History after it is made, and none"

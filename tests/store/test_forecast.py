@@ -254,18 +254,35 @@ async def test_the_characters_a_token_are_learned_from_varied_prompts(
 
 
 async def add_varied(
-    pool: asyncpg.Pool, user: str, sizes: list[int], cost: Callable[[int], int]
+    pool: asyncpg.Pool,
+    user: str,
+    sizes: list[int],
+    cost: Callable[[int], int],
+    requests: int = 1,
 ) -> None:
-    """Finished plain tasks of `user` on flash, one per prompt size, of one request each."""
+    """Finished plain tasks of `user` on flash, one per prompt size, of `requests` requests
+    each costing `cost(chars)`."""
     async with pool.acquire() as conn:
         await conn.executemany(
             """
             INSERT INTO token_prediction_log (username, model, agent_mode, prompt_chars,
                 predicted_tokens, actual_tokens, actual_requests, request_timestamp)
-            VALUES ($1, $2, 'plain', $3, 1, $4, 1, now() AT TIME ZONE 'UTC')
+            VALUES ($1, $2, 'plain', $3, 1, $4, $5, now() AT TIME ZONE 'UTC')
             """,
-            [(user, FLASH, chars, cost(chars)) for chars in sizes],
+            [(user, FLASH, chars, requests * cost(chars), requests) for chars in sizes],
         )
+
+
+async def test_the_slope_is_learned_per_request_from_many_pairs(pool: asyncpg.Pool) -> None:
+    # Six prompts, all far apart: fifteen pairs. Two requests a task, each costing 5,000
+    # tokens and the prompt at 3 characters a token.
+    sizes = [400, 4_000, 20_000, 40_000, 80_000, 160_000]
+    await add_varied(pool, "fay", sizes, lambda chars: 5_000 + chars // 3, requests=2)
+
+    learned = await forecast(Forecaster(pool, cache_seconds=0), "fay", FLASH, "plain", 100_000)
+
+    assert learned.requests == 2
+    assert learned.tokens == pytest.approx(2 * (5_000 + 100_000 / 3), rel=0.001)
 
 
 async def test_prompts_a_quarter_apart_tell_the_slope_and_nine_pairs_are_too_few(
@@ -405,10 +422,10 @@ async def test_the_cache_forgets_expired_groups_past_a_few_hundred_groups(
     monkeypatch.setattr(forecast_module, "MAX_CACHED_GROUPS", 300)
     now = [0.0]
     forecaster = Forecaster(pool, cache_seconds=10, clock=lambda: now[0])
-    for n in range(298):  # one group per user, and the model's and the mode's: full
+    for n in range(299):  # one group per user, and the model's and the mode's
         await forecast(forecaster, f"user-{n}", FLASH, "plain", 400)
     cached = forecaster._cache  # memory, which no forecast shows
-    assert len(cached) == 300
+    assert len(cached) == 301  # past the bound: none had expired to make room
     now[0] = 12  # every group has expired
 
     await forecast(forecaster, "late", FLASH, "plain", 400)
