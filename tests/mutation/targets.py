@@ -672,6 +672,25 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "forecast": (
         Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
         Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "self, *, user: str, model: str, agent_mode: str, prompt_chars: int",
+            _KEYWORD_ONLY,
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Add_FloorDiv",
+            "for x2, y2 in points[i + 1 :]",
+            "i // 1 is i: the one pair more is each point with itself, which adds no slope (its"
+            " prompts differ by 0, less than SLOPE_SPREAD of them: plain-rule tokens are at"
+            " least 1)",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'forecast: Forecast, limit: int | None, *, user: str = "", spec_max_tokens: int = 0',
+            "a limit is None or positive (the key reserver passes the least positive figure, or"
+            " None), so it never equals a default of -1; this entry also matches 1, which the"
+            " test of a user's limit of 1 kills",
+        ),
+        Equivalent(
             "core/ReplaceBinaryOperator_Add_Pow", "for x2, y2 in points[i + 1 :]", _SELF_PAIR
         ),
         Equivalent(
