@@ -545,3 +545,47 @@ def test_the_settings_cannot_be_changed_after_validation(tmp_path: Path) -> None
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.file = FileSettings()  # type: ignore[misc]
     assert settings.node.max_concurrency == 4
+
+
+def test_a_nodes_ceiling_admits_its_mode_and_every_lower_one() -> None:
+    weak, superuser = PermissionMode.WEAK, PermissionMode.SUPERUSER
+
+    assert superuser.exceeds(weak)
+    assert not weak.exceeds(superuser)
+    assert not weak.exceeds(weak)
+    assert not superuser.exceeds(superuser)
+
+
+@pytest.mark.parametrize(("weak", "superuser"), [(False, True), (True, False)])
+def test_each_mode_reaches_the_network_as_its_own_section_says(
+    tmp_path: Path, weak: bool, superuser: bool
+) -> None:
+    _write_config(
+        tmp_path,
+        {"permissions": {"weak": {"network": weak}, "superuser": {"network": superuser}}},
+    )
+    permissions = load_settings({}, cwd=tmp_path).permissions
+
+    assert permissions.network(PermissionMode.WEAK) is weak
+    assert permissions.network(PermissionMode.SUPERUSER) is superuser
+
+
+def test_the_node_token_is_read_kept_out_of_reprs_and_can_be_given(tmp_path: Path) -> None:
+    assert load_settings({}, cwd=tmp_path).node_token is None
+    assert load_settings({"AGENTMESH_NODE_TOKEN": ""}, cwd=tmp_path).node_token is None
+    settings = load_settings({"AGENTMESH_NODE_TOKEN": "hunter2-node"}, cwd=tmp_path)
+
+    assert settings.node_token == "hunter2-node"
+    assert "hunter2" not in repr(settings) + str(settings.env.model_dump())
+    given = load_settings({}, cwd=tmp_path).with_node_token("amn_given")
+    assert given.node_token == "amn_given"
+    assert given.token is None
+
+
+def test_the_env_file_read_is_named_for_the_sandbox_to_hide(tmp_path: Path) -> None:
+    assert load_settings({}, cwd=tmp_path).env_path is None
+    (tmp_path / ".env").write_text("POSTGRES_DB=fromdotenv\n")
+    assert load_settings({}, cwd=tmp_path).env_path == tmp_path / ".env"
+    (tmp_path / "other.env").write_text("POSTGRES_DB=fromother\n")
+    named = load_settings({"AGENTMESH_ENV_FILE": "other.env"}, cwd=tmp_path)
+    assert named.env_path == tmp_path / "other.env"

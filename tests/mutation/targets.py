@@ -173,10 +173,27 @@ _STRICTER_COVER = (
     " spares fewer, and the query each then makes gives the same answer: no key"
 )
 
+_ZERO_CACHE = (
+    "with cache_seconds 0 an entry also goes into the cache, expiring when it is made: a"
+    " lookup sees it expired (now < expiry is false), so every forecast reads the database as"
+    " without a cache, and the pruning removes such entries (the clock is monotonic)"
+)
+
 _SELF_PAIR = (
     "i ** 1 and i * 1 are i: each point is also paired with itself, and that pair adds no"
     " slope (its prompts differ by 0, less than SLOPE_SPREAD of them: plain-rule tokens are"
     " at least 1)"
+)
+
+_ONE_TURN = (
+    "it makes the trace writer linger 0 or -1 s, which asyncio.timeout ends on the event"
+    " loop's next turn: no event is held for any time, and all that could change is whether"
+    " an event added within that one turn joins the batch, which the writer does not promise"
+    " (order, content and sequence numbers are the same)"
+)
+_TWO_PARTS = (
+    "a method is a full gRPC name, /package.Service/Method: split once from the right it is"
+    " two parts, so [1] is [-1]"
 )
 
 _FROZEN = "nothing assigns to its fields after it is made: frozen only forbids what no code does"
@@ -339,6 +356,21 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "task_credentials": (
         Equivalent("core/ReplaceTrueWithFalse", "@dataclass(frozen=True)", _FROZEN),
     ),
+    "access_policies": (
+        Equivalent(
+            "core/ReplaceUnaryOperator_USub_UAdd", 'return method.rsplit("/", 1)[-1]', _TWO_PARTS
+        ),
+        Equivalent(
+            "core/ReplaceUnaryOperator_Delete_USub", 'return method.rsplit("/", 1)[-1]', _TWO_PARTS
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'return method.rsplit("/", 1)[-1]',
+            "a full gRPC name has two slashes, and its last part is the same whether it is split"
+            " once or twice from the right; this entry also matches the line's other numbers"
+            " (split 0 times, [-0], [-2]), which the refusals' words kill",
+        ),
+    ),
     "placement": (
         Equivalent(
             "core/ReplaceComparisonOperator_Eq_LtE",
@@ -381,6 +413,37 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "core/ReplaceComparisonOperator_GtE_Is",
             "if len(self._pending) >= MAX_BACKLOG:",
             "as for ==, and CPython keeps one int object per value up to 256: `is` is ==",
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "async def add(self, payload: Payload, *, linger: float = 0.0) -> None:",
+            _KEYWORD_ONLY,
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "self._linger = 0.0",
+            "the first value is never read: the writer reads it only when woken, and the first"
+            " wake-up comes from an add, which finds nothing pending and sets it, or from a"
+            " close, which skips the linger",
+            after="# How long the pending batch may wait for company (see `add`).",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "self._linger = 0.0",
+            f"{_ONE_TURN}; this entry also matches 1.0 there, which the test of a quiet stream"
+            " after a busy write kills",
+            after="batch, self._pending = self._pending, []",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "async def add(self, payload: Payload, *, linger: float = 0.0) -> None:",
+            f"{_ONE_TURN}; 1.0 there is killed (a quiet stream's events are written at once)",
+        ),
+        Equivalent(
+            "core/ReplaceAndWithOr",
+            "if (linger := self._linger) and not self._closing:",
+            f"{_ONE_TURN}; closing, the linger ends at once anyway: close and take_rest set the"
+            " flush before they wake the writer",
         ),
     ),
     "convert": (
@@ -501,6 +564,16 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "pydantic makes a field validator whose first parameter is `cls` a classmethod itself",
             after='@field_validator("DATABASE_URL")',
         ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_Eq",
+            "return self.weak.network if mode is PermissionMode.WEAK else self.superuser.network",
+            _MODE_IS,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_GtE",
+            "return self.weak.network if mode is PermissionMode.WEAK else self.superuser.network",
+            _MODE_IS,
+        ),
     ),
     "process": (
         Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
@@ -598,10 +671,73 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "forecast": (
         Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),
         Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "self, *, user: str, model: str, agent_mode: str, prompt_chars: int",
+            _KEYWORD_ONLY,
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Add_FloorDiv",
+            "for x2, y2 in points[i + 1 :]",
+            "i // 1 is i: the one pair more is each point with itself, which adds no slope (its"
+            " prompts differ by 0, less than SLOPE_SPREAD of them: plain-rule tokens are at"
+            " least 1)",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'forecast: Forecast, limit: int | None, *, user: str = "", spec_max_tokens: int = 0',
+            "a limit is None or positive (the key reserver passes the least positive figure, or"
+            " None), so it never equals a default of -1; this entry also matches 1, which the"
+            " test of a user's limit of 1 kills",
+        ),
+        Equivalent(
             "core/ReplaceBinaryOperator_Add_Pow", "for x2, y2 in points[i + 1 :]", _SELF_PAIR
         ),
         Equivalent(
             "core/ReplaceBinaryOperator_Add_Mul", "for x2, y2 in points[i + 1 :]", _SELF_PAIR
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Add_BitOr",
+            "for x2, y2 in points[i + 1 :]",
+            "i | 1 is i + 1 for an even i and i for an odd one, where the one pair more is the"
+            " point with itself, which adds no slope (its prompts differ by 0, less than"
+            " SLOPE_SPREAD of them: plain-rule tokens are at least 1)",
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True)",
+            "nothing assigns to a Forecast, a _Sample or a _History after it is made, and none"
+            " is hashed (a Forecast is a dict value in the key reserver, a _History a cache"
+            " value); a _Group is a dict key, so frozen=False there is killed",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'requests=max(1, row["actual_requests"] or 0),  # NULL: an older row',
+            "`or 0` becomes `or 1` or `or -1` inside max(1, ...): a NULL still counts 1"
+            " request; this entry also matches the 1 of max(1, ...), which the older rows' test"
+            " kills (0: a division by zero, 2: two requests)",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Gt_GtE",
+            "if self._cache_seconds > 0:",
+            _ZERO_CACHE,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Gt_NotEq",
+            "if self._cache_seconds > 0:",
+            "cache_seconds is never negative (the constructor refuses it): != 0 is > 0",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "if self._cache_seconds > 0:",
+            f"> -1 is >= 0: {_ZERO_CACHE}; this entry also matches > 1, which the test of a"
+            " half-second cache kills",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "MAX_CACHED_GROUPS = 4096",
+            "the bound is how much memory the cache may hold: one group more or less than"
+            " 4096 changes no forecast, and the pruning it starts is tested with the bound"
+            " patched to 6 and to 300",
         ),
     ),
     "gemini_errors": (

@@ -7,6 +7,7 @@ import logging
 import math
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -252,6 +253,107 @@ async def test_the_characters_a_token_are_learned_from_varied_prompts(
     assert learned.requests == 1
 
 
+async def add_varied(
+    pool: asyncpg.Pool,
+    user: str,
+    sizes: list[int],
+    cost: Callable[[int], int],
+    requests: int = 1,
+) -> None:
+    """Finished plain tasks of `user` on flash, one per prompt size, of `requests` requests
+    each costing `cost(chars)`."""
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            """
+            INSERT INTO token_prediction_log (username, model, agent_mode, prompt_chars,
+                predicted_tokens, actual_tokens, actual_requests, request_timestamp)
+            VALUES ($1, $2, 'plain', $3, 1, $4, $5, now() AT TIME ZONE 'UTC')
+            """,
+            [(user, FLASH, chars, requests * cost(chars), requests) for chars in sizes],
+        )
+
+
+async def test_the_slope_is_learned_per_request_from_many_pairs(pool: asyncpg.Pool) -> None:
+    # Six prompts, all far apart: fifteen pairs. Two requests a task, each costing 5,000
+    # tokens and the prompt at 3 characters a token.
+    sizes = [400, 4_000, 20_000, 40_000, 80_000, 160_000]
+    await add_varied(pool, "fay", sizes, lambda chars: 5_000 + chars // 3, requests=2)
+
+    learned = await forecast(Forecaster(pool, cache_seconds=0), "fay", FLASH, "plain", 100_000)
+
+    assert learned.requests == 2
+    assert learned.tokens == pytest.approx(2 * (5_000 + 100_000 / 3), rel=0.001)
+
+
+async def test_prompts_a_quarter_apart_tell_the_slope_and_nine_pairs_are_too_few(
+    pool: asyncpg.Pool,
+) -> None:
+    # 3 characters a token and 5,000 tokens a request beyond the prompt, as above.
+    def code(chars: int) -> int:
+        return 5_000 + chars // 3
+
+    # 60,000 and 80,000 characters (15,000 and 20,000 plain-rule tokens) differ by exactly a
+    # quarter of the larger: a pair, the tenth.
+    await add_varied(pool, "dora", [400, 4_000, 20_000, 60_000, 80_000], code)
+    # 40,000 and 45,000 differ by less: nine pairs, and the plain rule's slope of 1.
+    await add_varied(pool, "erin", [400, 4_000, 20_000, 40_000, 45_000], code)
+    forecaster = Forecaster(pool, cache_seconds=0)
+
+    learned = await forecast(forecaster, "dora", FLASH, "plain", 100_000)
+    assert learned.tokens == pytest.approx(5_000 + 100_000 / 3, rel=0.001)
+    plain = await forecast(forecaster, "erin", FLASH, "plain", 100_000)
+    # Each past task replayed with a slope of 1: its tokens + (25,000 - its plain tokens).
+    assert plain.tokens == statistics.median(
+        code(chars) + 25_000 - chars // 4 for chars in [400, 4_000, 20_000, 40_000, 45_000]
+    )
+
+
+async def test_the_learned_slope_is_kept_between_2_and_8_characters_a_token(
+    pool: asyncpg.Pool,
+) -> None:
+    sizes = [400, 4_000, 20_000, 40_000, 80_000]  # ten pairs
+    await add_varied(pool, "dense", sizes, lambda chars: 5_000 + chars)  # 1 character a token
+    await add_varied(pool, "sparse", sizes, lambda chars: 5_000 + chars // 16)  # 16
+    forecaster = Forecaster(pool, cache_seconds=0)
+
+    # 120,000 characters: 30,000 plain-rule tokens, charged at 2 (not 4) a plain-rule token
+    # more than each past prompt, or at 0.5 (not 0.25).
+    dense = await forecast(forecaster, "dense", FLASH, "plain", 120_000)
+    assert dense.tokens == statistics.median(5_000 + c + 2 * (30_000 - c // 4) for c in sizes)
+    sparse = await forecast(forecaster, "sparse", FLASH, "plain", 120_000)
+    assert sparse.tokens == statistics.median(
+        5_000 + c // 16 + (30_000 - c // 4) / 2 for c in sizes
+    )
+
+
+async def test_the_window_is_the_50_most_recent_finished_tasks(pool: asyncpg.Pool) -> None:
+    # The n-th most recent task cost n thousand tokens.
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            """
+            INSERT INTO token_prediction_log (username, model, agent_mode, prompt_chars,
+                predicted_tokens, actual_tokens, actual_requests, request_timestamp)
+            VALUES ('bob', $1, 'plain', 400, 1, $2, 1,
+                    now() AT TIME ZONE 'UTC' - make_interval(mins => $3))
+            """,
+            [(FLASH, 1_000 * n, n) for n in range(1, 101)],
+        )
+    learned = await forecast(Forecaster(pool, cache_seconds=0), "bob", FLASH, "plain", 400)
+    assert learned.tokens == 25_500  # the median of 1,000 to 50,000
+    assert learned.basis == "learned from 50 plain tasks of bob on gemini-2.5-flash"
+
+
+async def test_a_forecast_is_at_least_one_token_however_short_the_prompt(
+    pool: asyncpg.Pool,
+) -> None:
+    # Long prompts that cost less than the plain rule says: replayed with an empty prompt,
+    # each past task would have cost less than nothing.
+    await add_history(pool, user="bob", model=FLASH, mode="plain", tokens=[2_000] * 5,
+                      chars=40_000)  # fmt: skip
+    empty = await forecast(Forecaster(pool, cache_seconds=0), "bob", FLASH, "plain", 0)
+    assert empty == Forecast(1, 1, "learned from 5 plain tasks of bob on gemini-2.5-flash")
+
+
 async def test_older_rows_without_requests_count_one_request(pool: asyncpg.Pool) -> None:
     await add_history(
         pool, user="bob", model=FLASH, mode="plain", tokens=[6_000] * 5, requests=[None] * 5
@@ -284,6 +386,17 @@ async def test_a_groups_history_is_read_once_per_cache_period(pool: asyncpg.Pool
     assert learned == Forecast(1, 6_000, "learned from 5 plain tasks of alice on gemini-2.5-flash")
 
 
+async def test_a_cache_period_under_a_second_still_caches(pool: asyncpg.Pool) -> None:
+    now = [1_000.0]
+    forecaster = Forecaster(pool, cache_seconds=0.5, clock=lambda: now[0])
+    first = await forecast(forecaster, "alice", FLASH, "plain", 400)
+    await add_history(pool, user="alice", model=FLASH, mode="plain", tokens=[6_000] * 5)
+    now[0] += 0.25
+    assert await forecast(forecaster, "alice", FLASH, "plain", 400) == first
+    now[0] += 0.25
+    assert (await forecast(forecaster, "alice", FLASH, "plain", 400)).tokens == 6_000
+
+
 async def test_the_cache_forgets_expired_groups_when_it_is_full(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -293,12 +406,32 @@ async def test_the_cache_forgets_expired_groups_when_it_is_full(
     await forecast(forecaster, "alice", FLASH, "plain", 400)  # 3 groups
     now[0] = 5
     await forecast(forecaster, "bob", FLASH, "agentic", 400)  # 3 more: full
-    now[0] = 12  # alice's have expired, bob's have not
+    now[0] = 10  # alice's expire now, bob's have not
     await forecast(forecaster, "carol", PRO, "plain", 400)
     cached = forecaster._cache  # memory, which no forecast shows
     assert {(group.user, group.model, group.agent_mode) for group in cached} == {
         ("bob", FLASH, "agentic"), (None, FLASH, "agentic"), (None, None, "agentic"),
         ("carol", PRO, "plain"), (None, PRO, "plain"), (None, None, "plain"),
+    }  # fmt: skip
+
+
+async def test_the_cache_forgets_expired_groups_past_a_few_hundred_groups(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bound like the real one (4096): above 256, where Python's small ints end.
+    monkeypatch.setattr(forecast_module, "MAX_CACHED_GROUPS", 300)
+    now = [0.0]
+    forecaster = Forecaster(pool, cache_seconds=10, clock=lambda: now[0])
+    for n in range(299):  # one group per user, and the model's and the mode's
+        await forecast(forecaster, f"user-{n}", FLASH, "plain", 400)
+    cached = forecaster._cache  # memory, which no forecast shows
+    assert len(cached) == 301  # past the bound: none had expired to make room
+    now[0] = 12  # every group has expired
+
+    await forecast(forecaster, "late", FLASH, "plain", 400)
+
+    assert {(group.user, group.model) for group in forecaster._cache} == {
+        ("late", FLASH), (None, FLASH), (None, None),
     }  # fmt: skip
 
 
@@ -330,6 +463,30 @@ async def test_a_negative_prompt_size_is_refused(pool: asyncpg.Pool) -> None:
             agent_mode="plain", prompt_chars=0, forecast=Forecast(1, 1, "test"),
         )  # fmt: skip
     assert await pool.fetchval("SELECT prompt_chars FROM token_prediction_log") == 0
+
+
+async def test_an_empty_prompt_is_forecast_and_a_task_that_spent_nothing_is_logged(
+    pool: asyncpg.Pool,
+) -> None:
+    forecaster = Forecaster(pool)
+    empty = await forecast(forecaster, "alice", FLASH, "plain", 0)
+    assert empty == Forecast(1, 1, "plain rule (no history)")
+    await add_tasks(pool, "t-1")
+    async with pool.acquire() as conn:
+        await forecaster.log_prediction(
+            conn, task_id="t-1", fingerprint=KEY, user="alice", model=FLASH,
+            agent_mode="plain", prompt_chars=0, forecast=empty,
+        )  # fmt: skip
+        for field, tokens, requests in (("actual_tokens", -1, 0), ("actual_requests", 0, -1)):
+            with pytest.raises(InvalidArgument, match=field):
+                await forecaster.log_actual(
+                    conn, task_id="t-1", actual_tokens=tokens, actual_requests=requests
+                )
+        # It ended before its first request (no key, say): it spent nothing, and says so.
+        await forecaster.log_actual(conn, task_id="t-1", actual_tokens=0, actual_requests=0)
+        row = await conn.fetchrow("SELECT actual_tokens, actual_requests FROM token_prediction_log")
+    assert row is not None
+    assert tuple(row) == (0, 0)
 
 
 # ------------------------------------------------------------------ the log's rows

@@ -267,3 +267,24 @@ async def test_a_node_credential_cannot_delegate() -> None:
     refusal = await policy(method("DelegateTask"), "amn_node-token")
     assert isinstance(refusal, Refusal)
     assert refusal.code is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_refusal_names_the_rpc_as_people_call_it() -> None:
+    """The details a refused caller reads name the RPC by its own name, not the full path."""
+
+    async def node(token: str) -> Verified | None:
+        return Verified(NodeIdentity("nc-1", "north", "north-1"), revoked=False)
+
+    mint = credentials()
+    policy = SchedulerAccess("user-token", node, mint)
+    as_task = mint.mint("t-0123abcd", 1)
+    refusals = {
+        "a mesh credential cannot call SubmitTask:": await policy(method("SubmitTask"), as_task),
+        "DelegateTask is for running agents:": await policy(method("DelegateTask"), "user-token"),
+        "Heartbeat is for nodes:": await policy(method("Heartbeat"), "user-token"),
+        "a node credential cannot call ListTasks:": await policy(method("ListTasks"), "amn_n"),
+    }
+    for start, refusal in refusals.items():
+        assert isinstance(refusal, Refusal)
+        assert refusal.code is grpc.StatusCode.PERMISSION_DENIED
+        assert refusal.message.startswith(start), refusal.message

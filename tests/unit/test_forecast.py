@@ -44,6 +44,16 @@ def test_a_smaller_limit_of_the_user_is_named_as_the_users() -> None:
     assert unnamed.startswith("forecast 12,400 tokens exceeds the user's max_token_per_request")
 
 
+def test_a_limit_is_the_tasks_own_only_when_it_is_that_figure() -> None:
+    tiny = Forecast(requests=1, tokens=2, basis="plain rule (no history)")
+    users = over_limit_reason(tiny, 1, user="alice")  # no max_tokens of its own
+    assert users is not None
+    assert users.startswith("forecast 2 tokens exceeds alice's max_token_per_request of 1")
+    above = over_limit_reason(LEARNED, 11_000, user="alice", spec_max_tokens=5_000)
+    assert above is not None
+    assert above.startswith("forecast 12,400 tokens exceeds alice's max_token_per_request")
+
+
 @pytest.mark.parametrize("limit", [None, 12_400, 50_000])
 def test_a_forecast_within_the_limit_is_not_refused(limit: int | None) -> None:
     assert over_limit_reason(LEARNED, limit, user="alice") is None

@@ -235,6 +235,21 @@ def test_opaque_wrappers_in_a_row_are_checked_once_not_at_every_depth() -> None:
     assert shell_plan.programs == ("setsid",)
 
 
+def test_the_same_code_behind_opaque_wrappers_is_checked_once_per_command() -> None:
+    # Each setsid might hand its argument to a shell: that code is checked (as bash and as sh,
+    # its `sh -c` code twice again), thousands of program checks. Checked again for each of
+    # the eight setsids, the command would need more than its 20,000 and be refused.
+    code = "sh -c '" + ";".join(["a"] * 1000) + "'"
+    command = ";".join([f'setsid "{code}"'] * 8)
+    assert len(command) <= MAX_COMMAND_LENGTH
+
+    shell_plan = plan_shell_command(
+        command, PermissionMode.SUPERUSER, allowlist=(), denylist=("rm",)
+    )
+
+    assert shell_plan.programs == ("setsid",) * 8
+
+
 def test_programs_an_opaque_wrapper_might_run_are_not_claimed_as_run() -> None:
     # setsid's options are not modelled: every later word is checked as a possible program
     # (so `rm` would be refused), but none of them is recorded as the program that runs.

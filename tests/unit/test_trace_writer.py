@@ -97,6 +97,24 @@ async def test_close_writes_everything_that_is_left() -> None:
     assert trace.written == [f"line {i}" for i in range(500)]
 
 
+async def test_after_a_busy_write_the_next_event_is_written_at_once() -> None:
+    trace = FakeTrace()
+    writer = TraceWriter(trace.append_many, last_seq=1)
+    trace.hold()
+    await writer.add(Stdout("a"))
+    await trace.entered.wait()
+    await writer.add(Stdout("b"))  # arrives during the write: the next batch
+    trace.release()
+    await settle()
+    assert trace.batches == [["a"], ["b"]]
+
+    await writer.add(Stdout("c"))  # the stream is quiet again: no linger is left over
+    await settle()
+
+    assert trace.batches == [["a"], ["b"], ["c"]]
+    assert await writer.close()
+
+
 async def test_a_full_backlog_makes_the_stream_wait_instead_of_growing() -> None:
     assert MAX_BACKLOG == 256  # events held while a write is in flight, at most
     trace = FakeTrace()
