@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from agentmesh.errors import Reason
-from agentmesh.scheduler.node_link import CallError, NodeLink
+from agentmesh.scheduler.node_link import MAX_WAITING_EVENTS, CallError, NodeLink
 from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
 
 SERVICE = "agentmesh.v1.AgentNode"
@@ -237,3 +237,35 @@ async def test_a_node_that_refuses_an_attempt_breaks_only_that_attempt(link_to: 
     assert caught.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert caught.value.reason is Reason.NODE_FULL
     assert ok[-1].task_id == "fine"
+
+
+async def test_an_attempt_left_with_events_waiting_does_not_hold_up_the_others(
+    link_to: Any,
+) -> None:
+    """The link stops reading while one attempt has too many events waiting; that attempt
+    leaving (cancelled, say) must let it read on for the rest."""
+
+    class Chatty(StandIn):
+        async def work(
+            self, requests: AsyncIterator[node_pb2.WorkRequest], context: Any
+        ) -> AsyncIterator[node_pb2.WorkUpdate]:
+            async for request in requests:
+                for s in request.start:
+                    if s.task_id == "loud":
+                        for first in range(1, MAX_WAITING_EVENTS * 3, 100):
+                            yield node_pb2.WorkUpdate(
+                                events=[event("loud", 1, n) for n in range(first, first + 100)]
+                            )
+                    else:
+                        yield node_pb2.WorkUpdate(events=[event(s.task_id, 1, 1, result=True)])
+
+    link = await link_to(Chatty())
+    loud = link.run(start("loud"))
+    assert (await anext(loud)).seq == 1
+    for _ in range(200):  # until the link has stopped reading, waiting for room
+        await asyncio.sleep(0.01)
+    await loud.aclose()  # type: ignore[attr-defined]
+
+    quiet = await asyncio.wait_for(run(link, "quiet"), 10)
+
+    assert quiet[-1].result.output == "quiet done"

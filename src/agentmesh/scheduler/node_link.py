@@ -144,6 +144,7 @@ class NodeLink:
         finally:
             if self._attempts.get(key) is attempt:
                 del self._attempts[key]
+            attempt.room.set()  # the stream's reader may be waiting for this attempt
             if not attempt.ended and attempt.broken is None and attempt.call is self._call:
                 self._stops.append(node_pb2.AttemptRef(task_id=key[0], attempt=key[1]))
                 self._outgoing.set()
