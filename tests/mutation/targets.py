@@ -122,6 +122,15 @@ TARGETS: dict[str, Target] = {
         note="starts checker worker processes per test",
         test_timeout=60.0,
     ),
+    "group_commit": Target(
+        "src/agentmesh/scheduler/group_commit.py", ("tests/unit/test_group_commit.py",)
+    ),
+    "node_link": Target(
+        "src/agentmesh/scheduler/node_link.py",
+        ("tests/scheduler/test_node_link.py",),
+        note="stand-in nodes on real ports, in process",
+        test_timeout=30.0,
+    ),
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
         (
@@ -467,6 +476,24 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             'values["memory_bytes"] = int(values.get("memory_bytes", 0))',
             "always_print_fields_with_no_presence=True always puts memory_bytes in the dict:"
             " the default is never used",
+        ),
+    ),
+    "group_commit": (
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "self, write: Callable[[Sequence[In]], Awaitable[Sequence[Out]]], *, max_batch: int"
+            " = 256",
+            "every caller passes max_batch by keyword",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_NotEq_IsNot",
+            "if len(answers) != len(batch):",
+            "lengths are small integers, which are one object each",
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "for (_, future), answer in zip(batch, answers, strict=True):",
+            "the lengths were checked equal just before",
         ),
     ),
     "policy": (

@@ -107,3 +107,39 @@ async def test_a_write_that_answers_the_wrong_count_is_an_error() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         GroupCommit(Writer(), max_batch=0)
+
+
+async def test_a_write_that_answers_too_many_is_an_error_too() -> None:
+    async def long(items: Sequence[int]) -> list[str]:
+        return ["a", "b", "c"]
+
+    commit = GroupCommit(long)
+    with pytest.raises(RuntimeError, match="answered 3 of 2 items"):
+        await asyncio.gather(commit(1), commit(2))
+
+
+async def test_a_batch_of_one_is_allowed_and_the_default_batch_is_256() -> None:
+    one_by_one = Writer()
+    assert await asyncio.gather(*(GroupCommit(one_by_one, max_batch=1)(n) for n in range(3)))
+    assert one_by_one.batches == [[0], [1], [2]]
+    default = Writer()
+    commit = GroupCommit(default)
+    await asyncio.gather(*(commit(n) for n in range(300)))
+    assert [len(b) for b in default.batches] == [256, 44]
+
+
+async def test_a_stopped_commit_fails_its_callers_instead_of_leaving_them_waiting() -> None:
+    """The event loop shutting down cancels the writer: every caller hears of it."""
+    writer = Writer(hold=True)
+    commit = GroupCommit(writer)
+    writing = asyncio.create_task(commit(0))
+    await writer.started.wait()
+    waiting = asyncio.create_task(commit(1))
+    await asyncio.sleep(0)
+    assert commit._writer is not None
+    commit._writer.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    with pytest.raises(RuntimeError, match="stopped"):
+        await waiting
