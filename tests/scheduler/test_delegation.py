@@ -258,7 +258,8 @@ async def test_cancelling_the_parent_stops_what_it_delegated_on_its_node(
         )
     )
     child_id = await _running_child(stub, parent.id)
-    assert far.runner.running_task_ids() == (child_id,)
+    # Working in the database comes first (the claim), running on the node a moment later.
+    await _until(lambda: far.runner.running_task_ids() == (child_id,))
 
     await stub.CancelTask(node_pb2.CancelTaskRequest(task_id=parent.id, reason="enough"))
 
