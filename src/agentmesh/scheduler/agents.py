@@ -23,7 +23,7 @@ from agentmesh.config import PermissionMode
 from agentmesh.keys.held import register_node_keys
 from agentmesh.node.card import AgentCard, HeldKey, held_keys_from
 from agentmesh.scheduler.placement import AgentSlot
-from agentmesh.scheduler.queries import QUEUE_CHANNEL
+from agentmesh.scheduler.queries import QUEUE_CHANNEL, WORKING_PER_AGENT
 
 UPSERT_AGENT = """
 INSERT INTO agents (id, hostname, ip_address, endpoint, last_heartbeat, capabilities, card,
@@ -67,11 +67,7 @@ LEFT JOIN node_credentials c
 SELECT_ONLINE = f"""
 SELECT a.id, a.card, a.status, c.id AS credential_id, coalesce(w.running, 0) AS running
 FROM agents a {_CREDENTIAL}
-LEFT JOIN (
-    SELECT assigned_agent, count(*) AS running FROM tasks
-    WHERE state = 'working' AND lease_owner IS NOT NULL AND assigned_agent IS NOT NULL
-    GROUP BY assigned_agent
-) w ON w.assigned_agent = a.id
+LEFT JOIN ({WORKING_PER_AGENT}) w ON w.assigned_agent = a.id
 WHERE a.status <> 'offline' AND a.last_heartbeat > now() - make_interval(secs => $1)
   AND (c.id IS NOT NULL OR NOT $2)
 """
