@@ -22,7 +22,9 @@ from pathlib import Path
 
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+from coverage import CoverageData
 
+from tests.mutation.plugin import RECORD
 from tests.mutation.targets import DEFAULT, EQUIVALENT, TARGETS, Target
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -155,6 +157,39 @@ def isolation() -> list[str]:
     return prefix
 
 
+def record_reach(tests: list[str], copy: Path, env: dict[str, str], module: str) -> Path:
+    """Run the module's tests once, unmutated, under coverage: which tests reach each line.
+
+    Writes `reached.json` (line number -> node ids of the tests that ran it, quickest first)
+    beside the copy and returns its path; raises RuntimeError with the output if a test
+    fails. Lines run at import, outside any test, are left out: every test reaches them.
+    """
+    data = copy.parent / "coverage.sqlite"
+    durations = copy.parent / "durations.json"
+    # The coverage command goes after any isolation prefix, in place of `python`.
+    at = next(i for i in range(len(tests)) if tests[i : i + 3] == [sys.executable, "-m", "pytest"])
+    covered = [
+        *tests[:at], sys.executable, "-m", "coverage", "run", f"--data-file={data}",
+        f"--include={copy / module}", *tests[at + 1 :],
+    ]  # fmt: skip
+    run = subprocess.run(
+        covered, cwd=copy, env={**env, RECORD: str(durations)}, capture_output=True, text=True
+    )
+    if run.returncode != 0:
+        raise RuntimeError(run.stdout[-3000:] + run.stderr[-2000:])
+    took = json.loads(durations.read_text())
+    coverage_data = CoverageData(basename=str(data))
+    coverage_data.read()
+    by_line = coverage_data.contexts_by_lineno(str(copy / module))
+    reached = {
+        str(line): sorted((c for c in contexts if c), key=lambda c: took.get(c, 0.0))
+        for line, contexts in by_line.items()
+    }
+    path = copy.parent / "reached.json"
+    path.write_text(json.dumps(reached))
+    return path
+
+
 def run_module(name: str, target: Target, timeout: float) -> Score:
     with tempfile.TemporaryDirectory(prefix=f"agentmesh-mutate-{name}-") as scratch:
         copy = Path(scratch) / "repo"
@@ -172,6 +207,7 @@ def run_module(name: str, target: Target, timeout: float) -> Score:
         }
         tests = [
             sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+            "-p", "tests.mutation.plugin",
             f"--basetemp={scratch}/pytest", f"--timeout={target.test_timeout:g}", *target.tests,
         ]  # fmt: skip
         if target.isolated:
@@ -180,17 +216,24 @@ def run_module(name: str, target: Target, timeout: float) -> Score:
             except RuntimeError as exc:
                 print(f"{name}: {exc}")
                 return Score(name, error=str(exc))
-        baseline = subprocess.run(tests, cwd=copy, env=env, capture_output=True, text=True)
-        if baseline.returncode != 0:
-            print(f"{name}: the tests fail before any mutation:\n{baseline.stdout[-3000:]}")
+        try:
+            reached = record_reach(tests, copy, env, target.path)
+        except RuntimeError as exc:
+            print(f"{name}: the tests fail before any mutation:\n{exc}")
             return Score(name, error="the tests fail before any mutation")
+        pristine = Path(scratch) / "pristine.py"
+        shutil.copy2(copy / target.path, pristine)
+        command = [
+            sys.executable, "-m", "tests.mutation.first",
+            str(pristine), target.path, str(reached), "--", *tests,
+        ]  # fmt: skip
         config = copy / "cosmic-ray.toml"
         config.write_text(
             "[cosmic-ray]\n"
             f'module-path = "{target.path}"\n'
             f"timeout = {timeout}\n"
             "excluded-modules = []\n"
-            f"test-command = {json.dumps(shlex.join(tests))}\n"
+            f"test-command = {json.dumps(shlex.join(command))}\n"
             "\n[cosmic-ray.distributor]\n"
             'name = "local"\n'
         )
