@@ -76,6 +76,7 @@ def test_services_have_their_fixed_full_names() -> None:
         "SubmitTask",
         "RunTask",
         "WatchTask",
+        "WatchTaskEvents",
         "GetTask",
         "ListTasks",
         "CancelTask",
@@ -89,7 +90,7 @@ def test_services_have_their_fixed_full_names() -> None:
         "ForgetApproval",
     }
     streaming = {m.name for m in scheduler.methods if m.server_streaming}
-    assert streaming == {"RunTask", "WatchTask"}
+    assert streaming == {"RunTask", "WatchTask", "WatchTaskEvents"}
     assert [m.name for m in node.methods if m.server_streaming] == ["ExecuteTask", "Work"]
     assert [m.name for m in node.methods if m.client_streaming] == ["Work"]
 

@@ -156,6 +156,13 @@ async def _watch_task(clients: Clients, targets: Targets) -> None:
     assert events[-1].result.state == COMPLETED, _state_name(events[-1].result.state)
 
 
+async def _watch_task_events(clients: Clients, targets: Targets) -> None:
+    request = scheduler_pb2.WatchTaskRequest(task_id=targets.finished_task_id)
+    batches = await _stream(clients.scheduler.WatchTaskEvents(request))
+    last = batches[-1].events[-1]
+    assert last.result.state == COMPLETED, _state_name(last.result.state)
+
+
 async def _get_task(clients: Clients, targets: Targets) -> None:
     request = scheduler_pb2.GetTaskRequest(task_id=targets.finished_task_id)
     task = await clients.scheduler.GetTask(request)
@@ -237,6 +244,7 @@ CASES: dict[str, Case] = {
     "agentmesh.v1.Scheduler.SubmitTask": _submit_task,
     "agentmesh.v1.Scheduler.RunTask": _run_task,
     "agentmesh.v1.Scheduler.WatchTask": _watch_task,
+    "agentmesh.v1.Scheduler.WatchTaskEvents": _watch_task_events,
     "agentmesh.v1.Scheduler.GetTask": _get_task,
     "agentmesh.v1.Scheduler.ListTasks": _list_tasks,
     "agentmesh.v1.Scheduler.CancelTask": _cancel_task,

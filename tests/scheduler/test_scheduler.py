@@ -145,6 +145,20 @@ async def test_unknown_task_and_bad_specs(mesh: Mesh) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id="t-nope"))
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+    for watch in (stub.WatchTask, stub.WatchTaskEvents):
+        for request, code, words in [
+            (scheduler_pb2.WatchTaskRequest(task_id="t-nope"), "NOT_FOUND", "t-nope"),
+            (scheduler_pb2.WatchTaskRequest(task_id="x y"), "INVALID_ARGUMENT", "task_id"),
+            (
+                scheduler_pb2.WatchTaskRequest(task_id="t-nope", after_seq=-1),
+                "INVALID_ARGUMENT",
+                "after_seq: must not be negative",
+            ),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                [_ async for _ in watch(request)]
+            assert caught.value.code().name == code
+            assert words in (caught.value.details() or "")
 
     deep = task_pb2.TaskSpec(kind="echo", prompt="leaf")
     for _ in range(6):
@@ -176,6 +190,32 @@ async def test_late_watcher_replays_the_same_trace(mesh: Mesh) -> None:
         async for e in stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task.id, after_seq=3))
     ]
     assert tail == early[3:]
+    batches = [
+        b async for b in stub.WatchTaskEvents(scheduler_pb2.WatchTaskRequest(task_id=task.id))
+    ]
+    assert [e for b in batches for e in b.events] == early
+    assert len(batches) < len(early)
+
+
+async def test_a_large_trace_comes_in_batches_of_about_a_mebibyte(mesh: Mesh) -> None:
+    stub = await mesh.start_scheduler()
+    await mesh.start_node("alpha")
+    task, events = await run_to_end(
+        stub, kind="shell", command="yes 0123456789 | head -c 5000000", permission_mode="superuser"
+    )
+    assert task.state == COMPLETED, task.error
+
+    request = scheduler_pb2.WatchTaskRequest(task_id=task.id)
+    batches = [batch async for batch in stub.WatchTaskEvents(request)]
+
+    assert [e for b in batches for e in b.events] == events
+    assert len(batches) >= 5
+    for batch in batches:  # a batch goes once it holds a mebibyte: one event more at most
+        assert sum(e.ByteSize() for e in batch.events[:-1]) < 1 << 20
+    after = scheduler_pb2.WatchTaskRequest(task_id=task.id, after_seq=events[-2].seq)
+    assert [e for b in [b async for b in stub.WatchTaskEvents(after)] for e in b.events] == [
+        events[-1]
+    ]
 
 
 async def test_list_agents_shows_registered_nodes(mesh: Mesh) -> None:

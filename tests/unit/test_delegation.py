@@ -221,7 +221,14 @@ def test_a_credential_names_its_task_and_attempt_and_only_its_key_makes_it() -> 
 # ----------------------------------------------------------------- access policies
 
 TASK_METHODS = ("DelegateTask", "GetTask", "ListAgents")
-USER_METHODS = ("SubmitTask", "CancelTask", "WatchTask", "ListTasks", "RunTask")
+USER_METHODS = (
+    "SubmitTask",
+    "CancelTask",
+    "WatchTask",
+    "WatchTaskEvents",
+    "ListTasks",
+    "RunTask",
+)
 
 
 def method(name: str) -> str:

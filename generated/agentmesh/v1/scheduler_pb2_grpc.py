@@ -52,6 +52,11 @@ class SchedulerStub:
                 request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_task__pb2.TaskEvent.FromString,
                 _registered_method=True)
+        self.WatchTaskEvents = channel.unary_stream(
+                '/agentmesh.v1.Scheduler/WatchTaskEvents',
+                request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.WatchTaskRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.TaskEventBatch.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/agentmesh.v1.Scheduler/GetTask',
                 request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.GetTaskRequest.SerializeToString,
@@ -129,6 +134,14 @@ class SchedulerServicer:
 
     def WatchTask(self, request, context):
         """Replays a task's events after `after_seq`, then follows live until it ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTaskEvents(self, request, context):
+        """The same events as WatchTask, several to a message (a page of the stored trace, or what
+        was written together, up to about 1 MiB): a long trace replays in a few messages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,6 +245,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.WatchTaskRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_task__pb2.TaskEvent.SerializeToString,
+            ),
+            'WatchTaskEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTaskEvents,
+                    request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.WatchTaskRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_scheduler__pb2.TaskEventBatch.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
@@ -371,6 +389,33 @@ class Scheduler:
             '/agentmesh.v1.Scheduler/WatchTask',
             agentmesh_dot_v1_dot_scheduler__pb2.WatchTaskRequest.SerializeToString,
             agentmesh_dot_v1_dot_task__pb2.TaskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTaskEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentmesh.v1.Scheduler/WatchTaskEvents',
+            agentmesh_dot_v1_dot_scheduler__pb2.WatchTaskRequest.SerializeToString,
+            agentmesh_dot_v1_dot_scheduler__pb2.TaskEventBatch.FromString,
             options,
             channel_credentials,
             insecure,

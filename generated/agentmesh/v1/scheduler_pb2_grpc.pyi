@@ -41,6 +41,10 @@ class SchedulerStub:
     """Submits a task and follows it to its end."""
     WatchTask: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchTaskRequest, _task_pb2.TaskEvent]
     """Replays a task's events after `after_seq`, then follows live until it ends."""
+    WatchTaskEvents: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchTaskRequest, _scheduler_pb2.TaskEventBatch]
+    """The same events as WatchTask, several to a message (a page of the stored trace, or what
+    was written together, up to about 1 MiB): a long trace replays in a few messages.
+    """
     GetTask: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetTaskRequest, _task_pb2.Task]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListTasksRequest, _scheduler_pb2.ListTasksResponse]
     CancelTask: _grpc.UnaryUnaryMultiCallable[_node_pb2.CancelTaskRequest, _task_pb2.Task]
@@ -83,6 +87,10 @@ class SchedulerAsyncStub(SchedulerStub):
     """Submits a task and follows it to its end."""
     WatchTask: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchTaskRequest, _task_pb2.TaskEvent]  # type: ignore[assignment]
     """Replays a task's events after `after_seq`, then follows live until it ends."""
+    WatchTaskEvents: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchTaskRequest, _scheduler_pb2.TaskEventBatch]  # type: ignore[assignment]
+    """The same events as WatchTask, several to a message (a page of the stored trace, or what
+    was written together, up to about 1 MiB): a long trace replays in a few messages.
+    """
     GetTask: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListTasksRequest, _scheduler_pb2.ListTasksResponse]  # type: ignore[assignment]
     CancelTask: _aio.UnaryUnaryMultiCallable[_node_pb2.CancelTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
@@ -140,6 +148,16 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_task_pb2.TaskEvent], _abc.AsyncIterator[_task_pb2.TaskEvent]]:
         """Replays a task's events after `after_seq`, then follows live until it ends."""
+
+    @_abc_1.abstractmethod
+    def WatchTaskEvents(
+        self,
+        request: _scheduler_pb2.WatchTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.TaskEventBatch], _abc.AsyncIterator[_scheduler_pb2.TaskEventBatch]]:
+        """The same events as WatchTask, several to a message (a page of the stored trace, or what
+        was written together, up to about 1 MiB): a long trace replays in a few messages.
+        """
 
     @_abc_1.abstractmethod
     def GetTask(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
@@ -101,6 +101,30 @@ async def memory_stub(settings: Settings, address: str) -> AsyncIterator[MemoryS
 
 async def get_task(stub: Stub, task_id: str) -> task_pb2.Task:
     return await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id), timeout=CALL_TIMEOUT)
+
+
+async def task_events(stub: Stub, task_id: str) -> AsyncGenerator[task_pb2.TaskEvent, None]:
+    """A task's events, its stored trace then what comes live, until its end: several to a
+    message (WatchTaskEvents), or one by one from a scheduler older than that (WatchTask).
+    Close it (contextlib.aclosing) to stop early: that ends the call."""
+    request = scheduler_pb2.WatchTaskRequest(task_id=task_id)
+    call = stub.WatchTaskEvents(request)
+    try:
+        async for batch in call:
+            for event in batch.events:
+                yield event
+        return
+    except grpc.aio.AioRpcError as error:
+        if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+            raise
+    finally:
+        call.cancel()
+    older = stub.WatchTask(request)
+    try:
+        async for event in older:
+            yield event
+    finally:
+        older.cancel()
 
 
 async def task_tree(stub: Stub, root_id: str) -> list[task_pb2.Task]:

@@ -11,7 +11,14 @@ from typing import Any
 
 from rich.status import Status
 
-from agentmesh.cli.client import CALL_TIMEOUT, Stub, agent_names, get_task, task_tree
+from agentmesh.cli.client import (
+    CALL_TIMEOUT,
+    Stub,
+    agent_names,
+    get_task,
+    task_events,
+    task_tree,
+)
 from agentmesh.cli.output import Output
 from agentmesh.cli.render import EventRenderer
 from agentmesh.cli.views import event_json, state_name, title
@@ -68,8 +75,7 @@ async def follow(stub: Stub, output: Output, root_id: str, *, quiet: bool = Fals
 
     async def watch(task_id: str) -> None:
         nonlocal last_event
-        request = scheduler_pb2.WatchTaskRequest(task_id=task_id)
-        async for message in stub.WatchTask(request):
+        async for message in task_events(stub, task_id):
             event = convert.event_from_proto(message)
             spinner.hide()
             last_event = time.monotonic()

@@ -12,6 +12,7 @@ scheduler's first event of a delegated task says `delegated by the agent of PARE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 from rich.text import Text
 from rich.tree import Tree
 
-from agentmesh.cli.client import CALL_TIMEOUT, Stub, task_tree
+from agentmesh.cli.client import CALL_TIMEOUT, Stub, task_events, task_tree
 from agentmesh.cli.output import Output
 from agentmesh.cli.views import (
     STATE_STYLES,
@@ -60,9 +61,8 @@ async def summarize_events(stub: Stub, task: task_pb2.Task, names: dict[str, str
     agents: dict[int, str] = {}
     outcomes: dict[int, str] = {}
     delegated_by: int | None = None
-    call = stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task.id))
-    try:
-        async for event in call:  # every task has a first event: `submitted`
+    async with contextlib.aclosing(task_events(stub, task.id)) as events:
+        async for event in events:  # every task has a first event: `submitted`
             kind = event.WhichOneof("payload") or ""
             kinds[kind] += 1
             if event.attempt and event.agent_id:
@@ -79,8 +79,6 @@ async def summarize_events(stub: Stub, task: task_pb2.Task, names: dict[str, str
                 outcomes[event.attempt] = state_name(event.result.state)
             if event.seq >= task.last_seq:
                 break  # what was stored when we looked; a running task goes on
-    finally:
-        call.cancel()
     attempts = [
         Attempt(number, names.get(agents.get(number, ""), agents.get(number, "")), outcomes[number])
         for number in sorted(set(agents) | set(outcomes))

@@ -7,7 +7,8 @@ with the two enums translated by prefix (events are the hot path: no `json_forma
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -92,22 +93,62 @@ def event_to_proto(event: events.TaskEvent) -> task_pb2.TaskEvent:
     message = task_pb2.TaskEvent(
         task_id=event.task_id, seq=event.seq, attempt=event.attempt, agent_id=event.agent_id
     )
-    message.time.FromMicroseconds(int(event.time * 1e6))
+    _set_time(message.time, event.time)
     payload = event.payload
-    target = getattr(message, payload.KIND)
-    target.SetInParent()  # a payload of default values still names its kind
-    # Set field by field on the message itself (not through json_format, nor a message
-    # built and merged in: merging copies every string again and checks its UTF-8, which
-    # cost more than all the rest of streaming a shell's output).
-    for field in dataclasses.fields(payload):
-        value = getattr(payload, field.name)
-        if field.name == "usage":
-            target.usage.CopyFrom(task_pb2.Usage(**dataclasses.asdict(value)))
-        elif (prefix := _ENUM_PREFIXES.get(field.name)) is not None:
-            setattr(target, field.name, prefix + str(value).upper())
-        else:
-            setattr(target, field.name, value)
+    _set_payload(
+        getattr(message, payload.KIND),
+        ((field.name, getattr(payload, field.name)) for field in dataclasses.fields(payload)),
+    )
     return message
+
+
+class StoredEvent(Protocol):
+    """A row of `task_events` (task_id, seq, attempt, agent_id, kind, payload, created_at),
+    its payload as `payload_to_dict` stored it."""
+
+    def __getitem__(self, column: str) -> Any: ...
+
+
+def stored_event_to_proto(
+    row: StoredEvent, message: task_pb2.TaskEvent | None = None
+) -> task_pb2.TaskEvent:
+    """A stored event as a message (or written into `message`, a batch's new element), the
+    same as `event_to_proto` of the event read back, without building its payload object:
+    this is how a trace is replayed."""
+    if message is None:
+        message = task_pb2.TaskEvent()
+    message.task_id = row["task_id"]
+    message.seq = row["seq"]
+    message.attempt = row["attempt"]
+    message.agent_id = row["agent_id"] or ""
+    _set_time(message.time, row["created_at"].timestamp())
+    _set_payload(getattr(message, row["kind"]), row["payload"].items())
+    return message
+
+
+def _set_time(timestamp: Timestamp, seconds: float) -> None:
+    """Timestamp.FromMicroseconds(int(seconds * 1e6)), without its checks' cost per event."""
+    micros = int(seconds * 1e6)
+    timestamp.seconds = micros // 1_000_000
+    timestamp.nanos = micros % 1_000_000 * 1000
+
+
+def _set_payload(target: Any, values: Iterable[tuple[str, Any]]) -> None:
+    """Set a payload message field by field from a payload's values, as objects or as
+    stored (enum values lower-case, the usage a dict): not through json_format, nor a message
+    built and merged in (merging copies every string again and checks its UTF-8, which cost
+    more than all the rest of streaming a shell's output)."""
+    target.SetInParent()  # a payload of default values still names its kind
+    for name, value in values:
+        if name == "usage":
+            counts = value if isinstance(value, dict) else dataclasses.asdict(value)
+            target.usage.SetInParent()
+            for count, number in counts.items():
+                setattr(target.usage, count, number)
+        elif (prefix := _ENUM_PREFIXES.get(name)) is not None:
+            setattr(target, name, prefix + str(value).upper())
+        else:
+            setattr(target, name, value)
 
 
 def event_from_proto(message: task_pb2.TaskEvent) -> events.TaskEvent:

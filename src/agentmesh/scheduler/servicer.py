@@ -31,7 +31,7 @@ from agentmesh.scheduler.validation import (
     with_defaults,
     with_user_modes,
 )
-from agentmesh.scheduler.watch import wait_for_end, watch
+from agentmesh.scheduler.watch import wait_for_end, watch_pages
 from agentmesh.tasks.model import AgentMode, TaskSpec, validate_task_id
 from agentmesh.v1 import node_pb2, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
@@ -40,6 +40,8 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 MAX_PAGE_SIZE = 1000
 # The longest a GetTask or DelegateTask waits for a task to end, in one call.
 MAX_WAIT_SECONDS = 3600.0
+# WatchTaskEvents starts a new message once one holds this much (clients take 4 MiB).
+BATCH_BYTES = 1 << 20
 
 
 def _timestamp(value: Any) -> Timestamp | None:
@@ -150,18 +152,36 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.SubmitTaskRequest, context: Context
     ) -> AsyncIterator[task_pb2.TaskEvent]:
         task = await self._submit(request)
-        async for event in watch(self._store, self._signals, task.id, 0):
-            yield convert.event_to_proto(event)
+        async for page in watch_pages(self._store, self._signals, task.id, 0):
+            for row in page:
+                yield convert.stored_event_to_proto(row)
 
     @streaming
     async def WatchTask(
         self, request: scheduler_pb2.WatchTaskRequest, context: Context
     ) -> AsyncIterator[task_pb2.TaskEvent]:
+        async for page in self._watch(request):
+            for row in page:
+                yield convert.stored_event_to_proto(row)
+
+    @streaming
+    async def WatchTaskEvents(
+        self, request: scheduler_pb2.WatchTaskRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.TaskEventBatch]:
+        async for page in self._watch(request):
+            batch, size = scheduler_pb2.TaskEventBatch(), 0
+            for row in page:
+                if size >= BATCH_BYTES:
+                    yield batch
+                    batch, size = scheduler_pb2.TaskEventBatch(), 0
+                size += convert.stored_event_to_proto(row, batch.events.add()).ByteSize()
+            yield batch
+
+    def _watch(self, request: scheduler_pb2.WatchTaskRequest) -> AsyncIterator[list[Any]]:
         validate_task_id(request.task_id)
         if request.after_seq < 0:
             raise InvalidArgument("after_seq", "must not be negative")
-        async for event in watch(self._store, self._signals, request.task_id, request.after_seq):
-            yield convert.event_to_proto(event)
+        return watch_pages(self._store, self._signals, request.task_id, request.after_seq)
 
     @unary
     async def GetTask(

@@ -449,9 +449,15 @@ class TaskStore:
         return records, token
 
     async def events_after(self, task_id: str, after_seq: int, limit: int = 500) -> list[TaskEvent]:
+        return [_event(row) for row in await self.event_rows_after(task_id, after_seq, limit)]
+
+    async def event_rows_after(
+        self, task_id: str, after_seq: int, limit: int = 500
+    ) -> list[asyncpg.Record]:
+        """The trace's rows as stored, in order (`convert.stored_event_to_proto` streams them
+        without building each event's payload object)."""
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(q.SELECT_EVENTS_AFTER, task_id, after_seq, limit)
-        return [_event(row) for row in rows]
+            return list(await conn.fetch(q.SELECT_EVENTS_AFTER, task_id, after_seq, limit))
 
     async def child_results(self, task_id: str) -> list[asyncpg.Record]:
         async with self._pool.acquire() as conn:

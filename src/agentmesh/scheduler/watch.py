@@ -11,40 +11,58 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import asyncpg
+
 from agentmesh.scheduler.notifications import TaskSignals
 from agentmesh.scheduler.store import TaskStore
-from agentmesh.tasks.events import Result, TaskEvent
+from agentmesh.tasks.events import Result
 
 POLL_SECONDS = 1.0
+# Events read at a time.
+PAGE = 500
 
 
-async def watch(
+async def watch_pages(
     store: TaskStore, signals: TaskSignals, task_id: str, after_seq: int
-) -> AsyncIterator[TaskEvent]:
-    """Events after `after_seq`, in order, until (and including) the task's final result."""
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """The stored events after `after_seq` (see `TaskStore.event_rows_after`), in order and
+    a page at a time, until (and including) the task's final result. While a full page is
+    sent the next one is read, so a long replay's reads and its sending overlap."""
     await store.state(task_id)  # NotFound for an unknown id, before anything streams
     wake = signals.subscribe(task_id)
+    ahead: asyncio.Future[list[asyncpg.Record]] | None = None
     try:
         last = after_seq
         while True:
-            wake.clear()
-            events = await store.events_after(task_id, last)
-            for event in events:
-                last = event.seq
-                yield event
-                if isinstance(event.payload, Result):
+            if ahead is not None:
+                page, ahead = await ahead, None
+                if not page:
+                    continue  # read before `wake` was cleared: read again before waiting
+            else:
+                wake.clear()
+                page = await store.event_rows_after(task_id, last, PAGE)
+            if page:
+                ended = next((i for i, row in enumerate(page) if row["kind"] == Result.KIND), None)
+                if ended is not None:
+                    yield page[: ended + 1]
                     return
-            if events:
-                continue  # there may be more than one page
+                last = page[-1]["seq"]
+                if len(page) == PAGE:
+                    ahead = asyncio.ensure_future(store.event_rows_after(task_id, last, PAGE))
+                yield page
+                continue
             # Ended, and its result was at or before `last` (after_seq past the end): done.
             # The result is written with the ending, so re-read once to close the race.
-            if (await store.state(task_id)).terminal and not await store.events_after(
+            if (await store.state(task_id)).terminal and not await store.event_rows_after(
                 task_id, last, 1
             ):
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL_SECONDS)
     finally:
+        if ahead is not None:  # the watcher left (or failed) while a page was read
+            ahead.cancel()
+            ahead.add_done_callback(lambda read: read.cancelled() or read.exception())
         signals.unsubscribe(task_id, wake)
 
 
