@@ -160,9 +160,9 @@ def isolation() -> list[str]:
 def record_reach(tests: list[str], copy: Path, env: dict[str, str], module: str) -> Path:
     """Run the module's tests once, unmutated, under coverage: which tests reach each line.
 
-    Writes `reached.json` (line number -> node ids of the tests that ran it, quickest first)
-    beside the copy and returns its path; raises RuntimeError with the output if a test
-    fails. Lines run at import, outside any test, are left out: every test reaches them.
+    Writes `reached.json` (line number -> node ids of the tests that ran it, quickest first,
+    and "" if it ran at import, outside any test) beside the copy and returns its path;
+    raises RuntimeError with the output if a test fails.
     """
     data = copy.parent / "coverage.sqlite"
     durations = copy.parent / "durations.json"
@@ -182,7 +182,7 @@ def record_reach(tests: list[str], copy: Path, env: dict[str, str], module: str)
     coverage_data.read()
     by_line = coverage_data.contexts_by_lineno(str(copy / module))
     reached = {
-        str(line): sorted((c for c in contexts if c), key=lambda c: took.get(c, 0.0))
+        str(line): sorted(contexts, key=lambda c: took.get(c, 0.0))
         for line, contexts in by_line.items()
     }
     path = copy.parent / "reached.json"

@@ -1,9 +1,12 @@
 """`python -m tests.mutation.first PRISTINE MODULE LINES -- COMMAND...`: one mutant's tests.
 
 Cosmic-ray runs this as the test command, with the mutant written over MODULE. It finds the
-lines the mutant changed (against PRISTINE, the module as it was), looks up in LINES (from
-the run before the mutants: line number -> node ids of the tests that reach it, quickest
-first) the tests that reach them, and runs COMMAND with those tests first (see plugin.py).
+lines the mutant changed (against PRISTINE, the module as it was) and looks them up in LINES
+(from the unmutated run under coverage: line number -> the node ids of the tests that ran
+it, quickest first, and "" if it ran at import). A mutant can change only what runs its
+code: when every changed line ran inside tests and never at import, COMMAND runs those
+tests alone (see plugin.py); otherwise (a line run at import, as a default value or a
+constant is, or one never seen running) it runs all of them.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.mutation.plugin import FIRST
+from tests.mutation.plugin import ONLY
 
 
 def changed_lines(before: list[str], after: list[str]) -> set[int]:
@@ -28,11 +31,15 @@ def changed_lines(before: list[str], after: list[str]) -> set[int]:
     return changed
 
 
-def reaching(lines: set[int], reached_by: dict[str, list[str]]) -> list[str]:
-    ordered: list[str] = []
+def selected(lines: set[int], reached_by: dict[str, list[str]]) -> list[str] | None:
+    """The tests that ran the changed lines, each once; None for all of them."""
+    chosen: list[str] = []
     for line in sorted(lines):
-        ordered += [t for t in reached_by.get(str(line), ()) if t not in ordered]
-    return ordered
+        tests = reached_by.get(str(line))
+        if not tests or "" in tests:
+            return None
+        chosen += [t for t in tests if t not in chosen]
+    return chosen or None
 
 
 def main(argv: list[str]) -> int:
@@ -42,10 +49,11 @@ def main(argv: list[str]) -> int:
     lines = changed_lines(
         Path(pristine).read_text().splitlines(), Path(module).read_text().splitlines()
     )
-    first = reaching(lines, json.loads(Path(reached).read_text()))
-    listed = Path(reached).with_name("first.txt")  # mutants run one at a time
-    listed.write_text("\n".join(first))
-    os.environ[FIRST] = str(listed)
+    tests = selected(lines, json.loads(Path(reached).read_text()))
+    if tests is not None:
+        listed = Path(reached).with_name("selected.txt")  # mutants run one at a time
+        listed.write_text("\n".join(tests))
+        os.environ[ONLY] = str(listed)
     os.execvp(command[0], command)
 
 

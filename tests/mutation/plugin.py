@@ -1,11 +1,10 @@
-"""A pytest plugin for `make mutate`: which tests run a line, and those tests first.
+"""A pytest plugin for `make mutate`: which tests run each line, and a mutant's tests only.
 
 With AGENTMESH_MUTATION_RECORD set (a file), each test runs in a coverage context named by
-its node id, and the time each test took is written to that file: the run before the
-mutants learns which tests reach each line of the module. With AGENTMESH_MUTATION_FIRST set
-(a file of node ids, one a line), those tests run first, in that order: a mutant's tests
-begin with the ones that reach the lines it changed, so with `-x` a mutant some test kills
-costs that test, not the whole list. Every selected test still runs when none fails.
+its node id (what runs outside any test, at import, has the empty context), and the time
+each test took is written to that file: the run before the mutants learns which tests run
+each line of the module. With AGENTMESH_MUTATION_ONLY set (a file of node ids, one a line),
+only those tests run, in that order (see first.py).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 RECORD = "AGENTMESH_MUTATION_RECORD"
-FIRST = "AGENTMESH_MUTATION_FIRST"
+ONLY = "AGENTMESH_MUTATION_ONLY"
 
 _durations: defaultdict[str, float] = defaultdict(float)
 
@@ -53,10 +52,11 @@ def pytest_sessionfinish() -> None:
         Path(record).write_text(json.dumps(_durations))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    first = os.environ.get(FIRST)
-    if not first:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    only = os.environ.get(ONLY)
+    if not only:
         return
-    rank = {nodeid: i for i, nodeid in enumerate(Path(first).read_text().split("\n")) if nodeid}
-    ahead = sorted((item for item in items if item.nodeid in rank), key=lambda i: rank[i.nodeid])
-    items[:] = ahead + [item for item in items if item.nodeid not in rank]
+    rank = {nodeid: i for i, nodeid in enumerate(Path(only).read_text().split("\n")) if nodeid}
+    chosen = sorted((item for item in items if item.nodeid in rank), key=lambda i: rank[i.nodeid])
+    config.hook.pytest_deselected(items=[item for item in items if item.nodeid not in rank])
+    items[:] = chosen

@@ -1,8 +1,8 @@
-"""`make mutate` runs a mutant's tests starting with those that reach the lines it changed."""
+"""`make mutate` runs a mutant's tests: those that ran the lines it changed, or all of them."""
 
 from __future__ import annotations
 
-from tests.mutation.first import changed_lines, reaching
+from tests.mutation.first import changed_lines, selected
 
 
 def test_a_changed_line_is_named_by_its_number_in_the_original() -> None:
@@ -20,7 +20,15 @@ def test_an_unchanged_module_names_no_line() -> None:
     assert changed_lines(["a", "b"], ["a", "b"]) == set()
 
 
-def test_the_tests_of_every_changed_line_come_once_in_the_order_given() -> None:
-    reached = {"2": ["quick", "slow"], "3": ["slow", "other"], "9": ["never"]}
-    assert reaching({3, 2}, reached) == ["quick", "slow", "other"]
-    assert reaching({5}, reached) == []
+REACHED = {"2": ["quick", "slow"], "3": ["slow", "other"], "4": ["", "quick"], "5": []}
+
+
+def test_the_tests_that_ran_every_changed_line_run_alone_each_once() -> None:
+    assert selected({3, 2}, REACHED) == ["quick", "slow", "other"]
+
+
+def test_a_line_run_at_import_or_never_seen_running_runs_every_test() -> None:
+    assert selected({2, 4}, REACHED) is None  # a default value, a constant: every test
+    assert selected({5}, REACHED) is None
+    assert selected({9}, REACHED) is None  # not a line that runs, or never ran
+    assert selected(set(), REACHED) is None
