@@ -52,7 +52,7 @@ async def test_a_batch_sent_twice_is_written_once(pool: asyncpg.Pool) -> None:
 
     assert first == again == attempt.last_seq + 2
     assert after == attempt.last_seq + 3
-    events = await store.events_after(attempt.task_id, 0)
+    events = await store.events_after(attempt.task_id, 0, 1000)
     assert [e.seq for e in events] == list(range(1, attempt.last_seq + 4))
     texts = [e.payload.text for e in events if isinstance(e.payload, Stdout)]
     assert texts == ["one", "two", "three"]
@@ -66,12 +66,12 @@ async def test_a_superseded_attempt_writes_nothing_even_when_retrying(pool: asyn
     await store.retry_attempt(
         attempt.task_id, attempt.attempt, OWNER, "node lost", backoff_seconds=0
     )
-    before = await store.events_after(attempt.task_id, 0)
+    before = await store.events_after(attempt.task_id, 0, 1000)
 
     assert written is not None
     assert await append(store, attempt, [Stdout("one")], attempt.last_seq) is None
     assert await append(store, attempt, [Stdout("late")], written) is None
-    assert await store.events_after(attempt.task_id, 0) == before
+    assert await store.events_after(attempt.task_id, 0, 1000) == before
 
 
 async def test_parked_tasks_leave_the_dispatch_window_until_unparked(pool: asyncpg.Pool) -> None:

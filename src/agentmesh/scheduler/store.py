@@ -448,11 +448,11 @@ class TaskStore:
             token = f"{last.created_at.isoformat()}|{last.id}"
         return records, token
 
-    async def events_after(self, task_id: str, after_seq: int, limit: int = 500) -> list[TaskEvent]:
+    async def events_after(self, task_id: str, after_seq: int, limit: int) -> list[TaskEvent]:
         return [_event(row) for row in await self.event_rows_after(task_id, after_seq, limit)]
 
     async def event_rows_after(
-        self, task_id: str, after_seq: int, limit: int = 500
+        self, task_id: str, after_seq: int, limit: int
     ) -> list[asyncpg.Record]:
         """The trace's rows as stored, in order (`convert.stored_event_to_proto` streams them
         without building each event's payload object)."""
