@@ -136,10 +136,19 @@ TARGETS: dict[str, Target] = {
         (
             "tests/scheduler/test_scheduler.py",
             "tests/scheduler/test_gemini_dispatch.py",
+            "tests/scheduler/test_cancels.py",
+            "tests/scheduler/test_waiting.py",
+            "tests/scheduler/test_unreachable_node.py",
+            "tests/scheduler/test_placement_unreachable.py",
+            "tests/scheduler/test_recovery.py",
             *EMBEDDED_ONLY,
         ),
         note="slow: every mutant runs a scheduler and nodes",
         test_timeout=120.0,
+    ),
+    "watch": Target(
+        "src/agentmesh/scheduler/watch.py",
+        ("tests/store/test_watch.py", "tests/scheduler/test_scheduler.py", *EMBEDDED_ONLY),
     ),
 }
 
