@@ -7,6 +7,7 @@ test checks what a user would see there.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from agentmesh.scheduler.store import TaskStore
 from agentmesh.tasks.events import Result, Status, Stdout, Usage
 from agentmesh.tasks.model import TaskSpec, TaskState
 from tests.store.conftest import DEFAULT_MAX_ATTEMPTS
+from tests.store.test_delegation import as_given, running_parent
 from tests.store.test_transitions import AGENT, OWNER, start, trace
 
 ECHO = TaskSpec(kind="echo", prompt="hi")
@@ -157,6 +159,21 @@ async def test_a_tree_is_stored_with_its_children_and_only_its_leaves_queued(
         (first.id, "first"),
         (second.id, "uname"),  # no description: the command names it
     ]
+
+
+async def test_every_new_task_id_is_t_and_20_lowercase_hex_digits(store: TaskStore) -> None:
+    """The shape bench/ and mesh credentials rely on (`t-` and 20 hex digits), whichever
+    way the task came in: alone, keyed, in a tree, delegated."""
+    leaf = await store.submit(ECHO)
+    keyed = await store.submit(TaskSpec(kind="echo", prompt="k", idempotency_key="id-shape"))
+    root = await store.submit(TaskSpec(subtasks=(ECHO, ECHO)))
+    parent_id, attempt = await running_parent(store)
+    delegated = await store.delegate(parent_id, attempt, as_given())  # type: ignore[arg-type]
+
+    ids = [leaf, keyed, root, *(await store.get(root)).child_ids, parent_id, delegated]
+    assert len(set(ids)) == len(ids) == 7
+    for task_id in ids:
+        assert re.fullmatch(r"t-[0-9a-f]{20}", task_id), task_id
 
 
 async def test_unknown_tasks_are_not_found(store: TaskStore) -> None:
