@@ -160,9 +160,10 @@ def isolation() -> list[str]:
 def record_reach(tests: list[str], copy: Path, env: dict[str, str], module: str) -> Path:
     """Run the module's tests once, unmutated, under coverage: which tests reach each line.
 
-    Writes `reached.json` (line number -> node ids of the tests that ran it, quickest first,
-    and "" if it ran at import, outside any test) beside the copy and returns its path;
-    raises RuntimeError with the output if a test fails.
+    Writes `reached.json` beside the copy and returns its path: "lines", line number -> node
+    ids of the tests that ran it, quickest first, and "" if it ran at import, outside any
+    test; "seconds", node id -> how long the test took. Raises RuntimeError with the output
+    if a test fails.
     """
     data = copy.parent / "coverage.sqlite"
     durations = copy.parent / "durations.json"
@@ -186,7 +187,7 @@ def record_reach(tests: list[str], copy: Path, env: dict[str, str], module: str)
         for line, contexts in by_line.items()
     }
     path = copy.parent / "reached.json"
-    path.write_text(json.dumps(reached))
+    path.write_text(json.dumps({"lines": reached, "seconds": took}))
     return path
 
 
@@ -250,7 +251,13 @@ def run_module(name: str, target: Target, timeout: float) -> Score:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__)
     parser.add_argument("modules", nargs="*", choices=[*TARGETS, "all"], default=list(DEFAULT))
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="seconds per mutant at most (a backstop:"
+        " a mutant whose tests take 3 times as long as unmutated, plus 30 s, is killed by time)",
+    )
     args = parser.parse_args(argv)
     names = list(TARGETS) if "all" in args.modules else args.modules
     scores = []

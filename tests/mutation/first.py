@@ -6,7 +6,9 @@ lines the mutant changed (against PRISTINE, the module as it was) and looks them
 it, quickest first, and "" if it ran at import). A mutant can change only what runs its
 code: when every changed line ran inside tests and never at import, COMMAND runs those
 tests alone (see plugin.py); otherwise (a line run at import, as a default value or a
-constant is, or one never seen running) it runs all of them.
+constant is, or one never seen running) it runs all of them. A mutant whose tests take far
+longer than they took unmutated (a lost wake-up, a lock never released) is killed by time:
+after 3 times as long, plus 30 s to start.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,6 +46,12 @@ def selected(lines: set[int], reached_by: dict[str, list[str]]) -> list[str] | N
     return chosen or None
 
 
+def time_limit(tests: list[str] | None, seconds: dict[str, float]) -> float:
+    """How long the mutant's tests may take: 3 times as long as unmutated, plus 30 s."""
+    took = sum(seconds.values()) if tests is None else sum(seconds.get(t, 0.0) for t in tests)
+    return 30.0 + 3 * took
+
+
 def main(argv: list[str]) -> int:
     pristine, module, reached, separator, *command = argv
     if separator != "--" or not command:
@@ -49,12 +59,22 @@ def main(argv: list[str]) -> int:
     lines = changed_lines(
         Path(pristine).read_text().splitlines(), Path(module).read_text().splitlines()
     )
-    tests = selected(lines, json.loads(Path(reached).read_text()))
+    recorded = json.loads(Path(reached).read_text())
+    tests = selected(lines, recorded["lines"])
+    env = dict(os.environ)
     if tests is not None:
         listed = Path(reached).with_name("selected.txt")  # mutants run one at a time
         listed.write_text("\n".join(tests))
-        os.environ[ONLY] = str(listed)
-    os.execvp(command[0], command)
+        env[ONLY] = str(listed)
+    limit = time_limit(tests, recorded["seconds"])
+    run = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        return run.wait(limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        print(f"killed by time: the tests ran past {limit:.0f} s", flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.mutation.first import changed_lines, selected
+from tests.mutation.first import changed_lines, selected, time_limit
 
 
 def test_a_changed_line_is_named_by_its_number_in_the_original() -> None:
@@ -32,3 +32,9 @@ def test_a_line_run_at_import_or_never_seen_running_runs_every_test() -> None:
     assert selected({5}, REACHED) is None
     assert selected({9}, REACHED) is None  # not a line that runs, or never ran
     assert selected(set(), REACHED) is None
+
+
+def test_a_mutant_s_tests_may_take_three_times_as_long_as_unmutated_and_30_s() -> None:
+    seconds = {"quick": 1.0, "slow": 10.0, "other": 4.0}
+    assert time_limit(["quick", "other"], seconds) == 30.0 + 3 * 5.0
+    assert time_limit(None, seconds) == 30.0 + 3 * 15.0
