@@ -230,7 +230,23 @@ _SHIFT = (
     " `shift < 63` (a ten-byte varint passes) and `position <= end` (a varint cut off)"
 )
 
+_LOOK_AHEAD = (
+    "list_tasks reads one row past the page to learn whether a next page exists: any limit"
+    " above page_size reads the same page and the same token (the order, created_at and id,"
+    " is total), only more rows; ListTasks passes a page_size of 1 to 1000 (0 becomes 50,"
+    " others are refused), where 2 * page_size and page_size + 2 are both above it"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
+    "store": (
+        Equivalent("core/ReplaceBinaryOperator_Add_LShift", "page_size + 1,", _LOOK_AHEAD),
+        Equivalent(
+            "core/NumberReplacer",
+            "page_size + 1,",
+            f"{_LOOK_AHEAD}; this entry also matches page_size + 0, which the paging test"
+            " kills (no page has a next one)",
+        ),
+    ),
     "command_check": (
         Equivalent(
             "core/ReplaceBinaryOperator_Mul_Div",

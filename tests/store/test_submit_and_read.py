@@ -189,20 +189,21 @@ async def test_unknown_tasks_are_not_found(store: TaskStore) -> None:
 async def test_tasks_are_listed_newest_first_in_pages(store: TaskStore) -> None:
     ids = [await store.submit(ECHO) for _ in range(5)]
 
-    seen: list[str] = []
-    token = ""
-    pages = 0
-    while True:
-        records, token = await store.list_tasks(
-            state=None, user="", parent_id="", page_size=2, page_token=token
-        )
-        seen += [r.id for r in records]
-        pages += 1
-        if not token:
-            break
+    for page_size, sizes in [(1, [1] * 5), (2, [2, 2, 1]), (3, [3, 2]), (4, [4, 1]), (6, [5])]:
+        seen: list[str] = []
+        pages: list[int] = []
+        token = ""
+        while True:
+            records, token = await store.list_tasks(
+                state=None, user="", parent_id="", page_size=page_size, page_token=token
+            )
+            seen += [r.id for r in records]
+            pages.append(len(records))
+            if not token:
+                break
 
-    assert seen == ids[::-1]
-    assert pages == 3
+        assert seen == ids[::-1]
+        assert pages == sizes, page_size
     exact, token = await store.list_tasks(
         state=None, user="", parent_id="", page_size=5, page_token=""
     )

@@ -12,7 +12,7 @@ import pytest
 
 from agentmesh.errors import FailedPrecondition, NotFound
 from agentmesh.scheduler.store import StartedAttempt, TaskStore
-from agentmesh.tasks.events import Result, Stdout, TaskEvent
+from agentmesh.tasks.events import Payload, Result, Stderr, Stdout, TaskEvent
 from agentmesh.tasks.model import TaskSpec, TaskState
 from tests.store.conftest import DEFAULT_MAX_ATTEMPTS
 
@@ -242,6 +242,26 @@ async def test_events_of_the_current_attempt_are_stored_in_order(store: TaskStor
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert [e.payload for e in events[-3:]] == [Stdout("a"), Stdout("b"), Stdout("c")]
     assert {e.attempt for e in events[-3:]} == {attempt.attempt}
+
+
+async def test_a_mixed_batch_sent_again_is_recognised_by_its_last_event(
+    store: TaskStore,
+) -> None:
+    """The reply to a batch was lost and the writer sends it again: the store sees its last
+    event where the batch put it and answers as if it wrote it, writing nothing twice."""
+    task_id = await store.submit(ECHO)
+    attempt = await start(store, task_id)
+    batch: list[Payload] = [Stdout("out"), Stderr("err")]
+    first = await store.append_many(
+        task_id, attempt.attempt, OWNER, AGENT, batch, after_seq=attempt.last_seq
+    )
+
+    again = await store.append_many(
+        task_id, attempt.attempt, OWNER, AGENT, batch, after_seq=attempt.last_seq
+    )
+
+    assert first == again == attempt.last_seq + 2
+    assert [e.payload for e in (await trace(store, task_id))[attempt.last_seq :]] == batch
 
 
 # ----------------------------------------------------------------------------- attempts
