@@ -152,17 +152,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.SubmitTaskRequest, context: Context
     ) -> AsyncIterator[task_pb2.TaskEvent]:
         task = await self._submit(request)
-        async for page in watch_pages(self._store, self._signals, task.id, 0):
-            for row in page:
-                yield convert.stored_event_to_proto(row)
+        async for event in _one_by_one(watch_pages(self._store, self._signals, task.id, 0)):
+            yield event
 
     @streaming
     async def WatchTask(
         self, request: scheduler_pb2.WatchTaskRequest, context: Context
     ) -> AsyncIterator[task_pb2.TaskEvent]:
-        async for page in self._watch(request):
-            for row in page:
-                yield convert.stored_event_to_proto(row)
+        async for event in _one_by_one(self._watch(request)):
+            yield event
 
     @streaming
     async def WatchTaskEvents(
@@ -374,3 +372,9 @@ def register(servicer: SchedulerServicer) -> Callable[[grpc.aio.Server], None]:
     return lambda server: add_checked(
         scheduler_pb2_grpc.add_SchedulerServicer_to_server, servicer, server, SERVICE_NAME, checks
     )
+
+
+async def _one_by_one(pages: AsyncIterator[list[Any]]) -> AsyncIterator[task_pb2.TaskEvent]:
+    async for page in pages:
+        for row in page:
+            yield convert.stored_event_to_proto(row)
