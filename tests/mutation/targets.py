@@ -237,9 +237,34 @@ _LOOK_AHEAD = (
     " others are refused), where 2 * page_size and page_size + 2 are both above it"
 )
 
+_READY_NOW = (
+    "a queue row's available_at is only compared with now() (the window reads rows with"
+    " available_at <= now(), in priority and arrival order, never by available_at; parking"
+    " and unparking overwrite it): a row available a second ago is ready as one available"
+    " now. This entry also matches a delay of {}, which the tests kill (the task is not"
+    " ready at once)"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "store": (
         Equivalent("core/ReplaceBinaryOperator_Add_LShift", "page_size + 1,", _LOOK_AHEAD),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "def __init__(self, pool: asyncpg.Pool, *, default_max_attempts: int) -> None:",
+            "every caller passes the pool by position and default_max_attempts by keyword:"
+            " `/` or `*` alike",
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "self, conn: Connection, task_id: str, reason: str, *, propagate: bool",
+            "_cancel_subtree's three callers pass conn, task_id and reason by position and"
+            " propagate by keyword: `/` or `*` alike",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "await conn.execute(q.ENQUEUE, child_id, spec.priority, 0.0)",
+            _READY_NOW.format("1.0"),
+        ),
         Equivalent(
             "core/NumberReplacer",
             "page_size + 1,",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -14,6 +14,7 @@ from agentmesh.scheduler.store import AttemptEnd, TaskStore
 from agentmesh.tasks.events import Result, Stdout
 from agentmesh.tasks.model import TaskSpec, TaskState
 from tests.store.conftest import DEFAULT_MAX_ATTEMPTS
+from tests.store.test_round_statements import CountingPool
 from tests.store.test_transitions import AGENT, LEASE, OTHER, OWNER, lose, snapshot, start, trace
 
 TASKS = 40
@@ -129,3 +130,23 @@ async def test_concurrent_ends_share_statements_and_each_ends_exactly_once(
     assert not await counting.finish_attempt(
         current.task_id, current.attempt, OWNER, AGENT, result(3), in_tree=False
     )
+
+
+async def test_a_root_tasks_end_is_one_statement_with_its_trail(pool: asyncpg.Pool) -> None:
+    """The fast path's point: the result, the events not written yet and the task's end go
+    in together, not as a transaction of several statements."""
+    counting = CountingPool(pool)
+    store = TaskStore(cast(asyncpg.Pool, counting), default_max_attempts=DEFAULT_MAX_ATTEMPTS)
+    task_id = await store.submit(TaskSpec(kind="echo", prompt="hi"))
+    attempt = await start(store, task_id)
+    done = Result(TaskState.COMPLETED, output="hi")
+    counting.statements.clear()
+
+    assert await store.finish_attempt(
+        task_id, attempt.attempt, OWNER, AGENT, done, in_tree=False,
+        trail=[Stdout("hi")], after_seq=attempt.last_seq,
+    )  # fmt: skip
+
+    assert len(counting.statements) == 1, counting.statements
+    assert (await store.get(task_id)).state is TaskState.COMPLETED
+    assert [e.payload for e in await trace(store, task_id)][-2:] == [Stdout("hi"), done]

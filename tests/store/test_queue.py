@@ -100,6 +100,42 @@ async def test_a_running_task_is_never_parked(store: TaskStore) -> None:
     assert (await store.get(running)).waiting_reason == ""
 
 
+async def test_tasks_that_will_never_run_end_while_they_wait_and_no_others(
+    store: TaskStore,
+) -> None:
+    """Dispatch ends queued tasks nothing will ever run (rejected, or waited too long); one
+    that started or ended meanwhile keeps its own ending."""
+    rejected = await store.submit(ECHO)
+    late = await store.submit(ECHO)
+    started = await store.submit(ECHO)
+    await start(store, started)
+    canceled = await store.submit(ECHO)
+    await store.cancel(canceled, "not needed")
+    no_agent = Result(TaskState.REJECTED, error="no agent runs kind echo")
+    too_long = Result(TaskState.FAILED, error="waited 600s for an agent")
+
+    await store.end_waiting(
+        {
+            rejected: no_agent,
+            late: too_long,
+            started: no_agent,
+            canceled: no_agent,
+            "t-nope": no_agent,
+        }
+    )
+
+    for task_id, result in ((rejected, no_agent), (late, too_long)):
+        record = await store.get(task_id)
+        assert (record.state, record.error) == (result.state, result.error)
+        assert (await trace(store, task_id))[-1].payload == result
+    assert (await store.get(started)).state is TaskState.WORKING
+    assert ((await store.get(canceled)).state, (await store.get(canceled)).error) == (
+        TaskState.CANCELED,
+        "not needed",
+    )
+    assert await ready_ids(store) == []
+
+
 # ----------------------------------------------------------------------------- attempts
 
 
