@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncpg
 
 from agentmesh.scheduler.queries import PARKED_FOR_AGENT, PARKED_FOR_KEY
-from agentmesh.scheduler.store import OUTPUT_LIMIT, TaskStore, summarize_children
+from agentmesh.scheduler.store import TaskStore, summarize_children
 from agentmesh.tasks.events import Result, Status
 from agentmesh.tasks.model import TaskSpec, TaskState
 from tests.store.test_transitions import AGENT, LEASE, OTHER, OWNER, lease_of, start, trace
@@ -360,7 +360,8 @@ async def test_a_child_failing_without_words_leaves_no_dangling_colon(store: Tas
 
 
 async def test_only_the_last_64_kib_of_output_is_kept(store: TaskStore) -> None:
-    output = "x" * 100 + "y" * OUTPUT_LIMIT
+    kept = "".join(f"{n:>7}\n" for n in range(64 * 1024 // 8))  # 64 KiB of numbered lines
+    output = "x" * 100 + kept
     for in_tree in (False, True):
         task_id = await store.submit(ECHO)
         attempt = await start(store, task_id)
@@ -368,7 +369,7 @@ async def test_only_the_last_64_kib_of_output_is_kept(store: TaskStore) -> None:
 
         await store.finish_attempt(task_id, attempt.attempt, OWNER, AGENT, result, in_tree=in_tree)
 
-        assert (await store.get(task_id)).output == "y" * OUTPUT_LIMIT
+        assert (await store.get(task_id)).output == kept
 
 
 async def test_nul_characters_are_stored_as_replacement_characters(store: TaskStore) -> None:
