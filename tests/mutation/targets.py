@@ -461,6 +461,24 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "reachable holds exactly one agent here: reachable[-1] is reachable[0]",
         ),
     ),
+    "watch": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            "if len(page) == PAGE:  # there may be more: read on while this page goes",
+            "a page never holds more than PAGE rows: PAGE is the read's limit",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "PAGE = 500",
+            "any page size gives the same events in the same order; the tests read PAGE",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "task_id, last, 1",
+            "any positive limit tells whether an event follows `last`; 0 is not equivalent"
+            " (tests kill it), and this entry matches both of the line's number mutants",
+        ),
+    ),
     "trace_writer": (
         Equivalent(
             "core/ReplaceComparisonOperator_GtE_Eq",

@@ -5,7 +5,11 @@ live, until its result; and a stored event streams as the same message as the ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -13,7 +17,7 @@ import pytest
 from agentmesh.rpc.convert import event_to_proto, stored_event_to_proto
 from agentmesh.scheduler.notifications import TaskSignals
 from agentmesh.scheduler.store import TaskStore
-from agentmesh.scheduler.watch import PAGE, watch_pages
+from agentmesh.scheduler.watch import PAGE, POLL_SECONDS, wait_for_end, watch_pages
 from agentmesh.tasks.events import (
     ApiError,
     ApiErrorKind,
@@ -64,6 +68,35 @@ async def running_task(store: TaskStore, events: list[Payload]) -> tuple[str, in
     return task_id, attempt.attempt
 
 
+class Reads:
+    """The store, counting the watcher's reads of the trace and of the task's state; with
+    `ending`, the attempt's result is stored just before the first state read that finds
+    nothing new, as if the task ended between the two."""
+
+    def __init__(self, store: TaskStore, ending: tuple[str, int] | None = None) -> None:
+        self._store = store
+        self.pages: list[int] = []  # the limit of each read of the trace, in order
+        self.in_flight = 0
+        self._ending = ending
+
+    async def event_rows_after(self, task_id: str, after: int, limit: int) -> list[Any]:
+        self.pages.append(limit)
+        self.in_flight += 1
+        try:
+            return await self._store.event_rows_after(task_id, after, limit)
+        finally:
+            self.in_flight -= 1
+
+    async def state(self, task_id: str) -> Any:
+        if self._ending is not None and self.pages:
+            task, attempt = self._ending
+            self._ending = None
+            assert await self._store.finish_attempt(
+                task, attempt, OWNER, AGENT, ENDS[0], in_tree=False
+            )
+        return await self._store.state(task_id)
+
+
 async def pages(watching: AsyncIterator[list[asyncpg.Record]]) -> list[list[asyncpg.Record]]:
     return [page async for page in watching]
 
@@ -97,8 +130,10 @@ async def test_a_long_trace_comes_in_full_pages_each_event_once_in_order(
     task_id, attempt = await running_task(store, lines)
     assert await store.finish_attempt(task_id, attempt, OWNER, AGENT, ENDS[0], in_tree=False)
 
-    got = await pages(watch_pages(store, TaskSignals(), task_id, 0))
+    reads = Reads(store)
+    got = await pages(watch_pages(reads, TaskSignals(), task_id, 0))  # type: ignore[arg-type]
 
+    assert reads.pages == [PAGE, PAGE, PAGE]  # and no more: it stops at the result
     seqs = [row["seq"] for page in got for row in page]
     assert seqs == list(range(1, len(seqs) + 1))
     assert [len(page) for page in got][:2] == [PAGE, PAGE]
@@ -157,3 +192,125 @@ async def test_a_watcher_leaving_mid_replay_gives_every_connection_back(
         await asyncio.sleep(0.01)
     assert pool.get_idle_size() == pool.get_size()
     assert not signals._waiters  # unsubscribed
+
+
+async def test_a_watch_goes_on_past_refusals_errors_and_diagnostics_to_the_result(
+    store: TaskStore,
+) -> None:
+    task_id, attempt = await running_task(store, EVERY_KIND)
+    assert await store.finish_attempt(task_id, attempt, OWNER, AGENT, ENDS[0], in_tree=False)
+
+    got = [
+        row["kind"]
+        for page in await pages(watch_pages(store, TaskSignals(), task_id, 0))
+        for row in page
+    ]
+
+    assert got == [event.payload.KIND for event in await trace(store, task_id)]
+    assert got[-1] == "result"
+
+
+async def test_the_next_page_is_read_while_a_full_one_is_sent_and_only_then(
+    store: TaskStore,
+) -> None:
+    task_id, _ = await running_task(store, [Stdout(f"{n}") for n in range(PAGE + 3)])
+    reads = Reads(store)
+    watching = watch_pages(reads, TaskSignals(), task_id, 0)  # type: ignore[arg-type]
+
+    first = await anext(watching)
+    await asyncio.sleep(0.05)
+    assert len(first) == PAGE
+    assert reads.pages == [PAGE, PAGE]  # the second page is read ahead
+    second = await anext(watching)
+    assert len(second) < PAGE
+    later = asyncio.ensure_future(anext(watching))
+    await asyncio.sleep(0.05)
+    assert reads.pages == [PAGE, PAGE, PAGE]  # a short page: nothing read ahead, one read
+    later.cancel()  # the watcher leaves: that ends the generator
+    with contextlib.suppress(asyncio.CancelledError):
+        await later
+
+
+async def test_a_watch_that_read_ahead_and_found_nothing_yet_still_follows_to_the_result(
+    store: TaskStore,
+) -> None:
+    task_id, attempt = await running_task(store, [Stdout(f"{n}") for n in range(PAGE - 1)])
+    signals = TaskSignals()
+    watching = watch_pages(store, signals, task_id, 0)
+    first = await anext(watching)
+    assert len(first) == PAGE  # the `submitted` and `working` events and PAGE - 1 lines
+    await asyncio.sleep(0.05)  # what it read ahead is empty
+    last = first[-1]["seq"]
+    await store.append_many(task_id, attempt, OWNER, AGENT, [Stdout("late")], after_seq=last)
+    assert await store.finish_attempt(task_id, attempt, OWNER, AGENT, ENDS[0], in_tree=False)
+    signals.notify(task_id)
+
+    rest = [row for page in await asyncio.wait_for(pages(watching), 5) for row in page]
+    assert [row["kind"] for row in rest] == ["stdout", "result"]
+
+
+async def test_a_result_stored_between_the_last_read_and_the_state_is_not_missed(
+    store: TaskStore,
+) -> None:
+    task_id, attempt = await running_task(store, [Stdout("only")])
+    last = (await trace(store, task_id))[-1].seq
+    reads = Reads(store, ending=(task_id, attempt))
+
+    got = await asyncio.wait_for(
+        pages(watch_pages(reads, TaskSignals(), task_id, last)),  # type: ignore[arg-type]
+        5,
+    )
+
+    assert [row["kind"] for page in got for row in page] == ["result"]
+
+
+async def test_without_a_notification_new_events_come_with_the_next_poll_and_no_sooner(
+    store: TaskStore,
+) -> None:
+    task_id, attempt = await running_task(store, [Stdout("first")])
+    reads = Reads(store)
+    watching = watch_pages(reads, TaskSignals(), task_id, 0)  # type: ignore[arg-type]
+    await anext(watching)
+    later = asyncio.ensure_future(anext(watching))
+    await asyncio.sleep(0.3)
+    idle_reads = len(reads.pages)
+    last = (await trace(store, task_id))[-1].seq
+    await store.append_many(task_id, attempt, OWNER, AGENT, [Stdout("unannounced")], after_seq=last)
+    started = time.monotonic()
+
+    live = await asyncio.wait_for(later, POLL_SECONDS + 2)
+
+    assert [row["payload"] for row in live] == [{"text": "unannounced"}]
+    assert idle_reads <= 3  # it waited, not read again and again
+    assert time.monotonic() - started < POLL_SECONDS + 1.5
+    await watching.aclose()
+
+
+async def test_a_watcher_leaving_while_a_page_is_read_ahead_logs_nothing(
+    store: TaskStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    task_id, _ = await running_task(store, [Stdout(f"{n}") for n in range(3 * PAGE)])
+    watching = watch_pages(store, TaskSignals(), task_id, 0)
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        await anext(watching)
+        await watching.aclose()
+        await asyncio.sleep(0.1)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_waiting_for_the_end_returns_when_the_task_ends_or_when_the_time_is_up(
+    store: TaskStore,
+) -> None:
+    task_id, attempt = await running_task(store, [])
+    signals = TaskSignals()
+    started = time.monotonic()
+    await wait_for_end(store, signals, task_id, 0.3)
+    assert 0.25 < time.monotonic() - started < 0.9  # the time is up: the task still runs
+
+    waiting = asyncio.ensure_future(wait_for_end(store, signals, task_id, 30))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    assert await store.finish_attempt(task_id, attempt, OWNER, AGENT, ENDS[0], in_tree=False)
+    signals.notify(task_id)
+    await asyncio.wait_for(waiting, 0.9)
+    assert signals._waiters == {}

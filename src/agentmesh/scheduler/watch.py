@@ -36,18 +36,15 @@ async def watch_pages(
         while True:
             if ahead is not None:
                 page, ahead = await ahead, None
-                if not page:
-                    continue  # read before `wake` was cleared: read again before waiting
             else:
                 wake.clear()
                 page = await store.event_rows_after(task_id, last, PAGE)
             if page:
-                ended = next((i for i, row in enumerate(page) if row["kind"] == Result.KIND), None)
-                if ended is not None:
-                    yield page[: ended + 1]
+                if page[-1]["kind"] == Result.KIND:  # a task's result is its last event
+                    yield page
                     return
                 last = page[-1]["seq"]
-                if len(page) == PAGE:
+                if len(page) == PAGE:  # there may be more: read on while this page goes
                     ahead = asyncio.ensure_future(store.event_rows_after(task_id, last, PAGE))
                 yield page
                 continue
