@@ -66,6 +66,34 @@ async def test_a_delegated_subtask_is_a_queued_child_in_the_seeds_subtasks_table
     assert (grandparent_view.depth, grandparent_view.delegations) == (1, 0)
 
 
+async def test_a_subtasks_row_is_described_by_its_description_command_or_prompt(
+    store: TaskStore, pool: asyncpg.Pool
+) -> None:
+    """The seed's subtasks table names each child by its description, else its command,
+    else the first 200 characters of its prompt, with the agent mode it names (NULL if
+    none): alike for a submitted tree and for delegated subtasks."""
+    prompt = "".join(f"{n:>9}\n" for n in range(30))  # 300 characters
+    children = [
+        TaskSpec(kind="shell", command="uname", description="kernel"),
+        TaskSpec(kind="shell", command="uname -a"),
+        TaskSpec(kind="gemini", prompt=prompt, agent_mode="plain"),
+    ]
+    expected = [("kernel", None), ("uname -a", None), (prompt[:200], "plain")]
+    root = await store.submit(TaskSpec(user="ada", subtasks=tuple(children)))
+    parent_id, attempt = await running_parent(store)
+    for child in children:
+        await store.delegate(parent_id, attempt, as_given(dataclasses.replace(child, user="ada")))  # type: ignore[arg-type]
+
+    for parent in (root, parent_id):
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT description, agent_mode FROM subtasks WHERE parent_task_id = $1"
+                " ORDER BY id",
+                parent,
+            )
+        assert [tuple(row) for row in rows] == expected, parent
+
+
 async def _view(store: TaskStore, task_id: str) -> DelegatingParent:
     attempt = await start(store, task_id)
     seen: list[DelegatingParent] = []
@@ -111,6 +139,25 @@ async def test_only_the_running_attempt_delegates(store: TaskStore) -> None:
     with pytest.raises(FailedPrecondition) as ended:
         await store.delegate(parent_id, attempt, as_given())  # type: ignore[arg-type]
     assert ended.value.reason is Reason.TASK_NOT_RUNNING
+
+
+async def test_an_earlier_attempt_delegates_nothing_once_the_task_runs_again(
+    store: TaskStore,
+) -> None:
+    parent_id, first = await running_parent(store)
+    await lose(store, await _attempt(store, parent_id))
+    second = await start(store, parent_id)
+    assert second.attempt > first
+
+    with pytest.raises(FailedPrecondition) as stale:
+        await store.delegate(parent_id, first, as_given())  # type: ignore[arg-type]
+
+    assert stale.value.reason is Reason.TASK_NOT_RUNNING
+    assert (await store.get(parent_id)).child_ids == ()
+    with pytest.raises(FailedPrecondition) as reach:
+        await store.check_mesh_reach(parent_id, first, None)
+    assert reach.value.reason is Reason.TASK_NOT_RUNNING
+    assert await store.delegate(parent_id, second.attempt, as_given())  # type: ignore[arg-type]
 
 
 async def test_concurrent_delegations_are_counted_one_by_one(store: TaskStore) -> None:

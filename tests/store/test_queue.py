@@ -10,7 +10,7 @@ import asyncpg
 
 from agentmesh.scheduler.queries import PARKED_FOR_AGENT, PARKED_FOR_KEY
 from agentmesh.scheduler.store import TaskStore, summarize_children
-from agentmesh.tasks.events import Result, Status
+from agentmesh.tasks.events import Refusal, Result, Status
 from agentmesh.tasks.model import TaskSpec, TaskState
 from tests.store.test_transitions import AGENT, LEASE, OTHER, OWNER, lease_of, start, trace
 
@@ -104,13 +104,17 @@ async def test_tasks_that_will_never_run_end_while_they_wait_and_no_others(
     store: TaskStore,
 ) -> None:
     """Dispatch ends queued tasks nothing will ever run (rejected, or waited too long); one
-    that started or ended meanwhile keeps its own ending."""
+    that started, ended or began waiting for its user meanwhile is left as it is."""
     rejected = await store.submit(ECHO)
     late = await store.submit(ECHO)
     started = await store.submit(ECHO)
     await start(store, started)
     canceled = await store.submit(ECHO)
     await store.cancel(canceled, "not needed")
+    asking = await store.submit(ECHO)
+    refused = await start(store, asking)
+    refusal = Refusal("mkdir x", "writes-outside", "weak", "x is outside", approvable=True)
+    assert await store.await_approval(asking, refused.attempt, OWNER, refusal)
     no_agent = Result(TaskState.REJECTED, error="no agent runs kind echo")
     too_long = Result(TaskState.FAILED, error="waited 600s for an agent")
 
@@ -120,6 +124,7 @@ async def test_tasks_that_will_never_run_end_while_they_wait_and_no_others(
             late: too_long,
             started: no_agent,
             canceled: no_agent,
+            asking: no_agent,
             "t-nope": no_agent,
         }
     )
@@ -129,6 +134,7 @@ async def test_tasks_that_will_never_run_end_while_they_wait_and_no_others(
         assert (record.state, record.error) == (result.state, result.error)
         assert (await trace(store, task_id))[-1].payload == result
     assert (await store.get(started)).state is TaskState.WORKING
+    assert (await store.get(asking)).state is TaskState.INPUT_REQUIRED
     assert ((await store.get(canceled)).state, (await store.get(canceled)).error) == (
         TaskState.CANCELED,
         "not needed",

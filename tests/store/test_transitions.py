@@ -251,7 +251,7 @@ async def test_a_mixed_batch_sent_again_is_recognised_by_its_last_event(
     event where the batch put it and answers as if it wrote it, writing nothing twice."""
     task_id = await store.submit(ECHO)
     attempt = await start(store, task_id)
-    batch: list[Payload] = [Stdout("out"), Stderr("err")]
+    batch: list[Payload] = [Stdout("out"), Stdout("more"), Stderr("err")]
     first = await store.append_many(
         task_id, attempt.attempt, OWNER, AGENT, batch, after_seq=attempt.last_seq
     )
@@ -260,7 +260,7 @@ async def test_a_mixed_batch_sent_again_is_recognised_by_its_last_event(
         task_id, attempt.attempt, OWNER, AGENT, batch, after_seq=attempt.last_seq
     )
 
-    assert first == again == attempt.last_seq + 2
+    assert first == again == attempt.last_seq + 3
     assert [e.payload for e in (await trace(store, task_id))[attempt.last_seq :]] == batch
 
 
