@@ -167,11 +167,17 @@ def record_reach(tests: list[str], copy: Path, env: dict[str, str], module: str)
     """
     data = copy.parent / "coverage.sqlite"
     durations = copy.parent / "durations.json"
+    # Processes the tests start are measured too (their lines count as run outside tests).
+    rcfile = copy.parent / "coveragerc"
+    rcfile.write_text(
+        f"[run]\ndata_file = {data}\ninclude = {copy / module}\n"
+        "parallel = true\npatch = subprocess\n"
+    )
     # The coverage command goes after any isolation prefix, in place of `python`.
     at = next(i for i in range(len(tests)) if tests[i : i + 3] == [sys.executable, "-m", "pytest"])
     covered = [
-        *tests[:at], sys.executable, "-m", "coverage", "run", f"--data-file={data}",
-        f"--include={copy / module}", *tests[at + 1 :],
+        *tests[:at], sys.executable, "-m", "coverage", "run", f"--rcfile={rcfile}",
+        *tests[at + 1 :],
     ]  # fmt: skip
     run = subprocess.run(
         covered, cwd=copy, env={**env, RECORD: str(durations)}, capture_output=True, text=True
@@ -179,6 +185,10 @@ def record_reach(tests: list[str], copy: Path, env: dict[str, str], module: str)
     if run.returncode != 0:
         raise RuntimeError(run.stdout[-3000:] + run.stderr[-2000:])
     took = json.loads(durations.read_text())
+    subprocess.run(
+        [sys.executable, "-m", "coverage", "combine", f"--rcfile={rcfile}"],
+        cwd=copy, env=env, check=True, capture_output=True,
+    )  # fmt: skip
     coverage_data = CoverageData(basename=str(data))
     coverage_data.read()
     by_line = coverage_data.contexts_by_lineno(str(copy / module))

@@ -3,16 +3,18 @@
 Cosmic-ray runs this as the test command, with the mutant written over MODULE. It finds the
 lines the mutant changed (against PRISTINE, the module as it was) and looks them up in LINES
 (from the unmutated run under coverage: line number -> the node ids of the tests that ran
-it, quickest first, and "" if it ran at import). A mutant can change only what runs its
-code: when every changed line ran inside tests and never at import, COMMAND runs those
-tests alone (see plugin.py); otherwise (a line run at import, as a default value or a
-constant is, or one never seen running) it runs all of them. A mutant whose tests take far
-longer than they took unmutated (a lost wake-up, a lock never released) is killed by time:
-after 3 times as long, plus 30 s to start.
+it, quickest first, and "" if it ran outside any test: at import, or in a process a test
+started). A mutant can change only what runs its code: when every changed line ran inside
+tests only, COMMAND runs those tests alone (see plugin.py); when a line ran outside them (a
+default value, a constant) it runs all of them; when no test ran any of them, none can tell
+the mutant apart, and it survives without a run. A mutant whose tests take far longer than
+they took unmutated (a lost wake-up, a lock never released) is killed by time: after 3
+times as long, plus 30 s to start.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import os
@@ -35,15 +37,31 @@ def changed_lines(before: list[str], after: list[str]) -> set[int]:
     return changed
 
 
-def selected(lines: set[int], reached_by: dict[str, list[str]]) -> list[str] | None:
-    """The tests that ran the changed lines, each once; None for all of them."""
+def statement_lines(source: str) -> dict[int, int]:
+    """Each line of a statement -> the line it starts on (its innermost statement's)."""
+    starts: dict[int, int] = {}
+    for node in sorted(
+        (n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.stmt)),
+        key=lambda n: n.lineno,
+    ):
+        for line in range(node.lineno, (node.end_lineno or node.lineno) + 1):
+            starts[line] = node.lineno  # a later start is an inner statement's
+    return starts
+
+
+def selected(
+    lines: set[int], reached_by: dict[str, list[str]], starts: dict[int, int]
+) -> list[str] | None:
+    """The tests that ran the changed lines, each once: none if no test ran any of them
+    (nothing can tell the mutant apart), None for every test (a line run outside tests)."""
     chosen: list[str] = []
     for line in sorted(lines):
-        tests = reached_by.get(str(line))
-        if not tests or "" in tests:
+        # A line with no code of its own (inside a longer statement) ran if its statement did.
+        tests = reached_by.get(str(line)) or reached_by.get(str(starts.get(line, line)), [])
+        if "" in tests:
             return None
         chosen += [t for t in tests if t not in chosen]
-    return chosen or None
+    return chosen
 
 
 def time_limit(tests: list[str] | None, seconds: dict[str, float]) -> float:
@@ -56,11 +74,13 @@ def main(argv: list[str]) -> int:
     pristine, module, reached, separator, *command = argv
     if separator != "--" or not command:
         raise SystemExit(__doc__)
-    lines = changed_lines(
-        Path(pristine).read_text().splitlines(), Path(module).read_text().splitlines()
-    )
+    source = Path(pristine).read_text()
+    lines = changed_lines(source.splitlines(), Path(module).read_text().splitlines())
     recorded = json.loads(Path(reached).read_text())
-    tests = selected(lines, recorded["lines"])
+    tests = selected(lines, recorded["lines"], statement_lines(source))
+    if tests == []:
+        print(f"survived: no test runs line {', '.join(map(str, sorted(lines)))}", flush=True)
+        return 0
     env = dict(os.environ)
     if tests is not None:
         listed = Path(reached).with_name("selected.txt")  # mutants run one at a time

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.mutation.first import changed_lines, selected, time_limit
+from tests.mutation.first import changed_lines, selected, statement_lines, time_limit
 
 
 def test_a_changed_line_is_named_by_its_number_in_the_original() -> None:
@@ -20,18 +20,32 @@ def test_an_unchanged_module_names_no_line() -> None:
     assert changed_lines(["a", "b"], ["a", "b"]) == set()
 
 
-REACHED = {"2": ["quick", "slow"], "3": ["slow", "other"], "4": ["", "quick"], "5": []}
+REACHED = {"2": ["quick", "slow"], "3": ["slow", "other"], "4": ["", "quick"]}
+SOURCE = "a = 1\nb = f(\n    a,\n    2)\nc = 3\n"
+STARTS = {2: 2, 3: 2, 4: 2}
 
 
 def test_the_tests_that_ran_every_changed_line_run_alone_each_once() -> None:
-    assert selected({3, 2}, REACHED) == ["quick", "slow", "other"]
+    assert selected({3, 2}, REACHED, {}) == ["quick", "slow", "other"]
 
 
-def test_a_line_run_at_import_or_never_seen_running_runs_every_test() -> None:
-    assert selected({2, 4}, REACHED) is None  # a default value, a constant: every test
-    assert selected({5}, REACHED) is None
-    assert selected({9}, REACHED) is None  # not a line that runs, or never ran
-    assert selected(set(), REACHED) is None
+def test_a_line_run_outside_the_tests_runs_every_test() -> None:
+    assert selected({2, 4}, REACHED, {}) is None  # at import (a default value, a constant)
+
+
+def test_a_line_no_test_ran_runs_no_test() -> None:
+    assert selected({9}, REACHED, {}) == []
+
+
+def test_a_line_inside_a_longer_statement_ran_if_its_statement_did() -> None:
+    assert statement_lines(SOURCE) == {1: 1, 2: 2, 3: 2, 4: 2, 5: 5}
+    assert selected({3}, {"2": ["quick"]}, statement_lines(SOURCE)) == ["quick"]
+    assert selected({4}, {"2": ["quick"], "4": ["slow"]}, statement_lines(SOURCE)) == ["slow"]
+
+
+def test_an_inner_statement_is_its_own() -> None:
+    source = "def f():\n    x = 1\n    return x\n"
+    assert statement_lines(source) == {1: 1, 2: 2, 3: 3}
 
 
 def test_a_mutant_s_tests_may_take_three_times_as_long_as_unmutated_and_30_s() -> None:
