@@ -7,6 +7,8 @@ queue row. A write on behalf of an attempt that is no longer current must change
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -400,6 +402,42 @@ async def test_a_reaped_attempt_counts_toward_max_attempts(store: TaskStore) -> 
 
     assert await store.reap_expired_leases(backoff_seconds=0.0) == 1
     assert (await store.get(task_id)).state is TaskState.FAILED
+
+
+async def test_a_lease_renewed_after_the_sweep_read_it_is_not_taken_over(
+    store: TaskStore, pool: asyncpg.Pool
+) -> None:
+    """The sweep reads the expired leases, then takes each over in a transaction of its own:
+    one its scheduler renewed in between is still that scheduler's."""
+
+    class RenewedMeanwhile(TaskStore):
+        async def retry_attempt(  # type: ignore[override]
+            self, task_id: str, attempt: int, owner: str, reason: str, **options: object
+        ) -> object:
+            await self.renew_leases(owner, LEASE, [(task_id, attempt)])
+            return await super().retry_attempt(task_id, attempt, owner, reason, **options)  # type: ignore[arg-type]
+
+    sweeping = RenewedMeanwhile(pool, default_max_attempts=DEFAULT_MAX_ATTEMPTS)
+    task_id = await store.submit(ECHO)
+    attempt = await start(store, task_id, lease=EXPIRED)
+
+    assert await sweeping.reap_expired_leases(backoff_seconds=0.0) == 0
+
+    row = await lease_of(pool, task_id)
+    assert (row["state"], row["attempt"], row["lease_owner"]) == ("working", attempt.attempt, OWNER)
+
+
+async def test_a_sweep_takes_over_at_most_100_leases_and_the_next_one_the_rest(
+    store: TaskStore, pool: asyncpg.Pool
+) -> None:
+    ids = await asyncio.gather(*(store.submit(ECHO) for _ in range(101)))
+    started = await store.start_attempts(dict.fromkeys(ids, AGENT), OWNER, EXPIRED)
+    assert len(started) == 101
+
+    assert await store.reap_expired_leases(backoff_seconds=0.0) == 100
+    assert await store.reap_expired_leases(backoff_seconds=0.0) == 1
+    assert await store.reap_expired_leases(backoff_seconds=0.0) == 0
+    assert {(await store.get(task_id)).state for task_id in ids} == {TaskState.SUBMITTED}
 
 
 # ----------------------------------------------------------------------------- cancel
