@@ -245,21 +245,41 @@ _READY_NOW = (
     " ready at once)"
 )
 
+_BY_POSITION_THEN_KEYWORD = (
+    "every caller (src, tests, bench) passes the arguments before the `*` by position and"
+    " those after it by keyword: `/` (positional-only before, either after) or `*` alike"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "store": (
         Equivalent("core/ReplaceBinaryOperator_Add_LShift", "page_size + 1,", _LOOK_AHEAD),
         Equivalent(
             "core/ReplaceBinaryOperator_Mul_Div",
             "def __init__(self, pool: asyncpg.Pool, *, default_max_attempts: int) -> None:",
-            "every caller passes the pool by position and default_max_attempts by keyword:"
-            " `/` or `*` alike",
+            _BY_POSITION_THEN_KEYWORD,
         ),
         Equivalent(
             "core/ReplaceBinaryOperator_Mul_Div",
             "self, conn: Connection, task_id: str, reason: str, *, propagate: bool",
-            "_cancel_subtree's three callers pass conn, task_id and reason by position and"
-            " propagate by keyword: `/` or `*` alike",
+            _BY_POSITION_THEN_KEYWORD,
         ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            'async def submit(self, spec: TaskSpec, *, replay_of: str = "") -> str:',
+            _BY_POSITION_THEN_KEYWORD,
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            'async def submit_and_get(self, spec: TaskSpec, *, replay_of: str = "") -> TaskRecord:',
+            _BY_POSITION_THEN_KEYWORD,
+        ),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "async def approve(self, task_id: str, *, always: bool, prefix: str) -> str:",
+            _BY_POSITION_THEN_KEYWORD,
+        ),
+        # list_tasks, append_many, finish_attempt, retry_attempt and _finish.
+        Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _BY_POSITION_THEN_KEYWORD),
         Equivalent(
             "core/NumberReplacer",
             "await conn.execute(q.ENQUEUE, child_id, spec.priority, 0.0)",
