@@ -127,9 +127,17 @@ TARGETS: dict[str, Target] = {
     ),
     "node_link": Target(
         "src/agentmesh/scheduler/node_link.py",
-        ("tests/scheduler/test_node_link.py",),
-        note="stand-in nodes on real ports, in process",
-        test_timeout=30.0,
+        (
+            "tests/scheduler/test_node_link.py",
+            "tests/scheduler/test_scheduler.py",
+            "tests/scheduler/test_cancels.py",
+            "tests/scheduler/test_unreachable_node.py",
+            "tests/scheduler/test_recovery.py",
+            "-k",
+            "embedded or test_node_link",  # the latter has no database
+        ),
+        note="stand-in nodes on real ports in process, and whole meshes",
+        test_timeout=120.0,
     ),
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
