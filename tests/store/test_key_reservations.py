@@ -362,3 +362,35 @@ async def test_a_task_ending_logs_what_it_spent_beside_its_forecast(
     )
     assert row is not None
     assert tuple(row) == (321, 2, 321 - 100)
+
+
+async def test_a_key_held_for_a_task_that_ended_before_it_started_goes_back(
+    pool: asyncpg.Pool, store: TaskStore
+) -> None:
+    """The keys are reserved in the transaction that starts the attempts; a task that ended
+    between the dispatch window and its start does not start, and gives back what it held."""
+    await add_key(pool, "central")
+    task = await candidate(store, prompt="x" * 400)
+    await pool.execute("UPDATE tasks SET state = 'canceled' WHERE id = $1", task.task_id)
+    reserver = KeyReserver(
+        pool,
+        Forecaster(pool, cache_seconds=0),
+        NO_LIMITS,
+        default_model=DEFAULT_MODEL,
+        default_tolerance_seconds=DEFAULT_TOLERANCE,
+    )
+    held: list[RoundKeys] = []
+
+    async def keys(conn: object, claimed: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+        held.append(await reserver.reserve(conn, [task]))  # type: ignore[arg-type]
+        return claimed, {t: r.key.key_id for t, r in held[0].reserved.items()}
+
+    assert await store.start_attempts({task.task_id: "agent-a"}, "scheduler-a", 30.0, keys) == []
+
+    assert list(held[0].reserved) == [task.task_id]  # it did hold the key in between
+    reservation = await pool.fetchrow(
+        "SELECT requests, tokens FROM key_reservations WHERE task_id = $1", task.task_id
+    )
+    assert reservation is not None
+    assert tuple(reservation) == (0, 0)
+    assert await pool.fetchval("SELECT sum(reserved_tokens) FROM api_key_usage") == 0

@@ -219,6 +219,54 @@ async def test_the_api_key_an_attempt_uses_is_recorded(
     assert {row["id"]: row["api_key_id"] for row in rows} == {gemini: 42, echo: None}
 
 
+async def test_what_the_placement_step_moves_drops_or_finds_ended_starts_accordingly(
+    store: TaskStore, pool: asyncpg.Pool
+) -> None:
+    """Dispatch's key step (`prepare`) sees the claimed placements in the start's transaction:
+    a task it moves starts where it says, one it drops stays queued for the next round, and
+    one that ended meanwhile neither starts nor stays queued."""
+    moved = await store.submit(TaskSpec(kind="gemini", prompt="moved"))
+    dropped = await store.submit(TaskSpec(kind="gemini", prompt="no key"))
+    ended = await store.submit(ECHO)
+    root = await store.submit(TaskSpec(subtasks=(ECHO,)))
+    (child,) = (await store.get(root)).child_ids
+    claimed_by_other = await store.submit(ECHO)
+    await start(store, claimed_by_other, owner=OTHER)
+    async with pool.acquire() as conn:  # ended behind the queue's back, its row still there
+        await conn.execute("UPDATE tasks SET state = 'canceled' WHERE id = $1", ended)
+    seen: list[dict[str, str]] = []
+
+    async def keys(conn: object, claimed: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+        seen.append(dict(claimed))
+        placements = {t: a for t, a in claimed.items() if t != dropped}
+        return {**placements, moved: "agent-2"}, {moved: 42}
+
+    placed = {moved: AGENT, dropped: AGENT, ended: AGENT, child: AGENT, claimed_by_other: AGENT}
+    started = await store.start_attempts(placed, OWNER, LEASE, keys)
+
+    assert seen == [{moved: AGENT, dropped: AGENT, ended: AGENT, child: AGENT}]
+    assert {(s.task_id, s.agent_id, s.parent_id) for s in started} == {
+        (moved, "agent-2", ""),
+        (child, AGENT, root),
+    }
+    assert (await store.get(moved)).assigned_agent == "agent-2"
+    assert (await store.get(dropped)).state is TaskState.SUBMITTED
+    assert (await store.get(ended)).state is TaskState.CANCELED
+    assert await ready_ids(store) == [dropped]
+    async with pool.acquire() as conn:
+        key_ids = dict(await conn.fetch("SELECT id, api_key_id FROM tasks WHERE id = $1", moved))
+        queued = {r["task_id"] for r in await conn.fetch("SELECT task_id FROM task_queue")}
+        subtask = await conn.fetchrow(
+            "SELECT status, assigned_host FROM subtasks WHERE child_task_id = $1", child
+        )
+    assert key_ids == {moved: 42}
+    assert ended not in queued
+    assert tuple(subtask) == ("working", AGENT)
+    # Nothing claimed (another replica holds it): the step is not even asked.
+    assert await store.start_attempts({claimed_by_other: AGENT}, OWNER, LEASE, keys) == []
+    assert len(seen) == 1
+
+
 async def test_a_started_subtask_shows_its_agent_on_the_parent(
     store: TaskStore, pool: asyncpg.Pool
 ) -> None:
