@@ -295,6 +295,37 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         ),
         Equivalent(
             "core/NumberReplacer",
+            "await conn.execute(q.ENQUEUE, task_id, spec.priority, 0.0)",
+            _READY_NOW.format("1.0"),
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'await conn.execute(q.ENQUEUE, task_id, request["priority"], 0.0)',
+            _READY_NOW.format("1.0"),
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'await conn.execute(q.ENQUEUE, parent_id, parent["priority"], 0.0)',
+            _READY_NOW.format("1.0"),
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "backoff_seconds=0.0,",
+            "release_owned hands an attempt back with a backoff of -1 s instead of 0: "
+            + _READY_NOW.format("1.0"),
+        ),
+        Equivalent(
+            "core/ReplaceOrWithAnd",
+            'if parent is None or TaskState(parent["state"]).terminal:',
+            "no child's end meets an ended or missing parent: under the tree's lock a parent"
+            " ends only once its own subtasks all completed, or after cancelling the"
+            " unfinished ones in the same transaction (a failing child's siblings first, a"
+            " cancel children first, without telling the parent), a delegated child's end is"
+            " never passed up, and a parent's row goes only with its children (ON DELETE"
+            " CASCADE); the guard never returns, so `and` (which would fail on None) is `or`",
+        ),
+        Equivalent(
+            "core/NumberReplacer",
             "page_size + 1,",
             f"{_LOOK_AHEAD}; this entry also matches page_size + 0, which the paging test"
             " kills (no page has a next one)",

@@ -298,6 +298,7 @@ async def test_a_stopping_scheduler_hands_its_attempts_back_unused(store: TaskSt
         f"scheduler {OWNER} stopped",
     )
     assert (await store.get(theirs)).state is TaskState.WORKING
+    assert await ready_ids(store) == [mine]  # at once: another replica may start it now
     # It did not use up the task's one attempt.
     assert (
         await store.retry_attempt(
