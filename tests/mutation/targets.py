@@ -258,6 +258,11 @@ _BY_POSITION_THEN_KEYWORD = (
     " those after it by keyword: `/` (positional-only before, either after) or `*` alike"
 )
 
+_ONE_ROW = (
+    "_insert_leaves returns one row per spec, in order: of the one row here, [-1] is [0];"
+    " this entry also matches [1], which fails at once (IndexError) and is killed"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "store": (
         Equivalent("core/ReplaceBinaryOperator_Add_LShift", "page_size + 1,", _LOOK_AHEAD),
@@ -313,6 +318,37 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "backoff_seconds=0.0,",
             "release_owned hands an attempt back with a backoff of -1 s instead of 0: "
             + _READY_NOW.format("1.0"),
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "row = (await self._insert_leaves([spec], conn))[0]",
+            _ONE_ROW,
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            'task_id = (await self._insert_leaves([spec], conn))[0]["id"]',
+            _ONE_ROW,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_NotEq_Lt",
+            'if row is None or row["state"] != TaskState.WORKING.value'
+            ' or row["attempt"] != attempt:',
+            "no task state sorts after 'working' (submitted, input_required, completed, failed,"
+            " canceled, rejected): < 'working' is != here; this entry also matches"
+            " `row['attempt'] < attempt`, which the test of an earlier attempt kills",
+        ),
+        Equivalent(
+            "core/ReplaceFalseWithTrue",
+            'await self._cancel_subtree(conn, row["id"], reason, propagate=False)',
+            "the subtree's top is a delegated child, whose end _finish never passes to its"
+            " parent (`not ended['delegated']`), and _cancel_subtree propagates from no other"
+            " node: True changes nothing",
+        ),
+        Equivalent(
+            "core/ReplaceFalseWithTrue",
+            'await conn.execute(q.ANSWER_REQUEST, request["id"], "denied", None, False)',
+            "a denied question's `prefix` is read by nothing: approvals_for reads approved"
+            " answers only, the pending list unanswered ones, and a denied task has ended",
         ),
         Equivalent(
             "core/ReplaceOrWithAnd",

@@ -9,6 +9,7 @@ import pytest
 
 from agentmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from agentmesh.node.permissions.approvals import Approval
+from agentmesh.scheduler.approvals import ApprovalBook
 from agentmesh.scheduler.store import TaskStore
 from agentmesh.tasks.events import Refusal, Result, Status
 from agentmesh.tasks.model import TaskSpec, TaskState
@@ -27,7 +28,7 @@ async def waiting(store: TaskStore, spec: TaskSpec = SHELL) -> str:
 
 
 async def test_a_refused_attempt_leaves_its_task_waiting_with_the_question(
-    store: TaskStore,
+    store: TaskStore, pool: asyncpg.Pool
 ) -> None:
     task_id = await waiting(store)
 
@@ -41,6 +42,19 @@ async def test_a_refused_attempt_leaves_its_task_waiting_with_the_question(
         f" weak mode: agentmesh approve {task_id} [--always], or agentmesh deny {task_id}",
     )
     assert await store.ready(10) == []
+    # The question, as `agentmesh approvals` lists it for its user.
+    [question] = await ApprovalBook(pool).pending("ada")
+    assert (question.task_id, question.user, question.command) == (
+        task_id,
+        "ada",
+        "mkdir -p out/x",
+    )
+    assert (question.rule, question.mode, question.detail) == (
+        "writes-outside",
+        "weak",
+        "out/x is outside",
+    )
+    assert await ApprovalBook(pool).pending("bob") == []
 
 
 async def test_a_superseded_attempt_asks_nothing(store: TaskStore) -> None:

@@ -160,6 +160,26 @@ async def test_an_earlier_attempt_delegates_nothing_once_the_task_runs_again(
     assert await store.delegate(parent_id, second.attempt, as_given())  # type: ignore[arg-type]
 
 
+async def test_a_task_on_its_300th_attempt_still_delegates(
+    store: TaskStore, pool: asyncpg.Pool
+) -> None:
+    """Attempt numbers are compared as numbers, however high (past the small ints Python
+    shares one object for)."""
+    parent_id = await store.submit(dataclasses.replace(AGENT_TASK, max_attempts=1000))
+    async with pool.acquire() as conn:  # as after 299 lost attempts
+        await conn.execute("UPDATE tasks SET attempt = 299 WHERE id = $1", parent_id)
+    attempt = await start(store, parent_id)
+    assert attempt.attempt == 300
+
+    # The attempt as its mesh credential names it: a number read from the credential's text.
+    credential_attempt = int(str(attempt.attempt))
+
+    child = await store.delegate(parent_id, credential_attempt, as_given())  # type: ignore[arg-type]
+
+    assert (await store.get(parent_id)).child_ids == (child,)
+    await store.check_mesh_reach(parent_id, credential_attempt, child)
+
+
 async def test_concurrent_delegations_are_counted_one_by_one(store: TaskStore) -> None:
     parent_id, attempt = await running_parent(store)
     limit = 3
