@@ -351,6 +351,14 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             " answers only, the pending list unanswered ones, and a denied task has ended",
         ),
         Equivalent(
+            "core/ReplaceComparisonOperator_GtE_Eq",
+            'if counts and owned["attempt"] >= owned["max_attempts"]:',
+            "a task never runs an attempt past its max_attempts: the attempt lost at the max"
+            " fails it, and what queues it again without that (an attempt given back, an"
+            " approval) raises max_attempts by one; so a lost attempt's number is at most"
+            " max_attempts and == is >=",
+        ),
+        Equivalent(
             "core/ReplaceOrWithAnd",
             'if parent is None or TaskState(parent["state"]).terminal:',
             "no child's end meets an ended or missing parent: under the tree's lock a parent"

@@ -10,6 +10,7 @@ import asyncio
 import re
 from datetime import timedelta
 
+import asyncpg
 import pytest
 
 from agentmesh.errors import InvalidArgument, NotFound
@@ -89,6 +90,23 @@ async def test_a_replay_names_the_task_it_runs_again(store: TaskStore) -> None:
     assert (await store.get(tree_replay)).replay_of == original
     assert (await store.get(original)).replay_of == ""
     assert {t.task_id for t in await store.ready(100)} >= {original, replay}
+
+
+async def test_a_keyed_replay_sent_again_answers_its_task_after_the_original_is_gone(
+    store: TaskStore, pool: asyncpg.Pool
+) -> None:
+    """The key answers first: a client sending its replay again gets the task it made, even
+    once retention has removed the task that replay ran again."""
+    original = await store.submit(ECHO)
+    spec = TaskSpec(kind="echo", prompt="again", idempotency_key="rerun-1")
+    replay = await store.submit(spec, replay_of=original)
+    async with pool.acquire() as conn:  # as retention removes an old ended task
+        await conn.execute("DELETE FROM tasks WHERE id = $1", original)
+
+    assert await store.submit(spec, replay_of=original) == replay
+    assert (await store.submit_and_get(spec, replay_of=original)).id == replay
+    with pytest.raises(NotFound, match=f"no task {original}"):
+        await store.submit(ECHO, replay_of=original)
 
 
 async def test_what_submit_answers_is_what_a_read_gives(store: TaskStore) -> None:

@@ -288,6 +288,27 @@ async def test_attempts_never_exceed_max_attempts(store: TaskStore, pool: asyncp
     )
 
 
+async def test_a_task_of_hundreds_of_attempts_fails_when_its_last_is_lost(
+    store: TaskStore, pool: asyncpg.Pool
+) -> None:
+    """Attempt numbers are compared as numbers, however high (past the small ints Python
+    shares one object for)."""
+    task_id = await store.submit(TaskSpec(kind="echo", prompt="hi", max_attempts=300))
+    async with pool.acquire() as conn:  # as after 298 lost attempts
+        await conn.execute("UPDATE tasks SET attempt = 298 WHERE id = $1", task_id)
+
+    assert await lose(store, await start(store, task_id)) is TaskState.SUBMITTED
+    last = await start(store, task_id)
+    assert last.attempt == 300
+    assert await lose(store, last) is TaskState.FAILED
+
+    record = await store.get(task_id)
+    assert (record.state, record.error) == (
+        TaskState.FAILED,
+        "attempt 300 lost (node lost); no attempts left",
+    )
+
+
 async def test_the_default_max_attempts_applies_to_tasks_that_name_none(store: TaskStore) -> None:
     task_id = await store.submit(ECHO)
     outcomes = []
