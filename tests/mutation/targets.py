@@ -263,6 +263,17 @@ _ONE_ROW = (
     " this entry also matches [1], which fails at once (IndexError) and is killed"
 )
 
+_STALE_CLEAN_UP = (
+    "a start never starts more tasks than were placed, so the only other case it lets in is"
+    " all of them started, where the clean-up drops the queue rows of no task (`rest` is"
+    " empty): a statement that changes nothing"
+)
+_STORE_BUILDS_IT = (
+    "a default nobody uses: only the store builds StartedAttempt and ReadyTask, and it"
+    " always passes last_seq and position (a test helper builds a StartedAttempt to lose"
+    " it, which reads its task and attempt only)"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "store": (
         Equivalent("core/ReplaceBinaryOperator_Add_LShift", "page_size + 1,", _LOOK_AHEAD),
@@ -358,6 +369,23 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             " approval) raises max_attempts by one; so a lost attempt's number is at most"
             " max_attempts and == is >=",
         ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Lt_NotEq",
+            "if len(started) < len(placements):",
+            _STALE_CLEAN_UP,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Lt_LtE",
+            "if len(started) < len(placements):",
+            _STALE_CLEAN_UP,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Lt_IsNot",
+            "if len(started) < len(placements):",
+            _STALE_CLEAN_UP,
+        ),
+        Equivalent("core/NumberReplacer", "last_seq: int = 0", _STORE_BUILDS_IT),
+        Equivalent("core/NumberReplacer", "position: QueuePosition = (0, 0)", _STORE_BUILDS_IT),
         Equivalent(
             "core/ReplaceOrWithAnd",
             'if parent is None or TaskState(parent["state"]).terminal:',
