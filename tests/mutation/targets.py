@@ -274,6 +274,12 @@ _STORE_BUILDS_IT = (
     " it, which reads its task and attempt only)"
 )
 
+_ONE_OWNER = (
+    "a store serves one scheduler, whose dispatcher ends every attempt under its one owner"
+    " string (DispatchSettings.owner, the same object each time): a batch of ends has one"
+    " owner, so `mine` is the whole batch under ==, >=, <= and `is` alike"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "store": (
         Equivalent("core/ReplaceBinaryOperator_Add_LShift", "page_size + 1,", _LOOK_AHEAD),
@@ -386,6 +392,34 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         ),
         Equivalent("core/NumberReplacer", "last_seq: int = 0", _STORE_BUILDS_IT),
         Equivalent("core/NumberReplacer", "position: QueuePosition = (0, 0)", _STORE_BUILDS_IT),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            "mine = [end for end in ends if end.owner == owner]",
+            _ONE_OWNER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_LtE",
+            "mine = [end for end in ends if end.owner == owner]",
+            _ONE_OWNER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_Is",
+            "mine = [end for end in ends if end.owner == owner]",
+            _ONE_OWNER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_IsNot_NotEq",
+            "if result.state is not TaskState.COMPLETED:",
+            "a Result's state is a TaskState member (every Result is built with one, and"
+            " payload_from_dict converts the stored word back), and members are singletons:"
+            " != is `is not`",
+        ),
+        Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "for row, approval in zip(rows, approvals, strict=True)",
+            "`approvals` is built from `rows`, one for each: the two are always the same"
+            " length, so strict has nothing to refuse",
+        ),
         Equivalent(
             "core/ReplaceOrWithAnd",
             'if parent is None or TaskState(parent["state"]).terminal:',
