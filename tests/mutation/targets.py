@@ -421,6 +421,14 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             " length, so strict has nothing to refuse",
         ),
         Equivalent(
+            "core/ReplaceTrueWithFalse",
+            "@dataclass(frozen=True)",
+            "nothing assigns to a TaskRecord, ReadyTask, StartedAttempt, DelegatingParent or"
+            " AttemptEnd once made (mypy refuses it), and none is hashed (dispatch keys its"
+            " maps by task id, the group commit its batches by position): frozen=False is the"
+            " same value",
+        ),
+        Equivalent(
             "core/ReplaceOrWithAnd",
             'if parent is None or TaskState(parent["state"]).terminal:',
             "no child's end meets an ended or missing parent: under the tree's lock a parent"
