@@ -504,6 +504,7 @@ async def test_cancel_reaches_every_level(store: TaskStore, pool: asyncpg.Pool) 
     for name, task_id in ids.items():
         record = await store.get(task_id)
         assert record.state is TaskState.CANCELED, (name, record.state, record.error)
+        assert record.error == "user asked", name
         assert record.finished_at is not None, name
     assert await queue_rows(pool, *ids.values()) == []
     assert (await lease_of(pool, ids["g2"]))["lease_owner"] is None
@@ -531,10 +532,15 @@ async def test_cancel_of_a_middle_task_reaches_its_children(
     await store.cancel(ids["left"], "")
 
     for name in ("left", "g1", "g2"):
-        assert (await store.get(ids[name])).state is TaskState.CANCELED, name
+        record = await store.get(ids[name])
+        assert (record.state, record.error) == (TaskState.CANCELED, "canceled"), name
     assert await queue_rows(pool, ids["g1"], ids["g2"]) == []
     # A child that did not complete fails its parent, which cancels the rest of the tree.
-    assert (await store.get(root_id)).state is TaskState.FAILED
+    root = await store.get(root_id)
+    assert (root.state, root.error) == (
+        TaskState.FAILED,
+        f"subtask {ids['left']} canceled: canceled",
+    )
     assert (await store.get(ids["right"])).state is TaskState.CANCELED
     assert await queue_rows(pool, ids["right"]) == []
 
@@ -551,7 +557,8 @@ async def test_cancel_leaves_finished_subtasks_as_they_ended(store: TaskStore) -
 
     g1 = await store.get(ids["g1"])
     assert (g1.state, g1.output) == (TaskState.COMPLETED, "ok")
-    assert (await store.get(ids["g2"])).state is TaskState.CANCELED
+    for name in ("g2", "left", "right", "root"):
+        assert (await store.get(ids[name])).state is TaskState.CANCELED, name
 
 
 async def test_cancel_of_a_finished_task_is_refused_and_changes_nothing(store: TaskStore) -> None:
