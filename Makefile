@@ -65,7 +65,7 @@ unit: venv
 # MODULES names some of tests/mutation/targets.py (or "all"); default: the stable ones.
 mutate: venv
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
-	$(BIN)/python -m tests.mutation $(MODULES)
+	$(BIN)/python -m tests.mutation $(MODULES) $(if $(MINUTES),--minutes $(MINUTES))
 
 demo: venv sandbox-tools
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)

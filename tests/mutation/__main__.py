@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ class Score:
     module: str
     killed: int = 0
     skipped: int = 0
+    pending: int = 0  # not run: the module's time was up
     equivalent: list[str] = field(default_factory=list)
     survivors: list[str] = field(default_factory=list)
     error: str = ""
@@ -99,6 +101,7 @@ def score(name: str, session: Path, module: Path) -> Score:
     known = {(e.operator, e.line, e.after): e.reason for e in EQUIVALENT.get(name, ())}
     result = Score(name)
     with use_db(str(session), WorkDB.Mode.open) as db:
+        result.pending = db.num_work_items - db.num_results
         for item, outcome in db.completed_work_items:
             if outcome.worker_outcome is WorkerOutcome.SKIPPED:
                 result.skipped += 1
@@ -201,7 +204,29 @@ def record_reach(tests: list[str], copy: Path, env: dict[str, str], module: str)
     return path
 
 
-def run_module(name: str, target: Target, timeout: float) -> Score:
+def execute(config: Path, session: Path, copy: Path, env: dict[str, str], minutes: float) -> None:
+    """Run the mutants; past `minutes`, stop (the mutants run so far keep their results).
+
+    cosmic-ray runs a module's mutants in random order, so a run stopped for time has judged
+    a random sample of them.
+    """
+    run = subprocess.Popen(
+        [COSMIC_RAY, "exec", str(config), str(session)], cwd=copy, env=env, start_new_session=True
+    )
+    try:
+        code = run.wait(timeout=minutes * 60 if minutes else None)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # cosmic-ray, the mutant's tests and their servers
+        run.wait()
+        return
+    except BaseException:
+        os.killpg(run.pid, signal.SIGKILL)
+        raise
+    if code != 0:
+        raise subprocess.CalledProcessError(code, run.args)
+
+
+def run_module(name: str, target: Target, timeout: float, minutes: float = 0.0) -> Score:
     with tempfile.TemporaryDirectory(prefix=f"agentmesh-mutate-{name}-") as scratch:
         copy = Path(scratch) / "repo"
         ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache")
@@ -249,12 +274,11 @@ def run_module(name: str, target: Target, timeout: float) -> Score:
             'name = "local"\n'
         )
         session = copy / "session.sqlite"
-        for step in ("init", "exec"):
-            subprocess.run(
-                [COSMIC_RAY, step, str(config), str(session)], cwd=copy, env=env, check=True
-            )
-            if step == "init":
-                skip_annotations(session, copy / target.path)
+        subprocess.run(
+            [COSMIC_RAY, "init", str(config), str(session)], cwd=copy, env=env, check=True
+        )
+        skip_annotations(session, copy / target.path)
+        execute(config, session, copy, env, minutes)
         return score(name, session, copy / target.path)
 
 
@@ -268,12 +292,19 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds per mutant at most (a backstop:"
         " a mutant whose tests take 3 times as long as unmutated, plus 30 s, is killed by time)",
     )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="stop each module's run after this many minutes and score the mutants run so far"
+        " (a random sample: cosmic-ray runs them in random order); 0: no limit",
+    )
     args = parser.parse_args(argv)
     names = list(TARGETS) if "all" in args.modules else args.modules
     scores = []
     for name in names:
         print(f"== {name}: {TARGETS[name].path}", flush=True)
-        result = run_module(name, TARGETS[name], args.timeout)
+        result = run_module(name, TARGETS[name], args.timeout, args.minutes)
         scores.append(result)
         for kind, entries in (("equivalent", result.equivalent), ("SURVIVED", result.survivors)):
             for entry in entries:
@@ -283,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{s.module:<17} {s.killed:>6}  {len(s.survivors):>8}  {len(s.equivalent):>10}"
             f"  {s.skipped:>7}  {s.share:6.1%}  {s.error}"
+            + (f"  (stopped for time: {s.pending} mutants not run)" if s.pending else "")
         )
     return 0 if all(s.share >= GOAL for s in scores) else 1
 
