@@ -56,10 +56,10 @@ test: venv gemini-cli sandbox-tools lint typecheck
 	$(BIN)/pytest
 
 # The fast layer: pure tests (no database, no npm) and the task store's transitions on the
-# embedded PostgreSQL. `make test` runs these too.
+# embedded PostgreSQL. `make test` runs these too, the store's on the system server as well.
 unit: venv
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
-	$(BIN)/pytest tests/unit tests/store
+	AGENTMESH_TEST_SERVERS=embedded $(BIN)/pytest tests/unit tests/store
 
 # Mutation testing (slow, not part of `make test`): each module's mutants run its own tests.
 # MODULES names some of tests/mutation/targets.py (or "all"); default: the stable ones.
