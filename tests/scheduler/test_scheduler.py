@@ -211,11 +211,11 @@ async def test_a_large_trace_comes_in_batches_of_about_a_mebibyte(mesh: Mesh) ->
     assert [e for b in batches for e in b.events] == events
     for batch in batches:  # a batch goes once it holds a mebibyte: one event more at most
         assert sum(e.ByteSize() for e in batch.events[:-1]) < 1 << 20
-    # how the node cut the output into events varies; no batch holds more than a mebibyte
-    # and its last event, so 5 MB needs at least this many
+    # how the node cut the output into events varies (up to a mebibyte each); no batch holds
+    # more than a mebibyte and its last event, so 5 MB needs at least this many
     largest = max(e.ByteSize() for e in events)
     total = sum(e.ByteSize() for e in events)
-    assert len(batches) >= -(-total // ((1 << 20) + largest)) >= 4
+    assert len(batches) >= -(-total // ((1 << 20) + largest)) > 1
     after = scheduler_pb2.WatchTaskRequest(task_id=task.id, after_seq=events[-2].seq)
     assert [e for b in [b async for b in stub.WatchTaskEvents(after)] for e in b.events] == [
         events[-1]
