@@ -30,7 +30,8 @@ class Target:
 
 
 # The database tests run on the embedded server only: one server is enough to judge a mutant.
-EMBEDDED_ONLY = ("-k", "embedded")
+# (Tests without a server parameter stay.)
+EMBEDDED_ONLY = ("-k", "not system")
 
 TARGETS: dict[str, Target] = {
     "placement": Target("src/agentmesh/scheduler/placement.py", ("tests/unit/test_placement.py",)),
@@ -63,8 +64,9 @@ TARGETS: dict[str, Target] = {
             "tests/node/test_cancel_stubborn.py",
             "tests/node/test_node.py",
             "tests/node/test_process_groups.py",
+            "tests/node/test_leftovers.py",
             "-k",
-            "cancel or dropped or stubborn or output or stream or process_groups",
+            "cancel or dropped or stubborn or output or stream or process_groups or listed",
         ),
         test_timeout=60.0,
         isolated=True,
@@ -133,26 +135,24 @@ TARGETS: dict[str, Target] = {
             "tests/scheduler/test_cancels.py",
             "tests/scheduler/test_unreachable_node.py",
             "tests/scheduler/test_recovery.py",
-            "-k",
-            "embedded or test_node_link",  # the latter has no database
+            *EMBEDDED_ONLY,
         ),
         note="stand-in nodes on real ports in process, and whole meshes",
         test_timeout=120.0,
     ),
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
-        (
-            "tests/scheduler/test_scheduler.py",
-            "tests/scheduler/test_gemini_dispatch.py",
-            "tests/scheduler/test_cancels.py",
-            "tests/scheduler/test_waiting.py",
-            "tests/scheduler/test_unreachable_node.py",
-            "tests/scheduler/test_placement_unreachable.py",
-            "tests/scheduler/test_recovery.py",
-            *EMBEDDED_ONLY,
-        ),
-        note="slow: every mutant runs a scheduler and nodes",
+        ("tests/scheduler", "tests/keys", *EMBEDDED_ONLY),
+        note="slow: every mutant runs a scheduler and nodes; each runs only the tests that"
+        " ran its line, so the list is every mesh test",
         test_timeout=120.0,
+    ),
+    "leftovers": Target(
+        "src/agentmesh/node/leftovers.py",
+        ("tests/node/test_leftovers.py",),
+        note="kills processes: its mutants run in a PID namespace of their own",
+        test_timeout=60.0,
+        isolated=True,
     ),
     "watch": Target(
         "src/agentmesh/scheduler/watch.py",

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -312,7 +314,9 @@ def test_reboot_does_nothing_to_the_host(tmp_path: Path) -> None:
     confinement = Confinement(PermissionMode.SUPERUSER, workdir)
     sandbox = choose_sandbox(SandboxKind.AUTO, Permissions(), hidden=[], shown=[])
     sandbox.give(workdir)
-    launch = sandbox.launch(["bash", "-c", f'reboot -f; python3 -c "{code}"'], confinement)
+    # the interpreter itself: a version manager's `python3` shim may not start in a sandbox
+    python = shlex.quote(os.path.realpath(sys.executable))
+    launch = sandbox.launch(["bash", "-c", f'reboot -f; {python} -c "{code}"'], confinement)
     done = subprocess.run(
         [unshare, "--pid", "--fork", "--mount-proc", *launch.argv],
         cwd=workdir,

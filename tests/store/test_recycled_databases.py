@@ -61,7 +61,12 @@ def test_rows_are_deleted_sequences_restart_and_the_database_is_kept(
         for table in ("agents", "tasks", "task_queue"):
             assert asyncio.run(_query(uri, f"SELECT * FROM {table}")) == []
         assert asyncio.run(_query(uri, "SELECT count(*) FROM schema_migrations"))[0][0] > 0
-        asyncio.run(_execute(uri, "INSERT INTO tasks (id, kind, spec, root_id) VALUES ('t-2', 'shell', '{}', 't-2')"))
+        asyncio.run(
+            _execute(
+                uri,
+                "INSERT INTO tasks (id, kind, spec, root_id) VALUES ('t-2', 'shell', '{}', 't-2')",
+            )
+        )
         rows = asyncio.run(
             _query(uri, "INSERT INTO task_queue (task_id) VALUES ('t-2') RETURNING id")
         )
@@ -81,7 +86,8 @@ def test_rows_are_deleted_sequences_restart_and_the_database_is_kept(
         "CREATE TABLE extra (x int)",
         "CREATE FUNCTION extra() RETURNS int LANGUAGE sql AS 'SELECT 1'",
         "COMMENT ON TABLE tasks IS 'changed'",
-        "DELETE FROM schema_migrations WHERE version = (SELECT max(version) FROM schema_migrations)",
+        "DELETE FROM schema_migrations"
+        " WHERE version = (SELECT max(version) FROM schema_migrations)",
     ],
 )
 def test_a_database_whose_schema_a_test_changed_is_dropped(

@@ -26,6 +26,8 @@ from typing import Literal
 
 import psutil
 
+from agentmesh.node.leftovers import Ledger
+
 log = logging.getLogger(__name__)
 
 # The most one read takes, and what the kernel may hold in each pipe meanwhile (Linux's
@@ -47,11 +49,16 @@ class ProcessGroup:
     """One started child process and its process group."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, output: _Output, grace_seconds: float
+        self,
+        process: asyncio.subprocess.Process,
+        output: _Output,
+        grace_seconds: float,
+        ledger: Ledger | None = None,
     ) -> None:
         self._process = process
         self._output = output
         self._grace = grace_seconds
+        self._ledger = ledger
         # A handle that knows the leader's start time, so that a reused pid is not taken
         # for the leader (None if it was gone before we looked).
         self._leader: psutil.Process | None = None
@@ -73,9 +80,10 @@ class ProcessGroup:
         grace_seconds: float,
         user: int | None = None,
         group: int | None = None,
+        ledger: Ledger | None = None,
     ) -> ProcessGroup:
         """Start argv in a new session; as `user`/`group` (with no supplementary groups)
-        when given, which needs root."""
+        when given, which needs root. The session is in `ledger` until it is stopped."""
         stdout, stdout_end = _pipe()
         try:
             stderr, stderr_end = _pipe()
@@ -116,7 +124,9 @@ class ProcessGroup:
             # open, and the reads from ending, after it exits.
             os.close(stdout_end)
             os.close(stderr_end)
-        return cls(process, output, grace_seconds)
+        if ledger is not None:
+            ledger.add(process.pid)
+        return cls(process, output, grace_seconds, ledger)
 
     def chunks(self) -> AsyncIterator[Chunk]:
         """stdout and stderr as they come, interleaved, until both close."""
@@ -171,6 +181,8 @@ class ProcessGroup:
                 victim.kill()  # psutil refuses to signal a pid that was reused
         if self._process.returncode is None:
             await self._process.wait()
+        if self._ledger is not None:
+            self._ledger.remove(group)
         self._output.close()  # whatever is left unread: nothing will ask for it now
 
     def _descendants(self, members: list[psutil.Process]) -> list[psutil.Process]:

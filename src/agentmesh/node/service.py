@@ -10,6 +10,7 @@ import shlex
 import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,7 @@ from agentmesh.node.executors.gemini import GeminiExecutor
 from agentmesh.node.executors.shell import ShellExecutor
 from agentmesh.node.gemini_proxy import GeminiProxy
 from agentmesh.node.key_source import KeySources, LocalKeys, SchedulerKeySource
+from agentmesh.node.leftovers import Ledger, start_watchdog
 from agentmesh.node.mesh_tools import MeshTools
 from agentmesh.node.registration import Registration
 from agentmesh.node.runner import RunnerLimits, TaskRunner
@@ -125,6 +127,13 @@ class AgentNode:
         log_format.redact(*held_secrets)
         data_dir = settings.env.AGENTMESH_DATA_DIR or default_data_dir()
         agent_id = stable_agent_id(data_dir, name)
+        ledger, killed = await asyncio.to_thread(
+            Ledger.claim, data_dir / "nodes" / name / "sessions"
+        )
+        if killed:
+            log.warning("stopped %d processes a previous run of this node left running", killed)
+        resources.callback(ledger.close)
+        resources.callback(_stop_watchdog, start_watchdog(ledger))
         sandbox = await asyncio.to_thread(_sandbox, settings, node, data_dir)
         log.info("sandbox: %s", sandbox.describe())
         grace = node.cancel_grace_seconds
@@ -135,7 +144,7 @@ class AgentNode:
         executors: dict[str, Executor] = {
             "echo": EchoExecutor(),
             "shell": ShellExecutor(
-                checker, settings.permissions, sandbox=sandbox, grace_seconds=grace
+                checker, settings.permissions, sandbox=sandbox, grace_seconds=grace, ledger=ledger
             ),
         }
         # Both start a process: the checker's first worker, and the CLI for its version.
@@ -169,6 +178,7 @@ class AgentNode:
                 keys=KeySources(held, scheduler_keys),
                 mesh_tools=mesh_tools,
                 checker=checker,
+                ledger=ledger,
             )
         limits = RunnerLimits(
             max_concurrency=node.max_concurrency,
@@ -240,6 +250,13 @@ class AgentNode:
         await self._resources.aclose()  # the server, the proxy, the key pool's channel
 
 
+def _stop_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
+    """The node stopped its tasks itself: the watchdog finds nothing listed and leaves."""
+    assert watchdog.stdin is not None
+    watchdog.stdin.close()
+    watchdog.wait()
+
+
 def _sandbox(settings: Settings, node: NodeSettings, data_dir: Path) -> Sandbox:
     """The node's sandbox, hiding from tasks the node's home, data directory and the files
     that hold its secrets, and showing again what runs need from inside them."""
@@ -300,15 +317,15 @@ async def run_node(
         )
     elif not is_loopback(host) and not settings.tls.enabled:
         log.warning("serving without TLS: credentials cross the network in clear text")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before the announcement: a SIGTERM
+        loop.add_signal_handler(signum, stop.set)  # sent as soon as it is read drains too
     announce(
         f"agentmesh node {card.name} ({card.agent_id}) listening on {started.address};"
         f" executors: {', '.join(card.executors)}; sandbox: {card.sandbox};"
         f" modes up to {card.max_permission_mode}"
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("shutting down: draining %d running task(s)", started.runner.running)
     await started.shutdown(node.shutdown_grace_seconds)

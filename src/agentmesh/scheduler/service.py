@@ -331,11 +331,11 @@ async def run_scheduler(
     scheduler = await Scheduler.start(settings, listen)
     if settings.token is None:
         log.warning("no AGENTMESH_TOKEN set: serving on loopback only, without authentication")
-    announce(f"agentmesh scheduler {scheduler.owner} listening on {scheduler.address}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before the announcement: a SIGTERM
+        loop.add_signal_handler(signum, stop.set)  # sent as soon as it is read stops cleanly
+    announce(f"agentmesh scheduler {scheduler.owner} listening on {scheduler.address}")
     await stop.wait()
     await scheduler.stop()
     return 0

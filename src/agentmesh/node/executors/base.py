@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from agentmesh.config import PermissionMode
+from agentmesh.node.leftovers import Ledger
 from agentmesh.node.permissions.approvals import Approval
 from agentmesh.node.process import Chunk, ProcessGroup, StreamName
 from agentmesh.node.sandbox import Launch
@@ -97,13 +98,15 @@ async def supervise(
     *,
     env: Mapping[str, str],
     grace_seconds: float,
+    ledger: Ledger | None = None,
 ) -> AsyncIterator[Output | Exit]:
     """Run the job's (confined) command: its output as decoded text, then how it ended.
 
     The process group is stopped when the job is cancelled, when it runs past its timeout,
     when its stdout and stderr together pass `job.max_output_bytes` (the output is cut at
     exactly that many bytes: a flood must neither fill the trace nor run until its timeout),
-    and when the consumer stops iterating (a dropped client), so nothing outlives the job.
+    and when the consumer stops iterating (a dropped client), so nothing outlives the job;
+    meanwhile its session is in `ledger`, for when the node itself dies.
     """
     group = await ProcessGroup.start(
         launch.argv,
@@ -112,6 +115,7 @@ async def supervise(
         grace_seconds=grace_seconds,
         user=launch.user,
         group=launch.group,
+        ledger=ledger,
     )
     decoders = {
         name: codecs.getincrementaldecoder("utf-8")(errors="replace")

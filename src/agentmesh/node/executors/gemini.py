@@ -35,6 +35,7 @@ from agentmesh.node.executors.base import Exit, Job, Output, supervise, with_sid
 from agentmesh.node.executors.gemini_errors import classify_api_error
 from agentmesh.node.gemini_proxy import GeminiProxy, ProxyRun
 from agentmesh.node.key_source import KeySources, NoApiKey, TaskRun
+from agentmesh.node.leftovers import Ledger
 from agentmesh.node.mesh_tools import SERVER_NAME, MeshGrant, MeshTools
 from agentmesh.node.permissions import CommandRefused
 from agentmesh.node.permissions.approvals import Approval, words
@@ -216,6 +217,7 @@ class GeminiExecutor:
         keys: KeySources,
         mesh_tools: MeshTools | None = None,
         checker: CommandChecker | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._command = shlex.split(command)
         # The node's MCP server for its agents' mesh tools (with a scheduler only).
@@ -226,6 +228,7 @@ class GeminiExecutor:
         self._default_model = default_model
         self._sandbox = sandbox
         self._grace = grace_seconds
+        self._ledger = ledger
         self._proxy = proxy
         self._keys = keys
 
@@ -326,7 +329,7 @@ class GeminiExecutor:
         refusals = PolicyRefusals(job.permission_mode, self._approvable)
         stderr_tail = ""
         pending = ""
-        process = supervise(job, launch, env=env, grace_seconds=self._grace)
+        process = supervise(job, launch, env=env, grace_seconds=self._grace, ledger=self._ledger)
         # Closed with the run, however it ends: its pending read must not outlive it.
         async with contextlib.aclosing(with_side_payloads(process, side)) as items:
             async for item in items:

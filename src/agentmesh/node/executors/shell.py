@@ -13,6 +13,7 @@ from agentmesh.config import PermissionMode, Permissions
 from agentmesh.node.command_check import CommandChecker
 from agentmesh.node.environment import task_environment
 from agentmesh.node.executors.base import Exit, Job, supervise
+from agentmesh.node.leftovers import Ledger
 from agentmesh.node.permissions import CommandRefused
 from agentmesh.node.permissions.approvals import permitted, words
 from agentmesh.node.permissions.policy import ShellPlan
@@ -35,11 +36,13 @@ class ShellExecutor:
         *,
         sandbox: Sandbox,
         grace_seconds: float,
+        ledger: Ledger | None = None,
     ) -> None:
         self._checker = checker
         self._permissions = permissions
         self._sandbox = sandbox
         self._grace = grace_seconds
+        self._ledger = ledger
 
     async def run(self, job: Job) -> AsyncIterator[Payload]:
         command = job.spec.command
@@ -86,7 +89,9 @@ class ShellExecutor:
         self._sandbox.give(job.workdir)
         env = task_environment(job.workdir)
         tail = ""
-        async for item in supervise(job, launch, env=env, grace_seconds=self._grace):
+        async for item in supervise(
+            job, launch, env=env, grace_seconds=self._grace, ledger=self._ledger
+        ):
             if isinstance(item, Exit):
                 if item.how == "output_limit":
                     yield Diagnostic("error", item.output_limit_note())

@@ -1,0 +1,313 @@
+"""A node killed outright leaves none of its tasks' processes running (without the sandbox,
+whose bubblewrap dies with its parent on its own): its watchdog stops them, or its next
+start does."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from agentmesh.node.leftovers import Ledger, start_time
+from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
+from tests.node.test_node import wait_for_file
+
+
+def session_members(sid: int) -> list[int]:
+    """The live processes of a session (a killed one waiting to be reaped does nothing)."""
+    found = []
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) == sid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+async def wait_for_no_session(sid: int) -> None:
+    for _ in range(400):
+        if not session_members(sid):
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"session {sid} still has processes {session_members(sid)}")
+
+
+def reap(process: subprocess.Popen[bytes]) -> None:
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(0)  # still there: the ledger must be what stops it
+    process.kill()
+    process.wait()
+
+
+# -- the ledger ------------------------------------------------------------------------
+
+
+def test_stopping_the_ledger_kills_every_process_of_each_listed_session(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "sessions")
+    task = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"], start_new_session=True)
+    ledger.add(task.pid)
+    deadline = time.monotonic() + 10
+    while len(session_members(task.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(session_members(task.pid)) == 3
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)  # not listed
+    try:
+        assert ledger.stop_all() == 3
+        assert task.wait(10) == -signal.SIGKILL
+        assert asyncio.run(_gone(task.pid))
+        assert other.poll() is None
+        assert list(ledger.directory.iterdir()) == []
+        assert ledger.stop_all() == 0
+    finally:
+        other.kill()
+        other.wait()
+
+
+async def _gone(sid: int) -> bool:
+    await wait_for_no_session(sid)
+    return True
+
+
+def test_a_session_whose_leader_exited_is_still_stopped_by_its_id(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "sessions")
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & echo $!"], start_new_session=True, stdout=subprocess.PIPE
+    )
+    assert leader.stdout is not None
+    child = int(leader.stdout.readline())
+    ledger.add(leader.pid)
+    leader.wait(10)  # the leader is gone; its child still holds the session's id
+    leader.stdout.close()
+    assert os.getsid(child) == leader.pid
+    assert ledger.stop_all() == 1
+    assert asyncio.run(_gone(leader.pid))
+
+
+def test_an_id_now_leading_another_session_is_left_alone(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "sessions")
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        started = start_time(stranger.pid)
+        assert started is not None
+        # as if a listed task's session had ended and its id gone to this process since
+        (ledger.directory / str(stranger.pid)).write_text(f"{started - 1}\n")
+        assert ledger.stop_all() == 0
+        reap(stranger)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_session_is_listed_while_it_runs_and_forgotten_once_stopped(tmp_path: Path) -> None:
+    from agentmesh.node.process import ProcessGroup
+
+    async def run() -> None:
+        ledger = Ledger(tmp_path / "sessions")
+        group = await ProcessGroup.start(
+            ["sleep", "300"], env={}, cwd=tmp_path, grace_seconds=1.0, ledger=ledger
+        )
+        entry = ledger.directory / str(group.pid)
+        assert entry.read_text() == f"{start_time(group.pid)}\n"
+        await group.stop()
+        assert not entry.exists()
+
+    asyncio.run(run())
+
+
+# -- a node killed outright ------------------------------------------------------------
+
+
+StartNode = Callable[[], tuple[subprocess.Popen[str], str]]
+
+
+@pytest.fixture
+def unsandboxed_node(tmp_path: Path) -> Iterator[StartNode]:
+    """Starts `agentmesh node` processes with `node.sandbox: none`, on one data directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH")}
+    env.update(AGENTMESH_DATA_DIR=str(tmp_path / "data"), GEMINI_CLI_COMMAND="/nonexistent")
+    (tmp_path / "agent_config.json").write_text(
+        f'{{"node": {{"workdir": "{tmp_path}", "max_permission_mode": "superuser",'
+        ' "sandbox": "none"}}'
+    )
+    started: list[subprocess.Popen[str]] = []
+
+    def start() -> tuple[subprocess.Popen[str], str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agentmesh.cli.main", "node", "--listen", "127.0.0.1:0"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        started.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"listening on (\S+);", line)
+        assert match, (line, process.stderr.read() if process.stderr else "")
+        return process, match[1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+async def start_long_task(address: str, tmp_path: Path) -> tuple[grpc.aio.Channel, int]:
+    """A task that, left running, writes `canary` in half a minute; its session's id."""
+    channel = grpc.aio.insecure_channel(address)
+    stub = node_pb2_grpc.AgentNodeStub(channel)
+    command = "echo $$ > started.txt; sleep 1000 & sleep 30; echo late > canary"
+    call = stub.ExecuteTask(
+        node_pb2.ExecuteTaskRequest(
+            task_id="left-1",
+            spec=task_pb2.TaskSpec(kind="shell", command=command, permission_mode="superuser"),
+        )
+    )
+    await call.read()
+    await wait_for_file(tmp_path / "started.txt")
+    return channel, os.getsid(int((tmp_path / "started.txt").read_text()))
+
+
+def listed(tmp_path: Path) -> list[str]:
+    """The sessions the node ledgers under this data directory hold."""
+    sessions = tmp_path / "data" / "nodes" / socket.gethostname() / "sessions"
+    return [p.name for p in sessions.glob("*/*") if not p.name.startswith(".")]
+
+
+def ledgers(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "data" / "nodes" / socket.gethostname() / "sessions").iterdir())
+
+
+def watchdog_of(node: subprocess.Popen[str]) -> psutil.Process:
+    (found,) = [
+        child
+        for child in psutil.Process(node.pid).children()
+        if "agentmesh.node.leftovers" in " ".join(child.cmdline())
+    ]
+    return found
+
+
+async def test_a_killed_node_s_watchdog_stops_its_tasks(
+    unsandboxed_node: StartNode, tmp_path: Path
+) -> None:
+    node, address = unsandboxed_node()
+    channel, sid = await start_long_task(address, tmp_path)
+    assert listed(tmp_path) == [str(sid)]
+    watchdog = watchdog_of(node)
+
+    node.kill()  # the node alone: its watchdog is in a session of its own
+    await wait_for_no_session(sid)
+    await channel.close()
+
+    assert not (tmp_path / "canary").exists()
+    watchdog.wait(10)  # gone (its exit status is its parent's to read)
+    assert ledgers(tmp_path) == []
+
+
+async def test_a_node_started_again_stops_what_its_last_run_left(
+    unsandboxed_node: StartNode, tmp_path: Path
+) -> None:
+    node, address = unsandboxed_node()
+    channel, sid = await start_long_task(address, tmp_path)
+    watchdog = watchdog_of(node)
+    watchdog.kill()  # both die at once, as under a kill of everything
+    node.kill()
+    node.wait(10)
+    await channel.close()
+    assert session_members(sid)  # left running
+
+    again, _ = unsandboxed_node()
+    await wait_for_no_session(sid)
+    assert not (tmp_path / "canary").exists()
+    assert len(ledgers(tmp_path)) == 1  # the new node's own
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(30) == 0
+    assert again.stderr is not None
+    assert re.search(
+        r"stopped [1-9]\d* processes a previous run of this node left running", again.stderr.read()
+    )
+
+
+async def test_a_node_stopped_normally_leaves_its_watchdog_nothing_to_do(
+    unsandboxed_node: StartNode, tmp_path: Path
+) -> None:
+    node, address = unsandboxed_node()
+    watchdog = watchdog_of(node)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = node_pb2_grpc.AgentNodeStub(channel)
+        call = stub.ExecuteTask(
+            node_pb2.ExecuteTaskRequest(
+                task_id="short-1",
+                spec=task_pb2.TaskSpec(
+                    kind="shell", command="echo hi", permission_mode="superuser"
+                ),
+            )
+        )
+        events = [event async for event in call]
+    assert events[-1].result.state == task_pb2.TASK_STATE_COMPLETED
+    node.send_signal(signal.SIGTERM)
+    assert node.wait(30) == 0
+    watchdog.wait(10)  # gone (its exit status is its parent's to read)
+    assert ledgers(tmp_path) == []
+
+
+async def test_a_node_starting_beside_a_live_one_of_the_same_name_leaves_its_tasks_alone(
+    unsandboxed_node: StartNode, tmp_path: Path
+) -> None:
+    _, address = unsandboxed_node()
+    channel, sid = await start_long_task(address, tmp_path)
+    try:
+        second, _ = unsandboxed_node()
+        assert watchdog_of(second).is_running()
+        assert session_members(sid)
+        assert listed(tmp_path) == [str(sid)]
+        assert len(ledgers(tmp_path)) == 2
+    finally:
+        await channel.close()
+
+
+def test_a_claim_stops_only_the_ledgers_whose_holder_is_gone(tmp_path: Path) -> None:
+    root = tmp_path / "sessions"
+    live, _ = Ledger.claim(root)
+    dead, _ = Ledger.claim(root)
+    tasks = [subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(2)]
+    try:
+        live.add(tasks[0].pid)
+        dead.add(tasks[1].pid)
+        assert dead._lock is not None
+        os.close(dead._lock)  # as the kernel does when its node dies
+        dead._lock = None
+
+        third, killed = Ledger.claim(root)
+
+        assert killed == 1
+        assert tasks[1].wait(10) == -signal.SIGKILL
+        assert tasks[0].poll() is None
+        assert sorted(p.name for p in root.iterdir()) == sorted(
+            [live.directory.name, third.directory.name]
+        )
+        live.close()
+        third.close()
+        assert list(root.iterdir()) == []
+    finally:
+        for task in tasks:
+            task.kill()
+            task.wait()
