@@ -869,6 +869,36 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         ),
         Equivalent("core/ZeroIterationForLoop", "for victim in victims:", _EACH_VICTIM),
         Equivalent("core/ZeroIterationForLoop", "for victim in survivors:", _EACH_VICTIM),
+        Equivalent(
+            "core/ReplaceBinaryOperator_Sub_BitOr",
+            "for fd in self._open.keys() - self._watched:",
+            "a watched pipe is always an open one (_close unwatches first), so the union is the"
+            " open pipes: it watches again the ones watched already, and add_reader on a"
+            " watched descriptor only sets the same callback again",
+        ),
+        Equivalent(
+            "core/ExceptionReplacer",
+            "except OSError as exc:  # a broken pipe ends the stream like EOF does",
+            "reading the non-blocking read end of a pipe fails only with EAGAIN (the"
+            " BlockingIOError caught above) or EBADF, and a descriptor is closed only by"
+            " _close, after which it is never read: no test can make the read fail otherwise",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_IsNot",
+            "if self._process.returncode is None:",
+            "the wait for the killed leader at the end of stop: its callers wait for the exit"
+            " themselves (supervise awaits group.wait() right after), and everything is"
+            " SIGKILLed by then",
+            after="victim.kill()  # psutil refuses to signal a pid that was reused",
+        ),
+        Equivalent(
+            "core/ReplaceAndWithOr",
+            "return self._leader if self._leader is not None and _is_running(self._leader)"
+            " else None",
+            "it hands out a leader that no longer runs only in the moment between the child"
+            " watcher reaping it and the loop seeing the exit, and every use checks"
+            " _is_running again (_signal_group, _group_members) or finds no children of it",
+        ),
     ),
     "reservations": (
         Equivalent("core/ReplaceBinaryOperator_Mul_Div", "*,", _KEYWORD_ONLY),

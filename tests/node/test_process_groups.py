@@ -218,7 +218,9 @@ async def test_an_orphan_left_in_the_group_that_ignores_sigterm_is_killed(
     # The subshell exits at once: its background sleep is re-parented, not the leader's
     # child any more; only its group id ties it to the task.
     command = "(trap '' TERM; sleep 300 & echo $! > orphan.pid); exec sleep 300"
-    group = await start_group(command, tmp_path, grace_seconds=0.3)
+    # A grace period long enough for the leader's end to be seen within it even on a busy
+    # machine: only the orphan, found by its group id, is left to kill after it.
+    group = await start_group(command, tmp_path, grace_seconds=2.0)
     await wait_for_file(tmp_path / "orphan.pid")
     orphan = int((tmp_path / "orphan.pid").read_text())
 
@@ -313,3 +315,29 @@ async def test_an_orphan_in_a_session_a_child_started_is_stopped_with_it(
     await group.stop()
 
     assert await wait_until_gone(orphan), "the orphan outlived the stop"
+
+
+async def test_a_command_that_cannot_start_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(FileNotFoundError):
+            await start_group([str(tmp_path / "no-such-program")], tmp_path)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_a_group_is_signalled_only_while_a_process_it_knows_is_in_it(
+    tmp_path: Path,
+) -> None:
+    group = await start_group(["sleep", "300"], tmp_path)
+    # Another session's process: a group id of our task's may have gone to it.
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        known = [psutil.Process(group.pid)]
+        group._signal_group(stranger.pid, signal.SIGKILL, known)  # none of `known` is in it
+        group._signal_group(stranger.pid, signal.SIGTERM, [psutil.Process(stranger.pid)])
+        # a SIGKILL sent first would have ended it first
+        assert stranger.wait(10) == -signal.SIGTERM
+    finally:
+        stranger.kill()
+        stranger.wait()
+        await group.stop()
