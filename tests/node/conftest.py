@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +85,43 @@ class _AuthorizedStub:
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._stub, name)
         return lambda request, **kwargs: method(request, metadata=self._metadata, **kwargs)
+
+
+NodeProcess = tuple["subprocess.Popen[str]", str]  # the process and the address it serves
+StartNodeProcess = Callable[[dict[str, Any]], NodeProcess]
+
+
+@pytest.fixture
+def node_processes(tmp_path: Path) -> Iterator[StartNodeProcess]:
+    """Starts `agentmesh node` processes in `tmp_path` with the given `node` settings (all
+    on one data directory, as one machine's restarts are); each killed at the end."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH")}
+    env.update(AGENTMESH_DATA_DIR=str(tmp_path / "data"), GEMINI_CLI_COMMAND="/nonexistent")
+    started: list[subprocess.Popen[str]] = []
+
+    def start(node: dict[str, Any]) -> NodeProcess:
+        (tmp_path / "agent_config.json").write_text(json.dumps({"node": node}))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agentmesh.cli.main", "node", "--listen", "127.0.0.1:0"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        started.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"listening on (\S+);", line)
+        assert match, (line, process.stderr.read() if process.stderr else "")
+        return process, match[1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()

@@ -10,9 +10,8 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -21,6 +20,7 @@ import pytest
 
 from agentmesh.node.leftovers import Ledger, start_time
 from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
+from tests.node.conftest import NodeProcess, StartNodeProcess
 from tests.node.test_node import wait_for_file
 
 
@@ -129,45 +129,14 @@ def test_a_session_is_listed_while_it_runs_and_forgotten_once_stopped(tmp_path: 
 # -- a node killed outright ------------------------------------------------------------
 
 
-StartNode = Callable[[], tuple[subprocess.Popen[str], str]]
+StartNode = Callable[[], NodeProcess]
 
 
 @pytest.fixture
-def unsandboxed_node(tmp_path: Path) -> Iterator[StartNode]:
+def unsandboxed_node(node_processes: StartNodeProcess, tmp_path: Path) -> StartNode:
     """Starts `agentmesh node` processes with `node.sandbox: none`, on one data directory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH")}
-    env.update(AGENTMESH_DATA_DIR=str(tmp_path / "data"), GEMINI_CLI_COMMAND="/nonexistent")
-    (tmp_path / "agent_config.json").write_text(
-        f'{{"node": {{"workdir": "{tmp_path}", "max_permission_mode": "superuser",'
-        ' "sandbox": "none"}}'
-    )
-    started: list[subprocess.Popen[str]] = []
-
-    def start() -> tuple[subprocess.Popen[str], str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agentmesh.cli.main", "node", "--listen", "127.0.0.1:0"],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        started.append(process)
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"listening on (\S+);", line)
-        assert match, (line, process.stderr.read() if process.stderr else "")
-        return process, match[1]
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+    settings = {"workdir": str(tmp_path), "max_permission_mode": "superuser", "sandbox": "none"}
+    return lambda: node_processes(settings)
 
 
 async def start_long_task(address: str, tmp_path: Path) -> tuple[grpc.aio.Channel, int]:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,38 +15,15 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
+from tests.node.conftest import StartNodeProcess
 from tests.node.test_node import collect, wait_for_file
 
 
 @pytest.fixture
-def node_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH")}
-    env.update(AGENTMESH_DATA_DIR=str(tmp_path / "data"), GEMINI_CLI_COMMAND="/nonexistent")
-    (tmp_path / "agent_config.json").write_text(
-        f'{{"node": {{"workdir": "{tmp_path}", "max_permission_mode": "superuser"}}}}'
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agentmesh.cli.main", "node", "--listen", "127.0.0.1:0"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"listening on (\S+);", line)
-    assert match, (line, process.stderr.read() if process.stderr else "")
-    try:
-        yield process, match[1]
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+def node_process(
+    node_processes: StartNodeProcess, tmp_path: Path
+) -> tuple[subprocess.Popen[str], str]:
+    return node_processes({"workdir": str(tmp_path), "max_permission_mode": "superuser"})
 
 
 def test_reflection_lists_the_services(node_process: tuple[subprocess.Popen[str], str]) -> None:
