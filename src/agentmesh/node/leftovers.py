@@ -27,12 +27,12 @@ from the one written down, and nothing is signalled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -149,17 +149,27 @@ def _abandoned(directory: Path) -> bool:
     return True
 
 
-def start_watchdog(ledger: Ledger) -> subprocess.Popen[bytes]:
+async def start_watchdog(ledger: Ledger) -> asyncio.subprocess.Process:
     """Start the process that stops the ledger's sessions once this process has ended.
 
     Its stdin is a pipe whose other end only this process holds (task processes inherit no
     descriptors of ours), so it reads end-of-file exactly when this process is gone.
     """
-    return subprocess.Popen(
-        [sys.executable, "-m", __name__, str(ledger.directory)],
-        stdin=subprocess.PIPE,
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        __name__,
+        str(ledger.directory),
+        stdin=asyncio.subprocess.PIPE,
         start_new_session=True,  # not stopped with the node by a terminal's Ctrl-C
     )
+
+
+async def stop_watchdog(watchdog: asyncio.subprocess.Process) -> None:
+    """Let the watchdog go (its node stopped its tasks itself: it finds nothing listed)."""
+    assert watchdog.stdin is not None
+    watchdog.stdin.close()
+    await watchdog.wait()
 
 
 def _watch(directory: Path) -> None:

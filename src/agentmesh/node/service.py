@@ -10,7 +10,6 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +33,7 @@ from agentmesh.node.executors.gemini import GeminiExecutor
 from agentmesh.node.executors.shell import ShellExecutor
 from agentmesh.node.gemini_proxy import GeminiProxy
 from agentmesh.node.key_source import KeySources, LocalKeys, SchedulerKeySource
-from agentmesh.node.leftovers import Ledger, start_watchdog
+from agentmesh.node.leftovers import Ledger, start_watchdog, stop_watchdog
 from agentmesh.node.mesh_tools import MeshTools
 from agentmesh.node.registration import Registration
 from agentmesh.node.runner import RunnerLimits, TaskRunner
@@ -133,7 +132,7 @@ class AgentNode:
         if killed:
             log.warning("stopped %d processes a previous run of this node left running", killed)
         resources.callback(ledger.close)
-        resources.callback(_stop_watchdog, start_watchdog(ledger))
+        resources.push_async_callback(stop_watchdog, await start_watchdog(ledger))
         sandbox = await asyncio.to_thread(_sandbox, settings, node, data_dir)
         log.info("sandbox: %s", sandbox.describe())
         grace = node.cancel_grace_seconds
@@ -248,13 +247,6 @@ class AgentNode:
             self.runner.cancel_all()
             await self.runner.wait_idle(grace_seconds + 5)
         await self._resources.aclose()  # the server, the proxy, the key pool's channel
-
-
-def _stop_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
-    """The node stopped its tasks itself: the watchdog finds nothing listed and leaves."""
-    assert watchdog.stdin is not None
-    watchdog.stdin.close()
-    watchdog.wait()
 
 
 def _sandbox(settings: Settings, node: NodeSettings, data_dir: Path) -> Sandbox:
