@@ -44,6 +44,18 @@ async def wait_for_no_session(sid: int) -> None:
     raise AssertionError(f"session {sid} still has processes {session_members(sid)}")
 
 
+async def process_ended(process: psutil.Process) -> bool:
+    """Gone, or a zombie (its exit is its parent's to read, or an init's that may be slow)."""
+    for _ in range(400):
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        await asyncio.sleep(0.025)
+    return False
+
+
 def reap(process: subprocess.Popen[bytes]) -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         process.wait(0)  # still there: the ledger must be what stops it
@@ -54,21 +66,37 @@ def reap(process: subprocess.Popen[bytes]) -> None:
 # -- the ledger ------------------------------------------------------------------------
 
 
-def test_stopping_the_ledger_kills_every_process_of_each_listed_session(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "sessions")
-    task = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"], start_new_session=True)
-    ledger.add(task.pid)
+def start_listed(ledger: Ledger, command: str, **popen: object) -> subprocess.Popen[bytes]:
+    """A task-like session, written down as the node writes its tasks' down."""
+    env, mark = ledger.environment(dict(os.environ))
+    process = subprocess.Popen(
+        ["sh", "-c", command],
+        env=env,
+        start_new_session=True,
+        **popen,  # type: ignore[call-overload]
+    )
+    ledger.add(process.pid, mark)
+    return process
+
+
+def wait_for_members(sid: int, count: int) -> None:
     deadline = time.monotonic() + 10
-    while len(session_members(task.pid)) < 3 and time.monotonic() < deadline:
+    while len(session_members(sid)) < count and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(session_members(task.pid)) == 3
+    assert len(session_members(sid)) == count
+
+
+def test_stopping_the_ledger_kills_every_process_of_each_listed_session(tmp_path: Path) -> None:
+    ledger, _ = Ledger.claim(tmp_path / "sessions")
+    task = start_listed(ledger, "sleep 300 & sleep 300 & wait")
+    wait_for_members(task.pid, 3)
     other = subprocess.Popen(["sleep", "300"], start_new_session=True)  # not listed
     try:
         assert ledger.stop_all() == 3
         assert task.wait(10) == -signal.SIGKILL
         assert asyncio.run(_gone(task.pid))
         assert other.poll() is None
-        assert list(ledger.directory.iterdir()) == []
+        assert sorted(p.name for p in ledger.directory.iterdir()) == [".lock", ".origin"]
         assert ledger.stop_all() == 0
     finally:
         other.kill()
@@ -80,14 +108,28 @@ async def _gone(sid: int) -> bool:
     return True
 
 
-def test_a_session_whose_leader_exited_is_still_stopped_by_its_id(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "sessions")
-    leader = subprocess.Popen(
-        ["sh", "-c", "sleep 300 & echo $!"], start_new_session=True, stdout=subprocess.PIPE
-    )
+def test_what_a_session_started_in_a_session_of_its_own_is_stopped_with_it(
+    tmp_path: Path,
+) -> None:
+    ledger, _ = Ledger.claim(tmp_path / "sessions")
+    task = start_listed(ledger, "setsid sleep 300 & echo $!; wait", stdout=subprocess.PIPE)
+    assert task.stdout is not None
+    escaped = int(task.stdout.readline())
+    task.stdout.close()
+    deadline = time.monotonic() + 10
+    while os.getsid(escaped) != escaped and time.monotonic() < deadline:
+        time.sleep(0.01)  # setsid(1) makes its session once it runs
+    assert os.getsid(escaped) == escaped
+    assert ledger.stop_all() == 2
+    assert task.wait(10) == -signal.SIGKILL
+    assert asyncio.run(_gone(escaped))
+
+
+def test_a_session_whose_leader_exited_is_still_stopped_by_its_mark(tmp_path: Path) -> None:
+    ledger, _ = Ledger.claim(tmp_path / "sessions")
+    leader = start_listed(ledger, "sleep 300 & echo $!", stdout=subprocess.PIPE)
     assert leader.stdout is not None
     child = int(leader.stdout.readline())
-    ledger.add(leader.pid)
     leader.wait(10)  # the leader is gone; its child still holds the session's id
     leader.stdout.close()
     assert os.getsid(child) == leader.pid
@@ -95,14 +137,35 @@ def test_a_session_whose_leader_exited_is_still_stopped_by_its_id(tmp_path: Path
     assert asyncio.run(_gone(leader.pid))
 
 
+def test_a_leaderless_session_without_the_mark_is_left_alone(tmp_path: Path) -> None:
+    # As if the task's session had ended, its id had gone to a new process, and that one
+    # had made a session of its own and left a child in it (a daemon's double fork).
+    ledger, _ = Ledger.claim(tmp_path / "sessions")
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & echo $!"], start_new_session=True, stdout=subprocess.PIPE
+    )
+    assert leader.stdout is not None
+    child = int(leader.stdout.readline())
+    leader.wait(10)
+    leader.stdout.close()
+    ledger.add(leader.pid, "a-mark-nobody-carries")
+    try:
+        assert ledger.stop_all() == 0
+        assert session_members(leader.pid) == [child]
+        assert psutil.Process(child).status() != psutil.STATUS_STOPPED
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_an_id_now_leading_another_session_is_left_alone(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "sessions")
-    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    ledger, _ = Ledger.claim(tmp_path / "sessions")
+    env, mark = ledger.environment(dict(os.environ))
+    stranger = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
     try:
         started = start_time(stranger.pid)
         assert started is not None
         # as if a listed task's session had ended and its id gone to this process since
-        (ledger.directory / str(stranger.pid)).write_text(f"{started - 1}\n")
+        (ledger.directory / str(stranger.pid)).write_text(f"{started - 1} {mark}\n")
         assert ledger.stop_all() == 0
         reap(stranger)
     finally:
@@ -110,16 +173,33 @@ def test_an_id_now_leading_another_session_is_left_alone(tmp_path: Path) -> None
         stranger.wait()
 
 
+def test_a_ledger_of_another_boot_is_dropped_unread(tmp_path: Path) -> None:
+    ledger, _ = Ledger.claim(tmp_path / "sessions")
+    task = start_listed(ledger, "sleep 300")
+    try:
+        origin = ledger.directory / ".origin"
+        boot, namespace = origin.read_text().split()
+        origin.write_text(f"{boot[::-1]} {namespace}\n")  # its ids are another boot's
+        assert ledger.stop_all() == 0
+        reap(task)  # type: ignore[arg-type]
+    finally:
+        task.kill()
+        task.wait()
+
+
 def test_a_session_is_listed_while_it_runs_and_forgotten_once_stopped(tmp_path: Path) -> None:
     from agentmesh.node.process import ProcessGroup
 
     async def run() -> None:
-        ledger = Ledger(tmp_path / "sessions")
+        ledger, _ = Ledger.claim(tmp_path / "sessions")
         group = await ProcessGroup.start(
             ["sleep", "300"], env={}, cwd=tmp_path, grace_seconds=1.0, ledger=ledger
         )
         entry = ledger.directory / str(group.pid)
-        assert entry.read_text() == f"{start_time(group.pid)}\n"
+        started, mark = entry.read_text().split()
+        assert int(started) == start_time(group.pid)
+        environ = Path(f"/proc/{group.pid}/environ").read_bytes().split(b"\0")
+        assert f"AGENTMESH_SESSION_MARK={mark}".encode() in environ
         await group.stop()
         assert not entry.exists()
 
@@ -187,7 +267,7 @@ async def test_a_killed_node_s_watchdog_stops_its_tasks(
     await channel.close()
 
     assert not (tmp_path / "canary").exists()
-    watchdog.wait(10)  # gone (its exit status is its parent's to read)
+    assert await process_ended(watchdog)
     assert ledgers(tmp_path) == []
 
 
@@ -234,7 +314,7 @@ async def test_a_node_stopped_normally_leaves_its_watchdog_nothing_to_do(
     assert events[-1].result.state == task_pb2.TASK_STATE_COMPLETED
     node.send_signal(signal.SIGTERM)
     assert node.wait(30) == 0
-    watchdog.wait(10)  # gone (its exit status is its parent's to read)
+    assert await process_ended(watchdog)
     assert ledgers(tmp_path) == []
 
 
@@ -258,9 +338,10 @@ def test_a_claim_stops_only_the_ledgers_whose_holder_is_gone(tmp_path: Path) -> 
     live, _ = Ledger.claim(root)
     dead, _ = Ledger.claim(root)
     tasks = [subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(2)]
+    marks = {task.pid: "unread-while-its-leader-runs" for task in tasks}
     try:
-        live.add(tasks[0].pid)
-        dead.add(tasks[1].pid)
+        for ledger, task in ((live, tasks[0]), (dead, tasks[1])):
+            ledger.add(task.pid, marks[task.pid])
         assert dead._lock is not None
         os.close(dead._lock)  # as the kernel does when its node dies
         dead._lock = None

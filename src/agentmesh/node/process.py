@@ -92,6 +92,9 @@ class ProcessGroup:
             os.close(stdout_end)
             raise
         output = _Output(stdout, stderr)
+        mark = ""
+        if ledger is not None:
+            env, mark = ledger.environment(dict(env))
         creating = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
                 *argv,
@@ -125,7 +128,7 @@ class ProcessGroup:
             os.close(stdout_end)
             os.close(stderr_end)
         if ledger is not None:
-            ledger.add(process.pid)
+            ledger.add(process.pid, mark)
         return cls(process, output, grace_seconds, ledger)
 
     def chunks(self) -> AsyncIterator[Chunk]:
