@@ -892,6 +892,25 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             after="victim.kill()  # psutil refuses to signal a pid that was reused",
         ),
         Equivalent(
+            "core/AddNot",
+            "if self._process.returncode is None:",
+            "the wait for the killed leader at the end of stop, as above",
+            after="victim.kill()  # psutil refuses to signal a pid that was reused",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_Is",
+            "if pid == pgid:",
+            "`is` on pids (never small cached ints) keeps the leader among the members: the"
+            " group it is signalled with is its own, and _descendants drops it again",
+        ),
+        Equivalent(
+            "core/ReplaceFalseWithTrue",
+            "return False",
+            "psutil's is_running answers False for a gone process and True for a zombie; it"
+            " raises nothing, so this is a safety net no test can reach",
+            after="except psutil.Error:",
+        ),
+        Equivalent(
             "core/ReplaceAndWithOr",
             "return self._leader if self._leader is not None and _is_running(self._leader)"
             " else None",

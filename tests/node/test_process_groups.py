@@ -325,12 +325,17 @@ async def test_a_command_that_cannot_start_leaves_no_descriptor_open(tmp_path: P
     assert len(os.listdir("/proc/self/fd")) == before
 
 
+@pytest.mark.parametrize("stranger_first", [False, True], ids=["older-task", "newer-task"])
 async def test_a_group_is_signalled_only_while_a_process_it_knows_is_in_it(
-    tmp_path: Path,
+    tmp_path: Path, stranger_first: bool
 ) -> None:
+    # Another session's process, its id above or below the task's: a group id of our task's
+    # may have gone to it.
+    stranger = (
+        subprocess.Popen(["sleep", "300"], start_new_session=True) if stranger_first else None
+    )
     group = await start_group(["sleep", "300"], tmp_path)
-    # Another session's process: a group id of our task's may have gone to it.
-    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    stranger = stranger or subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
         known = [psutil.Process(group.pid)]
         group._signal_group(stranger.pid, signal.SIGKILL, known)  # none of `known` is in it
@@ -341,3 +346,39 @@ async def test_a_group_is_signalled_only_while_a_process_it_knows_is_in_it(
         stranger.kill()
         stranger.wait()
         await group.stop()
+
+
+SUPPLEMENTARY_GROUPS = textwrap.dedent(
+    """
+    import asyncio, json, os
+    from pathlib import Path
+
+    from agentmesh.node.process import ProcessGroup
+
+
+    async def groups(**user: int) -> str:
+        group = await ProcessGroup.start(
+            ["grep", "^Groups:", "/proc/self/status"], env={}, cwd=Path("/"), grace_seconds=1,
+            **user,
+        )
+        text = b"".join([chunk.data async for chunk in group.chunks()]).decode()
+        await group.wait()
+        return text.split(":", 1)[1].strip()
+
+
+    os.setgroups([4242])  # the node's own supplementary groups
+    print(json.dumps({
+        "node": asyncio.run(groups()),
+        "as nobody": asyncio.run(groups(user=65534, group=65534)),
+    }))
+    """
+)
+
+
+def test_a_command_keeps_the_node_s_groups_and_one_run_as_another_user_gets_none() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to set groups and switch users")
+    done = subprocess.run(
+        [sys.executable, "-c", SUPPLEMENTARY_GROUPS], capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout) == {"node": "4242", "as nobody": ""}
