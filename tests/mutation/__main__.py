@@ -279,7 +279,8 @@ def run_module(name: str, target: Target, timeout: float, minutes: float = 0.0) 
         )
         skip_annotations(session, copy / target.path)
         execute(config, session, copy, env, minutes)
-        return score(name, session, copy / target.path)
+        # the pristine text: a run stopped for time leaves its last mutant in the copy
+        return score(name, session, pristine)
 
 
 def main(argv: list[str] | None = None) -> int:
