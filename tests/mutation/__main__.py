@@ -261,6 +261,7 @@ def run_module(name: str, target: Target, timeout: float, minutes: float = 0.0) 
         shutil.copy2(copy / target.path, pristine)
         command = [
             sys.executable, "-m", "tests.mutation.first",
+            *(["--budget", f"{target.budget:g}"] if target.budget else []),
             str(pristine), target.path, str(reached), "--", *tests,
         ]  # fmt: skip
         config = copy / "cosmic-ray.toml"

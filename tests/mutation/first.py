@@ -1,4 +1,5 @@
-"""`python -m tests.mutation.first PRISTINE MODULE LINES -- COMMAND...`: one mutant's tests.
+"""One mutant's tests: `python -m tests.mutation.first [--budget S] PRISTINE MODULE LINES --
+COMMAND...`.
 
 Cosmic-ray runs this as the test command, with the mutant written over MODULE. It finds the
 lines the mutant changed (against PRISTINE, the module as it was) and looks them up in LINES
@@ -10,6 +11,11 @@ default value, a constant) it runs all of them; when no test ran any of them, no
 the mutant apart, and it survives without a run. A mutant whose tests take far longer than
 they took unmutated (a lost wake-up, a lock never released) is killed by time: after 3
 times as long, plus 30 s to start.
+
+With --budget, a mutant runs only the quickest of those tests, as many as took at most S
+seconds unmutated (at least one): for a module whose every line runs in every slow test
+(the dispatcher: each test starts a scheduler and nodes), the price of judging it at all.
+A mutant that survives them might still die in a slower test: the score is a lower bound.
 """
 
 from __future__ import annotations
@@ -70,7 +76,28 @@ def time_limit(tests: list[str] | None, seconds: dict[str, float]) -> float:
     return 30.0 + 3 * took
 
 
+def within_budget(
+    tests: list[str] | None, seconds: dict[str, float], budget: float
+) -> list[str] | None:
+    """The quickest of `tests` (None: every test) that took at most `budget` seconds together
+    unmutated, at least one; all of them with no budget (0)."""
+    if not budget:
+        return tests
+    ordered = sorted(seconds, key=seconds.__getitem__) if tests is None else tests
+    chosen: list[str] = []
+    spent = 0.0
+    for test in ordered:
+        spent += seconds.get(test, 0.0)
+        if chosen and spent > budget:
+            break
+        chosen.append(test)
+    return chosen
+
+
 def main(argv: list[str]) -> int:
+    budget = 0.0
+    if argv and argv[0] == "--budget":
+        budget, argv = float(argv[1]), argv[2:]
     pristine, module, reached, separator, *command = argv
     if separator != "--" or not command:
         raise SystemExit(__doc__)
@@ -81,6 +108,7 @@ def main(argv: list[str]) -> int:
     if tests == []:
         print(f"survived: no test runs line {', '.join(map(str, sorted(lines)))}", flush=True)
         return 0
+    tests = within_budget(tests, recorded["seconds"], budget)
     env = dict(os.environ)
     if tests is not None:
         listed = Path(reached).with_name("selected.txt")  # mutants run one at a time

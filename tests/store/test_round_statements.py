@@ -120,7 +120,12 @@ async def statements_of_one_round(pool: asyncpg.Pool, tasks: int) -> list[str]:
     )
     channels = Channels(TlsSettings())
     dispatcher = Dispatcher(
-        store, registry, shared, channels, DispatchSettings(owner="counter", lease_seconds=30), keys
+        store,
+        registry,
+        shared,
+        channels,
+        DispatchSettings(owner="counter", lease_seconds=30, max_trace_chars=32 << 20),
+        keys,
     )
     await dispatcher.round()  # the first look at the mesh and the keys
     await asyncio.gather(

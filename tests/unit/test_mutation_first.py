@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tests.mutation.first import changed_lines, selected, statement_lines, time_limit
+from tests.mutation.first import (
+    changed_lines,
+    selected,
+    statement_lines,
+    time_limit,
+    within_budget,
+)
 
 
 def test_a_changed_line_is_named_by_its_number_in_the_original() -> None:
@@ -52,3 +58,17 @@ def test_a_mutant_s_tests_may_take_three_times_as_long_as_unmutated_and_30_s() -
     seconds = {"quick": 1.0, "slow": 10.0, "other": 4.0}
     assert time_limit(["quick", "other"], seconds) == 30.0 + 3 * 5.0
     assert time_limit(None, seconds) == 30.0 + 3 * 15.0
+
+
+def test_a_budget_keeps_the_quickest_tests_that_fit_it_and_at_least_one() -> None:
+    seconds = {"slow": 10.0, "quick": 1.0, "other": 4.0}
+    assert within_budget(["quick", "other", "slow"], seconds, 5.0) == ["quick", "other"]
+    assert within_budget(["quick", "other", "slow"], seconds, 4.9) == ["quick"]
+    assert within_budget(["slow", "quick"], seconds, 2.0) == ["slow"]  # the first, over budget
+    assert within_budget(None, seconds, 5.0) == ["quick", "other"]  # every test, quickest first
+
+
+def test_no_budget_keeps_every_test() -> None:
+    seconds = {"slow": 10.0, "quick": 1.0}
+    assert within_budget(["slow", "quick"], seconds, 0.0) == ["slow", "quick"]
+    assert within_budget(None, seconds, 0.0) is None

@@ -110,10 +110,11 @@ REFUSALS: dict[Reason, Refusal] = {
 class DispatchSettings:
     owner: str
     lease_seconds: float
+    # What one attempt may add to its task's trace (see trace_writer.trace_cost); the
+    # configuration holds its default (scheduler.max_trace_chars).
+    max_trace_chars: int
     retry_backoff_seconds: float = 1.0
     poll_seconds: float = 1.0
-    # What one attempt may add to its task's trace (see trace_writer.trace_cost).
-    max_trace_chars: int = 32 << 20
 
 
 class Channels:
