@@ -118,3 +118,31 @@ async def test_a_task_waits_while_its_ceiling_capable_node_is_offline(
     task, _ = await asyncio.wait_for(run_to_end(stub, submitted.id), 60)
     assert task.state == COMPLETED, task.error
     assert target.read_text() == "gone\n"
+
+
+async def test_a_node_below_the_ceiling_its_row_claims_refuses_and_the_task_says_why(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    # What the scheduler knows of a node is its last heartbeat: here a node lowered to weak
+    # whose row still says superuser (heartbeats 30 s apart). The node refuses the attempt;
+    # the task ends with the node's words, and nothing ran.
+    mesh.configure(scheduler={"heartbeat_interval_seconds": 30})
+    stub = await mesh.start_scheduler()
+    await mesh.start_node("careful", max_permission_mode="weak")
+    target = canary(mesh.tmp_path / "careful")
+    await asyncio.sleep(1)  # past the heartbeat that learns the 30 s interval
+    await mesh.schedulers[0].pool.execute(
+        "UPDATE agents SET card = jsonb_set(card, '{max_permission_mode}', '\"superuser\"')"
+        " WHERE card->>'name' = 'careful'"
+    )
+
+    spec = superuser_overwrite()
+    spec.max_attempts = 1
+    submitted = await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
+    task, events = await run_to_end(stub, submitted.id)
+
+    assert task.state == task_pb2.TASK_STATE_FAILED, task_pb2.TaskState.Name(task.state)
+    assert "attempt 1 lost (careful: this node runs at most weak tasks" in task.error
+    assert "node.max_permission_mode" in task.error
+    assert not [e for e in events if e.agent_id]  # the node sent nothing: nothing ran
+    assert target.read_text() == "alive\n"

@@ -332,6 +332,8 @@ async def test_a_killed_node_s_task_completes_on_the_other_node(mesh: ProcessHar
         if e.WhichOneof("payload") == "status" and e.status.message.startswith("attempt 1 lost")
     ]
     assert len(lost) == 1, [e.status.message for e in events if e.WhichOneof("payload") == "status"]
+    # Why, in the scheduler's words: the connection broke (not the scheduler's own failure).
+    assert "connection to one lost (UNAVAILABLE) after" in lost[0], lost[0]
     assert [e.WhichOneof("payload") for e in events].count("result") == 1
     assert events[-1].result.state == COMPLETED
     assert_each_completed_once([task_id], await traces(mesh.database_uri), mesh)
