@@ -18,7 +18,7 @@ import grpc
 import psutil
 import pytest
 
-from agentmesh.node.leftovers import Ledger, start_time
+from agentmesh.node.leftovers import Ledger, _Process, _victims, start_time
 from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
 from tests.node.conftest import NodeProcess, StartNodeProcess
 from tests.node.test_node import wait_for_file
@@ -185,6 +185,82 @@ def test_a_ledger_of_another_boot_is_dropped_unread(tmp_path: Path) -> None:
     finally:
         task.kill()
         task.wait()
+
+
+# Pids above the kernel's highest (4194304): no such process, so none carries a mark.
+FAKE = 5_000_000
+
+
+def fake(
+    pid: int, ppid: int, session: int, *, started: int = 100, zombie: bool = False
+) -> _Process:
+    return _Process(FAKE + pid, FAKE + ppid, FAKE + session, started, zombie)
+
+
+def test_of_the_listed_sessions_only_those_provably_the_tasks_are_victims() -> None:
+    listed = {
+        FAKE + 10: (500, "m10"),  # its id leads a session started earlier: not the task's
+        FAKE + 20: (700, "m20"),  # ... started later
+        FAKE + 30: (900, "m30"),  # its leader is gone, and no member carries the mark
+        FAKE + 40: (100, "m40"),  # the task's: its leader started when written down
+    }
+    processes = [
+        fake(10, 1, 10, started=499),
+        fake(11, 10, 10),
+        fake(20, 1, 20, started=701),
+        fake(21, 20, 20),
+        fake(31, 1, 30),
+        fake(40, 1, 40),
+        fake(41, 40, 40),
+        fake(42, 40, 40, zombie=True),  # over already: nothing to kill
+        fake(50, 41, 50),  # started by the task in a session of its own
+        fake(51, 50, 50),
+        fake(60, 1, 60),  # a stranger
+        fake(61, 11, 61),  # started by a stranger's session
+    ]
+    assert _victims(listed, processes) == {FAKE + n for n in (40, 41, 50, 51)}
+    assert _victims({}, processes) == set()
+
+
+@pytest.mark.parametrize("boot", ["0" * 8, "f" * 8])
+def test_a_ledger_of_any_other_origin_is_dropped_unread(tmp_path: Path, boot: str) -> None:
+    # Whichever way the other origin sorts: only an equal one is read.
+    ledger, _ = Ledger.claim(tmp_path / "sessions")
+    task = start_listed(ledger, "sleep 300")
+    try:
+        origin = ledger.directory / ".origin"
+        real, namespace = origin.read_text().split()
+        origin.write_text(f"{boot}{real[8:]} {namespace}\n")
+        assert ledger.stop_all() == 0
+        reap(task)
+    finally:
+        task.kill()
+        task.wait()
+
+
+def test_only_the_node_may_read_or_write_its_ledgers(tmp_path: Path) -> None:
+    # An entry names a session for a watchdog (often root's) to kill: nobody else writes one.
+    old = os.umask(0)
+    try:
+        ledger, _ = Ledger.claim(tmp_path / "sessions")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "sessions").stat().st_mode & 0o777 == 0o700
+    assert ledger.directory.stat().st_mode & 0o777 == 0o700
+    assert (ledger.directory / ".lock").stat().st_mode & 0o777 == 0o600
+    ledger.close()
+
+
+def test_a_claim_leaves_alone_a_directory_it_cannot_lock(tmp_path: Path) -> None:
+    # One whose watchdog is emptying it (its lock file gone first), or anything else there.
+    root = tmp_path / "sessions"
+    root.mkdir()
+    (root / "emptying").mkdir()
+    (root / "emptying" / "12345").write_text("1 mark\n")
+    ledger, killed = Ledger.claim(root)
+    assert killed == 0
+    assert (root / "emptying" / "12345").exists()
+    ledger.close()
 
 
 def test_a_session_is_listed_while_it_runs_and_forgotten_once_stopped(tmp_path: Path) -> None:
