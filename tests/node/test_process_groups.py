@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -132,7 +133,8 @@ REUSED_GROUP_ID = textwrap.dedent(
 )
 
 
-def test_stopping_after_the_leader_was_reaped_spares_a_group_that_reused_its_id() -> None:
+def in_pid_namespace(script: str) -> dict[str, Any]:
+    """Run `script` as PID 1 of a PID namespace of its own; what it printed last, as JSON."""
     unshare = shutil.which("unshare")
     if unshare is None:
         pytest.skip("needs unshare(1) to run in a PID namespace of its own")
@@ -141,20 +143,74 @@ def test_stopping_after_the_leader_was_reaped_spares_a_group_that_reused_its_id(
     )
     if probe.returncode != 0:
         pytest.skip(f"cannot create a PID namespace here: {probe.stderr.decode().strip()}")
-
     run = subprocess.run(
-        [unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-c", REUSED_GROUP_ID],
+        [unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-
     assert run.returncode == 0, run.stderr
-    outcome = json.loads(run.stdout.strip().splitlines()[-1])
+    outcome: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return outcome
+
+
+def test_stopping_after_the_leader_was_reaped_spares_a_group_that_reused_its_id() -> None:
+    outcome = in_pid_namespace(REUSED_GROUP_ID)
     assert outcome["stranger"] == outcome["leader"], f"the pid was not reused: {outcome}"
     assert outcome["exit"] is None, f"stop() killed an unrelated process group: {outcome}"
     assert outcome["status"] in ("sleeping", "running"), outcome
+
+
+# The leader's shell makes the kernel give its next processes pids below its own; the
+# member it leaves in the group (re-parented: no descendant of the leader) is found by its
+# group id alone once the leader has exited.
+LOWER_MEMBER = textwrap.dedent(
+    """
+    import asyncio, json, os
+    from pathlib import Path
+
+    import psutil
+
+    from agentmesh.node.process import ProcessGroup
+
+
+    async def main() -> None:
+        Path("/proc/sys/kernel/ns_last_pid").write_text("1000")
+        script = (
+            "echo 100 > /proc/sys/kernel/ns_last_pid; (sleep 300 & echo $!); echo ready"
+        )
+        group = await ProcessGroup.start(
+            ["sh", "-c", script], env=dict(os.environ), cwd=Path("/"), grace_seconds=0.5
+        )
+        said = b""
+        async for chunk in group.chunks():
+            said += chunk.data
+            if b"ready" in said:
+                break
+        member = int(said.split()[0])
+        await group.wait()
+        before = (os.getpgid(member), psutil.Process(member).ppid())
+        await group.stop()
+        try:
+            status = psutil.Process(member).status()
+        except psutil.NoSuchProcess:
+            status = "gone"
+        print(json.dumps({
+            "leader": group.pid, "member": member, "before": before, "status": status
+        }))
+
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_member_with_a_lower_pid_than_its_leader_is_stopped_after_the_leader_exited() -> None:
+    outcome = in_pid_namespace(LOWER_MEMBER)
+    assert outcome["member"] < outcome["leader"], outcome
+    assert outcome["before"] == [outcome["leader"], 1], outcome  # in the group, re-parented
+    assert outcome["status"] in ("gone", "zombie"), outcome
 
 
 # ----------------------------------------------------------------------------- ProcessGroup
