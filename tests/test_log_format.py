@@ -70,3 +70,32 @@ def test_no_secret_reaches_a_line(lines: tuple[logging.Logger, io.StringIO]) -> 
         assert secret not in text
     assert "password=***" in text
     assert 'note="Bearer ***"' in text
+
+
+def test_a_secret_of_four_characters_is_masked_and_a_shorter_one_is_not(
+    lines: tuple[logging.Logger, io.StringIO],
+) -> None:
+    # Shorter values would mask ordinary words; nothing given is ever a problem.
+    logger, buffer = lines
+    log_format.redact("q7Zx", "k9j", None, "")
+    logger.info("q7Zx k9j the end")
+    assert buffer.getvalue().rstrip("\n").endswith(": *** k9j the end")
+
+
+def test_a_secret_inside_a_longer_one_leaves_nothing_of_the_longer(
+    lines: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, buffer = lines
+    log_format.redact("Wq8v", "Wq8vTail-of-the-longer")
+    logger.info("key Wq8vTail-of-the-longer here")
+    text = buffer.getvalue()
+    assert "Tail-of-the-longer" not in text
+    assert text.rstrip("\n").endswith(": key *** here")
+
+
+def test_a_field_keeps_its_characters_when_quoted(
+    lines: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, buffer = lines
+    logger.info("named", extra={"host": "café de nuit", "note": "naïve"})
+    assert buffer.getvalue().rstrip("\n").endswith(': named host="café de nuit" note=naïve')

@@ -24,8 +24,8 @@ MIN_SECRET_LENGTH = 4
 
 # What every LogRecord has: anything else on a record came in through `extra=`.
 _STANDARD_ATTRIBUTES = frozenset(
-    logging.LogRecord("", logging.INFO, "", 0, "", None, None).__dict__
-) | {"message", "asctime", "taskName"}
+    {*logging.makeLogRecord({}).__dict__, "message", "asctime", "taskName"}
+)
 _SECRET_FIELD = re.compile(
     r"token|password|passwd|secret|credential|authorization|api_?key|key_value|dsn|database_url",
     re.IGNORECASE,

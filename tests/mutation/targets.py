@@ -43,6 +43,11 @@ TARGETS: dict[str, Target] = {
     ),
     "environment": Target("src/agentmesh/node/environment.py", ("tests/unit/test_environment.py",)),
     "auth": Target("src/agentmesh/rpc/auth.py", ("tests/unit/test_auth.py",)),
+    "log_format": Target(
+        "src/agentmesh/log_format.py",
+        ("tests/test_log_format.py",),
+        note="the log lines' scrubber: no secret reaches a log",
+    ),
     "policy": Target(
         "src/agentmesh/node/permissions/policy.py",
         ("tests/unit/test_policy_edges.py", "tests/node/test_shell_permissions.py"),
@@ -850,6 +855,13 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "core/ReplaceComparisonOperator_Is_GtE",
             "return self.weak.network if mode is PermissionMode.WEAK else self.superuser.network",
             _MODE_IS,
+        ),
+    ),
+    "log_format": (
+        Equivalent(
+            "core/ReplaceBinaryOperator_Mul_Div",
+            "def install(level: int, *, secrets: Iterable[str | None] = ()) -> None:",
+            _KEYWORD_ONLY,
         ),
     ),
     "leftovers": (
