@@ -150,7 +150,14 @@ TARGETS: dict[str, Target] = {
     ),
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
-        ("tests/scheduler", "tests/keys", *EMBEDDED_ONLY),
+        (
+            "tests/unit/test_settle_slots.py",
+            "tests/store/test_dispatch_window.py",
+            "tests/store/test_round_statements.py",
+            "tests/scheduler",
+            "tests/keys",
+            *EMBEDDED_ONLY,
+        ),
         note="slow: every mutant runs a scheduler and nodes, and every mesh test runs most of"
         " its lines; each mutant runs the quickest of them, two minutes' worth unmutated",
         test_timeout=120.0,

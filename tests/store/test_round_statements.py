@@ -15,15 +15,8 @@ from typing import Any, cast
 import asyncpg
 import pytest
 
-from agentmesh.config import ApiPolicy, TlsSettings
-from agentmesh.keys.forecast import Forecaster
-from agentmesh.keys.quota import Limits
-from agentmesh.keys.reservations import KeyReserver
-from agentmesh.node.card import AgentCard
-from agentmesh.scheduler.agents import AgentRegistry
-from agentmesh.scheduler.dispatch import Channels, Dispatcher, DispatchSettings
-from agentmesh.scheduler.store import TaskStore
 from agentmesh.tasks.model import TaskSpec
+from tests.store.dispatching import card, dispatcher_on
 
 AGENTS = 4
 SLOTS = 16
@@ -81,51 +74,11 @@ class _Connection:
         return counted
 
 
-def card(n: int) -> AgentCard:
-    return AgentCard(
-        agent_id=f"agent-{n}",
-        name=f"node{n}",
-        hostname=f"host{n}.lan",
-        ip_addresses=("127.0.0.1",),
-        version="test",
-        executors=("echo", "shell"),
-        models=(),
-        capabilities=(),
-        os="linux",
-        arch="x86_64",
-        cpu_count=2,
-        memory_bytes=1 << 30,
-        max_concurrency=SLOTS,
-        permission_mode="weak",
-        # Nothing listens there: the attempts started never reach a node (and this test
-        # stops them before they try).
-        endpoint="127.0.0.1:9",
-        started_at="2026-12-01T00:00:00Z",
-    )
-
-
 async def statements_of_one_round(pool: asyncpg.Pool, tasks: int) -> list[str]:
     counting = CountingPool(pool)
-    shared = cast(asyncpg.Pool, counting)
-    store = TaskStore(shared, default_max_attempts=3)
-    registry = AgentRegistry(shared, ttl_seconds=60)
-    for n in range(AGENTS):
-        await registry.heartbeat(card(n), ())
-    keys = KeyReserver(
-        shared,
-        Forecaster(shared),
-        Limits.of(ApiPolicy()),
-        default_model="gemini-2.5-flash",
-        default_tolerance_seconds=30,
-    )
-    channels = Channels(TlsSettings())
-    dispatcher = Dispatcher(
-        store,
-        registry,
-        shared,
-        channels,
-        DispatchSettings(owner="counter", lease_seconds=30, max_trace_chars=32 << 20),
-        keys,
+    cards = [card(f"node{n}", slots=SLOTS) for n in range(AGENTS)]
+    dispatcher, store, channels = await dispatcher_on(
+        cast(asyncpg.Pool, counting), cards, owner="counter"
     )
     await dispatcher.round()  # the first look at the mesh and the keys
     await asyncio.gather(

@@ -1,0 +1,58 @@
+"""A dispatcher on the test database with agents that only heartbeat: no node listens at
+their endpoints, so a test looks at what a round placed and stops the attempts before they
+dial."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from agentmesh.config import ApiPolicy, TlsSettings
+from agentmesh.keys.forecast import Forecaster
+from agentmesh.keys.quota import Limits
+from agentmesh.keys.reservations import KeyReserver
+from agentmesh.node.card import AgentCard
+from agentmesh.scheduler.agents import AgentRegistry
+from agentmesh.scheduler.dispatch import Channels, Dispatcher, DispatchSettings
+from agentmesh.scheduler.store import TaskStore
+
+
+def card(name: str, *, slots: int, capabilities: tuple[str, ...] = ()) -> AgentCard:
+    return AgentCard(
+        agent_id=f"agent-{name}",
+        name=name,
+        hostname=f"{name}.lan",
+        ip_addresses=("127.0.0.1",),
+        version="test",
+        executors=("echo", "shell"),
+        models=(),
+        capabilities=capabilities,
+        os="linux",
+        arch="x86_64",
+        cpu_count=2,
+        memory_bytes=1 << 30,
+        max_concurrency=slots,
+        permission_mode="weak",
+        endpoint="127.0.0.1:9",  # nothing listens there
+        started_at="2026-12-01T00:00:00Z",
+    )
+
+
+async def dispatcher_on(
+    pool: asyncpg.Pool, cards: list[AgentCard], owner: str
+) -> tuple[Dispatcher, TaskStore, Channels]:
+    """A dispatcher, its store and its channels (close them after `dispatcher.stop()`),
+    with `cards` heartbeating."""
+    store = TaskStore(pool, default_max_attempts=3)
+    registry = AgentRegistry(pool, ttl_seconds=60)
+    for each in cards:
+        await registry.heartbeat(each, ())
+    keys = KeyReserver(
+        pool,
+        Forecaster(pool),
+        Limits.of(ApiPolicy()),
+        default_model="gemini-2.5-flash",
+        default_tolerance_seconds=30,
+    )
+    channels = Channels(TlsSettings())
+    settings = DispatchSettings(owner=owner, lease_seconds=30, max_trace_chars=32 << 20)
+    return Dispatcher(store, registry, pool, channels, settings, keys), store, channels

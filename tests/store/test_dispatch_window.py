@@ -1,0 +1,36 @@
+"""A long queue of tasks waiting for busy agents hides nothing behind it: each round reads
+the head of the queue and then pages on from where the round before stopped, so a task an
+idle agent could run is reached in a bounded number of rounds, however long the queue."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from agentmesh.scheduler.dispatch import MAX_PAGES, MIN_WINDOW
+from agentmesh.tasks.model import TaskSpec
+from tests.store.dispatching import card, dispatcher_on
+
+
+async def test_each_round_reads_on_from_where_the_last_one_stopped(pool: asyncpg.Pool) -> None:
+    cards = [card("busy", slots=1, capabilities=("a",)), card("idle", slots=1, capabilities=("b",))]
+    dispatcher, store, channels = await dispatcher_on(pool, cards, owner="window")
+    try:
+        # busy's one slot is taken (by another scheduler's attempt): its tasks wait.
+        taken = await store.submit(TaskSpec(kind="echo", required_capabilities=("a",)))
+        await store.start_attempts({taken: "agent-busy"}, "elsewhere", 60)
+        # One free slot: a round reads pages of 4 * 1 + MIN_WINDOW tasks, at most MAX_PAGES.
+        window = 4 + MIN_WINDOW
+        first_round = MAX_PAGES * window  # the head, then on
+        second_round = first_round + (MAX_PAGES - 1) * window  # the head, then on from there
+        waiting = second_round - window // 2
+        for n in range(waiting):
+            await store.submit(TaskSpec(kind="echo", prompt=f"a {n}", required_capabilities=("a",)))
+        behind = await store.submit(TaskSpec(kind="echo", required_capabilities=("b",)))
+
+        await dispatcher.round()
+        assert [t for t, _ in dispatcher.live_attempts()] == []  # past the first round's reach
+        await dispatcher.round()
+        assert [t for t, _ in dispatcher.live_attempts()] == [behind]
+    finally:
+        await dispatcher.stop()
+        await channels.close()
