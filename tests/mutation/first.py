@@ -15,7 +15,10 @@ times as long, plus 30 s to start.
 With --budget, a mutant runs only the quickest of those tests, as many as took at most S
 seconds unmutated (at least one): for a module whose every line runs in every slow test
 (the dispatcher: each test starts a scheduler and nodes), the price of judging it at all.
-A mutant that survives them might still die in a slower test: the score is a lower bound.
+Its lines count as run by the tests that ran them whenever some did (not also as run
+outside them), and a mutant of a line run only outside tests runs the tests that ran the
+module first. A mutant that survives those might still die in another test: the score is
+a lower bound.
 """
 
 from __future__ import annotations
@@ -56,17 +59,26 @@ def statement_lines(source: str) -> dict[int, int]:
 
 
 def selected(
-    lines: set[int], reached_by: dict[str, list[str]], starts: dict[int, int]
+    lines: set[int],
+    reached_by: dict[str, list[str]],
+    starts: dict[int, int],
+    *,
+    inside_first: bool = False,
 ) -> list[str] | None:
     """The tests that ran the changed lines, each once: none if no test ran any of them
-    (nothing can tell the mutant apart), None for every test (a line run outside tests)."""
+    (nothing can tell the mutant apart), None for every test (a line run outside tests).
+
+    With `inside_first`, a line that also ran inside tests counts as theirs alone (what ran
+    outside them was code a test left running past its end): None only for a line that
+    ran outside tests and never inside one."""
     chosen: list[str] = []
     for line in sorted(lines):
         # A line with no code of its own (inside a longer statement) ran if its statement did.
         tests = reached_by.get(str(line)) or reached_by.get(str(starts.get(line, line)), [])
-        if "" in tests:
+        inside = [t for t in tests if t]
+        if "" in tests and not (inside_first and inside):
             return None
-        chosen += [t for t in tests if t not in chosen]
+        chosen += [t for t in inside if t not in chosen]
     return chosen
 
 
@@ -77,16 +89,23 @@ def time_limit(tests: list[str] | None, seconds: dict[str, float]) -> float:
 
 
 def within_budget(
-    tests: list[str] | None, seconds: dict[str, float], budget: float
+    tests: list[str] | None,
+    seconds: dict[str, float],
+    budget: float,
+    reached_by: dict[str, list[str]] | None = None,
 ) -> list[str] | None:
-    """The quickest of `tests` (None: every test) that took at most `budget` seconds together
-    unmutated, at least one; all of them with no budget (0)."""
+    """The quickest of `tests` that took at most `budget` seconds together unmutated, at
+    least one; all of them with no budget (0). None (every test) is, with a budget, every
+    test that ran some line of the module (`reached_by`), then the others, each quickest
+    first."""
     if not budget:
         return tests
-    ordered = sorted(seconds, key=seconds.__getitem__) if tests is None else tests
+    if tests is None:
+        module = {t for every in (reached_by or {}).values() for t in every if t}
+        tests = sorted(seconds, key=lambda t: (t not in module, seconds[t]))
     chosen: list[str] = []
     spent = 0.0
-    for test in ordered:
+    for test in tests:
         spent += seconds.get(test, 0.0)
         if chosen and spent > budget:
             break
@@ -104,11 +123,11 @@ def main(argv: list[str]) -> int:
     source = Path(pristine).read_text()
     lines = changed_lines(source.splitlines(), Path(module).read_text().splitlines())
     recorded = json.loads(Path(reached).read_text())
-    tests = selected(lines, recorded["lines"], statement_lines(source))
+    tests = selected(lines, recorded["lines"], statement_lines(source), inside_first=bool(budget))
     if tests == []:
         print(f"survived: no test runs line {', '.join(map(str, sorted(lines)))}", flush=True)
         return 0
-    tests = within_budget(tests, recorded["seconds"], budget)
+    tests = within_budget(tests, recorded["seconds"], budget, recorded["lines"])
     env = dict(os.environ)
     if tests is not None:
         listed = Path(reached).with_name("selected.txt")  # mutants run one at a time

@@ -1,14 +1,15 @@
 """A pytest plugin for `make mutate`: which tests run each line, and a mutant's tests only.
 
 With AGENTMESH_MUTATION_RECORD set (a file), each test runs in a coverage context named by
-its node id (what runs outside any test, at import, has the empty context), and the time
-each test took is written to that file: the run before the mutants learns which tests run
-each line of the module. With AGENTMESH_MUTATION_ONLY set (a file of node ids, one a line),
+its node id, as does every process it starts (what runs outside any test, at import, has
+the empty context), and the time each test took is written to that file: the run before
+the mutants learns which tests run each line of the module. With AGENTMESH_MUTATION_ONLY set (a file of node ids, one a line),
 only those tests run, in that order (see first.py).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections import defaultdict
@@ -19,6 +20,7 @@ import pytest
 
 RECORD = "AGENTMESH_MUTATION_RECORD"
 ONLY = "AGENTMESH_MUTATION_ONLY"
+_CHILD_CONFIG = "COVERAGE_PROCESS_CONFIG"
 
 _durations: defaultdict[str, float] = defaultdict(float)
 
@@ -34,11 +36,24 @@ def _coverage():  # type: ignore[no-untyped-def]
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     cov = _coverage() if os.environ.get(RECORD) else None
-    if cov is not None:
-        cov.switch_context(item.nodeid)
-    yield
-    if cov is not None:
+    if cov is None:
+        yield
+        return
+    cov.switch_context(item.nodeid)
+    # The processes the test starts (a scheduler, a node) measure under its name too: their
+    # configuration comes from this variable (coverage's patch=subprocess).
+    inherited = os.environ.get(_CHILD_CONFIG)
+    config = copy.copy(cov.config)
+    config.context = item.nodeid
+    os.environ[_CHILD_CONFIG] = config.serialize()
+    try:
+        yield
+    finally:
         cov.switch_context("")
+        if inherited is None:
+            os.environ.pop(_CHILD_CONFIG, None)
+        else:
+            os.environ[_CHILD_CONFIG] = inherited
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

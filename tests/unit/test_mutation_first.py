@@ -72,3 +72,16 @@ def test_no_budget_keeps_every_test() -> None:
     seconds = {"slow": 10.0, "quick": 1.0}
     assert within_budget(["slow", "quick"], seconds, 0.0) == ["slow", "quick"]
     assert within_budget(None, seconds, 0.0) is None
+
+
+def test_with_inside_first_a_line_run_inside_tests_is_theirs_alone() -> None:
+    # "4" ran in "quick" and outside any test (code a test left running past its end).
+    assert selected({4}, REACHED, {}, inside_first=True) == ["quick"]
+    assert selected({2, 4}, REACHED, {}, inside_first=True) == ["quick", "slow"]
+    assert selected({7}, {"7": [""]}, {}, inside_first=True) is None  # at import only
+
+
+def test_every_test_within_a_budget_puts_the_module_s_tests_first() -> None:
+    seconds = {"unrelated": 0.5, "quick": 1.0, "slow": 10.0, "other": 4.0}
+    assert within_budget(None, seconds, 5.0, REACHED) == ["quick", "other"]
+    assert within_budget(None, seconds, 5.0) == ["unrelated", "quick"]
