@@ -152,7 +152,7 @@ TARGETS: dict[str, Target] = {
         "src/agentmesh/scheduler/dispatch.py",
         (
             "tests/unit/test_settle_slots.py",
-            "tests/store/test_dispatch_window.py",
+            "tests/store/test_dispatch_rounds.py",
             "tests/store/test_round_statements.py",
             "tests/scheduler",
             "tests/keys",

@@ -1,6 +1,9 @@
-"""A long queue of tasks waiting for busy agents hides nothing behind it: each round reads
-the head of the queue and then pages on from where the round before stopped, so a task an
-idle agent could run is reached in a bounded number of rounds, however long the queue."""
+"""One dispatch round on the database, with agents that only heartbeat.
+
+A round fills each agent's free slots and no more. A long queue of tasks waiting for busy
+agents hides nothing behind it: each round reads the head of the queue and then pages on
+from where the round before stopped, so a task an idle agent could run is reached in a
+bounded number of rounds, however long the queue."""
 
 from __future__ import annotations
 
@@ -9,6 +12,32 @@ import asyncpg
 from agentmesh.scheduler.dispatch import MAX_PAGES, MIN_WINDOW
 from agentmesh.tasks.model import TaskSpec
 from tests.store.dispatching import card, dispatcher_on
+
+
+async def test_a_round_fills_each_agent_s_free_slots_and_no_more(pool: asyncpg.Pool) -> None:
+    cards = [card("two", slots=2), card("one", slots=1), card("full", slots=1)]
+    dispatcher, store, channels = await dispatcher_on(pool, cards, owner="slots")
+    try:
+        taken = await store.submit(TaskSpec(kind="echo", prompt="elsewhere"))
+        await store.start_attempts({taken: "agent-full"}, "elsewhere", 60)
+        for n in range(6):
+            await store.submit(TaskSpec(kind="echo", prompt=f"t {n}"))
+
+        await dispatcher.round()
+
+        rows = await pool.fetch(
+            "SELECT assigned_agent, count(*) AS n FROM tasks WHERE state = 'working'"
+            " GROUP BY assigned_agent"
+        )
+        assert {r["assigned_agent"]: r["n"] for r in rows} == {
+            "agent-two": 2,
+            "agent-one": 1,
+            "agent-full": 1,  # the other scheduler's
+        }
+        assert len(dispatcher.live_attempts()) == 3
+    finally:
+        await dispatcher.stop()
+        await channels.close()
 
 
 async def test_each_round_reads_on_from_where_the_last_one_stopped(pool: asyncpg.Pool) -> None:
