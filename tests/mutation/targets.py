@@ -151,7 +151,7 @@ TARGETS: dict[str, Target] = {
     "dispatch": Target(
         "src/agentmesh/scheduler/dispatch.py",
         (
-            "tests/unit/test_settle_slots.py",
+            "tests/unit/test_dispatch_rules.py",
             "tests/store/test_dispatch_rounds.py",
             "tests/store/test_round_statements.py",
             "tests/scheduler",

@@ -335,17 +335,7 @@ class Dispatcher:
                 Candidate(task_id, task.spec, [placed, *(a for a in others if a != placed)])
             )
         keys = await self._keys.reserve(conn, candidates)
-
-        def take_slot(agent_id: str, change: int) -> None:
-            agent = agents[agent_id]
-            agents[agent_id] = replace(agent, running=agent.running + change)
-
-        for task_id in (*keys.waiting, *keys.rejected, *keys.failed):
-            take_slot(claimed.pop(task_id), -1)
-        for task_id, node in keys.moved.items():
-            take_slot(claimed[task_id], -1)
-            take_slot(node, +1)
-            claimed[task_id] = node
+        settle_slots(keys, claimed, agents)
         return keys
 
     async def cancel_local(self, task_id: str) -> None:
@@ -713,6 +703,23 @@ class Dispatcher:
     async def _key_signature(self) -> KeySignature:
         async with self._pool.acquire() as conn:
             return await quota.key_signature(conn)
+
+
+def settle_slots(keys: RoundKeys, claimed: dict[str, str], agents: dict[str, AgentSlot]) -> None:
+    """What the key reservation did to the round's placements (`claimed`: task -> agent) and
+    to the agents' running counts: a task that waits for a key or ends leaves its agent's
+    slot free; one moved to the node that holds its key takes that node's slot instead."""
+
+    def take_slot(agent_id: str, change: int) -> None:
+        agent = agents[agent_id]
+        agents[agent_id] = replace(agent, running=agent.running + change)
+
+    for task_id in (*keys.waiting, *keys.rejected, *keys.failed):
+        take_slot(claimed.pop(task_id), -1)
+    for task_id, node in keys.moved.items():
+        take_slot(claimed[task_id], -1)
+        take_slot(node, +1)
+        claimed[task_id] = node
 
 
 def _asks_about(spec: TaskSpec, refusal: events.Refusal) -> bool:

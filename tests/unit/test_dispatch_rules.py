@@ -1,9 +1,10 @@
-"""What a round's key reservation does to its placements and to the agents' free slots."""
+"""The dispatcher's pure rules: what a round's key reservation does to its placements and
+to the agents' free slots, and which of two queue positions comes later."""
 
 from __future__ import annotations
 
 from agentmesh.keys.reservations import RoundKeys
-from agentmesh.scheduler.dispatch import settle_slots
+from agentmesh.scheduler.dispatch import _later, settle_slots
 from agentmesh.scheduler.placement import AgentSlot
 
 
@@ -44,3 +45,12 @@ def test_nothing_reserved_changes_nothing() -> None:
     settle_slots(RoundKeys(), claimed, agents)
     assert claimed == {"t1": "a"}
     assert agents == {"a": slot("a", 1)}
+
+
+def test_a_queue_position_is_later_with_a_lower_priority_or_a_higher_id_at_the_same() -> None:
+    # (priority, queue id): the queue runs highest priority first, then in order of arrival.
+    assert _later((5, 10), (6, 1))
+    assert not _later((6, 1), (5, 10))
+    assert _later((5, 11), (5, 10))
+    assert not _later((5, 9), (5, 10))
+    assert not _later((5, 10), (5, 10))  # the same position is not later
