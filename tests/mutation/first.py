@@ -12,9 +12,10 @@ the mutant apart, and it survives without a run. A mutant whose tests take far l
 they took unmutated (a lost wake-up, a lock never released) is killed by time: after 3
 times as long, plus 30 s to start.
 
-With --budget, a mutant runs only the quickest of those tests, as many as took at most S
-seconds unmutated (at least one): for a module whose every line runs in every slow test
-(the dispatcher: each test starts a scheduler and nodes), the price of judging it at all.
+With --budget, a mutant runs only some of those tests, as many as took at most S seconds
+unmutated (at least one), chosen to run as much of the module between them as they can
+(see within_budget): for a module whose every line runs in most of its slow tests (the
+dispatcher: each test starts a scheduler and nodes), the price of judging it at all.
 Its lines count as run by the tests that ran them whenever some did (not also as run
 outside them), and a mutant of a line run only outside tests runs the tests that ran the
 module first. A mutant that survives those might still die in another test: the score is
@@ -94,23 +95,34 @@ def within_budget(
     budget: float,
     reached_by: dict[str, list[str]] | None = None,
 ) -> list[str] | None:
-    """The quickest of `tests` that took at most `budget` seconds together unmutated, at
-    least one; all of them with no budget (0). None (every test) is, with a budget, every
-    test that ran some line of the module (`reached_by`), then the others, each quickest
-    first."""
+    """With a budget, as many of `tests` (None: every test) as fit in `budget` seconds as
+    they took unmutated (at least one), chosen for how much of the module they run between
+    them (`reached_by`): each next the one that adds the most lines not run yet per second.
+    Tests that run the same lines as others are likely to judge a mutant the same way; ones
+    that run other paths, other outcomes. Quickest first. All of them with no budget (0)."""
     if not budget:
         return tests
-    if tests is None:
-        module = {t for every in (reached_by or {}).values() for t in every if t}
-        tests = sorted(seconds, key=lambda t: (t not in module, seconds[t]))
+    runs: dict[str, set[str]] = {}
+    for line, every in (reached_by or {}).items():
+        for test in every:
+            runs.setdefault(test, set()).add(line)
+    left = sorted(seconds if tests is None else tests, key=lambda t: seconds.get(t, 0.0))
+    run: set[str] = set()
     chosen: list[str] = []
     spent = 0.0
-    for test in tests:
-        spent += seconds.get(test, 0.0)
-        if chosen and spent > budget:
-            break
-        chosen.append(test)
-    return chosen
+    while left:
+        best = max(
+            left,
+            key=lambda t: len(runs.get(t, set()) - run) / max(seconds.get(t, 0.0), 0.05),
+        )  # the first of equals: the quickest
+        left.remove(best)
+        took = seconds.get(best, 0.0)
+        if chosen and spent + took > budget:
+            continue  # a quicker one may still fit
+        chosen.append(best)
+        spent += took
+        run |= runs.get(best, set())
+    return sorted(chosen, key=lambda t: seconds.get(t, 0.0))
 
 
 def main(argv: list[str]) -> int:

@@ -3,8 +3,8 @@
 With AGENTMESH_MUTATION_RECORD set (a file), each test runs in a coverage context named by
 its node id, as does every process it starts (what runs outside any test, at import, has
 the empty context), and the time each test took is written to that file: the run before
-the mutants learns which tests run each line of the module. With AGENTMESH_MUTATION_ONLY set (a file of node ids, one a line),
-only those tests run, in that order (see first.py).
+the mutants learns which tests run each line of the module. With AGENTMESH_MUTATION_ONLY
+set (a file of node ids, one a line), only those tests run, in that order (see first.py).
 """
 
 from __future__ import annotations

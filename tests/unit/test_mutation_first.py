@@ -60,12 +60,31 @@ def test_a_mutant_s_tests_may_take_three_times_as_long_as_unmutated_and_30_s() -
     assert time_limit(None, seconds) == 30.0 + 3 * 15.0
 
 
-def test_a_budget_keeps_the_quickest_tests_that_fit_it_and_at_least_one() -> None:
+# a and b run the same lines; c one more; d four more, at three times the price.
+RUNS = {
+    "1": ["a", "b", "c", "d"],
+    "2": ["a", "b"],
+    "3": ["c"],
+    "4": ["d"],
+    "5": ["d"],
+    "6": ["d"],
+    "7": ["d"],
+}
+PRICES = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 3.0}
+
+
+def test_a_budget_goes_to_the_tests_that_run_the_most_of_the_module_between_them() -> None:
+    # a (2 lines a second), then d (4 new lines in 3 s), then c (1 new): b adds nothing.
+    assert within_budget(["a", "b", "c", "d"], PRICES, 5.0, RUNS) == ["a", "c", "d"]
+    assert within_budget(["a", "b", "c", "d"], PRICES, 4.0, RUNS) == ["a", "d"]
+    assert within_budget(["b", "c"], PRICES, 1.0, RUNS) == ["b"]  # equals: the first
+    assert within_budget(["d"], PRICES, 1.0, RUNS) == ["d"]  # at least one, over budget
+
+
+def test_with_nothing_known_of_what_they_run_the_quickest_fit() -> None:
     seconds = {"slow": 10.0, "quick": 1.0, "other": 4.0}
-    assert within_budget(["quick", "other", "slow"], seconds, 5.0) == ["quick", "other"]
-    assert within_budget(["quick", "other", "slow"], seconds, 4.9) == ["quick"]
-    assert within_budget(["slow", "quick"], seconds, 2.0) == ["slow"]  # the first, over budget
-    assert within_budget(None, seconds, 5.0) == ["quick", "other"]  # every test, quickest first
+    assert within_budget(["slow", "quick", "other"], seconds, 5.0) == ["quick", "other"]
+    assert within_budget(None, seconds, 5.0) == ["quick", "other"]
 
 
 def test_no_budget_keeps_every_test() -> None:
@@ -81,7 +100,6 @@ def test_with_inside_first_a_line_run_inside_tests_is_theirs_alone() -> None:
     assert selected({7}, {"7": [""]}, {}, inside_first=True) is None  # at import only
 
 
-def test_every_test_within_a_budget_puts_the_module_s_tests_first() -> None:
+def test_every_test_within_a_budget_puts_those_that_run_the_module_first() -> None:
     seconds = {"unrelated": 0.5, "quick": 1.0, "slow": 10.0, "other": 4.0}
     assert within_budget(None, seconds, 5.0, REACHED) == ["quick", "other"]
-    assert within_budget(None, seconds, 5.0) == ["unrelated", "quick"]
