@@ -156,6 +156,7 @@ TARGETS: dict[str, Target] = {
             "tests/store/test_round_statements.py",
             "tests/scheduler",
             "tests/keys",
+            "tests/cli/test_approvals.py",
             *EMBEDDED_ONLY,
         ),
         note="slow: every mutant runs a scheduler and nodes, and every mesh test runs most of"
@@ -862,6 +863,19 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "core/ReplaceComparisonOperator_Is_GtE",
             "return self.weak.network if mode is PermissionMode.WEAK else self.superuser.network",
             _MODE_IS,
+        ),
+    ),
+    "dispatch": (
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            "self._resume = page[-1].position if len(page) == window else None",
+            "a page is read with LIMIT window: it is never longer",
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Is_GtE",
+            "rejected = payload.state is TaskState.REJECTED",
+            "a result's state is one a task ends in; of those only 'rejected' sorts at or after"
+            " 'rejected' (the others that do, submitted and working, end nothing)",
         ),
     ),
     "log_format": (

@@ -38,7 +38,7 @@ def card(name: str, *, slots: int, capabilities: tuple[str, ...] = ()) -> AgentC
 
 
 async def dispatcher_on(
-    pool: asyncpg.Pool, cards: list[AgentCard], owner: str
+    pool: asyncpg.Pool, cards: list[AgentCard], owner: str, *, poll_seconds: float = 1.0
 ) -> tuple[Dispatcher, TaskStore, Channels]:
     """A dispatcher, its store and its channels (close them after `dispatcher.stop()`),
     with `cards` heartbeating."""
@@ -54,5 +54,7 @@ async def dispatcher_on(
         default_tolerance_seconds=30,
     )
     channels = Channels(TlsSettings())
-    settings = DispatchSettings(owner=owner, lease_seconds=30, max_trace_chars=32 << 20)
+    settings = DispatchSettings(
+        owner=owner, lease_seconds=30, max_trace_chars=32 << 20, poll_seconds=poll_seconds
+    )
     return Dispatcher(store, registry, pool, channels, settings, keys), store, channels

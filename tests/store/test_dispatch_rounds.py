@@ -7,6 +7,8 @@ bounded number of rounds, however long the queue."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from agentmesh.scheduler.dispatch import MAX_PAGES, MIN_WINDOW
@@ -51,7 +53,9 @@ async def test_each_round_reads_on_from_where_the_last_one_stopped(pool: asyncpg
         window = 4 + MIN_WINDOW
         first_round = MAX_PAGES * window  # the head, then on
         second_round = first_round + (MAX_PAGES - 1) * window  # the head, then on from there
-        waiting = second_round - window // 2
+        # Its last: the first round stops short of it, the second reaches it (and would not,
+        # if a page began anywhere but after the last one's end).
+        waiting = second_round - 1
         for n in range(waiting):
             await store.submit(TaskSpec(kind="echo", prompt=f"a {n}", required_capabilities=("a",)))
         behind = await store.submit(TaskSpec(kind="echo", required_capabilities=("b",)))
@@ -61,5 +65,27 @@ async def test_each_round_reads_on_from_where_the_last_one_stopped(pool: asyncpg
         await dispatcher.round()
         assert [t for t, _ in dispatcher.live_attempts()] == [behind]
     finally:
+        await dispatcher.stop()
+        await channels.close()
+
+
+async def test_a_round_that_cleared_a_full_window_runs_again_at_once(pool: asyncpg.Pool) -> None:
+    # Four pages of tasks nobody can run (parked: they leave the queue), then one an agent
+    # can: the round after the one that parked them starts it, without waiting for the
+    # next poll (an hour here) or a notification (none: no listener).
+    cards = [card("plain", slots=1)]
+    dispatcher, store, channels = await dispatcher_on(pool, cards, "again", poll_seconds=3600)
+    window = 4 + MIN_WINDOW
+    for n in range(MAX_PAGES * window):
+        await store.submit(TaskSpec(kind="echo", prompt=f"x {n}", required_capabilities=("x",)))
+    runnable = await store.submit(TaskSpec(kind="echo", prompt="runs"))
+    running = asyncio.create_task(dispatcher.run())
+    try:
+        async with asyncio.timeout(60):
+            while not await pool.fetchval("SELECT attempt FROM tasks WHERE id = $1", runnable):
+                await asyncio.sleep(0.05)  # started (its attempt then fails: nobody listens)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         await dispatcher.stop()
         await channels.close()
