@@ -43,27 +43,27 @@ async def test_a_round_fills_each_agent_s_free_slots_and_no_more(pool: asyncpg.P
 
 
 async def test_each_round_reads_on_from_where_the_last_one_stopped(pool: asyncpg.Pool) -> None:
-    cards = [card("busy", slots=1, capabilities=("a",)), card("idle", slots=1, capabilities=("b",))]
+    cards = [card("busy", slots=1, capabilities=("a",)), card("idle", slots=2, capabilities=("b",))]
     dispatcher, store, channels = await dispatcher_on(pool, cards, owner="window")
     try:
         # busy's one slot is taken (by another scheduler's attempt): its tasks wait.
         taken = await store.submit(TaskSpec(kind="echo", required_capabilities=("a",)))
         await store.start_attempts({taken: "agent-busy"}, "elsewhere", 60)
-        # One free slot: a round reads pages of 4 * 1 + MIN_WINDOW tasks, at most MAX_PAGES.
-        window = 4 + MIN_WINDOW
+        # Two free slots: a round reads pages of 4 * 2 + MIN_WINDOW tasks, at most MAX_PAGES.
+        window = 4 * 2 + MIN_WINDOW
         first_round = MAX_PAGES * window  # the head, then on
         second_round = first_round + (MAX_PAGES - 1) * window  # the head, then on from there
-        # Its last: the first round stops short of it, the second reaches it (and would not,
-        # if a page began anywhere but after the last one's end).
-        waiting = second_round - 1
-        for n in range(waiting):
+        for n in range(second_round - 1):
             await store.submit(TaskSpec(kind="echo", prompt=f"a {n}", required_capabilities=("a",)))
-        behind = await store.submit(TaskSpec(kind="echo", required_capabilities=("b",)))
+        # The last the second round reaches, and the first it does not: a page of another
+        # size, or one that began anywhere but after the last one's end, would tell.
+        last = await store.submit(TaskSpec(kind="echo", prompt="b 1", required_capabilities=("b",)))
+        await store.submit(TaskSpec(kind="echo", prompt="b 2", required_capabilities=("b",)))
 
         await dispatcher.round()
         assert [t for t, _ in dispatcher.live_attempts()] == []  # past the first round's reach
         await dispatcher.round()
-        assert [t for t, _ in dispatcher.live_attempts()] == [behind]
+        assert [t for t, _ in dispatcher.live_attempts()] == [last]
     finally:
         await dispatcher.stop()
         await channels.close()
