@@ -10,20 +10,26 @@ from agentmesh.config import ApiPolicy, TlsSettings
 from agentmesh.keys.forecast import Forecaster
 from agentmesh.keys.quota import Limits
 from agentmesh.keys.reservations import KeyReserver
-from agentmesh.node.card import AgentCard
+from agentmesh.node.card import AgentCard, HeldKey
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.dispatch import Channels, Dispatcher, DispatchSettings
 from agentmesh.scheduler.store import TaskStore
 
 
-def card(name: str, *, slots: int, capabilities: tuple[str, ...] = ()) -> AgentCard:
+def card(
+    name: str,
+    *,
+    slots: int,
+    capabilities: tuple[str, ...] = (),
+    held_keys: tuple[HeldKey, ...] = (),
+) -> AgentCard:
     return AgentCard(
         agent_id=f"agent-{name}",
         name=name,
         hostname=f"{name}.lan",
         ip_addresses=("127.0.0.1",),
         version="test",
-        executors=("echo", "shell"),
+        executors=("echo", "shell", "gemini"),
         models=(),
         capabilities=capabilities,
         os="linux",
@@ -34,6 +40,7 @@ def card(name: str, *, slots: int, capabilities: tuple[str, ...] = ()) -> AgentC
         permission_mode="weak",
         endpoint="127.0.0.1:9",  # nothing listens there
         started_at="2026-12-01T00:00:00Z",
+        held_keys=held_keys,
     )
 
 

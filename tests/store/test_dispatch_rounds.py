@@ -11,8 +11,10 @@ import asyncio
 
 import asyncpg
 
+from agentmesh.keys.pool import fingerprint
+from agentmesh.node.card import HeldKey
 from agentmesh.scheduler.dispatch import MAX_PAGES, MIN_WINDOW
-from agentmesh.tasks.model import TaskSpec
+from agentmesh.tasks.model import TaskKind, TaskSpec
 from tests.store.dispatching import card, dispatcher_on
 
 
@@ -87,5 +89,25 @@ async def test_a_round_that_cleared_a_full_window_runs_again_at_once(pool: async
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+        await dispatcher.stop()
+        await channels.close()
+
+
+async def test_a_gemini_task_moves_to_the_node_that_holds_its_key(pool: asyncpg.Pool) -> None:
+    # Placement picks the idler node (zulu); the only key is alpha's, whose id sorts first.
+    held = (HeldKey("GEMINI", fingerprint("AIzaSy-held-by-alpha-7c21")),)
+    cards = [card("alpha", slots=4, held_keys=held), card("zulu", slots=4)]
+    dispatcher, store, channels = await dispatcher_on(pool, cards, owner="keys")
+    try:
+        taken = await store.submit(TaskSpec(kind="echo", prompt="elsewhere"))
+        await store.start_attempts({taken: "agent-alpha"}, "elsewhere", 60)
+        task = await store.submit(TaskSpec(kind=TaskKind.GEMINI, prompt="hello", user="ada"))
+
+        await dispatcher.round()
+
+        assigned = await pool.fetchval("SELECT assigned_agent FROM tasks WHERE id = $1", task)
+        assert assigned == "agent-alpha"
+        assert [t for t, _ in dispatcher.live_attempts()] == [task]
+    finally:
         await dispatcher.stop()
         await channels.close()

@@ -1,0 +1,118 @@
+"""`python -m tests.mutation.rejudge NAME SESSION [PYTEST ARGS...]`: a run's survivors,
+judged again by tests written since.
+
+A run of a slow module (dispatch: hours) ends with survivors; tests written for them
+afterwards should count without running every mutant again. This applies each surviving,
+non-equivalent mutant of SESSION (a copy of the run's `session.sqlite`, which `make mutate`
+deletes with its scratch directory) to a scratch copy of today's `src/` and `tests/`, runs
+the given pytest arguments against it (the module's new tests), and records the mutants
+that fail them as killed in SESSION. The tests must pass unmutated first, and the module
+must be the one the run mutated (a mutant whose diff no longer applies is reported, and
+stays a survivor). Then it prints the module's score over SESSION.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cosmic_ray.work_db import WorkDB, use_db
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+from tests.mutation.__main__ import REPOSITORY, score
+from tests.mutation.targets import TARGETS
+
+
+def survivors(session: Path) -> list[tuple[str, str]]:
+    """(job id, diff) of each mutant that survived."""
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        return [
+            (item.job_id, outcome.diff or "")
+            for item, outcome in db.completed_work_items
+            if outcome.test_outcome is TestOutcome.SURVIVED
+        ]
+
+
+def killed(session: Path, job_id: str, diff: str, output: str) -> None:
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        db.set_result(
+            job_id,
+            WorkResult(
+                worker_outcome=WorkerOutcome.NORMAL,
+                output=f"rejudged: {output}",
+                test_outcome=TestOutcome.KILLED,
+                diff=diff,
+            ),
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation.rejudge", description=__doc__)
+    parser.add_argument("name", choices=list(TARGETS))
+    parser.add_argument("session", type=Path)
+    parser.add_argument("pytest", nargs=argparse.REMAINDER, help="pytest arguments: the tests")
+    args = parser.parse_args(argv)
+    module = TARGETS[args.name].path
+    with tempfile.TemporaryDirectory(prefix=f"agentmesh-rejudge-{args.name}-") as scratch:
+        copy = Path(scratch) / "repo"
+        ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache")
+        for part in ("src", "tests"):
+            shutil.copytree(REPOSITORY / part, copy / part, ignore=ignore)
+        for top in REPOSITORY.iterdir():
+            if top.is_file():
+                shutil.copy2(top, copy / top.name)
+        pristine = Path(scratch) / "pristine.py"
+        shutil.copy2(copy / module, pristine)
+        env = {**os.environ, "PYTHONPATH": str(copy / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+        command = [
+            sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+            f"--basetemp={scratch}/pytest", *args.pytest,
+        ]  # fmt: skip
+        unmutated = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True)
+        if unmutated.returncode != 0:
+            print(
+                f"the tests fail unmutated:\n{unmutated.stdout[-3000:]}{unmutated.stderr[-2000:]}"
+            )
+            return 2
+        for job_id, diff in survivors(args.session):
+            patch = diff.split("\n", 1)[1] if diff.startswith("--- mutation diff ---") else diff
+            applied = subprocess.run(
+                ["patch", "-p1", "--quiet", "--forward", "--no-backup-if-mismatch"],
+                input=patch + "\n", cwd=copy, capture_output=True, text=True,
+            )  # fmt: skip
+            try:
+                if applied.returncode != 0:
+                    print(f"{job_id}: the mutant no longer applies: {applied.stdout.strip()}")
+                    continue
+                run = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True)
+                last = (run.stdout.strip().splitlines() or [""])[-1]
+                changed = " ".join(
+                    line
+                    for line in patch.splitlines()
+                    if line.startswith("+") and "+++" not in line
+                )
+                if run.returncode not in (0, 5):
+                    killed(args.session, job_id, diff, last)
+                    print(f"killed: {changed.strip()}  ({last})")
+                else:
+                    print(f"survives: {changed.strip()}")
+            finally:
+                shutil.copy2(pristine, copy / module)
+        result = score(args.name, args.session, pristine)
+    print(
+        f"\n{result.module}: {result.killed} killed, {len(result.survivors)} survived,"
+        f" {len(result.equivalent)} equivalent, {result.skipped} skipped:"
+        f" {result.share:.1%}" + (f" ({result.pending} not run)" if result.pending else "")
+    )
+    for entry in result.survivors:
+        print(f"  SURVIVED: {entry}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
