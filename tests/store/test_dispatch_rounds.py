@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from agentmesh.keys.pool import fingerprint
 from agentmesh.node.card import HeldKey
@@ -71,21 +72,34 @@ async def test_each_round_reads_on_from_where_the_last_one_stopped(pool: asyncpg
         await channels.close()
 
 
-async def test_a_round_that_cleared_a_full_window_runs_again_at_once(pool: asyncpg.Pool) -> None:
-    # Four pages of tasks nobody can run (parked: they leave the queue), then one an agent
-    # can: the round after the one that parked them starts it, without waiting for the
-    # next poll (an hour here) or a notification (none: no listener).
+@pytest.mark.parametrize("rejected_share", [0, 2])
+async def test_a_round_that_cleared_a_full_window_runs_again_at_once(
+    pool: asyncpg.Pool, rejected_share: int
+) -> None:
+    # Four pages of tasks nobody can run, then one an agent can: they wait for a capability
+    # nobody has (parked: they leave the queue), or (every second one, with rejected_share
+    # 2) ask for a mode above every ceiling (rejected). The round after the one that cleared
+    # them starts the last, without waiting for the next poll (an hour here) or a
+    # notification (none: no listener).
     cards = [card("plain", slots=1)]
     dispatcher, store, channels = await dispatcher_on(pool, cards, "again", poll_seconds=3600)
     window = 4 + MIN_WINDOW
+    rejected = []
     for n in range(MAX_PAGES * window):
-        await store.submit(TaskSpec(kind="echo", prompt=f"x {n}", required_capabilities=("x",)))
+        if rejected_share and n % rejected_share == 0:
+            spec = TaskSpec(kind="echo", prompt=f"s {n}", permission_mode="superuser")
+            rejected.append(await store.submit(spec))
+        else:
+            spec = TaskSpec(kind="echo", prompt=f"x {n}", required_capabilities=("x",))
+            await store.submit(spec)
     runnable = await store.submit(TaskSpec(kind="echo", prompt="runs"))
     running = asyncio.create_task(dispatcher.run())
     try:
         async with asyncio.timeout(60):
             while not await pool.fetchval("SELECT attempt FROM tasks WHERE id = $1", runnable):
                 await asyncio.sleep(0.05)  # started (its attempt then fails: nobody listens)
+        states = await pool.fetch("SELECT state FROM tasks WHERE id = ANY($1)", rejected)
+        assert [row["state"] for row in states] == ["rejected"] * len(rejected)
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
