@@ -22,11 +22,12 @@ def card(
     slots: int,
     capabilities: tuple[str, ...] = (),
     held_keys: tuple[HeldKey, ...] = (),
+    hostname: str = "",
 ) -> AgentCard:
     return AgentCard(
         agent_id=f"agent-{name}",
         name=name,
-        hostname=f"{name}.lan",
+        hostname=hostname or f"{name}.lan",
         ip_addresses=("127.0.0.1",),
         version="test",
         executors=("echo", "shell", "gemini"),

@@ -125,3 +125,27 @@ async def test_a_gemini_task_moves_to_the_node_that_holds_its_key(pool: asyncpg.
     finally:
         await dispatcher.stop()
         await channels.close()
+
+
+async def test_siblings_spread_over_agents_of_one_host(pool: asyncpg.Pool) -> None:
+    # Two agents on one machine; b already runs another scheduler's task, so the load alone
+    # would send both siblings to a.
+    cards = [card("a", slots=4, hostname="box.lan"), card("b", slots=4, hostname="box.lan")]
+    dispatcher, store, channels = await dispatcher_on(pool, cards, owner="siblings")
+    try:
+        taken = await store.submit(TaskSpec(kind="echo", prompt="elsewhere"))
+        await store.start_attempts({taken: "agent-b"}, "elsewhere", 60)
+        echo = TaskSpec(kind="echo", prompt="sibling")
+        parent = await store.submit(TaskSpec(subtasks=(echo, echo)))
+
+        await dispatcher.round()
+
+        rows = await pool.fetch(
+            "SELECT t.assigned_agent FROM subtasks s JOIN tasks t ON t.id = s.child_task_id"
+            " WHERE s.parent_task_id = $1",
+            parent,
+        )
+        assert sorted(row["assigned_agent"] for row in rows) == ["agent-a", "agent-b"]
+    finally:
+        await dispatcher.stop()
+        await channels.close()

@@ -87,6 +87,8 @@ async def statements_of_one_round(pool: asyncpg.Pool, tasks: int) -> list[str]:
     counting.statements.clear()
     this_round = asyncio.create_task(dispatcher.round())
     await this_round
+    # Everything ready was read in one page: no other round follows at once.
+    assert not dispatcher._wake.is_set()
     await dispatcher.stop()
     await channels.close()
     return [query for task, query in counting.statements if task is this_round]
