@@ -8,14 +8,17 @@ bounded number of rounds, however long the queue."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import asyncpg
+import grpc
 import pytest
 
 from agentmesh.keys.pool import fingerprint
 from agentmesh.node.card import HeldKey
 from agentmesh.scheduler.dispatch import MAX_PAGES, MIN_WINDOW
 from agentmesh.tasks.model import TaskKind, TaskSpec
+from agentmesh.v1 import agent_pb2, node_pb2, node_pb2_grpc
 from tests.store.dispatching import card, dispatcher_on
 
 
@@ -149,3 +152,39 @@ async def test_siblings_spread_over_agents_of_one_host(pool: asyncpg.Pool) -> No
     finally:
         await dispatcher.stop()
         await channels.close()
+
+
+class _Answers(node_pb2_grpc.AgentNodeServicer):
+    """A node that answers the scheduler's probe and nothing else."""
+
+    async def GetCapabilities(
+        self, request: node_pb2.GetCapabilitiesRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.AgentCard:
+        return agent_pb2.AgentCard()
+
+
+async def test_a_probe_marks_an_agent_that_answers_reachable_and_leaves_one_that_does_not(
+    pool: asyncpg.Pool,
+) -> None:
+    server = grpc.aio.server()
+    node_pb2_grpc.add_AgentNodeServicer_to_server(_Answers(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    back = replace(card("back", slots=1), endpoint=f"127.0.0.1:{port}")
+    cards = [card("gone", slots=1), back]  # nothing listens at gone's endpoint
+    dispatcher, _, channels = await dispatcher_on(pool, cards, owner="probe")
+    try:
+        for agent_id in ("agent-gone", "agent-back"):
+            await pool.execute("UPDATE agents SET status = 'unreachable' WHERE id = $1", agent_id)
+
+        await dispatcher.probe_unreachable(timeout_seconds=2)
+
+        rows = await pool.fetch("SELECT id, status FROM agents")
+        assert {r["id"]: r["status"] for r in rows} == {
+            "agent-gone": "unreachable",
+            "agent-back": "online",
+        }
+    finally:
+        await dispatcher.stop()
+        await channels.close()
+        await server.stop(None)
