@@ -302,6 +302,18 @@ _NO_COMMON_BITS = (
     " their exclusive or are their union"
 )
 
+_LINGER = (
+    "timing only: which of an attempt's events waits a moment (20 ms) for the next to share"
+    " its write changes how many statements store a trace, never what is stored or in what"
+    " order; how many it takes depends as much on the machine's speed, so no test that does"
+    " not measure time can tell them apart"
+)
+_PAUSE = (
+    "timing only: the pause before the next round after a failed one (a database outage, a"
+    " bug) changes how soon it runs, not what it does; 1.5 s or none (a negative sleep is"
+    " none) tells only a clock"
+)
+
 EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
     "store": (
         Equivalent("core/ReplaceBinaryOperator_Add_LShift", "page_size + 1,", _LOOK_AHEAD),
@@ -877,6 +889,48 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "a result's state is one a task ends in; of those only 'rejected' sorts at or after"
             " 'rejected' (the others that do, submitted and working, end nothing)",
         ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_NotEq",
+            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
+            _LINGER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_Lt",
+            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
+            _LINGER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_LtE",
+            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
+            _LINGER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_Gt",
+            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
+            _LINGER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_GtE",
+            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
+            _LINGER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_Is",
+            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
+            _LINGER,
+        ),
+        Equivalent(
+            "core/ReplaceComparisonOperator_Eq_IsNot",
+            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
+            _LINGER,
+        ),
+        Equivalent(
+            "core/NumberReplacer",
+            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
+            _LINGER,
+        ),
+        Equivalent("core/NumberReplacer", "START_LINGER_SECONDS = 0.02", _LINGER),
+        Equivalent("core/NumberReplacer", "await asyncio.sleep(0.5)", _PAUSE),
     ),
     "log_format": (
         Equivalent(
