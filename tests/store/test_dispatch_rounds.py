@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from agentmesh.keys.pool import fingerprint
-from agentmesh.node.card import HeldKey
+from agentmesh.node.card import AgentCard, HeldKey
 from agentmesh.scheduler.dispatch import MAX_PAGES, MIN_WINDOW
 from agentmesh.tasks.model import TaskKind, TaskSpec
 from agentmesh.v1 import agent_pb2, node_pb2, node_pb2_grpc
@@ -130,28 +130,44 @@ async def test_a_gemini_task_moves_to_the_node_that_holds_its_key(pool: asyncpg.
         await channels.close()
 
 
-async def test_siblings_spread_over_agents_of_one_host(pool: asyncpg.Pool) -> None:
-    # Two agents on one machine; b already runs another scheduler's task, so the load alone
-    # would send both siblings to a.
-    cards = [card("a", slots=4, hostname="box.lan"), card("b", slots=4, hostname="box.lan")]
-    dispatcher, store, channels = await dispatcher_on(pool, cards, owner="siblings")
+async def siblings_placed(pool: asyncpg.Pool, cards: list[AgentCard], owner: str) -> list[str]:
+    """Where one round places the two subtasks of a parent (after another scheduler's task
+    on agent-b, if there is one)."""
+    dispatcher, store, channels = await dispatcher_on(pool, cards, owner=owner)
     try:
-        taken = await store.submit(TaskSpec(kind="echo", prompt="elsewhere"))
-        await store.start_attempts({taken: "agent-b"}, "elsewhere", 60)
+        if any(c.agent_id == "agent-b" for c in cards):
+            taken = await store.submit(TaskSpec(kind="echo", prompt="elsewhere"))
+            await store.start_attempts({taken: "agent-b"}, "elsewhere", 60)
         echo = TaskSpec(kind="echo", prompt="sibling")
         parent = await store.submit(TaskSpec(subtasks=(echo, echo)))
-
         await dispatcher.round()
-
         rows = await pool.fetch(
             "SELECT t.assigned_agent FROM subtasks s JOIN tasks t ON t.id = s.child_task_id"
             " WHERE s.parent_task_id = $1",
             parent,
         )
-        assert sorted(row["assigned_agent"] for row in rows) == ["agent-a", "agent-b"]
+        return sorted(row["assigned_agent"] for row in rows)
     finally:
         await dispatcher.stop()
         await channels.close()
+
+
+async def test_siblings_spread_over_agents_of_one_host(pool: asyncpg.Pool) -> None:
+    # Two agents on one machine; b already runs another scheduler's task, so the load alone
+    # would send both siblings to a.
+    cards = [card("a", slots=4, hostname="box.lan"), card("b", slots=4, hostname="box.lan")]
+    assert await siblings_placed(pool, cards, "siblings") == ["agent-a", "agent-b"]
+
+
+async def test_siblings_spread_over_hosts_before_agents(pool: asyncpg.Pool) -> None:
+    # Two agents on one machine and one on another: the second sibling goes to the other
+    # machine, not to the first machine's other agent.
+    cards = [
+        card("a1", slots=4, hostname="box.lan"),
+        card("a2", slots=4, hostname="box.lan"),
+        card("c", slots=4, hostname="other.lan"),
+    ]
+    assert await siblings_placed(pool, cards, "hosts") == ["agent-a1", "agent-c"]
 
 
 class _Answers(node_pb2_grpc.AgentNodeServicer):
