@@ -112,19 +112,26 @@ async def test_a_round_that_cleared_a_full_window_runs_again_at_once(
 
 async def test_a_gemini_task_moves_to_the_node_that_holds_its_key(pool: asyncpg.Pool) -> None:
     # Placement picks the idler node (zulu); the only key is alpha's, whose id sorts first.
+    # An echo task placed in the same round, ahead of it, needs no key.
     held = (HeldKey("GEMINI", fingerprint("AIzaSy-held-by-alpha-7c21")),)
-    cards = [card("alpha", slots=4, held_keys=held), card("zulu", slots=4)]
+    cards = [card("alpha", slots=4, held_keys=held), card("zulu", slots=8)]
     dispatcher, store, channels = await dispatcher_on(pool, cards, owner="keys")
     try:
         taken = await store.submit(TaskSpec(kind="echo", prompt="elsewhere"))
         await store.start_attempts({taken: "agent-alpha"}, "elsewhere", 60)
+        ahead = await store.submit(TaskSpec(kind="echo", prompt="no key"))
         task = await store.submit(TaskSpec(kind=TaskKind.GEMINI, prompt="hello", user="ada"))
 
         await dispatcher.round()
 
-        assigned = await pool.fetchval("SELECT assigned_agent FROM tasks WHERE id = $1", task)
-        assert assigned == "agent-alpha"
-        assert [t for t, _ in dispatcher.live_attempts()] == [task]
+        rows = await pool.fetch(
+            "SELECT id, assigned_agent FROM tasks WHERE id = ANY($1)", [ahead, task]
+        )
+        assert {r["id"]: r["assigned_agent"] for r in rows} == {
+            ahead: "agent-zulu",
+            task: "agent-alpha",
+        }
+        assert sorted(t for t, _ in dispatcher.live_attempts()) == sorted([ahead, task])
     finally:
         await dispatcher.stop()
         await channels.close()
