@@ -89,6 +89,11 @@ async def test_an_approval_is_asked_given_remembered_and_forgotten(
     assert any(note.startswith("runs by its user's approval") for note in notes), notes
     assert made.is_dir()
     made.rmdir()
+    # The same for a task that names weak mode itself.
+    named = await submit(cli, "mkdir made-by-approval", "--mode", "weak", "--on-refusal", "ask")
+    assert (await settled(stub, named)).state == task_pb2.TASK_STATE_COMPLETED
+    assert made.is_dir()
+    made.rmdir()
     [kept] = json.loads((await cli("approvals", "--remembered", "--json")).stdout)
     assert (kept["user"], kept["command"], kept["prefix"]) == (
         "ada",
