@@ -211,3 +211,27 @@ async def test_a_probe_marks_an_agent_that_answers_reachable_and_leaves_one_that
         await dispatcher.stop()
         await channels.close()
         await server.stop(None)
+
+
+async def test_an_attempt_that_ends_does_not_forget_a_newer_attempt_of_its_task(
+    pool: asyncpg.Pool,
+) -> None:
+    # As when an attempt's end is still being written (its key's use, say) while the round
+    # after its hand-back starts the next one: the old attempt's end must leave the new one
+    # registered, or its lease would go unrenewed and the task run twice.
+    dispatcher, store, channels = await dispatcher_on(pool, [card("n", slots=2)], owner="newer")
+    try:
+        task = await store.submit(TaskSpec(kind="echo", prompt="twice?"))
+        await dispatcher.round()
+        [(started, number)] = dispatcher.live_attempts()
+        assert started == task
+        first = dispatcher._attempts[task]
+        newer = asyncio.create_task(asyncio.sleep(3600))  # stands for attempt 2's coroutine
+        dispatcher._attempt_numbers[task] = number + 1
+        dispatcher._attempts[task] = newer
+        await first  # attempt 1 ends: nothing listens at its node's endpoint
+        assert dispatcher.live_attempts() == [(task, number + 1)]
+        assert dispatcher._attempts[task] is newer
+    finally:
+        await dispatcher.stop()
+        await channels.close()
