@@ -16,6 +16,7 @@ import pytest
 
 from agentmesh.keys.pool import fingerprint
 from agentmesh.node.card import AgentCard, HeldKey
+from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.dispatch import MAX_PAGES, MIN_WINDOW
 from agentmesh.tasks.model import TaskKind, TaskSpec
 from agentmesh.v1 import agent_pb2, node_pb2, node_pb2_grpc
@@ -232,6 +233,30 @@ async def test_an_attempt_that_ends_does_not_forget_a_newer_attempt_of_its_task(
         await first  # attempt 1 ends: nothing listens at its node's endpoint
         assert dispatcher.live_attempts() == [(task, number + 1)]
         assert dispatcher._attempts[task] is newer
+    finally:
+        await dispatcher.stop()
+        await channels.close()
+
+
+async def test_a_waiting_reason_follows_the_mesh_whichever_way_it_sorts(
+    pool: asyncpg.Pool,
+) -> None:
+    dispatcher, store, channels = await dispatcher_on(pool, [card("one", slots=1)], "reasons")
+    try:
+        busy = await store.submit(TaskSpec(kind="echo", prompt="busy"))
+        await store.start_attempts({busy: "agent-one"}, "elsewhere", 60)
+        task = await store.submit(TaskSpec(kind="echo", prompt="waits"))
+        await dispatcher.round()
+        reason = "SELECT waiting_reason FROM tasks WHERE id = $1"
+        assert await pool.fetchval(reason, task) == "the only fitting agent (one) is busy"
+
+        # A second agent joins, busy too: the reason changes (to one that sorts first).
+        registry = AgentRegistry(pool, ttl_seconds=60)
+        await registry.heartbeat(card("two", slots=1), ())
+        other = await store.submit(TaskSpec(kind="echo", prompt="busy too", target_host="two"))
+        await store.start_attempts({other: "agent-two"}, "elsewhere", 60)
+        await dispatcher.round()
+        assert await pool.fetchval(reason, task) == "all 2 fitting agents are busy"
     finally:
         await dispatcher.stop()
         await channels.close()

@@ -54,3 +54,6 @@ def test_a_queue_position_is_later_with_a_lower_priority_or_a_higher_id_at_the_s
     assert _later((5, 11), (5, 10))
     assert not _later((5, 9), (5, 10))
     assert not _later((5, 10), (5, 10))  # the same position is not later
+    # Priorities are any int32: equal ones compare by value (these are two int objects).
+    high = int("1000")
+    assert _later((high, 11), (int("1000"), 10))
