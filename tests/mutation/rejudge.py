@@ -21,21 +21,43 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cosmic_ray.mutating import apply_mutation
+from cosmic_ray.plugins import get_operator
 from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+from cosmic_ray.work_item import MutationSpec, TestOutcome, WorkerOutcome, WorkResult
 
 from tests.mutation.__main__ import REPOSITORY, score
 from tests.mutation.targets import TARGETS
 
 
-def survivors(session: Path) -> list[tuple[str, str]]:
-    """(job id, diff) of each mutant that survived."""
+def survivors(session: Path) -> list[tuple[str, str, list[MutationSpec]]]:
+    """(job id, diff, mutations) of each mutant that survived."""
     with use_db(str(session), WorkDB.Mode.open) as db:
         return [
-            (item.job_id, outcome.diff or "")
+            (item.job_id, outcome.diff or "", list(item.mutations))
             for item, outcome in db.completed_work_items
             if outcome.test_outcome is TestOutcome.SURVIVED
         ]
+
+
+def mutate(copy: Path, diff: str, mutations: list[MutationSpec]) -> str:
+    """Apply the mutant to the module in `copy` as cosmic-ray does; "" when done, else why
+    not (the line it changed is not what the run mutated: the module changed since)."""
+    removed = [
+        line[1:].strip()
+        for line in diff.splitlines()
+        if line.startswith("-") and not line.startswith("---")
+    ]
+    for mutation in mutations:
+        path = copy / mutation.module_path
+        line = path.read_text().splitlines()[mutation.start_pos[0] - 1].strip()
+        if removed and line not in removed:
+            return f"line {mutation.start_pos[0]} is now {line!r}"
+        operator = get_operator(mutation.operator_name)(**(mutation.operator_args or {}))
+        _, mutated = apply_mutation(path, operator, mutation.occurrence)
+        if mutated is None:
+            return f"no occurrence {mutation.occurrence} of {mutation.operator_name}"
+    return ""
 
 
 def killed(session: Path, job_id: str, diff: str, output: str) -> None:
@@ -79,21 +101,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"the tests fail unmutated:\n{unmutated.stdout[-3000:]}{unmutated.stderr[-2000:]}"
             )
             return 2
-        for job_id, diff in survivors(args.session):
-            patch = diff.split("\n", 1)[1] if diff.startswith("--- mutation diff ---") else diff
-            applied = subprocess.run(
-                ["patch", "-p1", "--quiet", "--forward", "--no-backup-if-mismatch"],
-                input=patch + "\n", cwd=copy, capture_output=True, text=True,
-            )  # fmt: skip
+        for job_id, diff, mutations in survivors(args.session):
             try:
-                if applied.returncode != 0:
-                    print(f"{job_id}: the mutant no longer applies: {applied.stdout.strip()}")
+                if problem := mutate(copy, diff, mutations):
+                    print(f"{job_id}: the mutant no longer applies: {problem}")
                     continue
                 run = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True)
                 last = (run.stdout.strip().splitlines() or [""])[-1]
                 changed = " ".join(
                     line
-                    for line in patch.splitlines()
+                    for line in diff.splitlines()
                     if line.startswith("+") and "+++" not in line
                 )
                 if run.returncode not in (0, 5):
