@@ -932,12 +932,6 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         Equivalent("core/NumberReplacer", "START_LINGER_SECONDS = 0.02", _LINGER),
         Equivalent("core/NumberReplacer", "await asyncio.sleep(0.5)", _PAUSE),
         Equivalent(
-            "core/ReplaceComparisonOperator_Is_Gt",
-            "rejected = payload.state is TaskState.REJECTED",
-            "a result's state is one a task ends in, and none of those sorts after 'rejected'"
-            " (submitted and working do, and end nothing)",
-        ),
-        Equivalent(
             "core/NumberReplacer",
             "async def probe_unreachable(self, timeout_seconds: float = 2.0) -> None:",
             "timing only: how long a probe waits for an unreachable agent's answer; one that"
