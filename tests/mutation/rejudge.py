@@ -109,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True)
                 last = (run.stdout.strip().splitlines() or [""])[-1]
                 changed = " ".join(
-                    line
-                    for line in diff.splitlines()
-                    if line.startswith("+") and "+++" not in line
+                    line for line in diff.splitlines() if line.startswith("+") and "+++" not in line
                 )
                 if run.returncode not in (0, 5):
                     killed(args.session, job_id, diff, last)
