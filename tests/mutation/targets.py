@@ -302,6 +302,7 @@ _NO_COMMON_BITS = (
     " their exclusive or are their union"
 )
 
+_FIRST_EVENT = "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)"
 _LINGER = (
     "timing only: which of an attempt's events waits a moment (20 ms) for the next to share"
     " its write changes how many statements store a trace, never what is stored or in what"
@@ -889,46 +890,11 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "a result's state is one a task ends in; of those only 'rejected' sorts at or after"
             " 'rejected' (the others that do, submitted and working, end nothing)",
         ),
-        Equivalent(
-            "core/ReplaceComparisonOperator_Eq_NotEq",
-            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
-            _LINGER,
+        *(
+            Equivalent(f"core/ReplaceComparisonOperator_Eq_{other}", _FIRST_EVENT, _LINGER)
+            for other in ("NotEq", "Lt", "LtE", "Gt", "GtE", "Is", "IsNot")
         ),
-        Equivalent(
-            "core/ReplaceComparisonOperator_Eq_Lt",
-            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
-            _LINGER,
-        ),
-        Equivalent(
-            "core/ReplaceComparisonOperator_Eq_LtE",
-            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
-            _LINGER,
-        ),
-        Equivalent(
-            "core/ReplaceComparisonOperator_Eq_Gt",
-            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
-            _LINGER,
-        ),
-        Equivalent(
-            "core/ReplaceComparisonOperator_Eq_GtE",
-            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
-            _LINGER,
-        ),
-        Equivalent(
-            "core/ReplaceComparisonOperator_Eq_Is",
-            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
-            _LINGER,
-        ),
-        Equivalent(
-            "core/ReplaceComparisonOperator_Eq_IsNot",
-            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
-            _LINGER,
-        ),
-        Equivalent(
-            "core/NumberReplacer",
-            "await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)",
-            _LINGER,
-        ),
+        Equivalent("core/NumberReplacer", _FIRST_EVENT, _LINGER),
         Equivalent("core/NumberReplacer", "START_LINGER_SECONDS = 0.02", _LINGER),
         Equivalent("core/NumberReplacer", "await asyncio.sleep(0.5)", _PAUSE),
         Equivalent(
