@@ -226,15 +226,22 @@ def execute(config: Path, session: Path, copy: Path, env: dict[str, str], minute
         raise subprocess.CalledProcessError(code, run.args)
 
 
+def scratch_copy(scratch: Path) -> Path:
+    """A copy of the checkout's `src/`, `tests/` and top-level files in `scratch`/repo, for
+    mutants to be written into (the checkout is never touched)."""
+    copy = scratch / "repo"
+    ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache")
+    for part in ("src", "tests"):
+        shutil.copytree(REPOSITORY / part, copy / part, ignore=ignore)
+    for top in REPOSITORY.iterdir():  # pyproject.toml, agent_config.example.json, ...
+        if top.is_file():
+            shutil.copy2(top, copy / top.name)
+    return copy
+
+
 def run_module(name: str, target: Target, timeout: float, minutes: float = 0.0) -> Score:
     with tempfile.TemporaryDirectory(prefix=f"agentmesh-mutate-{name}-") as scratch:
-        copy = Path(scratch) / "repo"
-        ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache")
-        for part in ("src", "tests"):
-            shutil.copytree(REPOSITORY / part, copy / part, ignore=ignore)
-        for top in REPOSITORY.iterdir():  # pyproject.toml, agent_config.example.json, ...
-            if top.is_file():
-                shutil.copy2(top, copy / top.name)
+        copy = scratch_copy(Path(scratch))
         env = {
             **os.environ,
             "PYTHONPATH": str(copy / "src"),

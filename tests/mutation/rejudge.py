@@ -2,13 +2,14 @@
 judged again by tests written since.
 
 A run of a slow module (dispatch: hours) ends with survivors; tests written for them
-afterwards should count without running every mutant again. This applies each surviving,
-non-equivalent mutant of SESSION (a copy of the run's `session.sqlite`, which `make mutate`
-deletes with its scratch directory) to a scratch copy of today's `src/` and `tests/`, runs
-the given pytest arguments against it (the module's new tests), and records the mutants
-that fail them as killed in SESSION. The tests must pass unmutated first, and the module
-must be the one the run mutated (a mutant whose diff no longer applies is reported, and
-stays a survivor). Then it prints the module's score over SESSION.
+afterwards should count without running every mutant again. This applies each mutant of
+SESSION that survived (a copy of the run's `session.sqlite`, which `make mutate` deletes
+with its scratch directory; equivalent ones too: a test may show one was not) to a
+scratch copy of today's `src/` and `tests/`, runs the given pytest arguments against it
+(the module's new tests), and records the mutants that fail them as killed in SESSION.
+The tests must pass unmutated first, and each mutated line must still be what the run
+mutated (one that changed since is reported, and stays a survivor). Then it prints the
+module's score over SESSION.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cosmic_ray.plugins import get_operator
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import MutationSpec, TestOutcome, WorkerOutcome, WorkResult
 
-from tests.mutation.__main__ import REPOSITORY, score
+from tests.mutation.__main__ import score, scratch_copy
 from tests.mutation.targets import TARGETS
 
 
@@ -79,15 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("session", type=Path)
     parser.add_argument("pytest", nargs=argparse.REMAINDER, help="pytest arguments: the tests")
     args = parser.parse_args(argv)
+    if not args.session.is_file():
+        parser.error(f"session: no such file {str(args.session)!r} (a saved session.sqlite)")
     module = TARGETS[args.name].path
     with tempfile.TemporaryDirectory(prefix=f"agentmesh-rejudge-{args.name}-") as scratch:
-        copy = Path(scratch) / "repo"
-        ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache")
-        for part in ("src", "tests"):
-            shutil.copytree(REPOSITORY / part, copy / part, ignore=ignore)
-        for top in REPOSITORY.iterdir():
-            if top.is_file():
-                shutil.copy2(top, copy / top.name)
+        copy = scratch_copy(Path(scratch))
         pristine = Path(scratch) / "pristine.py"
         shutil.copy2(copy / module, pristine)
         env = {**os.environ, "PYTHONPATH": str(copy / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
