@@ -260,3 +260,25 @@ async def test_a_waiting_reason_follows_the_mesh_whichever_way_it_sorts(
     finally:
         await dispatcher.stop()
         await channels.close()
+
+
+async def test_a_round_that_fails_after_starting_attempts_still_streams_them(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatcher, store, channels = await dispatcher_on(pool, [card("one", slots=1)], "fails")
+    try:
+        placed = await store.submit(TaskSpec(kind="echo", prompt="placed"))
+        await store.submit(TaskSpec(kind="echo", prompt="waits"))
+
+        async def deadlocked(reasons: dict[str, str]) -> None:
+            raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+
+        monkeypatch.setattr(store, "set_waiting_reasons", deadlocked)
+        with pytest.raises(asyncpg.exceptions.DeadlockDetectedError):
+            await dispatcher.round()
+
+        # Its attempt is streamed (and its lease renewed), not left to expire and run again.
+        assert dispatcher.live_attempts() == [(placed, 1)]
+    finally:
+        await dispatcher.stop()
+        await channels.close()

@@ -6,6 +6,8 @@ what order, the waiting reason `GetTask` shows, where an attempt runs, the task'
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from agentmesh.scheduler.queries import PARKED_FOR_AGENT, PARKED_FOR_KEY
@@ -67,6 +69,25 @@ async def test_waiting_reasons_are_shown_for_waiting_tasks_only(store: TaskStore
     assert (await store.get(waiting)).waiting_reason == "all 2 fitting agents are busy"
     assert (await store.get(running)).waiting_reason == ""
     assert [t.waiting_reason for t in await store.ready(10)] == ["all 2 fitting agents are busy"]
+
+
+async def test_a_waiting_reason_never_waits_for_a_row_another_transaction_holds(
+    store: TaskStore, pool: asyncpg.Pool
+) -> None:
+    # Two replicas explaining the same queue, each locking rows in its own order, once
+    # deadlocked: a round failed after it had started attempts, which then ran twice.
+    held, free = await store.submit(ECHO), await store.submit(ECHO)
+    async with pool.acquire() as other, other.transaction():
+        await other.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", held)
+
+        # Generous: a statement that waits for the lock waits until the transaction ends.
+        await asyncio.wait_for(
+            store.set_waiting_reasons({held: "the only fitting agent (a) is busy", free: "b"}),
+            timeout=20,
+        )
+
+    assert (await store.get(free)).waiting_reason == "b"
+    assert (await store.get(held)).waiting_reason == ""  # the next round explains it
 
 
 # ----------------------------------------------------------------------------- parking

@@ -299,12 +299,8 @@ class Dispatcher:
             self._settings.lease_seconds,
             reserve_keys if gemini else None,
         )
-        await self._store.set_waiting_reasons(reasons)
-        parked = await self._parking.park(nobody_fits, keys.waiting)
-        ended = {t: Result(TaskState.REJECTED, error=why) for t, why in keys.rejected.items()}
-        ended.update(above_ceiling)
-        ended.update((t, Result(TaskState.FAILED, error=why)) for t, why in keys.failed.items())
-        await self._store.end_waiting(ended)
+        # Stream what was started before anything else can fail: a started attempt that no
+        # replica streams waits out its lease and runs as a second attempt.
         for attempt in started:
             agent = agents[attempt.agent_id]
             self._endpoints[attempt.task_id] = (agent.endpoint, agent.dispatch_secret)
@@ -314,6 +310,12 @@ class Dispatcher:
                 self._run_attempt(attempt, agent, keys.reserved.get(attempt.task_id)),
                 name=f"attempt {attempt.task_id}",
             )
+        await self._store.set_waiting_reasons(reasons)
+        parked = await self._parking.park(nobody_fits, keys.waiting)
+        ended = {t: Result(TaskState.REJECTED, error=why) for t, why in keys.rejected.items()}
+        ended.update(above_ceiling)
+        ended.update((t, Result(TaskState.FAILED, error=why)) for t, why in keys.failed.items())
+        await self._store.end_waiting(ended)
         return len(started) + parked + len(ended)
 
     async def _reserve_keys(

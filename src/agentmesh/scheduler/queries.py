@@ -239,10 +239,15 @@ DROP_STALE_QUEUE_ROWS = f"""
 DELETE FROM task_queue q USING tasks t
 WHERE q.task_id = t.id AND q.task_id = ANY($1::text[]) AND t.state IN {TERMINAL}
 """
+# A waiting reason is worth no wait: rows another transaction holds (a replica claiming
+# them, or explaining them too) are skipped. Locking them in whatever order the array gave
+# let two replicas explaining the same queue deadlock each other.
 SET_WAITING_REASON = """
 UPDATE tasks SET waiting_reason = p.reason
-FROM unnest($1::text[], $2::text[]) AS p(task_id, reason)
-WHERE tasks.id = p.task_id AND tasks.state = 'submitted'
+FROM unnest($1::text[], $2::text[]) AS p(task_id, reason),
+     (SELECT id FROM tasks WHERE id = ANY($1::text[]) AND state = 'submitted'
+      FOR UPDATE SKIP LOCKED) AS held
+WHERE tasks.id = p.task_id AND held.id = p.task_id AND tasks.state = 'submitted'
   AND tasks.waiting_reason IS DISTINCT FROM p.reason
 """
 WORKING_PER_AGENT = """
