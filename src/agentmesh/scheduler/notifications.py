@@ -62,7 +62,7 @@ class Listener:
         self._dsn = dsn
         self._handlers: dict[str, Callable[[str], None]] = {
             QUEUE_CHANNEL: lambda _: on_queue(),
-            EVENTS_CHANNEL: on_events,
+            EVENTS_CHANNEL: lambda ids: _each(ids, on_events),
             CANCEL_CHANNEL: on_cancel,
         }
         self._on_reconnect = on_reconnect
@@ -117,3 +117,9 @@ class Listener:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 lost.set()
                 return
+
+
+def _each(ids: str, handler: Callable[[str], None]) -> None:
+    """An events notification names many tasks (see queries.announced)."""
+    for task_id in ids.split():
+        handler(task_id)

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 TERMINAL = "('completed', 'failed', 'canceled', 'rejected')"
 
-# Channels: the queue changed (work to place, a slot freed, an agent appeared); a task has
-# new events (payload: task id); a task was cancelled (payload: task id).
+# Channels: the queue changed (work to place, a slot freed, an agent appeared); tasks have
+# new events (payload: their ids, separated by spaces); a task was cancelled (payload: its
+# id).
 QUEUE_CHANNEL = "agentmesh_queue"
 EVENTS_CHANNEL = "agentmesh_events"
 CANCEL_CHANNEL = "agentmesh_cancel"
+
+
+def announced(rows: str) -> str:
+    """A CTE (one row) that tells watchers the tasks in `rows` (a CTE with an `id`
+    column) have new events: one NOTIFY for many tasks, as few as the 8,000 bytes a payload
+    may hold allow. One per task cost every listening connection a message per task."""
+    return f"""(
+    SELECT count(*) AS notifications FROM (
+        SELECT pg_notify('agentmesh_events', string_agg(id, ' '))
+        FROM (SELECT id, sum(length(id) + 1) OVER (ORDER BY id) / 7900 AS part
+              FROM {rows}) AS numbered
+        GROUP BY part
+    ) AS sent
+)"""
+
 
 TASK_COLUMNS = """
     id, kind, spec, state, user_name, parent_id, priority, assigned_agent, attempt,
@@ -59,7 +75,7 @@ WITH t AS (
     INSERT INTO task_queue (task_id, priority, target_host, payload)
     SELECT id, priority, nullif(spec->>'target_host', ''), spec FROM t
 )
-SELECT t.*, pg_notify('agentmesh_queue', ''), pg_notify('agentmesh_events', t.id) FROM t
+SELECT t.* FROM t, (SELECT pg_notify('agentmesh_queue', '')) AS woken
 """
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
 # A replay names the task it runs again (set in the transaction that submits it).
@@ -194,8 +210,8 @@ WITH s AS ({
     _START.format(
         placed="unnest($1::text[], $2::text[], $5::bigint[]) AS p(task_id, agent_id, key_id)"
     )
-}
-SELECT id, attempt, spec, user_name, parent_id, last_seq, pg_notify('agentmesh_events', id) FROM s
+}, n AS {announced("s")}
+SELECT id, attempt, spec, user_name, parent_id, last_seq FROM s, n
 """
 # A round without gemini tasks (nothing to reserve between the claim and the start): claim
 # the placed tasks' queue rows, start their attempts and mark the subtasks among them
@@ -221,8 +237,8 @@ WITH claimed AS (
         assigned_host = coalesce(ag.hostname, s.agent_id)
     FROM s LEFT JOIN agents ag ON ag.id = s.agent_id
     WHERE s.parent_id IS NOT NULL AND subtasks.child_task_id = s.id
-)
-SELECT id, attempt, spec, user_name, parent_id, last_seq, pg_notify('agentmesh_events', id) FROM s
+), n AS {announced("s")}
+SELECT id, attempt, spec, user_name, parent_id, last_seq FROM s, n
 """
 MARK_SUBTASK_STARTED = """
 UPDATE subtasks s SET status = 'working', started_at = coalesce(s.started_at, now()),
@@ -365,8 +381,10 @@ WITH ending AS (
     WHERE agents.id = held.id
 ), k AS (
     {REMEMBER.format(ended="owned")}
+), n AS {announced("owned")}, w AS (
+    SELECT pg_notify('agentmesh_queue', '') FROM (SELECT FROM owned LIMIT 1) AS any_ended
 )
-SELECT id, pg_notify('agentmesh_events', id), pg_notify('agentmesh_queue', '') FROM owned
+SELECT id FROM owned, n, w
 """
 FINISH_TASK = f"""
 WITH ended AS (
