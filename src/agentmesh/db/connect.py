@@ -7,6 +7,7 @@ import errno
 import json
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -79,6 +80,11 @@ def quote_ident(name: str) -> str:
 # The seed's TIMESTAMP columns (without time zone) hold UTC: every session of ours says so,
 # so that their `now()` defaults and comparisons with `now()` agree on every machine.
 SERVER_SETTINGS = {"timezone": "UTC"}
+# The scheduler's sessions plan each statement once: PostgreSQL's default keeps planning
+# afresh the statements that take arrays (the dispatch round's claim and start, the group
+# commits), each time longer than it runs them. Its statements are written for plans made
+# without their arguments' values (no `$1 IS NULL OR ...` filters on the large tables).
+GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
 
 
 async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
@@ -101,8 +107,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     (no LISTEN, no advisory locks, no SET); those live on dedicated connections."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections decode JSON; reconnects itself after a server restart."""
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, settings: Mapping[str, str] | None = None
+) -> asyncpg.Pool:
+    """A pool whose connections decode JSON (with these session `settings` besides ours);
+    reconnects itself after a server restart."""
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -110,7 +119,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
             max_size=max_size,
             init=_init_connection,
             reset=_keep_session,
-            server_settings=SERVER_SETTINGS,
+            server_settings={**SERVER_SETTINGS, **(settings or {})},
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise _unavailable(dsn, exc, 60.0) from None  # asyncpg's own connect timeout

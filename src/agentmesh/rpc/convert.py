@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentmesh.node.card import AgentCard, held_keys_from
 from agentmesh.tasks import events
-from agentmesh.tasks.model import TaskSpec, TaskState
+from agentmesh.tasks.model import TaskSpec, TaskState, spec_values
 from agentmesh.v1 import agent_pb2, task_pb2
 
 _ENUM_PREFIXES = {"state": "TASK_STATE_", "kind": "API_ERROR_KIND_"}
@@ -45,9 +45,7 @@ def spec_from_proto(message: task_pb2.TaskSpec) -> TaskSpec:
 
 
 def spec_to_proto(spec: TaskSpec) -> task_pb2.TaskSpec:
-    values = dataclasses.asdict(spec)
-    values.pop("subtasks")
-    message = task_pb2.TaskSpec(**values)
+    message = task_pb2.TaskSpec(**spec_values(spec))
     message.subtasks.extend(spec_to_proto(child) for child in spec.subtasks)
     return message
 

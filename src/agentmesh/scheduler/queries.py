@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 TERMINAL = "('completed', 'failed', 'canceled', 'rejected')"
 
 # Channels: the queue changed (work to place, a slot freed, an agent appeared); tasks have
@@ -101,16 +103,41 @@ WITH RECURSIVE tree AS (
 )
 SELECT id, state, lease_owner FROM tree
 """
-LIST_TASKS = f"""
-SELECT {TASK_COLUMNS} FROM tasks
-WHERE ($1::text IS NULL OR state = $1)
-  AND ($2::text IS NULL OR user_name = $2)
-  AND ($3::text IS NULL OR parent_id = $3)
-  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
-  AND ($7::timestamptz IS NULL OR created_at >= $7)
-ORDER BY created_at DESC, id DESC
-LIMIT $6
-"""
+
+
+def list_tasks(
+    *,
+    limit: int,
+    state: str | None = None,
+    user: str | None = None,
+    parent: str | None = None,
+    before: tuple[datetime, str] | None = None,
+    since: datetime | None = None,
+) -> tuple[str, list[object]]:
+    """A page of tasks, newest first, with only the filters given (`before`: created_at
+    and id of the last task of the page before): the statement and its arguments. A filter
+    written in as `$1 IS NULL OR state = $1` would leave a plan made for any value (the
+    scheduler's sessions keep generic plans: see db.connect) unable to use its index."""
+    arguments: list[object] = []
+
+    def argument(value: object) -> str:
+        arguments.append(value)
+        return f"${len(arguments)}"
+
+    conditions = [
+        f"{column} = {argument(value)}"
+        for column, value in (("state", state), ("user_name", user), ("parent_id", parent))
+        if value is not None
+    ]
+    if before is not None:
+        stamp, last_id = before
+        conditions.append(f"(created_at, id) < ({argument(stamp)}, {argument(last_id)})")
+    if since is not None:
+        conditions.append(f"created_at >= {argument(since)}")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    order = f"ORDER BY created_at DESC, id DESC LIMIT {argument(limit)}"
+    return f"SELECT {TASK_COLUMNS} FROM tasks {where} {order}", arguments
+
 
 # The dispatch window: ready queue rows in priority order, read without locking; from the
 # head of the queue, or after the row at queue position ($2 priority, $3 id).

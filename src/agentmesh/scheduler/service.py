@@ -20,7 +20,7 @@ from agentmesh.access import credentials
 from agentmesh.access.policies import OpenSchedulerAccess, SchedulerAccess
 from agentmesh.access.task_credentials import TaskCredentials
 from agentmesh.config import Settings
-from agentmesh.db.connect import create_pool, data_dir
+from agentmesh.db.connect import GENERIC_PLANS, create_pool, data_dir
 from agentmesh.db.setup import migrated_database
 from agentmesh.keys import servicer as key_servicer
 from agentmesh.keys.broker import KeyBroker
@@ -97,7 +97,7 @@ class Scheduler:
             secret_key.get_secret_value() if secret_key is not None else None, data_dir(settings)
         )
         target, _ = await migrated_database(settings)
-        pool = await create_pool(target.dsn, min_size=2, max_size=20)
+        pool = await create_pool(target.dsn, min_size=2, max_size=20, settings=GENERIC_PLANS)
         await seal_plaintext_keys(pool, vault)
         if key_file is not None:
             await load_key_file(pool, key_file, vault)

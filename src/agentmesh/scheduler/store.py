@@ -32,7 +32,7 @@ from agentmesh.rpc.convert import payload_from_dict, payload_to_dict
 from agentmesh.scheduler import queries as q
 from agentmesh.scheduler.group_commit import GroupCommit
 from agentmesh.tasks.events import Payload, Refusal, Result, Status, TaskEvent, Usage
-from agentmesh.tasks.model import TaskSpec, TaskState
+from agentmesh.tasks.model import TaskSpec, TaskState, spec_values
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,7 @@ def new_task_id() -> str:
 
 
 def spec_to_json(spec: TaskSpec) -> dict[str, Any]:
-    values = dataclasses.asdict(spec)
-    values.pop("subtasks")
-    return values
+    return spec_values(spec)
 
 
 def spec_from_json(values: dict[str, Any]) -> TaskSpec:
@@ -430,17 +428,16 @@ class TaskStore:
                 after = (datetime.fromisoformat(stamp), last_id)
             except ValueError:
                 raise InvalidArgument("page_token", "is not a token from ListTasks") from None
+        sql, arguments = q.list_tasks(
+            state=state.value if state else None,
+            user=user or None,
+            parent=parent_id or None,
+            before=(after[0], after[1]) if after[0] is not None else None,
+            since=created_after,
+            limit=page_size + 1,
+        )
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                q.LIST_TASKS,
-                state.value if state else None,
-                user or None,
-                parent_id or None,
-                after[0],
-                after[1],
-                page_size + 1,
-                created_after,
-            )
+            rows = await conn.fetch(sql, *arguments)
         records = [_record(row) for row in rows[:page_size]]
         token = ""
         if len(rows) > page_size:

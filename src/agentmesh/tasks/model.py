@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
+from typing import Any
 
 from agentmesh.errors import InvalidArgument
 
@@ -84,6 +85,13 @@ class TaskSpec:
 
 
 _EMPTY_SPEC = TaskSpec()
+_OWN_FIELDS = tuple(f.name for f in fields(TaskSpec) if f.name != "subtasks")
+
+
+def spec_values(spec: TaskSpec) -> dict[str, Any]:
+    """The spec's own fields (its subtasks left out), by name: what the store and the wire
+    carry. Field by field: dataclasses.asdict deep-copies, and every task comes here."""
+    return {name: getattr(spec, name) for name in _OWN_FIELDS}
 
 
 # What a node does not act on: placement, queueing, retries, budgets and labels are the
