@@ -15,7 +15,8 @@ node processes on loopback):
 With `--explain`, also EXPLAIN (ANALYZE) of every hot query of the dispatch path (median of
 3, each inside a transaction that is rolled back): its time and what it scans, on the
 near-empty tables, and on the full ones (after the mesh stopped) without and with the
-indexes of schema/0013_scale_indexes.sql (dropped inside that transaction); `--plans`
+indexes of schema/0013_scale_indexes.sql (dropped inside that transaction), with the scans
+of the generic plan (the one the scheduler's sessions run) where they differ; `--plans`
 prints whole plans too. `--finished` and `--tasks` make a quick, smaller run.
 """
 
@@ -132,6 +133,9 @@ class Plan:
     ms: float
     scans: list[str]
     tree: list[str]
+    # What the scheduler runs (its sessions keep generic plans): the scans of the plan made
+    # without the arguments' values (EXPLAIN (GENERIC_PLAN), PostgreSQL 16).
+    generic: list[str]
 
     @property
     def scans_history(self) -> bool:
@@ -152,18 +156,29 @@ def _render(node: dict[str, Any], depth: int, lines: list[str]) -> None:
         _render(child, depth + 1, lines)
 
 
-def _scans(node: dict[str, Any], found: list[str]) -> None:
+def _scans(node: dict[str, Any], found: list[str], counted: bool = True) -> None:
     kind = node["Node Type"]
     rows = node.get("Actual Rows", 0) * node.get("Actual Loops", 1)
+    counts = f" ({rows:.0f} rows)" if counted else ""
     if kind in ("Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Index Scan"):
         target = node.get("Index Name") or node.get("Relation Name", "")
         if kind == "Seq Scan":
             target = node.get("Relation Name", "")
-        found.append(f"{kind} {target} ({rows:.0f} rows)")
+        found.append(f"{kind} {target}{counts}")
     elif kind == "Sort":
-        found.append(f"Sort ({rows:.0f} rows)")
+        found.append(f"Sort{counts}")
     for child in node.get("Plans", []):
-        _scans(child, found)
+        _scans(child, found, counted)
+
+
+GENERIC_PLAN_FUNCTION = """
+CREATE FUNCTION pg_temp.generic_plan(statement text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE plan text;
+BEGIN
+    EXECUTE 'EXPLAIN (GENERIC_PLAN, FORMAT JSON) ' || statement INTO plan;
+    RETURN plan;
+END $$
+"""
 
 
 async def explain(conn: asyncpg.Connection, name: str, sql: str, *args: object) -> Plan:
@@ -173,7 +188,21 @@ async def explain(conn: asyncpg.Connection, name: str, sql: str, *args: object) 
     _scans(document[0]["Plan"], found)
     tree: list[str] = []
     _render(document[0]["Plan"], 0, tree)
-    return Plan(name, float(document[0]["Execution Time"]), found, tree)
+    generic: list[str] = []
+    if args:
+        # With its arguments bound, EXPLAIN plans for their values: the placeholders must
+        # stay unbound (EXECUTE without USING, inside the server).
+        rows = await conn.fetchval("SELECT pg_temp.generic_plan($1)", sql)
+        made = json.loads(rows) if isinstance(rows, str) else rows
+        _scans(made[0]["Plan"], generic, counted=False)
+    return Plan(name, float(document[0]["Execution Time"]), found, tree, generic)
+
+
+async def explain_list(
+    conn: asyncpg.Connection, name: str, *, user: str | None = None, state: str | None = None
+) -> Plan:
+    sql, arguments = q.list_tasks(limit=51, user=user, state=state)
+    return await explain(conn, name, sql, *arguments)
 
 
 async def hot_queries(conn: asyncpg.Connection) -> list[Plan]:
@@ -196,16 +225,16 @@ async def hot_queries(conn: asyncpg.Connection) -> list[Plan]:
     plans = [
         await explain(
             conn,
-            "submit (SUBMIT_LEAF)",
-            q.SUBMIT_LEAF,
-            task,
-            "echo",
-            spec,
-            "ana",
-            0,
-            None,
-            3,
+            "submit (SUBMIT_LEAVES)",
+            q.SUBMIT_LEAVES,
+            [task],
+            ["echo"],
+            [spec],
+            ["ana"],
+            [0],
+            [3],
             status,
+            [None],
         ),
         await explain(conn, "running per agent (WORKING_PER_AGENT)", q.WORKING_PER_AGENT),
         await explain(
@@ -218,6 +247,15 @@ async def hot_queries(conn: asyncpg.Connection) -> list[Plan]:
         await explain(conn, "key signature (quota.KEY_SIGNATURE)", KEY_SIGNATURE),
         await explain(conn, "ready window (SELECT_READY)", q.SELECT_READY, 288, None, None),
         await explain(conn, "ready window, next page (SELECT_READY)", q.SELECT_READY, 288, 0, 1),
+        await explain(
+            conn,
+            "claim and start (CLAIM_AND_START)",
+            q.CLAIM_AND_START,
+            [task],
+            [agent["id"]],
+            owner,
+            30.0,
+        ),
         await explain(conn, "claim (CLAIM)", q.CLAIM, [task], owner),
         await explain(
             conn,
@@ -257,22 +295,23 @@ async def hot_queries(conn: asyncpg.Connection) -> list[Plan]:
         await explain(conn, "expired leases (EXPIRED_LEASES)", q.EXPIRED_LEASES, 100),
         await explain(
             conn,
-            "finish (FINISH_ROOT_ATTEMPT)",
-            q.FINISH_ROOT_ATTEMPT,
-            task,
-            1,
+            "finish (FINISH_ROOT_ATTEMPTS)",
+            q.FINISH_ROOT_ATTEMPTS,
             owner,
-            agent["id"],
-            {"state": "completed"},
-            "completed",
-            "explain",
-            "",
-            0,
-            {},
-            [],
-            [],
-            None,
+            [task],
+            [1],
+            [agent["id"]],
+            [{"state": "completed"}],
+            ["completed"],
+            ["explain"],
+            [""],
+            [0],
+            [{}],
+            [{"events": []}],
+            [None],
         ),
+        await explain_list(conn, "list: a user's tasks (list_tasks)", user="ana"),
+        await explain_list(conn, "list: working tasks (list_tasks)", state="working"),
         await explain(conn, "lock tree (LOCK_TREE)", q.LOCK_TREE, task),
         await explain(conn, "watch: state (SELECT_STATE)", q.SELECT_STATE, LONG_TRACE_TASK),
         await explain(
@@ -368,6 +407,7 @@ async def explain_variant(dsn: str, drop_new_indexes: bool) -> list[Plan]:
     dropped in them, or not); per query, the pass of median time."""
     conn = await asyncpg.connect(dsn)
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.execute(GENERIC_PLAN_FUNCTION)
     passes = []
     try:
         for _ in range(PASSES):
@@ -387,6 +427,10 @@ async def explain_variant(dsn: str, drop_new_indexes: bool) -> list[Plan]:
     ]
 
 
+def _uncounted(scan: str) -> str:
+    return re.sub(r" \(\d+ rows\)$", "", scan)
+
+
 def print_plans(empty: list[Plan], before: list[Plan], after: list[Plan], verbose: bool) -> None:
     say(
         f"  EXPLAIN (ANALYZE), median of {PASSES}: near-empty tables; full tables without"
@@ -399,6 +443,8 @@ def print_plans(empty: list[Plan], before: list[Plan], after: list[Plan], verbos
             say(f"      with:    {'; '.join(new.scans) or '(no scan)'}")
         else:
             say(f"      scans: {'; '.join(new.scans) or '(no scan)'}")
+        if new.generic and new.generic != [_uncounted(scan) for scan in new.scans]:
+            say(f"      generic plan (the scheduler's): {'; '.join(new.generic)}")
         if verbose and (old.scans_history or new.scans_history or old.scans != new.scans):
             for label, plan in (("without", old), ("with", new)):
                 say(f"      plan {label}:")
