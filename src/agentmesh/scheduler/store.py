@@ -421,18 +421,18 @@ class TaskStore:
         page_token: str,
         created_after: datetime | None = None,
     ) -> tuple[list[TaskRecord], str]:
-        after: tuple[datetime | None, str] = (None, "")
+        before: tuple[datetime, str] | None = None  # the last task of the page before
         if page_token:
             try:
                 stamp, _, last_id = page_token.partition("|")
-                after = (datetime.fromisoformat(stamp), last_id)
+                before = (datetime.fromisoformat(stamp), last_id)
             except ValueError:
                 raise InvalidArgument("page_token", "is not a token from ListTasks") from None
         sql, arguments = q.list_tasks(
             state=state.value if state else None,
             user=user or None,
             parent=parent_id or None,
-            before=(after[0], after[1]) if after[0] is not None else None,
+            before=before,
             since=created_after,
             limit=page_size + 1,
         )
