@@ -205,12 +205,15 @@ async def test_work_needs_the_token(start_node: StartNode) -> None:
     async with grpc.aio.insecure_channel(agent.address) as channel:
         stub = node_pb2_grpc.AgentNodeStub(channel)
         anonymous = stub.Work()
-        await anonymous.write(node_pb2.WorkRequest(start=[execute("t-1", kind="echo", prompt="x")]))
+        # Refused before a word: the stream ends with no headers (the refusal's status).
+        assert await anonymous.initial_metadata() == ()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await anonymous.read()
         assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
         trusted = stub.Work(metadata=[("authorization", "Bearer mesh-secret-2")])
+        await trusted.initial_metadata()  # taken: its headers come before any update
+        assert not trusted.done()
         await trusted.write(node_pb2.WorkRequest(start=[execute("t-2", kind="echo", prompt="x")]))
         collected = Collected()
         await read_until(trusted, collected, {("t-2", 1)})
@@ -235,11 +238,12 @@ async def test_a_request_that_is_not_protobuf_ends_the_stream_with_invalid_argum
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_a_node_shutting_down_ends_its_streams_once_their_attempts_end(
+async def test_a_node_shutting_down_says_so_and_ends_its_stream_after_the_client(
     start_node: StartNode,
 ) -> None:
-    """The attempt running finishes and its result arrives; then the stream ends cleanly
-    (not cut off at the server's stop), and a start sent meanwhile is refused as draining."""
+    """The attempt running finishes and its result arrives; the node says it is draining,
+    refuses starts sent meanwhile, and ends the stream cleanly only once the client has
+    half-closed (a write racing the stream's end would turn its status into INTERNAL)."""
     agent, call = await open_work(start_node, sandbox="none")
     command = "sleep 0.5; echo done"
     await call.write(
@@ -252,14 +256,29 @@ async def test_a_node_shutting_down_ends_its_streams_once_their_attempts_end(
     shutdown = asyncio.create_task(agent.shutdown(grace_seconds=30))  # type: ignore[attr-defined]
     await asyncio.sleep(0)
     await call.write(node_pb2.WorkRequest(start=[execute("late-1", kind="echo", prompt="x")]))
-    updates = []
-    while (update := await asyncio.wait_for(call.read(), 30)) is not grpc.aio.EOF:
-        updates.append(update)
+    updates: list[node_pb2.WorkUpdate] = []
 
-    events = [e for u in updates for e in u.events]
-    errors = {e.task_id: e for u in updates for e in u.errors}
+    def seen() -> tuple[list[task_pb2.TaskEvent], dict[str, node_pb2.AttemptError]]:
+        return (
+            [e for u in updates for e in u.events],
+            {e.task_id: e for u in updates for e in u.errors},
+        )
+
+    while not (seen()[0] and seen()[0][-1].HasField("result") and "late-1" in seen()[1]):
+        update = await asyncio.wait_for(call.read(), 30)
+        assert update is not grpc.aio.EOF, "the stream ended before the client half-closed"
+        updates.append(update)
+    events, errors = seen()
     assert stdout_of([first.events[0], *events]) == "done\n"
     assert events[-1].result.state == COMPLETED
     assert errors["late-1"].reason == "NODE_DRAINING"
+    assert [u.draining for u in updates].count(True) == 1
+    # Its attempts are over, yet the stream is open: a start written now is still answered.
+    await call.write(node_pb2.WorkRequest(start=[execute("late-2", kind="echo", prompt="x")]))
+    answer = await asyncio.wait_for(call.read(), 30)
+    assert [e.reason for e in answer.errors] == ["NODE_DRAINING"]
+
+    await call.done_writing()
+    assert await asyncio.wait_for(call.read(), 30) is grpc.aio.EOF
     assert await call.code() is grpc.StatusCode.OK
     await shutdown

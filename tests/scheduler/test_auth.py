@@ -121,6 +121,11 @@ async def _node_work(clients: Clients, targets: Targets) -> None:
     """The scheduler's stream: one attempt started, its events until the result."""
     call = clients.node.Work()
     task_id = f"work-{uuid.uuid4().hex[:8]}"
+    # As the scheduler does: write once the node has taken the stream (its headers), or a
+    # write racing the refusal would turn its status into INTERNAL (grpc/grpc#36066).
+    await call.initial_metadata()
+    if call.done():
+        await call.read()  # raises the refusal
     await call.write(
         node_pb2.WorkRequest(
             start=[node_pb2.ExecuteTaskRequest(task_id=task_id, attempt=1, spec=_echo("work"))]

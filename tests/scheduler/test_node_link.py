@@ -87,8 +87,16 @@ class StandIn:
             )
         }
         if self.with_work:
+
+            async def work(
+                requests: AsyncIterator[node_pb2.WorkRequest], context: Any
+            ) -> AsyncIterator[node_pb2.WorkUpdate]:
+                await context.send_initial_metadata(())  # headers first, as a node sends them
+                async for update in self.work(requests, context):
+                    yield update
+
             handlers["Work"] = grpc.stream_stream_rpc_method_handler(
-                self.work,
+                work,
                 request_deserializer=node_pb2.WorkRequest.FromString,
                 response_serializer=node_pb2.WorkUpdate.SerializeToString,
             )
@@ -269,3 +277,70 @@ async def test_an_attempt_left_with_events_waiting_does_not_hold_up_the_others(
     quiet = await asyncio.wait_for(run(link, "quiet"), 10)
 
     assert quiet[-1].result.output == "quiet done"
+
+
+class Draining(StandIn):
+    """A node that shuts down on its first stream: it says so with the first attempt's
+    first event, finishes that attempt on `release`, and ends the stream once the link has
+    half-closed; later streams are served as usual (a node restarted at the address)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.half_closed = asyncio.Event()
+
+    async def work(
+        self, requests: AsyncIterator[node_pb2.WorkRequest], context: Any
+    ) -> AsyncIterator[node_pb2.WorkUpdate]:
+        if self.streams:
+            async for update in super().work(requests, context):
+                yield update
+            return
+        self.streams += 1
+        incoming = aiter(requests)
+        first = await anext(incoming)
+        self.requests.append(first)
+        running = first.start[0]
+        yield node_pb2.WorkUpdate(
+            events=[event(running.task_id, running.attempt, 1)], draining=True
+        )
+        await self.release.wait()
+        yield node_pb2.WorkUpdate(events=[event(running.task_id, running.attempt, 2, result=True)])
+        async for request in incoming:
+            self.requests.append(request)
+        self.half_closed.set()
+
+
+async def test_a_draining_node_gets_no_new_attempts_and_the_link_half_closes_after_its_own(
+    link_to: Any,
+) -> None:
+    node = Draining()
+    link = await link_to(node)
+    running = link.run(start("running"))
+    assert (await anext(running)).seq == 1  # came with the node's word that it drains
+
+    with pytest.raises(CallError) as refused:
+        await asyncio.wait_for(run(link, "late"), 10)  # sent, it would wait on the node
+    await asyncio.sleep(0.05)
+    assert not node.half_closed.is_set()  # an attempt it started still runs there
+    node.release.set()
+    rest = [e async for e in running]
+    await asyncio.wait_for(node.half_closed.wait(), 10)
+
+    assert refused.value.reason is Reason.NODE_DRAINING
+    assert "shutting down" in refused.value.details
+    assert rest[-1].result.output == "running done"
+    # Nothing was sent after the node said it drains: "late" never reached it.
+    assert [s.task_id for r in node.requests for s in r.start] == ["running"]
+    # Once the node has ended the stream (refused as draining until then), the next
+    # attempt opens a new one.
+    refusals: list[Reason | None] = []
+    for _ in range(500):
+        try:
+            after = await run(link, "after")
+            break
+        except CallError as error:
+            refusals.append(error.reason)
+            await asyncio.sleep(0.01)
+    assert set(refusals) <= {Reason.NODE_DRAINING}
+    assert after[-1].result.output == "after done"
+    assert node.streams == 2

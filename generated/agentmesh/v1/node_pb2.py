@@ -26,7 +26,7 @@ from agentmesh.v1 import agent_pb2 as agentmesh_dot_v1_dot_agent__pb2
 from agentmesh.v1 import task_pb2 as agentmesh_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentmesh/v1/node.proto\x12\x0c\x61gentmesh.v1\x1a\x18\x61gentmesh/v1/agent.proto\x1a\x17\x61gentmesh/v1/task.proto\"\x18\n\x16GetCapabilitiesRequest\"\xf8\x01\n\x12\x45xecuteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.agentmesh.v1.TaskSpec\x12\x0f\n\x07\x61pi_key\x18\x04 \x01(\t\x12\x17\n\x0fkey_fingerprint\x18\x05 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x06 \x01(\x03\x12\x17\n\x0fmesh_credential\x18\x07 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x08 \x01(\t\x12\x30\n\tapprovals\x18\t \x03(\x0b\x32\x1d.agentmesh.v1.CommandApproval\"f\n\x0bWorkRequest\x12/\n\x05start\x18\x01 \x03(\x0b\x32 .agentmesh.v1.ExecuteTaskRequest\x12&\n\x04stop\x18\x02 \x03(\x0b\x32\x18.agentmesh.v1.AttemptRef\".\n\nAttemptRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"a\n\nWorkUpdate\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.agentmesh.v1.TaskEvent\x12*\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x1a.agentmesh.v1.AttemptError\"_\n\x0c\x41ttemptError\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x12\x43\x61ncelTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61nceled\x18\x02 \x01(\x08\x32\xbb\x02\n\tAgentNode\x12P\n\x0fGetCapabilities\x12$.agentmesh.v1.GetCapabilitiesRequest\x1a\x17.agentmesh.v1.AgentCard\x12J\n\x0b\x45xecuteTask\x12 .agentmesh.v1.ExecuteTaskRequest\x1a\x17.agentmesh.v1.TaskEvent0\x01\x12O\n\nCancelTask\x12\x1f.agentmesh.v1.CancelTaskRequest\x1a .agentmesh.v1.CancelTaskResponse\x12?\n\x04Work\x12\x19.agentmesh.v1.WorkRequest\x1a\x18.agentmesh.v1.WorkUpdate(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentmesh/v1/node.proto\x12\x0c\x61gentmesh.v1\x1a\x18\x61gentmesh/v1/agent.proto\x1a\x17\x61gentmesh/v1/task.proto\"\x18\n\x16GetCapabilitiesRequest\"\xf8\x01\n\x12\x45xecuteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.agentmesh.v1.TaskSpec\x12\x0f\n\x07\x61pi_key\x18\x04 \x01(\t\x12\x17\n\x0fkey_fingerprint\x18\x05 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x06 \x01(\x03\x12\x17\n\x0fmesh_credential\x18\x07 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x08 \x01(\t\x12\x30\n\tapprovals\x18\t \x03(\x0b\x32\x1d.agentmesh.v1.CommandApproval\"f\n\x0bWorkRequest\x12/\n\x05start\x18\x01 \x03(\x0b\x32 .agentmesh.v1.ExecuteTaskRequest\x12&\n\x04stop\x18\x02 \x03(\x0b\x32\x18.agentmesh.v1.AttemptRef\".\n\nAttemptRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"s\n\nWorkUpdate\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.agentmesh.v1.TaskEvent\x12*\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x1a.agentmesh.v1.AttemptError\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"_\n\x0c\x41ttemptError\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x12\x43\x61ncelTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61nceled\x18\x02 \x01(\x08\x32\xbb\x02\n\tAgentNode\x12P\n\x0fGetCapabilities\x12$.agentmesh.v1.GetCapabilitiesRequest\x1a\x17.agentmesh.v1.AgentCard\x12J\n\x0b\x45xecuteTask\x12 .agentmesh.v1.ExecuteTaskRequest\x1a\x17.agentmesh.v1.TaskEvent0\x01\x12O\n\nCancelTask\x12\x1f.agentmesh.v1.CancelTaskRequest\x1a .agentmesh.v1.CancelTaskResponse\x12?\n\x04Work\x12\x19.agentmesh.v1.WorkRequest\x1a\x18.agentmesh.v1.WorkUpdate(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,13 +42,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTEMPTREF']._serialized_start=473
   _globals['_ATTEMPTREF']._serialized_end=519
   _globals['_WORKUPDATE']._serialized_start=521
-  _globals['_WORKUPDATE']._serialized_end=618
-  _globals['_ATTEMPTERROR']._serialized_start=620
-  _globals['_ATTEMPTERROR']._serialized_end=715
-  _globals['_CANCELTASKREQUEST']._serialized_start=717
-  _globals['_CANCELTASKREQUEST']._serialized_end=769
-  _globals['_CANCELTASKRESPONSE']._serialized_start=771
-  _globals['_CANCELTASKRESPONSE']._serialized_end=826
-  _globals['_AGENTNODE']._serialized_start=829
-  _globals['_AGENTNODE']._serialized_end=1144
+  _globals['_WORKUPDATE']._serialized_end=636
+  _globals['_ATTEMPTERROR']._serialized_start=638
+  _globals['_ATTEMPTERROR']._serialized_end=733
+  _globals['_CANCELTASKREQUEST']._serialized_start=735
+  _globals['_CANCELTASKREQUEST']._serialized_end=787
+  _globals['_CANCELTASKRESPONSE']._serialized_start=789
+  _globals['_CANCELTASKRESPONSE']._serialized_end=844
+  _globals['_AGENTNODE']._serialized_start=847
+  _globals['_AGENTNODE']._serialized_end=1162
 # @@protoc_insertion_point(module_scope)

@@ -157,6 +157,11 @@ class WorkUpdate(_message.Message):
 
     EVENTS_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    draining: _builtins.bool
+    """The node is shutting down: it starts nothing more. Sent once; the client stops
+    starting attempts here and half-closes when the ones it started have ended.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskEvent]:
         """Events of attempts started on this stream (TaskEvent names its task and attempt)."""
@@ -170,10 +175,11 @@ class WorkUpdate(_message.Message):
         *,
         events: _abc.Iterable[_task_pb2.TaskEvent] | None = ...,
         errors: _abc.Iterable[Global___AttemptError] | None = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "errors", b"errors", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

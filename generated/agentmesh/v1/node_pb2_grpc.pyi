@@ -47,7 +47,12 @@ class AgentNodeStub:
     Each request starts and stops attempts; each update carries events of any of them,
     each attempt's in order. An attempt the node does not start (or that breaks) gets an
     AttemptError with the status ExecuteTask would have ended with. Ending or dropping the
-    stream stops every attempt started on it.
+    stream stops every attempt started on it. The node answers with its headers at once
+    (a client writes only once it has them: a refused stream ends before, with its status),
+    and ends the stream only after the client has: when it shuts down it says so
+    (WorkUpdate.draining), refuses the starts still on their way, and waits for the
+    client's half-close once their attempts have ended. So no write races the stream's end
+    (gRPC reports such a write as INTERNAL, hiding the status the node sent).
     """
 
 @_typing.type_check_only
@@ -67,7 +72,12 @@ class AgentNodeAsyncStub(AgentNodeStub):
     Each request starts and stops attempts; each update carries events of any of them,
     each attempt's in order. An attempt the node does not start (or that breaks) gets an
     AttemptError with the status ExecuteTask would have ended with. Ending or dropping the
-    stream stops every attempt started on it.
+    stream stops every attempt started on it. The node answers with its headers at once
+    (a client writes only once it has them: a refused stream ends before, with its status),
+    and ends the stream only after the client has: when it shuts down it says so
+    (WorkUpdate.draining), refuses the starts still on their way, and waits for the
+    client's half-close once their attempts have ended. So no write races the stream's end
+    (gRPC reports such a write as INTERNAL, hiding the status the node sent).
     """
 
 class AgentNodeServicer(metaclass=_abc_1.ABCMeta):
@@ -108,7 +118,12 @@ class AgentNodeServicer(metaclass=_abc_1.ABCMeta):
         Each request starts and stops attempts; each update carries events of any of them,
         each attempt's in order. An attempt the node does not start (or that breaks) gets an
         AttemptError with the status ExecuteTask would have ended with. Ending or dropping the
-        stream stops every attempt started on it.
+        stream stops every attempt started on it. The node answers with its headers at once
+        (a client writes only once it has them: a refused stream ends before, with its status),
+        and ends the stream only after the client has: when it shuts down it says so
+        (WorkUpdate.draining), refuses the starts still on their way, and waits for the
+        client's half-close once their attempts have ended. So no write races the stream's end
+        (gRPC reports such a write as INTERNAL, hiding the status the node sent).
         """
 
 def add_AgentNodeServicer_to_server(servicer: AgentNodeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

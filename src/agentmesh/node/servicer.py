@@ -62,7 +62,10 @@ class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
     async def Work(  # type: ignore[override]
         self, requests: AsyncIterator[CheckedWork | RefusedRequest], context: Context
     ) -> AsyncIterator[node_pb2.WorkUpdate]:
-        """Run the attempts the requests start, until the stream ends and they have."""
+        """Run the attempts the requests start, until the requests end and they have."""
+        # Headers first: the client writes once it has them (see the proto), so none of its
+        # writes races a refusal, which would hide the refusal's status behind INTERNAL.
+        await context.send_initial_metadata(())
         work = _WorkStream(self._execute, self._runner.stopping)
         try:
             async for update in work.serve(requests):
@@ -114,9 +117,10 @@ class _WorkStream:
         stopping: asyncio.Event,
     ) -> None:
         self._execute = execute
-        # The node is shutting down: the stream ends once its attempts have (it would
-        # otherwise hold the server's stop for its whole grace period).
+        # The node is shutting down: the client is told (WorkUpdate.draining), and the stream
+        # ends once it has half-closed, as always; the server's stop ends one that does not.
         self._stopping = stopping
+        self._told_draining = False
         self._runs: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._outbox: asyncio.Queue[task_pb2.TaskEvent | node_pb2.AttemptError] = asyncio.Queue(
             OUTBOX_ITEMS
@@ -130,11 +134,12 @@ class _WorkStream:
         reader = asyncio.create_task(self._read(requests), name="work requests")
         try:
             while not (self._ended() and self._outbox.empty()):
-                if self._outbox.empty():
+                draining = self._stopping.is_set() and not self._told_draining
+                if self._outbox.empty() and not draining:
                     got = asyncio.ensure_future(self._outbox.get())
                     woke = asyncio.ensure_future(self._wake.wait())
                     waits = [got, woke]
-                    if not self._stopping.is_set():
+                    if not self._told_draining:
                         waits.append(asyncio.ensure_future(self._stopping.wait()))
                     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                     for wait in waits[1:]:
@@ -148,9 +153,11 @@ class _WorkStream:
                     items = []
                 while len(items) < MAX_UPDATE_ITEMS and not self._outbox.empty():
                     items.append(self._outbox.get_nowait())
+                self._told_draining |= draining
                 yield node_pb2.WorkUpdate(
                     events=[i for i in items if isinstance(i, task_pb2.TaskEvent)],
                     errors=[i for i in items if isinstance(i, node_pb2.AttemptError)],
+                    draining=draining,
                 )
             if reader.done() and not reader.cancelled() and (error := reader.exception()):
                 raise error
@@ -163,8 +170,8 @@ class _WorkStream:
                 await asyncio.gather(reader, *runs, return_exceptions=True)
 
     def _ended(self) -> bool:
-        """Nothing runs, and nothing more will start (the scheduler is done, or the node)."""
-        return not self._runs and (self._requests_ended or self._stopping.is_set())
+        """Nothing runs, and nothing more will start: the client has half-closed."""
+        return not self._runs and self._requests_ended
 
     async def _read(self, requests: AsyncIterator[CheckedWork | RefusedRequest]) -> None:
         try:

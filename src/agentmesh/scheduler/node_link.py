@@ -4,8 +4,11 @@ A call per task costs both sides more than the task itself when the task is shor
 `echo`): the link keeps one stream open per node and endpoint secret, sends the attempts
 a round starts there in one message, and hands each attempt its own events as if it had a
 call of its own. The stream breaking breaks every attempt on it, with the call's status;
-the next attempt opens a new stream. A node that does not know `Work` (an older version)
-gets one ExecuteTask call per attempt instead.
+the next attempt opens a new stream. A node that shuts down says so on the stream: the
+attempts not yet sent there are refused as a draining node refuses them, and the link
+half-closes once the ones it sent have ended (the node ends the stream after that, so no
+write races its end). A node that does not know `Work` (an older version) gets one
+ExecuteTask call per attempt instead.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ MAX_WAITING_EVENTS = 1024
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-@dataclass(frozen=True)
+# Not frozen: Python sets an exception's __traceback__ as it passes through a context
+# manager, which a frozen dataclass refuses (FrozenInstanceError in place of this error).
+@dataclass(eq=False)
 class CallError(Exception):
     """How an attempt's call (its own, or the stream it shared) ended, if not with a result."""
 
@@ -115,6 +120,8 @@ class NodeLink:
         self._outgoing = asyncio.Event()
         # The node answered Work with UNIMPLEMENTED: one ExecuteTask call per attempt.
         self._legacy = False
+        # The stream on which the node said it is shutting down (WorkUpdate.draining).
+        self._draining: object = None
 
     async def run(self, request: node_pb2.ExecuteTaskRequest) -> AsyncIterator[task_pb2.TaskEvent]:
         """The attempt's events until its result; CallError if its call breaks first. An
@@ -123,6 +130,8 @@ class NodeLink:
             async for event in self._execute_task(request):
                 yield event
             return
+        if self._call is not None and self._call is self._draining:
+            raise self._shutting_down()
         key = (request.task_id, request.attempt)
         attempt = _Attempt(key)
         self._attempts[key] = attempt
@@ -148,6 +157,8 @@ class NodeLink:
             if not attempt.ended and attempt.broken is None and attempt.call is self._call:
                 self._stops.append(node_pb2.AttemptRef(task_id=key[0], attempt=key[1]))
                 self._outgoing.set()
+            elif attempt.call is self._draining:
+                self._outgoing.set()  # the last one to end lets the writer half-close
 
     async def _execute_task(
         self, request: node_pb2.ExecuteTaskRequest
@@ -174,8 +185,12 @@ class NodeLink:
     async def _write(
         self, call: grpc.aio.StreamStreamCall[node_pb2.WorkRequest, node_pb2.WorkUpdate]
     ) -> None:
-        """Send what the attempts asked for, all of it in one message each time."""
+        """Send what the attempts asked for, all of it in one message each time; once the
+        node drains, half-close when the attempts sent to it have ended."""
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.initial_metadata()  # the node's headers: it took the stream
+            if call.done():
+                return  # refused: the reader reports the node's status
             while True:
                 await self._outgoing.wait()
                 self._outgoing.clear()
@@ -183,21 +198,24 @@ class NodeLink:
                 stops, self._stops = self._stops, []
                 if starts or stops:
                     await call.write(node_pb2.WorkRequest(start=starts, stop=stops))
+                if call is self._draining and not any(
+                    attempt.call is call for attempt in self._attempts.values()
+                ):
+                    await call.done_writing()
+                    return
 
     async def _read(
         self, call: grpc.aio.StreamStreamCall[node_pb2.WorkRequest, node_pb2.WorkUpdate]
     ) -> None:
         """Hand each update's events and errors to their attempts; when the stream ends,
         break every attempt still on it."""
-        # A node ends its stream itself only when it shuts down, and only once every attempt
-        # it started on it has ended: one still waiting here was never started.
-        error = CallError(
-            grpc.StatusCode.UNAVAILABLE,
-            f"{self._name} is shutting down and ended its work stream",
-            Reason.NODE_DRAINING,
-        )
+        # A node ends its stream itself only after the link has half-closed, which it does
+        # once every attempt sent there has ended: an attempt still here was never started.
+        error = self._shutting_down()
         try:
             async for update in call:
+                if update.draining:
+                    self._drain(call)
                 for event in update.events:
                     attempt = self._attempts.get((event.task_id, event.attempt))
                     if attempt is None:
@@ -222,11 +240,30 @@ class NodeLink:
                         task.cancel()
                 self._starts.clear()
                 self._stops.clear()
+            if self._draining is call:
+                self._draining = None
             for attempt in list(self._attempts.values()):
                 if attempt.call is call:
                     attempt.break_with(error)
             if error.code is not grpc.StatusCode.CANCELLED:
                 log.info("work stream to %s ended: %s", self._name, error)
+
+    def _drain(self, call: object) -> None:
+        """The node shuts down: refuse the starts not yet sent, and let the writer finish."""
+        self._draining = call
+        refused = self._shutting_down()
+        for start in self._starts:
+            if (attempt := self._attempts.get((start.task_id, start.attempt))) is not None:
+                attempt.break_with(refused)
+        self._starts.clear()
+        self._outgoing.set()
+
+    def _shutting_down(self) -> CallError:
+        return CallError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{self._name} is shutting down and takes no new tasks",
+            Reason.NODE_DRAINING,
+        )
 
     async def close(self) -> None:
         call, self._call = self._call, None
