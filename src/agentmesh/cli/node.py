@@ -23,8 +23,10 @@ from agentmesh.config import ConfigError, NodeSettings, Settings, describe_valid
 @pass_app
 def node(app: App, /, **flags: str | int | None) -> int:
     """Serve this host's AgentNode."""
+    from agentmesh.allocator import keep_large_buffers
     from agentmesh.node.service import run_node  # a slow import: not for --help
 
+    keep_large_buffers()  # output streams in 1 MiB chunks: their buffers are reused
     return app.run(
         lambda: run_node(app.settings(), node_settings(app.settings(), flags)), service=True
     )
