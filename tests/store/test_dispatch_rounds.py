@@ -282,3 +282,73 @@ async def test_a_round_that_fails_after_starting_attempts_still_streams_them(
     finally:
         await dispatcher.stop()
         await channels.close()
+
+
+@pytest.mark.parametrize(
+    ("slots", "tasks", "wakes"),
+    [(1, 2, True), (2, 1, False)],
+    ids=["a task waits for the slot", "nothing waits"],
+)
+async def test_a_finished_attempt_wakes_a_round_only_if_a_task_waits_for_a_slot(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, slots: int, tasks: int, wakes: bool
+) -> None:
+    """At a steady rate every finish used to start a round that found nothing to do, and
+    the next submit waited behind it; a task waiting for the slot must still get one."""
+    dispatcher, store, channels = await dispatcher_on(pool, [card("one", slots=slots)], "wakes")
+    finish = asyncio.Event()
+
+    async def streamed(*args: object) -> None:
+        await finish.wait()  # the attempt runs until the test ends it
+
+    monkeypatch.setattr(dispatcher, "_stream", streamed)
+    try:
+        for n in range(tasks):
+            await store.submit(TaskSpec(kind="echo", prompt=f"task {n}"))
+        await dispatcher.round()
+        [(task, _)] = dispatcher.live_attempts()
+        dispatcher._wake.clear()
+
+        finish.set()
+        await dispatcher._attempts[task]
+
+        assert dispatcher._wake.is_set() is wakes
+    finally:
+        await dispatcher.stop()
+        await channels.close()
+
+
+async def test_an_attempt_that_finishes_during_a_round_wakes_the_next(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round under way may have counted the slot as taken: the freed slot needs the
+    round after it, or a task left waiting would wait for the next poll."""
+    dispatcher, store, channels = await dispatcher_on(pool, [card("one", slots=2)], "during")
+    finish, reading, read = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def streamed(*args: object) -> None:
+        await finish.wait()
+
+    monkeypatch.setattr(dispatcher, "_stream", streamed)
+    try:
+        task = await store.submit(TaskSpec(kind="echo", prompt="runs"))
+        await dispatcher.round()  # nothing waits after it
+        ready = store.ready
+
+        async def slow_ready(*args: object, **kwargs: object) -> object:
+            reading.set()
+            await read.wait()
+            return await ready(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "ready", slow_ready)
+        next_round = asyncio.create_task(dispatcher.round())
+        await reading.wait()
+        dispatcher._wake.clear()
+        finish.set()
+        await dispatcher._attempts[task]
+        read.set()
+        await next_round
+
+        assert dispatcher._wake.is_set()
+    finally:
+        await dispatcher.stop()
+        await channels.close()

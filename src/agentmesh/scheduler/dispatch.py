@@ -187,6 +187,11 @@ class Dispatcher:
         self._attempt_numbers: dict[str, int] = {}
         # Tasks whose cancel was sent: the servicer and the NOTIFY both ask, the node hears once.
         self._cancelling: set[str] = set()
+        # Whether a freed slot needs a round: the last round left tasks waiting for a busy
+        # agent, or one is under way (its snapshot may count the slot as taken). Otherwise
+        # it does not: new work brings its own round.
+        self._short_of_slots = True
+        self._in_round = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -217,6 +222,17 @@ class Dispatcher:
                 self._wake.set()
 
     async def round(self) -> None:
+        self._in_round = True
+        self._short_of_slots = False
+        try:
+            await self._round()
+        except BaseException:
+            self._short_of_slots = True  # what it would have found is unknown
+            raise
+        finally:
+            self._in_round = False
+
+    async def _round(self) -> None:
         # Our own attempts count even if their rows are not visible yet.
         own = Counter(self._agents.values())
         agents = {a.agent_id: a for a in await self._registry.online(own)}
@@ -270,7 +286,9 @@ class Dispatcher:
                         continue
                 if choice.nobody_fits:
                     nobody_fits[task.task_id] = choice.reason
-                elif choice.reason != task.waiting_reason:
+                    continue
+                self._short_of_slots = True
+                if choice.reason != task.waiting_reason:
                     reasons[task.task_id] = choice.reason
                 continue
             placements[task.task_id] = choice.agent_id
@@ -402,7 +420,8 @@ class Dispatcher:
                 ):
                     registry.pop(attempt.task_id, None)
                 self._cancelling.discard(attempt.task_id)
-            self.wake()  # a slot is free
+            if key is not None or self._short_of_slots or self._in_round:
+                self.wake()  # a slot (or a key) is free, and a task may wait for it
 
     async def _stream(
         self, attempt: StartedAttempt, agent: AgentSlot, key: Reserved | None
