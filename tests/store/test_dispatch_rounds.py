@@ -352,3 +352,26 @@ async def test_an_attempt_that_finishes_during_a_round_wakes_the_next(
     finally:
         await dispatcher.stop()
         await channels.close()
+
+
+async def test_a_task_unparked_by_an_agent_that_joins_starts_in_that_same_round(
+    pool: asyncpg.Pool,
+) -> None:
+    """Rounds read the agents and the queue at once: what the new agent unparks comes back
+    after the queue was read, and must be read again, not left for a later round."""
+    dispatcher, store, channels = await dispatcher_on(pool, [card("plain", slots=1)], "joins")
+    try:
+        task = await store.submit(TaskSpec(kind="echo", prompt="x", required_capabilities=("x",)))
+        await dispatcher.round()
+        await dispatcher.round()  # parked: this one reads the agents and the queue at once
+        assert dispatcher.live_attempts() == []
+        await AgentRegistry(pool, ttl_seconds=60).heartbeat(
+            card("xy", slots=1, capabilities=("x",)), ()
+        )
+
+        await dispatcher.round()
+
+        assert dispatcher.live_attempts() == [(task, 1)]
+    finally:
+        await dispatcher.stop()
+        await channels.close()

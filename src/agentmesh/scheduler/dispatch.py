@@ -192,6 +192,9 @@ class Dispatcher:
         # it does not: new work brings its own round.
         self._short_of_slots = True
         self._in_round = False
+        # The free slots the last round left, plus those our attempts freed since (None
+        # before the first round).
+        self._free_left: int | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -235,15 +238,24 @@ class Dispatcher:
     async def _round(self) -> None:
         # Our own attempts count even if their rows are not visible yet.
         own = Counter(self._agents.values())
-        agents = {a.agent_id: a for a in await self._registry.online(own)}
-        await self._parking.look_at_mesh(agents.values())
-        await self._parking.look_at_keys()
         # Read (and parse) only as much of a long queue as the free slots could take, plus
         # some, so that tasks no agent fits still get their waiting reason (and are parked).
-        free = sum(agent.free for agent in agents.values())
-        window = min(WINDOW, 4 * free + MIN_WINDOW)
+        # After the first round the agents and the queue are read at once, the window sized
+        # by the slots the last round left free and this replica's attempts freed since; the
+        # queue again if tasks were unparked meanwhile.
+        page: list[ReadyTask] | None = None
+        if self._free_left is None:
+            agents = {a.agent_id: a for a in await self._registry.online(own)}
+            window = _window(sum(agent.free for agent in agents.values()))
+        else:
+            window = _window(self._free_left)
+            online, page = await asyncio.gather(
+                self._registry.online(own), self._store.ready(window)
+            )
+            agents = {a.agent_id: a for a in online}
+        if await self._look_again(agents) or page is None:
+            page = await self._store.ready(window)
         siblings: dict[str, Counter[str]] = {}
-        page = await self._store.ready(window)
         progress = await self._place(page, agents, siblings)
         head_full = len(page) == window
         # Tasks waiting for busy agents stay in the window: while idle slots remain, read on
@@ -259,6 +271,13 @@ class Dispatcher:
             self._resume = page[-1].position if len(page) == window else None
         if head_full and progress:
             self._wake.set()  # what was placed or parked left the window: read on
+        self._free_left = sum(agent.free for agent in agents.values())
+
+    async def _look_again(self, agents: dict[str, AgentSlot]) -> int:
+        """Unpark what the mesh or the keys may now serve; how many."""
+        return await self._parking.look_at_mesh(agents.values()) + (
+            await self._parking.look_at_keys()
+        )
 
     async def _place(
         self,
@@ -420,6 +439,8 @@ class Dispatcher:
                 ):
                     registry.pop(attempt.task_id, None)
                 self._cancelling.discard(attempt.task_id)
+                if self._free_left is not None:
+                    self._free_left += 1
             if key is not None or self._short_of_slots or self._in_round:
                 self.wake()  # a slot (or a key) is free, and a task may wait for it
 
@@ -724,6 +745,10 @@ class Dispatcher:
     async def _key_signature(self) -> KeySignature:
         async with self._pool.acquire() as conn:
             return await quota.key_signature(conn)
+
+
+def _window(free: int) -> int:
+    return min(WINDOW, 4 * max(free, 0) + MIN_WINDOW)
 
 
 def settle_slots(keys: RoundKeys, claimed: dict[str, str], agents: dict[str, AgentSlot]) -> None:

@@ -46,27 +46,31 @@ class ParkingLot:
         self._keys: KeySignature | None = None
         self._keys_checked = float("-inf")
 
-    async def look_at_mesh(self, agents: Iterable[AgentSlot]) -> None:
+    async def look_at_mesh(self, agents: Iterable[AgentSlot]) -> int:
         """Unpark tasks that waited for an agent if an agent appeared or changed (an agent
-        that leaves or starts draining takes capacity away: nothing to look at again)."""
+        that leaves or starts draining takes capacity away: nothing to look at again);
+        how many."""
         view = frozenset(agent.placement_view for agent in agents if not agent.draining)
+        unparked = 0
         if self._mesh is None or view - self._mesh:
-            await self._store.unpark(q.PARKED_FOR_AGENT)
+            unparked = await self._store.unpark(q.PARKED_FOR_AGENT)
         self._mesh = view
+        return unparked
 
-    async def look_at_keys(self, *, now: bool = False) -> None:
+    async def look_at_keys(self, *, now: bool = False) -> int:
         """Unpark tasks that waited for a key if one became usable; at most once per
         `key_check_seconds`, unless `now` (before keys are picked, so that what parks then
-        is compared with the keys as they were when it found none)."""
+        is compared with the keys as they were when it found none); how many."""
         if not now and self._clock() - self._keys_checked < self._key_check_seconds:
-            return
+            return 0
         keys = await self._key_signature()
         if self._keys is None or keys - self._keys:
-            await self._store.unpark(q.PARKED_FOR_KEY)
+            unparked = await self._store.unpark(q.PARKED_FOR_KEY)
         else:
-            await self._store.unpark_due(q.PARKED_FOR_KEY)
+            unparked = await self._store.unpark_due(q.PARKED_FOR_KEY)
         self._keys = keys
         self._keys_checked = self._clock()
+        return unparked
 
     def keys_freed(self) -> None:
         """Quota was given back (a task with a key reservation ended): the next look at the

@@ -497,15 +497,17 @@ class TaskStore:
             )
         return int(parked)
 
-    async def unpark(self, *causes: str) -> None:
-        """Make tasks parked for any of these causes ready again (placement decides anew)."""
+    async def unpark(self, *causes: str) -> int:
+        """Make tasks parked for any of these causes ready again (placement decides anew);
+        how many."""
         async with self._pool.acquire() as conn:
-            await conn.execute(q.UNPARK, list(causes))
+            return _count(await conn.execute(q.UNPARK, list(causes)))
 
-    async def unpark_due(self, *causes: str) -> None:
-        """Make ready the tasks parked for these causes whose time to look again has come."""
+    async def unpark_due(self, *causes: str) -> int:
+        """Make ready the tasks parked for these causes whose time to look again has come;
+        how many."""
         async with self._pool.acquire() as conn:
-            await conn.execute(q.UNPARK_DUE, list(causes))
+            return _count(await conn.execute(q.UNPARK_DUE, list(causes)))
 
     async def end_waiting(self, results: dict[str, Result]) -> None:
         """End queued tasks that will never run (rejected, or waited too long)."""
@@ -1050,3 +1052,8 @@ def storable(text: str) -> str:
 
 def _parent_note(parent_id: str | None) -> str:
     return f" as a subtask of {parent_id}" if parent_id else ""
+
+
+def _count(status: str) -> int:
+    """The row count of a command's status ("UPDATE 3")."""
+    return int(status.rpartition(" ")[2])
