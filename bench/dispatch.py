@@ -64,6 +64,17 @@ def postgres_processes(data: Path) -> list[psutil.Process]:
     return [postmaster, *postmaster.children(recursive=True)]
 
 
+async def commits(conn: asyncpg.Connection) -> int:
+    """Transactions committed in the database so far (statistics flush within a second)."""
+    await asyncio.sleep(1.5)
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(
+        await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+    )
+
+
 async def count_completed(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM tasks WHERE state = 'completed'"))
 
@@ -177,6 +188,8 @@ async def main() -> None:
             }
             rss_after = memory.memory_info().rss
 
+            steady_cpu = {name: cpu_seconds(group) for name, group in groups.items()}
+            steady_commits = await commits(conn)
             steady_start = await conn.fetchval("SELECT now()")
             interval = 1 / STEADY_RATE
             begin = time.perf_counter()
@@ -193,6 +206,11 @@ async def main() -> None:
                     await asyncio.sleep(delay)
             await asyncio.gather(*pending)
             await wait_completed(conn, 50 + TASKS + STEADY_TASKS)
+            steady_cpu = {
+                name: (cpu_seconds(group) - steady_cpu[name]) / STEADY_TASKS * 1000
+                for name, group in groups.items()
+            }
+            steady_commits = (await commits(conn) - steady_commits) / STEADY_TASKS
             latencies = [
                 row[0]
                 for row in await conn.fetch(
@@ -226,7 +244,9 @@ async def main() -> None:
     print(
         f"  submit-to-start at {STEADY_RATE} tasks/s ({STEADY_TASKS} tasks):"
         f" p50 {percentile(latencies, 0.5) * 1000:.1f} ms,"
-        f" p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
+        f" p99 {percentile(latencies, 0.99) * 1000:.1f} ms; CPU per task: "
+        + ", ".join(f"{name} {ms:.2f} ms" for name, ms in steady_cpu.items())
+        + f"; {steady_commits:.1f} transactions per task"
     )
     print(
         f"  scheduler resident memory: {rss_before / 2**20:.0f} MiB before,"

@@ -101,6 +101,7 @@ async def test_a_listener_hands_each_task_an_announcement_names_to_its_handler(
     listener = Listener(
         database_uri,
         on_queue=lambda: None,
+        on_slot_freed=lambda: None,
         on_events=woken.append,
         on_cancel=lambda _: None,
         on_reconnect=lambda: None,
@@ -113,6 +114,44 @@ async def test_a_listener_hands_each_task_an_announcement_names_to_its_handler(
             while len(woken) < 3:
                 await asyncio.sleep(0.01)
         assert woken == ["t-1", "t-2", "t-3"]
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_new_work_wakes_rounds_and_ended_attempts_only_say_their_slots_are_free(
+    database_uri: str, store: TaskStore
+) -> None:
+    """A freed slot needs a round only where a task waits for one (Dispatcher.slot_freed):
+    at a steady rate each end woke every replica for a round that found nothing."""
+    heard: list[str] = []
+    listener = Listener(
+        database_uri,
+        on_queue=lambda: heard.append("queued"),
+        on_slot_freed=lambda: heard.append("freed"),
+        on_events=lambda _: None,
+        on_cancel=lambda _: None,
+        on_reconnect=lambda: None,
+    )
+    running = asyncio.create_task(listener.run())
+
+    async def next_heard() -> str:
+        async with asyncio.timeout(20):
+            while not heard:
+                await asyncio.sleep(0.01)
+        return heard.pop(0)
+
+    try:
+        async with asyncio.timeout(20):
+            await listener.connected.wait()
+        [task] = await submitted(store, 1)
+        assert await next_heard() == "queued"
+        [started] = await store.start_attempts({task: AGENT}, OWNER, 60)
+        ended = await store.finish_attempt(
+            task, started.attempt, OWNER, AGENT, Result(TaskState.COMPLETED), in_tree=False
+        )
+        assert ended
+        assert await next_heard() == "freed"
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

@@ -187,9 +187,7 @@ class Dispatcher:
         self._attempt_numbers: dict[str, int] = {}
         # Tasks whose cancel was sent: the servicer and the NOTIFY both ask, the node hears once.
         self._cancelling: set[str] = set()
-        # Whether a freed slot needs a round: the last round left tasks waiting for a busy
-        # agent, or one is under way (its snapshot may count the slot as taken). Otherwise
-        # it does not: new work brings its own round.
+        # The last round left tasks waiting for a busy agent (see slot_freed).
         self._short_of_slots = True
         self._in_round = False
         # The free slots the last round left, plus those our attempts freed since (None
@@ -198,6 +196,13 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def slot_freed(self) -> None:
+        """An attempt ended (here or on another replica): a round only if a task may wait
+        for the slot (the last round left one waiting for a busy agent, or one is under
+        way, whose snapshot may count the slot as taken). New work brings its own round."""
+        if self._short_of_slots or self._in_round:
+            self._wake.set()
 
     def live_attempts(self) -> list[tuple[str, int]]:
         """The (task, attempt) pairs this replica is streaming now: the leases to renew."""
@@ -441,8 +446,10 @@ class Dispatcher:
                 self._cancelling.discard(attempt.task_id)
                 if self._free_left is not None:
                     self._free_left += 1
-            if key is not None or self._short_of_slots or self._in_round:
-                self.wake()  # a slot (or a key) is free, and a task may wait for it
+            if key is not None:
+                self.wake()  # the next look at the keys unparks what waited for one
+            else:
+                self.slot_freed()
 
     async def _stream(
         self, attempt: StartedAttempt, agent: AgentSlot, key: Reserved | None

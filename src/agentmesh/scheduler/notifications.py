@@ -16,7 +16,12 @@ from collections.abc import Callable
 import asyncpg
 
 from agentmesh.db.connect import DatabaseUnavailable, connect
-from agentmesh.scheduler.queries import CANCEL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL
+from agentmesh.scheduler.queries import (
+    CANCEL_CHANNEL,
+    EVENTS_CHANNEL,
+    QUEUE_CHANNEL,
+    SLOT_FREED,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +60,14 @@ class Listener:
         dsn: str,
         *,
         on_queue: Callable[[], None],
+        on_slot_freed: Callable[[], None],
         on_events: Callable[[str], None],
         on_cancel: Callable[[str], None],
         on_reconnect: Callable[[], None],
     ) -> None:
         self._dsn = dsn
         self._handlers: dict[str, Callable[[str], None]] = {
-            QUEUE_CHANNEL: lambda _: on_queue(),
+            QUEUE_CHANNEL: lambda payload: (on_slot_freed if payload == SLOT_FREED else on_queue)(),
             EVENTS_CHANNEL: lambda ids: _each(ids, on_events),
             CANCEL_CHANNEL: on_cancel,
         }

@@ -10,6 +10,9 @@ TERMINAL = "('completed', 'failed', 'canceled', 'rejected')"
 # new events (payload: their ids, separated by spaces); a task was cancelled (payload: its
 # id).
 QUEUE_CHANNEL = "agentmesh_queue"
+# The queue channel's payload when attempts ended and nothing was queued: their slots are
+# free, which needs a round only where a task waits for a slot (Dispatcher.slot_freed).
+SLOT_FREED = "freed"
 EVENTS_CHANNEL = "agentmesh_events"
 CANCEL_CHANNEL = "agentmesh_cancel"
 
@@ -409,7 +412,7 @@ WITH ending AS (
 ), k AS (
     {REMEMBER.format(ended="owned")}
 ), n AS {announced("owned")}, w AS (
-    SELECT pg_notify('agentmesh_queue', '') FROM (SELECT FROM owned LIMIT 1) AS any_ended
+    SELECT pg_notify('{QUEUE_CHANNEL}', '{SLOT_FREED}') FROM (SELECT FROM owned LIMIT 1) AS any_ended
 )
 SELECT id FROM owned, n, w
 """

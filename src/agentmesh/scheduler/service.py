@@ -170,6 +170,7 @@ class Scheduler:
         listener = Listener(
             target.dsn,
             on_queue=dispatcher.wake,
+            on_slot_freed=dispatcher.slot_freed,
             on_events=signals.notify,
             on_cancel=lambda task_id: cancel_here([task_id]),
             on_reconnect=reconnected,
