@@ -412,7 +412,8 @@ WITH ending AS (
 ), k AS (
     {REMEMBER.format(ended="owned")}
 ), n AS {announced("owned")}, w AS (
-    SELECT pg_notify('{QUEUE_CHANNEL}', '{SLOT_FREED}') FROM (SELECT FROM owned LIMIT 1) AS any_ended
+    SELECT pg_notify('{QUEUE_CHANNEL}', '{SLOT_FREED}')
+    FROM (SELECT FROM owned LIMIT 1) AS any_ended
 )
 SELECT id FROM owned, n, w
 """
