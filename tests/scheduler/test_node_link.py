@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from agentmesh.errors import Reason
+from agentmesh.scheduler import node_link
 from agentmesh.scheduler.node_link import MAX_WAITING_EVENTS, CallError, NodeLink
 from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
 
@@ -28,10 +29,12 @@ def event(task_id: str, attempt: int, seq: int, *, result: bool = False) -> task
 
 
 class StandIn:
-    """A node that answers Work as told: `hold` keeps attempts running until `release`."""
+    """A node that answers Work as told: `hold` keeps attempts running until `release`;
+    without `headers`, as an earlier version, it sends no headers before its first update."""
 
-    def __init__(self, *, with_work: bool = True) -> None:
+    def __init__(self, *, with_work: bool = True, headers: bool = True) -> None:
         self.with_work = with_work
+        self.headers = headers
         self.requests: list[node_pb2.WorkRequest] = []
         self.streams = 0
         self.release = asyncio.Event()
@@ -91,7 +94,8 @@ class StandIn:
             async def work(
                 requests: AsyncIterator[node_pb2.WorkRequest], context: Any
             ) -> AsyncIterator[node_pb2.WorkUpdate]:
-                await context.send_initial_metadata(())  # headers first, as a node sends them
+                if self.headers:
+                    await context.send_initial_metadata(())  # first, as a node sends them
                 async for update in self.work(requests, context):
                     yield update
 
@@ -344,3 +348,18 @@ async def test_a_draining_node_gets_no_new_attempts_and_the_link_half_closes_aft
     assert set(refusals) <= {Reason.NODE_DRAINING}
     assert after[-1].result.output == "after done"
     assert node.streams == 2
+
+
+async def test_a_node_that_sends_no_headers_first_still_gets_its_attempts(
+    link_to: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node of an earlier version answers Work only with its first update: the link
+    writes once it has waited HEADERS_SECONDS for headers that do not come."""
+    monkeypatch.setattr(node_link, "HEADERS_SECONDS", 0.2)
+    node = StandIn(headers=False)
+    link = await link_to(node)
+
+    events = await asyncio.wait_for(run(link, "older"), 10)
+
+    assert events[-1].result.output == "older done"
+    assert node.streams == 1

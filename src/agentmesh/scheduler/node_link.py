@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # node, by flow control, stops sending): a slow consumer holds the others back, but memory
 # stays bounded.
 MAX_WAITING_EVENTS = 1024
+# How long the link waits for a new stream's headers before it writes anyway: a node of an
+# earlier version sends none until its first update, which needs a start.
+HEADERS_SECONDS = 1.0
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -188,7 +191,9 @@ class NodeLink:
         """Send what the attempts asked for, all of it in one message each time; once the
         node drains, half-close when the attempts sent to it have ended."""
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await call.initial_metadata()  # the node's headers: it took the stream
+            with contextlib.suppress(TimeoutError):
+                # The node's headers: it took the stream.
+                await asyncio.wait_for(call.initial_metadata(), HEADERS_SECONDS)
             if call.done():
                 return  # refused: the reader reports the node's status
             while True:
