@@ -15,7 +15,6 @@ glibc's own adjustment of both, so both are set. Elsewhere (musl, macOS) nothing
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -32,14 +31,11 @@ TRIM_THRESHOLD = 64 << 20
 
 def keep_large_buffers() -> bool:
     """Set the thresholds for this process; whether glibc took them."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # The process's own symbols, libc's among them (find_library would run ldconfig).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return False  # not glibc
+        return False  # no mallopt here
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     taken = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
