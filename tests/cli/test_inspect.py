@@ -108,3 +108,37 @@ async def test_submit_agents_and_network_json(cli: Cli) -> None:
     assert hosts[0]["host_name"] == alpha["hostname"]
     assert hosts[0]["service"] == "agentmesh-node"
     assert "inventory" in hosts[0]["tags"]
+
+
+LIST = """\
+- kind: echo
+  prompt: first
+- kind: echo
+  prompt: second
+- description: pair
+  subtasks:
+    - {kind: echo, prompt: left}
+"""
+
+
+async def test_a_file_with_a_list_of_specs_is_submitted_in_one_call(cli: Cli) -> None:
+    (cli.cwd / "tasks.yaml").write_text(LIST)
+    (cli.cwd / "broken.yaml").write_text(LIST + "- kind: shell\n")
+
+    submitted = await cli("submit", "-f", "tasks.yaml", "--user", "ana")
+    as_json = await cli("submit", "-f", "tasks.yaml", "--json")
+    broken = await cli("submit", "-f", "broken.yaml")
+    not_for_run = await cli("run", "-f", "tasks.yaml")
+
+    assert submitted.returncode == 0, submitted
+    ids = submitted.stdout.split()
+    assert len(ids) == 3
+    shown = [json.loads((await cli("task", task_id, "--json")).stdout) for task_id in ids]
+    assert [task["spec"].get("prompt", "") for task in shown] == ["first", "second", ""]
+    assert {task["user"] for task in shown} == {"ana"}  # the flags apply to each
+    documents = json.loads(as_json.stdout)
+    assert [set(task) >= TASK_FIELDS for task in documents] == [True] * 3
+    broken.assert_one_error_line("invalid request: specs[3].command: must not be empty")
+    not_for_run.assert_one_error_line("tasks.yaml: holds a list of task specs")
+    listed = json.loads((await cli("tasks", "--json")).stdout)
+    assert len([task for task in listed if not task["parent_id"]]) == 6  # none of broken.yaml

@@ -10,7 +10,7 @@ import pytest
 
 from agentmesh.cli.client import CliError
 from agentmesh.cli.listing import parse_since
-from agentmesh.cli.specs import SpecFlags, build_spec, replay_spec
+from agentmesh.cli.specs import SpecFlags, build_spec, build_specs, replay_spec
 from agentmesh.v1 import task_pb2
 
 
@@ -59,3 +59,23 @@ def test_since_takes_durations_dates_and_times() -> None:
     assert local.replace(tzinfo=None) == datetime(2026, 11, 30)
     with pytest.raises(CliError, match="use a duration"):
         parse_since("last tuesday", now)
+
+
+def test_a_list_file_gives_each_spec_by_its_index(tmp_path: Path) -> None:
+    listed = tmp_path / "tasks.json"
+    listed.write_text('[{"kind": "echo", "prompt": "a"}, {"command": "df"}]')
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("- kind: echo\n  prompt: a\n- just text\n")
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+
+    built = build_specs(SpecFlags(user="ana"), str(listed))
+
+    assert built.listed
+    assert [(s.kind, s.user) for s in built.specs] == [("echo", "ana"), ("shell", "ana")]
+    with pytest.raises(CliError, match=r"wrong\.yaml\[1\]: a task spec must be a mapping"):
+        build_specs(SpecFlags(), str(wrong))
+    with pytest.raises(CliError, match=r"empty\.json: the list of task specs is empty"):
+        build_specs(SpecFlags(), str(empty))
+    with pytest.raises(CliError, match="holds a list of task specs"):
+        build_spec(SpecFlags(), str(listed))

@@ -148,6 +148,12 @@ async def _submit_task(clients: Clients, targets: Targets) -> None:
     assert task.id
 
 
+async def _submit_tasks(clients: Clients, targets: Targets) -> None:
+    request = scheduler_pb2.SubmitTasksRequest(specs=[_echo("one"), _echo("two")])
+    reply = await clients.scheduler.SubmitTasks(request)
+    assert [task.spec.prompt for task in reply.tasks] == ["one", "two"]
+
+
 async def _run_task(clients: Clients, targets: Targets) -> None:
     # To complete, the scheduler must stream ExecuteTask to the node with the token too.
     request = scheduler_pb2.SubmitTaskRequest(spec=_echo("run"))
@@ -247,6 +253,7 @@ CASES: dict[str, Case] = {
     "agentmesh.v1.AgentNode.CancelTask": _node_cancel_task,
     "agentmesh.v1.AgentNode.Work": _node_work,
     "agentmesh.v1.Scheduler.SubmitTask": _submit_task,
+    "agentmesh.v1.Scheduler.SubmitTasks": _submit_tasks,
     "agentmesh.v1.Scheduler.RunTask": _run_task,
     "agentmesh.v1.Scheduler.WatchTask": _watch_task,
     "agentmesh.v1.Scheduler.WatchTaskEvents": _watch_task_events,

@@ -155,3 +155,28 @@ async def test_new_work_wakes_rounds_and_ended_attempts_only_say_their_slots_are
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_a_batch_of_trees_wakes_rounds(database_uri: str, store: TaskStore) -> None:
+    """submit_many stores leaves with their own notification; trees need one of their own."""
+    heard: list[str] = []
+    listener = Listener(
+        database_uri,
+        on_queue=lambda: heard.append("queued"),
+        on_slot_freed=lambda: heard.append("freed"),
+        on_events=lambda _: None,
+        on_cancel=lambda _: None,
+        on_reconnect=lambda: None,
+    )
+    running = asyncio.create_task(listener.run())
+    tree = TaskSpec(subtasks=(TaskSpec(kind="echo", prompt="a"), TaskSpec(kind="echo", prompt="b")))
+    try:
+        async with asyncio.timeout(20):
+            await listener.connected.wait()
+            await store.submit_many([tree, tree])
+            while not heard:
+                await asyncio.sleep(0.01)
+        assert heard == ["queued"]
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

@@ -28,7 +28,7 @@ from agentmesh.v1 import node_pb2 as agentmesh_dot_v1_dot_node__pb2
 from agentmesh.v1 import task_pb2 as agentmesh_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentmesh/v1/scheduler.proto\x12\x0c\x61gentmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x61gentmesh/v1/agent.proto\x1a\x17\x61gentmesh/v1/node.proto\x1a\x17\x61gentmesh/v1/task.proto\"\xe1\x01\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x01(\t\x12\x0e\n\x06prefix\x18\x05 \x01(\x08\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_used\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x14ListApprovalsRequest\x12\x12\n\nremembered\x18\x01 \x01(\x08\x12\x0c\n\x04user\x18\x02 \x01(\t\"B\n\x15ListApprovalsResponse\x12)\n\tapprovals\x18\x01 \x03(\x0b\x32\x16.agentmesh.v1.Approval\"E\n\x12\x41pproveTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61lways\x18\x02 \x01(\x08\x12\x0e\n\x06prefix\x18\x03 \x01(\t\"2\n\x0f\x44\x65nyTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x15\x46orgetApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"n\n\x13\x44\x65legateTaskRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.agentmesh.v1.TaskSpec\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\x1b\n\x13parent_tokens_spent\x18\x03 \x01(\x03\"L\n\x11SubmitTaskRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.agentmesh.v1.TaskSpec\x12\x11\n\treplay_of\x18\x02 \x01(\t\"6\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"9\n\x0eTaskEventBatch\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.agentmesh.v1.TaskEvent\"7\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"\xb5\x01\n\x10ListTasksRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x11ListTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.agentmesh.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x11ListAgentsRequest\x12\x17\n\x0finclude_offline\x18\x01 \x01(\x08\"\x92\x01\n\x0b\x41gentStatus\x12%\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x17.agentmesh.v1.AgentCard\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x32\n\x0elast_heartbeat\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10running_task_ids\x18\x04 \x03(\t\"?\n\x12ListAgentsResponse\x12)\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x19.agentmesh.v1.AgentStatus\"\x12\n\x10ListHostsRequest\"\x8a\x01\n\x04Host\x12\x11\n\thost_name\x18\x01 \x01(\t\x12\x12\n\nip_address\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\r\n\x05notes\x18\x05 \x01(\t\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x11ListHostsResponse\x12!\n\x05hosts\x18\x01 \x03(\x0b\x32\x12.agentmesh.v1.Host\"S\n\x10HeartbeatRequest\x12%\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x17.agentmesh.v1.AgentCard\x12\x18\n\x10running_task_ids\x18\x02 \x03(\t\"F\n\x11HeartbeatResponse\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x17\n\x0f\x64ispatch_secret\x18\x02 \x01(\t2\xdf\x08\n\tScheduler\x12\x41\n\nSubmitTask\x12\x1f.agentmesh.v1.SubmitTaskRequest\x1a\x12.agentmesh.v1.Task\x12\x45\n\x07RunTask\x12\x1f.agentmesh.v1.SubmitTaskRequest\x1a\x17.agentmesh.v1.TaskEvent0\x01\x12\x46\n\tWatchTask\x12\x1e.agentmesh.v1.WatchTaskRequest\x1a\x17.agentmesh.v1.TaskEvent0\x01\x12Q\n\x0fWatchTaskEvents\x12\x1e.agentmesh.v1.WatchTaskRequest\x1a\x1c.agentmesh.v1.TaskEventBatch0\x01\x12;\n\x07GetTask\x12\x1c.agentmesh.v1.GetTaskRequest\x1a\x12.agentmesh.v1.Task\x12L\n\tListTasks\x12\x1e.agentmesh.v1.ListTasksRequest\x1a\x1f.agentmesh.v1.ListTasksResponse\x12\x41\n\nCancelTask\x12\x1f.agentmesh.v1.CancelTaskRequest\x1a\x12.agentmesh.v1.Task\x12O\n\nListAgents\x12\x1f.agentmesh.v1.ListAgentsRequest\x1a .agentmesh.v1.ListAgentsResponse\x12L\n\tListHosts\x12\x1e.agentmesh.v1.ListHostsRequest\x1a\x1f.agentmesh.v1.ListHostsResponse\x12L\n\tHeartbeat\x12\x1e.agentmesh.v1.HeartbeatRequest\x1a\x1f.agentmesh.v1.HeartbeatResponse\x12\x45\n\x0c\x44\x65legateTask\x12!.agentmesh.v1.DelegateTaskRequest\x1a\x12.agentmesh.v1.Task\x12X\n\rListApprovals\x12\".agentmesh.v1.ListApprovalsRequest\x1a#.agentmesh.v1.ListApprovalsResponse\x12\x43\n\x0b\x41pproveTask\x12 .agentmesh.v1.ApproveTaskRequest\x1a\x12.agentmesh.v1.Task\x12=\n\x08\x44\x65nyTask\x12\x1d.agentmesh.v1.DenyTaskRequest\x1a\x12.agentmesh.v1.Task\x12M\n\x0e\x46orgetApproval\x12#.agentmesh.v1.ForgetApprovalRequest\x1a\x16.agentmesh.v1.Approvalb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentmesh/v1/scheduler.proto\x12\x0c\x61gentmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x61gentmesh/v1/agent.proto\x1a\x17\x61gentmesh/v1/node.proto\x1a\x17\x61gentmesh/v1/task.proto\"\xe1\x01\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x01(\t\x12\x0e\n\x06prefix\x18\x05 \x01(\x08\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_used\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x14ListApprovalsRequest\x12\x12\n\nremembered\x18\x01 \x01(\x08\x12\x0c\n\x04user\x18\x02 \x01(\t\"B\n\x15ListApprovalsResponse\x12)\n\tapprovals\x18\x01 \x03(\x0b\x32\x16.agentmesh.v1.Approval\"E\n\x12\x41pproveTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61lways\x18\x02 \x01(\x08\x12\x0e\n\x06prefix\x18\x03 \x01(\t\"2\n\x0f\x44\x65nyTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x15\x46orgetApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"n\n\x13\x44\x65legateTaskRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.agentmesh.v1.TaskSpec\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\x1b\n\x13parent_tokens_spent\x18\x03 \x01(\x03\"L\n\x11SubmitTaskRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.agentmesh.v1.TaskSpec\x12\x11\n\treplay_of\x18\x02 \x01(\t\";\n\x12SubmitTasksRequest\x12%\n\x05specs\x18\x01 \x03(\x0b\x32\x16.agentmesh.v1.TaskSpec\"8\n\x13SubmitTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.agentmesh.v1.Task\"6\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"9\n\x0eTaskEventBatch\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.agentmesh.v1.TaskEvent\"7\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"\xb5\x01\n\x10ListTasksRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x11ListTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.agentmesh.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x11ListAgentsRequest\x12\x17\n\x0finclude_offline\x18\x01 \x01(\x08\"\x92\x01\n\x0b\x41gentStatus\x12%\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x17.agentmesh.v1.AgentCard\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x32\n\x0elast_heartbeat\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10running_task_ids\x18\x04 \x03(\t\"?\n\x12ListAgentsResponse\x12)\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x19.agentmesh.v1.AgentStatus\"\x12\n\x10ListHostsRequest\"\x8a\x01\n\x04Host\x12\x11\n\thost_name\x18\x01 \x01(\t\x12\x12\n\nip_address\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\r\n\x05notes\x18\x05 \x01(\t\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x11ListHostsResponse\x12!\n\x05hosts\x18\x01 \x03(\x0b\x32\x12.agentmesh.v1.Host\"S\n\x10HeartbeatRequest\x12%\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x17.agentmesh.v1.AgentCard\x12\x18\n\x10running_task_ids\x18\x02 \x03(\t\"F\n\x11HeartbeatResponse\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x17\n\x0f\x64ispatch_secret\x18\x02 \x01(\t2\xb3\t\n\tScheduler\x12\x41\n\nSubmitTask\x12\x1f.agentmesh.v1.SubmitTaskRequest\x1a\x12.agentmesh.v1.Task\x12R\n\x0bSubmitTasks\x12 .agentmesh.v1.SubmitTasksRequest\x1a!.agentmesh.v1.SubmitTasksResponse\x12\x45\n\x07RunTask\x12\x1f.agentmesh.v1.SubmitTaskRequest\x1a\x17.agentmesh.v1.TaskEvent0\x01\x12\x46\n\tWatchTask\x12\x1e.agentmesh.v1.WatchTaskRequest\x1a\x17.agentmesh.v1.TaskEvent0\x01\x12Q\n\x0fWatchTaskEvents\x12\x1e.agentmesh.v1.WatchTaskRequest\x1a\x1c.agentmesh.v1.TaskEventBatch0\x01\x12;\n\x07GetTask\x12\x1c.agentmesh.v1.GetTaskRequest\x1a\x12.agentmesh.v1.Task\x12L\n\tListTasks\x12\x1e.agentmesh.v1.ListTasksRequest\x1a\x1f.agentmesh.v1.ListTasksResponse\x12\x41\n\nCancelTask\x12\x1f.agentmesh.v1.CancelTaskRequest\x1a\x12.agentmesh.v1.Task\x12O\n\nListAgents\x12\x1f.agentmesh.v1.ListAgentsRequest\x1a .agentmesh.v1.ListAgentsResponse\x12L\n\tListHosts\x12\x1e.agentmesh.v1.ListHostsRequest\x1a\x1f.agentmesh.v1.ListHostsResponse\x12L\n\tHeartbeat\x12\x1e.agentmesh.v1.HeartbeatRequest\x1a\x1f.agentmesh.v1.HeartbeatResponse\x12\x45\n\x0c\x44\x65legateTask\x12!.agentmesh.v1.DelegateTaskRequest\x1a\x12.agentmesh.v1.Task\x12X\n\rListApprovals\x12\".agentmesh.v1.ListApprovalsRequest\x1a#.agentmesh.v1.ListApprovalsResponse\x12\x43\n\x0b\x41pproveTask\x12 .agentmesh.v1.ApproveTaskRequest\x1a\x12.agentmesh.v1.Task\x12=\n\x08\x44\x65nyTask\x12\x1d.agentmesh.v1.DenyTaskRequest\x1a\x12.agentmesh.v1.Task\x12M\n\x0e\x46orgetApproval\x12#.agentmesh.v1.ForgetApprovalRequest\x1a\x16.agentmesh.v1.Approvalb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,32 +51,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELEGATETASKREQUEST']._serialized_end=779
   _globals['_SUBMITTASKREQUEST']._serialized_start=781
   _globals['_SUBMITTASKREQUEST']._serialized_end=857
-  _globals['_WATCHTASKREQUEST']._serialized_start=859
-  _globals['_WATCHTASKREQUEST']._serialized_end=913
-  _globals['_TASKEVENTBATCH']._serialized_start=915
-  _globals['_TASKEVENTBATCH']._serialized_end=972
-  _globals['_GETTASKREQUEST']._serialized_start=974
-  _globals['_GETTASKREQUEST']._serialized_end=1029
-  _globals['_LISTTASKSREQUEST']._serialized_start=1032
-  _globals['_LISTTASKSREQUEST']._serialized_end=1213
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1215
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1294
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1296
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1340
-  _globals['_AGENTSTATUS']._serialized_start=1343
-  _globals['_AGENTSTATUS']._serialized_end=1489
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1491
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1554
-  _globals['_LISTHOSTSREQUEST']._serialized_start=1556
-  _globals['_LISTHOSTSREQUEST']._serialized_end=1574
-  _globals['_HOST']._serialized_start=1577
-  _globals['_HOST']._serialized_end=1715
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=1717
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=1771
-  _globals['_HEARTBEATREQUEST']._serialized_start=1773
-  _globals['_HEARTBEATREQUEST']._serialized_end=1856
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1858
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1928
-  _globals['_SCHEDULER']._serialized_start=1931
-  _globals['_SCHEDULER']._serialized_end=3050
+  _globals['_SUBMITTASKSREQUEST']._serialized_start=859
+  _globals['_SUBMITTASKSREQUEST']._serialized_end=918
+  _globals['_SUBMITTASKSRESPONSE']._serialized_start=920
+  _globals['_SUBMITTASKSRESPONSE']._serialized_end=976
+  _globals['_WATCHTASKREQUEST']._serialized_start=978
+  _globals['_WATCHTASKREQUEST']._serialized_end=1032
+  _globals['_TASKEVENTBATCH']._serialized_start=1034
+  _globals['_TASKEVENTBATCH']._serialized_end=1091
+  _globals['_GETTASKREQUEST']._serialized_start=1093
+  _globals['_GETTASKREQUEST']._serialized_end=1148
+  _globals['_LISTTASKSREQUEST']._serialized_start=1151
+  _globals['_LISTTASKSREQUEST']._serialized_end=1332
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1334
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1413
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1415
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1459
+  _globals['_AGENTSTATUS']._serialized_start=1462
+  _globals['_AGENTSTATUS']._serialized_end=1608
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1610
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1673
+  _globals['_LISTHOSTSREQUEST']._serialized_start=1675
+  _globals['_LISTHOSTSREQUEST']._serialized_end=1693
+  _globals['_HOST']._serialized_start=1696
+  _globals['_HOST']._serialized_end=1834
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=1836
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=1890
+  _globals['_HEARTBEATREQUEST']._serialized_start=1892
+  _globals['_HEARTBEATREQUEST']._serialized_end=1975
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1977
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2047
+  _globals['_SCHEDULER']._serialized_start=2050
+  _globals['_SCHEDULER']._serialized_end=3253
 # @@protoc_insertion_point(module_scope)

@@ -252,6 +252,50 @@ class SubmitTaskRequest(_message.Message):
 Global___SubmitTaskRequest: _TypeAlias = SubmitTaskRequest  # noqa: Y015
 
 @_typing.final
+class SubmitTasksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPECS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def specs(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskSpec]: ...
+    def __init__(
+        self,
+        *,
+        specs: _abc.Iterable[_task_pb2.TaskSpec] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["specs", b"specs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTasksRequest: _TypeAlias = SubmitTasksRequest  # noqa: Y015
+
+@_typing.final
+class SubmitTasksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]:
+        """One per spec, in order: the task stored (or, for an idempotency key already used,
+        the task that has it).
+        """
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[_task_pb2.Task] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTasksResponse: _TypeAlias = SubmitTasksResponse  # noqa: Y015
+
+@_typing.final
 class WatchTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -42,6 +42,11 @@ class SchedulerStub:
                 request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.SubmitTaskRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_task__pb2.Task.FromString,
                 _registered_method=True)
+        self.SubmitTasks = channel.unary_unary(
+                '/agentmesh.v1.Scheduler/SubmitTasks',
+                request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.SubmitTasksRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.SubmitTasksResponse.FromString,
+                _registered_method=True)
         self.RunTask = channel.unary_stream(
                 '/agentmesh.v1.Scheduler/RunTask',
                 request_serializer=agentmesh_dot_v1_dot_scheduler__pb2.SubmitTaskRequest.SerializeToString,
@@ -120,6 +125,16 @@ class SchedulerServicer:
 
     def SubmitTask(self, request, context):
         """Stores a task (and its subtasks) and returns at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitTasks(self, request, context):
+        """Stores many tasks in one call, all or none: each as SubmitTask would (with its
+        subtasks and idempotency key), at most 1,000 tasks in all. The tasks come back in the
+        order of the specs. A wrong spec fails the call with INVALID_ARGUMENT naming it
+        (`specs[3].command: ...`), and nothing is stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -236,6 +251,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.SubmitTaskRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_task__pb2.Task.SerializeToString,
             ),
+            'SubmitTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitTasks,
+                    request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.SubmitTasksRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_scheduler__pb2.SubmitTasksResponse.SerializeToString,
+            ),
             'RunTask': grpc.unary_stream_rpc_method_handler(
                     servicer.RunTask,
                     request_deserializer=agentmesh_dot_v1_dot_scheduler__pb2.SubmitTaskRequest.FromString,
@@ -335,6 +355,33 @@ class Scheduler:
             '/agentmesh.v1.Scheduler/SubmitTask',
             agentmesh_dot_v1_dot_scheduler__pb2.SubmitTaskRequest.SerializeToString,
             agentmesh_dot_v1_dot_task__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.Scheduler/SubmitTasks',
+            agentmesh_dot_v1_dot_scheduler__pb2.SubmitTasksRequest.SerializeToString,
+            agentmesh_dot_v1_dot_scheduler__pb2.SubmitTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,12 @@ class SchedulerStub:
     def __new__(cls, channel: _aio.Channel) -> SchedulerAsyncStub: ...
     SubmitTask: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SubmitTaskRequest, _task_pb2.Task]
     """Stores a task (and its subtasks) and returns at once."""
+    SubmitTasks: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.SubmitTasksRequest, _scheduler_pb2.SubmitTasksResponse]
+    """Stores many tasks in one call, all or none: each as SubmitTask would (with its
+    subtasks and idempotency key), at most 1,000 tasks in all. The tasks come back in the
+    order of the specs. A wrong spec fails the call with INVALID_ARGUMENT naming it
+    (`specs[3].command: ...`), and nothing is stored.
+    """
     RunTask: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.SubmitTaskRequest, _task_pb2.TaskEvent]
     """Submits a task and follows it to its end."""
     WatchTask: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchTaskRequest, _task_pb2.TaskEvent]
@@ -83,6 +89,12 @@ class SchedulerAsyncStub(SchedulerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitTask: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SubmitTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
     """Stores a task (and its subtasks) and returns at once."""
+    SubmitTasks: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.SubmitTasksRequest, _scheduler_pb2.SubmitTasksResponse]  # type: ignore[assignment]
+    """Stores many tasks in one call, all or none: each as SubmitTask would (with its
+    subtasks and idempotency key), at most 1,000 tasks in all. The tasks come back in the
+    order of the specs. A wrong spec fails the call with INVALID_ARGUMENT naming it
+    (`specs[3].command: ...`), and nothing is stored.
+    """
     RunTask: _aio.UnaryStreamMultiCallable[_scheduler_pb2.SubmitTaskRequest, _task_pb2.TaskEvent]  # type: ignore[assignment]
     """Submits a task and follows it to its end."""
     WatchTask: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchTaskRequest, _task_pb2.TaskEvent]  # type: ignore[assignment]
@@ -132,6 +144,18 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_pb2.Task, _abc.Awaitable[_task_pb2.Task]]:
         """Stores a task (and its subtasks) and returns at once."""
+
+    @_abc_1.abstractmethod
+    def SubmitTasks(
+        self,
+        request: _scheduler_pb2.SubmitTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.SubmitTasksResponse, _abc.Awaitable[_scheduler_pb2.SubmitTasksResponse]]:
+        """Stores many tasks in one call, all or none: each as SubmitTask would (with its
+        subtasks and idempotency key), at most 1,000 tasks in all. The tasks come back in the
+        order of the specs. A wrong spec fails the call with INVALID_ARGUMENT naming it
+        (`specs[3].command: ...`), and nothing is stored.
+        """
 
     @_abc_1.abstractmethod
     def RunTask(

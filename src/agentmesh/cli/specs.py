@@ -2,8 +2,10 @@
 
 A file uses the protobuf JSON mapping of `agentmesh.v1.TaskSpec` (field names as in the
 proto, or their lowerCamelCase forms), with `subtasks` nested to any depth the scheduler
-allows. YAML is read as the same structure. Flags given with a file override its top-level
-fields. A file that cannot be used is one `CliError` line naming the file and the problem.
+allows; or it is a list of such specs (`submit` stores them in one call, all or none). YAML
+is read as the same structure. Flags given with a file override the top-level fields (of
+each spec of a list). A file that cannot be used is one `CliError` line naming the file and
+the problem (and the list entry: `tasks.yaml[2]`).
 """
 
 from __future__ import annotations
@@ -66,13 +68,38 @@ _FIELDS = {
 }
 
 
+@dataclass(frozen=True)
+class Specs:
+    """What a command submits: one spec, or a file's list of them (`listed`)."""
+
+    specs: list[task_pb2.TaskSpec]
+    listed: bool
+
+
 def build_spec(flags: SpecFlags, file: str | None) -> task_pb2.TaskSpec:
     """The spec a command submits: the file's (if any) with the flags on top."""
-    spec = read_spec_file(file) if file is not None else task_pb2.TaskSpec()
+    built = build_specs(flags, file)
+    if built.listed:
+        raise CliError(
+            f"{_name(file or '-')}: holds a list of task specs; this command follows one"
+            " task (agentmesh submit -f stores a list)",
+            EXIT_USAGE,
+        )
+    return built.specs[0]
+
+
+def build_specs(flags: SpecFlags, file: str | None) -> Specs:
+    """The specs a command submits: the file's (one, or a list) with the flags on top of
+    each; or the flags' one spec."""
     if file is None and not flags.given():
         raise CliError(
             "nothing to run: give --command, --prompt (with --kind) or -f FILE", EXIT_USAGE
         )
+    read = read_spec_file(file) if file is not None else Specs([task_pb2.TaskSpec()], False)
+    return Specs([_with_flags(spec, flags) for spec in read.specs], read.listed)
+
+
+def _with_flags(spec: task_pb2.TaskSpec, flags: SpecFlags) -> task_pb2.TaskSpec:
     for flag, name in _FIELDS.items():
         value = getattr(flags, flag)
         if value is not None:
@@ -89,9 +116,9 @@ def build_spec(flags: SpecFlags, file: str | None) -> task_pb2.TaskSpec:
     return spec
 
 
-def read_spec_file(file: str) -> task_pb2.TaskSpec:
-    """Parse a TaskSpec from FILE (`-`: standard input), JSON or YAML."""
-    name = "standard input" if file == "-" else file
+def read_spec_file(file: str) -> Specs:
+    """Parse the TaskSpecs of FILE (`-`: standard input), JSON or YAML: one spec, or a list."""
+    name = _name(file)
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
     except OSError as exc:
@@ -99,8 +126,23 @@ def read_spec_file(file: str) -> task_pb2.TaskSpec:
     except UnicodeDecodeError:
         raise CliError(f"{name}: not UTF-8 text", EXIT_USAGE) from None
     values = _parse(name, text)
+    if isinstance(values, list):
+        if not values:
+            raise CliError(f"{name}: the list of task specs is empty", EXIT_USAGE)
+        return Specs([_spec(f"{name}[{index}]", entry) for index, entry in enumerate(values)], True)
+    return Specs([_spec(name, values)], False)
+
+
+def _name(file: str) -> str:
+    return "standard input" if file == "-" else file
+
+
+def _spec(name: str, values: Any) -> task_pb2.TaskSpec:
     if not isinstance(values, dict):
-        raise CliError(f"{name}: a task spec must be a mapping of fields", EXIT_USAGE)
+        raise CliError(
+            f"{name}: a task spec must be a mapping of fields (or a file a list of them)",
+            EXIT_USAGE,
+        )
     try:
         return json_format.ParseDict(values, task_pb2.TaskSpec())
     except json_format.ParseError as exc:

@@ -26,7 +26,7 @@ from agentmesh.cli.client import (
 )
 from agentmesh.cli.follow import follow
 from agentmesh.cli.output import Output
-from agentmesh.cli.specs import SpecFlags, build_spec, replay_spec
+from agentmesh.cli.specs import SpecFlags, build_spec, build_specs, replay_spec
 from agentmesh.cli.views import (
     STATE_STYLES,
     duration_text,
@@ -133,19 +133,29 @@ def _flags(values: dict[str, Any]) -> SpecFlags:
 @json_option
 @pass_app
 def submit(app: App, /, spec_file: str | None, as_json: bool, **values: Any) -> int:
-    """Submit a task and print its id (with --json: the task)."""
+    """Submit a task and print its id (with --json: the task).
+
+    A file (-f) may hold a list of task specs: they are stored in one call, all or none
+    (at most 1,000 tasks), and their ids printed in order, one a line (with --json: a list
+    of the tasks).
+    """
 
     async def command() -> int:
-        spec = build_spec(_flags(values), spec_file)
+        built = build_specs(_flags(values), spec_file)
         output = output_for(as_json)
         async with scheduler_stub(app.settings(), app.scheduler_address()) as stub:
-            task = await stub.SubmitTask(
-                scheduler_pb2.SubmitTaskRequest(spec=spec), timeout=CALL_TIMEOUT
-            )
+            if built.listed:
+                batch = scheduler_pb2.SubmitTasksRequest(specs=built.specs)
+                tasks = list((await stub.SubmitTasks(batch, timeout=CALL_TIMEOUT)).tasks)
+            else:
+                request = scheduler_pb2.SubmitTaskRequest(spec=built.specs[0])
+                tasks = [await stub.SubmitTask(request, timeout=CALL_TIMEOUT)]
         if output.json:
-            output.data(task_json(task))
+            documents = [task_json(task) for task in tasks]
+            output.data(documents if built.listed else documents[0])
         else:
-            output.line(task.id)
+            for task in tasks:
+                output.line(task.id)
         return EXIT_OK
 
     return app.run(command)

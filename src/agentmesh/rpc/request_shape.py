@@ -55,9 +55,10 @@ class RefusedRequest:
 class _Walk:
     """One request's walk: the fields seen so far, against the budget."""
 
-    def __init__(self, data: bytes, shape: SpecShape) -> None:
+    def __init__(self, data: bytes, shape: SpecShape, tasks_field: str = "spec.subtasks") -> None:
         self.data = data
         self.shape = shape
+        self.tasks_field = tasks_field  # what a refusal for too many tasks names
         self.tasks = 0
         self.fields = 0
         self.max_fields = shape.max_tasks * _FIELDS_PER_TASK
@@ -105,7 +106,7 @@ class _Walk:
         self.tasks += 1
         if self.tasks > self.shape.max_tasks:
             raise InvalidArgument(
-                "spec.subtasks",
+                self.tasks_field,
                 f"more than {self.shape.max_tasks} tasks in one request; the limit is"
                 f" {self.shape.max_tasks}",
             )
@@ -125,12 +126,16 @@ class _Walk:
             children += 1
 
 
-def check_request(data: bytes, spec_field: int, shape: SpecShape) -> None:
-    """Raise InvalidArgument if the request's TaskSpec (field `spec_field`) breaks `shape`."""
-    walk = _Walk(data, shape)
+def check_request(data: bytes, spec_field: int, shape: SpecShape, repeated: str = "") -> None:
+    """Raise InvalidArgument if the request's TaskSpec (field `spec_field`) breaks `shape`.
+    `repeated` names the field when it holds many specs: each is checked as `name[i]`, and
+    the tasks of all of them count against the limit together."""
+    walk = _Walk(data, shape, tasks_field=repeated or "spec.subtasks")
+    index = 0
     for number, wire_type, start, end in walk.fields_of(0, len(data), ""):
         if number == spec_field and wire_type == _LENGTH:
-            walk.spec(start, end, "spec", depth=0)
+            walk.spec(start, end, f"{repeated}[{index}]" if repeated else "spec", depth=0)
+            index += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,14 +245,17 @@ def work_checked(
 
 
 def checked(
-    handler: grpc.RpcMethodHandler[Any, Any], spec_field: int, shape: SpecShape
+    handler: grpc.RpcMethodHandler[Any, Any],
+    spec_field: int,
+    shape: SpecShape,
+    repeated: str = "",
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """`handler` with a deserializer that checks the request's shape before parsing it."""
     parse: Callable[[bytes], Any] = handler.request_deserializer  # type: ignore[assignment]
 
     def deserialize(data: bytes) -> Any:
         try:
-            check_request(data, spec_field, shape)
+            check_request(data, spec_field, shape, repeated)
         except InvalidArgument as error:
             return RefusedRequest(InvalidArgument(error.field, error.problem, reason=shape.reason))
         return parse(data)
@@ -275,11 +283,11 @@ def add_checked(
     servicer: object,
     server: grpc.aio.Server,
     service: str,
-    checks: Mapping[str, tuple[int, SpecShape] | WorkShape],
+    checks: Mapping[str, tuple[int, SpecShape] | tuple[int, SpecShape, str] | WorkShape],
 ) -> None:
     """Register `servicer` as the generated `add_to_server` does, with each method named in
-    `checks` (method name: the request's spec field number and its shape, or a stream's
-    WorkShape) checked first."""
+    `checks` (method name: the request's spec field number and its shape, and the field's
+    name if it holds many specs; or a stream's WorkShape) checked first."""
     recorder = _Recorder()
     add_to_server(servicer, recorder)
     handlers = {}

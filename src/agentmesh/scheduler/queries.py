@@ -83,6 +83,9 @@ WITH t AS (
 SELECT t.* FROM t, (SELECT pg_notify('agentmesh_queue', '')) AS woken
 """
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
+SELECT_BY_IDEMPOTENCY_KEYS = """
+SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1::text[])
+"""
 # A replay names the task it runs again (set in the transaction that submits it).
 SET_REPLAY_OF = "UPDATE tasks SET replay_of = $2 WHERE id = $1"
 SELECT_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
@@ -91,6 +94,11 @@ SELECT_USER = "SELECT user_name FROM tasks WHERE id = $1"
 SELECT_TASK_FOR_UPDATE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"
 SELECT_CHILD_IDS = """
 SELECT child_task_id FROM subtasks WHERE parent_task_id = $1 ORDER BY id
+"""
+SELECT_TASKS = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::text[])"
+SELECT_CHILD_IDS_OF = """
+SELECT parent_task_id, child_task_id FROM subtasks WHERE parent_task_id = ANY($1::text[])
+ORDER BY id
 """
 # The subtasks submitted up front (delegated ones are their agent's own business).
 SELECT_CHILD_RESULTS = """

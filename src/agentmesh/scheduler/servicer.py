@@ -28,6 +28,7 @@ from agentmesh.scheduler.validation import (
     MAX_TASKS_PER_SUBMISSION,
     users_of,
     validate_submission,
+    validate_submissions,
     with_defaults,
     with_user_modes,
 )
@@ -135,17 +136,33 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         validate_submission(spec, max_depth=self._max_depth)
         if request.replay_of:
             validate_task_id(request.replay_of, "replay_of")
-        spec = with_defaults(spec, agent_mode=self._default_agent_mode)
-        if self._profiles is not None and (users := users_of(spec)):
-            modes = await self._profiles.default_modes(users)
-            spec = with_user_modes(spec, modes)
+        (spec,) = await self._filled([spec])
         return await self._store.submit_and_get(spec, replay_of=request.replay_of)
+
+    async def _filled(self, specs: list[TaskSpec]) -> list[TaskSpec]:
+        """The specs as they are stored: with the configured agent mode, and their users'
+        default permission modes where they name none (read once for all)."""
+        specs = [with_defaults(spec, agent_mode=self._default_agent_mode) for spec in specs]
+        users = set().union(*(users_of(spec) for spec in specs))
+        if self._profiles is None or not users:
+            return specs
+        modes = await self._profiles.default_modes(users)
+        return [with_user_modes(spec, modes) for spec in specs]
 
     @unary
     async def SubmitTask(
         self, request: scheduler_pb2.SubmitTaskRequest, context: Context
     ) -> task_pb2.Task:
         return task_to_proto(await self._submit(request))
+
+    @unary
+    async def SubmitTasks(
+        self, request: scheduler_pb2.SubmitTasksRequest, context: Context
+    ) -> scheduler_pb2.SubmitTasksResponse:
+        specs = [convert.spec_from_proto(spec) for spec in request.specs]
+        validate_submissions(specs, max_depth=self._max_depth)
+        records = await self._store.submit_many(await self._filled(specs))
+        return scheduler_pb2.SubmitTasksResponse(tasks=[task_to_proto(r) for r in records])
 
     @streaming
     async def RunTask(
@@ -364,8 +381,10 @@ def register(servicer: SchedulerServicer) -> Callable[[grpc.aio.Server], None]:
     shape = SpecShape(max_tasks=MAX_TASKS_PER_SUBMISSION, max_depth=servicer.max_depth)
     spec = scheduler_pb2.SubmitTaskRequest.DESCRIPTOR.fields_by_name["spec"].number
     delegated = scheduler_pb2.DelegateTaskRequest.DESCRIPTOR.fields_by_name["spec"].number
-    checks = {
+    specs = scheduler_pb2.SubmitTasksRequest.DESCRIPTOR.fields_by_name["specs"].number
+    checks: dict[str, tuple[int, SpecShape] | tuple[int, SpecShape, str]] = {
         "SubmitTask": (spec, shape),
+        "SubmitTasks": (specs, shape, "specs"),
         "RunTask": (spec, shape),
         "DelegateTask": (delegated, SpecShape(max_tasks=1, max_depth=0)),
     }

@@ -212,6 +212,68 @@ class TaskStore:
         task_id, row = await self._submit(spec, replay_of)
         return _record(row) if row is not None else await self.get(task_id)
 
+    async def submit_many(self, specs: Sequence[TaskSpec]) -> list[TaskRecord]:
+        """Store many submissions, all or none, in one transaction; each one's task, in
+        order. A spec whose idempotency key is taken gets the task that has it (a key given
+        twice: the first's task), as `submit` would. The leaves share one statement."""
+        async with self._pool.acquire() as conn:
+            for last_try in (False, True):
+                try:
+                    async with conn.transaction():
+                        ids, rows = await self._store_many(conn, specs)
+                    break
+                except asyncpg.UniqueViolationError:
+                    # A concurrent submit took one of the keys meanwhile: it is read now.
+                    if last_try:
+                        raise
+            # Trees and tasks that had the keys: read as `get` would, two statements for all.
+            children: dict[str, list[str]] = {}
+            if missing := [task_id for task_id in dict.fromkeys(ids) if task_id not in rows]:
+                rows |= {row["id"]: row for row in await conn.fetch(q.SELECT_TASKS, missing)}
+                for row in await conn.fetch(q.SELECT_CHILD_IDS_OF, missing):
+                    children.setdefault(row["parent_task_id"], []).append(row["child_task_id"])
+        return [_record(rows[task_id], children.get(task_id, ())) for task_id in ids]
+
+    async def _store_many(
+        self, conn: Connection, specs: Sequence[TaskSpec]
+    ) -> tuple[list[str], dict[str, asyncpg.Record]]:
+        """`submit_many` inside its transaction: the ids in order, and the rows of the
+        leaves it stored (as their statement returned them)."""
+        keys = [spec.idempotency_key for spec in specs if spec.idempotency_key]
+        taken: dict[str, str] = {}
+        if keys:
+            taken = {row[0]: row[1] for row in await conn.fetch(q.SELECT_BY_IDEMPOTENCY_KEYS, keys)}
+        # Each spec's id, or the index of the spec whose task it gets (a key given twice).
+        placed: list[str | int] = []
+        first_with_key: dict[str, int] = {}
+        leaves: list[int] = []
+        trees = False
+        for index, spec in enumerate(specs):
+            key = spec.idempotency_key
+            if key in taken:
+                placed.append(taken[key])
+            elif key in first_with_key:
+                placed.append(first_with_key[key])
+            else:
+                if key:
+                    first_with_key[key] = index
+                if spec.subtasks:
+                    placed.append(await self._insert_tree(conn, spec, parent_id=None))
+                    trees = True
+                else:
+                    placed.append(index)
+                    leaves.append(index)
+        rows: dict[str, asyncpg.Record] = {}
+        if leaves:
+            stored = await self._insert_leaves([specs[index] for index in leaves], conn)
+            for index, row in zip(leaves, stored, strict=True):
+                placed[index] = row["id"]
+                rows[row["id"]] = row
+        if trees:
+            await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+        # What is still an index is a key given twice: the first's entry is an id by now.
+        return [entry if isinstance(entry, str) else str(placed[entry]) for entry in placed], rows
+
     async def _submit(self, spec: TaskSpec, replay_of: str) -> tuple[str, asyncpg.Record | None]:
         """The task's id, and its row as stored when it is a new task without subtasks."""
         leaf = not spec.subtasks and not replay_of

@@ -4,7 +4,7 @@ and the defaults it fills in, so that the stored spec says what runs."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from agentmesh.errors import InvalidArgument
 from agentmesh.tasks.model import (
@@ -25,6 +25,21 @@ def validate_submission(spec: TaskSpec, *, max_depth: int) -> None:
         raise InvalidArgument(
             "spec.subtasks",
             f"{count} tasks in one submission; the limit is {MAX_TASKS_PER_SUBMISSION}",
+        )
+
+
+def validate_submissions(specs: Sequence[TaskSpec], *, max_depth: int) -> None:
+    """SubmitTasks' specs: at least one, each as `validate_submission` checks it (named
+    `specs[3]...`), and no more tasks in all than one submission may have."""
+    if not specs:
+        raise InvalidArgument("specs", "is empty: give at least one task spec")
+    count = sum(
+        _validate(spec, f"specs[{index}]", depth=0, max_depth=max_depth)
+        for index, spec in enumerate(specs)
+    )
+    if count > MAX_TASKS_PER_SUBMISSION:
+        raise InvalidArgument(
+            "specs", f"{count} tasks in one call; the limit is {MAX_TASKS_PER_SUBMISSION}"
         )
 
 
