@@ -2,7 +2,9 @@
 
 Prints, from one run on this machine (embedded PostgreSQL 16, a scheduler process and 4
 node processes on loopback):
-- throughput of 5,000 `echo` tasks from the first submit until all are recorded complete;
+- throughput of 5,000 `echo` tasks from the first submit until all are recorded complete,
+  submitted one a call (SubmitTask, 32 callers at once), then 100 a call (SubmitTasks, 4
+  callers at once);
 - submit-to-start latency p50/p99 at a steady 200 tasks/s (from the database's own
   `created_at` and `started_at`);
 - the scheduler's resident memory before and after;
@@ -35,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from agentmesh.db import embedded  # noqa: E402
 from agentmesh.db.connect import ensure_database  # noqa: E402
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2  # noqa: E402
-from bench.support.mesh import spawn, submit_all  # noqa: E402
+from bench.support.mesh import BATCH, spawn, submit_all, submit_batched  # noqa: E402
 
 TASKS = 5_000
 NODES = 4
@@ -188,6 +190,16 @@ async def main() -> None:
             }
             rss_after = memory.memory_info().rss
 
+            cpu_before = {name: cpu_seconds(group) for name, group in groups.items()}
+            started = time.perf_counter()
+            await submit_batched(stub, TASKS, "batched")
+            await wait_completed(conn, 50 + 2 * TASKS)
+            batched = TASKS / (time.perf_counter() - started)
+            batched_cpu = {
+                name: (cpu_seconds(group) - cpu_before[name]) / TASKS * 1000
+                for name, group in groups.items()
+            }
+
             steady_cpu = {name: cpu_seconds(group) for name, group in groups.items()}
             steady_commits = await commits(conn)
             steady_start = await conn.fetchval("SELECT now()")
@@ -205,7 +217,7 @@ async def main() -> None:
                 if delay > 0:
                     await asyncio.sleep(delay)
             await asyncio.gather(*pending)
-            await wait_completed(conn, 50 + TASKS + STEADY_TASKS)
+            await wait_completed(conn, 50 + 2 * TASKS + STEADY_TASKS)
             steady_cpu = {
                 name: (cpu_seconds(group) - steady_cpu[name]) / STEADY_TASKS * 1000
                 for name, group in groups.items()
@@ -242,6 +254,12 @@ async def main() -> None:
         + f"; all {sum(cpu_per_task.values()):.2f} ms"
     )
     print(
+        f"  the same, {BATCH} tasks a SubmitTasks call: {batched:.0f} tasks/s;"
+        f" ratio {batched / raw:.2f}; CPU per task: "
+        + ", ".join(f"{name} {ms:.2f} ms" for name, ms in batched_cpu.items())
+        + f"; all {sum(batched_cpu.values()):.2f} ms"
+    )
+    print(
         f"  submit-to-start at {STEADY_RATE} tasks/s ({STEADY_TASKS} tasks):"
         f" p50 {percentile(latencies, 0.5) * 1000:.1f} ms,"
         f" p99 {percentile(latencies, 0.99) * 1000:.1f} ms; CPU per task: "
@@ -251,7 +269,7 @@ async def main() -> None:
     print(
         f"  scheduler resident memory: {rss_before / 2**20:.0f} MiB before,"
         f" {rss_after / 2**20:.0f} MiB after {TASKS} tasks,"
-        f" {rss_end / 2**20:.0f} MiB after {TASKS + STEADY_TASKS}"
+        f" {rss_end / 2**20:.0f} MiB after {2 * TASKS + STEADY_TASKS}"
     )
 
 

@@ -11,7 +11,9 @@ node processes on loopback):
 - the same throughput again, and the ratio to the first (the aim: at least 0.90);
 - replay of one ended task with a 10,000-event trace: from the call to the last event
   received, median of 5 (the aim: under 100 ms), on the near-empty and the full tables, with
-  `WatchTaskEvents` (several events to a message) and with `WatchTask` (one to a message).
+  `WatchTaskEvents` (several events to a message) and with `WatchTask` (one to a message),
+  and grpcio's own floor for the latter: the same number of prebuilt messages from a bare
+  server process (bench/support/bare_stream.py);
 With `--explain`, also EXPLAIN (ANALYZE) of every hot query of the dispatch path (median of
 3, each inside a transaction that is rolled back): its time and what it scans, on the
 near-empty tables, and on the full ones (after the mesh stopped) without and with the
@@ -50,6 +52,7 @@ from agentmesh.scheduler import agents as agent_queries  # noqa: E402
 from agentmesh.scheduler import queries as q  # noqa: E402
 from agentmesh.scheduler import retention_queries as rq  # noqa: E402
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc  # noqa: E402
+from bench.support.bare_stream import replay_floor_ms  # noqa: E402
 from bench.support.fill import (  # noqa: E402
     fill_history,
     fill_long_trace,
@@ -531,6 +534,12 @@ async def run(dsn: str, address: str, with_explain: bool, finished: int) -> list
                 f" {empty_ms:.0f} ms on near-empty tables, {full_ms:.0f} ms on the full ones"
                 " (aim: under 100 ms)"
             )
+        floor = await replay_floor_ms(TRACE_EVENTS, REPLAYS)
+        say(
+            f"  grpcio's floor for WatchTask: {TRACE_EVENTS:,} prebuilt one-event messages from a"
+            f" bare server process (no database, no conversion), median of {REPLAYS}:"
+            f" {floor:.0f} ms"
+        )
     await conn.close()
     return empty_plans
 

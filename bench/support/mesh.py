@@ -11,6 +11,9 @@ from pathlib import Path
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 SUBMITTERS = 32
+# SubmitTasks: tasks per call, and callers at once.
+BATCH = 100
+BATCH_SUBMITTERS = 4
 
 
 def spawn(
@@ -53,3 +56,21 @@ async def submit_all(
             await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
 
     await asyncio.gather(*(submitter() for _ in range(submitters)))
+
+
+async def submit_batched(
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub, count: int, prefix: str
+) -> None:
+    """Submit `count` echo tasks BATCH to a SubmitTasks call, BATCH_SUBMITTERS calls at once."""
+    starts = list(range(0, count, BATCH))
+
+    async def submitter() -> None:
+        while starts:
+            first = starts.pop(0)
+            specs = [
+                task_pb2.TaskSpec(kind="echo", prompt=f"{prefix} {i}")
+                for i in range(first, min(first + BATCH, count))
+            ]
+            await stub.SubmitTasks(scheduler_pb2.SubmitTasksRequest(specs=specs))
+
+    await asyncio.gather(*(submitter() for _ in range(BATCH_SUBMITTERS)))

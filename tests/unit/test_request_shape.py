@@ -271,3 +271,23 @@ def test_the_field_budget_takes_exactly_its_size() -> None:
     assert refusal(request, ONE_TASK) == (
         f"spec: has more than {per_task} fields in all (the most a request of 1 tasks can need)"
     )
+
+
+def test_a_batch_s_specs_are_named_by_index_and_their_tasks_counted_together() -> None:
+    specs_field = scheduler_pb2.SubmitTasksRequest.DESCRIPTOR.fields_by_name["specs"].number
+    deep = task_pb2.TaskSpec(subtasks=[task_pb2.TaskSpec(subtasks=[leaf()])])
+    two_deep = SpecShape(max_tasks=1000, max_depth=1)
+
+    def batch(*specs: task_pb2.TaskSpec) -> bytes:
+        return scheduler_pb2.SubmitTasksRequest(specs=specs).SerializeToString()
+
+    check_request(batch(*[leaf()] * 1000), specs_field, SUBMISSION, "specs")
+    with pytest.raises(InvalidArgument) as too_many:
+        check_request(batch(*[leaf()] * 1001), specs_field, SUBMISSION, "specs")
+    with pytest.raises(InvalidArgument) as too_deep:
+        check_request(batch(leaf(), deep), specs_field, two_deep, "specs")
+
+    assert str(too_many.value) == "specs: more than 1000 tasks in one request; the limit is 1000"
+    assert str(too_deep.value) == (
+        "specs[1].subtasks[0].subtasks: subtasks are nested deeper than the limit of 1"
+    )
