@@ -74,6 +74,7 @@ def test_services_have_their_fixed_full_names() -> None:
     assert scheduler.full_name == "agentmesh.v1.Scheduler"
     assert set(scheduler.methods_by_name) == {
         "SubmitTask",
+        "SubmitTasks",
         "RunTask",
         "WatchTask",
         "WatchTaskEvents",
