@@ -119,64 +119,59 @@ async def test_a_listener_hands_each_task_an_announcement_names_to_its_handler(
         await asyncio.gather(running, return_exceptions=True)
 
 
+class QueueChannel:
+    """What a Listener hears on the queue channel, in order: "queued" or "freed"."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+
+    async def next(self) -> str:
+        async with asyncio.timeout(20):
+            while not self.heard:
+                await asyncio.sleep(0.01)
+        return self.heard.pop(0)
+
+
+@pytest.fixture
+async def queue_channel(database_uri: str) -> AsyncIterator[QueueChannel]:
+    channel = QueueChannel()
+    listener = Listener(
+        database_uri,
+        on_queue=lambda: channel.heard.append("queued"),
+        on_slot_freed=lambda: channel.heard.append("freed"),
+        on_events=lambda _: None,
+        on_cancel=lambda _: None,
+        on_reconnect=lambda: None,
+    )
+    running = asyncio.create_task(listener.run())
+    try:
+        async with asyncio.timeout(20):
+            await listener.connected.wait()
+        yield channel
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
 async def test_new_work_wakes_rounds_and_ended_attempts_only_say_their_slots_are_free(
-    database_uri: str, store: TaskStore
+    store: TaskStore, queue_channel: QueueChannel
 ) -> None:
     """A freed slot needs a round only where a task waits for one (Dispatcher.slot_freed):
     at a steady rate each end woke every replica for a round that found nothing."""
-    heard: list[str] = []
-    listener = Listener(
-        database_uri,
-        on_queue=lambda: heard.append("queued"),
-        on_slot_freed=lambda: heard.append("freed"),
-        on_events=lambda _: None,
-        on_cancel=lambda _: None,
-        on_reconnect=lambda: None,
+    [task] = await submitted(store, 1)
+    assert await queue_channel.next() == "queued"
+    [started] = await store.start_attempts({task: AGENT}, OWNER, 60)
+    ended = await store.finish_attempt(
+        task, started.attempt, OWNER, AGENT, Result(TaskState.COMPLETED), in_tree=False
     )
-    running = asyncio.create_task(listener.run())
-
-    async def next_heard() -> str:
-        async with asyncio.timeout(20):
-            while not heard:
-                await asyncio.sleep(0.01)
-        return heard.pop(0)
-
-    try:
-        async with asyncio.timeout(20):
-            await listener.connected.wait()
-        [task] = await submitted(store, 1)
-        assert await next_heard() == "queued"
-        [started] = await store.start_attempts({task: AGENT}, OWNER, 60)
-        ended = await store.finish_attempt(
-            task, started.attempt, OWNER, AGENT, Result(TaskState.COMPLETED), in_tree=False
-        )
-        assert ended
-        assert await next_heard() == "freed"
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+    assert ended
+    assert await queue_channel.next() == "freed"
 
 
-async def test_a_batch_of_trees_wakes_rounds(database_uri: str, store: TaskStore) -> None:
+async def test_a_batch_of_trees_wakes_rounds(store: TaskStore, queue_channel: QueueChannel) -> None:
     """submit_many stores leaves with their own notification; trees need one of their own."""
-    heard: list[str] = []
-    listener = Listener(
-        database_uri,
-        on_queue=lambda: heard.append("queued"),
-        on_slot_freed=lambda: heard.append("freed"),
-        on_events=lambda _: None,
-        on_cancel=lambda _: None,
-        on_reconnect=lambda: None,
-    )
-    running = asyncio.create_task(listener.run())
     tree = TaskSpec(subtasks=(TaskSpec(kind="echo", prompt="a"), TaskSpec(kind="echo", prompt="b")))
-    try:
-        async with asyncio.timeout(20):
-            await listener.connected.wait()
-            await store.submit_many([tree, tree])
-            while not heard:
-                await asyncio.sleep(0.01)
-        assert heard == ["queued"]
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+
+    await store.submit_many([tree, tree])
+
+    assert await queue_channel.next() == "queued"
