@@ -150,3 +150,22 @@ async def test_users_default_permission_modes_fill_the_specs_that_name_none(
     reply = await stub.SubmitTasks(scheduler_pb2.SubmitTasksRequest(specs=specs))
 
     assert [task.spec.permission_mode for task in reply.tasks] == ["superuser", "weak", ""]
+
+
+async def test_a_subtask_key_another_task_has_is_refused_by_name(
+    mesh: Mesh, database_uri: str
+) -> None:
+    stub = await mesh.start_scheduler()
+    await stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=echo("first", idempotency_key="k")))
+    tree = task_pb2.TaskSpec(subtasks=[echo("child", idempotency_key="k")])
+
+    one = await refusal(stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=tree)))
+    many = await refusal(
+        stub.SubmitTasks(scheduler_pb2.SubmitTasksRequest(specs=[echo("fine"), tree]))
+    )
+
+    for error in (one, many):
+        assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error
+        assert "idempotency key of a subtask is another task's" in (error.details() or "")
+        assert "(idempotency_key)=(k)" in (error.details() or "")
+    assert await stored_tasks(database_uri) == 1

@@ -20,6 +20,7 @@ import asyncpg
 
 from agentmesh.db.connect import Connection
 from agentmesh.errors import (
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -37,6 +38,8 @@ from agentmesh.tasks.model import TaskSpec, TaskState, spec_values
 log = logging.getLogger(__name__)
 
 OUTPUT_LIMIT = 64 << 10
+# The unique index that keeps idempotency keys apart (schema/0001_tasks.sql).
+IDEMPOTENCY_KEY_INDEX = "tasks_idempotency_key_idx"
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,14 @@ def spec_from_json(values: dict[str, Any]) -> TaskSpec:
     values["required_capabilities"] = tuple(values.get("required_capabilities", ()))
     values.pop("subtasks", None)
     return TaskSpec(**values)
+
+
+def _key_taken(error: asyncpg.UniqueViolationError) -> Exception:
+    """A submission that cannot be stored because a subtask's idempotency key is another
+    task's (a root's key returns that task instead); any other violation as it is."""
+    if error.constraint_name != IDEMPOTENCY_KEY_INDEX:
+        return error
+    return AlreadyExists(f"an idempotency key of a subtask is another task's: {error.detail}")
 
 
 def _record(row: asyncpg.Record, child_ids: Sequence[str] = ()) -> TaskRecord:
@@ -222,10 +233,10 @@ class TaskStore:
                     async with conn.transaction():
                         ids, rows = await self._store_many(conn, specs)
                     break
-                except asyncpg.UniqueViolationError:
+                except asyncpg.UniqueViolationError as error:
                     # A concurrent submit took one of the keys meanwhile: it is read now.
                     if last_try:
-                        raise
+                        raise _key_taken(error) from None
             # Trees and tasks that had the keys: read as `get` would, two statements for all.
             children: dict[str, list[str]] = {}
             if missing := [task_id for task_id in dict.fromkeys(ids) if task_id not in rows]:
@@ -301,11 +312,11 @@ class TaskStore:
                         task_id = (await self._insert_leaves([spec], conn))[0]["id"]
                     if replay_of:
                         await conn.execute(q.SET_REPLAY_OF, task_id, replay_of)
-            except asyncpg.UniqueViolationError:
+            except asyncpg.UniqueViolationError as error:
                 # A concurrent submit with the same idempotency key won.
                 existing = await conn.fetchval(q.SELECT_BY_IDEMPOTENCY_KEY, spec.idempotency_key)
                 if existing is None:
-                    raise
+                    raise _key_taken(error) from None
                 return str(existing), None
         return task_id, None
 
