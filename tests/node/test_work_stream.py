@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from agentmesh.rpc.work_stream import accepted
 from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
 from tests.node.conftest import StartNode
 from tests.node.test_node import (
@@ -206,13 +207,14 @@ async def test_work_needs_the_token(start_node: StartNode) -> None:
         stub = node_pb2_grpc.AgentNodeStub(channel)
         anonymous = stub.Work()
         # Refused before a word: the stream ends with no headers (the refusal's status).
-        assert await anonymous.initial_metadata() == ()
+        assert not accepted(await anonymous.initial_metadata())
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await anonymous.read()
         assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
         trusted = stub.Work(metadata=[("authorization", "Bearer mesh-secret-2")])
-        await trusted.initial_metadata()  # taken: its headers come before any update
+        # Taken: its headers, with the mark, come before any update.
+        assert accepted(await trusted.initial_metadata())
         assert not trusted.done()
         await trusted.write(node_pb2.WorkRequest(start=[execute("t-2", kind="echo", prompt="x")]))
         collected = Collected()

@@ -29,6 +29,7 @@ from agentmesh.node.card import build_card
 from agentmesh.node.registration import Registration
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
+from agentmesh.rpc.work_stream import accepted
 from agentmesh.v1 import (
     agent_pb2,
     node_pb2,
@@ -121,17 +122,12 @@ async def _node_work(clients: Clients, targets: Targets) -> None:
     """The scheduler's stream: one attempt started, its events until the result."""
     call = clients.node.Work()
     task_id = f"work-{uuid.uuid4().hex[:8]}"
-    # As the scheduler does: write once the node has taken the stream (its headers), or a
-    # write racing the refusal would turn its status into INTERNAL (grpc/grpc#36066).
-    await call.initial_metadata()
-    if call.done():
-        await call.read()  # raises the refusal
-    await call.write(
-        node_pb2.WorkRequest(
-            start=[node_pb2.ExecuteTaskRequest(task_id=task_id, attempt=1, spec=_echo("work"))]
-        )
-    )
-    await call.done_writing()
+    # As the scheduler does: write once the node has taken the stream (the mark in its
+    # headers), or a write racing the refusal would turn its status into INTERNAL.
+    if accepted(await call.initial_metadata()):  # else refused: reading raises the status
+        start = node_pb2.ExecuteTaskRequest(task_id=task_id, attempt=1, spec=_echo("work"))
+        await call.write(node_pb2.WorkRequest(start=[start]))
+        await call.done_writing()
     updates = await _stream(call)
     assert not [e for u in updates for e in u.errors], "the node refused the attempt"
     events = [e for u in updates for e in u.events]

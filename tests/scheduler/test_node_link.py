@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from agentmesh.errors import Reason
+from agentmesh.rpc.work_stream import ACCEPTED
 from agentmesh.scheduler import node_link
 from agentmesh.scheduler.node_link import MAX_WAITING_EVENTS, CallError, NodeLink
 from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
@@ -95,7 +96,7 @@ class StandIn:
                 requests: AsyncIterator[node_pb2.WorkRequest], context: Any
             ) -> AsyncIterator[node_pb2.WorkUpdate]:
                 if self.headers:
-                    await context.send_initial_metadata(())  # first, as a node sends them
+                    await context.send_initial_metadata((ACCEPTED,))  # first, as a node does
                 async for update in self.work(requests, context):
                     yield update
 

@@ -90,8 +90,9 @@ class AgentNodeServicer:
         Each request starts and stops attempts; each update carries events of any of them,
         each attempt's in order. An attempt the node does not start (or that breaks) gets an
         AttemptError with the status ExecuteTask would have ended with. Ending or dropping the
-        stream stops every attempt started on it. The node answers with its headers at once
-        (a client writes only once it has them: a refused stream ends before, with its status),
+        stream stops every attempt started on it. The node answers with its headers at once,
+        marked "agentmesh-work: accepted" (a client writes only once it has the mark: a refused
+        stream's headers come with its status, unmarked),
         and ends the stream only after the client has: when it shuts down it says so
         (WorkUpdate.draining), refuses the starts still on their way, and waits for the
         client's half-close once their attempts have ended. So no write races the stream's end

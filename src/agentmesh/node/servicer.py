@@ -23,6 +23,7 @@ from agentmesh.rpc.request_shape import (
     WorkShape,
     add_checked,
 )
+from agentmesh.rpc.work_stream import ACCEPTED
 from agentmesh.tasks.model import SCHEDULER_ONLY_FIELDS, validate_task_id
 from agentmesh.v1 import agent_pb2, node_pb2, node_pb2_grpc, task_pb2
 
@@ -63,9 +64,9 @@ class AgentNodeServicer(node_pb2_grpc.AgentNodeServicer):
         self, requests: AsyncIterator[CheckedWork | RefusedRequest], context: Context
     ) -> AsyncIterator[node_pb2.WorkUpdate]:
         """Run the attempts the requests start, until the requests end and they have."""
-        # Headers first: the client writes once it has them (see the proto), so none of its
-        # writes races a refusal, which would hide the refusal's status behind INTERNAL.
-        await context.send_initial_metadata(())
+        # Headers first, with the mark: the client writes once it has it (see
+        # agentmesh.rpc.work_stream), so none of its writes races a refusal.
+        await context.send_initial_metadata((ACCEPTED,))
         work = _WorkStream(self._execute, self._runner.stopping)
         try:
             async for update in work.serve(requests):

@@ -24,6 +24,7 @@ import grpc
 
 from agentmesh.errors import Reason
 from agentmesh.rpc.errors import reason_of
+from agentmesh.rpc.work_stream import accepted
 from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 # node, by flow control, stops sending): a slow consumer holds the others back, but memory
 # stays bounded.
 MAX_WAITING_EVENTS = 1024
-# How long the link waits for a new stream's headers before it writes anyway: a node of an
-# earlier version sends none until its first update, which needs a start.
+# How long the link waits for a new stream's headers, and then for a stream without the
+# mark of a taken one (agentmesh.rpc.work_stream) to end, before it writes anyway: nodes of
+# earlier versions send no mark, and the oldest no headers until their first update.
 HEADERS_SECONDS = 1.0
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -191,9 +193,13 @@ class NodeLink:
         """Send what the attempts asked for, all of it in one message each time; once the
         node drains, half-close when the attempts sent to it have ended."""
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            headers = None
             with contextlib.suppress(TimeoutError):
-                # The node's headers: it took the stream.
-                await asyncio.wait_for(call.initial_metadata(), HEADERS_SECONDS)
+                headers = await asyncio.wait_for(call.initial_metadata(), HEADERS_SECONDS)
+            if not accepted(headers):
+                # A refusal (its status comes with its headers), or a node of an earlier
+                # release (no mark): whichever it is shows within the bound.
+                await _ended_within(call, HEADERS_SECONDS)
             if call.done():
                 return  # refused: the reader reports the node's status
             while True:
@@ -278,3 +284,12 @@ class NodeLink:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+
+async def _ended_within(call: grpc.aio.Call, seconds: float) -> None:
+    """Return once the call has ended, or after `seconds`."""
+    ended = asyncio.Event()
+    call.add_done_callback(lambda _: ended.set())
+    if not call.done():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), seconds)
