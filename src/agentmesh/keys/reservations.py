@@ -19,6 +19,7 @@ from agentmesh.db.connect import Connection
 from agentmesh.keys import quota
 from agentmesh.keys.forecast import Forecast, Forecaster, over_limit_reason
 from agentmesh.keys.quota import KeyChoice, Limits
+from agentmesh.scheduler.queries import waiting
 from agentmesh.tasks.model import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,9 @@ SELECT username, throttle_tolerance, max_token_per_request FROM user_profile
 WHERE username = ANY($1::text[])
 """
 # Since when each of these tasks waits for a key (now, for those that start waiting).
-WAITING_SINCE = """
-UPDATE tasks SET key_wait_since = coalesce(key_wait_since, now())
-WHERE id = ANY($1::text[]) AND state = 'submitted'
+WAITING_SINCE = f"""
+UPDATE tasks t SET key_wait_since = coalesce(key_wait_since, now())
+WHERE id = ANY($1::text[]) AND {waiting("t")}
 RETURNING id, extract(epoch FROM now() - key_wait_since)::float8 AS waited
 """
 
