@@ -24,9 +24,11 @@ from agentmesh.config import ConfigError, NodeSettings, Settings, describe_valid
 def node(app: App, /, **flags: str | int | None) -> int:
     """Serve this host's AgentNode."""
     from agentmesh.allocator import keep_large_buffers
+    from agentmesh.collector import freeze_startup
     from agentmesh.node.service import run_node  # a slow import: not for --help
 
     keep_large_buffers()  # output streams in 1 MiB chunks: their buffers are reused
+    freeze_startup()  # what the imports made lives as long as the process
     return app.run(
         lambda: run_node(app.settings(), node_settings(app.settings(), flags)), service=True
     )

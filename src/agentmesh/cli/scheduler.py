@@ -17,9 +17,11 @@ def scheduler(app: App, listen: str | None) -> int:
     import uvloop
 
     from agentmesh.allocator import keep_large_buffers
+    from agentmesh.collector import freeze_startup
     from agentmesh.scheduler.service import run_scheduler  # a slow import: not for --help
 
     keep_large_buffers()  # nodes' output arrives in 1 MiB events: their buffers are reused
+    freeze_startup()  # what the imports made lives as long as the process
 
     # uvloop: the scheduler is CPU-bound in its event loop under load (see bench/dispatch.py).
     # Nodes keep the standard loop: uvloop's subprocess_exec refuses `user`, `group` and
