@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agentmesh.db import embedded  # noqa: E402
-from agentmesh.db.connect import ensure_database  # noqa: E402
+from agentmesh.db.connect import GENERIC_PLANS, ensure_database  # noqa: E402
 from agentmesh.scheduler import agents as agent_queries  # noqa: E402
 from agentmesh.scheduler import queries as q  # noqa: E402
 from agentmesh.scheduler import retention_queries as rq  # noqa: E402
@@ -408,7 +408,9 @@ PASSES = 3
 async def explain_variant(dsn: str, drop_new_indexes: bool) -> list[Plan]:
     """The hot queries' plans, PASSES times in rolled-back transactions (with 0013's indexes
     dropped in them, or not); per query, the pass of median time."""
-    conn = await asyncpg.connect(dsn)
+    # Costed as the scheduler's sessions cost them (their random_page_cost).
+    settings = {k: v for k, v in GENERIC_PLANS.items() if k != "plan_cache_mode"}
+    conn = await asyncpg.connect(dsn, server_settings=settings)
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     await conn.execute(GENERIC_PLAN_FUNCTION)
     passes = []

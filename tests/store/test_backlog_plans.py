@@ -4,9 +4,11 @@ The scheduler's sessions plan each statement once (see db.connect.GENERIC_PLANS)
 statistics of the moment. Those are usually taken when few tasks wait: most of a mesh's
 tasks have ended. A plan that trusted them to reach waiting tasks through the state index
 walked every waiting task on each call once a backlog built up (a claim of 34 tasks probed
-the queue 674 times, each probe once per id in hand). Here the statistics are taken with 5
-tasks waiting, then 3,000 more arrive, and each statement, planned as the scheduler plans
-it, must read rows in proportion to the ids it is given.
+the queue 674 times, each probe once per id in hand). Taken when every queue row was claimed
+(all running, or parked), they make the claim index look empty, and a plan that trusted them
+read all of it. Here the statistics are taken in either state, then 3,000 tasks arrive, and
+each statement, planned as the scheduler plans it, must read rows in proportion to the ids
+it is given.
 """
 
 from __future__ import annotations
@@ -44,15 +46,23 @@ WHERE state = 'submitted' AND NOT EXISTS (SELECT FROM task_queue WHERE task_id =
 """
 
 
-@pytest.fixture
-async def stale(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
-    """A database whose statistics were taken before its backlog arrived."""
+PARK_ALL = f"""
+UPDATE task_queue SET claimed = true, claimed_by = '{q.PARKED_FOR_AGENT}', available_at = 'infinity'
+"""
+
+
+@pytest.fixture(params=["few waiting", "every row claimed"])
+async def stale(request: pytest.FixtureRequest, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    """A database whose statistics were taken before its backlog arrived: when 5 tasks
+    waited, or when every queue row was claimed (all of them running, or parked)."""
     async with pool.acquire() as conn:
         for table in TABLES:
             await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
         await conn.execute(ADD_TASKS, "done-", "completed", HISTORY)
         await conn.execute(ADD_TASKS, "early-", "submitted", 5)
         await conn.execute(QUEUE_WAITING)
+        if request.param == "every row claimed":
+            await conn.execute(PARK_ALL)
         await conn.execute("ANALYZE tasks, task_queue")
         await conn.execute(ADD_TASKS, "t", "submitted", BACKLOG)
         await conn.execute(QUEUE_WAITING)

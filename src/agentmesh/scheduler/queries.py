@@ -42,6 +42,16 @@ def waiting(row: str) -> str:
     return f"{row}.state || '' = 'submitted'"
 
 
+def unclaimed(row: str) -> str:
+    """The condition that queue row `row` is not claimed, written so that the claim index
+    (task_queue_claim_idx, partial on NOT claimed) does not match it, for the same reason
+    as `waiting`: taken when every queue row was claimed (all running, or parked), the
+    statistics make that index look empty, and a plan made then read all of it, thousands of
+    waiting rows, to find the few in hand. Only the dispatch window (SELECT_READY) reads
+    the queue through it, in its order."""
+    return f"{row}.claimed IS FALSE"
+
+
 TASK_COLUMNS = """
     id, kind, spec, state, user_name, parent_id, priority, assigned_agent, attempt,
     max_attempts, waiting_reason, output, error, exit_code, usage, last_seq,
@@ -187,7 +197,7 @@ WITH p AS (
 ), locked AS (
     SELECT q.id, p.task_id, p.reason, p.until
     FROM p JOIN task_queue q ON q.task_id = p.task_id JOIN tasks t ON t.id = p.task_id
-    WHERE NOT q.claimed AND {waiting("t")}
+    WHERE {unclaimed("q")} AND {waiting("t")}
     FOR UPDATE OF q, t SKIP LOCKED
 ), parked AS (
     UPDATE task_queue q
@@ -220,11 +230,11 @@ WHERE id IN (
 """
 # Claims lock the task rows too (skipping any a cancel or an ending holds), so dispatch
 # never waits on a lock while holding one.
-CLAIM = """
+CLAIM = f"""
 UPDATE task_queue SET claimed = true, claimed_by = $2, claimed_at = now()
 WHERE id IN (
     SELECT q.id FROM task_queue q JOIN tasks t ON t.id = q.task_id
-    WHERE q.task_id = ANY($1::text[]) AND NOT q.claimed
+    WHERE q.task_id = ANY($1::text[]) AND {unclaimed("q")}
     FOR UPDATE OF q, t SKIP LOCKED
 )
 RETURNING task_id
@@ -271,7 +281,7 @@ WITH claimed AS (
     UPDATE task_queue SET claimed = true, claimed_by = $3, claimed_at = now()
     WHERE id IN (
         SELECT q.id FROM task_queue q JOIN tasks t ON t.id = q.task_id
-        WHERE q.task_id = ANY($1::text[]) AND NOT q.claimed AND {waiting("t")}
+        WHERE q.task_id = ANY($1::text[]) AND {unclaimed("q")} AND {waiting("t")}
         FOR UPDATE OF q, t SKIP LOCKED
     )
     RETURNING task_id
