@@ -84,10 +84,20 @@ SERVER_SETTINGS = {"timezone": "UTC"}
 # afresh the statements that take arrays (the dispatch round's claim and start, the group
 # commits), each time longer than it runs them. Its statements are written for plans made
 # without their arguments' values (no `$1 IS NULL OR ...` filters on the large tables).
-# Their tables' pages are in memory: reading one out of order costs about what reading the
-# next does (PostgreSQL's default of 4 is for spinning disks). With it, a statement on a few
-# queue rows in hand scanned the whole queue (3,000 rows for 20) rather than look them up.
-GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan", "random_page_cost": "1.1"}
+# A plan made once is made on the tables as they are then, and kept until their statistics
+# change (autovacuum's next ANALYZE, a minute or more later): made on a new database's
+# nearly empty tables, where reading a table whole is the cheapest way through it, it went on
+# doing so as they grew (a claim of 20 tasks read 62,000 rows beside 1,000 waiting). Every
+# statement of the scheduler reaches its rows through an index, so its sessions never plan a
+# sequential scan where an index serves; and its tables' pages are in memory, where reading
+# one out of order costs about what reading the next does (PostgreSQL's default of 4 is for
+# spinning disks: with it, a statement on 20 queue rows scanned 3,000 rather than look them
+# up).
+GENERIC_PLANS = {
+    "plan_cache_mode": "force_generic_plan",
+    "random_page_cost": "1.1",
+    "enable_seqscan": "off",
+}
 
 
 async def connect(dsn: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
@@ -111,7 +121,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, settings: Mapping[str, str] | None = None
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    settings: Mapping[str, str] | None = None,
 ) -> asyncpg.Pool:
     """A pool whose connections decode JSON (with these session `settings` besides ours);
     reconnects itself after a server restart."""

@@ -52,6 +52,20 @@ def unclaimed(row: str) -> str:
     return f"{row}.claimed IS FALSE"
 
 
+def lock_queued(ids: str, *, still_waiting: bool = True) -> str:
+    """The unclaimed queue rows (`held.id`) of the tasks in `ids` (a FROM item with a
+    `task_id` column), each locked with its task row, skipping any another transaction
+    holds; only those whose task still waits, unless told otherwise. One lookup by key per
+    id, whatever the planner thinks of the tables: a subquery that locks is never merged
+    into its query, so LATERAL runs it once per id."""
+    task = f" AND {waiting('t')}" if still_waiting else ""
+    return f"""{ids}, LATERAL (
+        SELECT q.id FROM task_queue q JOIN tasks t ON t.id = q.task_id
+        WHERE q.task_id = ids.task_id AND {unclaimed("q")}{task}
+        FOR UPDATE OF q, t SKIP LOCKED
+    ) AS held"""
+
+
 TASK_COLUMNS = """
     id, kind, spec, state, user_name, parent_id, priority, assigned_agent, attempt,
     max_attempts, waiting_reason, output, error, exit_code, usage, last_seq,
@@ -195,15 +209,13 @@ PARK = f"""
 WITH p AS (
     SELECT * FROM unnest($1::text[], $2::text[], $4::timestamptz[]) AS p(task_id, reason, until)
 ), locked AS (
-    SELECT q.id, p.task_id, p.reason, p.until
-    FROM p JOIN task_queue q ON q.task_id = p.task_id JOIN tasks t ON t.id = p.task_id
-    WHERE {unclaimed("q")} AND {waiting("t")}
-    FOR UPDATE OF q, t SKIP LOCKED
+    SELECT held.id, ids.task_id, ids.reason, ids.until
+    FROM {lock_queued("p AS ids")}
 ), parked AS (
     UPDATE task_queue q
     SET claimed = true, claimed_by = $3, claimed_at = now(),
         available_at = coalesce(locked.until, 'infinity')
-    FROM locked WHERE q.id = locked.id
+    FROM locked WHERE q.id = locked.id AND q.id = ANY(ARRAY(SELECT id FROM locked))
     RETURNING q.id
 ), explained AS (
     UPDATE tasks t SET waiting_reason = locked.reason
@@ -232,11 +244,9 @@ WHERE id IN (
 # never waits on a lock while holding one.
 CLAIM = f"""
 UPDATE task_queue SET claimed = true, claimed_by = $2, claimed_at = now()
-WHERE id IN (
-    SELECT q.id FROM task_queue q JOIN tasks t ON t.id = q.task_id
-    WHERE q.task_id = ANY($1::text[]) AND {unclaimed("q")}
-    FOR UPDATE OF q, t SKIP LOCKED
-)
+WHERE id = ANY(ARRAY(
+    SELECT held.id FROM {lock_queued("unnest($1::text[]) AS ids(task_id)", still_waiting=False)}
+))
 RETURNING task_id
 """
 # Start the next attempt of each placed task and record where it was placed (and, for a
@@ -279,11 +289,9 @@ SELECT id, attempt, spec, user_name, parent_id, last_seq FROM s, n
 CLAIM_AND_START = f"""
 WITH claimed AS (
     UPDATE task_queue SET claimed = true, claimed_by = $3, claimed_at = now()
-    WHERE id IN (
-        SELECT q.id FROM task_queue q JOIN tasks t ON t.id = q.task_id
-        WHERE q.task_id = ANY($1::text[]) AND {unclaimed("q")} AND {waiting("t")}
-        FOR UPDATE OF q, t SKIP LOCKED
-    )
+    WHERE id = ANY(ARRAY(
+        SELECT held.id FROM {lock_queued("unnest($1::text[]) AS ids(task_id)")}
+    ))
     RETURNING task_id
 ), s AS ({
     _START.format(
