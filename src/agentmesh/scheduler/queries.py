@@ -215,7 +215,7 @@ WITH p AS (
     UPDATE task_queue q
     SET claimed = true, claimed_by = $3, claimed_at = now(),
         available_at = coalesce(locked.until, 'infinity')
-    FROM locked WHERE q.id = locked.id AND q.id = ANY(ARRAY(SELECT id FROM locked))
+    FROM locked WHERE q.id = locked.id
     RETURNING q.id
 ), explained AS (
     UPDATE tasks t SET waiting_reason = locked.reason
@@ -244,9 +244,9 @@ WHERE id IN (
 # never waits on a lock while holding one.
 CLAIM = f"""
 UPDATE task_queue SET claimed = true, claimed_by = $2, claimed_at = now()
-WHERE id = ANY(ARRAY(
+WHERE id IN (
     SELECT held.id FROM {lock_queued("unnest($1::text[]) AS ids(task_id)", still_waiting=False)}
-))
+)
 RETURNING task_id
 """
 # Start the next attempt of each placed task and record where it was placed (and, for a
@@ -289,9 +289,9 @@ SELECT id, attempt, spec, user_name, parent_id, last_seq FROM s, n
 CLAIM_AND_START = f"""
 WITH claimed AS (
     UPDATE task_queue SET claimed = true, claimed_by = $3, claimed_at = now()
-    WHERE id = ANY(ARRAY(
+    WHERE id IN (
         SELECT held.id FROM {lock_queued("unnest($1::text[]) AS ids(task_id)")}
-    ))
+    )
     RETURNING task_id
 ), s AS ({
     _START.format(
