@@ -38,14 +38,11 @@ INSERT INTO tasks (id, kind, spec, state, user_name, priority, max_attempts, wai
 SELECT $1 || g, 'echo', '{"kind": "echo"}', $2, '', 0, 3, '', $1 || g, 1
 FROM generate_series(1, $3) AS g
 """
-_probes = itertools.count()
 QUEUE_WAITING = """
 INSERT INTO task_queue (task_id, priority, payload)
 SELECT id, 0, spec FROM tasks
 WHERE state = 'submitted' AND NOT EXISTS (SELECT FROM task_queue WHERE task_id = tasks.id)
 """
-
-
 PARK_ALL = f"""
 UPDATE task_queue SET claimed = true, claimed_by = '{q.PARKED_FOR_AGENT}', available_at = 'infinity'
 """
@@ -72,6 +69,9 @@ async def stale(request: pytest.FixtureRequest, pool: asyncpg.Pool) -> AsyncIter
         async with pool.acquire() as conn:
             for table in TABLES:
                 await conn.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+
+
+_probes = itertools.count()
 
 
 async def generic_plan(conn: asyncpg.Connection, sql: str, *arguments: object) -> Any:
