@@ -121,11 +121,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str,
-    *,
-    min_size: int = 1,
-    max_size: int = 10,
-    settings: Mapping[str, str] | None = None,
+    dsn: str, *, min_size: int = 1, max_size: int = 10, settings: Mapping[str, str] | None = None
 ) -> asyncpg.Pool:
     """A pool whose connections decode JSON (with these session `settings` besides ours);
     reconnects itself after a server restart."""
