@@ -33,7 +33,7 @@ from agentmesh.errors import (
 from agentmesh.node.environment import Scrubber
 from agentmesh.node.executors.base import DEFAULT_MAX_OUTPUT_BYTES, Executor, Job
 from agentmesh.node.permissions.approvals import Approval
-from agentmesh.tasks.events import Diagnostic, Payload, Result, Status, TaskEvent
+from agentmesh.tasks.events import Diagnostic, Payload, Result, Status, TaskEvent, field_names
 from agentmesh.tasks.model import (
     AgentMode,
     TaskKind,
@@ -271,8 +271,8 @@ def _workdir(configured: Path | None, task_id: str, needed: bool) -> Iterator[Pa
 
 def _scrubbed(payload: Payload, scrub: Scrubber) -> Payload:
     changes: dict[str, Any] = {
-        f.name: scrub(value)
-        for f in dataclasses.fields(payload)
-        if isinstance(value := getattr(payload, f.name), str)
+        name: scrub(value)
+        for name in field_names(type(payload))
+        if isinstance(value := getattr(payload, name), str)
     }
     return dataclasses.replace(payload, **changes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from google.protobuf import json_format
@@ -15,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentmesh.node.card import AgentCard, held_keys_from
 from agentmesh.tasks import events
+from agentmesh.tasks.events import field_names, usage_values
 from agentmesh.tasks.model import TaskSpec, TaskState, spec_values
 from agentmesh.v1 import agent_pb2, task_pb2
 
@@ -65,13 +67,13 @@ def payload_to_dict(payload: events.Payload) -> dict[str, Any]:
     NUL characters become U+FFFD: PostgreSQL's jsonb cannot hold them."""
     values: dict[str, Any] = {}
     # Field by field (dataclasses.asdict deep-copies): every event a task writes comes here.
-    for field in dataclasses.fields(payload):
-        value = getattr(payload, field.name)
+    for name in field_names(type(payload)):
+        value = getattr(payload, name)
         if isinstance(value, str):
             value = value.replace("\x00", "\ufffd")
         elif isinstance(value, events.Usage):
-            value = dataclasses.asdict(value)
-        values[field.name] = value
+            value = usage_values(value)
+        values[name] = value
     return values
 
 
@@ -95,7 +97,7 @@ def event_to_proto(event: events.TaskEvent) -> task_pb2.TaskEvent:
     payload = event.payload
     _set_payload(
         getattr(message, payload.KIND),
-        ((field.name, getattr(payload, field.name)) for field in dataclasses.fields(payload)),
+        ((name, getattr(payload, name)) for name in field_names(type(payload))),
     )
     return message
 
@@ -124,6 +126,19 @@ def stored_event_to_proto(
     return message
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def set_datetime(timestamp: Timestamp, value: datetime) -> None:
+    """Timestamp.FromDatetime(value) (a naive value is UTC), in integer arithmetic and
+    without its checks: every task the scheduler answers with carries a few."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    since = value - _EPOCH
+    timestamp.seconds = since.days * 86_400 + since.seconds
+    timestamp.nanos = since.microseconds * 1000
+
+
 def _set_time(timestamp: Timestamp, seconds: float) -> None:
     """Timestamp.FromMicroseconds(int(seconds * 1e6)), without its checks' cost per event."""
     micros = int(seconds * 1e6)
@@ -139,7 +154,7 @@ def _set_payload(target: Any, values: Iterable[tuple[str, Any]]) -> None:
     target.SetInParent()  # a payload of default values still names its kind
     for name, value in values:
         if name == "usage":
-            counts = value if isinstance(value, dict) else dataclasses.asdict(value)
+            counts = value if isinstance(value, dict) else usage_values(value)
             target.usage.SetInParent()
             for count, number in counts.items():
                 setattr(target.usage, count, number)
@@ -156,15 +171,15 @@ def event_from_proto(message: task_pb2.TaskEvent) -> events.TaskEvent:
     source = getattr(message, kind)
     # Read field by field (not through json_format): this is the scheduler's hot path.
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(events.PAYLOAD_TYPES[kind]):
-        value = getattr(source, field.name)
-        if field.name in _ENUM_PREFIXES:
-            enum = source.DESCRIPTOR.fields_by_name[field.name].enum_type.values_by_number
-            name = enum[value].name if value in enum else str(value)
-            value = name.removeprefix(_ENUM_PREFIXES[field.name]).lower()
-        elif field.name == "usage":
+    for name in field_names(events.PAYLOAD_TYPES[kind]):
+        value = getattr(source, name)
+        if name in _ENUM_PREFIXES:
+            enum = source.DESCRIPTOR.fields_by_name[name].enum_type.values_by_number
+            label = enum[value].name if value in enum else str(value)
+            value = label.removeprefix(_ENUM_PREFIXES[name]).lower()
+        elif name == "usage":
             value = {f.name: getattr(value, f.name) for f in value.DESCRIPTOR.fields}
-        values[field.name] = value
+        values[name] = value
     return events.TaskEvent(
         task_id=message.task_id,
         seq=message.seq,

@@ -39,8 +39,9 @@ class GroupCommit(Generic[In, Out]):
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain(), name="group commit")
         # The write goes on if this caller stops waiting: other callers share the batch,
-        # and an item handed over is written (as a single statement would have been).
-        return await asyncio.shield(future)
+        # and an item handed over is written (as a single statement would have been). Only
+        # this caller's own future is cancelled then, which the writer passes over.
+        return await future
 
     async def _drain(self) -> None:
         try:

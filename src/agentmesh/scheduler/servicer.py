@@ -33,6 +33,7 @@ from agentmesh.scheduler.validation import (
     with_user_modes,
 )
 from agentmesh.scheduler.watch import wait_for_end, watch_pages
+from agentmesh.tasks.events import usage_values
 from agentmesh.tasks.model import AgentMode, TaskSpec, validate_task_id
 from agentmesh.v1 import node_pb2, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
@@ -49,7 +50,7 @@ def _timestamp(value: Any) -> Timestamp | None:
     if value is None:
         return None
     stamp = Timestamp()
-    stamp.FromDatetime(value)
+    convert.set_datetime(stamp, value)
     return stamp
 
 
@@ -62,7 +63,7 @@ def task_to_proto(task: TaskRecord) -> task_pb2.Task:
         attempt=task.attempt,
         spec=convert.spec_to_proto(task.spec),
         child_ids=task.child_ids,
-        usage=task_pb2.Usage(**convert.payload_to_dict(task.usage)),  # type: ignore[arg-type]
+        usage=task_pb2.Usage(**usage_values(task.usage)),
         waiting_reason=task.waiting_reason,
         output=task.output,
         error=task.error,
@@ -72,9 +73,8 @@ def task_to_proto(task: TaskRecord) -> task_pb2.Task:
         replay_of=task.replay_of,
     )
     for name in ("created_at", "started_at", "finished_at"):
-        stamp = _timestamp(getattr(task, name))
-        if stamp is not None:
-            getattr(message, name).CopyFrom(stamp)
+        if (value := getattr(task, name)) is not None:
+            convert.set_datetime(getattr(message, name), value)
     return message
 
 

@@ -8,7 +8,6 @@ result, so each task ends exactly once.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +31,15 @@ from agentmesh.node.permissions.approvals import Approval, permits
 from agentmesh.rpc.convert import payload_from_dict, payload_to_dict
 from agentmesh.scheduler import queries as q
 from agentmesh.scheduler.group_commit import GroupCommit
-from agentmesh.tasks.events import Payload, Refusal, Result, Status, TaskEvent, Usage
+from agentmesh.tasks.events import (
+    Payload,
+    Refusal,
+    Result,
+    Status,
+    TaskEvent,
+    Usage,
+    usage_values,
+)
 from agentmesh.tasks.model import TaskSpec, TaskState, spec_values
 
 log = logging.getLogger(__name__)
@@ -774,7 +781,7 @@ class TaskStore:
                     [storable(end.result.output[-OUTPUT_LIMIT:]) for end in mine],
                     [storable(end.result.error) for end in mine],
                     [end.result.exit_code for end in mine],
-                    [dataclasses.asdict(end.result.usage) for end in mine],
+                    [usage_values(end.result.usage) for end in mine],
                     # Objects, not lists: a list in a list would be read as a 2-D array.
                     [
                         {
@@ -1044,7 +1051,7 @@ class TaskStore:
             result.state.value,
             storable(result.error),
             result.exit_code,
-            dataclasses.asdict(result.usage),
+            usage_values(result.usage),
         )
         if ended is None:
             return  # it had ended already: a task ends once

@@ -6,9 +6,10 @@ and the `kind` column of `task_events`; `asdict(payload)` is what the trace stor
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from agentmesh.tasks.model import TaskState
 
@@ -144,3 +145,20 @@ class TaskEvent:
     attempt: int
     agent_id: str
     payload: Payload
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """A payload class's field names, in order (`dataclasses.fields` builds them again on
+    each call, and every event of every task is converted field by field a few times)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def usage_values(usage: Usage) -> dict[str, Any]:
+    """The counts by name (`dataclasses.asdict` deep-copies)."""
+    return {name: getattr(usage, name) for name in field_names(Usage)}

@@ -112,9 +112,12 @@ SCHEDULER_ONLY_FIELDS: dict[str, str] = {
 }
 
 
+_FOR_NODE = {name: getattr(_EMPTY_SPEC, name) for name in SCHEDULER_ONLY_FIELDS}
+
+
 def for_node(spec: TaskSpec) -> TaskSpec:
     """The spec as a node gets it: without the fields that only the scheduler acts on."""
-    return replace(spec, **{name: getattr(_EMPTY_SPEC, name) for name in SCHEDULER_ONLY_FIELDS})
+    return replace(spec, **_FOR_NODE)
 
 
 def validate_task_id(value: str, field_name: str = "task_id") -> str:
