@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentmesh.node.card import AgentCard
 from agentmesh.rpc import convert
@@ -222,3 +224,21 @@ def test_an_empty_card_survives_the_wire() -> None:
     )
 
     assert convert.card_from_proto(convert.card_to_proto(card)) == card
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=UTC),
+        datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=timezone(timedelta(hours=-7))),
+        datetime(2026, 12, 5, 1, 2, 3),  # naive: UTC
+        datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),  # before the epoch
+        datetime(1970, 1, 1, tzinfo=UTC),
+    ],
+)
+def test_datetimes_become_the_timestamps_protobuf_makes(value: datetime) -> None:
+    expected = Timestamp()
+    expected.FromDatetime(value)
+    stamp = Timestamp()
+    convert.set_datetime(stamp, value)
+    assert (stamp.seconds, stamp.nanos) == (expected.seconds, expected.nanos)
