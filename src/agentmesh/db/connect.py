@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import re
 import socket
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from agentmesh.config import Settings
-from agentmesh.db import embedded
+from agentmesh.db import embedded, json_codec
 
 # A connection of its own or one borrowed from a pool: queries work the same on both.
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -111,7 +110,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # JSON columns come and go as Python values.
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            type_name, encoder=json_codec.dumps, decoder=json_codec.loads, schema="pg_catalog"
         )
 
 
