@@ -72,6 +72,11 @@ TASK_COLUMNS = """
     created_at, started_at, finished_at, replay_of
 """
 
+# A task just stored, as `TaskRecord` needs it: its spec is the one in hand (not read back).
+NEW_TASK_COLUMNS = ", ".join(
+    f"t.{column.strip()}" for column in TASK_COLUMNS.split(",") if column.strip() != "spec"
+)
+
 INSERT_TASK = """
 INSERT INTO tasks (id, kind, spec, state, user_name, parent_id, priority, idempotency_key,
                    max_attempts, waiting_reason, root_id)
@@ -115,7 +120,7 @@ WITH t AS (
     INSERT INTO task_queue (task_id, priority, target_host, payload)
     SELECT id, priority, nullif(spec->>'target_host', ''), spec FROM t
 )
-SELECT t.* FROM t, (SELECT pg_notify('agentmesh_queue', '')) AS woken
+SELECT {NEW_TASK_COLUMNS} FROM t, (SELECT pg_notify('agentmesh_queue', '')) AS woken
 """
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
 SELECT_BY_IDEMPOTENCY_KEYS = """

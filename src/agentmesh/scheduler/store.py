@@ -145,10 +145,13 @@ def _key_taken(error: asyncpg.UniqueViolationError) -> Exception:
     return AlreadyExists(f"an idempotency key of a subtask is another task's: {error.detail}")
 
 
-def _record(row: asyncpg.Record, child_ids: Sequence[str] = ()) -> TaskRecord:
+def _record(
+    row: asyncpg.Record, child_ids: Sequence[str] = (), spec: TaskSpec | None = None
+) -> TaskRecord:
+    """The task of this row; `spec`, when given, is its spec (the row need not hold it)."""
     return TaskRecord(
         id=row["id"],
-        spec=spec_from_json(row["spec"]),
+        spec=spec if spec is not None else spec_from_json(row["spec"]),
         state=TaskState(row["state"]),
         parent_id=row["parent_id"] or "",
         assigned_agent=row["assigned_agent"] or "",
@@ -227,8 +230,8 @@ class TaskStore:
     async def submit_and_get(self, spec: TaskSpec, *, replay_of: str = "") -> TaskRecord:
         """`submit`, then the task as `get` returns it; a new task without subtasks comes
         back from the statement that stored it (one round trip, not three)."""
-        task_id, row = await self._submit(spec, replay_of)
-        return _record(row) if row is not None else await self.get(task_id)
+        task_id, record = await self._submit(spec, replay_of)
+        return record if record is not None else await self.get(task_id)
 
     async def submit_many(self, specs: Sequence[TaskSpec]) -> list[TaskRecord]:
         """Store many submissions, all or none, in one transaction; each one's task, in
@@ -238,25 +241,26 @@ class TaskStore:
             for last_try in (False, True):
                 try:
                     async with conn.transaction():
-                        ids, rows = await self._store_many(conn, specs)
+                        ids, records = await self._store_many(conn, specs)
                     break
                 except asyncpg.UniqueViolationError as error:
                     # A concurrent submit took one of the keys meanwhile: it is read now.
                     if last_try:
                         raise _key_taken(error) from None
             # Trees and tasks that had the keys: read as `get` would, two statements for all.
-            children: dict[str, list[str]] = {}
-            if missing := [task_id for task_id in dict.fromkeys(ids) if task_id not in rows]:
-                rows |= {row["id"]: row for row in await conn.fetch(q.SELECT_TASKS, missing)}
+            if missing := [task_id for task_id in dict.fromkeys(ids) if task_id not in records]:
+                rows = await conn.fetch(q.SELECT_TASKS, missing)
+                children: dict[str, list[str]] = {}
                 for row in await conn.fetch(q.SELECT_CHILD_IDS_OF, missing):
                     children.setdefault(row["parent_task_id"], []).append(row["child_task_id"])
-        return [_record(rows[task_id], children.get(task_id, ())) for task_id in ids]
+                records |= {row["id"]: _record(row, children.get(row["id"], ())) for row in rows}
+        return [records[task_id] for task_id in ids]
 
     async def _store_many(
         self, conn: Connection, specs: Sequence[TaskSpec]
-    ) -> tuple[list[str], dict[str, asyncpg.Record]]:
-        """`submit_many` inside its transaction: the ids in order, and the rows of the
-        leaves it stored (as their statement returned them)."""
+    ) -> tuple[list[str], dict[str, TaskRecord]]:
+        """`submit_many` inside its transaction: the ids in order, and the leaves it stored
+        (as their statement returned them)."""
         keys = [spec.idempotency_key for spec in specs if spec.idempotency_key]
         taken: dict[str, str] = {}
         if keys:
@@ -281,24 +285,26 @@ class TaskStore:
                 else:
                     placed.append(index)
                     leaves.append(index)
-        rows: dict[str, asyncpg.Record] = {}
+        records: dict[str, TaskRecord] = {}
         if leaves:
             stored = await self._insert_leaves([specs[index] for index in leaves], conn)
-            for index, row in zip(leaves, stored, strict=True):
-                placed[index] = row["id"]
-                rows[row["id"]] = row
+            for index, record in zip(leaves, stored, strict=True):
+                placed[index] = record.id
+                records[record.id] = record
         if trees:
             await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
         # What is still an index is a key given twice: the first's entry is an id by now.
-        return [entry if isinstance(entry, str) else str(placed[entry]) for entry in placed], rows
+        return [
+            entry if isinstance(entry, str) else str(placed[entry]) for entry in placed
+        ], records
 
-    async def _submit(self, spec: TaskSpec, replay_of: str) -> tuple[str, asyncpg.Record | None]:
-        """The task's id, and its row as stored when it is a new task without subtasks."""
+    async def _submit(self, spec: TaskSpec, replay_of: str) -> tuple[str, TaskRecord | None]:
+        """The task's id, and the task as stored when it is new and without subtasks."""
         leaf = not spec.subtasks and not replay_of
         if leaf and not spec.idempotency_key:
             # The common case: it shares its statement with what is submitted meanwhile.
-            row = await self._submit_leaves(spec)
-            return row["id"], row
+            record = await self._submit_leaves(spec)
+            return record.id, record
         async with self._pool.acquire() as conn:
             if spec.idempotency_key:
                 existing = await conn.fetchval(q.SELECT_BY_IDEMPOTENCY_KEY, spec.idempotency_key)
@@ -309,14 +315,14 @@ class TaskStore:
             try:
                 if leaf:
                     # Alone: a concurrent submit with the same key must not fail others.
-                    row = (await self._insert_leaves([spec], conn))[0]
-                    return row["id"], row
+                    record = (await self._insert_leaves([spec], conn))[0]
+                    return record.id, record
                 async with conn.transaction():
                     if spec.subtasks:
                         task_id = await self._insert_tree(conn, spec, parent_id=None)
                         await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
                     else:
-                        task_id = (await self._insert_leaves([spec], conn))[0]["id"]
+                        task_id = (await self._insert_leaves([spec], conn))[0].id
                     if replay_of:
                         await conn.execute(q.SET_REPLAY_OF, task_id, replay_of)
             except asyncpg.UniqueViolationError as error:
@@ -329,8 +335,8 @@ class TaskStore:
 
     async def _insert_leaves(
         self, specs: Sequence[TaskSpec], conn: Connection | None = None
-    ) -> list[asyncpg.Record]:
-        """Store tasks without subtasks, in one statement; their rows as stored, in order."""
+    ) -> list[TaskRecord]:
+        """Store tasks without subtasks, in one statement; the tasks as stored, in order."""
         ids = [new_task_id() for _ in specs]
         arguments = (
             q.SUBMIT_LEAVES,
@@ -349,7 +355,9 @@ class TaskStore:
         else:
             rows = await conn.fetch(*arguments)
         by_id = {row["id"]: row for row in rows}
-        return [by_id[task_id] for task_id in ids]
+        return [
+            _record(by_id[task_id], spec=spec) for task_id, spec in zip(ids, specs, strict=True)
+        ]
 
     async def _insert_tree(
         self, conn: Connection, spec: TaskSpec, parent_id: str | None, root_id: str | None = None
