@@ -52,3 +52,16 @@ class _Point:
 def test_what_json_cannot_hold_is_refused_as_before(value: object) -> None:
     with pytest.raises(TypeError):
         json_codec.dumps(value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1234567890123456789}',  # 19 digits: past 2**63
+        '{"n": -98765432109876543210, "é": "\u00e9"}',
+        "[1, 2, 12345678901234567890123]",
+    ],
+)
+def test_long_numbers_are_read_exactly_wherever_they_are(text: str) -> None:
+    assert json_codec.loads(text) == json.loads(text)
+    assert json_codec.loads(text) == json.loads(text, parse_float=float)

@@ -10,15 +10,17 @@ to write one: those values take the standard library's way, so nothing changes b
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
 # Values orjson would write where the standard library refuses: refused here too.
 _STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-# A number that may not fit 64 bits (a digit run inside a string sends it this way too).
-_LONG_NUMBER = re.compile(r"\d{19}")
+# A number that may not fit 64 bits: a run of 19 digits (one inside a string sends the text
+# the standard library's way too). Looked for in the text's bytes with every digit made "0"
+# and everything else " ": a regular expression took longer than orjson's whole parse.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_NUMBER = b"0" * 19
 
 
 def dumps(value: Any) -> str:
@@ -31,6 +33,6 @@ def dumps(value: Any) -> str:
 
 
 def loads(text: str) -> Any:
-    if _LONG_NUMBER.search(text):
+    if _LONG_NUMBER in text.encode("utf-8", "surrogatepass").translate(_DIGITS_ONLY):
         return json.loads(text)  # integers past 64 bits stay exact
     return orjson.loads(text)
