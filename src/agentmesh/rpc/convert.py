@@ -165,6 +165,19 @@ def _set_payload(target: Any, values: Iterable[tuple[str, Any]]) -> None:
 
 
 def event_from_proto(message: task_pb2.TaskEvent) -> events.TaskEvent:
+    return events.TaskEvent(
+        task_id=message.task_id,
+        seq=message.seq,
+        time=message.time.ToMicroseconds() / 1e6,
+        attempt=message.attempt,
+        agent_id=message.agent_id,
+        payload=payload_from_proto(message),
+    )
+
+
+def payload_from_proto(message: task_pb2.TaskEvent) -> events.Payload:
+    """The event's payload alone: what the scheduler acts on and stores for each event a
+    node streams (the rest of the event is the attempt's, which it knows)."""
     kind = message.WhichOneof("payload")
     if kind is None:
         raise ValueError(f"event {message.seq} of task {message.task_id} has no payload")
@@ -180,14 +193,7 @@ def event_from_proto(message: task_pb2.TaskEvent) -> events.TaskEvent:
         elif name == "usage":
             value = {f.name: getattr(value, f.name) for f in value.DESCRIPTOR.fields}
         values[name] = value
-    return events.TaskEvent(
-        task_id=message.task_id,
-        seq=message.seq,
-        time=message.time.ToMicroseconds() / 1e6,
-        attempt=message.attempt,
-        agent_id=message.agent_id,
-        payload=payload_from_dict(kind, values),
-    )
+    return payload_from_dict(kind, values)
 
 
 def card_to_proto(card: AgentCard) -> agent_pb2.AgentCard:

@@ -213,7 +213,8 @@ class Dispatcher:
         self._wake.set()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_seconds)
+                async with asyncio.timeout(self._settings.poll_seconds):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.round()
@@ -497,8 +498,7 @@ class Dispatcher:
         try:
             async for message in stream:
                 received += 1
-                event = convert.event_from_proto(message)
-                payload = event.payload
+                payload = convert.payload_from_proto(message)
                 if isinstance(payload, ApiError) and payload.kind is ApiErrorKind.QUOTA_EXHAUSTED:
                     exhausted = payload  # the node's proxy found no key with capacity
                 if isinstance(payload, events.Refusal):

@@ -45,14 +45,17 @@ class TraceWriter:
         # How long the pending batch may wait for company (see `add`).
         self._linger = 0.0
         self.superseded = False
-        self._task = asyncio.create_task(self._run(), name="trace writer")
+        # Started with the first batch to write: a short task's first event lingers on a
+        # timer alone, and its whole trace goes with its result, without a writer at all.
+        self._task: asyncio.Task[None] | None = None
+        self._lingering: asyncio.TimerHandle | None = None
 
     async def add(self, payload: Payload, *, linger: float = 0.0) -> None:
         """Queue an event; waits while the backlog is full. Raises if the writer died.
 
         With `linger`, an event that would start a batch holds it up to that many seconds
         (what arrives meanwhile joins it), unless the writer closes or its backlog fills."""
-        if self._task.done():
+        if self._task is not None and self._task.done():
             self._task.result()  # re-raise the writer's error, if any
             return
         await self._room.wait()
@@ -63,12 +66,31 @@ class TraceWriter:
             self._room.clear()
             self._flush.set()
         self._wake.set()
+        if self._task is None:
+            if self._linger and not self._flush.is_set():
+                if self._lingering is None:
+                    loop = asyncio.get_running_loop()
+                    self._lingering = loop.call_later(self._linger, self._start)
+            else:
+                self._start()
+
+    def _start(self) -> None:
+        """Start writing (a linger that ran on the timer has ended: it is not waited again)."""
+        if self._lingering is not None:
+            self._lingering.cancel()
+            if not self._closing:
+                self._linger = 0.0
+            self._lingering = None
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="trace writer")
 
     async def close(self) -> bool:
         """Write what is left; False if the attempt was superseded meanwhile."""
         self._closing = True
         self._flush.set()
         self._wake.set()
+        self._start()
+        assert self._task is not None
         await self._task
         return not self.superseded
 
@@ -80,14 +102,22 @@ class TraceWriter:
         self._handing_back = True
         self._flush.set()
         self._wake.set()
-        await self._task
+        if self._lingering is not None:
+            self._lingering.cancel()  # nothing was written: all of it is handed back
+            self._lingering = None
+        if self._task is not None:
+            await self._task
         if self.superseded:
             return None
         rest, self._pending = self._pending, []
         return rest
 
     def cancel(self) -> None:
-        self._task.cancel()
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
+        if self._task is not None:
+            self._task.cancel()
 
     async def _run(self) -> None:
         while True:
