@@ -284,3 +284,31 @@ async def test_a_node_shutting_down_says_so_and_ends_its_stream_after_the_client
     assert await asyncio.wait_for(call.read(), 30) is grpc.aio.EOF
     assert await call.code() is grpc.StatusCode.OK
     await shutdown
+
+
+async def test_a_node_shutting_down_says_so_at_once_while_its_attempts_are_quiet(
+    start_node: StartNode,
+) -> None:
+    """The client hears of the shutdown when it begins, not with the next event of some
+    attempt: until then it would go on sending starts that can only be refused."""
+    agent, call = await open_work(start_node, sandbox="none")
+    command = "sleep 3; echo done"
+    await call.write(
+        node_pb2.WorkRequest(
+            start=[execute("quiet-1", kind="shell", command=command, permission_mode="superuser")]
+        )
+    )
+    # Its start, then the warning that it runs unconfined: then nothing for 3 seconds.
+    started: list[task_pb2.TaskEvent] = []
+    while not any(e.HasField("diagnostic") for e in started):
+        started += (await asyncio.wait_for(call.read(), 30)).events
+    shutdown = asyncio.create_task(agent.shutdown(grace_seconds=30))  # type: ignore[attr-defined]
+    update = await asyncio.wait_for(call.read(), 30)
+    assert update.draining
+    # Told before the command's output (3 seconds away), not with it.
+    assert not [e for e in update.events if e.HasField("stdout") or e.HasField("result")]
+    while not any(e.HasField("result") for e in update.events):
+        update = await asyncio.wait_for(call.read(), 30)
+    await call.done_writing()
+    assert await asyncio.wait_for(call.read(), 30) is grpc.aio.EOF
+    await shutdown
