@@ -375,3 +375,16 @@ async def test_a_task_unparked_by_an_agent_that_joins_starts_in_that_same_round(
     finally:
         await dispatcher.stop()
         await channels.close()
+
+
+async def test_a_round_sees_a_node_s_card_as_its_last_heartbeat_gave_it(
+    pool: asyncpg.Pool,
+) -> None:
+    """Rounds keep each card parsed while it stays the same: a changed one is read again."""
+    registry = AgentRegistry(pool, ttl_seconds=60)
+    await registry.heartbeat(card("shifting", slots=1, capabilities=("a",)), ())
+    (before,) = [s for s in await registry.online({}) if s.name == "shifting"]
+    await registry.heartbeat(card("shifting", slots=3, capabilities=("b",)), ())
+    (after,) = [s for s in await registry.online({}) if s.name == "shifting"]
+    assert (before.capabilities, before.max_concurrency) == (frozenset({"a"}), 1)
+    assert (after.capabilities, after.max_concurrency) == (frozenset({"b"}), 3)

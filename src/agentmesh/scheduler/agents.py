@@ -136,9 +136,11 @@ def card_to_json(card: AgentCard) -> dict[str, object]:
     return dataclasses.asdict(card)
 
 
+_CARD_FIELDS = frozenset(f.name for f in dataclasses.fields(AgentCard))
+
+
 def card_from_json(values: dict[str, object]) -> AgentCard:
-    fields = {f.name for f in dataclasses.fields(AgentCard)}
-    data = {k: v for k, v in values.items() if k in fields}
+    data = {k: v for k, v in values.items() if k in _CARD_FIELDS}
     for name in ("ip_addresses", "executors", "models", "capabilities"):
         data[name] = tuple(cast(list[str], data.get(name) or []))
     data["held_keys"] = held_keys_from(data.get("held_keys"))
@@ -181,6 +183,9 @@ class AgentRegistry:
         # What each agent's keys were when this replica last registered them: a heartbeat
         # writes them only when they change (and once after this replica starts).
         self._held_keys: dict[str, tuple[str, frozenset[HeldKey]]] = {}
+        # Each agent's card as last read, and parsed: every round reads the cards, and they
+        # change only when their nodes do.
+        self._cards: dict[str, tuple[dict[str, object], AgentCard]] = {}
 
     @property
     def secured(self) -> bool:
@@ -248,8 +253,17 @@ class AgentRegistry:
             rows = await conn.fetch(SELECT_REGISTERED, self.secured)
         return [self._slot(row, {}) for row in rows]
 
+    def _card(self, row: asyncpg.Record) -> AgentCard:
+        values = row["card"]
+        cached = self._cards.get(row["id"])
+        if cached is not None and cached[0] == values:
+            return cached[1]
+        card = card_from_json(values)
+        self._cards[row["id"]] = (values, card)
+        return card
+
     def _slot(self, row: asyncpg.Record, running: dict[str, int]) -> AgentSlot:
-        card = card_from_json(row["card"])
+        card = self._card(row)
         try:
             ceiling = PermissionMode(card.max_permission_mode)
         except ValueError:
