@@ -162,7 +162,7 @@ class _WorkStream:
             for run in runs:
                 run.cancel()  # the stream is gone: so are the attempts it started
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(reader, *runs, return_exceptions=True)
+                await asyncio.gather(reader, stopping, *runs, return_exceptions=True)
 
     async def _relay_stopping(self) -> None:
         await self._stopping.wait()
