@@ -317,12 +317,18 @@ async def test_a_finished_attempt_wakes_a_round_only_if_a_task_waits_for_a_slot(
         await channels.close()
 
 
-async def test_an_attempt_that_finishes_during_a_round_wakes_the_next(
-    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("slots", "wakes"),
+    [(1, True), (2, False)],
+    ids=["the round left a task waiting for the slot", "nothing waits"],
+)
+async def test_an_attempt_that_finishes_during_a_round_wakes_the_next_only_for_a_waiting_task(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, slots: int, wakes: bool
 ) -> None:
-    """The round under way may have counted the slot as taken: the freed slot needs the
-    round after it, or a task left waiting would wait for the next poll."""
-    dispatcher, store, channels = await dispatcher_on(pool, [card("one", slots=2)], "during")
+    """The round under way may count the freed slot as taken: a task it leaves waiting
+    needs the round after it, or it would wait for the next poll. Where nothing waits, that
+    round would find nothing (at a steady rate, most slots free while a round runs)."""
+    dispatcher, store, channels = await dispatcher_on(pool, [card("one", slots=slots)], "during")
     finish, reading, read = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def streamed(*args: object) -> None:
@@ -331,7 +337,11 @@ async def test_an_attempt_that_finishes_during_a_round_wakes_the_next(
     monkeypatch.setattr(dispatcher, "_stream", streamed)
     try:
         task = await store.submit(TaskSpec(kind="echo", prompt="runs"))
-        await dispatcher.round()  # nothing waits after it
+        await dispatcher.round()
+        # With one slot, the next round counts it as the running attempt's: this one waits.
+        waiting = await store.submit(TaskSpec(kind="echo", prompt="waits"))
+        if slots > 1:
+            await dispatcher.round()  # it starts: nothing waits after it
         ready = store.ready
 
         async def slow_ready(*args: object, **kwargs: object) -> object:
@@ -345,11 +355,15 @@ async def test_an_attempt_that_finishes_during_a_round_wakes_the_next(
         dispatcher._wake.clear()
         finish.set()
         await dispatcher._attempts[task]
+        assert not dispatcher._wake.is_set()  # the round under way has yet to place
         read.set()
         await next_round
 
-        assert dispatcher._wake.is_set()
+        started = await pool.fetchval("SELECT attempt FROM tasks WHERE id = $1", waiting)
+        assert started == (0 if wakes else 1)
+        assert dispatcher._wake.is_set() is wakes
     finally:
+        finish.set()
         await dispatcher.stop()
         await channels.close()
 

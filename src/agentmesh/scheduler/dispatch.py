@@ -190,6 +190,8 @@ class Dispatcher:
         # The last round left tasks waiting for a busy agent (see slot_freed).
         self._short_of_slots = True
         self._in_round = False
+        # A slot was freed while the round under way ran (see slot_freed).
+        self._freed_in_round = False
         # The free slots the last round left, plus those our attempts freed since (None
         # before the first round).
         self._free_left: int | None = None
@@ -199,10 +201,13 @@ class Dispatcher:
 
     def slot_freed(self) -> None:
         """An attempt ended (here or on another replica): a round only if a task may wait
-        for the slot (the last round left one waiting for a busy agent, or one is under
-        way, whose snapshot may count the slot as taken). New work brings its own round."""
-        if self._short_of_slots or self._in_round:
+        for the slot. That is, if the last round left one waiting for a busy agent, or the
+        round under way does (its snapshot may count the slot as taken: it is told at its
+        end). New work brings its own round."""
+        if self._short_of_slots:
             self._wake.set()
+        elif self._in_round:
+            self._freed_in_round = True
 
     def live_attempts(self) -> list[tuple[str, int]]:
         """The (task, attempt) pairs this replica is streaming now: the leases to renew."""
@@ -233,6 +238,7 @@ class Dispatcher:
     async def round(self) -> None:
         self._in_round = True
         self._short_of_slots = False
+        self._freed_in_round = False
         try:
             await self._round()
         except BaseException:
@@ -240,6 +246,8 @@ class Dispatcher:
             raise
         finally:
             self._in_round = False
+            if self._freed_in_round and self._short_of_slots:
+                self._wake.set()
 
     async def _round(self) -> None:
         # Our own attempts count even if their rows are not visible yet.
