@@ -10,6 +10,7 @@ masked wherever it appears in a line, tracebacks included.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -33,23 +34,33 @@ _SECRET_FIELD = re.compile(
 _NEEDS_QUOTES = re.compile(r'[\s"=]')
 
 _secrets: set[str] = set()
+# The same, longest first (a longer secret may hold a shorter): replaced whole on each
+# `redact`, so that every line reads it without the lock.
+_masked_in_order: tuple[str, ...] = ()
 _secrets_lock = threading.Lock()
 
 
 def redact(*values: str | None) -> None:
     """Mask these values in every log line this process writes from now on."""
+    global _masked_in_order
     with _secrets_lock:
         _secrets.update(v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
+        _masked_in_order = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def scrub(text: str) -> str:
     """The text with every registered secret masked."""
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)  # a longer secret may hold a shorter
-    for secret in secrets:
+    for secret in _masked_in_order:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _masked_field(name: str) -> bool:
+    """Whether an `extra` field of this name is masked (asked once per name: a node logs
+    two lines per task)."""
+    return _SECRET_FIELD.search(name) is not None
 
 
 def fields_of(record: logging.LogRecord) -> str:
@@ -58,7 +69,7 @@ def fields_of(record: logging.LogRecord) -> str:
     for name, value in record.__dict__.items():
         if name in _STANDARD_ATTRIBUTES or name.startswith("_"):
             continue
-        text = MASK if _SECRET_FIELD.search(name) else str(value)
+        text = MASK if _masked_field(name) else str(value)
         if not text or _NEEDS_QUOTES.search(text):
             text = json.dumps(text, ensure_ascii=False)
         pairs.append(f"{name}={text}")
