@@ -270,9 +270,10 @@ def _workdir(configured: Path | None, task_id: str, needed: bool) -> Iterator[Pa
 
 
 def _scrubbed(payload: Payload, scrub: Scrubber) -> Payload:
-    changes: dict[str, Any] = {
-        name: scrub(value)
-        for name in field_names(type(payload))
-        if isinstance(value := getattr(payload, name), str)
-    }
-    return dataclasses.replace(payload, **changes)
+    """The payload with the secrets masked in its text fields (itself if none held one)."""
+    changes: dict[str, Any] = {}
+    for name in field_names(type(payload)):
+        value = getattr(payload, name)
+        if isinstance(value, str) and (masked := scrub(value)) != value:
+            changes[name] = masked
+    return dataclasses.replace(payload, **changes) if changes else payload
