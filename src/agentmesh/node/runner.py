@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import shutil
 import tempfile
@@ -260,13 +261,19 @@ def _workdir(configured: Path | None, task_id: str, needed: bool) -> Iterator[Pa
         return
     if not needed:
         # Making and removing a directory costs more than a whole echo task.
-        yield Path(tempfile.gettempdir())
+        yield _temp_dir()
         return
     path = Path(tempfile.mkdtemp(prefix=f"agentmesh-{task_id[:40]}-"))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@functools.cache
+def _temp_dir() -> Path:
+    """The system's temporary directory (as `tempfile` finds it once per process)."""
+    return Path(tempfile.gettempdir())
 
 
 def _scrubbed(payload: Payload, scrub: Scrubber) -> Payload:
