@@ -276,7 +276,7 @@ _BY_POSITION_THEN_KEYWORD = (
 )
 
 _ONE_ROW = (
-    "_insert_leaves returns one row per spec, in order: of the one row here, [-1] is [0];"
+    "_insert_leaves returns one record per spec, in order: of the one here, [-1] is [0];"
     " this entry also matches [1], which fails at once (IndexError) and is killed"
 )
 
@@ -373,12 +373,12 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         ),
         Equivalent(
             "core/NumberReplacer",
-            "row = (await self._insert_leaves([spec], conn))[0]",
+            "record = (await self._insert_and_tell([spec], conn))[0]",
             _ONE_ROW,
         ),
         Equivalent(
             "core/NumberReplacer",
-            'task_id = (await self._insert_leaves([spec], conn))[0]["id"]',
+            "task_id = records[0].id",
             _ONE_ROW,
         ),
         Equivalent(

@@ -46,11 +46,17 @@ def card(
 
 
 async def dispatcher_on(
-    pool: asyncpg.Pool, cards: list[AgentCard], owner: str, *, poll_seconds: float = 1.0
+    pool: asyncpg.Pool,
+    cards: list[AgentCard],
+    owner: str,
+    *,
+    poll_seconds: float = 1.0,
+    snapshot_seconds: float = 0.25,
 ) -> tuple[Dispatcher, TaskStore, Channels]:
     """A dispatcher, its store and its channels (close them after `dispatcher.stop()`),
-    with `cards` heartbeating."""
-    store = TaskStore(pool, default_max_attempts=3)
+    with `cards` heartbeating. The store hands what it queues to the dispatcher, as the
+    scheduler's does."""
+    store = TaskStore(pool, default_max_attempts=3, origin=owner)
     registry = AgentRegistry(pool, ttl_seconds=60)
     for each in cards:
         await registry.heartbeat(each, ())
@@ -63,6 +69,12 @@ async def dispatcher_on(
     )
     channels = Channels(TlsSettings())
     settings = DispatchSettings(
-        owner=owner, lease_seconds=30, max_trace_chars=32 << 20, poll_seconds=poll_seconds
+        owner=owner,
+        lease_seconds=30,
+        max_trace_chars=32 << 20,
+        poll_seconds=poll_seconds,
+        snapshot_seconds=snapshot_seconds,
     )
-    return Dispatcher(store, registry, pool, channels, settings, keys), store, channels
+    dispatcher = Dispatcher(store, registry, pool, channels, settings, keys)
+    store.on_queued = dispatcher.submitted
+    return dispatcher, store, channels

@@ -100,7 +100,7 @@ async def test_a_listener_hands_each_task_an_announcement_names_to_its_handler(
     woken: list[str] = []
     listener = Listener(
         database_uri,
-        on_queue=lambda: None,
+        on_queue=lambda _payload: None,
         on_slot_freed=lambda: None,
         on_events=woken.append,
         on_cancel=lambda _: None,
@@ -137,7 +137,7 @@ async def queue_channel(database_uri: str) -> AsyncIterator[QueueChannel]:
     channel = QueueChannel()
     listener = Listener(
         database_uri,
-        on_queue=lambda: channel.heard.append("queued"),
+        on_queue=lambda _payload: channel.heard.append("queued"),
         on_slot_freed=lambda: channel.heard.append("freed"),
         on_events=lambda _: None,
         on_cancel=lambda _: None,

@@ -85,6 +85,7 @@ async def statements_of_one_round(pool: asyncpg.Pool, tasks: int) -> list[str]:
         *(store.submit(TaskSpec(kind="echo", prompt=f"t {n}")) for n in range(tasks))
     )
     counting.statements.clear()
+    dispatcher._wake.clear()  # set by the submits, which the round below reads
     this_round = asyncio.create_task(dispatcher.round())
     await this_round
     # Everything ready was read in one page: no other round follows at once.

@@ -21,6 +21,7 @@ import asyncpg
 from agentmesh.config import Settings
 from agentmesh.db.connect import Connection
 from agentmesh.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Reason
+from agentmesh.scheduler.queries import QUEUE_CHANNEL
 
 # Says what a leaked token is (an agentmesh node credential) to a secret scanner or a person.
 TOKEN_PREFIX = "amn_"  # noqa: S105 - a prefix, not a secret
@@ -39,13 +40,22 @@ SELECT id, name, agent_id, created_at, last_used_at, revoked_at FROM node_creden
 ORDER BY revoked_at IS NOT NULL, name, created_at
 """
 # A live credential by id, or by name (names are unique among live credentials).
-REVOKE = """
-UPDATE node_credentials SET revoked_at = now()
-WHERE revoked_at IS NULL AND (id = $1 OR name = $1)
-RETURNING id, name, agent_id, created_at, last_used_at, revoked_at
+# A revoked credential's agent gets no more work: the schedulers hear of it on the queue
+# channel and read the agents again before they place anything (see Dispatcher.wake).
+REVOKE = f"""
+WITH r AS (
+    UPDATE node_credentials SET revoked_at = now()
+    WHERE revoked_at IS NULL AND (id = $1 OR name = $1)
+    RETURNING id, name, agent_id, created_at, last_used_at, revoked_at
+)
+SELECT r.*, pg_notify('{QUEUE_CHANNEL}', '') FROM r
 """
-REVOKE_NAME = """
-UPDATE node_credentials SET revoked_at = now() WHERE revoked_at IS NULL AND name = $1
+REVOKE_NAME = f"""
+WITH r AS (
+    UPDATE node_credentials SET revoked_at = now() WHERE revoked_at IS NULL AND name = $1
+    RETURNING id
+)
+SELECT pg_notify('{QUEUE_CHANNEL}', '') FROM r
 """
 # Who else speaks for the agent: a live credential other than $1 bound to $2.
 SELECT_OTHER_HOLDER = """

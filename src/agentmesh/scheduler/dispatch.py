@@ -7,7 +7,11 @@ before an attempt starts, and goes to the node that holds that key if it is a no
 with SKIP LOCKED and starts their attempts, then streams each attempt from its node in a
 task of its own.
 Rounds run when NOTIFY says the queue changed, and at least every `poll_seconds` in case a
-notification was lost.
+notification was lost. A round that read the whole ready queue and left nothing in it
+keeps the agents as it read them, and this replica's own submissions are placed from that
+view, handed over in-process, without reading the agents or the queue again (see
+`Dispatcher.submitted`), for `snapshot_seconds` at most; anything else that changes the
+queue, and whatever such a round cannot place at once, brings a round that reads again.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -35,6 +40,7 @@ from agentmesh.memory.context import ChildResult, ContextBuilder, TaskContext
 from agentmesh.node.permissions.approvals import Approval
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
+from agentmesh.scheduler import queries
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.node_link import CallError, NodeLink
 from agentmesh.scheduler.parking import KeySignature, ParkingLot
@@ -115,6 +121,10 @@ class DispatchSettings:
     max_trace_chars: int
     retry_backoff_seconds: float = 1.0
     poll_seconds: float = 1.0
+    # How long the agents as a round read them may place this replica's own submissions
+    # (see Dispatcher.submitted): another replica's claims, and a node that changed without
+    # a heartbeat, are seen again after this at the latest.
+    snapshot_seconds: float = 0.25
 
 
 class Channels:
@@ -180,6 +190,16 @@ class Dispatcher:
         )
         # Where the last round stopped reading, past the head of the queue.
         self._resume: QueuePosition | None = None
+        # This replica's submissions since the last round (see submitted).
+        self._fresh: list[ReadyTask] = []
+        # The next round reads the agents and the queue (see submitted).
+        self._reads_due = True
+        # The agents as the last reading round left them, kept current with this replica's
+        # own starts and ends (None before the first round), and when they were read.
+        self._slots: dict[str, AgentSlot] | None = None
+        self._read_at = float("-inf")
+        # The queue notification of this replica's own submissions (see queue_changed).
+        self._own_submits = queries.submitted_by(settings.owner)
         self._attempts: dict[str, asyncio.Task[None]] = {}
         # Where each attempt's node is: its endpoint and dispatch secret.
         self._endpoints: dict[str, tuple[str, str | None]] = {}
@@ -192,12 +212,28 @@ class Dispatcher:
         self._in_round = False
         # A slot was freed while the round under way ran (see slot_freed).
         self._freed_in_round = False
-        # The free slots the last round left, plus those our attempts freed since (None
-        # before the first round).
-        self._free_left: int | None = None
 
     def wake(self) -> None:
+        """The queue or the mesh changed: a round that reads them."""
+        self._reads_due = True
         self._wake.set()
+
+    def submitted(self, tasks: list[ReadyTask]) -> None:
+        """This replica queued these tasks (their submit committed: see TaskStore.on_queued).
+
+        If the last round left the queue empty, the next places them from the agents as it
+        read them, without reading either again: at a steady rate that is most rounds, and
+        one submit's statement, one start and one end make a task's whole trip through the
+        database. The claim still checks each one under its lock, and a node that is full
+        after all (another replica's claim) refuses the attempt, which comes back."""
+        self._fresh += tasks
+        self._wake.set()
+
+    def queue_changed(self, payload: str) -> None:
+        """A notification on the queue channel: a round that reads, unless it announced
+        tasks this replica submitted, which `submitted` already has."""
+        if payload != self._own_submits:
+            self.wake()
 
     def slot_freed(self) -> None:
         """An attempt ended (here or on another replica): a round only if a task may wait
@@ -205,7 +241,7 @@ class Dispatcher:
         round under way does (its snapshot may count the slot as taken: it is told at its
         end). New work brings its own round."""
         if self._short_of_slots:
-            self._wake.set()
+            self.wake()
         elif self._in_round:
             self._freed_in_round = True
 
@@ -217,12 +253,14 @@ class Dispatcher:
         """Dispatch rounds until cancelled; database outages only pause it."""
         self._wake.set()
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self._settings.poll_seconds):
                     await self._wake.wait()
+            except TimeoutError:
+                self._reads_due = True
             self._wake.clear()
             try:
-                await self.round()
+                await self.next_round()
             except DATABASE_ERRORS as exc:
                 log.warning("dispatch round failed, database unavailable: %s", exc)
                 await self._pool.expire_connections()
@@ -235,21 +273,52 @@ class Dispatcher:
                 await asyncio.sleep(0.5)
                 self._wake.set()
 
+    async def next_round(self) -> None:
+        """The round `run` runs next: one that places this replica's submissions from the
+        agents as the last round read them, if nothing else came since that round left the
+        queue empty (see submitted); else one that reads the agents and the queue."""
+        stale = time.monotonic() - self._read_at >= self._settings.snapshot_seconds
+        if self._reads_due or self._slots is None or stale:
+            await self.round()
+        else:
+            await self._guarded(self._place_submitted)
+
     async def round(self) -> None:
+        """A round that reads the agents and the queue."""
+        await self._guarded(self._round)
+
+    async def _guarded(self, body: Callable[[], Awaitable[None]]) -> None:
         self._in_round = True
         self._short_of_slots = False
         self._freed_in_round = False
         try:
-            await self._round()
+            await body()
         except BaseException:
             self._short_of_slots = True  # what it would have found is unknown
+            self._reads_due = True
             raise
         finally:
             self._in_round = False
             if self._freed_in_round and self._short_of_slots:
-                self._wake.set()
+                self.wake()
+
+    async def _place_submitted(self) -> None:
+        """Place this replica's submissions from the agents the last round read (see
+        submitted); if any is left (it waits for a slot, or its claim found it taken), the
+        next round reads the queue."""
+        assert self._slots is not None
+        # Started already if a round read it before its submit returned.
+        tasks = [task for task in self._fresh if task.task_id not in self._attempts]
+        self._fresh = []
+        tasks.sort(key=lambda task: (-task.position[0], task.position[1]))
+        if tasks and await self._place(tasks, self._slots, {}) < len(tasks):
+            self.wake()
 
     async def _round(self) -> None:
+        # What is read now includes every submission handed over so far.
+        self._reads_due = False
+        self._fresh = []
+        self._read_at = time.monotonic()
         # Our own attempts count even if their rows are not visible yet.
         own = Counter(self._agents.values())
         # Read (and parse) only as much of a long queue as the free slots could take, plus
@@ -258,11 +327,11 @@ class Dispatcher:
         # by the slots the last round left free and this replica's attempts freed since; the
         # queue again if tasks were unparked meanwhile.
         page: list[ReadyTask] | None = None
-        if self._free_left is None:
+        if self._slots is None:
             agents = {a.agent_id: a for a in await self._registry.online(own)}
             window = _window(sum(agent.free for agent in agents.values()))
         else:
-            window = _window(self._free_left)
+            window = _window(sum(agent.free for agent in self._slots.values()))
             online, page = await asyncio.gather(
                 self._registry.online(own), self._store.ready(window)
             )
@@ -272,6 +341,8 @@ class Dispatcher:
         siblings: dict[str, Counter[str]] = {}
         progress = await self._place(page, agents, siblings)
         head_full = len(page) == window
+        # Whether the queue was read to its end and nothing read is left in it.
+        emptied = not head_full and progress == len(page)
         # Tasks waiting for busy agents stay in the window: while idle slots remain, read on
         # past them, from where the last round stopped, so they cannot hide tasks behind.
         pages = 1
@@ -285,7 +356,9 @@ class Dispatcher:
             self._resume = page[-1].position if len(page) == window else None
         if head_full and progress:
             self._wake.set()  # what was placed or parked left the window: read on
-        self._free_left = sum(agent.free for agent in agents.values())
+        if not emptied:
+            self._reads_due = True
+        self._slots = agents
 
     async def _look_again(self, agents: dict[str, AgentSlot]) -> int:
         """Unpark what the mesh or the keys may now serve; how many."""
@@ -325,7 +398,7 @@ class Dispatcher:
                     reasons[task.task_id] = choice.reason
                 continue
             placements[task.task_id] = choice.agent_id
-            agents[choice.agent_id] = replace(choice, running=choice.running + 1)
+            _take_slot(agents, choice.agent_id, +1)
             spread[choice.hostname] += 1
             spread[choice.agent_id] += 1
         gemini = {
@@ -453,8 +526,8 @@ class Dispatcher:
                 ):
                     registry.pop(attempt.task_id, None)
                 self._cancelling.discard(attempt.task_id)
-                if self._free_left is not None:
-                    self._free_left += 1
+                if self._slots is not None:
+                    _take_slot(self._slots, attempt.agent_id, -1)
             if key is not None:
                 self.wake()  # the next look at the keys unparks what waited for one
             else:
@@ -681,7 +754,7 @@ class Dispatcher:
             log.info("attempt not started: the node refused it", extra=fields)
             if reason is Reason.NODE_DRAINING:
                 # Its next heartbeat would say so too; place nothing more there meanwhile.
-                await _with_retry(lambda: self._registry.mark_draining(agent.agent_id))
+                await self._mark(self._registry.mark_draining, agent.agent_id)
             await self._hand_back(
                 attempt, f"{agent.name}: {detail}", backoff_seconds=0.5, counts=False
             )
@@ -700,7 +773,7 @@ class Dispatcher:
             # refused our token): nothing ran there. Heartbeats cannot vouch for the way
             # back, so the agent gets no work until a dial to it succeeds (probe_unreachable).
             log.warning("attempt not started: the node cannot be reached", extra=fields)
-            await _with_retry(lambda: self._registry.mark_unreachable(agent.agent_id))
+            await self._mark(self._registry.mark_unreachable, agent.agent_id)
             await self._hand_back(
                 attempt,
                 f"{agent.name} at {agent.endpoint} cannot be reached ({code.name}: {detail})",
@@ -710,11 +783,17 @@ class Dispatcher:
         else:
             if code is grpc.StatusCode.UNAVAILABLE:
                 # The node is gone: place nothing more there until it heartbeats again.
-                await _with_retry(lambda: self._registry.mark_offline(agent.agent_id))
+                await self._mark(self._registry.mark_offline, agent.agent_id)
             log.warning("attempt lost", extra=fields)
             await self._hand_back(
                 attempt, f"connection to {agent.name} lost ({code.name}) after {received} events"
             )
+
+    async def _mark(self, mark: Callable[[str], Awaitable[None]], agent_id: str) -> None:
+        """Record in the registry what an attempt found out about its agent; the next round
+        reads the agents again, not the view it kept (see submitted)."""
+        await _with_retry(lambda: mark(agent_id))
+        self.wake()
 
     async def probe_unreachable(self, timeout_seconds: float = 2.0) -> None:
         """Dial each agent marked unreachable; one that answers may get work again."""
@@ -771,16 +850,19 @@ def settle_slots(keys: RoundKeys, claimed: dict[str, str], agents: dict[str, Age
     to the agents' running counts: a task that waits for a key or ends leaves its agent's
     slot free; one moved to the node that holds its key takes that node's slot instead."""
 
-    def take_slot(agent_id: str, change: int) -> None:
-        agent = agents[agent_id]
-        agents[agent_id] = replace(agent, running=agent.running + change)
-
     for task_id in (*keys.waiting, *keys.rejected, *keys.failed):
-        take_slot(claimed.pop(task_id), -1)
+        _take_slot(agents, claimed.pop(task_id), -1)
     for task_id, node in keys.moved.items():
-        take_slot(claimed[task_id], -1)
-        take_slot(node, +1)
+        _take_slot(agents, claimed[task_id], -1)
+        _take_slot(agents, node, +1)
         claimed[task_id] = node
+
+
+def _take_slot(agents: dict[str, AgentSlot], agent_id: str, change: int) -> None:
+    """One more (or, negative, fewer) of an agent's slots in use, as far as `agents` knows."""
+    agent = agents.get(agent_id)
+    if agent is not None:
+        agents[agent_id] = replace(agent, running=max(agent.running + change, 0))
 
 
 def _asks_about(spec: TaskSpec, refusal: events.Refusal) -> bool:

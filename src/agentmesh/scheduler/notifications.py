@@ -59,7 +59,7 @@ class Listener:
         self,
         dsn: str,
         *,
-        on_queue: Callable[[], None],
+        on_queue: Callable[[str], None],
         on_slot_freed: Callable[[], None],
         on_events: Callable[[str], None],
         on_cancel: Callable[[str], None],
@@ -67,7 +67,9 @@ class Listener:
     ) -> None:
         self._dsn = dsn
         self._handlers: dict[str, Callable[[str], None]] = {
-            QUEUE_CHANNEL: lambda payload: (on_slot_freed if payload == SLOT_FREED else on_queue)(),
+            QUEUE_CHANNEL: lambda payload: (
+                on_slot_freed() if payload == SLOT_FREED else on_queue(payload)
+            ),
             EVENTS_CHANNEL: lambda ids: _each(ids, on_events),
             CANCEL_CHANNEL: on_cancel,
         }

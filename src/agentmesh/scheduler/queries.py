@@ -13,6 +13,15 @@ QUEUE_CHANNEL = "agentmesh_queue"
 # The queue channel's payload when attempts ended and nothing was queued: their slots are
 # free, which needs a round only where a task waits for a slot (Dispatcher.slot_freed).
 SLOT_FREED = "freed"
+
+
+def submitted_by(origin: str) -> str:
+    """The queue channel's payload when tasks were submitted through `origin` (a scheduler
+    replica, which hands them to its own dispatcher without waiting for the notification:
+    see Dispatcher.submitted); other replicas read the queue."""
+    return f"submitted by {origin}" if origin else ""
+
+
 EVENTS_CHANNEL = "agentmesh_events"
 CANCEL_CHANNEL = "agentmesh_cancel"
 
@@ -99,10 +108,10 @@ SET claimed = false, claimed_by = NULL, claimed_at = NULL, available_at = EXCLUD
 LOCK_TREE = """
 SELECT r.id FROM tasks t JOIN tasks r ON r.id = t.root_id WHERE t.id = $1 FOR UPDATE OF r
 """
-# A task without subtasks in one statement: the row, its first event and its queue entry;
-# returns the row as stored.
-# New tasks without subtasks, many in one statement (see TaskStore's group commit): $1..$6
-# one entry per task, $7 the status event every one starts with.
+# New tasks without subtasks, many in one statement (see TaskStore's group commit): each
+# one's row, first event and queue entry. $1..$6 and $8 one entry per task, $7 the status
+# event every one starts with, $9 the queue notification's payload (see submitted_by).
+# Returns the rows as stored, with their queue entries' ids.
 SUBMIT_LEAVES = f"""
 WITH t AS (
     INSERT INTO tasks (id, kind, spec, state, user_name, parent_id, priority, idempotency_key,
@@ -119,8 +128,10 @@ WITH t AS (
 ), q AS (
     INSERT INTO task_queue (task_id, priority, target_host, payload)
     SELECT id, priority, nullif(spec->>'target_host', ''), spec FROM t
+    RETURNING task_id, id
 )
-SELECT {NEW_TASK_COLUMNS} FROM t, (SELECT pg_notify('agentmesh_queue', '')) AS woken
+SELECT {NEW_TASK_COLUMNS}, q.id AS queue_id
+FROM t JOIN q ON q.task_id = t.id, (SELECT pg_notify('{QUEUE_CHANNEL}', $9)) AS woken
 """
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
 SELECT_BY_IDEMPOTENCY_KEYS = """

@@ -104,7 +104,7 @@ class Scheduler:
         config = settings.scheduler
         interval = config.heartbeat_interval_seconds
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        store = TaskStore(pool, default_max_attempts=config.max_attempts)
+        store = TaskStore(pool, default_max_attempts=config.max_attempts, origin=owner)
         # A user token secures the mesh: nodes come with credentials of their own, and the
         # scheduler dials each with a secret derived for its credential (see access).
         token = settings.token
@@ -148,6 +148,7 @@ class Scheduler:
             mesh_credentials,
             context,
         )
+        store.on_queued = dispatcher.submitted
         signals = TaskSignals()
         background: list[asyncio.Task[None]] = []
         side_tasks: set[asyncio.Task[None]] = set()
@@ -169,7 +170,7 @@ class Scheduler:
 
         listener = Listener(
             target.dsn,
-            on_queue=dispatcher.wake,
+            on_queue=dispatcher.queue_changed,
             on_slot_freed=dispatcher.slot_freed,
             on_events=signals.notify,
             on_cancel=lambda task_id: cancel_here([task_id]),

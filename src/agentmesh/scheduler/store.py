@@ -86,6 +86,9 @@ class ReadyTask:
     position: QueuePosition = (0, 0)
 
 
+# What is told of the tasks a store queued, once their submit committed (TaskStore.on_queued).
+Queued = Callable[[list[ReadyTask]], None]
+
 # See TaskStore.start_attempts: (connection, claimed placements) -> (placements to start,
 # API key ids).
 Prepare = Callable[[Connection, dict[str, str]], Awaitable[tuple[dict[str, str], dict[str, int]]]]
@@ -212,10 +215,18 @@ class TaskStore:
     """The tasks' states and traces. The two writes every task makes, its submit and its
     end, go through group commits: concurrent ones share a statement."""
 
-    def __init__(self, pool: asyncpg.Pool, *, default_max_attempts: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, default_max_attempts: int, origin: str = "") -> None:
+        """`origin` names the scheduler replica that submits through this store: its queue
+        notifications say so (see queries.submitted_by), and `on_queued` hears of the tasks
+        it queued."""
         self._pool = pool
         self._default_max_attempts = default_max_attempts
-        self._submit_leaves = GroupCommit(self._insert_leaves)
+        self._queue_payload = q.submitted_by(origin)
+        # Told of each new task without subtasks once its submit committed (the replica's
+        # dispatcher: see Dispatcher.submitted). Trees and delegated subtasks are not told:
+        # their notifications say nothing of who queued them.
+        self.on_queued: Queued | None = None
+        self._submit_leaves = GroupCommit(self._insert_and_tell)
         self._finish_roots = GroupCommit(self._finish_root_attempts)
 
     # ----------------------------------------------------------------- submit and read
@@ -241,12 +252,13 @@ class TaskStore:
             for last_try in (False, True):
                 try:
                     async with conn.transaction():
-                        ids, records = await self._store_many(conn, specs)
+                        ids, records, queued = await self._store_many(conn, specs)
                     break
                 except asyncpg.UniqueViolationError as error:
                     # A concurrent submit took one of the keys meanwhile: it is read now.
                     if last_try:
                         raise _key_taken(error) from None
+            self._tell(queued)
             # Trees and tasks that had the keys: read as `get` would, two statements for all.
             if missing := [task_id for task_id in dict.fromkeys(ids) if task_id not in records]:
                 rows = await conn.fetch(q.SELECT_TASKS, missing)
@@ -258,9 +270,9 @@ class TaskStore:
 
     async def _store_many(
         self, conn: Connection, specs: Sequence[TaskSpec]
-    ) -> tuple[list[str], dict[str, TaskRecord]]:
-        """`submit_many` inside its transaction: the ids in order, and the leaves it stored
-        (as their statement returned them)."""
+    ) -> tuple[list[str], dict[str, TaskRecord], list[ReadyTask]]:
+        """`submit_many` inside its transaction: the ids in order, the leaves it stored (as
+        their statement returned them), and those leaves as queued."""
         keys = [spec.idempotency_key for spec in specs if spec.idempotency_key]
         taken: dict[str, str] = {}
         if keys:
@@ -286,17 +298,20 @@ class TaskStore:
                     placed.append(index)
                     leaves.append(index)
         records: dict[str, TaskRecord] = {}
+        queued: list[ReadyTask] = []
         if leaves:
-            stored = await self._insert_leaves([specs[index] for index in leaves], conn)
+            stored, queued = await self._insert_leaves([specs[index] for index in leaves], conn)
             for index, record in zip(leaves, stored, strict=True):
                 placed[index] = record.id
                 records[record.id] = record
         if trees:
             await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
         # What is still an index is a key given twice: the first's entry is an id by now.
-        return [
-            entry if isinstance(entry, str) else str(placed[entry]) for entry in placed
-        ], records
+        return (
+            [entry if isinstance(entry, str) else str(placed[entry]) for entry in placed],
+            records,
+            queued,
+        )
 
     async def _submit(self, spec: TaskSpec, replay_of: str) -> tuple[str, TaskRecord | None]:
         """The task's id, and the task as stored when it is new and without subtasks."""
@@ -315,16 +330,19 @@ class TaskStore:
             try:
                 if leaf:
                     # Alone: a concurrent submit with the same key must not fail others.
-                    record = (await self._insert_leaves([spec], conn))[0]
+                    record = (await self._insert_and_tell([spec], conn))[0]
                     return record.id, record
+                queued: list[ReadyTask] = []
                 async with conn.transaction():
                     if spec.subtasks:
                         task_id = await self._insert_tree(conn, spec, parent_id=None)
                         await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
                     else:
-                        task_id = (await self._insert_leaves([spec], conn))[0].id
+                        records, queued = await self._insert_leaves([spec], conn)
+                        task_id = records[0].id
                     if replay_of:
                         await conn.execute(q.SET_REPLAY_OF, task_id, replay_of)
+                self._tell(queued)
             except asyncpg.UniqueViolationError as error:
                 # A concurrent submit with the same idempotency key won.
                 existing = await conn.fetchval(q.SELECT_BY_IDEMPOTENCY_KEY, spec.idempotency_key)
@@ -333,10 +351,24 @@ class TaskStore:
                 return str(existing), None
         return task_id, None
 
-    async def _insert_leaves(
+    async def _insert_and_tell(
         self, specs: Sequence[TaskSpec], conn: Connection | None = None
     ) -> list[TaskRecord]:
-        """Store tasks without subtasks, in one statement; the tasks as stored, in order."""
+        """`_insert_leaves` outside a transaction (committed when it returns), then tell
+        `on_queued`; the tasks as stored."""
+        records, queued = await self._insert_leaves(specs, conn)
+        self._tell(queued)
+        return records
+
+    def _tell(self, queued: list[ReadyTask]) -> None:
+        if queued and self.on_queued is not None:
+            self.on_queued(queued)
+
+    async def _insert_leaves(
+        self, specs: Sequence[TaskSpec], conn: Connection | None = None
+    ) -> tuple[list[TaskRecord], list[ReadyTask]]:
+        """Store tasks without subtasks, in one statement; the tasks as stored and as
+        queued, in order."""
         ids = [new_task_id() for _ in specs]
         arguments = (
             q.SUBMIT_LEAVES,
@@ -348,6 +380,7 @@ class TaskStore:
             [spec.max_attempts or self._default_max_attempts for spec in specs],
             payload_to_dict(Status(TaskState.SUBMITTED, "submitted")),
             [spec.idempotency_key or None for spec in specs],
+            self._queue_payload,
         )
         if conn is None:
             async with self._pool.acquire() as own:
@@ -355,9 +388,13 @@ class TaskStore:
         else:
             rows = await conn.fetch(*arguments)
         by_id = {row["id"]: row for row in rows}
-        return [
-            _record(by_id[task_id], spec=spec) for task_id, spec in zip(ids, specs, strict=True)
-        ]
+        records = []
+        queued = []
+        for task_id, spec in zip(ids, specs, strict=True):
+            row = by_id[task_id]
+            records.append(_record(row, spec=spec))
+            queued.append(ReadyTask(task_id, spec, "", "", (row["priority"], row["queue_id"])))
+        return records, queued
 
     async def _insert_tree(
         self, conn: Connection, spec: TaskSpec, parent_id: str | None, root_id: str | None = None
