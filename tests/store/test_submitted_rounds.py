@@ -243,12 +243,12 @@ async def test_a_poll_reads_the_queue_whatever_the_view(
     await hold_attempts(dispatcher, monkeypatch)
     running = asyncio.create_task(dispatcher.run())
     try:
-        while dispatcher._slots is None:
-            await asyncio.sleep(0.01)
-        unheard = await TaskStore(pool, default_max_attempts=3).submit(
-            TaskSpec(kind="echo", prompt="unheard")
-        )
         async with asyncio.timeout(30):
+            while dispatcher._slots is None:  # the first round read the agents
+                await asyncio.sleep(0.01)
+            unheard = await TaskStore(pool, default_max_attempts=3).submit(
+                TaskSpec(kind="echo", prompt="unheard")
+            )
             while await state_of(pool, unheard) != ("working", 1):
                 await asyncio.sleep(0.02)
     finally:
