@@ -46,7 +46,7 @@ import grpc
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agentmesh.db import embedded  # noqa: E402
+from agentmesh.db import embedded, notify  # noqa: E402
 from agentmesh.db.connect import GENERIC_PLANS, ensure_database  # noqa: E402
 from agentmesh.scheduler import agents as agent_queries  # noqa: E402
 from agentmesh.scheduler import queries as q  # noqa: E402
@@ -511,7 +511,7 @@ async def run(dsn: str, address: str, with_explain: bool, finished: int) -> list
         say(f"  VACUUM (ANALYZE): {time.perf_counter() - started:.0f} s; {tables} with indexes")
         started = time.perf_counter()
         await fill_waiting(conn, WAITING)
-        await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+        await conn.execute(notify.WAKE_QUEUE)
         await wait_parked(conn, WAITING)
         await conn.execute("ANALYZE")
         say(

@@ -4,7 +4,10 @@ dial."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
+import pytest
 
 from agentmesh.config import ApiPolicy, TlsSettings
 from agentmesh.keys.forecast import Forecaster
@@ -78,3 +81,14 @@ async def dispatcher_on(
     dispatcher = Dispatcher(store, registry, pool, channels, settings, keys)
     store.on_queued = dispatcher.submitted
     return dispatcher, store, channels
+
+
+async def hold_attempts(dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Attempts run (hold their slots) until the event is set."""
+    finish = asyncio.Event()
+
+    async def streamed(*args: object) -> None:
+        await finish.wait()
+
+    monkeypatch.setattr(dispatcher, "_stream", streamed)
+    return finish

@@ -20,7 +20,7 @@ from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.dispatch import MAX_PAGES, MIN_WINDOW
 from agentmesh.tasks.model import TaskKind, TaskSpec
 from agentmesh.v1 import agent_pb2, node_pb2, node_pb2_grpc
-from tests.store.dispatching import card, dispatcher_on
+from tests.store.dispatching import card, dispatcher_on, hold_attempts
 
 
 async def test_a_round_fills_each_agent_s_free_slots_and_no_more(pool: asyncpg.Pool) -> None:
@@ -295,12 +295,7 @@ async def test_a_finished_attempt_wakes_a_round_only_if_a_task_waits_for_a_slot(
     """At a steady rate every finish used to start a round that found nothing to do, and
     the next submit waited behind it; a task waiting for the slot must still get one."""
     dispatcher, store, channels = await dispatcher_on(pool, [card("one", slots=slots)], "wakes")
-    finish = asyncio.Event()
-
-    async def streamed(*args: object) -> None:
-        await finish.wait()  # the attempt runs until the test ends it
-
-    monkeypatch.setattr(dispatcher, "_stream", streamed)
+    finish = await hold_attempts(dispatcher, monkeypatch)
     try:
         for n in range(tasks):
             await store.submit(TaskSpec(kind="echo", prompt=f"task {n}"))
@@ -329,12 +324,8 @@ async def test_an_attempt_that_finishes_during_a_round_wakes_the_next_only_for_a
     needs the round after it, or it would wait for the next poll. Where nothing waits, that
     round would find nothing (at a steady rate, most slots free while a round runs)."""
     dispatcher, store, channels = await dispatcher_on(pool, [card("one", slots=slots)], "during")
-    finish, reading, read = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-    async def streamed(*args: object) -> None:
-        await finish.wait()
-
-    monkeypatch.setattr(dispatcher, "_stream", streamed)
+    finish = await hold_attempts(dispatcher, monkeypatch)
+    reading, read = asyncio.Event(), asyncio.Event()
     try:
         task = await store.submit(TaskSpec(kind="echo", prompt="runs"))
         await dispatcher.round()

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from agentmesh.db.notify import EVENTS_CHANNEL
 from agentmesh.scheduler.notifications import Listener
-from agentmesh.scheduler.queries import EVENTS_CHANNEL
 from agentmesh.scheduler.store import TaskStore
 from agentmesh.tasks.events import Result
 from agentmesh.tasks.model import TaskSpec, TaskState

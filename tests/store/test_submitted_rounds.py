@@ -11,16 +11,19 @@ broken: a read where none is needed, or a task placed from a view that no longer
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import asyncpg
 import pytest
 
+from agentmesh.db import notify
 from agentmesh.scheduler import queries
-from agentmesh.scheduler.dispatch import Dispatcher
+from agentmesh.scheduler.agents import AgentRegistry
+from agentmesh.scheduler.notifications import Listener
 from agentmesh.scheduler.store import ReadyTask, TaskStore
 from agentmesh.tasks.model import TaskSpec
-from tests.store.dispatching import card, dispatcher_on
+from tests.store.dispatching import card, dispatcher_on, hold_attempts
 from tests.store.test_round_statements import CountingPool
 
 READS = (queries.SELECT_READY, "FROM agents a")
@@ -29,17 +32,6 @@ READS = (queries.SELECT_READY, "FROM agents a")
 def reads(counting: CountingPool) -> list[str]:
     """The statements that read the queue or the agents."""
     return [q for _, q in counting.statements if any(read in q for read in READS)]
-
-
-async def hold_attempts(dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """Attempts run (hold their slots) until the event is set."""
-    finish = asyncio.Event()
-
-    async def streamed(*args: object) -> None:
-        await finish.wait()
-
-    monkeypatch.setattr(dispatcher, "_stream", streamed)
-    return finish
 
 
 async def state_of(pool: asyncpg.Pool, task_id: str) -> tuple[str, int]:
@@ -219,7 +211,7 @@ async def test_a_queue_notification_from_elsewhere_makes_the_next_round_read(
         theirs = await TaskStore(pool, default_max_attempts=3, origin="there").submit(
             TaskSpec(kind="echo", prompt="theirs")
         )
-        dispatcher.queue_changed(queries.submitted_by("here" if own else "there"))
+        dispatcher.queue_changed(notify.submitted_by("here" if own else "there"))
         counting.statements.clear()
 
         await dispatcher.next_round()
@@ -281,3 +273,88 @@ async def test_an_agent_found_unreachable_is_read_again_before_the_next_placemen
     finally:
         await dispatcher.stop()
         await channels.close()
+
+
+def _replica(pool: asyncpg.Pool, ttl_seconds: float = 60) -> AgentRegistry:
+    """Another replica's registry."""
+    return AgentRegistry(pool, ttl_seconds=ttl_seconds)
+
+
+Mark = Callable[[asyncpg.Pool, str], Awaitable[None]]
+MARKS: dict[str, Mark] = {
+    "offline": lambda pool, agent: _replica(pool).mark_offline(agent),
+    "draining": lambda pool, agent: _replica(pool).mark_draining(agent),
+    "unreachable": lambda pool, agent: _replica(pool).mark_unreachable(agent),
+    # With no time to live, every heartbeat is stale.
+    "stale, so offline": lambda pool, _: _replica(pool, ttl_seconds=0).mark_stale_offline(),
+}
+
+
+@pytest.mark.parametrize("mark", MARKS.values(), ids=MARKS.keys())
+async def test_an_agent_another_replica_marks_is_read_again_before_the_next_placement(
+    database_uri: str,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    mark: Mark,
+) -> None:
+    """Another replica's mark reaches this one only through the queue channel: the
+    marks notify, or this replica's kept view would place the next submission on an agent
+    the mesh has given up on."""
+    counting = CountingPool(pool)
+    dispatcher, store, channels = await dispatcher_on(
+        cast(asyncpg.Pool, counting), [card("one", slots=4)], "here", snapshot_seconds=3600
+    )
+    await hold_attempts(dispatcher, monkeypatch)
+    heard: list[str] = []
+    listener = Listener(
+        database_uri,
+        on_queue=lambda payload: (heard.append(payload), dispatcher.queue_changed(payload)),
+        on_slot_freed=lambda: None,
+        on_events=lambda _: None,
+        on_cancel=lambda _: None,
+        on_reconnect=lambda: None,
+    )
+    listening = asyncio.create_task(listener.run())
+    try:
+        async with asyncio.timeout(20):
+            await listener.connected.wait()
+        await dispatcher.round()  # reads; the queue is empty, so it keeps the view
+        await mark(pool, "agent-one")
+        async with asyncio.timeout(20):
+            while not heard:
+                await asyncio.sleep(0.01)
+        task = await store.submit(TaskSpec(kind="echo", prompt="after the mark"))
+        counting.statements.clear()
+
+        await dispatcher.next_round()
+
+        assert reads(counting)
+        assert await state_of(pool, task) == ("submitted", 0)
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+        await dispatcher.stop()
+        await channels.close()
+
+
+async def test_a_mark_that_changes_nothing_tells_nobody(
+    database_uri: str, pool: asyncpg.Pool
+) -> None:
+    """Marking an agent offline twice is one change: the second wakes no replica."""
+    registry = AgentRegistry(pool, ttl_seconds=60)
+    await registry.heartbeat(card("twice", slots=1), ())
+    await registry.mark_offline("agent-twice")
+    heard: list[str] = []
+    conn = await asyncpg.connect(database_uri)
+    try:
+        await conn.add_listener(notify.QUEUE_CHANNEL, lambda *args: heard.append(args[3]))
+        await registry.mark_offline("agent-twice")
+        await registry.mark_draining("agent-twice")
+        await registry.mark_unreachable("agent-twice")
+        await pool.execute("SELECT pg_notify($1, 'marker')", notify.QUEUE_CHANNEL)
+        async with asyncio.timeout(20):
+            while not heard:
+                await asyncio.sleep(0.01)
+        assert heard == ["marker"]
+    finally:
+        await conn.close()

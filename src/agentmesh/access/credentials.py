@@ -20,8 +20,8 @@ import asyncpg
 
 from agentmesh.config import Settings
 from agentmesh.db.connect import Connection
+from agentmesh.db.notify import NOTIFY_QUEUE
 from agentmesh.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Reason
-from agentmesh.scheduler.queries import QUEUE_CHANNEL
 
 # Says what a leaked token is (an agentmesh node credential) to a secret scanner or a person.
 TOKEN_PREFIX = "amn_"  # noqa: S105 - a prefix, not a secret
@@ -48,14 +48,14 @@ WITH r AS (
     WHERE revoked_at IS NULL AND (id = $1 OR name = $1)
     RETURNING id, name, agent_id, created_at, last_used_at, revoked_at
 )
-SELECT r.*, pg_notify('{QUEUE_CHANNEL}', '') FROM r
+SELECT r.*, {NOTIFY_QUEUE} FROM r
 """
 REVOKE_NAME = f"""
 WITH r AS (
     UPDATE node_credentials SET revoked_at = now() WHERE revoked_at IS NULL AND name = $1
     RETURNING id
 )
-SELECT pg_notify('{QUEUE_CHANNEL}', '') FROM r
+SELECT {NOTIFY_QUEUE} FROM r
 """
 # Who else speaks for the agent: a live credential other than $1 bound to $2.
 SELECT_OTHER_HOLDER = """

@@ -20,10 +20,11 @@ import asyncpg
 from agentmesh.access import credentials
 from agentmesh.access.credentials import NodeIdentity
 from agentmesh.config import PermissionMode
+from agentmesh.db import notify
 from agentmesh.keys.held import register_node_keys
 from agentmesh.node.card import AgentCard, HeldKey, held_keys_from
 from agentmesh.scheduler.placement import AgentSlot
-from agentmesh.scheduler.queries import QUEUE_CHANNEL, WORKING_PER_AGENT
+from agentmesh.scheduler.queries import WORKING_PER_AGENT
 
 UPSERT_AGENT = """
 INSERT INTO agents (id, hostname, ip_address, endpoint, last_heartbeat, capabilities, card,
@@ -81,18 +82,32 @@ SELECT id, card, status, last_heartbeat,
        (last_heartbeat > now() - make_interval(secs => $1)) AS fresh
 FROM agents ORDER BY card->>'name', id
 """
-MARK_STALE_OFFLINE = """
+
+
+def _told(update: str) -> str:
+    """`update` (of agents rows), telling every replica on the queue channel when it
+    changed any (PostgreSQL folds a transaction's equal notifications into one): a replica
+    that kept the agents as its last round read them (see Dispatcher.next_round) must read
+    them again before it places anything there."""
+    return f"""
+WITH changed AS ({update} RETURNING 1)
+SELECT {notify.NOTIFY_QUEUE} FROM changed
+"""
+
+
+MARK_STALE_OFFLINE = _told("""
 UPDATE agents SET status = 'offline'
 WHERE status <> 'offline' AND last_heartbeat <= now() - make_interval(secs => $1)
-"""
-MARK_OFFLINE = "UPDATE agents SET status = 'offline' WHERE id = $1"
-MARK_DRAINING = "UPDATE agents SET status = 'draining' WHERE id = $1 AND status = 'online'"
-MARK_UNREACHABLE = """
-UPDATE agents SET status = 'unreachable' WHERE id = $1 AND status IN ('online', 'unreachable')
-"""
-MARK_REACHABLE = """
-UPDATE agents SET status = 'online' WHERE id = $1 AND status = 'unreachable' AND endpoint = $2
-"""
+""")
+MARK_OFFLINE = _told("UPDATE agents SET status = 'offline' WHERE id = $1 AND status <> 'offline'")
+MARK_DRAINING = _told("UPDATE agents SET status = 'draining' WHERE id = $1 AND status = 'online'")
+MARK_UNREACHABLE = _told(
+    "UPDATE agents SET status = 'unreachable' WHERE id = $1 AND status = 'online'"
+)
+# A node back in reach may fit tasks that wait.
+MARK_REACHABLE = _told(
+    "UPDATE agents SET status = 'online' WHERE id = $1 AND status = 'unreachable' AND endpoint = $2"
+)
 SELECT_UNREACHABLE = f"""
 SELECT a.id, a.endpoint, c.id AS credential_id FROM agents a {_CREDENTIAL}
 WHERE a.status = 'unreachable' AND a.last_heartbeat > now() - make_interval(secs => $1)
@@ -232,7 +247,7 @@ class AgentRegistry:
             if register_keys:
                 await register_node_keys(conn, card.agent_id, card.name, card.held_keys)
             # A new or returning agent may fit tasks that are waiting.
-            await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
+            await conn.execute(notify.WAKE_QUEUE)
         if register_keys:
             self._held_keys[card.agent_id] = held
         return self._secret(credential_id, card.agent_id) or ""
@@ -318,7 +333,6 @@ class AgentRegistry:
         """A dial to the agent's endpoint succeeded: it may get work again."""
         async with self._pool.acquire() as conn:
             await conn.execute(MARK_REACHABLE, agent_id, endpoint)
-            await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)  # tasks may wait
 
     async def unreachable(self) -> list[tuple[str, str, str | None]]:
         """(agent id, endpoint, dispatch secret) of the heartbeating agents the scheduler

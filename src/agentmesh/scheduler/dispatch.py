@@ -32,6 +32,7 @@ import grpc
 
 from agentmesh.access.task_credentials import TaskCredentials
 from agentmesh.config import TlsSettings
+from agentmesh.db import notify
 from agentmesh.db.connect import Connection
 from agentmesh.errors import Reason
 from agentmesh.keys import quota
@@ -40,7 +41,6 @@ from agentmesh.memory.context import ChildResult, ContextBuilder, TaskContext
 from agentmesh.node.permissions.approvals import Approval
 from agentmesh.rpc import convert
 from agentmesh.rpc.channel import open_channel
-from agentmesh.scheduler import queries
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.node_link import CallError, NodeLink
 from agentmesh.scheduler.parking import KeySignature, ParkingLot
@@ -122,8 +122,8 @@ class DispatchSettings:
     retry_backoff_seconds: float = 1.0
     poll_seconds: float = 1.0
     # How long the agents as a round read them may place this replica's own submissions
-    # (see Dispatcher.submitted): another replica's claims, and a node that changed without
-    # a heartbeat, are seen again after this at the latest.
+    # (see Dispatcher.submitted): another replica's claims, and whatever changed without a
+    # notification, are seen again after this at the latest.
     snapshot_seconds: float = 0.25
 
 
@@ -199,7 +199,7 @@ class Dispatcher:
         self._slots: dict[str, AgentSlot] | None = None
         self._read_at = float("-inf")
         # The queue notification of this replica's own submissions (see queue_changed).
-        self._own_submits = queries.submitted_by(settings.owner)
+        self._own_submits = notify.submitted_by(settings.owner)
         self._attempts: dict[str, asyncio.Task[None]] = {}
         # Where each attempt's node is: its endpoint and dispatch secret.
         self._endpoints: dict[str, tuple[str, str | None]] = {}
@@ -791,7 +791,8 @@ class Dispatcher:
 
     async def _mark(self, mark: Callable[[str], Awaitable[None]], agent_id: str) -> None:
         """Record in the registry what an attempt found out about its agent; the next round
-        reads the agents again, not the view it kept (see submitted)."""
+        reads the agents again, not the view it kept (see submitted). Every replica hears
+        of it on the queue channel (the marks notify); this one does not wait for that."""
         await _with_retry(lambda: mark(agent_id))
         self.wake()
 

@@ -16,12 +16,7 @@ from collections.abc import Callable
 import asyncpg
 
 from agentmesh.db.connect import DatabaseUnavailable, connect
-from agentmesh.scheduler.queries import (
-    CANCEL_CHANNEL,
-    EVENTS_CHANNEL,
-    QUEUE_CHANNEL,
-    SLOT_FREED,
-)
+from agentmesh.db.notify import CANCEL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL, SLOT_FREED
 
 log = logging.getLogger(__name__)
 

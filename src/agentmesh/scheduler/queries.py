@@ -4,26 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from agentmesh.db.notify import EVENTS_CHANNEL, QUEUE_CHANNEL, SLOT_FREED
+
 TERMINAL = "('completed', 'failed', 'canceled', 'rejected')"
-
-# Channels: the queue changed (work to place, a slot freed, an agent appeared); tasks have
-# new events (payload: their ids, separated by spaces); a task was cancelled (payload: its
-# id).
-QUEUE_CHANNEL = "agentmesh_queue"
-# The queue channel's payload when attempts ended and nothing was queued: their slots are
-# free, which needs a round only where a task waits for a slot (Dispatcher.slot_freed).
-SLOT_FREED = "freed"
-
-
-def submitted_by(origin: str) -> str:
-    """The queue channel's payload when tasks were submitted through `origin` (a scheduler
-    replica, which hands them to its own dispatcher without waiting for the notification:
-    see Dispatcher.submitted); other replicas read the queue."""
-    return f"submitted by {origin}" if origin else ""
-
-
-EVENTS_CHANNEL = "agentmesh_events"
-CANCEL_CHANNEL = "agentmesh_cancel"
 
 
 def announced(rows: str) -> str:
@@ -32,7 +15,7 @@ def announced(rows: str) -> str:
     may hold allow. One per task cost every listening connection a message per task."""
     return f"""(
     SELECT count(*) AS notifications FROM (
-        SELECT pg_notify('agentmesh_events', string_agg(id, ' '))
+        SELECT pg_notify('{EVENTS_CHANNEL}', string_agg(id, ' '))
         FROM (SELECT id, sum(length(id) + 1) OVER (ORDER BY id) / 7900 AS part
               FROM {rows}) AS numbered
         GROUP BY part
@@ -356,7 +339,7 @@ GROUP BY assigned_agent
 """
 
 # Events: the attempt guard makes a superseded attempt's late events vanish.
-APPEND_EVENT = """
+APPEND_EVENT = f"""
 WITH t AS (
     UPDATE tasks SET last_seq = last_seq + 1, updated_at = now()
     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
@@ -366,7 +349,7 @@ WITH t AS (
     SELECT $1, t.last_seq, $2, $4, $5, $6 FROM t
     RETURNING seq
 )
-SELECT seq, pg_notify('agentmesh_events', $1) FROM e
+SELECT seq, pg_notify('{EVENTS_CHANNEL}', $1) FROM e
 """
 APPEND_SCHEDULER_EVENT = """
 WITH t AS (
@@ -379,7 +362,7 @@ RETURNING seq
 """
 # A batch goes after the sequence number its writer last saw ($7): a batch retried after
 # its commit succeeded (the reply was lost) finds last_seq moved on and writes nothing.
-APPEND_EVENTS = """
+APPEND_EVENTS = f"""
 WITH t AS (
     UPDATE tasks SET last_seq = last_seq + cardinality($5::text[]), updated_at = now()
     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'working'
@@ -390,7 +373,7 @@ WITH t AS (
     SELECT $1, $7 + b.n, $2, $4, b.kind, b.payload
     FROM t, unnest($5::text[], $6::jsonb[]) WITH ORDINALITY AS b(kind, payload, n)
 )
-SELECT last_seq, pg_notify('agentmesh_events', $1) FROM t
+SELECT last_seq, pg_notify('{EVENTS_CHANNEL}', $1) FROM t
 """
 # Was that batch written already? Yes if the attempt still owns the task and its last event
 # is the batch's last one, where the batch put it.

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from agentmesh.db import notify
 from agentmesh.db.connect import Connection
 from agentmesh.errors import (
     AlreadyExists,
@@ -217,11 +218,11 @@ class TaskStore:
 
     def __init__(self, pool: asyncpg.Pool, *, default_max_attempts: int, origin: str = "") -> None:
         """`origin` names the scheduler replica that submits through this store: its queue
-        notifications say so (see queries.submitted_by), and `on_queued` hears of the tasks
+        notifications say so (see notify.submitted_by), and `on_queued` hears of the tasks
         it queued."""
         self._pool = pool
         self._default_max_attempts = default_max_attempts
-        self._queue_payload = q.submitted_by(origin)
+        self._queue_payload = notify.submitted_by(origin)
         # Told of each new task without subtasks once its submit committed (the replica's
         # dispatcher: see Dispatcher.submitted). Trees and delegated subtasks are not told:
         # their notifications say nothing of who queued them.
@@ -305,7 +306,7 @@ class TaskStore:
                 placed[index] = record.id
                 records[record.id] = record
         if trees:
-            await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+            await conn.execute(notify.WAKE_QUEUE)
         # What is still an index is a key given twice: the first's entry is an id by now.
         return (
             [entry if isinstance(entry, str) else str(placed[entry]) for entry in placed],
@@ -336,7 +337,7 @@ class TaskStore:
                 async with conn.transaction():
                     if spec.subtasks:
                         task_id = await self._insert_tree(conn, spec, parent_id=None)
-                        await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+                        await conn.execute(notify.WAKE_QUEUE)
                     else:
                         records, queued = await self._insert_leaves([spec], conn)
                         task_id = records[0].id
@@ -493,7 +494,7 @@ class TaskStore:
             )
             await conn.execute(q.ENQUEUE, child_id, spec.priority, 0.0)
             await conn.execute(q.COUNT_DELEGATION, task_id)
-            await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+            await conn.execute(notify.WAKE_QUEUE)
         return child_id
 
     async def check_mesh_reach(self, task_id: str, attempt: int, target: str | None) -> None:
@@ -879,7 +880,7 @@ class TaskStore:
             assert row is not None  # owned above, in this transaction
             await self._scheduler_event(conn, task_id, Status(TaskState.SUBMITTED, message))
             await conn.execute(q.ENQUEUE, task_id, row["priority"], backoff_seconds)
-            await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+            await conn.execute(notify.WAKE_QUEUE)
         return TaskState.SUBMITTED
 
     async def fail_attempt(
@@ -1001,7 +1002,7 @@ class TaskStore:
                 Status(TaskState.SUBMITTED, f"its user approved {what}{kept}; queued again"),
             )
             await conn.execute(q.ENQUEUE, task_id, request["priority"], 0.0)
-            await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+            await conn.execute(notify.WAKE_QUEUE)
         return permitted
 
     async def deny(self, task_id: str, reason: str) -> None:
@@ -1074,7 +1075,7 @@ class TaskStore:
                 Result(TaskState.CANCELED, error=reason),
                 propagate=propagate and node["id"] == task_id,
             )
-            await conn.execute("SELECT pg_notify($1, $2)", q.CANCEL_CHANNEL, node["id"])
+            await conn.execute("SELECT pg_notify($1, $2)", notify.CANCEL_CHANNEL, node["id"])
         return running
 
     # ----------------------------------------------------------------- endings
@@ -1105,7 +1106,7 @@ class TaskStore:
             await self._scheduler_event(conn, task_id, result)
         await conn.execute(q.DELETE_QUEUE_ROW, task_id)
         await conn.execute(q.FINISH_SUBTASK, task_id, result.state.value)
-        await conn.execute("SELECT pg_notify($1, '')", q.QUEUE_CHANNEL)
+        await conn.execute(notify.WAKE_QUEUE)
         if ended["delegations"]:
             # A parent that ends leaves no running children behind.
             await self._end_delegated(conn, task_id, f"its parent {task_id} ended")
@@ -1157,7 +1158,7 @@ class TaskStore:
         await conn.fetchval(
             q.APPEND_SCHEDULER_EVENT, task_id, payload.KIND, payload_to_dict(payload)
         )
-        await conn.execute("SELECT pg_notify($1, $2)", q.EVENTS_CHANNEL, task_id)
+        await conn.execute("SELECT pg_notify($1, $2)", notify.EVENTS_CHANNEL, task_id)
 
 
 def summarize_children(children: Sequence[asyncpg.Record]) -> str:
