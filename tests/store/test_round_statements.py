@@ -15,7 +15,8 @@ from typing import Any, cast
 import asyncpg
 import pytest
 
-from agentmesh.tasks.model import TaskSpec
+from agentmesh.tasks.events import Result
+from agentmesh.tasks.model import TaskSpec, TaskState
 from tests.store.dispatching import card, dispatcher_on, hold_attempts
 
 AGENTS = 4
@@ -109,3 +110,29 @@ async def test_a_round_issues_the_same_few_statements_for_10_or_150_tasks(
     assert started == min(tasks, AGENTS * SLOTS)
     # Agents, the window, claim-and-start; at 150 also the waiting reasons of the rest.
     assert len(statements) <= 4, "\n".join(" ".join(q.split())[:120] for q in statements)
+
+
+async def test_a_task_starts_and_ends_without_writing_its_agents_row(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agents table is read by every round: a start or an end that rewrote an agent's
+    row (its card and all) grew it by a row version per task at full speed, and made every
+    replica's claims and ends wait on each other's row locks. Its heartbeats keep the row."""
+    dispatcher, store, channels = await dispatcher_on(pool, [card("one", slots=4)], "rows")
+    await hold_attempts(dispatcher, monkeypatch)
+    try:
+        version = "SELECT xmin::text FROM agents WHERE id = 'agent-one'"
+        before = await pool.fetchval(version)
+        task = await store.submit(TaskSpec(kind="echo", prompt="t"))
+        await dispatcher.round()
+        [(started, attempt)] = dispatcher.live_attempts()
+        assert started == task
+        assert await store.finish_attempt(
+            task, attempt, "rows", "agent-one", Result(TaskState.COMPLETED), in_tree=False
+        )
+
+        assert await pool.fetchval("SELECT state FROM tasks WHERE id = $1", task) == "completed"
+        assert await pool.fetchval(version) == before
+    finally:
+        await dispatcher.stop()
+        await channels.close()

@@ -35,7 +35,9 @@ ON CONFLICT (id) DO UPDATE SET
     hostname = EXCLUDED.hostname, ip_address = EXCLUDED.ip_address,
     endpoint = EXCLUDED.endpoint, last_heartbeat = now(),
     capabilities = EXCLUDED.capabilities, card = EXCLUDED.card,
-    -- The task the scheduler placed last stays current while the node still runs it.
+    -- The seed's current task: one the node runs, as its heartbeats report (the current
+    -- one stays while it runs). A task's start and end do not write the agent's row: at
+    -- full speed that rewrote it twice a task, on every replica's hot path.
     current_task_id = CASE WHEN agents.current_task_id = ANY($11::text[])
                            THEN agents.current_task_id ELSE EXCLUDED.current_task_id END,
     running_tasks = EXCLUDED.running_tasks,

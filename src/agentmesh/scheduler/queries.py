@@ -265,13 +265,6 @@ _START = f"""
            jsonb_build_object('state', 'working',
                               'message', format('attempt %s placed on %s', attempt, agent_id))
     FROM s
-), a AS (
-    -- The seed's agents.current_task_id: the task an agent started last.
-    UPDATE agents SET current_task_id = c.id
-    FROM (SELECT DISTINCT ON (agent_id) agent_id, id FROM s ORDER BY agent_id, id) AS c,
-         (SELECT id FROM agents WHERE id IN (SELECT agent_id FROM s)
-          ORDER BY id FOR UPDATE) AS held
-    WHERE agents.id = c.agent_id AND held.id = c.agent_id
 )"""
 START_ATTEMPTS = f"""
 WITH s AS ({
@@ -440,11 +433,6 @@ WITH ending AS (
     SELECT id, last_seq, attempt, agent_id, 'result', result FROM owned
 ), d AS (
     DELETE FROM task_queue WHERE task_id IN (SELECT id FROM owned)
-), a AS (
-    UPDATE agents SET current_task_id = NULL
-    FROM (SELECT id FROM agents WHERE current_task_id IN (SELECT id FROM owned)
-          ORDER BY id FOR UPDATE) AS held
-    WHERE agents.id = held.id
 ), k AS (
     {REMEMBER.format(ended="owned")}
 ), n AS {announced("owned")}, w AS (
@@ -460,8 +448,6 @@ WITH ended AS (
         waiting_reason = ''
     WHERE id = $1 AND state NOT IN {TERMINAL}
     RETURNING id, parent_id, delegated, delegations, state, spec, user_name, output
-), a AS (
-    UPDATE agents SET current_task_id = NULL WHERE current_task_id IN (SELECT id FROM ended)
 ), k AS (
     {REMEMBER.format(ended="ended")}
 )
