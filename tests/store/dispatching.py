@@ -5,6 +5,8 @@ dial."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
@@ -16,6 +18,7 @@ from agentmesh.keys.reservations import KeyReserver
 from agentmesh.node.card import AgentCard, HeldKey
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.dispatch import Channels, Dispatcher, DispatchSettings
+from agentmesh.scheduler.notifications import Listener
 from agentmesh.scheduler.store import TaskStore
 
 
@@ -92,3 +95,31 @@ async def hold_attempts(dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(dispatcher, "_stream", streamed)
     return finish
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    database_uri: str,
+    *,
+    on_queue: Callable[[str], object] = lambda _: None,
+    on_slot_freed: Callable[[], object] = lambda: None,
+    on_events: Callable[[str], object] = lambda _: None,
+) -> AsyncIterator[Listener]:
+    """A Listener on the test database for the block, connected before it starts: what it
+    hears goes to the handlers given (see Listener), the rest nowhere."""
+    listener = Listener(
+        database_uri,
+        on_queue=on_queue,
+        on_slot_freed=on_slot_freed,
+        on_events=on_events,
+        on_cancel=lambda _: None,
+        on_reconnect=lambda: None,
+    )
+    running = asyncio.create_task(listener.run())
+    try:
+        async with asyncio.timeout(20):
+            await listener.connected.wait()
+        yield listener
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 
 from agentmesh.db.notify import EVENTS_CHANNEL
-from agentmesh.scheduler.notifications import Listener
 from agentmesh.scheduler.store import TaskStore
 from agentmesh.tasks.events import Result
 from agentmesh.tasks.model import TaskSpec, TaskState
+from tests.store.dispatching import listening
 from tests.store.test_transitions import AGENT, OWNER
 
 PAYLOAD_LIMIT = 8000  # bytes; PostgreSQL refuses a longer one (and the statement with it)
@@ -98,25 +98,12 @@ async def test_a_listener_hands_each_task_an_announcement_names_to_its_handler(
     database_uri: str, pool: asyncpg.Pool
 ) -> None:
     woken: list[str] = []
-    listener = Listener(
-        database_uri,
-        on_queue=lambda _payload: None,
-        on_slot_freed=lambda: None,
-        on_events=woken.append,
-        on_cancel=lambda _: None,
-        on_reconnect=lambda: None,
-    )
-    running = asyncio.create_task(listener.run())
-    try:
+    async with listening(database_uri, on_events=woken.append):
+        await pool.execute("SELECT pg_notify($1, 't-1 t-2 t-3')", EVENTS_CHANNEL)
         async with asyncio.timeout(20):
-            await listener.connected.wait()
-            await pool.execute("SELECT pg_notify($1, 't-1 t-2 t-3')", EVENTS_CHANNEL)
             while len(woken) < 3:
                 await asyncio.sleep(0.01)
-        assert woken == ["t-1", "t-2", "t-3"]
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+    assert woken == ["t-1", "t-2", "t-3"]
 
 
 class QueueChannel:
@@ -135,22 +122,12 @@ class QueueChannel:
 @pytest.fixture
 async def queue_channel(database_uri: str) -> AsyncIterator[QueueChannel]:
     channel = QueueChannel()
-    listener = Listener(
+    async with listening(
         database_uri,
         on_queue=lambda _payload: channel.heard.append("queued"),
         on_slot_freed=lambda: channel.heard.append("freed"),
-        on_events=lambda _: None,
-        on_cancel=lambda _: None,
-        on_reconnect=lambda: None,
-    )
-    running = asyncio.create_task(listener.run())
-    try:
-        async with asyncio.timeout(20):
-            await listener.connected.wait()
+    ):
         yield channel
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
 
 
 async def test_new_work_wakes_rounds_and_ended_attempts_only_say_their_slots_are_free(

@@ -20,10 +20,9 @@ import pytest
 from agentmesh.db import notify
 from agentmesh.scheduler import queries
 from agentmesh.scheduler.agents import AgentRegistry
-from agentmesh.scheduler.notifications import Listener
 from agentmesh.scheduler.store import ReadyTask, TaskStore
 from agentmesh.tasks.model import TaskSpec
-from tests.store.dispatching import card, dispatcher_on, hold_attempts
+from tests.store.dispatching import card, dispatcher_on, hold_attempts, listening
 from tests.store.test_round_statements import CountingPool
 
 READS = (queries.SELECT_READY, "FROM agents a")
@@ -306,23 +305,18 @@ async def test_an_agent_another_replica_marks_is_read_again_before_the_next_plac
     )
     await hold_attempts(dispatcher, monkeypatch)
     heard: list[str] = []
-    listener = Listener(
-        database_uri,
-        on_queue=lambda payload: (heard.append(payload), dispatcher.queue_changed(payload)),
-        on_slot_freed=lambda: None,
-        on_events=lambda _: None,
-        on_cancel=lambda _: None,
-        on_reconnect=lambda: None,
-    )
-    listening = asyncio.create_task(listener.run())
+
+    def hear(payload: str) -> None:
+        heard.append(payload)
+        dispatcher.queue_changed(payload)
+
     try:
-        async with asyncio.timeout(20):
-            await listener.connected.wait()
-        await dispatcher.round()  # reads; the queue is empty, so it keeps the view
-        await mark(pool, "agent-one")
-        async with asyncio.timeout(20):
-            while not heard:
-                await asyncio.sleep(0.01)
+        async with listening(database_uri, on_queue=hear):
+            await dispatcher.round()  # reads; the queue is empty, so it keeps the view
+            await mark(pool, "agent-one")
+            async with asyncio.timeout(20):
+                while not heard:
+                    await asyncio.sleep(0.01)
         task = await store.submit(TaskSpec(kind="echo", prompt="after the mark"))
         counting.statements.clear()
 
@@ -331,8 +325,6 @@ async def test_an_agent_another_replica_marks_is_read_again_before_the_next_plac
         assert reads(counting)
         assert await state_of(pool, task) == ("submitted", 0)
     finally:
-        listening.cancel()
-        await asyncio.gather(listening, return_exceptions=True)
         await dispatcher.stop()
         await channels.close()
 
