@@ -2,8 +2,8 @@
 
 The queue channel says the queue may have changed (work to place, a slot freed, an agent
 came, went or lost its credential); the events channel that tasks have new events (payload:
-their ids, separated by spaces); the cancel channel that a task was cancelled (payload: the
-node's id). Whatever changes the agents or the queue notifies in the same transaction, so
+their ids, separated by spaces); the cancel channel that a task was cancelled (payload: its
+id). Whatever changes the agents or the queue notifies in the same transaction, so
 every replica hears of it at commit.
 """
 
