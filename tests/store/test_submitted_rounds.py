@@ -11,13 +11,18 @@ broken: a read where none is needed, or a task placed from a view that no longer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 import asyncpg
 import pytest
 
+from agentmesh.access import credentials
+from agentmesh.access.credentials import NodeIdentity
 from agentmesh.db import notify
+from agentmesh.node.card import AgentCard
 from agentmesh.scheduler import queries
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.store import ReadyTask, TaskStore
@@ -329,6 +334,23 @@ async def test_an_agent_another_replica_marks_is_read_again_before_the_next_plac
         await channels.close()
 
 
+async def told(database_uri: str, pool: asyncpg.Pool, change: Awaitable[object]) -> list[str]:
+    """What `change` told the queue channel: the payloads heard before a marker sent after
+    it (notifications from one session arrive in commit order)."""
+    heard: list[str] = []
+    conn = await asyncpg.connect(database_uri)
+    try:
+        await conn.add_listener(notify.QUEUE_CHANNEL, lambda *args: heard.append(args[3]))
+        await change
+        await pool.execute("SELECT pg_notify($1, 'marker')", notify.QUEUE_CHANNEL)
+        async with asyncio.timeout(20):
+            while "marker" not in heard:
+                await asyncio.sleep(0.01)
+        return heard[: heard.index("marker")]
+    finally:
+        await conn.close()
+
+
 async def test_a_mark_that_changes_nothing_tells_nobody(
     database_uri: str, pool: asyncpg.Pool
 ) -> None:
@@ -336,17 +358,80 @@ async def test_a_mark_that_changes_nothing_tells_nobody(
     registry = AgentRegistry(pool, ttl_seconds=60)
     await registry.heartbeat(card("twice", slots=1), ())
     await registry.mark_offline("agent-twice")
-    heard: list[str] = []
-    conn = await asyncpg.connect(database_uri)
-    try:
-        await conn.add_listener(notify.QUEUE_CHANNEL, lambda *args: heard.append(args[3]))
+
+    async def again() -> None:
         await registry.mark_offline("agent-twice")
         await registry.mark_draining("agent-twice")
         await registry.mark_unreachable("agent-twice")
-        await pool.execute("SELECT pg_notify($1, 'marker')", notify.QUEUE_CHANNEL)
-        async with asyncio.timeout(20):
-            while not heard:
-                await asyncio.sleep(0.01)
-        assert heard == ["marker"]
-    finally:
-        await conn.close()
+
+    assert await told(database_uri, pool, again()) == []
+
+
+async def test_a_heartbeat_that_changes_nothing_placement_reads_tells_nobody(
+    database_uri: str, pool: asyncpg.Pool
+) -> None:
+    """Every node heartbeats every few seconds; only the time and its running tasks change,
+    which placement does not read from the agents, so no replica drops its kept view."""
+    registry = AgentRegistry(pool, ttl_seconds=60)
+    await registry.heartbeat(card("steady", slots=2), ())
+    busy = dataclasses.replace(card("steady", slots=2), running_tasks=1)
+
+    assert await told(database_uri, pool, registry.heartbeat(busy, ("task-1",))) == []
+
+
+def _changed(**fields: object) -> AgentCard:
+    return dataclasses.replace(card("changing", slots=2), **fields)
+
+
+Beat = Callable[[AgentRegistry], Awaitable[object]]
+CHANGES: dict[str, tuple[float, Beat]] = {
+    "a new agent": (60, lambda r: r.heartbeat(card("new", slots=2), ())),
+    "draining": (60, lambda r: r.heartbeat(_changed(draining=True), ())),
+    "more slots": (60, lambda r: r.heartbeat(_changed(max_concurrency=3), ())),
+    "a capability": (60, lambda r: r.heartbeat(_changed(capabilities=("gpu",)), ())),
+    "another endpoint": (60, lambda r: r.heartbeat(_changed(endpoint="127.0.0.1:10"), ())),
+    # With no time to live, the last heartbeat is stale: the agent is back.
+    "back after going stale": (0, lambda r: r.heartbeat(card("changing", slots=2), ())),
+}
+
+
+@pytest.mark.parametrize(("ttl_seconds", "beat"), CHANGES.values(), ids=CHANGES.keys())
+async def test_a_heartbeat_that_changes_what_placement_reads_tells_every_replica(
+    database_uri: str, pool: asyncpg.Pool, ttl_seconds: float, beat: Beat
+) -> None:
+    await AgentRegistry(pool, ttl_seconds=60).heartbeat(card("changing", slots=2), ())
+    registry = AgentRegistry(pool, ttl_seconds=ttl_seconds)
+
+    assert await told(database_uri, pool, beat(registry)) == [""]
+
+
+async def test_a_heartbeat_after_a_mark_tells_every_replica(
+    database_uri: str, pool: asyncpg.Pool
+) -> None:
+    """A node marked offline (or unreachable, then found at another endpoint) that
+    heartbeats is back: every replica must read it again."""
+    registry = AgentRegistry(pool, ttl_seconds=60)
+    await registry.heartbeat(card("back", slots=1), ())
+    await registry.mark_offline("agent-back")
+    assert await told(database_uri, pool, registry.heartbeat(card("back", slots=1), ())) == [""]
+
+    await registry.mark_unreachable("agent-back")
+    # The same endpoint: still unreachable, nothing changed.
+    assert await told(database_uri, pool, registry.heartbeat(card("back", slots=1), ())) == []
+    moved = dataclasses.replace(card("back", slots=1), endpoint="127.0.0.1:10")
+    assert await told(database_uri, pool, registry.heartbeat(moved, ())) == [""]
+
+
+async def test_a_heartbeat_under_a_new_credential_tells_every_replica(
+    database_uri: str, pool: asyncpg.Pool
+) -> None:
+    """A secured mesh dials an agent only under the credential its row was written with:
+    a node that comes back under another is another dial for every replica."""
+    registry = AgentRegistry(pool, ttl_seconds=60)
+    await registry.heartbeat(card("enrolled", slots=1), ())
+    async with pool.acquire() as conn:
+        view, _ = await credentials.enroll(conn, f"enrolled-{uuid.uuid4().hex[:8]}")
+    identity = NodeIdentity(view.id, view.name, None)
+    beat = registry.heartbeat(card("enrolled", slots=1), (), identity)
+
+    assert await told(database_uri, pool, beat) == [""]

@@ -47,7 +47,14 @@ ON CONFLICT (id) DO UPDATE SET
     status = CASE WHEN agents.status = 'unreachable' AND EXCLUDED.status = 'online'
                        AND agents.endpoint = EXCLUDED.endpoint
                   THEN 'unreachable' ELSE EXCLUDED.status END
-RETURNING (xmax = 0) AS inserted
+RETURNING status, credential_id, card - 'running_tasks' AS card
+"""
+# What placement reads of an agent (the heartbeat's count of running tasks aside), as it is
+# before a heartbeat writes it; locked, so that no mark slips in between.
+SELECT_PLACED_AS = """
+SELECT status, credential_id, card - 'running_tasks' AS card,
+       last_heartbeat > now() - make_interval(secs => $2) AS fresh
+FROM agents WHERE id = $1 FOR UPDATE
 """
 UPSERT_HOST = """
 INSERT INTO home_network (host_name, ip_address, service, tags, last_seen)
@@ -181,6 +188,16 @@ def _is_ip(value: str) -> bool:
     return True
 
 
+def _placement_changed(before: asyncpg.Record | None, after: asyncpg.Record) -> bool:
+    """Whether a heartbeat changed what placement reads of its agent: then every replica
+    must read the agents again (a new or returning agent may fit tasks that wait, a changed
+    one may no longer fit what a replica would place there). Most heartbeats change only
+    the time and the running tasks, and wake nobody."""
+    if before is None or not before["fresh"]:
+        return True
+    return any(before[name] != after[name] for name in ("status", "credential_id", "card"))
+
+
 # The dispatch secret of (credential id, agent id): what the scheduler presents to the node.
 DispatchSecrets = Callable[[str, str], str]
 
@@ -230,7 +247,8 @@ class AgentRegistry:
         async with self._pool.acquire() as conn, conn.transaction():
             if identity is not None:
                 await credentials.bind(conn, identity, card.agent_id)
-            await conn.fetchval(
+            before = await conn.fetchrow(SELECT_PLACED_AS, card.agent_id, self.ttl_seconds)
+            after = await conn.fetchrow(
                 UPSERT_AGENT,
                 card.agent_id,
                 card.hostname,
@@ -245,11 +263,12 @@ class AgentRegistry:
                 list(running_task_ids),
                 credential_id,
             )
+            assert after is not None  # an upsert returns its row
             await conn.execute(UPSERT_HOST, card.hostname, address, list(card.capabilities))
             if register_keys:
                 await register_node_keys(conn, card.agent_id, card.name, card.held_keys)
-            # A new or returning agent may fit tasks that are waiting.
-            await conn.execute(notify.WAKE_QUEUE)
+            if _placement_changed(before, after):
+                await conn.execute(notify.WAKE_QUEUE)
         if register_keys:
             self._held_keys[card.agent_id] = held
         return self._secret(credential_id, card.agent_id) or ""
