@@ -371,6 +371,18 @@ async def test_a_frozen_node_s_task_completes_on_the_other_node(mesh: ProcessHar
     (other,) = [node for node in nodes if node is not first]
     os.killpg(first.pid, signal.SIGSTOP)
 
+    async def lost() -> bool:
+        rows = await _fetch(
+            mesh.database_uri,
+            "SELECT 1 FROM task_events WHERE task_id = $1 AND attempt = 1"
+            " AND payload->>'message' LIKE 'attempt 1 lost%'",
+            task_id,
+        )
+        return bool(rows)
+
+    # Pings find it within a ping and its timeout (10 + 5 s); this bound is three times
+    # that, and half what gRPC's own ping timeout, if it applied, would take (70 s).
+    await mesh.wait_until(lost, "the frozen node's attempt to be lost", timeout=45)
     events = await watch(stub, task_id)
 
     task = await stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id))
