@@ -5,14 +5,16 @@ node processes on loopback):
 - throughput of 5,000 `echo` tasks from the first submit until all are recorded complete,
   submitted one a call (SubmitTask, 32 callers at once), then 100 a call (SubmitTasks, 4
   callers at once);
+- a raw asyncpg baseline on the same server right after them, the mesh idle: insert the
+  same number of rows, claim each with FOR UPDATE SKIP LOCKED and complete it with 8
+  workers; and each phase's ratio to it. The three run as a round, three rounds in turn,
+  and each round's ratios are to its own baseline: on a shared machine the speed drifts
+  within a run, and a ratio of figures measured minutes apart measures the drift;
+- CPU time per task of the scheduler, the nodes and PostgreSQL in each phase: the steadier
+  measure of what a change bought (wall-clock figures swing with whatever else runs);
 - submit-to-start latency p50/p99 at a steady 200 tasks/s (from the database's own
   `created_at` and `started_at`);
-- the scheduler's resident memory before and after;
-- a raw asyncpg baseline in the same run, on the same server: insert the same number of
-  rows, claim each with FOR UPDATE SKIP LOCKED and complete it with 8 workers; and the ratio;
-- CPU time per task of the scheduler, the nodes and PostgreSQL over the throughput run: on
-  a shared machine the steadier measure of what a change bought (wall-clock figures swing
-  with whatever else runs).
+- the scheduler's resident memory before and after.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -37,9 +41,14 @@ sys.path.insert(0, str(REPO))
 from agentmesh.db import embedded  # noqa: E402
 from agentmesh.db.connect import ensure_database  # noqa: E402
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2  # noqa: E402
-from bench.support.mesh import BATCH, spawn, submit_all, submit_batched  # noqa: E402
+from bench.support.mesh import BATCH, SUBMITTERS, spawn, submit_all, submit_batched  # noqa: E402
 
 TASKS = 5_000
+# The throughput phases and the baseline run this many times, interleaved: the machine's
+# speed drifts within a run (the baseline alone has swung by a third from one minute to
+# the next), and each round's ratio is to a baseline measured beside it.
+ROUNDS = 3
+WARMUP = 50
 NODES = 4
 SLOTS_PER_NODE = 16
 STEADY_RATE = 200
@@ -48,16 +57,16 @@ BASELINE_WORKERS = 8
 CLIENT = "client (this process)"
 
 
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    """User and system CPU time of these processes (gone ones count nothing)."""
-    total = 0.0
+def cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
+    """User and system CPU time of each of these processes still running, by pid."""
+    seconds = {}
     for process in processes:
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
-    return total
+        seconds[process.pid] = times.user + times.system
+    return seconds
 
 
 def postgres_processes(data: Path) -> list[psutil.Process]:
@@ -142,6 +151,85 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@dataclass
+class Round:
+    """One round of the throughput phases and the baseline measured right after them."""
+
+    one_a_call: float  # tasks/s
+    one_a_call_cpu: dict[str, float]  # ms per task, by process group
+    batched: float
+    batched_cpu: dict[str, float]
+    baseline: float  # jobs/s
+    # The CPU seconds the scheduler and nodes used while they stood idle beside the baseline.
+    idle_mesh_cpu: float
+
+    @property
+    def ratio(self) -> float:
+        return self.one_a_call / self.baseline
+
+    @property
+    def batched_ratio(self) -> float:
+        return self.batched / self.baseline
+
+
+class Mesh:
+    """The running mesh's processes, grouped as the CPU figures show them."""
+
+    def __init__(self, scheduler: psutil.Process, nodes: list[psutil.Process], data: Path) -> None:
+        self._groups: dict[str, Callable[[], list[psutil.Process]]] = {
+            "scheduler": lambda: [scheduler],
+            "nodes": lambda: nodes,
+            # Listed anew each time: the pools open backends as the load asks.
+            "PostgreSQL": lambda: postgres_processes(data),
+            # The submitters and the completion polls: shown apart from the mesh's sum.
+            CLIENT: lambda: [psutil.Process()],
+        }
+        self.completed = 0
+
+    def cpu(self) -> dict[str, dict[int, float]]:
+        return {name: cpu_seconds(processes()) for name, processes in self._groups.items()}
+
+    def cpu_per_task(self, before: dict[str, dict[int, float]], tasks: int) -> dict[str, float]:
+        """Milliseconds of CPU per task of each group since `before`, counting processes
+        that started meanwhile. Those that ended meanwhile took their time with them: read
+        it as soon as the phase ends."""
+        return {
+            name: sum(seconds - before[name].get(pid, 0.0) for pid, seconds in now.items())
+            / tasks
+            * 1000
+            for name, now in self.cpu().items()
+        }
+
+    async def timed(
+        self, conn: asyncpg.Connection, submit: Awaitable[None]
+    ) -> tuple[float, dict[str, float]]:
+        """Run a phase of TASKS tasks: its tasks/s until all are recorded complete, and the
+        CPU per task."""
+        before = self.cpu()
+        started = time.perf_counter()
+        await submit
+        self.completed += TASKS
+        await wait_completed(conn, self.completed)
+        throughput = TASKS / (time.perf_counter() - started)
+        return throughput, self.cpu_per_task(before, TASKS)
+
+
+async def measure_round(
+    mesh: Mesh,
+    stub: scheduler_pb2_grpc.SchedulerAsyncStub,
+    conn: asyncpg.Connection,
+    dsn: str,
+    number: int,
+) -> Round:
+    one_a_call, one_a_call_cpu = await mesh.timed(conn, submit_all(stub, TASKS, f"round {number}"))
+    batched, batched_cpu = await mesh.timed(conn, submit_batched(stub, TASKS, f"batched {number}"))
+    before = mesh.cpu()
+    raw = await baseline(dsn)
+    spent = mesh.cpu_per_task(before, 1)
+    idle = (spent["scheduler"] + spent["nodes"]) / 1000
+    return Round(one_a_call, one_a_call_cpu, batched, batched_cpu, raw, idle)
+
+
 async def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="agentmesh-bench-dispatch-"))
     data = work / "data"
@@ -160,6 +248,7 @@ async def main() -> None:
         "GEMINI_CLI_COMMAND": "/nonexistent/gemini",
     }
     processes: list[subprocess.Popen[str]] = []
+    rounds: list[Round] = []
     try:
         scheduler, address = spawn(
             ["scheduler", "--listen", "127.0.0.1:0"], env, work, r"listening on (\S+)"
@@ -177,43 +266,19 @@ async def main() -> None:
         while await conn.fetchval("SELECT count(*) FROM agents WHERE status = 'online'") < NODES:
             await asyncio.sleep(0.1)
         memory = psutil.Process(scheduler.pid)
+        mesh = Mesh(memory, [psutil.Process(p.pid) for p in processes[1:]], data)
         async with grpc.aio.insecure_channel(address) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
-            await submit_all(stub, 50, "warmup")
-            await wait_completed(conn, 50)
+            await submit_all(stub, WARMUP, "warmup")
+            mesh.completed = WARMUP
+            await wait_completed(conn, mesh.completed)
             rss_before = memory.memory_info().rss
-
-            groups = {
-                "scheduler": [memory],
-                "nodes": [psutil.Process(p.pid) for p in processes[1:]],
-                "PostgreSQL": postgres_processes(data),
-                # The submitters and the completion polls: shown apart from the mesh's sum.
-                CLIENT: [psutil.Process()],
-            }
-            cpu_before = {name: cpu_seconds(group) for name, group in groups.items()}
-            started = time.perf_counter()
-            await submit_all(stub, TASKS, "bench")
-            await wait_completed(conn, 50 + TASKS)
-            throughput = TASKS / (time.perf_counter() - started)
-            # Backends that ended during the run took their time with them: read it now.
-            cpu_per_task = {
-                name: (cpu_seconds(group) - cpu_before[name]) / TASKS * 1000
-                for name, group in groups.items()
-            }
+            for number in range(ROUNDS):
+                rounds.append(await measure_round(mesh, stub, conn, dsn, number))
             rss_after = memory.memory_info().rss
 
-            cpu_before = {name: cpu_seconds(group) for name, group in groups.items()}
-            started = time.perf_counter()
-            await submit_batched(stub, TASKS, "batched")
-            await wait_completed(conn, 50 + 2 * TASKS)
-            batched = TASKS / (time.perf_counter() - started)
-            batched_cpu = {
-                name: (cpu_seconds(group) - cpu_before[name]) / TASKS * 1000
-                for name, group in groups.items()
-            }
-
-            steady_cpu = {name: cpu_seconds(group) for name, group in groups.items()}
-            steady_commits = await commits(conn)
+            steady_cpu = mesh.cpu()
+            commits_before = await commits(conn)
             steady_start = await conn.fetchval("SELECT now()")
             interval = 1 / STEADY_RATE
             begin = time.perf_counter()
@@ -229,12 +294,10 @@ async def main() -> None:
                 if delay > 0:
                     await asyncio.sleep(delay)
             await asyncio.gather(*pending)
-            await wait_completed(conn, 50 + 2 * TASKS + STEADY_TASKS)
-            steady_cpu = {
-                name: (cpu_seconds(group) - steady_cpu[name]) / STEADY_TASKS * 1000
-                for name, group in groups.items()
-            }
-            steady_commits = (await commits(conn) - steady_commits) / STEADY_TASKS
+            mesh.completed += STEADY_TASKS
+            await wait_completed(conn, mesh.completed)
+            steady_per_task = mesh.cpu_per_task(steady_cpu, STEADY_TASKS)
+            steady_commits = (await commits(conn) - commits_before) / STEADY_TASKS
             latencies = [
                 row[0]
                 for row in await conn.fetch(
@@ -250,20 +313,43 @@ async def main() -> None:
             process.terminate()
         for process in processes:
             process.wait(30)
-    raw = await baseline(dsn)
     embedded.stop(data)
     shutil.rmtree(work, ignore_errors=True)
+    report(rounds, latencies, steady_per_task, steady_commits, (rss_before, rss_after, rss_end))
 
-    print("Scheduler benchmark (one run, this machine, embedded PostgreSQL 16)")
-    print(f"  {TASKS} echo tasks through the scheduler to {NODES} nodes: {throughput:.0f} tasks/s")
+
+def report(
+    rounds: list[Round],
+    latencies: list[float],
+    steady_cpu: dict[str, float],
+    steady_commits: float,
+    rss: tuple[int, int, int],
+) -> None:
+    typical = median_round(rounds, lambda r: r.ratio)
+    typical_batched = median_round(rounds, lambda r: r.batched_ratio)
+    print(
+        "Scheduler benchmark (one run, this machine, embedded PostgreSQL 16;"
+        f" {len(rounds)} rounds, each: one a call, {BATCH} a call, then the baseline)"
+    )
+    print(
+        f"  {TASKS} echo tasks through the scheduler to {NODES} nodes, one a SubmitTask call"
+        f" ({SUBMITTERS} callers): {figures(r.one_a_call for r in rounds)} tasks/s"
+    )
     print(
         f"  raw asyncpg baseline (insert + SKIP LOCKED claim + complete, {BASELINE_WORKERS}"
-        f" workers): {raw:.0f} jobs/s; ratio {throughput / raw:.2f}"
+        f" workers; the idle mesh beside it used {max(r.idle_mesh_cpu for r in rounds):.2f} s of"
+        f" CPU at most): {figures(r.baseline for r in rounds)} jobs/s"
     )
-    print(f"  CPU per task: {cpu_figures(cpu_per_task)}")
     print(
-        f"  the same, {BATCH} tasks a SubmitTasks call: {batched:.0f} tasks/s;"
-        f" ratio {batched / raw:.2f}; CPU per task: {cpu_figures(batched_cpu)}"
+        f"  ratio, each round to its own baseline: {ratios(r.ratio for r in rounds)};"
+        f" median {typical.ratio:.2f}"
+    )
+    print(f"  CPU per task (the median round): {cpu_figures(typical.one_a_call_cpu)}")
+    print(
+        f"  the same, {BATCH} tasks a SubmitTasks call: {figures(r.batched for r in rounds)}"
+        f" tasks/s; ratio {ratios(r.batched_ratio for r in rounds)}; median"
+        f" {typical_batched.batched_ratio:.2f}; CPU per task (the median round):"
+        f" {cpu_figures(typical_batched.batched_cpu)}"
     )
     print(
         f"  submit-to-start at {STEADY_RATE} tasks/s ({STEADY_TASKS} tasks):"
@@ -271,11 +357,25 @@ async def main() -> None:
         f" p99 {percentile(latencies, 0.99) * 1000:.1f} ms; CPU per task:"
         f" {cpu_figures(steady_cpu)}; {steady_commits:.1f} transactions per task"
     )
+    rss_before, rss_after, rss_end = rss
     print(
         f"  scheduler resident memory: {rss_before / 2**20:.0f} MiB before,"
-        f" {rss_after / 2**20:.0f} MiB after {TASKS} tasks,"
-        f" {rss_end / 2**20:.0f} MiB after {2 * TASKS + STEADY_TASKS}"
+        f" {rss_after / 2**20:.0f} MiB after {2 * ROUNDS * TASKS} tasks,"
+        f" {rss_end / 2**20:.0f} MiB after {2 * ROUNDS * TASKS + STEADY_TASKS}"
     )
+
+
+def median_round(rounds: list[Round], key: Callable[[Round], float]) -> Round:
+    """The round whose `key` is the median (the lower middle of an even count)."""
+    return sorted(rounds, key=key)[(len(rounds) - 1) // 2]
+
+
+def figures(values: Iterable[float]) -> str:
+    return ", ".join(f"{value:,.0f}" for value in values)
+
+
+def ratios(values: Iterable[float]) -> str:
+    return ", ".join(f"{value:.2f}" for value in values)
 
 
 if __name__ == "__main__":
