@@ -285,9 +285,10 @@ def add_checked(
     service: str,
     checks: Mapping[str, tuple[int, SpecShape] | tuple[int, SpecShape, str] | WorkShape],
 ) -> None:
-    """Register `servicer` as the generated `add_to_server` does, with each method named in
-    `checks` (method name: the request's spec field number and its shape, and the field's
-    name if it holds many specs; or a stream's WorkShape) checked first."""
+    """Register `servicer` under one generic handler, with each method named in `checks`
+    (method name: the request's spec field number and its shape, and the field's name if
+    it holds many specs; or a stream's WorkShape) checked first. No method is registered
+    as such: see agentmesh.rpc.server."""
     recorder = _Recorder()
     add_to_server(servicer, recorder)
     handlers = {}
@@ -300,4 +301,3 @@ def add_checked(
         else:
             handlers[name] = handler
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
