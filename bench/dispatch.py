@@ -13,7 +13,9 @@ node processes on loopback):
 - CPU time per task of the scheduler, the nodes and PostgreSQL in each phase: the steadier
   measure of what a change bought (wall-clock figures swing with whatever else runs);
 - submit-to-start latency p50/p99 at a steady 200 tasks/s (from the database's own
-  `created_at` and `started_at`);
+  `created_at` and `started_at`), on fresh tables and again after the rounds, with the
+  tables autovacuum worked on meanwhile (right after a burst it vacuums and analyzes the
+  tasks and their events, and its work shares the two cores);
 - the scheduler's resident memory before and after.
 """
 
@@ -29,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -47,7 +50,7 @@ TASKS = 5_000
 # The throughput phases and the baseline run this many times, interleaved: the machine's
 # speed drifts within a run (the baseline alone has swung by a third from one minute to
 # the next), and each round's ratio is to a baseline measured beside it.
-ROUNDS = 3
+ROUNDS = 5
 WARMUP = 50
 NODES = 4
 SLOTS_PER_NODE = 16
@@ -87,13 +90,28 @@ async def commits(conn: asyncpg.Connection) -> int:
     )
 
 
-async def count_completed(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM tasks WHERE state = 'completed'"))
+async def phase_start(conn: asyncpg.Connection) -> datetime:
+    """The database's clock before a phase submits: its tasks are created after it."""
+    started: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return started
 
 
-async def wait_completed(conn: asyncpg.Connection, target: int) -> None:
-    while await count_completed(conn) < target:
+async def wait_completed(conn: asyncpg.Connection, since: datetime, count: int) -> None:
+    """Wait until the `count` tasks created since `since` have ended; all must be completed.
+
+    The poll reads only the tasks still in flight (an index range on their states): a count
+    of every completed task read the whole history 20 times a second, up to half a core of
+    PostgreSQL's time late in a run, beside the mesh it measured."""
+    while await conn.fetchval(
+        "SELECT count(*) FROM tasks WHERE state IN ('submitted', 'working') AND created_at >= $1",
+        since,
+    ):
         await asyncio.sleep(0.05)
+    completed = await conn.fetchval(
+        "SELECT count(*) FROM tasks WHERE state = 'completed' AND created_at >= $1", since
+    )
+    if completed != count:
+        raise SystemExit(f"{count} tasks submitted, {completed} completed")
 
 
 async def baseline(dsn: str) -> float:
@@ -184,7 +202,6 @@ class Mesh:
             # The submitters and the completion polls: shown apart from the mesh's sum.
             CLIENT: lambda: [psutil.Process()],
         }
-        self.completed = 0
 
     def cpu(self) -> dict[str, dict[int, float]]:
         return {name: cpu_seconds(processes()) for name, processes in self._groups.items()}
@@ -205,11 +222,11 @@ class Mesh:
     ) -> tuple[float, dict[str, float]]:
         """Run a phase of TASKS tasks: its tasks/s until all are recorded complete, and the
         CPU per task."""
+        since = await phase_start(conn)
         before = self.cpu()
         started = time.perf_counter()
         await submit
-        self.completed += TASKS
-        await wait_completed(conn, self.completed)
+        await wait_completed(conn, since, TASKS)
         throughput = TASKS / (time.perf_counter() - started)
         return throughput, self.cpu_per_task(before, TASKS)
 
@@ -228,6 +245,61 @@ async def measure_round(
     spent = mesh.cpu_per_task(before, 1)
     idle = (spent["scheduler"] + spent["nodes"]) / 1000
     return Round(one_a_call, one_a_call_cpu, batched, batched_cpu, raw, idle)
+
+
+@dataclass
+class Steady:
+    """Submit-to-start latencies at STEADY_RATE, and what the phase cost."""
+
+    latencies: list[float]  # seconds
+    cpu: dict[str, float]  # ms per task, by process group
+    transactions: float  # per task
+    # Tables autovacuum vacuumed or analyzed while the phase ran (its work shares the cores).
+    autovacuumed: list[str]
+
+
+async def measure_steady(
+    mesh: Mesh, stub: scheduler_pb2_grpc.SchedulerAsyncStub, conn: asyncpg.Connection, label: str
+) -> Steady:
+    """STEADY_TASKS tasks submitted at STEADY_RATE, one a call, each without waiting for the
+    last; latency from the database's own `created_at` and `started_at`."""
+    cpu = mesh.cpu()
+    commits_before = await commits(conn)
+    since = await phase_start(conn)
+    interval = 1 / STEADY_RATE
+    begin = time.perf_counter()
+    pending = []
+    for i in range(STEADY_TASKS):
+        spec = task_pb2.TaskSpec(kind="echo", prompt=f"steady {label} {i}")
+        pending.append(
+            asyncio.ensure_future(stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec)))
+        )
+        delay = begin + (i + 1) * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    await asyncio.gather(*pending)
+    until = await conn.fetchval("SELECT clock_timestamp()")
+    await wait_completed(conn, since, STEADY_TASKS)
+    per_task = mesh.cpu_per_task(cpu, STEADY_TASKS)
+    transactions = (await commits(conn) - commits_before) / STEADY_TASKS
+    rows = await conn.fetch(
+        "SELECT extract(epoch FROM started_at - created_at) FROM tasks WHERE created_at >= $1",
+        since,
+    )
+    vacuumed = await conn.fetch(
+        "SELECT relname FROM pg_stat_user_tables"
+        " WHERE greatest(last_autovacuum, last_autoanalyze) BETWEEN $1 AND $2"
+        " UNION SELECT relid::regclass::text FROM pg_stat_progress_vacuum"
+        " WHERE datname = current_database()",
+        since,
+        until,
+    )
+    return Steady(
+        [float(row[0]) for row in rows],
+        per_task,
+        transactions,
+        sorted(row[0] for row in vacuumed),
+    )
 
 
 async def main() -> None:
@@ -269,43 +341,15 @@ async def main() -> None:
         mesh = Mesh(memory, [psutil.Process(p.pid) for p in processes[1:]], data)
         async with grpc.aio.insecure_channel(address) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            since = await phase_start(conn)
             await submit_all(stub, WARMUP, "warmup")
-            mesh.completed = WARMUP
-            await wait_completed(conn, mesh.completed)
+            await wait_completed(conn, since, WARMUP)
             rss_before = memory.memory_info().rss
+            fresh = await measure_steady(mesh, stub, conn, "fresh")
             for number in range(ROUNDS):
                 rounds.append(await measure_round(mesh, stub, conn, dsn, number))
             rss_after = memory.memory_info().rss
-
-            steady_cpu = mesh.cpu()
-            commits_before = await commits(conn)
-            steady_start = await conn.fetchval("SELECT now()")
-            interval = 1 / STEADY_RATE
-            begin = time.perf_counter()
-            pending = []
-            for i in range(STEADY_TASKS):
-                spec = task_pb2.TaskSpec(kind="echo", prompt=f"steady {i}")
-                pending.append(
-                    asyncio.ensure_future(
-                        stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
-                    )
-                )
-                delay = begin + (i + 1) * interval - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await asyncio.gather(*pending)
-            mesh.completed += STEADY_TASKS
-            await wait_completed(conn, mesh.completed)
-            steady_per_task = mesh.cpu_per_task(steady_cpu, STEADY_TASKS)
-            steady_commits = (await commits(conn) - commits_before) / STEADY_TASKS
-            latencies = [
-                row[0]
-                for row in await conn.fetch(
-                    "SELECT extract(epoch FROM started_at - created_at) FROM tasks"
-                    " WHERE created_at >= $1",
-                    steady_start,
-                )
-            ]
+            after_rounds = await measure_steady(mesh, stub, conn, "after")
             rss_end = memory.memory_info().rss
         await conn.close()
     finally:
@@ -315,16 +359,10 @@ async def main() -> None:
             process.wait(30)
     embedded.stop(data)
     shutil.rmtree(work, ignore_errors=True)
-    report(rounds, latencies, steady_per_task, steady_commits, (rss_before, rss_after, rss_end))
+    report(rounds, [fresh, after_rounds], (rss_before, rss_after, rss_end))
 
 
-def report(
-    rounds: list[Round],
-    latencies: list[float],
-    steady_cpu: dict[str, float],
-    steady_commits: float,
-    rss: tuple[int, int, int],
-) -> None:
+def report(rounds: list[Round], steady: list[Steady], rss: tuple[int, int, int]) -> None:
     typical = median_round(rounds, lambda r: r.ratio)
     typical_batched = median_round(rounds, lambda r: r.batched_ratio)
     print(
@@ -351,17 +389,24 @@ def report(
         f" {typical_batched.batched_ratio:.2f}; CPU per task (the median round):"
         f" {cpu_figures(typical_batched.batched_cpu)}"
     )
-    print(
-        f"  submit-to-start at {STEADY_RATE} tasks/s ({STEADY_TASKS} tasks):"
-        f" p50 {percentile(latencies, 0.5) * 1000:.1f} ms,"
-        f" p99 {percentile(latencies, 0.99) * 1000:.1f} ms; CPU per task:"
-        f" {cpu_figures(steady_cpu)}; {steady_commits:.1f} transactions per task"
-    )
+    fresh, after = steady
+    for phase, when in (
+        (fresh, "on fresh tables"),
+        (after, f"after the rounds' {2 * ROUNDS * TASKS:,} tasks"),
+    ):
+        vacuumed = ", ".join(phase.autovacuumed) or "nothing"
+        print(
+            f"  submit-to-start at {STEADY_RATE} tasks/s ({STEADY_TASKS} tasks), {when}:"
+            f" p50 {percentile(phase.latencies, 0.5) * 1000:.1f} ms,"
+            f" p99 {percentile(phase.latencies, 0.99) * 1000:.1f} ms; CPU per task:"
+            f" {cpu_figures(phase.cpu)}; {phase.transactions:.1f} transactions per task;"
+            f" autovacuum meanwhile: {vacuumed}"
+        )
     rss_before, rss_after, rss_end = rss
     print(
         f"  scheduler resident memory: {rss_before / 2**20:.0f} MiB before,"
-        f" {rss_after / 2**20:.0f} MiB after {2 * ROUNDS * TASKS} tasks,"
-        f" {rss_end / 2**20:.0f} MiB after {2 * ROUNDS * TASKS + STEADY_TASKS}"
+        f" {rss_after / 2**20:.0f} MiB after {STEADY_TASKS + 2 * ROUNDS * TASKS:,} tasks,"
+        f" {rss_end / 2**20:.0f} MiB after {2 * STEADY_TASKS + 2 * ROUNDS * TASKS:,}"
     )
 
 
