@@ -7,9 +7,9 @@ node processes on loopback):
   callers at once);
 - a raw asyncpg baseline on the same server right after them, the mesh idle: insert the
   same number of rows, claim each with FOR UPDATE SKIP LOCKED and complete it with 8
-  workers; and each phase's ratio to it. The three run as a round, three rounds in turn,
-  and each round's ratios are to its own baseline: on a shared machine the speed drifts
-  within a run, and a ratio of figures measured minutes apart measures the drift;
+  workers; and each phase's ratio to it. The three run as a round, 5 rounds in turn, and
+  each round's ratios are to its own baseline: on a shared machine the speed drifts within
+  a run, and a ratio of figures measured minutes apart measures the drift;
 - CPU time per task of the scheduler, the nodes and PostgreSQL in each phase: the steadier
   measure of what a change bought (wall-clock figures swing with whatever else runs);
 - submit-to-start latency p50/p99 at a steady 200 tasks/s (from the database's own
@@ -242,7 +242,7 @@ async def measure_round(
     batched, batched_cpu = await mesh.timed(conn, submit_batched(stub, TASKS, f"batched {number}"))
     before = mesh.cpu()
     raw = await baseline(dsn)
-    spent = mesh.cpu_per_task(before, 1)
+    spent = mesh.cpu_per_task(before, 1)  # milliseconds in all
     idle = (spent["scheduler"] + spent["nodes"]) / 1000
     return Round(one_a_call, one_a_call_cpu, batched, batched_cpu, raw, idle)
 
@@ -288,7 +288,7 @@ async def measure_steady(
     )
     vacuumed = await conn.fetch(
         "SELECT relname FROM pg_stat_user_tables"
-        " WHERE greatest(last_autovacuum, last_autoanalyze) BETWEEN $1 AND $2"
+        " WHERE last_autovacuum BETWEEN $1 AND $2 OR last_autoanalyze BETWEEN $1 AND $2"
         " UNION SELECT relid::regclass::text FROM pg_stat_progress_vacuum"
         " WHERE datname = current_database()",
         since,
