@@ -44,7 +44,14 @@ sys.path.insert(0, str(REPO))
 from agentmesh.db import embedded  # noqa: E402
 from agentmesh.db.connect import ensure_database  # noqa: E402
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2  # noqa: E402
-from bench.support.mesh import BATCH, SUBMITTERS, spawn, submit_all, submit_batched  # noqa: E402
+from bench.support.mesh import (  # noqa: E402
+    BATCH,
+    SUBMITTERS,
+    UNENDED,
+    spawn,
+    submit_all,
+    submit_batched,
+)
 
 TASKS = 5_000
 # The throughput phases and the baseline run this many times, interleaved: the machine's
@@ -103,8 +110,7 @@ async def wait_completed(conn: asyncpg.Connection, since: datetime, count: int) 
     of every completed task read the whole history 20 times a second, up to half a core of
     PostgreSQL's time late in a run, beside the mesh it measured."""
     while await conn.fetchval(
-        "SELECT count(*) FROM tasks WHERE state IN ('submitted', 'working') AND created_at >= $1",
-        since,
+        "SELECT count(*) FROM tasks WHERE state = ANY($1) AND created_at >= $2", UNENDED, since
     ):
         await asyncio.sleep(0.05)
     completed = await conn.fetchval(

@@ -48,10 +48,13 @@ from typing import IO
 import asyncpg
 import grpc
 
-from agentmesh.db import embedded
-from agentmesh.db.connect import ensure_database
-from agentmesh.tasks.model import TaskState
-from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from agentmesh.db import embedded  # noqa: E402
+from agentmesh.db.connect import ensure_database  # noqa: E402
+from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2  # noqa: E402
+from bench.support.mesh import UNENDED  # noqa: E402
 
 # About 40 s of work, 4 kills, at the ~600 tasks/s the scheduler reaches with its Work
 # streams on an idle machine (12,000 tasks saw one kill or two).
@@ -63,8 +66,6 @@ KILL_EVERY_SECONDS = 10.0
 SUBMITTERS = 32
 # No task ended for this long: something is stuck (a lease is 30 s by default).
 STALL_SECONDS = 120.0
-# The states of a task not ended yet: the completion poll reads only these rows.
-UNENDED = [state.value for state in TaskState if not state.terminal]
 # The scheduler's default (scheduler.max_attempts): a task's counted attempts.
 MAX_ATTEMPTS = 3
 

@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agentmesh.tasks.model import TaskState
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 SUBMITTERS = 32
+# The states of a task not ended yet: a completion poll reads only these rows (an index
+# range), not every ended task of the run's history.
+UNENDED = [state.value for state in TaskState if not state.terminal]
 # SubmitTasks: tasks per call, and callers at once.
 BATCH = 100
 BATCH_SUBMITTERS = 4
