@@ -365,10 +365,10 @@ async def main() -> None:
             process.wait(30)
     embedded.stop(data)
     shutil.rmtree(work, ignore_errors=True)
-    report(rounds, [fresh, after_rounds], (rss_before, rss_after, rss_end))
+    report(rounds, (fresh, after_rounds), (rss_before, rss_after, rss_end))
 
 
-def report(rounds: list[Round], steady: list[Steady], rss: tuple[int, int, int]) -> None:
+def report(rounds: list[Round], steady: tuple[Steady, Steady], rss: tuple[int, int, int]) -> None:
     typical = median_round(rounds, lambda r: r.ratio)
     typical_batched = median_round(rounds, lambda r: r.batched_ratio)
     print(
