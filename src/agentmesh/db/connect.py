@@ -78,7 +78,14 @@ def quote_ident(name: str) -> str:
 
 # The seed's TIMESTAMP columns (without time zone) hold UTC: every session of ours says so,
 # so that their `now()` defaults and comparisons with `now()` agree on every machine.
-SERVER_SETTINGS = {"timezone": "UTC"}
+# No session of ours compiles its statements (JIT): they are short, and compiling one takes
+# far longer than running it. PostgreSQL compiles any statement whose estimated cost passes
+# `jit_above_cost`, and the scheduler's sessions price a sequential scan out of reach (see
+# GENERIC_PLANS): each read of a small table that has no index for it (a node's keys at its
+# registration, the knowledge a task's context searches) was compiled afresh, about 150 ms
+# of the server's CPU for a statement that runs in 0.1 ms. Debian's, Ubuntu's and the
+# PostgreSQL project's own packages come with JIT available and on.
+SERVER_SETTINGS = {"timezone": "UTC", "jit": "off"}
 # The scheduler's sessions plan each statement once: PostgreSQL's default keeps planning
 # afresh the statements that take arrays (the dispatch round's claim and start, the group
 # commits), each time longer than it runs them. Its statements are written for plans made
