@@ -14,10 +14,11 @@ node processes on loopback):
   measure of what a change bought (wall-clock figures swing with whatever else runs);
 - submit-to-start latency p50/p99 at a steady 200 tasks/s (from the database's own
   `created_at` and `started_at`), on fresh tables and again after the rounds, with what
-  PostgreSQL did in the background meanwhile: the tables autovacuum worked on (right after
-  a burst it vacuums and analyzes the tasks and their events, and its work shares the two
-  cores), and any checkpoint under way (its writes share them too, and after it begins,
-  the first change to each page writes the whole page to the WAL);
+  PostgreSQL did in the background meanwhile (from its log): the tables autovacuum worked
+  on, in any database (right after a burst it vacuums and analyzes the tasks and their
+  events; on a new cluster, the system catalogs of every database), and any checkpoint
+  under way (its writes share the cores too, and after it begins, the first change to each
+  page writes the whole page to the WAL);
 - the scheduler's resident memory before and after.
 """
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +36,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import asyncpg
 import grpc
@@ -48,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from agentmesh.db import embedded  # noqa: E402
 from agentmesh.db.connect import ensure_database  # noqa: E402
 from agentmesh.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2  # noqa: E402
+from bench.support import server_log  # noqa: E402
 from bench.support.mesh import (  # noqa: E402
     BATCH,
     SUBMITTERS,
@@ -69,6 +69,7 @@ STEADY_RATE = 200
 STEADY_TASKS = 1_000
 BASELINE_WORKERS = 8
 CLIENT = "client (this process)"
+DATABASE = "agentmesh"
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
@@ -264,48 +265,18 @@ class Steady:
     latencies: list[float]  # seconds
     cpu: dict[str, float]  # ms per task, by process group
     transactions: float  # per task
-    # Tables autovacuum vacuumed or analyzed while the phase ran (its work shares the cores).
-    autovacuumed: list[str]
-    # Checkpoints under way at some moment of the phase: their writes share the cores, and
-    # the first change to each page after one begins puts the whole page in the WAL.
-    checkpoints: list[Checkpoint]
+    # What PostgreSQL did in the background while the phase ran: autovacuum's work and
+    # checkpoints share the cores, and after a checkpoint begins, the first change to each
+    # page puts the whole page in the WAL.
+    background: list[server_log.Work]
     began: datetime  # the database's clock when the phase began
-
-
-@dataclass
-class Checkpoint:
-    began: datetime
-    completed: datetime | None  # None: still under way when the log was read
-
-
-CHECKPOINT_LINE = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \S+ \[\d+\] LOG:  checkpoint (starting|complete)"
-)
-
-
-def checkpoints_between(log: Path, zone: str, since: datetime, until: datetime) -> list[Checkpoint]:
-    """The checkpoints under way at some moment from `since` to `until`, from the server's
-    log (PostgreSQL 16 logs each one's start and end; its times are in `zone`)."""
-    checkpoints: list[Checkpoint] = []
-    for line in log.read_text(errors="replace").splitlines():
-        match = CHECKPOINT_LINE.match(line)
-        if not match:
-            continue
-        at = datetime.fromisoformat(match[1]).replace(tzinfo=ZoneInfo(zone))
-        if match[2] == "starting":
-            checkpoints.append(Checkpoint(at, None))
-        elif checkpoints and checkpoints[-1].completed is None:
-            checkpoints[-1].completed = at
-    return [
-        c for c in checkpoints if c.began <= until and (c.completed is None or c.completed >= since)
-    ]
 
 
 async def measure_steady(
     mesh: Mesh,
     stub: scheduler_pb2_grpc.SchedulerAsyncStub,
     conn: asyncpg.Connection,
-    server_log: Path,
+    log: Path,
     label: str,
 ) -> Steady:
     """STEADY_TASKS tasks submitted at STEADY_RATE, one a call, each without waiting for the
@@ -326,15 +297,7 @@ async def measure_steady(
             await asyncio.sleep(delay)
     await asyncio.gather(*pending)
     until = await conn.fetchval("SELECT clock_timestamp()")
-    # Read at once: a vacuum that ends after the phase is not counted as in it.
-    vacuumed = await conn.fetch(
-        "SELECT relname FROM pg_stat_user_tables"
-        " WHERE last_autovacuum BETWEEN $1 AND $2 OR last_autoanalyze BETWEEN $1 AND $2"
-        " UNION SELECT relid::regclass::text FROM pg_stat_progress_vacuum"
-        " WHERE datname = current_database()",
-        since,
-        until,
-    )
+    vacuuming = await server_log.under_way(conn, until)
     await wait_completed(conn, since, STEADY_TASKS)
     per_task = mesh.cpu_per_task(cpu, STEADY_TASKS)
     transactions = (await commits(conn) - commits_before) / STEADY_TASKS
@@ -343,13 +306,9 @@ async def measure_steady(
         since,
     )
     zone = await conn.fetchval("SHOW log_timezone")
+    logged = [w for w in server_log.read(log, zone) if w.overlaps(since, until)]
     return Steady(
-        [float(row[0]) for row in rows],
-        per_task,
-        transactions,
-        sorted(row[0] for row in vacuumed),
-        checkpoints_between(server_log, zone, since, until),
-        since,
+        [float(row[0]) for row in rows], per_task, transactions, logged + vacuuming, since
     )
 
 
@@ -357,8 +316,8 @@ async def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="agentmesh-bench-dispatch-"))
     data = work / "data"
     server = embedded.start(data)
-    await ensure_database(server, "agentmesh")
-    dsn = embedded.uri_for(server, "agentmesh")
+    await ensure_database(server, DATABASE)
+    dsn = embedded.uri_for(server, DATABASE)
     config = work / "agent_config.json"
     config.write_text(
         json.dumps({"node": {"max_concurrency": SLOTS_PER_NODE, "heartbeat_interval_seconds": 1}})
@@ -386,6 +345,7 @@ async def main() -> None:
             )
             processes.append(node)
         conn = await asyncpg.connect(dsn)
+        await server_log.log_every_autovacuum(conn)
         while await conn.fetchval("SELECT count(*) FROM agents WHERE status = 'online'") < NODES:
             await asyncio.sleep(0.1)
         memory = psutil.Process(scheduler.pid)
@@ -396,12 +356,12 @@ async def main() -> None:
             await submit_all(stub, WARMUP, "warmup")
             await wait_completed(conn, since, WARMUP)
             rss_before = memory.memory_info().rss
-            server_log = embedded.pgdata_dir(data) / "log"
-            fresh = await measure_steady(mesh, stub, conn, server_log, "fresh")
+            log = embedded.pgdata_dir(data) / "log"
+            fresh = await measure_steady(mesh, stub, conn, log, "fresh")
             for number in range(ROUNDS):
                 rounds.append(await measure_round(mesh, stub, conn, dsn, number))
             rss_after = memory.memory_info().rss
-            after_rounds = await measure_steady(mesh, stub, conn, server_log, "after")
+            after_rounds = await measure_steady(mesh, stub, conn, log, "after")
             rss_end = memory.memory_info().rss
         await conn.close()
     finally:
@@ -446,29 +406,19 @@ def report(rounds: list[Round], steady: tuple[Steady, Steady], rss: tuple[int, i
         (fresh, "on fresh tables"),
         (after, f"after the rounds' {2 * ROUNDS * TASKS:,} tasks"),
     ):
-        vacuumed = ", ".join(phase.autovacuumed) or "nothing"
+        background = server_log.describe(phase.background, DATABASE, phase.began)
         print(
             f"  submit-to-start at {STEADY_RATE} tasks/s ({STEADY_TASKS} tasks), {when}:"
             f" p50 {percentile(phase.latencies, 0.5) * 1000:.1f} ms,"
             f" p99 {percentile(phase.latencies, 0.99) * 1000:.1f} ms; CPU per task:"
             f" {cpu_figures(phase.cpu)}; {phase.transactions:.1f} transactions per task;"
-            f" autovacuum meanwhile: {vacuumed}; {checkpoint_figures(phase)}"
+            f" PostgreSQL in the background meanwhile: {background}"
         )
     rss_before, rss_after, rss_end = rss
     print(
         f"  scheduler resident memory: {rss_before / 2**20:.0f} MiB before,"
         f" {rss_after / 2**20:.0f} MiB after {STEADY_TASKS + 2 * ROUNDS * TASKS:,} tasks,"
         f" {rss_end / 2**20:.0f} MiB after {2 * STEADY_TASKS + 2 * ROUNDS * TASKS:,}"
-    )
-
-
-def checkpoint_figures(phase: Steady) -> str:
-    if not phase.checkpoints:
-        return "no checkpoint"
-    return "; ".join(
-        f"a checkpoint under way (begun {(c.began - phase.began).total_seconds():+.0f} s"
-        " from the phase's start)"
-        for c in phase.checkpoints
     )
 
 
