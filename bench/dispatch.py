@@ -308,7 +308,11 @@ async def measure_steady(
     zone = await conn.fetchval("SHOW log_timezone")
     logged = [w for w in server_log.read(log, zone) if w.overlaps(since, until)]
     return Steady(
-        [float(row[0]) for row in rows], per_task, transactions, logged + vacuuming, since
+        [float(row[0]) for row in rows],
+        per_task,
+        transactions,
+        server_log.merge(logged, vacuuming),
+        since,
     )
 
 

@@ -65,3 +65,15 @@ def test_the_description_names_this_databases_tables_and_counts_the_others(
         " 1 vacuums or analyzes in other databases (0.0 s)"
     )
     assert server_log.describe([], "agentmesh", at("14:38:00")) == "nothing"
+
+
+def test_a_vacuum_under_way_at_the_end_is_counted_once(tmp_path: Path) -> None:
+    logged = work_between(tmp_path, "14:38:20", "14:38:21")
+    seen_then = server_log.Work("vacuum agentmesh.public.task_events", at("14:38:21"), None)
+    other = server_log.Work("vacuum postgres.2619", at("14:38:21"), None)
+    merged = server_log.merge(logged, [seen_then, other])
+    assert [w.what for w in merged] == [
+        "checkpoint",
+        "vacuum agentmesh.public.task_events",
+        "vacuum postgres.2619",
+    ]

@@ -71,12 +71,22 @@ def read(log: Path, zone: str) -> list[Work]:
 
 
 async def under_way(conn: asyncpg.Connection, now: datetime) -> list[Work]:
-    """The vacuums under way `now`, in any database: the log has them only once done."""
+    """The vacuums under way `now`, in any database (the log has them once done), named as
+    the log names them where they are in this database."""
     rows = await conn.fetch(
-        "SELECT datname, CASE WHEN datname = current_database() THEN relid::regclass::text"
-        " ELSE relid::text END AS relation FROM pg_stat_progress_vacuum"
+        "SELECT p.datname || '.' || coalesce(n.nspname || '.' || c.relname, p.relid::text)"
+        " FROM pg_stat_progress_vacuum p"
+        " LEFT JOIN pg_class c ON c.oid = p.relid AND p.datname = current_database()"
+        " LEFT JOIN pg_namespace n ON n.oid = c.relnamespace"
     )
-    return [Work(f"vacuum {row['datname']}.{row['relation']}", now, None) for row in rows]
+    return [Work(f"vacuum {row[0]}", now, None) for row in rows]
+
+
+def merge(logged: list[Work], vacuuming: list[Work]) -> list[Work]:
+    """The logged work and the vacuums under way, each once (a vacuum under way at a phase's
+    end may be done, and logged, by the time the log is read)."""
+    done = {work.what for work in logged}
+    return logged + [work for work in vacuuming if work.what not in done]
 
 
 def describe(works: list[Work], own_database: str, since: datetime) -> str:
