@@ -1,12 +1,12 @@
-"""Statement compilation benchmark: agentmesh's sessions against PostgreSQL's default JIT.
+"""Statement compilation benchmark: the scheduler's sessions against PostgreSQL's default JIT.
 
 PostgreSQL compiles (JIT) any statement whose estimated cost passes `jit_above_cost`, and
 the scheduler's sessions price a sequential scan out of reach (agentmesh.db.connect), so a
 read of a small table without an index for it would be compiled at each run. agentmesh's
 sessions turn JIT off. This prints, from one run on this machine's system PostgreSQL
 (127.0.0.1:5432; the embedded server is built without JIT), the median time of two real
-statements in the scheduler's sessions as agentmesh opens them, and with `jit` on as the
-server's packages ship it, and the ratio:
+statements in the scheduler's sessions, and in the same with `jit` on as the server's
+packages ship it, and the ratio:
 - a knowledge search without pgvector (the cosine similarity of every visible embedded row,
   what a gemini task's context asks for), over 50 rows of 768 dimensions;
 - the read of a node's keys when it registers, 5 keys.
@@ -131,7 +131,7 @@ async def main() -> None:
                 ours = await median_ms(dsn, None, sql, arguments)
                 compiled = await median_ms(dsn, "on", sql, arguments)
                 print(
-                    f"  {name}: {ours:.2f} ms in agentmesh's sessions, {compiled:.2f} ms with"
+                    f"  {name}: {ours:.2f} ms in the scheduler's sessions, {compiled:.2f} ms with"
                     f" jit on: ratio {ours / compiled:.3f}"
                 )
         finally:

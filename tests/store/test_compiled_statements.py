@@ -1,4 +1,4 @@
-"""No statement of agentmesh's sessions is compiled by the server (JIT).
+"""No statement of the scheduler's sessions is compiled by the server (JIT).
 
 The scheduler's sessions price a sequential scan out of reach (db.connect.GENERIC_PLANS), so
 a read of a small table without an index for it passes every cost threshold of PostgreSQL's
@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agentmesh.db.connect import GENERIC_PLANS, connect, create_pool
+from agentmesh.db.connect import GENERIC_PLANS, create_pool
 from agentmesh.keys.held import SELECT_HELD_ROWS
 
 SOURCE = "node:desk"
@@ -66,19 +66,4 @@ async def test_the_schedulers_sessions_do_not_compile_a_read_of_a_small_table(
     finally:
         await pool.close()
     assert plan["Plan"]["Actual Rows"] == 5, plan  # the statement did read the keys
-    assert "JIT" not in plan, plan["JIT"]
-
-
-async def test_a_commands_session_does_not_compile_either(database_uri: str) -> None:
-    conn = await connect(database_uri)
-    try:
-        if not await can_compile(conn):
-            pytest.skip("this server cannot compile statements (built without JIT)")
-        await add_keys(conn, 5)
-        # A command's session plans as PostgreSQL does by default: a statement priced high
-        # enough (here by pricing its scan so) would be compiled.
-        await conn.execute("SET enable_seqscan = off")
-        plan = await plan_of(conn, SELECT_HELD_ROWS, HELD_ARGUMENTS)
-    finally:
-        await conn.close()
     assert "JIT" not in plan, plan["JIT"]

@@ -78,14 +78,7 @@ def quote_ident(name: str) -> str:
 
 # The seed's TIMESTAMP columns (without time zone) hold UTC: every session of ours says so,
 # so that their `now()` defaults and comparisons with `now()` agree on every machine.
-# No session of ours compiles its statements (JIT): they are short, and compiling one takes
-# far longer than running it. PostgreSQL compiles any statement whose estimated cost passes
-# `jit_above_cost`, and the scheduler's sessions price a sequential scan out of reach (see
-# GENERIC_PLANS): each read of a small table that has no index for it (a node's keys at its
-# registration, the knowledge a task's context searches) was compiled afresh, about 150 ms
-# of the server's CPU for a statement that runs in 0.1 ms. Debian's, Ubuntu's and the
-# PostgreSQL project's own packages come with JIT available and on.
-SERVER_SETTINGS = {"timezone": "UTC", "jit": "off"}
+SERVER_SETTINGS = {"timezone": "UTC"}
 # The scheduler's sessions plan each statement once: PostgreSQL's default keeps planning
 # afresh the statements that take arrays (the dispatch round's claim and start, the group
 # commits), each time longer than it runs them. Its statements are written for plans made
@@ -98,11 +91,17 @@ SERVER_SETTINGS = {"timezone": "UTC", "jit": "off"}
 # sequential scan where an index serves; and its tables' pages are in memory, where reading
 # one out of order costs about what reading the next does (PostgreSQL's default of 4 is for
 # spinning disks: with it, a statement on 20 queue rows scanned 3,000 rather than look them
-# up).
+# up). Nor do they compile statements (JIT): PostgreSQL compiles any statement estimated
+# above `jit_above_cost`, and with sequential scans priced so, every read of a small table
+# without an index for it was (a node's keys at its registration, the knowledge a task's
+# context searches), afresh at each run: about 60 to 160 ms of the server's CPU for a
+# statement of a millisecond or less. Debian's, Ubuntu's and the PostgreSQL project's
+# packages come with JIT available and on.
 GENERIC_PLANS = {
     "plan_cache_mode": "force_generic_plan",
     "random_page_cost": "1.1",
     "enable_seqscan": "off",
+    "jit": "off",
 }
 
 
