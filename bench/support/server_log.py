@@ -83,8 +83,9 @@ async def under_way(conn: asyncpg.Connection, now: datetime) -> list[Work]:
 
 
 def merge(logged: list[Work], vacuuming: list[Work]) -> list[Work]:
-    """The logged work and the vacuums under way, each once (a vacuum under way at a phase's
-    end may be done, and logged, by the time the log is read)."""
+    """The logged work and the vacuums under way: a vacuum under way at a phase's end may be
+    done, and logged, by the time the log is read, and counts once (in this database: the
+    others' tables are known by number only while they are vacuumed)."""
     done = {work.what for work in logged}
     return logged + [work for work in vacuuming if work.what not in done]
 
