@@ -72,7 +72,8 @@ demo: venv sandbox-tools
 	$(BIN)/agentmesh demo
 
 # Every bench/*.py: node.py, dispatch.py, rpc_server.py, jit.py, scale.py, keys.py,
-# faults.py, memory.py, soak.py (bench/support/ holds their helpers; bench/HISTORY.md, earlier figures).
+# faults.py, memory.py, soak.py (bench/support/ holds their helpers; bench/HISTORY.md,
+# earlier figures).
 bench: venv gemini-cli sandbox-tools
 	mkdir -p $(XDG_RUNTIME_DIR) && chmod 700 $(XDG_RUNTIME_DIR)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

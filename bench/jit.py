@@ -2,8 +2,8 @@
 
 PostgreSQL compiles (JIT) any statement whose estimated cost passes `jit_above_cost`, and
 the scheduler's sessions price a sequential scan out of reach (agentmesh.db.connect), so a
-read of a small table without an index for it would be compiled at each run. agentmesh's
-sessions turn JIT off. This prints, from one run on this machine's system PostgreSQL
+read of a small table without an index for it would be compiled at each run: they turn
+JIT off. This prints, from one run on this machine's system PostgreSQL
 (127.0.0.1:5432; the embedded server is built without JIT), the median time of two real
 statements in the scheduler's sessions, and in the same with `jit` on as the server's
 packages ship it, and the ratio:
