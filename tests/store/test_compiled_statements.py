@@ -3,8 +3,8 @@
 The scheduler's sessions price a sequential scan out of reach (db.connect.GENERIC_PLANS), so
 a read of a small table without an index for it passes every cost threshold of PostgreSQL's
 JIT, and a server that can compile (the packages of Debian, Ubuntu and the PostgreSQL project
-can, and do by default) compiled it at each run: about 150 ms of its CPU for a statement
-that runs in 0.1 ms. The statement here is a real one: the read of a node's keys when it
+can, and do by default) compiled it at each run: 60 to 160 ms of its CPU for a statement
+that runs in 0.1 to 6 ms. The statement here is a real one: the read of a node's keys when it
 registers, on a table that holds some.
 """
 
