@@ -28,9 +28,11 @@ class CountingStore(TaskStore):
         self.finish_batches: list[int] = []
         super().__init__(pool, default_max_attempts=DEFAULT_MAX_ATTEMPTS)
 
-    async def _insert_leaves(self, specs: Sequence[TaskSpec], conn: Any = None) -> Any:
+    async def _insert_leaves(
+        self, specs: Sequence[TaskSpec], conn: Any = None, placement: Any = None
+    ) -> Any:
         self.submit_batches.append(len(specs))
-        return await super()._insert_leaves(specs, conn)
+        return await super()._insert_leaves(specs, conn, placement)
 
     async def _finish_root_attempts(self, ends: Sequence[AttemptEnd]) -> list[bool]:
         self.finish_batches.append(len(ends))

@@ -22,7 +22,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TypeVar
@@ -52,6 +52,7 @@ from agentmesh.scheduler.placement import (
     pick_agent,
 )
 from agentmesh.scheduler.store import (
+    Placement,
     QueuePosition,
     ReadyTask,
     StartedAttempt,
@@ -197,6 +198,8 @@ class Dispatcher:
         # The agents as the last reading round left them, kept current with this replica's
         # own starts and ends (None before the first round), and when they were read.
         self._slots: dict[str, AgentSlot] | None = None
+        # Slots taken for tasks whose submit is storing them started (see place_new).
+        self._placing: Counter[str] = Counter()
         self._read_at = float("-inf")
         # The queue notification of this replica's own submissions (see queue_changed).
         self._own_submits = notify.submitted_by(settings.owner)
@@ -228,6 +231,51 @@ class Dispatcher:
         after all (another replica's claim) refuses the attempt, which comes back."""
         self._fresh += tasks
         self._wake.set()
+
+    def place_new(self, specs: Sequence[TaskSpec]) -> Placement | None:
+        """Agents for new tasks this replica's submit is about to store (see
+        TaskStore.placer), which it stores started on them: the submit's statement is the
+        task's claim and start as well, and its attempt streams as soon as it commits.
+
+        Only when the next round would place them from the agents as the last round read
+        them anyway (see next_round): that round left the queue empty, nothing came since
+        (no task handed over waits, no notification from elsewhere), the view is fresh, and
+        no round is under way; and only tasks with nothing to reserve first (a gemini task
+        needs its API key). Tasks are placed by priority, as a round would; those without a
+        free agent are queued, and wait in order for the next."""
+        agents = self._slots
+        stale = time.monotonic() - self._read_at >= self._settings.snapshot_seconds
+        if agents is None or self._reads_due or self._fresh or self._in_round or stale:
+            return None
+        chosen: list[str | None] = [None] * len(specs)
+        for index in sorted(range(len(specs)), key=lambda index: -specs[index].priority):
+            spec = specs[index]
+            if spec.kind == TaskKind.GEMINI:
+                continue
+            choice = pick_agent(spec, list(agents.values()), Counter())
+            if isinstance(choice, Waiting):
+                continue
+            chosen[index] = choice.agent_id
+            _take_slot(agents, choice.agent_id, +1)
+            self._placing[choice.agent_id] += 1
+        if not any(chosen):
+            return None
+        return _NewPlacement(self, chosen, {a: agents[a] for a in chosen if a is not None})
+
+    def _placed_new(self, placement: _NewPlacement, attempts: list[StartedAttempt]) -> None:
+        """A placement's submit committed: stream its attempts."""
+        self._placing -= Counter(a for a in placement.agents if a is not None)
+        self._launch(attempts, placement.slots, RoundKeys())
+
+    def _not_placed_new(self, placement: _NewPlacement) -> None:
+        """A placement's submit failed: its slots are free (as far as this replica knows:
+        if it committed after all, its attempts' leases run out and they are retried)."""
+        placed = Counter(a for a in placement.agents if a is not None)
+        self._placing -= placed
+        for agent_id, count in placed.items():
+            if self._slots is not None:
+                _take_slot(self._slots, agent_id, -count)
+        self.wake()
 
     def queue_changed(self, payload: str) -> None:
         """A notification on the queue channel: a round that reads, unless it announced
@@ -319,8 +367,9 @@ class Dispatcher:
         self._reads_due = False
         self._fresh = []
         self._read_at = time.monotonic()
-        # Our own attempts count even if their rows are not visible yet.
-        own = Counter(self._agents.values())
+        # Our own attempts count even if their rows are not visible yet, and so do those
+        # whose submit is storing them started.
+        own = Counter(self._agents.values()) + self._placing
         # Read (and parse) only as much of a long queue as the free slots could take, plus
         # some, so that tasks no agent fits still get their waiting reason (and are parked).
         # After the first round the agents and the queue are read at once, the window sized
@@ -425,6 +474,19 @@ class Dispatcher:
         )
         # Stream what was started before anything else can fail: a started attempt that no
         # replica streams waits out its lease and runs as a second attempt.
+        self._launch(started, agents, keys)
+        await self._store.set_waiting_reasons(reasons)
+        parked = await self._parking.park(nobody_fits, keys.waiting)
+        ended = {t: Result(TaskState.REJECTED, error=why) for t, why in keys.rejected.items()}
+        ended.update(above_ceiling)
+        ended.update((t, Result(TaskState.FAILED, error=why)) for t, why in keys.failed.items())
+        await self._store.end_waiting(ended)
+        return len(started) + parked + len(ended)
+
+    def _launch(
+        self, started: list[StartedAttempt], agents: Mapping[str, AgentSlot], keys: RoundKeys
+    ) -> None:
+        """Stream each started attempt, in a task of its own."""
         for attempt in started:
             agent = agents[attempt.agent_id]
             self._endpoints[attempt.task_id] = (agent.endpoint, agent.dispatch_secret)
@@ -434,13 +496,6 @@ class Dispatcher:
                 self._run_attempt(attempt, agent, keys.reserved.get(attempt.task_id)),
                 name=f"attempt {attempt.task_id}",
             )
-        await self._store.set_waiting_reasons(reasons)
-        parked = await self._parking.park(nobody_fits, keys.waiting)
-        ended = {t: Result(TaskState.REJECTED, error=why) for t, why in keys.rejected.items()}
-        ended.update(above_ceiling)
-        ended.update((t, Result(TaskState.FAILED, error=why)) for t, why in keys.failed.items())
-        await self._store.end_waiting(ended)
-        return len(started) + parked + len(ended)
 
     async def _reserve_keys(
         self,
@@ -840,6 +895,25 @@ class Dispatcher:
     async def _key_signature(self) -> KeySignature:
         async with self._pool.acquire() as conn:
             return await quota.key_signature(conn)
+
+
+class _NewPlacement:
+    """Agents a dispatcher chose for new tasks (see Dispatcher.place_new), as a Placement."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, agents: list[str | None], slots: dict[str, AgentSlot]
+    ) -> None:
+        self._dispatcher = dispatcher
+        self.agents = agents
+        # The chosen agents as the view had them: where to stream the attempts.
+        self.slots = slots
+        self.lease = (dispatcher._settings.owner, dispatcher._settings.lease_seconds)
+
+    def started(self, attempts: list[StartedAttempt]) -> None:
+        self._dispatcher._placed_new(self, attempts)
+
+    def not_started(self) -> None:
+        self._dispatcher._not_placed_new(self)
 
 
 def _window(free: int) -> int:

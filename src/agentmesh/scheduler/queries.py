@@ -92,29 +92,53 @@ LOCK_TREE = """
 SELECT r.id FROM tasks t JOIN tasks r ON r.id = t.root_id WHERE t.id = $1 FOR UPDATE OF r
 """
 # New tasks without subtasks, many in one statement (see TaskStore's group commit): each
-# one's row, first event and queue entry. $1..$6 and $8 one entry per task, $7 the status
-# event every one starts with, $9 the queue notification's payload (see submitted_by).
-# Returns the rows as stored, with their queue entries' ids.
+# one's row, first event and queue entry. $1..$6, $8 and $10 one entry per task, $7 the
+# status event every one starts with, $9 the queue notification's payload (see
+# submitted_by). A task with an agent in $10 is stored started there, as CLAIM_AND_START
+# would have started it (its first attempt leased to $11 for $12 seconds, its queue row
+# claimed, its placement event): its submit's statement is its claim and start too (see
+# Dispatcher.place_new). Only tasks left waiting wake the dispatchers. Returns the rows
+# as stored, with their queue entries' ids.
 SUBMIT_LEAVES = f"""
-WITH t AS (
+WITH i AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
+                         $6::int[], $8::text[], $10::text[])
+        AS i(id, kind, spec, user_name, priority, max_attempts, idempotency_key, agent_id)
+), t AS (
     INSERT INTO tasks (id, kind, spec, state, user_name, parent_id, priority, idempotency_key,
-                       max_attempts, waiting_reason, root_id, last_seq)
+                       max_attempts, waiting_reason, root_id, last_seq, assigned_agent,
+                       attempt, lease_owner, lease_expires_at, started_at)
     SELECT i.id, i.kind, i.spec, 'submitted', i.user_name, NULL, i.priority, i.idempotency_key,
-           i.max_attempts, '', i.id, 1
-    FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[],
-                $8::text[])
-         AS i(id, kind, spec, user_name, priority, max_attempts, idempotency_key)
+           i.max_attempts, '', i.id, 1, NULL, 0, NULL, NULL, NULL
+    FROM i WHERE i.agent_id IS NULL
+    UNION ALL
+    SELECT i.id, i.kind, i.spec, 'working', i.user_name, NULL, i.priority, i.idempotency_key,
+           i.max_attempts, '', i.id, 2, i.agent_id, 1, $11::text,
+           now() + make_interval(secs => $12::float8), now()
+    FROM i WHERE i.agent_id IS NOT NULL
     RETURNING {TASK_COLUMNS}
 ), e AS (
     INSERT INTO task_events (task_id, seq, attempt, kind, payload)
     SELECT id, 1, 0, 'status', $7 FROM t
+    UNION ALL
+    SELECT id, 2, 1, 'status',
+           jsonb_build_object('state', 'working',
+                              'message', format('attempt 1 placed on %s', assigned_agent))
+    FROM t WHERE assigned_agent IS NOT NULL
 ), q AS (
-    INSERT INTO task_queue (task_id, priority, target_host, payload)
-    SELECT id, priority, nullif(spec->>'target_host', ''), spec FROM t
+    INSERT INTO task_queue (task_id, priority, target_host, payload, claimed, claimed_by,
+                            claimed_at)
+    SELECT id, priority, nullif(spec->>'target_host', ''), spec, assigned_agent IS NOT NULL,
+           CASE WHEN assigned_agent IS NOT NULL THEN $11::text END,
+           CASE WHEN assigned_agent IS NOT NULL THEN now() END
+    FROM t
     RETURNING task_id, id
 )
 SELECT {NEW_TASK_COLUMNS}, q.id AS queue_id
-FROM t JOIN q ON q.task_id = t.id, (SELECT pg_notify('{QUEUE_CHANNEL}', $9)) AS woken
+FROM t JOIN q ON q.task_id = t.id, (
+    SELECT count(pg_notify('{QUEUE_CHANNEL}', $9))
+    FROM (SELECT FROM t WHERE t.assigned_agent IS NULL LIMIT 1) AS waiting
+) AS woken
 """
 SELECT_BY_IDEMPOTENCY_KEY = "SELECT id FROM tasks WHERE idempotency_key = $1"
 SELECT_BY_IDEMPOTENCY_KEYS = """

@@ -149,6 +149,7 @@ class Scheduler:
             context,
         )
         store.on_queued = dispatcher.submitted
+        store.placer = dispatcher.place_new
         signals = TaskSignals()
         background: list[asyncio.Task[None]] = []
         side_tasks: set[asyncio.Task[None]] = set()

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -89,6 +89,32 @@ class ReadyTask:
 
 # What is told of the tasks a store queued, once their submit committed (TaskStore.on_queued).
 Queued = Callable[[list[ReadyTask]], None]
+
+
+class Placement(Protocol):
+    """Agents chosen for new tasks before their submit stores them (see TaskStore.placer)."""
+
+    @property
+    def agents(self) -> Sequence[str | None]:
+        """Each task's agent, in the submissions' order; None: the task is queued."""
+        ...
+
+    @property
+    def lease(self) -> tuple[str, float]:
+        """Who streams the started attempts, and for how long their lease holds unrenewed."""
+        ...
+
+    def started(self, attempts: list[StartedAttempt]) -> None:
+        """The submit committed: the placed tasks' first attempts, started."""
+        ...
+
+    def not_started(self) -> None:
+        """The submit failed (whether it committed is unknown): nothing was started here."""
+        ...
+
+
+# Agents for new tasks about to be stored, or None to queue them all (see TaskStore.placer).
+Placer = Callable[[Sequence[TaskSpec]], Placement | None]
 
 # See TaskStore.start_attempts: (connection, claimed placements) -> (placements to start,
 # API key ids).
@@ -227,6 +253,11 @@ class TaskStore:
         # dispatcher: see Dispatcher.submitted). Trees and delegated subtasks are not told:
         # their notifications say nothing of who queued them.
         self.on_queued: Queued | None = None
+        # Chooses agents for new tasks without subtasks as their submit stores them, which
+        # then stores them started, claim and start included (the replica's dispatcher, when
+        # an agent is free for them now: see Dispatcher.place_new). The others are queued.
+        # Submissions in one transaction with other writes (SubmitTasks) are always queued.
+        self.placer: Placer | None = None
         self._submit_leaves = GroupCommit(self._insert_and_tell)
         self._finish_roots = GroupCommit(self._finish_root_attempts)
 
@@ -301,7 +332,7 @@ class TaskStore:
         records: dict[str, TaskRecord] = {}
         queued: list[ReadyTask] = []
         if leaves:
-            stored, queued = await self._insert_leaves([specs[index] for index in leaves], conn)
+            stored, queued, _ = await self._insert_leaves([specs[index] for index in leaves], conn)
             for index, record in zip(leaves, stored, strict=True):
                 placed[index] = record.id
                 records[record.id] = record
@@ -339,7 +370,7 @@ class TaskStore:
                         task_id = await self._insert_tree(conn, spec, parent_id=None)
                         await conn.execute(notify.WAKE_QUEUE)
                     else:
-                        records, queued = await self._insert_leaves([spec], conn)
+                        records, queued, _ = await self._insert_leaves([spec], conn)
                         task_id = records[0].id
                     if replay_of:
                         await conn.execute(q.SET_REPLAY_OF, task_id, replay_of)
@@ -355,9 +386,17 @@ class TaskStore:
     async def _insert_and_tell(
         self, specs: Sequence[TaskSpec], conn: Connection | None = None
     ) -> list[TaskRecord]:
-        """`_insert_leaves` outside a transaction (committed when it returns), then tell
-        `on_queued`; the tasks as stored."""
-        records, queued = await self._insert_leaves(specs, conn)
+        """`_insert_leaves` outside a transaction (committed when it returns), the tasks the
+        placer placed stored started; then tell it, and `on_queued`. The tasks as stored."""
+        placement = self.placer(specs) if self.placer is not None else None
+        try:
+            records, queued, started = await self._insert_leaves(specs, conn, placement)
+        except BaseException:
+            if placement is not None:
+                placement.not_started()
+            raise
+        if placement is not None:
+            placement.started(started)
         self._tell(queued)
         return records
 
@@ -366,11 +405,15 @@ class TaskStore:
             self.on_queued(queued)
 
     async def _insert_leaves(
-        self, specs: Sequence[TaskSpec], conn: Connection | None = None
-    ) -> tuple[list[TaskRecord], list[ReadyTask]]:
-        """Store tasks without subtasks, in one statement; the tasks as stored and as
-        queued, in order."""
+        self,
+        specs: Sequence[TaskSpec],
+        conn: Connection | None = None,
+        placement: Placement | None = None,
+    ) -> tuple[list[TaskRecord], list[ReadyTask], list[StartedAttempt]]:
+        """Store tasks without subtasks, in one statement, those `placement` placed started;
+        the tasks as stored, in order, then those queued and those started."""
         ids = [new_task_id() for _ in specs]
+        owner, lease_seconds = placement.lease if placement is not None else ("", 0.0)
         arguments = (
             q.SUBMIT_LEAVES,
             ids,
@@ -382,6 +425,9 @@ class TaskStore:
             payload_to_dict(Status(TaskState.SUBMITTED, "submitted")),
             [spec.idempotency_key or None for spec in specs],
             self._queue_payload,
+            placement.agents if placement is not None else [None] * len(specs),
+            owner,
+            lease_seconds,
         )
         if conn is None:
             async with self._pool.acquire() as own:
@@ -391,11 +437,25 @@ class TaskStore:
         by_id = {row["id"]: row for row in rows}
         records = []
         queued = []
+        started = []
         for task_id, spec in zip(ids, specs, strict=True):
             row = by_id[task_id]
             records.append(_record(row, spec=spec))
-            queued.append(ReadyTask(task_id, spec, "", "", (row["priority"], row["queue_id"])))
-        return records, queued
+            if (agent_id := row["assigned_agent"]) is None:
+                queued.append(ReadyTask(task_id, spec, "", "", (row["priority"], row["queue_id"])))
+            else:
+                started.append(
+                    StartedAttempt(
+                        task_id,
+                        row["attempt"],
+                        agent_id,
+                        spec,
+                        row["user_name"],
+                        "",
+                        row["last_seq"],
+                    )
+                )
+        return records, queued, started
 
     async def _insert_tree(
         self, conn: Connection, spec: TaskSpec, parent_id: str | None, root_id: str | None = None
