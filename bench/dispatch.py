@@ -13,7 +13,10 @@ node processes on loopback):
 - CPU time per task of the scheduler, the nodes and PostgreSQL in each phase: the steadier
   measure of what a change bought (wall-clock figures swing with whatever else runs);
 - submit-to-start latency p50/p99 at a steady 200 tasks/s (from the database's own
-  `created_at` and `started_at`), on fresh tables and again after the rounds, with what
+  `created_at` and `started_at`; a task its submit stored started has none, so how many
+  were is said too, and the whole trip, submit to end from `finished_at`, beside it, which
+  includes the dial of the node and the end's commit), on fresh tables and again after
+  the rounds, with what
   PostgreSQL did in the background meanwhile (from its log): the tables autovacuum worked
   on, in any database (right after a burst it vacuums and analyzes the tasks and their
   events; on a new cluster, the system catalogs of every database), and any checkpoint
@@ -263,6 +266,8 @@ class Steady:
     """Submit-to-start latencies at STEADY_RATE, and what the phase cost."""
 
     latencies: list[float]  # seconds
+    trips: list[float]  # submit to end, seconds
+    at_once: int  # tasks their submit stored started (see Dispatcher.place_new)
     cpu: dict[str, float]  # ms per task, by process group
     transactions: float  # per task
     # What PostgreSQL did in the background while the phase ran: autovacuum's work and
@@ -302,13 +307,17 @@ async def measure_steady(
     per_task = mesh.cpu_per_task(cpu, STEADY_TASKS)
     transactions = (await commits(conn) - commits_before) / STEADY_TASKS
     rows = await conn.fetch(
-        "SELECT extract(epoch FROM started_at - created_at) FROM tasks WHERE created_at >= $1",
+        "SELECT extract(epoch FROM started_at - created_at) AS start,"
+        " extract(epoch FROM finished_at - created_at) AS trip"
+        " FROM tasks WHERE created_at >= $1",
         since,
     )
     zone = await conn.fetchval("SHOW log_timezone")
     logged = [w for w in server_log.read(log, zone) if w.overlaps(since, until)]
     return Steady(
-        [float(row[0]) for row in rows],
+        [float(row["start"]) for row in rows],
+        [float(row["trip"]) for row in rows],
+        sum(row["start"] == 0 for row in rows),
         per_task,
         transactions,
         server_log.merge(logged, vacuuming),
@@ -414,7 +423,10 @@ def report(rounds: list[Round], steady: tuple[Steady, Steady], rss: tuple[int, i
         print(
             f"  submit-to-start at {STEADY_RATE} tasks/s ({STEADY_TASKS} tasks), {when}:"
             f" p50 {percentile(phase.latencies, 0.5) * 1000:.1f} ms,"
-            f" p99 {percentile(phase.latencies, 0.99) * 1000:.1f} ms; CPU per task:"
+            f" p99 {percentile(phase.latencies, 0.99) * 1000:.1f} ms ({phase.at_once:,}"
+            " stored started by their submit); submit to end:"
+            f" p50 {percentile(phase.trips, 0.5) * 1000:.1f} ms,"
+            f" p99 {percentile(phase.trips, 0.99) * 1000:.1f} ms; CPU per task:"
             f" {cpu_figures(phase.cpu)}; {phase.transactions:.1f} transactions per task;"
             f" PostgreSQL in the background meanwhile: {background}"
         )
