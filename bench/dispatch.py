@@ -189,6 +189,7 @@ class Round:
 
     one_a_call: float  # tasks/s
     one_a_call_cpu: dict[str, float]  # ms per task, by process group
+    one_a_call_at_once: int  # tasks their submit stored started (see Dispatcher.place_new)
     batched: float
     batched_cpu: dict[str, float]
     baseline: float  # jobs/s
@@ -233,16 +234,20 @@ class Mesh:
 
     async def timed(
         self, conn: asyncpg.Connection, submit: Awaitable[None]
-    ) -> tuple[float, dict[str, float]]:
-        """Run a phase of TASKS tasks: its tasks/s until all are recorded complete, and the
-        CPU per task."""
+    ) -> tuple[float, dict[str, float], int]:
+        """Run a phase of TASKS tasks: its tasks/s until all are recorded complete, the CPU
+        per task, and how many tasks their submit stored started."""
         since = await phase_start(conn)
         before = self.cpu()
         started = time.perf_counter()
         await submit
         await wait_completed(conn, since, TASKS)
         throughput = TASKS / (time.perf_counter() - started)
-        return throughput, self.cpu_per_task(before, TASKS)
+        cpu = self.cpu_per_task(before, TASKS)
+        at_once = await conn.fetchval(
+            "SELECT count(*) FROM tasks WHERE created_at >= $1 AND started_at = created_at", since
+        )
+        return throughput, cpu, at_once
 
 
 async def measure_round(
@@ -252,13 +257,17 @@ async def measure_round(
     dsn: str,
     number: int,
 ) -> Round:
-    one_a_call, one_a_call_cpu = await mesh.timed(conn, submit_all(stub, TASKS, f"round {number}"))
-    batched, batched_cpu = await mesh.timed(conn, submit_batched(stub, TASKS, f"batched {number}"))
+    one_a_call, one_a_call_cpu, at_once = await mesh.timed(
+        conn, submit_all(stub, TASKS, f"round {number}")
+    )
+    batched, batched_cpu, _ = await mesh.timed(
+        conn, submit_batched(stub, TASKS, f"batched {number}")
+    )
     before = mesh.cpu()
     raw = await baseline(dsn)
     spent = mesh.cpu_per_task(before, 1)  # milliseconds in all
     idle = (spent["scheduler"] + spent["nodes"]) / 1000
-    return Round(one_a_call, one_a_call_cpu, batched, batched_cpu, raw, idle)
+    return Round(one_a_call, one_a_call_cpu, at_once, batched, batched_cpu, raw, idle)
 
 
 @dataclass
@@ -407,7 +416,10 @@ def report(rounds: list[Round], steady: tuple[Steady, Steady], rss: tuple[int, i
         f"  ratio, each round to its own baseline: {ratios(r.ratio for r in rounds)};"
         f" median {typical.ratio:.2f}"
     )
-    print(f"  CPU per task (the median round): {cpu_figures(typical.one_a_call_cpu)}")
+    print(
+        f"  CPU per task (the median round): {cpu_figures(typical.one_a_call_cpu)};"
+        f" stored started by their submit: {figures(r.one_a_call_at_once for r in rounds)}"
+    )
     print(
         f"  the same, {BATCH} tasks a SubmitTasks call: {figures(r.batched for r in rounds)}"
         f" tasks/s; ratio {ratios(r.batched_ratio for r in rounds)}; median"

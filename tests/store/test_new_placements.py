@@ -12,8 +12,9 @@ back, or a started task that nobody streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import asyncpg
@@ -30,9 +31,10 @@ from tests.store.test_round_statements import CountingPool
 from tests.store.test_submitted_rounds import state_of
 
 
+@contextlib.asynccontextmanager
 async def placing(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, *, slots: int, snapshot_seconds: float = 60
-) -> tuple[Dispatcher, TaskStore, Any]:
+) -> AsyncIterator[tuple[Dispatcher, TaskStore]]:
     """A dispatcher whose store asks it to place new tasks, as the scheduler's does, after
     a first round that read the (empty) queue; its attempts hold their slots."""
     dispatcher, store, channels = await dispatcher_on(
@@ -40,62 +42,64 @@ async def placing(
     )
     store.placer = dispatcher.place_new
     await hold_attempts(dispatcher, monkeypatch)
-    await dispatcher.round()
-    return dispatcher, store, channels
+    try:
+        await dispatcher.round()
+        yield dispatcher, store
+    finally:
+        await dispatcher.stop()
+        await channels.close()
 
 
 async def test_a_submission_is_stored_started_in_one_statement(
     database_uri: str, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counting = CountingPool(pool)
-    dispatcher, store, channels = await placing(cast(asyncpg.Pool, counting), monkeypatch, slots=2)
     heard: list[str] = []
-    try:
-        async with listening(database_uri, on_queue=heard.append):
-            counting.statements.clear()
-            record = await store.submit_and_get(TaskSpec(kind="echo", prompt="at once"))
+    async with (
+        placing(cast(asyncpg.Pool, counting), monkeypatch, slots=2) as (dispatcher, store),
+        listening(database_uri, on_queue=heard.append),
+    ):
+        counting.statements.clear()
+        record = await store.submit_and_get(TaskSpec(kind="echo", prompt="at once"))
 
-            # Its one statement stored it started, and its attempt streams already.
-            assert [q for _, q in counting.statements] == [queries.SUBMIT_LEAVES]
-            assert (record.state.value, record.attempt, record.assigned_agent) == (
-                "working",
-                1,
-                "agent-one",
-            )
-            assert dispatcher.live_attempts() == [(record.id, 1)]
-            row = await pool.fetchrow(
-                "SELECT lease_owner, lease_expires_at > now() AS leased, started_at,"
-                " created_at, last_seq FROM tasks WHERE id = $1",
-                record.id,
-            )
-            assert (row["lease_owner"], row["leased"], row["last_seq"]) == ("placing", True, 2)
-            assert row["started_at"] == row["created_at"]
-            queue = await pool.fetchrow(
-                "SELECT claimed, claimed_by FROM task_queue WHERE task_id = $1", record.id
-            )
-            assert (queue["claimed"], queue["claimed_by"]) == (True, "placing")
-            trace = await pool.fetch(
-                "SELECT seq, attempt, payload->>'message' AS message FROM task_events"
-                " WHERE task_id = $1 ORDER BY seq",
-                record.id,
-            )
-            assert [(e["seq"], e["attempt"], e["message"]) for e in trace] == [
-                (1, 0, "submitted"),
-                (2, 1, "attempt 1 placed on agent-one"),
-            ]
-            # Nothing waits: no dispatcher is woken, not even this one.
-            await pool.execute(f"NOTIFY {notify.QUEUE_CHANNEL}, 'after'")
-            async with asyncio.timeout(20):
-                while "after" not in heard:
-                    await asyncio.sleep(0.01)
-            assert heard == ["after"]
-            assert not dispatcher._wake.is_set()
-            counting.statements.clear()
-            await dispatcher.next_round()
-            assert counting.statements == []
-    finally:
-        await dispatcher.stop()
-        await channels.close()
+        # Its one statement stored it started, and its attempt streams already.
+        assert [q for _, q in counting.statements] == [queries.SUBMIT_LEAVES]
+        assert (record.state.value, record.attempt, record.assigned_agent) == (
+            "working",
+            1,
+            "agent-one",
+        )
+        assert dispatcher.live_attempts() == [(record.id, 1)]
+        row = await pool.fetchrow(
+            "SELECT lease_owner, lease_expires_at > now() AS leased, started_at,"
+            " created_at, last_seq FROM tasks WHERE id = $1",
+            record.id,
+        )
+        assert (row["lease_owner"], row["leased"], row["last_seq"]) == ("placing", True, 2)
+        assert row["started_at"] == row["created_at"]
+        queue = await pool.fetchrow(
+            "SELECT claimed, claimed_by FROM task_queue WHERE task_id = $1", record.id
+        )
+        assert (queue["claimed"], queue["claimed_by"]) == (True, "placing")
+        trace = await pool.fetch(
+            "SELECT seq, attempt, payload->>'message' AS message FROM task_events"
+            " WHERE task_id = $1 ORDER BY seq",
+            record.id,
+        )
+        assert [(e["seq"], e["attempt"], e["message"]) for e in trace] == [
+            (1, 0, "submitted"),
+            (2, 1, "attempt 1 placed on agent-one"),
+        ]
+        # Nothing waits: no dispatcher is woken, not even this one.
+        await pool.execute(f"NOTIFY {notify.QUEUE_CHANNEL}, 'after'")
+        async with asyncio.timeout(20):
+            while "after" not in heard:
+                await asyncio.sleep(0.01)
+        assert heard == ["after"]
+        assert not dispatcher._wake.is_set()
+        counting.statements.clear()
+        await dispatcher.next_round()
+        assert counting.statements == []
 
 
 Makes = Callable[[Dispatcher], Any]
@@ -119,10 +123,10 @@ async def test_a_submission_is_queued_when_the_view_may_not_hold(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, case: tuple[float, Makes]
 ) -> None:
     snapshot_seconds, make = case
-    dispatcher, store, channels = await placing(
-        pool, monkeypatch, slots=2, snapshot_seconds=snapshot_seconds
-    )
-    try:
+    async with placing(pool, monkeypatch, slots=2, snapshot_seconds=snapshot_seconds) as (
+        dispatcher,
+        store,
+    ):
         make(dispatcher)
         task = await store.submit(TaskSpec(kind="echo", prompt="queued"))
 
@@ -131,9 +135,6 @@ async def test_a_submission_is_queued_when_the_view_may_not_hold(
         dispatcher._in_round = False
         await dispatcher.next_round()  # the round places it
         assert await state_of(pool, task) == ("working", 1)
-    finally:
-        await dispatcher.stop()
-        await channels.close()
 
 
 async def test_a_task_queued_before_waits_no_later_submission_jumps_it(
@@ -141,8 +142,7 @@ async def test_a_task_queued_before_waits_no_later_submission_jumps_it(
 ) -> None:
     """Once a submission is queued (here, for want of a slot), the next go to the queue
     behind it until a round reads it, even when a slot frees meanwhile."""
-    dispatcher, store, channels = await placing(pool, monkeypatch, slots=1)
-    try:
+    async with placing(pool, monkeypatch, slots=1) as (dispatcher, store):
         first = await store.submit(TaskSpec(kind="echo", prompt="first"))
         waiting = await store.submit(TaskSpec(kind="echo", prompt="waits"))
         assert await state_of(pool, first) == ("working", 1)
@@ -156,23 +156,16 @@ async def test_a_task_queued_before_waits_no_later_submission_jumps_it(
         later = await store.submit(TaskSpec(kind="echo", prompt="later"))
 
         assert await state_of(pool, later) == ("submitted", 0)
-    finally:
-        await dispatcher.stop()
-        await channels.close()
 
 
 async def test_a_gemini_task_is_queued_for_its_key(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dispatcher, store, channels = await placing(pool, monkeypatch, slots=2)
-    try:
+    async with placing(pool, monkeypatch, slots=2) as (_, store):
         task = await store.submit(TaskSpec(kind=TaskKind.GEMINI, prompt="needs a key"))
         assert await state_of(pool, task) == ("submitted", 0)
         echo = await store.submit(TaskSpec(kind="echo", prompt="behind it"))
         assert await state_of(pool, echo) == ("submitted", 0)
-    finally:
-        await dispatcher.stop()
-        await channels.close()
 
 
 async def test_submissions_stored_together_are_placed_by_priority(
@@ -180,8 +173,7 @@ async def test_submissions_stored_together_are_placed_by_priority(
 ) -> None:
     """One statement for both (a group commit), one slot: the higher priority starts."""
     counting = CountingPool(pool)
-    dispatcher, store, channels = await placing(cast(asyncpg.Pool, counting), monkeypatch, slots=1)
-    try:
+    async with placing(cast(asyncpg.Pool, counting), monkeypatch, slots=1) as (dispatcher, store):
         counting.statements.clear()
         low, high = await asyncio.gather(
             store.submit(TaskSpec(kind="echo", prompt="low", priority=1)),
@@ -191,9 +183,6 @@ async def test_submissions_stored_together_are_placed_by_priority(
         assert [q for _, q in counting.statements] == [queries.SUBMIT_LEAVES]
         assert dispatcher.live_attempts() == [(high, 1)]
         assert await state_of(pool, low) == ("submitted", 0)
-    finally:
-        await dispatcher.stop()
-        await channels.close()
 
 
 async def test_a_round_during_a_submit_counts_the_slots_it_took(
@@ -201,8 +190,7 @@ async def test_a_round_during_a_submit_counts_the_slots_it_took(
 ) -> None:
     """A round that reads the agents while a submit stores its task started (its row not
     yet visible) must not give that slot to a queued task as well."""
-    dispatcher, _, channels = await placing(pool, monkeypatch, slots=1)
-    try:
+    async with placing(pool, monkeypatch, slots=1) as (dispatcher, _):
         placement = dispatcher.place_new([TaskSpec(kind="echo", prompt="being stored")])
         assert placement is not None
         assert placement.agents == ["agent-one"]
@@ -216,25 +204,19 @@ async def test_a_round_during_a_submit_counts_the_slots_it_took(
         placement.not_started()  # its submit failed: the slot is free again
         await dispatcher.next_round()
         assert await state_of(pool, queued) == ("working", 1)
-    finally:
-        await dispatcher.stop()
-        await channels.close()
 
 
 async def test_a_submit_that_fails_gives_its_slots_back(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dispatcher, store, channels = await placing(pool, monkeypatch, slots=1)
-    original = store._insert_leaves
-
     async def broken(*args: Any) -> Any:
         raise asyncpg.exceptions.ConnectionDoesNotExistError("the connection was lost")
 
-    try:
-        monkeypatch.setattr(store, "_insert_leaves", broken)
-        with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
-            await store.submit(TaskSpec(kind="echo", prompt="lost"))
-        monkeypatch.setattr(store, "_insert_leaves", original)
+    async with placing(pool, monkeypatch, slots=1) as (dispatcher, store):
+        with monkeypatch.context() as patched:
+            patched.setattr(store, "_insert_leaves", broken)
+            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+                await store.submit(TaskSpec(kind="echo", prompt="lost"))
 
         assert dispatcher.live_attempts() == []
         assert not dispatcher._placing
@@ -244,19 +226,16 @@ async def test_a_submit_that_fails_gives_its_slots_back(
         assert await state_of(pool, task) == ("submitted", 0)
         await dispatcher.next_round()
         assert await state_of(pool, task) == ("working", 1)
-    finally:
-        await dispatcher.stop()
-        await channels.close()
 
 
 async def test_the_trip_of_a_task_stored_started_is_its_submit_and_its_end(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Submitted, streamed and ended without a round: two statements in all (the round after
-    has nothing to do)."""
+    """Submitted, streamed and ended without a round: two statements in all. Its slot is
+    free after it, for the next submission and for a round that reads the agents."""
     counting = CountingPool(pool)
     dispatcher, store, channels = await dispatcher_on(
-        cast(asyncpg.Pool, counting), [card("one", slots=2)], "trip", snapshot_seconds=60
+        cast(asyncpg.Pool, counting), [card("one", slots=1)], "trip", snapshot_seconds=60
     )
     store.placer = dispatcher.place_new
 
@@ -283,6 +262,15 @@ async def test_the_trip_of_a_task_stored_started_is_its_submit_and_its_end(
         ]
         assert await state_of(pool, task) == ("completed", 1)
         assert await pool.fetchval("SELECT count(*) FROM task_queue WHERE task_id = $1", task) == 0
+        following = await store.submit(TaskSpec(kind="echo", prompt="stored started too"))
+        await dispatcher._attempts[following]
+        assert await state_of(pool, following) == ("completed", 1)
+        # One queued, and a round that reads the agents: the slot is free there too.
+        dispatcher.wake()
+        queued = await store.submit(TaskSpec(kind="echo", prompt="queued"))
+        await dispatcher.next_round()
+        await dispatcher._attempts[queued]
+        assert await state_of(pool, queued) == ("completed", 1)
     finally:
         await dispatcher.stop()
         await channels.close()

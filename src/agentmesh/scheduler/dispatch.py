@@ -260,7 +260,12 @@ class Dispatcher:
             self._placing[choice.agent_id] += 1
         if not any(chosen):
             return None
-        return _NewPlacement(self, chosen, {a: agents[a] for a in chosen if a is not None})
+        return _NewPlacement(
+            self,
+            chosen,
+            {a: agents[a] for a in chosen if a is not None},
+            (self._settings.owner, self._settings.lease_seconds),
+        )
 
     def _placed_new(self, placement: _NewPlacement, attempts: list[StartedAttempt]) -> None:
         """A placement's submit committed: stream its attempts."""
@@ -901,13 +906,17 @@ class _NewPlacement:
     """Agents a dispatcher chose for new tasks (see Dispatcher.place_new), as a Placement."""
 
     def __init__(
-        self, dispatcher: Dispatcher, agents: list[str | None], slots: dict[str, AgentSlot]
+        self,
+        dispatcher: Dispatcher,
+        agents: list[str | None],
+        slots: dict[str, AgentSlot],
+        lease: tuple[str, float],
     ) -> None:
         self._dispatcher = dispatcher
         self.agents = agents
         # The chosen agents as the view had them: where to stream the attempts.
         self.slots = slots
-        self.lease = (dispatcher._settings.owner, dispatcher._settings.lease_seconds)
+        self.lease = lease
 
     def started(self, attempts: list[StartedAttempt]) -> None:
         self._dispatcher._placed_new(self, attempts)
