@@ -274,3 +274,41 @@ async def test_the_trip_of_a_task_stored_started_is_its_submit_and_its_end(
     finally:
         await dispatcher.stop()
         await channels.close()
+
+
+async def test_a_task_stored_started_whose_replica_vanished_runs_again_once(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its replica stopped before streaming it (the process died after the commit): the
+    lease runs out, and the task is queued again and placed as its second attempt, once."""
+    async with placing(pool, monkeypatch, slots=1) as (_, store):
+        task = await store.submit(TaskSpec(kind="echo", prompt="orphaned"))
+        assert await state_of(pool, task) == ("working", 1)
+    # That replica is gone; its lease runs out.
+    await pool.execute(
+        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1", task
+    )
+    other, other_store, channels = await dispatcher_on(
+        pool, [card("one", slots=1)], "survivor", snapshot_seconds=60
+    )
+    await hold_attempts(other, monkeypatch)
+    try:
+        assert await other_store.reap_expired_leases(backoff_seconds=0.0) == 1
+        assert await state_of(pool, task) == ("submitted", 1)
+        await other.round()
+        assert await state_of(pool, task) == ("working", 2)
+        assert other.live_attempts() == [(task, 2)]
+        assert await other_store.reap_expired_leases(backoff_seconds=0.0) == 0
+        trace = await pool.fetch(
+            "SELECT payload->>'message' AS message FROM task_events"
+            " WHERE task_id = $1 ORDER BY seq",
+            task,
+        )
+        assert [e["message"] for e in trace][1:] == [
+            "attempt 1 placed on agent-one",
+            "attempt 1 lost: lease of scheduler placing expired; retrying in 0s",
+            "attempt 2 placed on agent-one",
+        ]
+    finally:
+        await other.stop()
+        await channels.close()
