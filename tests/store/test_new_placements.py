@@ -63,7 +63,7 @@ async def test_a_submission_is_stored_started_in_one_statement(
         record = await store.submit_and_get(TaskSpec(kind="echo", prompt="at once"))
 
         # Its one statement stored it started, and its attempt streams already.
-        assert [q for _, q in counting.statements] == [queries.SUBMIT_LEAVES]
+        assert [q for _, q in counting.statements] == [queries.SUBMIT_STARTED_LEAVES]
         assert (record.state.value, record.attempt, record.assigned_agent) == (
             "working",
             1,
@@ -180,7 +180,7 @@ async def test_submissions_stored_together_are_placed_by_priority(
             store.submit(TaskSpec(kind="echo", prompt="high", priority=5)),
         )
 
-        assert [q for _, q in counting.statements] == [queries.SUBMIT_LEAVES]
+        assert [q for _, q in counting.statements] == [queries.SUBMIT_STARTED_LEAVES]
         assert dispatcher.live_attempts() == [(high, 1)]
         assert await state_of(pool, low) == ("submitted", 0)
 
@@ -257,7 +257,7 @@ async def test_the_trip_of_a_task_stored_started_is_its_submit_and_its_end(
         await dispatcher._attempts[task]
 
         assert [q for _, q in counting.statements] == [
-            queries.SUBMIT_LEAVES,
+            queries.SUBMIT_STARTED_LEAVES,
             queries.FINISH_ROOT_ATTEMPTS,
         ]
         assert await state_of(pool, task) == ("completed", 1)

@@ -225,10 +225,11 @@ class Dispatcher:
         """This replica queued these tasks (their submit committed: see TaskStore.on_queued).
 
         If the last round left the queue empty, the next places them from the agents as it
-        read them, without reading either again: at a steady rate that is most rounds, and
-        one submit's statement, one start and one end make a task's whole trip through the
-        database. The claim still checks each one under its lock, and a node that is full
-        after all (another replica's claim) refuses the attempt, which comes back."""
+        read them, without reading either again: one submit's statement, one start and one
+        end make a task's whole trip through the database. (While that view holds, most
+        submissions do not even come here: place_new has them stored started.) The claim
+        still checks each one under its lock, and a node that is full after all (another
+        replica's claim) refuses the attempt, which comes back."""
         self._fresh += tasks
         self._wake.set()
 

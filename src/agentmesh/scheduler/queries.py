@@ -92,14 +92,39 @@ LOCK_TREE = """
 SELECT r.id FROM tasks t JOIN tasks r ON r.id = t.root_id WHERE t.id = $1 FOR UPDATE OF r
 """
 # New tasks without subtasks, many in one statement (see TaskStore's group commit): each
-# one's row, first event and queue entry. $1..$6, $8 and $10 one entry per task, $7 the
-# status event every one starts with, $9 the queue notification's payload (see
-# submitted_by). A task with an agent in $10 is stored started there, as CLAIM_AND_START
-# would have started it (its first attempt leased to $11 for $12 seconds, its queue row
-# claimed, its placement event): its submit's statement is its claim and start too (see
-# Dispatcher.place_new). Only tasks left waiting wake the dispatchers. Returns the rows
-# as stored, with their queue entries' ids.
+# one's row, first event and queue entry. $1..$6 and $8 one entry per task, $7 the status
+# event every one starts with, $9 the queue notification's payload (see submitted_by).
+# Returns the rows as stored, with their queue entries' ids.
 SUBMIT_LEAVES = f"""
+WITH t AS (
+    INSERT INTO tasks (id, kind, spec, state, user_name, parent_id, priority, idempotency_key,
+                       max_attempts, waiting_reason, root_id, last_seq)
+    SELECT i.id, i.kind, i.spec, 'submitted', i.user_name, NULL, i.priority, i.idempotency_key,
+           i.max_attempts, '', i.id, 1
+    FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int[], $6::int[],
+                $8::text[])
+         AS i(id, kind, spec, user_name, priority, max_attempts, idempotency_key)
+    RETURNING {TASK_COLUMNS}
+), e AS (
+    INSERT INTO task_events (task_id, seq, attempt, kind, payload)
+    SELECT id, 1, 0, 'status', $7 FROM t
+), q AS (
+    INSERT INTO task_queue (task_id, priority, target_host, payload)
+    SELECT id, priority, nullif(spec->>'target_host', ''), spec FROM t
+    RETURNING task_id, id
+)
+SELECT {NEW_TASK_COLUMNS}, q.id AS queue_id
+FROM t JOIN q ON q.task_id = t.id, (SELECT pg_notify('{QUEUE_CHANNEL}', $9)) AS woken
+"""
+# SUBMIT_LEAVES when some of the tasks have an agent (in $10, one entry per task, NULL for
+# the others; see Dispatcher.place_new): those are stored started there, as CLAIM_AND_START
+# would have started them (their first attempt leased to $11 for $12 seconds, their queue
+# rows claimed, their placement events), so that their submit's statement is their claim
+# and start too. Only tasks left waiting wake the dispatchers. (Apart from SUBMIT_LEAVES,
+# which a statement that places nothing keeps using: this one took a few percent longer
+# for the same 8 tasks, 0.90 against 0.87 ms, and at full speed most submissions place
+# nothing.)
+SUBMIT_STARTED_LEAVES = f"""
 WITH i AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
                          $6::int[], $8::text[], $10::text[])

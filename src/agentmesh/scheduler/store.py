@@ -413,8 +413,7 @@ class TaskStore:
         """Store tasks without subtasks, in one statement, those `placement` placed started;
         the tasks as stored, in order, then those queued and those started."""
         ids = [new_task_id() for _ in specs]
-        owner, lease_seconds = placement.lease if placement is not None else ("", 0.0)
-        arguments = (
+        arguments: tuple[Any, ...] = (
             q.SUBMIT_LEAVES,
             ids,
             [spec.kind for spec in specs],
@@ -425,10 +424,14 @@ class TaskStore:
             payload_to_dict(Status(TaskState.SUBMITTED, "submitted")),
             [spec.idempotency_key or None for spec in specs],
             self._queue_payload,
-            placement.agents if placement is not None else [None] * len(specs),
-            owner,
-            lease_seconds,
         )
+        if placement is not None:
+            arguments = (
+                q.SUBMIT_STARTED_LEAVES,
+                *arguments[1:],
+                placement.agents,
+                *placement.lease,
+            )
         if conn is None:
             async with self._pool.acquire() as own:
                 rows = await own.fetch(*arguments)
