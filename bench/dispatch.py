@@ -192,6 +192,10 @@ class Round:
     one_a_call_at_once: int  # tasks their submit stored started (see Dispatcher.place_new)
     batched: float
     batched_cpu: dict[str, float]
+    # Tasks that took more than one attempt, one a call and batched: none in a run without
+    # faults, where each is an attempt lost (a round that took far longer than its
+    # neighbours, with one, waited for a lease to run out).
+    retried: tuple[int, int]
     baseline: float  # jobs/s
     # The CPU seconds the scheduler and nodes used while they stood idle beside the baseline.
     idle_mesh_cpu: float
@@ -234,9 +238,10 @@ class Mesh:
 
     async def timed(
         self, conn: asyncpg.Connection, submit: Awaitable[None]
-    ) -> tuple[float, dict[str, float], int]:
+    ) -> tuple[float, dict[str, float], int, int]:
         """Run a phase of TASKS tasks: its tasks/s until all are recorded complete, the CPU
-        per task, and how many tasks their submit stored started."""
+        per task, how many tasks their submit stored started, and how many took more than
+        one attempt."""
         since = await phase_start(conn)
         before = self.cpu()
         started = time.perf_counter()
@@ -244,10 +249,13 @@ class Mesh:
         await wait_completed(conn, since, TASKS)
         throughput = TASKS / (time.perf_counter() - started)
         cpu = self.cpu_per_task(before, TASKS)
-        at_once = await conn.fetchval(
-            "SELECT count(*) FROM tasks WHERE created_at >= $1 AND started_at = created_at", since
+        counts = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE started_at = created_at), count(*) FILTER"
+            " (WHERE attempt > 1) FROM tasks WHERE created_at >= $1",
+            since,
         )
-        return throughput, cpu, at_once
+        assert counts is not None
+        return throughput, cpu, counts[0], counts[1]
 
 
 async def measure_round(
@@ -257,17 +265,26 @@ async def measure_round(
     dsn: str,
     number: int,
 ) -> Round:
-    one_a_call, one_a_call_cpu, at_once = await mesh.timed(
+    one_a_call, one_a_call_cpu, at_once, retried = await mesh.timed(
         conn, submit_all(stub, TASKS, f"round {number}")
     )
-    batched, batched_cpu, _ = await mesh.timed(
+    batched, batched_cpu, _, batched_retried = await mesh.timed(
         conn, submit_batched(stub, TASKS, f"batched {number}")
     )
     before = mesh.cpu()
     raw = await baseline(dsn)
     spent = mesh.cpu_per_task(before, 1)  # milliseconds in all
     idle = (spent["scheduler"] + spent["nodes"]) / 1000
-    return Round(one_a_call, one_a_call_cpu, at_once, batched, batched_cpu, raw, idle)
+    return Round(
+        one_a_call,
+        one_a_call_cpu,
+        at_once,
+        batched,
+        batched_cpu,
+        (retried, batched_retried),
+        raw,
+        idle,
+    )
 
 
 @dataclass
@@ -442,6 +459,11 @@ def report(rounds: list[Round], steady: tuple[Steady, Steady], rss: tuple[int, i
             f" {cpu_figures(phase.cpu)}; {phase.transactions:.1f} transactions per task;"
             f" PostgreSQL in the background meanwhile: {background}"
         )
+    print(
+        "  tasks that took more than one attempt (none without faults), one a call:"
+        f" {figures(r.retried[0] for r in rounds)}; {BATCH} a call:"
+        f" {figures(r.retried[1] for r in rounds)}"
+    )
     rss_before, rss_after, rss_end = rss
     print(
         f"  scheduler resident memory: {rss_before / 2**20:.0f} MiB before,"
