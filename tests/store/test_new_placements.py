@@ -201,7 +201,7 @@ async def test_a_round_during_a_submit_counts_the_slots_it_took(
         await dispatcher.round()
 
         assert await state_of(pool, queued) == ("submitted", 0)
-        placement.not_started()  # its submit failed: the slot is free again
+        placement.not_started(["never-stored"])  # its submit failed: the slot is free again
         await dispatcher.next_round()
         assert await state_of(pool, queued) == ("working", 1)
 
@@ -226,6 +226,76 @@ async def test_a_submit_that_fails_gives_its_slots_back(
         assert await state_of(pool, task) == ("submitted", 0)
         await dispatcher.next_round()
         assert await state_of(pool, task) == ("working", 1)
+
+
+@pytest.mark.parametrize(
+    "after", ["an error", "a cancel"], ids=["the connection lost", "the caller gone"]
+)
+async def test_a_submit_that_committed_but_failed_gives_its_task_back_unspent(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, after: str
+) -> None:
+    """The statement committed, but its answer was lost (or the submit was cancelled): the
+    task stands started and leased, and nobody streams it. It is handed back at once
+    without using an attempt, so that even a task allowed one attempt still runs it."""
+    async with placing(pool, monkeypatch, slots=1) as (dispatcher, store):
+        original = store._insert_leaves
+
+        async def lost_answer(*args: Any) -> Any:
+            await original(*args)
+            if after == "a cancel":
+                raise asyncio.CancelledError
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("the connection was lost")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(store, "_insert_leaves", lost_answer)
+            with pytest.raises(
+                (asyncpg.exceptions.ConnectionDoesNotExistError, asyncio.CancelledError)
+            ):
+                await store.submit(TaskSpec(kind="echo", prompt="unanswered", max_attempts=1))
+        (task,) = await pool.fetch("SELECT id FROM tasks WHERE spec->>'prompt' = 'unanswered'")
+        await asyncio.gather(*dispatcher._giving_back)
+
+        assert dispatcher.live_attempts() == []
+        assert await state_of(pool, task["id"]) == ("submitted", 1)
+        await dispatcher.next_round()
+        assert dispatcher.live_attempts() == [(task["id"], 2)]
+
+
+async def test_a_submit_that_commits_while_the_dispatcher_stops_gives_its_task_back(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing streams after the dispatcher stopped: the task goes back to the queue, for
+    another replica, without using an attempt; nothing is placed after."""
+    async with placing(pool, monkeypatch, slots=2) as (dispatcher, store):
+        original = store._insert_leaves
+
+        async def stopped_meanwhile(*args: Any) -> Any:
+            await dispatcher.stop()
+            return await original(*args)
+
+        monkeypatch.setattr(store, "_insert_leaves", stopped_meanwhile)
+        task = await store.submit(TaskSpec(kind="echo", prompt="late", max_attempts=1))
+        await asyncio.gather(*dispatcher._giving_back)
+
+        assert dispatcher.live_attempts() == []
+        assert await state_of(pool, task) == ("submitted", 1)
+        assert [slot.running for slot in (dispatcher._slots or {}).values()] == [0]
+        assert dispatcher.place_new([TaskSpec(kind="echo", prompt="after the stop")]) is None
+
+
+async def test_a_gemini_task_first_in_a_batch_keeps_the_tasks_after_it_queued(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round would give the slot to the gemini task (its key permitting): a lower
+    priority task of the same batch must not take it first."""
+    async with placing(pool, monkeypatch, slots=1) as (_, store):
+        gemini, echo = await asyncio.gather(
+            store.submit(TaskSpec(kind=TaskKind.GEMINI, prompt="first", priority=5)),
+            store.submit(TaskSpec(kind="echo", prompt="after it", priority=1)),
+        )
+
+        assert await state_of(pool, gemini) == ("submitted", 0)
+        assert await state_of(pool, echo) == ("submitted", 0)
 
 
 async def test_the_trip_of_a_task_stored_started_is_its_submit_and_its_end(

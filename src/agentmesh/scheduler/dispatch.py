@@ -200,6 +200,9 @@ class Dispatcher:
         self._slots: dict[str, AgentSlot] | None = None
         # Slots taken for tasks whose submit is storing them started (see place_new).
         self._placing: Counter[str] = Counter()
+        # Tasks stored started whose attempts were not streamed, being handed back.
+        self._giving_back: set[asyncio.Task[TaskState | None]] = set()
+        self._stopping = False
         self._read_at = float("-inf")
         # The queue notification of this replica's own submissions (see queue_changed).
         self._own_submits = notify.submitted_by(settings.owner)
@@ -246,13 +249,14 @@ class Dispatcher:
         free agent are queued, and wait in order for the next."""
         agents = self._slots
         stale = time.monotonic() - self._read_at >= self._settings.snapshot_seconds
-        if agents is None or self._reads_due or self._fresh or self._in_round or stale:
+        held = self._reads_due or self._fresh or self._in_round or self._stopping
+        if agents is None or held or stale:
             return None
         chosen: list[str | None] = [None] * len(specs)
         for index in sorted(range(len(specs)), key=lambda index: -specs[index].priority):
             spec = specs[index]
             if spec.kind == TaskKind.GEMINI:
-                continue
+                break  # it may need a slot the tasks after it would take: they queue too
             choice = pick_agent(spec, list(agents.values()), Counter())
             if isinstance(choice, Waiting):
                 continue
@@ -269,19 +273,57 @@ class Dispatcher:
         )
 
     def _placed_new(self, placement: _NewPlacement, attempts: list[StartedAttempt]) -> None:
-        """A placement's submit committed: stream its attempts."""
+        """A placement's submit committed: stream its attempts (unless this dispatcher is
+        stopping: then they go back to the queue, for another replica)."""
         self._placing -= Counter(a for a in placement.agents if a is not None)
-        self._launch(attempts, placement.slots, RoundKeys())
+        if self._stopping:
+            self._free_slots([a.agent_id for a in attempts])
+            self._give_back(
+                [a.task_id for a in attempts], f"scheduler {self._settings.owner} stopped"
+            )
+        else:
+            self._launch(attempts, placement.slots, RoundKeys())
 
-    def _not_placed_new(self, placement: _NewPlacement) -> None:
-        """A placement's submit failed: its slots are free (as far as this replica knows:
-        if it committed after all, its attempts' leases run out and they are retried)."""
-        placed = Counter(a for a in placement.agents if a is not None)
-        self._placing -= placed
-        for agent_id, count in placed.items():
-            if self._slots is not None:
-                _take_slot(self._slots, agent_id, -count)
+    def _not_placed_new(self, placement: _NewPlacement, task_ids: Sequence[str]) -> None:
+        """A placement's submit failed or was cancelled: its slots are free again, and the
+        tasks it placed go back to the queue if the statement committed after all (else
+        there is nothing to give back): nobody streams them, and left to their leases they
+        would wait half a minute and use up an attempt they never ran."""
+        placed = [
+            (task_id, a)
+            for task_id, a in zip(task_ids, placement.agents, strict=True)
+            if a is not None
+        ]
+        self._placing -= Counter(agent_id for _, agent_id in placed)
+        self._free_slots([agent_id for _, agent_id in placed])
+        self._give_back([task_id for task_id, _ in placed], "its submit failed before it was sent")
         self.wake()
+
+    def _free_slots(self, agent_ids: list[str]) -> None:
+        if self._slots is not None:
+            for agent_id in agent_ids:
+                _take_slot(self._slots, agent_id, -1)
+
+    def _give_back(self, task_ids: list[str], reason: str) -> None:
+        """Hand back these tasks' first attempts, stored started by their submit and never
+        streamed, without using one up; in the background (a cancelled submit calls this)."""
+        for task_id in task_ids:
+            giving = asyncio.create_task(
+                _with_retry(
+                    functools.partial(
+                        self._store.retry_attempt,
+                        task_id,
+                        1,
+                        self._settings.owner,
+                        reason,
+                        backoff_seconds=0.0,
+                        counts=False,
+                    )
+                ),
+                name=f"give back {task_id}",
+            )
+            self._giving_back.add(giving)
+            giving.add_done_callback(self._giving_back.discard)
 
     def queue_changed(self, payload: str) -> None:
         """A notification on the queue channel: a round that reads, unless it announced
@@ -555,9 +597,10 @@ class Dispatcher:
             await self.cancel_local(task_id)
 
     async def stop(self) -> None:
+        self._stopping = True  # a submit that commits from now on is handed back
         for task in list(self._attempts.values()):
             task.cancel()
-        await asyncio.gather(*self._attempts.values(), return_exceptions=True)
+        await asyncio.gather(*self._attempts.values(), *self._giving_back, return_exceptions=True)
 
     async def _run_attempt(
         self, attempt: StartedAttempt, agent: AgentSlot, key: Reserved | None
@@ -922,8 +965,8 @@ class _NewPlacement:
     def started(self, attempts: list[StartedAttempt]) -> None:
         self._dispatcher._placed_new(self, attempts)
 
-    def not_started(self) -> None:
-        self._dispatcher._not_placed_new(self)
+    def not_started(self, task_ids: Sequence[str]) -> None:
+        self._dispatcher._not_placed_new(self, task_ids)
 
 
 def _window(free: int) -> int:

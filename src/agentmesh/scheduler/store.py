@@ -108,8 +108,10 @@ class Placement(Protocol):
         """The submit committed: the placed tasks' first attempts, started."""
         ...
 
-    def not_started(self) -> None:
-        """The submit failed (whether it committed is unknown): nothing was started here."""
+    def not_started(self, task_ids: Sequence[str]) -> None:
+        """The submit of these tasks (all of them, in order) failed, or was cancelled: no
+        attempt was streamed. Whether it committed is unknown: if it did, the placed tasks
+        stand started and leased, and are to be handed back."""
         ...
 
 
@@ -389,11 +391,12 @@ class TaskStore:
         """`_insert_leaves` outside a transaction (committed when it returns), the tasks the
         placer placed stored started; then tell it, and `on_queued`. The tasks as stored."""
         placement = self.placer(specs) if self.placer is not None else None
+        ids = [new_task_id() for _ in specs]
         try:
-            records, queued, started = await self._insert_leaves(specs, conn, placement)
+            records, queued, started = await self._insert_leaves(specs, conn, placement, ids)
         except BaseException:
             if placement is not None:
-                placement.not_started()
+                placement.not_started(ids)
             raise
         if placement is not None:
             placement.started(started)
@@ -409,10 +412,12 @@ class TaskStore:
         specs: Sequence[TaskSpec],
         conn: Connection | None = None,
         placement: Placement | None = None,
+        ids: Sequence[str] = (),
     ) -> tuple[list[TaskRecord], list[ReadyTask], list[StartedAttempt]]:
-        """Store tasks without subtasks, in one statement, those `placement` placed started;
-        the tasks as stored, in order, then those queued and those started."""
-        ids = [new_task_id() for _ in specs]
+        """Store tasks without subtasks, in one statement, those `placement` placed started,
+        under `ids` if given; the tasks as stored, in order, then those queued and those
+        started."""
+        ids = list(ids) or [new_task_id() for _ in specs]
         arguments: tuple[Any, ...] = (
             q.SUBMIT_LEAVES,
             ids,
