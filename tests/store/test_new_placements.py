@@ -283,6 +283,25 @@ async def test_a_submit_that_commits_while_the_dispatcher_stops_gives_its_task_b
         assert dispatcher.place_new([TaskSpec(kind="echo", prompt="after the stop")]) is None
 
 
+async def test_a_hand_back_waiting_for_the_database_does_not_hold_up_the_stop(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with placing(pool, monkeypatch, slots=1) as (dispatcher, store):
+
+        async def outage(*args: Any, **kwargs: Any) -> None:
+            await asyncio.Event().wait()  # the database does not answer
+
+        monkeypatch.setattr(store, "retry_attempt", outage)
+        placement = dispatcher.place_new([TaskSpec(kind="echo", prompt="unanswered")])
+        assert placement is not None
+        placement.not_started(["maybe-stored"])
+        assert dispatcher._giving_back
+
+        async with asyncio.timeout(30):
+            await dispatcher.stop()
+        assert all(task.done() for task in dispatcher._giving_back)
+
+
 async def test_a_gemini_task_first_in_a_batch_keeps_the_tasks_after_it_queued(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -598,9 +598,13 @@ class Dispatcher:
 
     async def stop(self) -> None:
         self._stopping = True  # a submit that commits from now on is handed back
-        for task in list(self._attempts.values()):
+        # What is being handed back stops too: the scheduler hands back every attempt it
+        # still holds once its dispatcher stopped (TaskStore.release_owned), and a hand-back
+        # waiting out a database outage must not hold up the stop.
+        stopped = [*self._attempts.values(), *self._giving_back]
+        for task in stopped:
             task.cancel()
-        await asyncio.gather(*self._attempts.values(), *self._giving_back, return_exceptions=True)
+        await asyncio.gather(*stopped, return_exceptions=True)
 
     async def _run_attempt(
         self, attempt: StartedAttempt, agent: AgentSlot, key: Reserved | None
