@@ -28,11 +28,9 @@ class CountingStore(TaskStore):
         self.finish_batches: list[int] = []
         super().__init__(pool, default_max_attempts=DEFAULT_MAX_ATTEMPTS)
 
-    async def _insert_leaves(
-        self, specs: Sequence[TaskSpec], conn: Any = None, placement: Any = None
-    ) -> Any:
+    async def _insert_leaves(self, specs: Sequence[TaskSpec], *args: Any) -> Any:
         self.submit_batches.append(len(specs))
-        return await super()._insert_leaves(specs, conn, placement)
+        return await super()._insert_leaves(specs, *args)
 
     async def _finish_root_attempts(self, ends: Sequence[AttemptEnd]) -> list[bool]:
         self.finish_batches.append(len(ends))
