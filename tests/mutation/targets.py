@@ -164,6 +164,20 @@ TARGETS: dict[str, Target] = {
         test_timeout=120.0,
         budget=120.0,
     ),
+    "attempts": Target(
+        "src/agentmesh/scheduler/attempts.py",
+        (
+            "tests/scheduler",
+            "tests/keys",
+            "tests/cli/test_approvals.py",
+            "tests/store/test_dispatch_rounds.py",
+            *EMBEDDED_ONLY,
+        ),
+        note="slow, as dispatch's: an attempt runs on a stand-in node or in a whole mesh; each"
+        " mutant runs the quickest of its tests, two minutes' worth unmutated",
+        test_timeout=120.0,
+        budget=120.0,
+    ),
     "leftovers": Target(
         "src/agentmesh/node/leftovers.py",
         ("tests/node/test_leftovers.py",),
@@ -884,6 +898,15 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
             "self._resume = page[-1].position if len(page) == window else None",
             "a page is read with LIMIT window: it is never longer",
         ),
+        Equivalent("core/NumberReplacer", "await asyncio.sleep(0.5)", _PAUSE),
+        Equivalent(
+            "core/NumberReplacer",
+            "async def probe_unreachable(self, timeout_seconds: float = 2.0) -> None:",
+            "timing only: how long a probe waits for an unreachable agent's answer; one that"
+            " answers does so in milliseconds, one that does not is not marked either way",
+        ),
+    ),
+    "attempts": (
         Equivalent(
             "core/ReplaceComparisonOperator_Is_GtE",
             "rejected = payload.state is TaskState.REJECTED",
@@ -896,13 +919,6 @@ EQUIVALENT: dict[str, tuple[Equivalent, ...]] = {
         ),
         Equivalent("core/NumberReplacer", _FIRST_EVENT, _LINGER),
         Equivalent("core/NumberReplacer", "START_LINGER_SECONDS = 0.02", _LINGER),
-        Equivalent("core/NumberReplacer", "await asyncio.sleep(0.5)", _PAUSE),
-        Equivalent(
-            "core/NumberReplacer",
-            "async def probe_unreachable(self, timeout_seconds: float = 2.0) -> None:",
-            "timing only: how long a probe waits for an unreachable agent's answer; one that"
-            " answers does so in milliseconds, one that does not is not marked either way",
-        ),
     ),
     "log_format": (
         Equivalent(

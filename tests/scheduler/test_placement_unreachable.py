@@ -6,7 +6,7 @@ from collections import Counter
 
 import grpc
 
-from agentmesh.scheduler.dispatch import never_reached
+from agentmesh.scheduler.attempts import never_reached
 from agentmesh.scheduler.node_link import CallError
 from agentmesh.scheduler.placement import AgentSlot, Waiting, pick_agent
 from agentmesh.tasks.model import TaskSpec

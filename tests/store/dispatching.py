@@ -17,7 +17,8 @@ from agentmesh.keys.quota import Limits
 from agentmesh.keys.reservations import KeyReserver
 from agentmesh.node.card import AgentCard, HeldKey
 from agentmesh.scheduler.agents import AgentRegistry
-from agentmesh.scheduler.dispatch import Channels, Dispatcher, DispatchSettings
+from agentmesh.scheduler.dispatch import Dispatcher, DispatchSettings
+from agentmesh.scheduler.node_link import Channels
 from agentmesh.scheduler.notifications import Listener
 from agentmesh.scheduler.store import TaskStore
 
@@ -93,7 +94,7 @@ async def hold_attempts(dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch)
     async def streamed(*args: object) -> None:
         await finish.wait()
 
-    monkeypatch.setattr(dispatcher, "_stream", streamed)
+    monkeypatch.setattr(dispatcher._runner, "run", streamed)
     return finish
 
 

@@ -338,7 +338,7 @@ async def test_the_trip_of_a_task_stored_started_is_its_submit_and_its_end(
             in_tree=False,  # a task without a parent, as the dispatcher ends it
         )
 
-    monkeypatch.setattr(dispatcher, "_stream", ends)
+    monkeypatch.setattr(dispatcher._runner, "run", ends)
     try:
         await dispatcher.round()
         counting.statements.clear()

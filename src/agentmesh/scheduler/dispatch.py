@@ -1,11 +1,12 @@
-"""Dispatch: place ready tasks on agents, stream them to their nodes, record what happens.
+"""Dispatch: place ready tasks on agents and start their attempts, each run in a task of
+its own (see attempts), and keep count of them.
 
 One round reads the ready window of the queue, places what fits (least loaded first,
 siblings spread; a gemini task also needs its forecast reserved on an API key with capacity
 before an attempt starts, and goes to the node that holds that key if it is a node's: see
 `keys.reservations`), parks what nobody can run (see `parking`), claims the placed rows
-with SKIP LOCKED and starts their attempts, then streams each attempt from its node in a
-task of its own.
+with SKIP LOCKED and starts their attempts, then runs each (see `attempts.AttemptRunner`)
+in a task of its own.
 Rounds run when NOTIFY says the queue changed, and at least every `poll_seconds` in case a
 notification was lost. A round that read the whole ready queue and left nothing in it
 keeps the agents as it read them, and this replica's own submissions are placed from that
@@ -18,31 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
-from typing import TypeVar
 
 import asyncpg
 import grpc
 
 from agentmesh.access.task_credentials import TaskCredentials
-from agentmesh.config import TlsSettings
 from agentmesh.db import notify
 from agentmesh.db.connect import Connection
-from agentmesh.errors import Reason
+from agentmesh.db.outages import DATABASE_ERRORS, with_retry
 from agentmesh.keys import quota
 from agentmesh.keys.reservations import Candidate, KeyReserver, Reserved, RoundKeys
-from agentmesh.memory.context import ChildResult, ContextBuilder, TaskContext
-from agentmesh.node.permissions.approvals import Approval
-from agentmesh.rpc import convert
-from agentmesh.rpc.channel import open_channel
+from agentmesh.memory.context import ContextBuilder
 from agentmesh.scheduler.agents import AgentRegistry
-from agentmesh.scheduler.node_link import CallError, NodeLink
+from agentmesh.scheduler.attempts import AttemptRunner, attempt_fields
+from agentmesh.scheduler.node_link import Channels
 from agentmesh.scheduler.parking import KeySignature, ParkingLot
 from agentmesh.scheduler.placement import (
     AgentSlot,
@@ -57,60 +52,17 @@ from agentmesh.scheduler.store import (
     ReadyTask,
     StartedAttempt,
     TaskStore,
-    summarize_children,
 )
-from agentmesh.scheduler.trace_writer import TraceWriter, trace_cost
-from agentmesh.tasks import events
-from agentmesh.tasks.events import ApiError, ApiErrorKind, Diagnostic, Result
-from agentmesh.tasks.model import AgentMode, TaskKind, TaskSpec, TaskState, for_node
-from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
+from agentmesh.tasks.events import Result
+from agentmesh.tasks.model import TaskKind, TaskSpec, TaskState
+from agentmesh.v1 import node_pb2
 
 log = logging.getLogger(__name__)
 
-# Errors that mean the database is briefly unreachable (a restart): wait and try again.
-DATABASE_ERRORS = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    # A pooled connection that died with the server ("cannot switch to state ...").
-    asyncpg.InternalClientError,
-    TimeoutError,
-    # Rolled back by the server; the transaction can simply run again.
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-)
 WINDOW = 500
 MIN_WINDOW = 32
-# How long a node's first event may wait for the next one to share its write (see
-# TraceWriter.add).
-START_LINGER_SECONDS = 0.02
 # Pages of the queue a round reads at most (the head, then on from where the last stopped).
 MAX_PAGES = 4
-
-
-class Refusal(Enum):
-    """What a node's refusal means for the attempt."""
-
-    NOT_STARTED = "not started"  # handed back without using an attempt; try again soon
-    BAD_SPEC = "bad spec"  # the task fails with the node's message
-    # The node's ceiling is below the task's mode: the card placement read was stale (the
-    # node restarted with a lower ceiling). Handed back, counted: placement decides anew
-    # from the next heartbeat's card, and a node that lies about its ceiling cannot loop.
-    ABOVE_CEILING = "above ceiling"
-
-
-# The one table from a node's reasons (google.rpc.ErrorInfo) to what becomes of the attempt.
-# A stream that breaks without a reason is a lost attempt (counted, retried elsewhere).
-REFUSALS: dict[Reason, Refusal] = {
-    Reason.NODE_DRAINING: Refusal.NOT_STARTED,
-    Reason.NODE_FULL: Refusal.NOT_STARTED,
-    Reason.DUPLICATE_ATTEMPT: Refusal.NOT_STARTED,
-    Reason.NO_EXECUTOR: Refusal.NOT_STARTED,
-    Reason.BAD_SPEC: Refusal.BAD_SPEC,
-    Reason.MODE_ABOVE_CEILING: Refusal.ABOVE_CEILING,
-}
 
 
 @dataclass(frozen=True)
@@ -128,41 +80,6 @@ class DispatchSettings:
     snapshot_seconds: float = 0.25
 
 
-class Channels:
-    """One gRPC channel per node endpoint and dispatch secret, reused by every attempt,
-    and on it one work stream (see node_link) that carries the attempts.
-
-    The secret (see `AgentRegistry`) is the bearer token the node expects from its
-    scheduler; None in an open mesh."""
-
-    def __init__(self, tls: TlsSettings) -> None:
-        self._tls = tls
-        self._channels: dict[tuple[str, str | None], grpc.aio.Channel] = {}
-        self._links: dict[tuple[str, str | None], NodeLink] = {}
-
-    def link(self, endpoint: str, secret: str | None) -> NodeLink:
-        link = self._links.get((endpoint, secret))
-        if link is None:
-            link = NodeLink(self.stub(endpoint, secret), endpoint)
-            self._links[endpoint, secret] = link
-        return link
-
-    def stub(self, endpoint: str, secret: str | None) -> node_pb2_grpc.AgentNodeAsyncStub:
-        channel = self._channels.get((endpoint, secret))
-        if channel is None:
-            channel = open_channel(endpoint, token=secret, tls=self._tls)
-            self._channels[endpoint, secret] = channel
-        return node_pb2_grpc.AgentNodeStub(channel)
-
-    async def close(self) -> None:
-        for link in self._links.values():
-            await link.close()
-        self._links.clear()
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -176,16 +93,25 @@ class Dispatcher:
         context: ContextBuilder | None = None,
     ) -> None:
         self._store = store
-        # Mints each agentic gemini attempt's mesh credential (its agent's mesh tools).
-        self._mesh_credentials = mesh_credentials
-        # Assembles each gemini attempt's context from the memory (see memory.context).
-        self._context = context
         self._registry = registry
         self._pool = pool
         self._channels = channels
         self._settings = settings
         self._keys = keys
         self._wake = asyncio.Event()
+        # What the agents were found to be (draining, unreachable, gone) changes placement.
+        self._runner = AttemptRunner(
+            store,
+            registry,
+            channels,
+            keys,
+            owner=settings.owner,
+            max_trace_chars=settings.max_trace_chars,
+            retry_backoff_seconds=settings.retry_backoff_seconds,
+            agent_marked=self.wake,
+            mesh_credentials=mesh_credentials,
+            context=context,
+        )
         self._parking = ParkingLot(
             store, self._key_signature, key_check_seconds=settings.poll_seconds
         )
@@ -201,7 +127,7 @@ class Dispatcher:
         # Slots taken for tasks whose submit is storing them started (see place_new).
         self._placing: Counter[str] = Counter()
         # Tasks stored started whose attempts were not streamed, being handed back.
-        self._giving_back: set[asyncio.Task[TaskState | None]] = set()
+        self._giving_back: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._read_at = float("-inf")
         # The queue notification of this replica's own submissions (see queue_changed).
@@ -309,17 +235,7 @@ class Dispatcher:
         streamed, without using one up; in the background (a cancelled submit calls this)."""
         for task_id in task_ids:
             giving = asyncio.create_task(
-                _with_retry(
-                    functools.partial(
-                        self._store.retry_attempt,
-                        task_id,
-                        1,
-                        self._settings.owner,
-                        reason,
-                        backoff_seconds=0.0,
-                        counts=False,
-                    )
-                ),
+                self._runner.hand_back(task_id, 1, reason, backoff_seconds=0.0, counts=False),
                 name=f"give back {task_id}",
             )
             self._giving_back.add(giving)
@@ -592,7 +508,7 @@ class Dispatcher:
         """Stop the attempts whose task ended or moved on while we were not listening (a
         cancel announced while the LISTEN connection was down never reached us)."""
         owner = self._settings.owner
-        stale = await _with_retry(lambda: self._store.stale_attempts(owner, self.live_attempts()))
+        stale = await with_retry(lambda: self._store.stale_attempts(owner, self.live_attempts()))
         for task_id in stale:
             await self.cancel_local(task_id)
 
@@ -610,14 +526,16 @@ class Dispatcher:
         self, attempt: StartedAttempt, agent: AgentSlot, key: Reserved | None
     ) -> None:
         try:
-            await self._stream(attempt, agent, key)
+            await self._runner.run(attempt, agent, key)
         except asyncio.CancelledError:
             pass
         except Exception:
-            log.exception("attempt failed", extra=_fields(attempt, agent))
+            log.exception("attempt failed", extra=attempt_fields(attempt, agent))
             # Hand the task back rather than keep a lease on work nobody streams.
             with contextlib.suppress(Exception):
-                await self._hand_back(attempt, "the scheduler failed while streaming it")
+                await self._runner.hand_back(
+                    attempt.task_id, attempt.attempt, "the scheduler failed while streaming it"
+                )
         finally:
             if key is not None:
                 # What the task spent, beside its forecast (whatever became of the attempt).
@@ -641,269 +559,6 @@ class Dispatcher:
             else:
                 self.slot_freed()
 
-    async def _stream(
-        self, attempt: StartedAttempt, agent: AgentSlot, key: Reserved | None
-    ) -> None:
-        owner = self._settings.owner
-        spec = attempt.spec
-        context = await self._task_context(attempt) if spec.kind == TaskKind.GEMINI else None
-        request = node_pb2.ExecuteTaskRequest(
-            task_id=attempt.task_id,
-            attempt=attempt.attempt,
-            spec=convert.spec_to_proto(for_node(spec)),
-            key_fingerprint=key.key.fingerprint if key else "",
-            token_budget=key.budget if key else 0,
-            mesh_credential=self._mesh_credential(attempt),
-            context=context.text if context is not None else "",
-            approvals=[
-                task_pb2.CommandApproval(command=a.command, prefix=a.prefix)
-                for a in await self._approvals_for(attempt)
-            ],
-        )
-        received = 0
-        # What this attempt added to the trace: a node that streams without end (one that
-        # does not cap its tasks' output) is stopped here, and its task fails.
-        trace_chars = 0
-        exhausted: ApiError | None = None
-        refusal: events.Refusal | None = None
-        writer = TraceWriter(
-            lambda batch, after_seq: _with_retry(
-                functools.partial(
-                    self._store.append_many,
-                    attempt.task_id,
-                    attempt.attempt,
-                    owner,
-                    agent.agent_id,
-                    batch,
-                    after_seq=after_seq,
-                )
-            ),
-            attempt.last_seq,
-        )
-        if context is not None and not context.empty:
-            # What the agent was told besides its prompt, and why: first in its trace.
-            await writer.add(Diagnostic("info", f"context given: {context.summary}"))
-        stream = self._channels.link(agent.endpoint, agent.dispatch_secret).run(request)
-        try:
-            async for message in stream:
-                received += 1
-                payload = convert.payload_from_proto(message)
-                if isinstance(payload, ApiError) and payload.kind is ApiErrorKind.QUOTA_EXHAUSTED:
-                    exhausted = payload  # the node's proxy found no key with capacity
-                if isinstance(payload, events.Refusal):
-                    refusal = payload
-                    if spec.kind == TaskKind.GEMINI and _asks_about(spec, refusal):
-                        # The agent's command waits for its user: this run stops here.
-                        await writer.add(payload)
-                        if await writer.close():
-                            await self._await_approval(attempt, refusal)
-                        return
-                if isinstance(payload, Result):
-                    rejected = payload.state is TaskState.REJECTED
-                    if rejected and refusal is not None and _asks_about(spec, refusal):
-                        # Not the end: the task waits for its user's answer.
-                        if await writer.close():
-                            await self._await_approval(attempt, refusal)
-                        return
-                    if payload.state is TaskState.FAILED and exhausted is not None:
-                        # Not the task's fault: it waits for a key again, without an attempt.
-                        if await writer.close():
-                            await self._hand_back(
-                                attempt,
-                                f"every API key was out of capacity ({exhausted.message})",
-                                backoff_seconds=0.0,
-                                counts=False,
-                            )
-                        return
-                    # What the writer has not written yet goes in the statement that ends
-                    # the task (for a short task: its whole trace in one round trip).
-                    trail = await writer.take_rest()
-                    if trail is None:
-                        return
-                    if key is not None:
-                        # What it spent is known now (the proxy reports each request before
-                        # its answer ends): logged before the task is seen ended.
-                        await _with_retry(functools.partial(self._keys.task_ended, attempt.task_id))
-                    await _with_retry(
-                        functools.partial(
-                            self._store.finish_attempt,
-                            attempt.task_id,
-                            attempt.attempt,
-                            owner,
-                            agent.agent_id,
-                            payload,
-                            in_tree=bool(attempt.parent_id),
-                            trail=trail,
-                            after_seq=writer.last_seq,
-                        )
-                    )
-                    return
-                trace_chars += trace_cost(payload)
-                if trace_chars > self._settings.max_trace_chars:
-                    await self._trace_full(attempt, agent, writer)
-                    return
-                # The node's "running on" waits a moment for the first output (a short
-                # task's whole output): one round trip for both.
-                await writer.add(payload, linger=START_LINGER_SECONDS if received == 1 else 0.0)
-                if writer.superseded:
-                    log.info("attempt superseded", extra=_fields(attempt, agent))
-                    return
-        except CallError as error:
-            await writer.close()
-            await self._attempt_failed(attempt, agent, error, received)
-            return
-        except BaseException:
-            writer.cancel()
-            raise
-        finally:
-            # Whoever stops reading before the result (a superseded attempt, a cancel)
-            # stops the node's work too (see NodeLink.run).
-            await stream.aclose()  # type: ignore[attr-defined]
-        await writer.close()
-        await self._hand_back(attempt, f"{agent.name} ended the stream without a result")
-
-    async def _task_context(self, attempt: StartedAttempt) -> TaskContext | None:
-        """The attempt's context from the memory; None if it cannot be had (the task runs
-        without: its memory is help, not a condition)."""
-        rows = await _with_retry(lambda: self._store.child_results(attempt.task_id))
-        if self._context is None:
-            text = summarize_children(rows) if rows else ""
-            return TaskContext(text, f"{len(rows)} subtask results", 0) if text else None
-        children = [
-            ChildResult(
-                title=row["description"] or row["id"],
-                agent=row["assigned_agent"] or "",
-                state=row["state"],
-                output=row["output"],
-            )
-            for row in rows
-        ]
-        try:
-            context = await self._context.build(attempt.spec.prompt, attempt.user, children)
-        except Exception:
-            log.exception("no context for the attempt", extra={"task_id": attempt.task_id})
-            return None
-        if not context.empty:
-            # The forecasts learn from what the model was given: prompt and context.
-            with contextlib.suppress(*DATABASE_ERRORS):
-                await self._keys.count_context(attempt.task_id, len(context.text))
-        return context
-
-    async def _approvals_for(self, attempt: StartedAttempt) -> list[Approval]:
-        """What the user approved that a weak-mode attempt may run (see
-        node.permissions.approvals): for a shell task, what covers its command; for a gemini
-        task, all of it (its agent's commands are not known before it runs them)."""
-        spec = attempt.spec
-        if spec.permission_mode == "superuser" or spec.kind == TaskKind.ECHO:
-            return []
-        command = spec.command if spec.kind == TaskKind.SHELL else None
-        return await _with_retry(
-            lambda: self._store.approvals_for(attempt.task_id, attempt.user, command)
-        )
-
-    async def _await_approval(self, attempt: StartedAttempt, refusal: events.Refusal) -> None:
-        await _with_retry(
-            functools.partial(
-                self._store.await_approval,
-                attempt.task_id,
-                attempt.attempt,
-                self._settings.owner,
-                refusal,
-            )
-        )
-
-    def _mesh_credential(self, attempt: StartedAttempt) -> str:
-        """An agentic gemini attempt acts on the mesh as its task (see access)."""
-        spec = attempt.spec
-        if self._mesh_credentials is None or spec.kind != TaskKind.GEMINI:
-            return ""
-        if spec.agent_mode != AgentMode.AGENTIC:
-            return ""
-        return self._mesh_credentials.mint(attempt.task_id, attempt.attempt)
-
-    async def _trace_full(
-        self, attempt: StartedAttempt, agent: AgentSlot, writer: TraceWriter
-    ) -> None:
-        """Stop storing the attempt's events: one diagnostic says why, and the task fails
-        (retrying would fill the trace again). Returning stops the node's work too."""
-        reason = (
-            f"the task's events passed the scheduler's limit of {self._settings.max_trace_chars}"
-            " characters in one attempt (scheduler.max_trace_chars): the rest was not stored"
-            " and the task was stopped"
-        )
-        log.warning("attempt stopped: its trace is full", extra=_fields(attempt, agent))
-        await writer.add(Diagnostic("error", reason))
-        if not await writer.close():
-            return
-        await _with_retry(
-            functools.partial(
-                self._store.finish_attempt,
-                attempt.task_id,
-                attempt.attempt,
-                self._settings.owner,
-                agent.agent_id,
-                Result(TaskState.FAILED, error=reason),
-                in_tree=bool(attempt.parent_id),
-            )
-        )
-
-    async def _attempt_failed(
-        self, attempt: StartedAttempt, agent: AgentSlot, error: CallError, received: int
-    ) -> None:
-        owner = self._settings.owner
-        code = error.code
-        detail = error.details
-        reason = error.reason
-        fields = {**_fields(attempt, agent), "code": code.name}
-        if reason is not None:
-            fields["reason"] = reason.value
-        refusal = REFUSALS.get(reason) if reason is not None else None
-        if refusal is Refusal.NOT_STARTED:
-            log.info("attempt not started: the node refused it", extra=fields)
-            if reason is Reason.NODE_DRAINING:
-                # Its next heartbeat would say so too; place nothing more there meanwhile.
-                await self._mark(self._registry.mark_draining, agent.agent_id)
-            await self._hand_back(
-                attempt, f"{agent.name}: {detail}", backoff_seconds=0.5, counts=False
-            )
-        elif refusal is Refusal.ABOVE_CEILING:
-            log.info("attempt refused: above the node's ceiling", extra=fields)
-            await self._hand_back(attempt, f"{agent.name}: {detail}")
-        elif refusal is Refusal.BAD_SPEC:
-            log.info("attempt refused: bad spec", extra=fields)
-            await _with_retry(
-                lambda: self._store.fail_attempt(
-                    attempt.task_id, attempt.attempt, owner, agent.agent_id, detail
-                )
-            )
-        elif never_reached(error, received):
-            # The request never reached the node (its endpoint refused the dial, or the node
-            # refused our token): nothing ran there. Heartbeats cannot vouch for the way
-            # back, so the agent gets no work until a dial to it succeeds (probe_unreachable).
-            log.warning("attempt not started: the node cannot be reached", extra=fields)
-            await self._mark(self._registry.mark_unreachable, agent.agent_id)
-            await self._hand_back(
-                attempt,
-                f"{agent.name} at {agent.endpoint} cannot be reached ({code.name}: {detail})",
-                backoff_seconds=0.0,
-                counts=False,
-            )
-        else:
-            if code is grpc.StatusCode.UNAVAILABLE:
-                # The node is gone: place nothing more there until it heartbeats again.
-                await self._mark(self._registry.mark_offline, agent.agent_id)
-            log.warning("attempt lost", extra=fields)
-            await self._hand_back(
-                attempt, f"connection to {agent.name} lost ({code.name}) after {received} events"
-            )
-
-    async def _mark(self, mark: Callable[[str], Awaitable[None]], agent_id: str) -> None:
-        """Record in the registry what an attempt found out about its agent; the next round
-        reads the agents again, not the view it kept (see submitted). Every replica hears
-        of it on the queue channel (the marks notify); this one does not wait for that."""
-        await _with_retry(lambda: mark(agent_id))
-        self.wake()
-
     async def probe_unreachable(self, timeout_seconds: float = 2.0) -> None:
         """Dial each agent marked unreachable; one that answers may get work again."""
         for agent_id, endpoint, secret in await self._registry.unreachable():
@@ -919,31 +574,6 @@ class Dispatcher:
                 continue
             log.info("agent reachable again", extra={"agent": agent_id})
             await self._registry.mark_reachable(agent_id, endpoint)
-
-    async def _hand_back(
-        self,
-        attempt: StartedAttempt,
-        reason: str,
-        *,
-        backoff_seconds: float | None = None,
-        counts: bool = True,
-    ) -> None:
-        """Queue the task again (or fail it when out of attempts); see TaskStore.retry_attempt."""
-        await _with_retry(
-            functools.partial(
-                self._store.retry_attempt,
-                attempt.task_id,
-                attempt.attempt,
-                self._settings.owner,
-                reason,
-                backoff_seconds=(
-                    self._settings.retry_backoff_seconds
-                    if backoff_seconds is None
-                    else backoff_seconds
-                ),
-                counts=counts,
-            )
-        )
 
     async def _key_signature(self) -> KeySignature:
         async with self._pool.acquire() as conn:
@@ -995,44 +625,6 @@ def _take_slot(agents: dict[str, AgentSlot], agent_id: str, change: int) -> None
     agent = agents.get(agent_id)
     if agent is not None:
         agents[agent_id] = replace(agent, running=max(agent.running + change, 0))
-
-
-def _asks_about(spec: TaskSpec, refusal: events.Refusal) -> bool:
-    """Whether a refused command makes the task ask its user rather than end (on_refusal)."""
-    return spec.on_refusal == "ask" and refusal.approvable
-
-
-def never_reached(error: CallError, received: int) -> bool:
-    """True when an attempt's call failed before the node could run anything."""
-    if received:
-        return False
-    if error.code is grpc.StatusCode.UNAUTHENTICATED:
-        return True  # the node refused our token: the mesh's tokens differ
-    # gRPC's own words when no connection could be made at all.
-    return (
-        error.code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in error.details.lower()
-    )
-
-
-T = TypeVar("T")
-
-
-async def _with_retry(operation: Callable[[], Awaitable[T]]) -> T:
-    """Run a database operation, waiting out a database restart (a few minutes at most)."""
-    delay = 0.1
-    for _ in range(600):
-        try:
-            return await operation()
-        except DATABASE_ERRORS as exc:
-            log.warning("database unavailable, retrying in %.1fs: %s", delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-    return await operation()
-
-
-def _fields(attempt: StartedAttempt, agent: AgentSlot) -> dict[str, object]:
-    """What every log line about an attempt carries."""
-    return {"task_id": attempt.task_id, "attempt": attempt.attempt, "agent": agent.agent_id}
 
 
 def _later(position: QueuePosition, than: QueuePosition) -> bool:

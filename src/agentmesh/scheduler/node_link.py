@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from agentmesh.config import TlsSettings
 from agentmesh.errors import Reason
+from agentmesh.rpc.channel import open_channel
 from agentmesh.rpc.errors import reason_of
 from agentmesh.rpc.work_stream import accepted
 from agentmesh.v1 import node_pb2, node_pb2_grpc, task_pb2
@@ -284,6 +286,41 @@ class NodeLink:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+
+class Channels:
+    """One gRPC channel per node endpoint and dispatch secret, reused by every attempt,
+    and on it one work stream (a NodeLink) that carries the attempts.
+
+    The secret (see `AgentRegistry`) is the bearer token the node expects from its
+    scheduler; None in an open mesh."""
+
+    def __init__(self, tls: TlsSettings) -> None:
+        self._tls = tls
+        self._channels: dict[tuple[str, str | None], grpc.aio.Channel] = {}
+        self._links: dict[tuple[str, str | None], NodeLink] = {}
+
+    def link(self, endpoint: str, secret: str | None) -> NodeLink:
+        link = self._links.get((endpoint, secret))
+        if link is None:
+            link = NodeLink(self.stub(endpoint, secret), endpoint)
+            self._links[endpoint, secret] = link
+        return link
+
+    def stub(self, endpoint: str, secret: str | None) -> node_pb2_grpc.AgentNodeAsyncStub:
+        channel = self._channels.get((endpoint, secret))
+        if channel is None:
+            channel = open_channel(endpoint, token=secret, tls=self._tls)
+            self._channels[endpoint, secret] = channel
+        return node_pb2_grpc.AgentNodeStub(channel)
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            await link.close()
+        self._links.clear()
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
 
 
 async def _ended_within(call: grpc.aio.Call, seconds: float) -> None:

@@ -21,6 +21,7 @@ from agentmesh.access.policies import OpenSchedulerAccess, SchedulerAccess
 from agentmesh.access.task_credentials import TaskCredentials
 from agentmesh.config import Settings
 from agentmesh.db.connect import GENERIC_PLANS, create_pool, data_dir
+from agentmesh.db.outages import DATABASE_ERRORS
 from agentmesh.db.setup import migrated_database
 from agentmesh.keys import servicer as key_servicer
 from agentmesh.keys.broker import KeyBroker
@@ -41,7 +42,8 @@ from agentmesh.scheduler import retention
 from agentmesh.scheduler.agents import AgentRegistry
 from agentmesh.scheduler.approvals import ApprovalBook
 from agentmesh.scheduler.delegation import DelegationLimits
-from agentmesh.scheduler.dispatch import DATABASE_ERRORS, Channels, Dispatcher, DispatchSettings
+from agentmesh.scheduler.dispatch import Dispatcher, DispatchSettings
+from agentmesh.scheduler.node_link import Channels
 from agentmesh.scheduler.notifications import Listener, TaskSignals
 from agentmesh.scheduler.servicer import SERVICE_NAME, SchedulerServicer, register
 from agentmesh.scheduler.store import TaskStore
