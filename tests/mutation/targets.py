@@ -171,6 +171,7 @@ TARGETS: dict[str, Target] = {
             "tests/keys",
             "tests/cli/test_approvals.py",
             "tests/store/test_dispatch_rounds.py",
+            "tests/store/test_new_placements.py",
             *EMBEDDED_ONLY,
         ),
         note="slow, as dispatch's: an attempt runs on a stand-in node or in a whole mesh; each"

@@ -99,7 +99,8 @@ class Dispatcher:
         self._settings = settings
         self._keys = keys
         self._wake = asyncio.Event()
-        # What the agents were found to be (draining, unreachable, gone) changes placement.
+        # An attempt that finds its agent draining, unreachable or gone records it, and the
+        # next round reads the agents again, not the view it kept (see submitted).
         self._runner = AttemptRunner(
             store,
             registry,
