@@ -33,12 +33,17 @@ from tests.store.test_submitted_rounds import state_of
 
 @contextlib.asynccontextmanager
 async def placing(
-    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, *, slots: int, snapshot_seconds: float = 60
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    slots: int,
+    snapshot_seconds: float = 60,
+    owner: str = "placing",
 ) -> AsyncIterator[tuple[Dispatcher, TaskStore]]:
     """A dispatcher whose store asks it to place new tasks, as the scheduler's does, after
     a first round that read the (empty) queue; its attempts hold their slots."""
     dispatcher, store, channels = await dispatcher_on(
-        pool, [card("one", slots=slots)], "placing", snapshot_seconds=snapshot_seconds
+        pool, [card("one", slots=slots)], owner, snapshot_seconds=snapshot_seconds
     )
     store.placer = dispatcher.place_new
     await hold_attempts(dispatcher, monkeypatch)
@@ -90,16 +95,40 @@ async def test_a_submission_is_stored_started_in_one_statement(
             (1, 0, "submitted"),
             (2, 1, "attempt 1 placed on agent-one"),
         ]
-        # Nothing waits: no dispatcher is woken, not even this one.
+        # Its statement announced it, as every submit does (another replica's view of the
+        # agent no longer holds), and this replica, which knows, ignores its own announcement.
         await pool.execute(f"NOTIFY {notify.QUEUE_CHANNEL}, 'after'")
         async with asyncio.timeout(20):
             while "after" not in heard:
                 await asyncio.sleep(0.01)
-        assert heard == ["after"]
+        assert heard == [notify.submitted_by("placing"), "after"]
+        dispatcher.queue_changed(heard[0])
         assert not dispatcher._wake.is_set()
         counting.statements.clear()
         await dispatcher.next_round()
         assert counting.statements == []
+
+
+async def test_a_replica_does_not_place_on_an_agent_another_filled_meanwhile(
+    database_uri: str, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas, one agent with one slot, both views fresh: a task one replica stores
+    started fills the agent, and the other, told by the statement, queues its next task
+    instead of storing it started on the full agent (where the node would refuse it, and it
+    would wait out a retry)."""
+    async with (
+        placing(pool, monkeypatch, slots=1, owner="first") as (_, first_store),
+        placing(pool, monkeypatch, slots=1, owner="second") as (second, second_store),
+        listening(database_uri, on_queue=second.queue_changed),
+    ):
+        second._wake.clear()
+        filled = await first_store.submit_and_get(TaskSpec(kind="echo", prompt="first"))
+        assert (filled.state.value, filled.assigned_agent) == ("working", "agent-one")
+        async with asyncio.timeout(20):
+            await second._wake.wait()
+        later = await second_store.submit_and_get(TaskSpec(kind="echo", prompt="second"))
+        assert (later.state.value, later.assigned_agent) == ("submitted", "")
+        assert second.live_attempts() == []
 
 
 Makes = Callable[[Dispatcher], Any]
