@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 
 import grpc
@@ -28,7 +28,7 @@ from agentmesh.scheduler.placement import AgentSlot
 from agentmesh.scheduler.store import StartedAttempt, TaskStore, summarize_children
 from agentmesh.scheduler.trace_writer import TraceWriter, trace_cost
 from agentmesh.tasks import events
-from agentmesh.tasks.events import ApiError, ApiErrorKind, Diagnostic, Result
+from agentmesh.tasks.events import ApiError, ApiErrorKind, Diagnostic, Payload, Result
 from agentmesh.tasks.model import AgentMode, TaskKind, TaskSpec, TaskState, for_node
 from agentmesh.v1 import node_pb2, task_pb2
 
@@ -178,19 +178,7 @@ class AttemptRunner:
                         # What it spent is known now (the proxy reports each request before
                         # its answer ends): logged before the task is seen ended.
                         await with_retry(functools.partial(self._keys.task_ended, attempt.task_id))
-                    await with_retry(
-                        functools.partial(
-                            self._store.finish_attempt,
-                            attempt.task_id,
-                            attempt.attempt,
-                            self._owner,
-                            agent.agent_id,
-                            payload,
-                            in_tree=bool(attempt.parent_id),
-                            trail=trail,
-                            after_seq=writer.last_seq,
-                        )
-                    )
+                    await self._finish(attempt, agent, payload, trail, writer.last_seq)
                     return
                 trace_chars += trace_cost(payload)
                 if trace_chars > self._max_trace_chars:
@@ -314,8 +302,18 @@ class AttemptRunner:
         )
         log.warning("attempt stopped: its trace is full", extra=attempt_fields(attempt, agent))
         await writer.add(Diagnostic("error", reason))
-        if not await writer.close():
-            return
+        if await writer.close():
+            await self._finish(attempt, agent, Result(TaskState.FAILED, error=reason))
+
+    async def _finish(
+        self,
+        attempt: StartedAttempt,
+        agent: AgentSlot,
+        result: Result,
+        trail: Sequence[Payload] = (),
+        after_seq: int | None = None,
+    ) -> None:
+        """End the task with the attempt's result (see TaskStore.finish_attempt)."""
         await with_retry(
             functools.partial(
                 self._store.finish_attempt,
@@ -323,8 +321,10 @@ class AttemptRunner:
                 attempt.attempt,
                 self._owner,
                 agent.agent_id,
-                Result(TaskState.FAILED, error=reason),
+                result,
                 in_tree=bool(attempt.parent_id),
+                trail=trail,
+                after_seq=after_seq,
             )
         )
 
