@@ -244,7 +244,8 @@ class Dispatcher:
 
     def queue_changed(self, payload: str) -> None:
         """A notification on the queue channel: a round that reads, unless it announced
-        tasks this replica submitted, which `submitted` already has."""
+        tasks this replica submitted, which it has already (queued ones through
+        `submitted`, those stored started by streaming them)."""
         if payload != self._own_submits:
             self.wake()
 
